@@ -1,0 +1,32 @@
+//! Wire types and framing shared by `tokend` and its clients.
+//!
+//! A connection is a stream of frames: a 4-byte big-endian length followed by
+//! a bincode body. The first frame each way is a [`Hello`] / [`HelloReply`],
+//! whose layout never changes, so that a client speaking another protocol
+//! version gets a clear answer instead of a decode error or a hang.
+
+mod codec;
+mod error;
+mod frame;
+mod message;
+mod name;
+mod secret;
+
+pub use codec::{decode, encode};
+pub use error::{ErrorCode, FrameError, RemoteError};
+pub use frame::{read_frame, write_frame};
+#[cfg(feature = "tokio")]
+pub use frame::{read_frame_async, write_frame_async};
+pub use message::*;
+pub use name::{NameError, validate_name};
+pub use secret::Secret;
+
+/// The protocol version this build speaks. Bumped on any change to
+/// [`Request`] or [`Response`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// "TKND": lets the daemon tell a tokend client from a stray writer.
+pub const MAGIC: u32 = 0x544b_4e44;
+
+/// The largest frame body either side accepts, checked before allocating.
+pub const MAX_FRAME: usize = 64 * 1024;

@@ -1,0 +1,312 @@
+//! Every request and response, and the records they carry.
+//!
+//! Timestamps are wall-clock Unix seconds (UTC): expiry must survive
+//! restarts and suspend, which a monotonic clock does not.
+
+use crate::{ErrorCode, MAGIC, PROTOCOL_VERSION, RemoteError, Secret};
+use serde::{Deserialize, Serialize};
+
+/// The first frame a client sends. Its layout is frozen across versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub magic: u32,
+    pub version: u32,
+}
+
+impl Hello {
+    pub fn current() -> Self {
+        Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// The daemon's answer to [`Hello`]. Its layout is frozen across versions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub version: u32,
+    pub accepted: bool,
+    /// Why the hello was refused, or the daemon's version when accepted.
+    pub message: String,
+}
+
+/// A local user or group, by numeric id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Principal {
+    User(u32),
+    Group(u32),
+}
+
+/// How the client authenticates at the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    Post,
+    /// HTTP Basic with the client id and secret.
+    Basic,
+}
+
+/// The non-secret settings of a credential, as stored and shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialSpec {
+    /// A static token (UpPromote): never refreshed.
+    Bearer { check_url: Option<String> },
+    /// Authorization code grant with refresh tokens (Uptempo).
+    #[serde(rename = "oauth2")]
+    OAuth2(OAuth2Spec),
+    /// Client credentials grant: a new token before the old one expires.
+    ClientCredentials(ClientCredentialsSpec),
+}
+
+impl CredentialSpec {
+    /// The kind as written on the command line.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CredentialSpec::Bearer { .. } => "bearer",
+            CredentialSpec::OAuth2(_) => "oauth2",
+            CredentialSpec::ClientCredentials(_) => "client-credentials",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2Spec {
+    pub auth_url: String,
+    pub token_url: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Option<String>,
+    pub client_auth: ClientAuth,
+    pub pkce: bool,
+    pub extra_params: Vec<(String, String)>,
+    /// Seconds before expiry to refresh, overriding the daemon's policy.
+    pub refresh_margin_secs: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCredentialsSpec {
+    pub token_url: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub client_auth: ClientAuth,
+    pub refresh_margin_secs: Option<u32>,
+}
+
+/// What `tokenctl add oauth2` sends: a preset plus overrides, resolved by the
+/// daemon (which owns the preset table and the config's extra presets).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuth2Request {
+    pub preset: Option<String>,
+    /// Values a preset's URL templates need (e.g. `domain`, `tenant`).
+    pub preset_vars: Vec<(String, String)>,
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: String,
+    pub scopes: Vec<String>,
+    pub redirect_uri: Option<String>,
+    pub client_auth: Option<ClientAuth>,
+    pub pkce: bool,
+    pub extra_params: Vec<(String, String)>,
+}
+
+/// The settings part of an add request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AddKind {
+    Bearer { check_url: Option<String> },
+    OAuth2(OAuth2Request),
+    ClientCredentials(OAuth2Request),
+}
+
+/// `tokenctl add …`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddCredential {
+    pub name: String,
+    pub description: String,
+    pub kind: AddKind,
+    /// The bearer token, or the client secret.
+    pub secret: Secret,
+    /// Replace an existing credential of that name instead of refusing.
+    pub replace: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// A valid access token, valid for at least `min_valid_secs` more.
+    Token { name: String, min_valid_secs: u32 },
+    /// "The API refused this token": refresh unless it was already replaced.
+    Reject { name: String, token: Option<Secret> },
+    /// Refresh now.
+    Refresh { name: String },
+    /// Probe a bearer credential's check URL.
+    Check { name: String },
+    Show { name: String },
+    List,
+    Status,
+    Add(AddCredential),
+    Remove { name: String },
+    Allow { name: String, principal: Principal },
+    Deny { name: String, principal: Principal },
+    /// Begin an authorization-code login; `redirect_uri` overrides the stored one
+    /// (the CLI passes the loopback listener's actual address).
+    LoginStart { name: String, redirect_uri: Option<String> },
+    /// Complete a login with the URL the provider redirected the browser to.
+    LoginFinish { login_id: String, redirect_url: String },
+}
+
+impl Request {
+    /// The credential a request is about, for logs (never a secret).
+    pub fn credential(&self) -> Option<&str> {
+        match self {
+            Request::Token { name, .. }
+            | Request::Reject { name, .. }
+            | Request::Refresh { name }
+            | Request::Check { name }
+            | Request::Show { name }
+            | Request::Remove { name }
+            | Request::Allow { name, .. }
+            | Request::Deny { name, .. }
+            | Request::LoginStart { name, .. } => Some(name),
+            Request::Add(add) => Some(&add.name),
+            Request::List | Request::Status | Request::LoginFinish { .. } => None,
+        }
+    }
+
+    /// A short name of the request, for logs.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Token { .. } => "token",
+            Request::Reject { .. } => "reject",
+            Request::Refresh { .. } => "refresh",
+            Request::Check { .. } => "check",
+            Request::Show { .. } => "show",
+            Request::List => "list",
+            Request::Status => "status",
+            Request::Add(_) => "add",
+            Request::Remove { .. } => "rm",
+            Request::Allow { .. } => "allow",
+            Request::Deny { .. } => "deny",
+            Request::LoginStart { .. } => "login",
+            Request::LoginFinish { .. } => "login-finish",
+        }
+    }
+}
+
+/// The lifecycle state of a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialState {
+    /// A valid token is available (or, for bearer, the token is stored).
+    Ready,
+    /// An authorization-code credential without a usable grant.
+    NeedsLogin,
+    /// A refresh is in flight and no valid token is held.
+    Refreshing,
+    /// The provider or the check URL refused it; see the reason.
+    Failing,
+}
+
+impl CredentialState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Ready => "ready",
+            CredentialState::NeedsLogin => "needs-login",
+            CredentialState::Refreshing => "refreshing",
+            CredentialState::Failing => "failing",
+        }
+    }
+}
+
+/// The result of probing a check URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub at: i64,
+    /// The HTTP status, or `None` when no answer came.
+    pub status: Option<u16>,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// Everything `show` and `list` tell about a credential. No secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialInfo {
+    pub name: String,
+    pub description: String,
+    pub spec: CredentialSpec,
+    pub owner_uid: u32,
+    pub allowed: Vec<Principal>,
+    pub state: CredentialState,
+    /// Why the state is not `ready` (the provider's error, the check's answer).
+    pub reason: Option<String>,
+    pub has_token: bool,
+    pub has_refresh_token: bool,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    pub last_use_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_check: Option<CheckReport>,
+}
+
+/// `status`: the daemon as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub socket: String,
+    pub database: String,
+    pub connections: u32,
+    pub credentials: Vec<CredentialSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialSummary {
+    pub name: String,
+    pub kind: String,
+    pub state: CredentialState,
+    pub reason: Option<String>,
+    pub expires_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+}
+
+/// A token handed out. `generation` identifies the token for `reject`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenReply {
+    pub token: Secret,
+    pub expires_at: Option<i64>,
+    pub generation: u64,
+}
+
+/// The start of a login: the URL to open, and how to finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginChallenge {
+    pub login_id: String,
+    pub authorize_url: String,
+    pub redirect_uri: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Token(TokenReply),
+    /// The request was carried out; the text says what happened.
+    Done,
+    Message(String),
+    Credential(Box<CredentialInfo>),
+    List(Vec<CredentialInfo>),
+    Status(DaemonStatus),
+    Check(CheckReport),
+    Login(LoginChallenge),
+    Error(RemoteError),
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error(RemoteError::new(code, message))
+    }
+}
