@@ -10,6 +10,7 @@ mod error;
 mod frame;
 mod message;
 mod name;
+pub mod paths;
 mod secret;
 
 pub use codec::{decode, encode};

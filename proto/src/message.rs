@@ -116,7 +116,11 @@ pub struct OAuth2Request {
 /// The settings part of an add request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AddKind {
-    Bearer { check_url: Option<String> },
+    /// `preset` (e.g. `uppromote`) fills in the check URL.
+    Bearer {
+        check_url: Option<String>,
+        preset: Option<String>,
+    },
     OAuth2(OAuth2Request),
     ClientCredentials(OAuth2Request),
 }

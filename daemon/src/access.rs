@@ -1,0 +1,146 @@
+//! Who is on the other end of a connection, and what they may do (DESIGN §5).
+//!
+//! The peer's uid/gid come from the kernel (SO_PEERCRED), read once when the
+//! connection is accepted; a client cannot claim to be someone else.
+
+use tokend_proto::Principal;
+
+/// The identity of a connected client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+    /// Supplementary groups of the peer's user (from the group database).
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// Reads the peer's credentials from a connected local socket.
+    #[cfg(unix)]
+    pub fn of(stream: &interprocess::local_socket::tokio::Stream) -> std::io::Result<Peer> {
+        use interprocess::local_socket::traits::StreamCommon;
+        let creds = stream.peer_creds()?;
+        let missing = || std::io::Error::other("the kernel did not report the peer's uid/gid");
+        let uid = creds.euid().ok_or_else(missing)?;
+        let gid = creds.egid().ok_or_else(missing)?;
+        Ok(Peer {
+            uid,
+            gid,
+            pid: creds.pid(),
+            groups: supplementary_groups(uid, gid),
+        })
+    }
+
+    /// Off Unix the pipe's default ACL admits only the daemon's own user.
+    #[cfg(not(unix))]
+    pub fn of(_stream: &interprocess::local_socket::tokio::Stream) -> std::io::Result<Peer> {
+        Ok(Peer {
+            uid: 0,
+            gid: 0,
+            pid: None,
+            groups: Vec::new(),
+        })
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// The rules, fixed at start (and on reload) from the daemon's identity and config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub daemon_uid: u32,
+    pub admin_gid: Option<u32>,
+}
+
+impl Policy {
+    /// Add, remove, login, allow/deny: the daemon's own user, root, the admin group.
+    pub fn is_admin(&self, peer: &Peer) -> bool {
+        peer.uid == self.daemon_uid || peer.uid == 0 || self.admin_gid.is_some_and(|g| peer.in_group(g))
+    }
+
+    /// Reading a credential's token: its owner, an admin, or someone on its allow list.
+    pub fn may_use(&self, peer: &Peer, owner_uid: u32, allowed: &[Principal]) -> bool {
+        peer.uid == owner_uid
+            || self.is_admin(peer)
+            || allowed.iter().any(|p| match *p {
+                Principal::User(u) => u == peer.uid,
+                Principal::Group(g) => peer.in_group(g),
+            })
+    }
+}
+
+/// The groups a user belongs to, from the group database (what `id -G` says).
+#[cfg(unix)]
+fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
+    use nix::unistd::{Gid, Uid, User, getgrouplist};
+    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
+        return Vec::new();
+    };
+    let Ok(name) = std::ffi::CString::new(user.name) else {
+        return Vec::new();
+    };
+    getgrouplist(&name, Gid::from_raw(gid))
+        .map(|groups| groups.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default()
+}
+
+/// Resolves a group name (or number) to a gid.
+#[cfg(unix)]
+pub fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err(format!("there is no group named {name:?}")),
+        Err(e) => Err(format!("cannot look up group {name:?}: {e}")),
+    }
+}
+
+#[cfg(not(unix))]
+pub fn group_id(name: &str) -> Result<u32, String> {
+    name.parse::<u32>()
+        .map_err(|_| format!("groups are not supported on this platform: {name:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            uid,
+            gid,
+            pid: None,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn admins_are_the_daemon_user_root_and_the_admin_group() {
+        let policy = Policy {
+            daemon_uid: 500,
+            admin_gid: Some(42),
+        };
+        assert!(policy.is_admin(&peer(500, 500, &[])));
+        assert!(policy.is_admin(&peer(0, 0, &[])));
+        assert!(policy.is_admin(&peer(1000, 1000, &[42])));
+        assert!(!policy.is_admin(&peer(1000, 1000, &[7])));
+    }
+
+    #[test]
+    fn token_use_needs_owner_or_allow_list() {
+        let policy = Policy {
+            daemon_uid: 500,
+            admin_gid: None,
+        };
+        let allowed = [Principal::User(1001), Principal::Group(77)];
+        assert!(policy.may_use(&peer(1000, 1000, &[]), 1000, &[]));
+        assert!(policy.may_use(&peer(1001, 1001, &[]), 1000, &allowed));
+        assert!(policy.may_use(&peer(1002, 1002, &[77]), 1000, &allowed));
+        assert!(!policy.may_use(&peer(1003, 1003, &[]), 1000, &allowed));
+    }
+}

@@ -1,0 +1,94 @@
+//! `tokenctl check`: probe a bearer credential's check URL with its token and
+//! record what the API said.
+
+use crate::credential::{Credential, now};
+use crate::error::Error;
+use crate::handler::blocking;
+use crate::http::host_of;
+use crate::state::Shared;
+use crate::store::StateUpdate;
+use std::sync::Arc;
+use std::time::Duration;
+use tokend_proto::{CheckReport, CredentialSpec, CredentialState};
+
+/// Probes the check URL, records the report, and sets the state: 2xx → ready,
+/// 401/403 → `failing: rejected by HOST`, anything else leaves the state alone.
+pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckReport, Error> {
+    let CredentialSpec::Bearer { check_url: Some(url) } = &cred.spec else {
+        return Err(Error::InvalidArgument(format!(
+            "credential {:?} has no check URL (add it with --check-url)",
+            cred.name
+        )));
+    };
+    let token = cred
+        .with_live(|l| l.access_token.clone())
+        .ok_or_else(|| Error::Internal("the credential holds no token".into()))?;
+    let timeout = Duration::from_secs(shared.config().refresh.http_timeout_secs);
+    let answer = shared
+        .http
+        .get(url)
+        .bearer_auth(token.expose())
+        .timeout(timeout)
+        .send()
+        .await;
+    let host = host_of(url);
+    let report = match answer {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let ok = resp.status().is_success();
+            let message = match code {
+                _ if ok => format!("accepted by {host} (HTTP {code})"),
+                401 | 403 => format!("rejected by {host} (HTTP {code})"),
+                _ => format!("inconclusive: {host} answered HTTP {code}"),
+            };
+            CheckReport { at: now(), status: Some(code), ok, message }
+        }
+        Err(e) => CheckReport {
+            at: now(),
+            status: None,
+            ok: false,
+            message: format!("inconclusive: no answer from {host}: {}", describe(&e)),
+        },
+    };
+    let (state, reason) = match report.status {
+        Some(200..=299) => (CredentialState::Ready, None),
+        Some(401 | 403) => (CredentialState::Failing, Some(report.message.clone())),
+        _ => cred.with_live(|l| (l.state, l.reason.clone())),
+    };
+    let update = StateUpdate {
+        state,
+        reason: reason.clone(),
+        last_error: (!report.ok).then(|| report.message.clone()),
+        next_refresh_at: None,
+    };
+    let store = shared.store.clone();
+    let (name, saved) = (cred.name.clone(), report.clone());
+    blocking(move || store.save_check(&name, &saved, &update)).await?;
+    let previous = cred.with_live(|l| {
+        let previous = l.state;
+        l.state = state;
+        l.reason = reason.clone();
+        l.last_error = (!report.ok).then(|| report.message.clone());
+        l.last_check = Some(report.clone());
+        previous
+    });
+    if previous != state {
+        crate::notify::transition(shared, &cred.name, state, reason.as_deref());
+    }
+    tracing::info!(credential = %cred.name, status = ?report.status, "check: {}", report.message);
+    Ok(report)
+}
+
+/// A reqwest error as a short phrase, without the URL's query string.
+pub fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "could not connect".into()
+    } else if e.is_decode() || e.is_body() {
+        "the response body could not be read".into()
+    } else {
+        // The source, not the Display: that one repeats the whole URL.
+        std::error::Error::source(e).map_or_else(|| "the request failed".to_string(), |s| s.to_string())
+    }
+}

@@ -1,0 +1,282 @@
+//! The optional TOML config file: its schema, defaults and validation.
+//!
+//! Every key is optional. Unknown keys and bad values are errors that name
+//! the file, the line and the key, so a typo never silently does nothing.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The daemon's settings. `Default` is the embedded configuration used when
+/// no file exists.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub refresh: RefreshPolicy,
+    pub limits: Limits,
+    /// A command run (through `sh -c`) when a credential becomes unusable or
+    /// usable again; it gets `TOKEND_CREDENTIAL`, `TOKEND_STATE` and
+    /// `TOKEND_REASON` in its environment.
+    pub notify_command: Option<String>,
+    /// Members of this group may add, remove and log in credentials.
+    pub admin_group: Option<String>,
+    /// System mode: the socket's group (mode 0660). User mode ignores it.
+    pub socket_group: Option<String>,
+    /// Where the sealing key file lives when no systemd credential is given.
+    pub key_file: Option<std::path::PathBuf>,
+    pub log: LogConfig,
+    /// Extra presets for `tokenctl add oauth2 --preset NAME`.
+    pub presets: BTreeMap<String, PresetConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            refresh: RefreshPolicy::default(),
+            limits: Limits::default(),
+            notify_command: None,
+            admin_group: None,
+            socket_group: None,
+            key_file: None,
+            log: LogConfig::default(),
+            presets: BTreeMap::new(),
+        }
+    }
+}
+
+/// When tokens are refreshed (DESIGN §4.1).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshPolicy {
+    /// Refresh once this fraction of a token's lifetime has passed.
+    pub ahead_ratio: f64,
+    /// Never later than this many seconds before expiry.
+    pub margin_secs: u64,
+    /// Up to this fraction of the lifetime is added or removed at random.
+    pub jitter_ratio: f64,
+    /// Lifetime assumed when a token response has no `expires_in`.
+    pub default_lifetime_secs: u64,
+    /// First retry delay after a transient error; doubles up to `max_backoff_secs`.
+    pub min_backoff_secs: u64,
+    pub max_backoff_secs: u64,
+    /// How long a token request waits for a refresh in flight.
+    pub wait_secs: u64,
+    /// Timeout of one HTTP request to a provider.
+    pub http_timeout_secs: u64,
+    /// Refreshes in flight at once across all credentials.
+    pub max_concurrent: usize,
+    /// Credentials due at start-up are spread over this many seconds.
+    pub startup_spread_secs: u64,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            ahead_ratio: 0.75,
+            margin_secs: 30,
+            jitter_ratio: 0.05,
+            default_lifetime_secs: 3600,
+            min_backoff_secs: 1,
+            max_backoff_secs: 300,
+            wait_secs: 10,
+            http_timeout_secs: 15,
+            max_concurrent: 32,
+            startup_spread_secs: 5,
+        }
+    }
+}
+
+/// Limits that keep one client from hurting the others.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_connections: usize,
+    /// A connection with no request for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Once a frame has started, all of it must arrive within this time.
+    pub frame_timeout_secs: u64,
+    /// Pending logins at once.
+    pub max_logins: usize,
+    /// How long a login waits for its redirect.
+    pub login_timeout_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            idle_timeout_secs: 300,
+            frame_timeout_secs: 5,
+            max_logins: 16,
+            login_timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// A named set of endpoint templates; `{domain}`-style placeholders are
+/// filled from `tokenctl add oauth2 --preset-var domain=…`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresetConfig {
+    pub auth_url: Option<String>,
+    pub token_url: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Loads `path`; a missing file is the embedded default.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates config text; the error names line and key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let r = &self.refresh;
+        if !(0.1..=0.95).contains(&r.ahead_ratio) {
+            return Err(format!(
+                "refresh.ahead_ratio = {} is out of range (0.1 to 0.95)",
+                r.ahead_ratio
+            ));
+        }
+        if !(0.0..=0.25).contains(&r.jitter_ratio) {
+            return Err(format!(
+                "refresh.jitter_ratio = {} is out of range (0 to 0.25)",
+                r.jitter_ratio
+            ));
+        }
+        let positive = [
+            ("refresh.default_lifetime_secs", r.default_lifetime_secs),
+            ("refresh.min_backoff_secs", r.min_backoff_secs),
+            ("refresh.http_timeout_secs", r.http_timeout_secs),
+            ("refresh.max_concurrent", r.max_concurrent as u64),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            ("limits.idle_timeout_secs", self.limits.idle_timeout_secs),
+            ("limits.frame_timeout_secs", self.limits.frame_timeout_secs),
+            ("limits.max_logins", self.limits.max_logins as u64),
+            ("limits.login_timeout_secs", self.limits.login_timeout_secs),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{key} must be greater than 0"));
+        }
+        if r.max_backoff_secs < r.min_backoff_secs {
+            return Err("refresh.max_backoff_secs must not be below refresh.min_backoff_secs".into());
+        }
+        for (name, preset) in &self.presets {
+            if tokend_proto::validate_name(name).is_err() {
+                return Err(format!(
+                    "presets.{name}: a preset name uses lowercase letters, digits, '.', '_' and '-'"
+                ));
+            }
+            if preset.token_url.trim().is_empty() {
+                return Err(format!("presets.{name}.token_url must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// toml's message plus "line N" computed from its byte span.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("line {line} (`{snippet}`): {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn values_override_defaults() {
+        let c = Config::parse(
+            "notify_command = \"notify-send tokend\"\n[refresh]\nmargin_secs = 10\n[limits]\nmax_connections = 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.refresh.margin_secs, 10);
+        assert_eq!(c.limits.max_connections, 50);
+        assert_eq!(c.notify_command.as_deref(), Some("notify-send tokend"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = Config::parse("[refresh]\nmargin_secs = 10\nahead = 0.5\n").unwrap_err();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("ahead"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_the_key() {
+        let err = Config::parse("[refresh]\nahead_ratio = 2.0\n").unwrap_err();
+        assert!(err.contains("refresh.ahead_ratio"), "{err}");
+        let err = Config::parse("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn extra_presets_parse() {
+        let c = Config::parse(
+            "[presets.acme]\nauth_url = \"https://{domain}/auth\"\ntoken_url = \"https://{domain}/token\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.presets["acme"].token_url, "https://{domain}/token");
+    }
+}

@@ -1,0 +1,125 @@
+//! One client connection: the hello, then request/response frames until the
+//! client leaves, goes idle, misbehaves or the daemon stops.
+//!
+//! Every read is under a timeout: the next frame must start within the idle
+//! timeout and, once started, arrive whole within the frame timeout, so a
+//! client trickling bytes loses only its own connection.
+
+use crate::access::Peer;
+use crate::handler;
+use crate::state::Shared;
+use interprocess::local_socket::tokio::Stream;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio::time::timeout;
+use tokend_proto::{
+    ErrorCode, FrameError, Hello, HelloReply, MAGIC, PROTOCOL_VERSION, Request, Response,
+    read_frame_async, write_frame_async,
+};
+
+/// Counts a live connection for `status`; uncounts it on drop.
+struct Counted<'a>(&'a Shared);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one connection to the end. Errors end this connection only.
+pub async fn serve(stream: Stream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let peer = match Peer::of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let _counted = Counted(&shared);
+    let limits = shared.config().limits.clone();
+    let frame_timeout = Duration::from_secs(limits.frame_timeout_secs);
+    let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
+    let mut conn = BufReader::new(stream);
+    if !hello(&mut conn, &peer, frame_timeout).await {
+        return;
+    }
+    loop {
+        tokio::select! {
+            ready = timeout(idle_timeout, conn.fill_buf()) => match ready {
+                Ok(Ok(buf)) if !buf.is_empty() => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::debug!(uid = peer.uid, "idle connection closed");
+                    return;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+        let request: Request = match timeout(frame_timeout, read_frame_async(&mut conn)).await {
+            Ok(Ok(request)) => request,
+            Ok(Err(e)) => {
+                refuse(&mut conn, &peer, e, frame_timeout).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(uid = peer.uid, "client too slow to send a frame; closed");
+                return;
+            }
+        };
+        tracing::trace!(uid = peer.uid, request = request.verb(), credential = ?request.credential(), "request");
+        let response = handler::handle(&shared, &peer, request).await;
+        if !send(&mut conn, &response, frame_timeout).await {
+            return;
+        }
+    }
+}
+
+/// Reads and answers the hello; false ends the connection.
+async fn hello(conn: &mut BufReader<Stream>, peer: &Peer, frame_timeout: Duration) -> bool {
+    let hello: Hello = match timeout(frame_timeout, read_frame_async(conn)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(e)) => {
+            tracing::debug!(uid = peer.uid, error = %e, "bad hello; closed");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!(uid = peer.uid, "no hello in time; closed");
+            return false;
+        }
+    };
+    if hello.magic != MAGIC {
+        tracing::debug!(uid = peer.uid, "not a tokend client; closed");
+        return false;
+    }
+    let accepted = hello.version == PROTOCOL_VERSION;
+    let message = if accepted {
+        env!("CARGO_PKG_VERSION").to_string()
+    } else {
+        tracing::info!(uid = peer.uid, version = hello.version, "client speaks another protocol version");
+        format!(
+            "tokend speaks protocol version {PROTOCOL_VERSION} but this client speaks version {}; use tokenctl and tokend from the same release",
+            hello.version
+        )
+    };
+    let reply = HelloReply { version: PROTOCOL_VERSION, accepted, message };
+    send(conn, &reply, frame_timeout).await && accepted
+}
+
+/// Answers an unreadable frame with an error before closing, when possible.
+async fn refuse(conn: &mut BufReader<Stream>, peer: &Peer, e: FrameError, frame_timeout: Duration) {
+    let message = match &e {
+        FrameError::Closed | FrameError::Io(_) => return,
+        FrameError::TooLarge(_) | FrameError::Decode(_) | FrameError::Encode(_) => e.to_string(),
+    };
+    tracing::debug!(uid = peer.uid, error = %message, "malformed frame; closing");
+    let response = Response::error(ErrorCode::BadRequest, format!("{message}; closing the connection"));
+    send(conn, &response, frame_timeout).await;
+}
+
+async fn send<T: serde::Serialize>(conn: &mut BufReader<Stream>, value: &T, frame_timeout: Duration) -> bool {
+    matches!(timeout(frame_timeout, write_frame_async(conn.get_mut(), value)).await, Ok(Ok(())))
+}

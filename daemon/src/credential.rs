@@ -1,0 +1,153 @@
+//! One credential as the running daemon holds it: fixed settings, plus the
+//! live token state behind a short `std::sync::Mutex`.
+
+use crate::store::StoredCredential;
+use std::sync::Mutex;
+use tokend_proto::{
+    CheckReport, CredentialInfo, CredentialSpec, CredentialState, CredentialSummary, Principal,
+    Secret,
+};
+
+/// The parts of a credential that change while the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    /// Bumped on every new access token; `reject` names the one it saw.
+    pub generation: u64,
+    pub expires_at: Option<i64>,
+    pub state: CredentialState,
+    pub reason: Option<String>,
+    pub allowed: Vec<Principal>,
+    pub last_refresh_at: Option<i64>,
+    pub last_use_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_check: Option<CheckReport>,
+    /// A refresh is in flight (shown as `refreshing` when no valid token is held).
+    pub refreshing: bool,
+    /// Consecutive transient failures, for backoff.
+    pub failures: u32,
+    /// Refresh attempts made; a waiter that saw attempt N does not start
+    /// another if N+1 already ran (so a failing endpoint is not hammered).
+    pub attempts: u64,
+    /// No new attempt before this time (Unix ms): backoff after a transient error.
+    pub retry_not_before_ms: i64,
+    /// A token set received but not yet committed (the store failed); it is
+    /// committed before it is ever handed out.
+    pub uncommitted: Option<crate::store::TokenUpdate>,
+}
+
+/// A credential. Settings never change after `add` (a replace makes a new one).
+#[derive(Debug)]
+pub struct Credential {
+    pub name: String,
+    pub description: String,
+    pub spec: CredentialSpec,
+    pub owner_uid: u32,
+    pub created_at: i64,
+    pub client_secret: Option<Secret>,
+    live: Mutex<Live>,
+    /// Held for the whole of a refresh: at most one per credential (DESIGN §4.2).
+    pub refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl Credential {
+    pub fn from_stored(s: StoredCredential) -> Credential {
+        Credential {
+            live: Mutex::new(Live {
+                access_token: s.access_token,
+                refresh_token: s.refresh_token,
+                generation: s.generation,
+                expires_at: s.expires_at,
+                state: s.state,
+                reason: s.reason,
+                allowed: s.allowed,
+                last_refresh_at: s.last_refresh_at,
+                last_use_at: s.last_use_at,
+                next_refresh_at: s.next_refresh_at,
+                last_error: s.last_error,
+                last_check: s.last_check,
+                refreshing: false,
+                failures: 0,
+                attempts: 0,
+                retry_not_before_ms: 0,
+                uncommitted: None,
+            }),
+            name: s.name,
+            description: s.description,
+            spec: s.spec,
+            owner_uid: s.owner_uid,
+            created_at: s.created_at,
+            client_secret: s.client_secret,
+            refresh_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Runs `f` on the live state. Keep `f` short: this is the token hot path.
+    pub fn with_live<T>(&self, f: impl FnOnce(&mut Live) -> T) -> T {
+        f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn live(&self) -> Live {
+        self.with_live(|l| l.clone())
+    }
+
+    /// The state as shown: `refreshing` while a refresh runs and no valid token is held.
+    fn shown_state(&self, live: &Live, now: i64) -> CredentialState {
+        let valid = live.access_token.is_some() && live.expires_at.is_none_or(|e| e > now);
+        if live.refreshing && !valid && live.state == CredentialState::Ready {
+            CredentialState::Refreshing
+        } else {
+            live.state
+        }
+    }
+
+    pub fn info(&self, now: i64) -> CredentialInfo {
+        let live = self.live();
+        CredentialInfo {
+            name: self.name.clone(),
+            description: self.description.clone(),
+            spec: self.spec.clone(),
+            owner_uid: self.owner_uid,
+            allowed: live.allowed.clone(),
+            state: self.shown_state(&live, now),
+            reason: live.reason.clone(),
+            has_token: live.access_token.is_some(),
+            has_refresh_token: live.refresh_token.is_some(),
+            created_at: self.created_at,
+            expires_at: live.expires_at,
+            last_refresh_at: live.last_refresh_at,
+            last_use_at: live.last_use_at,
+            next_refresh_at: live.next_refresh_at,
+            last_error: live.last_error.clone(),
+            last_check: live.last_check.clone(),
+        }
+    }
+
+    pub fn summary(&self, now: i64) -> CredentialSummary {
+        let live = self.live();
+        CredentialSummary {
+            name: self.name.clone(),
+            kind: self.spec.kind().to_string(),
+            state: self.shown_state(&live, now),
+            reason: live.reason.clone(),
+            expires_at: live.expires_at,
+            next_refresh_at: live.next_refresh_at,
+        }
+    }
+}
+
+/// Wall-clock Unix seconds.
+pub fn now() -> i64 {
+    now_ms() / 1000
+}
+
+/// Wall-clock Unix milliseconds: the scheduler's unit, so that short-lived
+/// tokens (seconds) are refreshed on time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,342 @@
+//! Turns one request from one peer into one response: access checks first,
+//! then the operation. Every failure becomes a typed error with a sentence.
+
+use crate::access::Peer;
+use crate::credential::{Credential, now};
+use crate::error::Error;
+use crate::state::Shared;
+use crate::store::StoredCredential;
+use crate::{check, lifecycle, login, preset};
+use std::sync::Arc;
+use tokend_proto::{
+    AddCredential, AddKind, ClientCredentialsSpec, CredentialSpec, CredentialState, DaemonStatus,
+    OAuth2Request, OAuth2Spec, Principal, Request, Response,
+};
+
+/// Handles one request. Never panics on client input; errors are answers.
+pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
+    let verb = request.verb();
+    let name = request.credential().map(str::to_string);
+    match dispatch(shared, peer, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Error::PermissionDenied(_) = e {
+                tracing::warn!(uid = peer.uid, pid = ?peer.pid, request = verb, credential = ?name, "permission denied");
+            } else {
+                tracing::debug!(uid = peer.uid, request = verb, credential = ?name, error = %e, "request failed");
+            }
+            Response::Error(e.to_remote())
+        }
+    }
+}
+
+async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result<Response, Error> {
+    match request {
+        Request::Token { name, min_valid_secs } => {
+            let cred = usable(shared, peer, &name)?;
+            let reply = lifecycle::token(shared, &cred, min_valid_secs).await?;
+            Ok(Response::Token(reply))
+        }
+        Request::Reject { name, token } => {
+            let cred = usable(shared, peer, &name)?;
+            let message = lifecycle::reject(shared, &cred, token.as_ref()).await?;
+            Ok(Response::Message(message))
+        }
+        Request::Refresh { name } => {
+            let cred = usable(shared, peer, &name)?;
+            Ok(Response::Message(lifecycle::force_refresh(shared, &cred).await?))
+        }
+        Request::Check { name } => {
+            let cred = usable(shared, peer, &name)?;
+            Ok(Response::Check(check::run(shared, &cred).await?))
+        }
+        Request::Show { name } => {
+            let cred = usable(shared, peer, &name)?;
+            Ok(Response::Credential(Box::new(cred.info(now()))))
+        }
+        Request::List => Ok(Response::List(visible(shared, peer).iter().map(|c| c.info(now())).collect())),
+        Request::Status => Ok(Response::Status(status(shared, peer))),
+        Request::Add(add) => {
+            admin(shared, peer)?;
+            add_credential(shared, peer, add).await
+        }
+        Request::Remove { name } => {
+            admin(shared, peer)?;
+            remove(shared, &name).await
+        }
+        Request::Allow { name, principal } => {
+            admin(shared, peer)?;
+            change_allowed(shared, &name, principal, true).await
+        }
+        Request::Deny { name, principal } => {
+            admin(shared, peer)?;
+            change_allowed(shared, &name, principal, false).await
+        }
+        Request::LoginStart { name, redirect_uri } => {
+            admin(shared, peer)?;
+            let cred = known(shared, &name)?;
+            Ok(Response::Login(login::start(shared, &cred, redirect_uri, peer.uid)?))
+        }
+        Request::LoginFinish { login_id, redirect_url } => {
+            admin(shared, peer)?;
+            Ok(Response::Message(login::finish(shared, &login_id, &redirect_url, peer.uid).await?))
+        }
+    }
+}
+
+fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
+    if shared.policy().is_admin(peer) {
+        return Ok(());
+    }
+    Err(Error::PermissionDenied(format!(
+        "uid {} may not change credentials (only the daemon's user, root or the admin group may)",
+        peer.uid
+    )))
+}
+
+fn known(shared: &Shared, name: &str) -> Result<Arc<Credential>, Error> {
+    shared
+        .registry
+        .get(name)
+        .ok_or_else(|| Error::UnknownCredential(name.to_string()))
+}
+
+/// The credential, if this peer may use it. An unknown name and a forbidden
+/// one answer differently: hiding existence would only confuse admins, and
+/// names are not secrets.
+fn usable(shared: &Shared, peer: &Peer, name: &str) -> Result<Arc<Credential>, Error> {
+    let cred = known(shared, name)?;
+    let allowed = cred.with_live(|l| shared.policy().may_use(peer, cred.owner_uid, &l.allowed));
+    if !allowed {
+        return Err(Error::PermissionDenied(format!(
+            "uid {} is not allowed to use credential {name:?} (an admin can run `tokenctl allow {name} --user USER`)",
+            peer.uid
+        )));
+    }
+    Ok(cred)
+}
+
+fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
+    let policy = shared.policy();
+    shared
+        .registry
+        .all()
+        .into_iter()
+        .filter(|c| c.with_live(|l| policy.may_use(peer, c.owner_uid, &l.allowed)))
+        .collect()
+}
+
+fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
+    let now = now();
+    DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        uptime_secs: shared.started.elapsed().as_secs(),
+        socket: shared.paths.socket.display().to_string(),
+        database: shared.paths.db.display().to_string(),
+        connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed),
+        credentials: visible(shared, peer).iter().map(|c| c.summary(now)).collect(),
+    }
+}
+
+/// Runs a blocking store operation off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
+        .map_err(Error::from)
+}
+
+async fn add_credential(shared: &Arc<Shared>, peer: &Peer, add: AddCredential) -> Result<Response, Error> {
+    tokend_proto::validate_name(&add.name).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    if add.description.len() > 1024 || add.description.contains(['\n', '\r']) {
+        return Err(Error::InvalidArgument("the description must be one line of at most 1024 bytes".into()));
+    }
+    let spec = resolve_spec(shared, add.kind)?;
+    let secret = add.secret;
+    if secret.expose().trim() != secret.expose() || secret.expose().contains(char::is_control) {
+        return Err(Error::InvalidArgument(
+            "the secret has surrounding whitespace or control characters; it must be the bare value".into(),
+        ));
+    }
+    let needs_secret = !matches!(spec, CredentialSpec::OAuth2(_));
+    if secret.is_empty() && needs_secret {
+        let what = if let CredentialSpec::Bearer { .. } = spec { "token" } else { "client secret" };
+        return Err(Error::InvalidArgument(format!("the {what} is empty; nothing was stored")));
+    }
+    let now = now();
+    let (access_token, client_secret, state, generation) = match spec {
+        CredentialSpec::Bearer { .. } => (Some(secret), None, CredentialState::Ready, 1),
+        CredentialSpec::OAuth2(_) => (None, Some(secret).filter(|s| !s.is_empty()), CredentialState::NeedsLogin, 0),
+        CredentialSpec::ClientCredentials(_) => (None, Some(secret), CredentialState::Ready, 0),
+    };
+    let stored = StoredCredential {
+        name: add.name.clone(),
+        description: add.description,
+        spec,
+        owner_uid: peer.uid,
+        allowed: Vec::new(),
+        client_secret,
+        access_token,
+        refresh_token: None,
+        generation,
+        expires_at: None,
+        state,
+        reason: (state == CredentialState::NeedsLogin).then(|| "not logged in yet".to_string()),
+        created_at: now,
+        last_refresh_at: None,
+        last_use_at: None,
+        next_refresh_at: None,
+        last_error: None,
+        last_check: None,
+    };
+    let store = shared.store.clone();
+    let to_store = stored.clone();
+    let replace = add.replace;
+    blocking(move || store.insert(&to_store, replace)).await?;
+    let cred = Arc::new(Credential::from_stored(stored));
+    if let Some(old) = shared.registry.remove(&cred.name) {
+        shared.scheduler.unschedule(&old.name);
+    }
+    shared.registry.insert(cred.clone());
+    tracing::info!(credential = %cred.name, kind = cred.spec.kind(), owner = peer.uid, "credential added");
+    if let CredentialSpec::ClientCredentials(_) = cred.spec {
+        // Fetch the first token now, so the first `token` call is fast.
+        shared.scheduler.schedule(&cred.name, now);
+    }
+    let next = match cred.spec {
+        CredentialSpec::OAuth2(_) => format!("; run `tokenctl login {}` next", cred.name),
+        _ => String::new(),
+    };
+    Ok(Response::Message(format!("added {} credential {:?}{next}", cred.spec.kind(), cred.name)))
+}
+
+fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error> {
+    let invalid = Error::InvalidArgument;
+    match kind {
+        AddKind::Bearer { check_url, preset } => {
+            let check_url = match (check_url, preset) {
+                (Some(url), _) => Some(url),
+                (None, Some(p)) => Some(preset::bearer_check_url(&p).map_err(invalid)?.to_string()),
+                (None, None) => None,
+            };
+            if let Some(url) = &check_url {
+                crate::http::validate_url(url, "the check URL").map_err(invalid)?;
+            }
+            Ok(CredentialSpec::Bearer { check_url })
+        }
+        AddKind::OAuth2(req) => {
+            let r = resolve_oauth(shared, req, true)?;
+            Ok(CredentialSpec::OAuth2(r))
+        }
+        AddKind::ClientCredentials(req) => {
+            let r = resolve_oauth(shared, req, false)?;
+            Ok(CredentialSpec::ClientCredentials(ClientCredentialsSpec {
+                token_url: r.token_url,
+                client_id: r.client_id,
+                scopes: r.scopes,
+                client_auth: r.client_auth,
+                refresh_margin_secs: None,
+            }))
+        }
+    }
+}
+
+/// Applies a preset, then the explicit overrides, and validates the result.
+fn resolve_oauth(shared: &Shared, req: OAuth2Request, needs_auth_url: bool) -> Result<OAuth2Spec, Error> {
+    let invalid = Error::InvalidArgument;
+    let preset = match &req.preset {
+        Some(name) => Some(preset::lookup(&shared.config(), name).map_err(invalid)?),
+        None => None,
+    };
+    let from_preset = |t: Option<&String>| -> Result<Option<String>, Error> {
+        t.map(|t| preset::fill(t, &req.preset_vars)).transpose().map_err(invalid)
+    };
+    let auth_url = match req.auth_url.clone() {
+        Some(u) => Some(u),
+        None => from_preset(preset.as_ref().and_then(|p| p.auth_url.as_ref()))?,
+    };
+    let token_url = match req.token_url.clone() {
+        Some(u) => u,
+        None => from_preset(preset.as_ref().map(|p| &p.token_url))?
+            .ok_or_else(|| invalid("--token-url is required (or a --preset that sets it)".into()))?,
+    };
+    crate::http::validate_url(&token_url, "the token URL").map_err(invalid)?;
+    let auth_url = if needs_auth_url {
+        let url = auth_url.ok_or_else(|| invalid("--auth-url is required (or a --preset that sets it)".into()))?;
+        crate::http::validate_url(&url, "the authorize URL").map_err(invalid)?;
+        url
+    } else {
+        String::new()
+    };
+    if req.client_id.trim().is_empty() {
+        return Err(invalid("--client-id must not be empty".into()));
+    }
+    if let Some(uri) = &req.redirect_uri {
+        crate::http::validate_url(uri, "the redirect URI").map_err(invalid)?;
+    }
+    let mut extra_params: Vec<(String, String)> = preset
+        .as_ref()
+        .map(|p| p.extra_params.clone().into_iter().collect())
+        .unwrap_or_default();
+    for (k, v) in req.extra_params {
+        const RESERVED: &[&str] = &["client_id", "redirect_uri", "response_type", "state", "code_challenge", "code_challenge_method", "scope"];
+        if RESERVED.contains(&k.as_str()) {
+            return Err(invalid(format!("--param {k} is set by tokend itself and cannot be overridden")));
+        }
+        extra_params.retain(|(key, _)| *key != k);
+        extra_params.push((k, v));
+    }
+    let scopes = if req.scopes.is_empty() {
+        preset.as_ref().map(|p| p.scopes.clone()).unwrap_or_default()
+    } else {
+        req.scopes
+    };
+    Ok(OAuth2Spec {
+        auth_url,
+        token_url,
+        client_id: req.client_id,
+        scopes,
+        redirect_uri: req.redirect_uri,
+        client_auth: req.client_auth.unwrap_or_default(),
+        pkce: req.pkce,
+        extra_params,
+        refresh_margin_secs: None,
+    })
+}
+
+async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response, Error> {
+    let cred = known(shared, name)?;
+    // Wait for a refresh in flight, so its commit cannot resurrect the row.
+    let _guard = cred.refresh_lock.lock().await;
+    let store = shared.store.clone();
+    let owned = name.to_string();
+    blocking(move || store.remove(&owned)).await?;
+    shared.registry.remove(name);
+    shared.scheduler.unschedule(name);
+    tracing::info!(credential = %name, "credential removed");
+    Ok(Response::Message(format!("removed credential {name:?}")))
+}
+
+async fn change_allowed(shared: &Arc<Shared>, name: &str, principal: Principal, allow: bool) -> Result<Response, Error> {
+    let cred = known(shared, name)?;
+    let mut list = cred.with_live(|l| l.allowed.clone());
+    list.retain(|p| *p != principal);
+    if allow {
+        list.push(principal);
+        list.sort();
+    }
+    let store = shared.store.clone();
+    let (owned, saved) = (name.to_string(), list.clone());
+    blocking(move || store.save_allowed(&owned, &saved)).await?;
+    cred.with_live(|l| l.allowed = list);
+    let who = match principal {
+        Principal::User(u) => format!("user {u}"),
+        Principal::Group(g) => format!("group {g}"),
+    };
+    tracing::info!(credential = %name, principal = %who, allow, "allow list changed");
+    let verb = if allow { "may now use" } else { "may no longer use" };
+    Ok(Response::Message(format!("{who} {verb} credential {name:?}")))
+}

@@ -1,0 +1,31 @@
+//! The one HTTP client (rustls), shared by token exchanges and checks.
+
+/// Builds the shared client. Per-request timeouts come from the config, so
+/// that a reload changes them without rebuilding the client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        // A token endpoint that redirects is misconfigured; following it
+        // could send a client secret somewhere unexpected.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("the HTTP client builds with static settings")
+}
+
+/// The host of a URL, for messages ("rejected by api.example").
+pub fn host_of(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "the server".into())
+}
+
+/// Checks that `url` is an absolute http(s) URL; `what` names it in the error.
+pub fn validate_url(url: &str, what: &str) -> Result<(), String> {
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        Ok(_) => Err(format!("{what} {url:?} must be an http:// or https:// URL")),
+        Err(e) => Err(format!("{what} {url:?} is not a valid URL: {e}")),
+    }
+}

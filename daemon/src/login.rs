@@ -1,0 +1,243 @@
+//! The authorization-code login (DESIGN §3): build the authorize URL with a
+//! fresh `state` (and PKCE verifier), then complete from the redirect URL.
+
+use crate::credential::{Credential, now, now_ms};
+use crate::error::Error;
+use crate::lifecycle::{commit_and_publish, token_update};
+use crate::provider::{self, Endpoint, Grant};
+use crate::state::Shared;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokend_proto::{CredentialSpec, LoginChallenge, Secret};
+
+/// A login waiting for its redirect.
+#[derive(Debug)]
+struct Pending {
+    name: String,
+    state: Secret,
+    verifier: Option<Secret>,
+    redirect_uri: String,
+    expires: Instant,
+    uid: u32,
+}
+
+/// Logins in progress, by login id.
+#[derive(Debug, Default)]
+pub struct Logins {
+    map: Mutex<HashMap<String, Pending>>,
+}
+
+impl Logins {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `n` bytes from the OS RNG, base64url without padding.
+fn random_token(n: usize) -> Result<String, Error> {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness from the OS: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Starts a login: the authorize URL the user must open.
+pub fn start(shared: &Shared, cred: &Credential, redirect_override: Option<String>, uid: u32) -> Result<LoginChallenge, Error> {
+    let CredentialSpec::OAuth2(spec) = &cred.spec else {
+        return Err(Error::InvalidArgument(format!(
+            "credential {:?} is {}: only oauth2 (authorization code) credentials log in",
+            cred.name,
+            cred.spec.kind()
+        )));
+    };
+    let redirect_uri = redirect_override.or_else(|| spec.redirect_uri.clone()).ok_or_else(|| {
+        Error::InvalidArgument("no redirect URI: add the credential with --redirect-uri, or let tokenctl run a loopback listener".into())
+    })?;
+    crate::http::validate_url(&redirect_uri, "the redirect URI").map_err(Error::InvalidArgument)?;
+    let limits = shared.config().limits.clone();
+    let state = random_token(24)?;
+    let verifier = spec.pkce.then(|| random_token(32)).transpose()?;
+    let login_id = random_token(16)?;
+    let mut url = url::Url::parse(&spec.auth_url).map_err(|e| Error::InvalidArgument(format!("the authorize URL is invalid: {e}")))?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code");
+        q.append_pair("client_id", &spec.client_id);
+        q.append_pair("redirect_uri", &redirect_uri);
+        q.append_pair("state", &state);
+        if !spec.scopes.is_empty() {
+            q.append_pair("scope", &spec.scopes.join(" "));
+        }
+        if let Some(v) = &verifier {
+            q.append_pair("code_challenge", &URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
+            q.append_pair("code_challenge_method", "S256");
+        }
+        for (k, v) in &spec.extra_params {
+            q.append_pair(k, v);
+        }
+    }
+    let mut logins = shared.logins.lock();
+    let now = Instant::now();
+    logins.retain(|_, p| p.expires > now);
+    if logins.len() >= limits.max_logins {
+        return Err(Error::Busy(format!("{} logins are already waiting; try again later", logins.len())));
+    }
+    logins.insert(
+        login_id.clone(),
+        Pending {
+            name: cred.name.clone(),
+            state: Secret::new(state),
+            verifier: verifier.map(Secret::new),
+            redirect_uri: redirect_uri.clone(),
+            expires: now + Duration::from_secs(limits.login_timeout_secs),
+            uid,
+        },
+    );
+    tracing::info!(credential = %cred.name, uid, "login started");
+    Ok(LoginChallenge {
+        login_id,
+        authorize_url: url.to_string(),
+        redirect_uri,
+        expires_at: now_secs_plus(limits.login_timeout_secs),
+    })
+}
+
+fn now_secs_plus(secs: u64) -> i64 {
+    now() + secs as i64
+}
+
+/// What the provider put on the redirect.
+enum Redirect {
+    Code { code: String, state: String },
+    Refused { error: String, description: Option<String>, state: Option<String> },
+}
+
+fn parse_redirect(redirect_url: &str) -> Result<Redirect, Error> {
+    let url = url::Url::parse(redirect_url.trim()).map_err(|e| {
+        Error::InvalidArgument(format!("that is not the redirect URL ({e}); paste the whole address from the browser's address bar"))
+    })?;
+    let params: HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let clean = |s: &str| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>();
+    if let Some(error) = params.get("error") {
+        return Ok(Redirect::Refused {
+            error: clean(error),
+            description: params.get("error_description").map(|d| clean(d)),
+            state: params.get("state").cloned(),
+        });
+    }
+    match (params.get("code"), params.get("state")) {
+        (Some(code), Some(state)) => Ok(Redirect::Code { code: code.clone(), state: state.clone() }),
+        (None, _) => Err(Error::InvalidArgument("the redirect URL carries no `code`; paste the URL the browser ended on after you approved".into())),
+        (Some(_), None) => Err(Error::InvalidArgument("the redirect URL carries no `state`; it was refused".into())),
+    }
+}
+
+/// Completes a login from the URL the provider redirected to.
+pub async fn finish(shared: &Arc<Shared>, login_id: &str, redirect_url: &str, uid: u32) -> Result<String, Error> {
+    let redirect = parse_redirect(redirect_url)?;
+    let pending = {
+        let mut logins = shared.logins.lock();
+        let Some(p) = logins.get(login_id) else {
+            return Err(Error::InvalidArgument("no such login in progress (it may have expired); run `tokenctl login NAME` again".into()));
+        };
+        if p.uid != uid && uid != 0 {
+            return Err(Error::PermissionDenied(format!("uid {uid} did not start this login")));
+        }
+        if p.expires <= Instant::now() {
+            logins.remove(login_id);
+            return Err(Error::Timeout("the login session expired; run `tokenctl login NAME` again".into()));
+        }
+        let state_ok = |s: &str| s.as_bytes() == p.state.expose().as_bytes();
+        match &redirect {
+            Redirect::Code { state, .. } if !state_ok(state) => {
+                tracing::warn!(credential = %p.name, uid, "login redirect with a wrong state refused");
+                return Err(Error::InvalidArgument(
+                    "the redirect's `state` does not match this login: refused (was the URL from another login attempt?)".into(),
+                ));
+            }
+            Redirect::Refused { state: Some(state), .. } if !state_ok(state) => {
+                return Err(Error::InvalidArgument("the error redirect's `state` does not match this login: ignored".into()));
+            }
+            _ => logins.remove(login_id).expect("checked above"),
+        }
+    };
+    let code = match redirect {
+        Redirect::Refused { error, description, .. } => {
+            tracing::warn!(credential = %pending.name, error = %error, "login refused by the provider");
+            let detail = description.map(|d| format!(" ({d})")).unwrap_or_default();
+            return Err(Error::Provider(format!("the provider refused the login: {error}{detail}")));
+        }
+        Redirect::Code { code, .. } => code,
+    };
+    let cred = shared
+        .registry
+        .get(&pending.name)
+        .ok_or_else(|| Error::UnknownCredential(pending.name.clone()))?;
+    // The exchange and its commit run in their own task: a client that hangs
+    // up must not cancel them half-way.
+    let shared = shared.clone();
+    tokio::spawn(async move { exchange(&shared, &cred, &code, &pending).await })
+        .await
+        .map_err(|e| Error::Internal(format!("login task failed: {e}")))?
+}
+
+async fn exchange(shared: &Arc<Shared>, cred: &Arc<Credential>, code: &str, pending: &Pending) -> Result<String, Error> {
+    let CredentialSpec::OAuth2(spec) = &cred.spec else {
+        return Err(Error::Internal("credential kind changed during login".into()));
+    };
+    let _guard = cred.refresh_lock.lock().await;
+    let policy = shared.config().refresh.clone();
+    let endpoint = Endpoint {
+        token_url: &spec.token_url,
+        client_id: &spec.client_id,
+        client_secret: cred.client_secret.as_ref(),
+        client_auth: spec.client_auth,
+    };
+    let grant = Grant::AuthorizationCode {
+        code,
+        redirect_uri: &pending.redirect_uri,
+        verifier: pending.verifier.as_ref(),
+    };
+    let started_ms = now_ms();
+    let set = provider::request(&shared.http, &endpoint, &grant, Duration::from_secs(policy.http_timeout_secs))
+        .await
+        .map_err(|e| Error::Provider(format!("the code exchange failed: {e}")))?;
+    let has_refresh = set.refresh_token.is_some();
+    let update = token_update(cred, set, started_ms, &policy);
+    let expires = update.expires_at;
+    commit_and_publish(shared, cred, update).await?;
+    tracing::info!(credential = %cred.name, "login complete");
+    let warning = if has_refresh { "" } else { " (the provider issued no refresh token: you will need to log in again when it expires)" };
+    let valid = expires.map(|e| format!(", token valid for {} s", e - now())).unwrap_or_default();
+    Ok(format!("logged in: credential {:?} is ready{valid}{warning}", cred.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_with_extra_parameters_is_accepted() {
+        match parse_redirect("http://127.0.0.1:5000/callback?code=abc&state=xyz&iss=http%3A%2F%2Fidp").unwrap() {
+            Redirect::Code { code, state } => assert_eq!((code.as_str(), state.as_str()), ("abc", "xyz")),
+            Redirect::Refused { .. } => panic!("expected a code"),
+        }
+    }
+
+    #[test]
+    fn error_redirect_is_reported() {
+        match parse_redirect("http://127.0.0.1/cb?error=access_denied&state=s").unwrap() {
+            Redirect::Refused { error, .. } => assert_eq!(error, "access_denied"),
+            Redirect::Code { .. } => panic!("expected an error"),
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_with_advice() {
+        let Err(e) = parse_redirect("not a url") else { panic!("accepted garbage") };
+        assert!(e.to_string().contains("address bar"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Where the daemon keeps its socket, store, config and key (DESIGN §7).
+
+use std::env;
+use std::path::{Path, PathBuf};
+use tokend_proto::paths::{SOCKET_FILE, user_runtime_dir};
+
+/// Resolved locations for one daemon instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    pub config: PathBuf,
+    /// The fallback key file, used when no systemd credential is given.
+    pub key_file: PathBuf,
+    /// The systemd credential holding the key, when `$CREDENTIALS_DIRECTORY` is set.
+    pub credential_key: Option<PathBuf>,
+    pub system: bool,
+}
+
+/// Command-line overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub socket: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+fn env_dir(var: &str) -> Option<PathBuf> {
+    env::var_os(var)
+        .filter(|v| !v.is_empty())
+        // systemd may pass several colon-separated directories; the first is ours.
+        .map(|v| PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or("")))
+}
+
+fn home_dir(sub: &str) -> PathBuf {
+    env_dir("HOME")
+        .unwrap_or_else(|| PathBuf::from("/"))
+        .join(sub)
+}
+
+impl Paths {
+    /// Per-user (default) or system-wide paths, with overrides applied.
+    /// `key_file_from_config` is the config's `key_file`, if any.
+    pub fn resolve(system: bool, o: &Overrides) -> Paths {
+        let (runtime, state, config_dir) = if system {
+            (
+                env_dir("RUNTIME_DIRECTORY").unwrap_or_else(|| "/run/tokend".into()),
+                env_dir("STATE_DIRECTORY").unwrap_or_else(|| "/var/lib/tokend".into()),
+                env_dir("CONFIGURATION_DIRECTORY").unwrap_or_else(|| "/etc/tokend".into()),
+            )
+        } else {
+            (
+                user_runtime_dir().join("tokend"),
+                env_dir("XDG_STATE_HOME")
+                    .unwrap_or_else(|| home_dir(".local/state"))
+                    .join("tokend"),
+                env_dir("XDG_CONFIG_HOME")
+                    .unwrap_or_else(|| home_dir(".config"))
+                    .join("tokend"),
+            )
+        };
+        let db = o.db.clone().unwrap_or_else(|| state.join("tokend.db"));
+        let key_file = o.key_file.clone().unwrap_or_else(|| {
+            db.parent()
+                .unwrap_or(Path::new("."))
+                .join("tokend.key")
+        });
+        Paths {
+            socket: o.socket.clone().unwrap_or_else(|| runtime.join(SOCKET_FILE)),
+            db,
+            config: o.config.clone().unwrap_or_else(|| config_dir.join("config.toml")),
+            key_file,
+            credential_key: env_dir("CREDENTIALS_DIRECTORY").map(|d| d.join("tokend.key")),
+            system,
+        }
+    }
+}
+
+/// Creates `dir` (and parents) and makes it `mode` if this process made it or
+/// owns it. Private state must not sit in a directory others can list.
+pub fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(dir)?;
+        if meta.uid() == tokend_proto::paths::current_uid() && meta.mode() & 0o7777 != mode {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Presets: named endpoint sets that `tokenctl add --preset` fills in.
+//! Built-in ones for the services tokend was shaped by, plus the config's.
+
+use crate::config::{Config, PresetConfig};
+use std::collections::BTreeMap;
+
+/// The UpPromote check URL: a cheap authenticated read.
+pub const UPPROMOTE_CHECK_URL: &str = "https://aff-api.uppromote.com/api/v1/affiliates";
+
+/// The built-in OAuth2 presets.
+fn builtin(name: &str) -> Option<PresetConfig> {
+    let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    };
+    match name {
+        "uptempo-cas" => Some(PresetConfig {
+            auth_url: Some("https://cas.brandmaker.com/oauth2/auth".into()),
+            token_url: "https://cas.brandmaker.com/api/v1.1/token".into(),
+            scopes: vec![],
+            extra_params: params(&[("response_mode", "query")]),
+        }),
+        "uptempo8" => Some(PresetConfig {
+            auth_url: Some(
+                "https://{domain}/access/realms/{tenant}/protocol/openid-connect/auth".into(),
+            ),
+            token_url: "https://{domain}/access/realms/{tenant}/protocol/openid-connect/token"
+                .into(),
+            scopes: vec![],
+            extra_params: params(&[("response_mode", "query")]),
+        }),
+        _ => None,
+    }
+}
+
+/// Names of all presets, for error messages.
+fn known(config: &Config) -> String {
+    let mut names = vec!["uptempo-cas", "uptempo8", "uppromote (bearer)"];
+    names.extend(config.presets.keys().map(String::as_str));
+    names.join(", ")
+}
+
+/// Looks a preset up: the config's first (so a site can override), then built-ins.
+pub fn lookup(config: &Config, name: &str) -> Result<PresetConfig, String> {
+    config
+        .presets
+        .get(name)
+        .cloned()
+        .or_else(|| builtin(name))
+        .ok_or_else(|| format!("unknown preset {name:?}; known presets: {}", known(config)))
+}
+
+/// The check URL a bearer preset gives.
+pub fn bearer_check_url(name: &str) -> Result<&'static str, String> {
+    match name {
+        "uppromote" => Ok(UPPROMOTE_CHECK_URL),
+        other => Err(format!(
+            "unknown bearer preset {other:?}; the bearer preset is \"uppromote\""
+        )),
+    }
+}
+
+/// Fills `{var}` placeholders; a placeholder left unfilled is an error.
+pub fn fill(template: &str, vars: &[(String, String)]) -> Result<String, String> {
+    let mut out = template.to_string();
+    for (key, value) in vars {
+        if value.is_empty() || value.contains(['/', '?', '#', '@']) {
+            return Err(format!("preset value {key}={value:?} must be a plain host or name"));
+        }
+        out = out.replace(&format!("{{{key}}}"), value);
+    }
+    if let Some(start) = out.find('{') {
+        let var = out[start + 1..].split('}').next().unwrap_or("");
+        return Err(format!("this preset needs --preset-var {var}=VALUE"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptempo8_urls_are_built_from_domain_and_tenant() {
+        let p = lookup(&Config::default(), "uptempo8").unwrap();
+        let vars = vec![
+            ("domain".to_string(), "acme.uptempo.io".to_string()),
+            ("tenant".to_string(), "acme".to_string()),
+        ];
+        assert_eq!(
+            fill(&p.token_url, &vars).unwrap(),
+            "https://acme.uptempo.io/access/realms/acme/protocol/openid-connect/token"
+        );
+    }
+
+    #[test]
+    fn missing_variable_is_named() {
+        let p = lookup(&Config::default(), "uptempo8").unwrap();
+        let err = fill(&p.token_url, &[]).unwrap_err();
+        assert!(err.contains("--preset-var domain"), "{err}");
+    }
+
+    #[test]
+    fn unknown_preset_lists_known_ones() {
+        let err = lookup(&Config::default(), "nope").unwrap_err();
+        assert!(err.contains("uptempo-cas"), "{err}");
+    }
+}

@@ -1,0 +1,252 @@
+//! Sealing secrets at rest: XChaCha20-Poly1305 under a 256-bit key, with the
+//! credential's name and the column bound in as associated data, so a sealed
+//! value copied to another row or column fails to open.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use tokend_proto::Secret;
+use zeroize::Zeroizing;
+
+const FORMAT_V1: u8 = 1;
+const NONCE_LEN: usize = 24;
+const KEY_LEN: usize = 32;
+
+/// Why the key could not be had, or a value could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("cannot read the sealing key {path}: {source}")]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the sealing key {path} is not 32 bytes (raw) or 64 hex characters; restore the right key file"
+    )]
+    BadKey { path: PathBuf },
+    #[error("cannot create the sealing key {path}: {source}")]
+    CreateKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the sealing key {path} is readable by other users (mode {mode:o}); chmod 600 it")]
+    KeyTooOpen { path: PathBuf, mode: u32 },
+    #[error(
+        "the {column} of credential {name:?} cannot be opened: wrong sealing key, or the store was tampered with"
+    )]
+    Open { name: String, column: &'static str },
+    #[error("cannot get randomness from the OS: {0}")]
+    Random(String),
+}
+
+/// Where the key came from, for the start-up log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    SystemdCredential(PathBuf),
+    File(PathBuf),
+    Created(PathBuf),
+}
+
+/// The cipher. Holds the key; its `Debug` shows nothing of it.
+pub struct Sealer {
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer([key redacted])")
+    }
+}
+
+fn aad(name: &str, column: &str) -> Vec<u8> {
+    format!("tokend/v1\0{name}\0{column}").into_bytes()
+}
+
+impl Sealer {
+    pub fn from_key(key: &[u8; KEY_LEN]) -> Sealer {
+        Sealer {
+            cipher: XChaCha20Poly1305::new(key.into()),
+        }
+    }
+
+    /// Loads the key: the systemd credential if present, else `key_file`,
+    /// which is created (0600, OS randomness) when missing and `create` is set.
+    pub fn load(
+        credential: Option<&Path>,
+        key_file: &Path,
+        create: bool,
+    ) -> Result<(Sealer, KeySource), SealError> {
+        if let Some(cred) = credential.filter(|p| p.exists()) {
+            let key = read_key(cred)?;
+            return Ok((Sealer::from_key(&key), KeySource::SystemdCredential(cred.into())));
+        }
+        if key_file.exists() || !create {
+            check_key_mode(key_file)?;
+            let key = read_key(key_file)?;
+            return Ok((Sealer::from_key(&key), KeySource::File(key_file.into())));
+        }
+        let key = create_key(key_file)?;
+        Ok((Sealer::from_key(&key), KeySource::Created(key_file.into())))
+    }
+
+    /// Seals `secret` for `column` of credential `name`.
+    pub fn seal(&self, name: &str, column: &str, secret: &Secret) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: &aad(name, column),
+                },
+            )
+            .map_err(|_| SealError::Random("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a value sealed by [`Sealer::seal`] for the same name and column.
+    pub fn open(&self, name: &str, column: &'static str, sealed: &[u8]) -> Result<Secret, SealError> {
+        let fail = || SealError::Open {
+            name: name.to_string(),
+            column,
+        };
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != FORMAT_V1 {
+            return Err(fail());
+        }
+        let (nonce, body) = sealed[1..].split_at(NONCE_LEN);
+        let plain = Zeroizing::new(
+            self.cipher
+                .decrypt(
+                    XNonce::from_slice(nonce),
+                    Payload {
+                        msg: body,
+                        aad: &aad(name, column),
+                    },
+                )
+                .map_err(|_| fail())?,
+        );
+        let text = std::str::from_utf8(&plain).map_err(|_| fail())?;
+        Ok(Secret::new(text))
+    }
+}
+
+fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
+    let raw = Zeroizing::new(std::fs::read(path).map_err(|source| SealError::ReadKey {
+        path: path.into(),
+        source,
+    })?);
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    if raw.len() == KEY_LEN {
+        key.copy_from_slice(&raw);
+        return Ok(key);
+    }
+    let text = std::str::from_utf8(&raw).unwrap_or("").trim();
+    if text.len() == KEY_LEN * 2 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex");
+        }
+        return Ok(key);
+    }
+    Err(SealError::BadKey { path: path.into() })
+}
+
+fn check_key_mode(path: &Path) -> Result<(), SealError> {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SealError::KeyTooOpen {
+                path: path.into(),
+                mode,
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn create_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
+    let err = |source| SealError::CreateKey {
+        path: path.into(),
+        source,
+    };
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    getrandom::fill(key.as_mut()).map_err(|e| SealError::Random(e.to_string()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(key.as_ref()).map_err(err)?;
+    file.sync_all().map_err(err)?;
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealer() -> Sealer {
+        Sealer::from_key(&[7u8; 32])
+    }
+
+    #[test]
+    fn sealed_value_opens_only_for_its_row_and_column() {
+        let s = sealer();
+        let sealed = s.seal("uptempo", "refresh_token", &Secret::new("rt-1")).unwrap();
+        assert_eq!(s.open("uptempo", "refresh_token", &sealed).unwrap().expose(), "rt-1");
+        assert!(s.open("other", "refresh_token", &sealed).is_err());
+        assert!(s.open("uptempo", "access_token", &sealed).is_err());
+    }
+
+    #[test]
+    fn sealed_bytes_do_not_contain_the_secret() {
+        let sealed = sealer().seal("a", "access_token", &Secret::new("plain-text-token")).unwrap();
+        assert!(!sealed.windows(16).any(|w| w == b"plain-text-token"));
+    }
+
+    #[test]
+    fn wrong_key_fails_to_open() {
+        let sealed = sealer().seal("a", "access_token", &Secret::new("x")).unwrap();
+        let other = Sealer::from_key(&[8u8; 32]);
+        assert!(matches!(other.open("a", "access_token", &sealed), Err(SealError::Open { .. })));
+    }
+
+    #[test]
+    fn key_file_is_created_private_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let (a, src) = Sealer::load(None, &path, true).unwrap();
+        assert!(matches!(src, KeySource::Created(_)));
+        let sealed = a.seal("n", "c", &Secret::new("v")).unwrap();
+        let (b, src) = Sealer::load(None, &path, true).unwrap();
+        assert!(matches!(src, KeySource::File(_)));
+        assert_eq!(b.open("n", "c", &sealed).unwrap().expose(), "v");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+    }
+
+    #[test]
+    fn hex_key_and_bad_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex = dir.path().join("hex");
+        std::fs::write(&hex, format!("{}\n", "ab".repeat(32))).unwrap();
+        assert!(read_key(&hex).is_ok());
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, "short").unwrap();
+        assert!(matches!(read_key(&bad), Err(SealError::BadKey { .. })));
+    }
+}

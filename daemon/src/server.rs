@@ -1,0 +1,122 @@
+//! The listening socket and the accept loop.
+
+use crate::state::Shared;
+use interprocess::local_socket::tokio::{Listener, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokend_proto::{HelloReply, PROTOCOL_VERSION};
+
+/// Why the socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another tokend is already running at {0} (stop it first, or pick another --socket)")]
+    AlreadyRunning(String),
+    #[error("cannot create the socket {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Binds the socket at `path` with `mode`. A socket file nobody answers on is
+/// a leftover from a crash and is replaced; a live one is left alone.
+pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, BindError> {
+    let io = |source| BindError::Io { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        if mode & 0o070 == 0 {
+            crate::paths::ensure_private_dir(dir, 0o700).map_err(io)?;
+        } else {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+    }
+    if path.exists() || path.symlink_metadata().is_ok() {
+        if is_live(path) {
+            return Err(BindError::AlreadyRunning(path.display().to_string()));
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let name = path.to_fs_name::<GenericFilePath>().map_err(io)?;
+    let options = ListenerOptions::new().name(name).reclaim_name(true);
+    #[cfg(unix)]
+    let options = {
+        use interprocess::os::unix::local_socket::ListenerOptionsExt;
+        options.mode(mode as _)
+    };
+    let listener = options.create_tokio().map_err(io)?;
+    set_socket_access(path, mode, group).map_err(io)?;
+    Ok(listener)
+}
+
+#[cfg(unix)]
+fn is_live(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+#[cfg(not(unix))]
+fn is_live(_path: &Path) -> bool {
+    false
+}
+
+/// Sets the mode (and, in system mode, the group) even under a loose umask.
+#[cfg(unix)]
+fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(std::io::Error::from)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn set_socket_access(_path: &Path, _mode: u32, _group: Option<u32>) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Accepts connections until shutdown, then waits (up to `grace`) for the
+/// connections to finish the request they are on.
+pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let max = shared.config().limits.max_connections;
+    let limit = Arc::new(Semaphore::new(max));
+    // Each connection task holds a sender; all dropped means all finished.
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
+                        tokio::spawn(async move {
+                            crate::connection::serve(stream, shared, shutdown).await;
+                            drop((permit, done));
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(max, "connection limit reached; refusing a client");
+                        tokio::spawn(refuse_busy(stream, max));
+                    }
+                },
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    drop(done_tx);
+    let _ = tokio::time::timeout(grace, done_rx.recv()).await;
+}
+
+/// Tells a client over the limit why, instead of leaving it hanging.
+async fn refuse_busy(mut stream: interprocess::local_socket::tokio::Stream, max: usize) {
+    let t = Duration::from_millis(500);
+    let _ = tokio::time::timeout(t, tokend_proto::read_frame_async::<tokend_proto::Hello>(&mut stream)).await;
+    let reply = HelloReply {
+        version: PROTOCOL_VERSION,
+        accepted: false,
+        message: format!("tokend is at its limit of {max} connections; try again shortly"),
+    };
+    let _ = tokio::time::timeout(t, tokend_proto::write_frame_async(&mut stream, &reply)).await;
+}

@@ -1,0 +1,67 @@
+//! Being a good systemd citizen: readiness and status notifications, the
+//! watchdog, and a listening socket passed by socket activation.
+//! Every call is a no-op when not run by systemd.
+
+use interprocess::local_socket::tokio::Listener;
+use sd_notify::NotifyState;
+use std::time::Duration;
+
+/// `READY=1` with a one-line status. Call once the socket is bound and the
+/// store is open, so a client started after it can already get a token.
+pub fn ready(status: &str) {
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+pub fn status(status: &str) {
+    let _ = sd_notify::notify(&[NotifyState::Status(status)]);
+}
+
+pub fn stopping() {
+    let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+}
+
+/// `RELOADING=1` (with the monotonic time newer systemd requires), then
+/// `READY=1` once the reload is done.
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(t) = NotifyState::monotonic_usec_now() {
+        states.push(t);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
+/// Pings the watchdog at half its period, when `WATCHDOG_USEC` asks for it.
+pub fn spawn_watchdog() {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval((period / 2).max(Duration::from_millis(100)));
+        loop {
+            tick.tick().await;
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        }
+    });
+}
+
+/// The listening socket systemd passed (`LISTEN_FDS`/`LISTEN_PID`), if any.
+#[cfg(unix)]
+pub fn activated_listener() -> std::io::Result<Option<Listener>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = sd_notify::listen_fds()?;
+    let Some(fd) = fds.next() else {
+        return Ok(None);
+    };
+    if fds.len() > 0 {
+        tracing::warn!("systemd passed more than one socket; using the first");
+    }
+    // SAFETY: systemd hands this fd to us alone; we take ownership once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let uds = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(owned)?;
+    Ok(Some(Listener::from(uds)))
+}
+
+#[cfg(not(unix))]
+pub fn activated_listener() -> std::io::Result<Option<Listener>> {
+    Ok(None)
+}

@@ -1,0 +1,562 @@
+//! The SQLite store: credentials, their sealed secrets and their allow lists.
+//!
+//! WAL with `synchronous=FULL`: a committed token pair survives `kill -9`
+//! and power loss. Secrets are sealed before they reach SQL and opened after
+//! they leave it; nothing else in the daemon sees a sealed blob.
+
+use crate::seal::{SealError, Sealer};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokend_proto::{CheckReport, CredentialSpec, CredentialState, Principal, Secret};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store {path} cannot be opened: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("the store was written by a newer tokend (schema {found}, this build knows {known}); upgrade tokend")]
+    TooNew { found: i64, known: i64 },
+    #[error("a credential named {0:?} already exists (remove it first, or use --replace)")]
+    AlreadyExists(String),
+    #[error("no credential named {0:?}")]
+    NotFound(String),
+    #[error("storage error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored settings are unreadable: {0}")]
+    Settings(#[from] serde_json::Error),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// The schema, one entry per version; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE credentials (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL,
+    description     TEXT NOT NULL DEFAULT '',
+    owner_uid       INTEGER NOT NULL,
+    settings        TEXT NOT NULL,
+    client_secret   BLOB,
+    access_token    BLOB,
+    refresh_token   BLOB,
+    generation      INTEGER NOT NULL DEFAULT 0,
+    expires_at      INTEGER,
+    state           TEXT NOT NULL,
+    reason          TEXT,
+    created_at      INTEGER NOT NULL,
+    last_refresh_at INTEGER,
+    last_use_at     INTEGER,
+    next_refresh_at INTEGER,
+    last_error      TEXT,
+    last_check      TEXT
+);
+CREATE TABLE allowed (
+    credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
+    kind          TEXT NOT NULL CHECK (kind IN ('user', 'group')),
+    id            INTEGER NOT NULL,
+    PRIMARY KEY (credential_id, kind, id)
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"#];
+
+/// A known value sealed under the key at first start: a wrong key is caught
+/// at start-up even when the store holds no credential yet.
+const KEY_CHECK: &str = "tokend key check";
+
+/// Everything stored about one credential, secrets opened.
+#[derive(Debug, Clone)]
+pub struct StoredCredential {
+    pub name: String,
+    pub description: String,
+    pub spec: CredentialSpec,
+    pub owner_uid: u32,
+    pub allowed: Vec<Principal>,
+    /// The client secret (OAuth2 kinds).
+    pub client_secret: Option<Secret>,
+    /// The access token (for bearer: the token itself).
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    pub generation: u64,
+    pub expires_at: Option<i64>,
+    pub state: CredentialState,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub last_refresh_at: Option<i64>,
+    pub last_use_at: Option<i64>,
+    pub next_refresh_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_check: Option<CheckReport>,
+}
+
+/// A new token set, written in one transaction (DESIGN §4.3).
+#[derive(Debug, Clone)]
+pub struct TokenUpdate {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub generation: u64,
+    pub expires_at: Option<i64>,
+    pub refreshed_at: i64,
+    pub next_refresh_at: Option<i64>,
+}
+
+/// A change of lifecycle state and its explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateUpdate {
+    pub state: CredentialState,
+    pub reason: Option<String>,
+    pub last_error: Option<String>,
+    pub next_refresh_at: Option<i64>,
+}
+
+/// A handle to the store; cheap to clone. The connection sits behind a
+/// `std::sync::Mutex`: every operation is a short, synchronous transaction.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    sealer: Arc<Sealer>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+fn state_to_sql(state: CredentialState) -> &'static str {
+    state.as_str()
+}
+
+fn state_from_sql(text: &str) -> CredentialState {
+    match text {
+        "ready" => CredentialState::Ready,
+        "needs-login" => CredentialState::NeedsLogin,
+        // A refresh cannot be in flight across a restart.
+        "refreshing" => CredentialState::Ready,
+        _ => CredentialState::Failing,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, file mode 0600 in a
+    /// 0700 directory, and brings the schema up to date.
+    pub fn open(path: &Path, sealer: Sealer) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::paths::ensure_private_dir(dir, 0o700).map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: rusqlite::Error::InvalidPath(format!("{}: {e}", dir.display()).into()),
+            })?;
+        }
+        create_private_file(path);
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let store = Store {
+            conn: Arc::new(Mutex::new(conn)),
+            sealer: Arc::new(sealer),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the
+        // transaction rolls back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn seal_opt(&self, name: &str, column: &str, s: Option<&Secret>) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(s.map(|s| self.sealer.seal(name, column, s)).transpose()?)
+    }
+
+    fn open_opt(&self, name: &str, column: &'static str, b: Option<Vec<u8>>) -> Result<Option<Secret>, StoreError> {
+        Ok(b.map(|b| self.sealer.open(name, column, &b)).transpose()?)
+    }
+
+    /// Verifies that the sealing key is the one this store was created with,
+    /// recording it on first use.
+    pub fn verify_key(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let sealed: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+            .optional()?;
+        match sealed {
+            Some(sealed) => {
+                let opened = self.sealer.open("", "key_check", &sealed)?;
+                if opened.expose() != KEY_CHECK {
+                    return Err(SealError::Open { name: String::new(), column: "key_check" }.into());
+                }
+            }
+            None => {
+                let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
+                conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a credential; with `replace`, an existing one of that name goes first.
+    pub fn insert(&self, c: &StoredCredential, replace: bool) -> Result<(), StoreError> {
+        let settings = serde_json::to_string(&c.spec)?;
+        let client_secret = self.seal_opt(&c.name, "client_secret", c.client_secret.as_ref())?;
+        let access = self.seal_opt(&c.name, "access_token", c.access_token.as_ref())?;
+        let refresh = self.seal_opt(&c.name, "refresh_token", c.refresh_token.as_ref())?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if replace {
+            tx.execute("DELETE FROM credentials WHERE name = ?1", [&c.name])?;
+        }
+        let inserted = tx.execute(
+            "INSERT INTO credentials (name, kind, description, owner_uid, settings, client_secret,
+                access_token, refresh_token, generation, expires_at, state, reason, created_at,
+                last_refresh_at, next_refresh_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                c.name,
+                c.spec.kind(),
+                c.description,
+                c.owner_uid,
+                settings,
+                client_secret,
+                access,
+                refresh,
+                c.generation as i64,
+                c.expires_at,
+                state_to_sql(c.state),
+                c.reason,
+                c.created_at,
+                c.last_refresh_at,
+                c.next_refresh_at,
+            ],
+        );
+        match inserted {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::AlreadyExists(c.name.clone()));
+            }
+            other => other?,
+        };
+        let id = tx.last_insert_rowid();
+        write_allowed(&tx, id, &c.allowed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a credential; false when there was none.
+    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().execute("DELETE FROM credentials WHERE name = ?1", [name])? > 0)
+    }
+
+    /// Every credential, secrets opened. A value that fails to open (wrong
+    /// key) is an error: the daemon must not start on garbage.
+    pub fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, description, owner_uid, settings, client_secret, access_token,
+                refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
+                last_use_at, next_refresh_at, last_error, last_check
+             FROM credentials ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<Vec<u8>>>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+                r.get::<_, Option<Vec<u8>>>(7)?,
+                r.get::<_, i64>(8)?,
+                r.get::<_, Option<i64>>(9)?,
+                r.get::<_, String>(10)?,
+                r.get::<_, Option<String>>(11)?,
+                (
+                    r.get::<_, i64>(12)?,
+                    r.get::<_, Option<i64>>(13)?,
+                    r.get::<_, Option<i64>>(14)?,
+                    r.get::<_, Option<i64>>(15)?,
+                    r.get::<_, Option<String>>(16)?,
+                    r.get::<_, Option<String>>(17)?,
+                ),
+            ))
+        })?;
+        let mut allowed = load_allowed(&conn)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name, description, owner_uid, settings, cs, at, rt, generation, expires_at, state, reason, rest) = row?;
+            let (created_at, last_refresh_at, last_use_at, next_refresh_at, last_error, last_check) = rest;
+            out.push(StoredCredential {
+                spec: serde_json::from_str(&settings)?,
+                client_secret: self.open_opt(&name, "client_secret", cs)?,
+                access_token: self.open_opt(&name, "access_token", at)?,
+                refresh_token: self.open_opt(&name, "refresh_token", rt)?,
+                allowed: allowed.remove(&id).unwrap_or_default(),
+                name,
+                description,
+                owner_uid,
+                generation: generation as u64,
+                expires_at,
+                state: state_from_sql(&state),
+                reason,
+                created_at,
+                last_refresh_at,
+                last_use_at,
+                next_refresh_at,
+                last_error,
+                last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Commits a new token set and marks the credential ready, atomically.
+    pub fn save_tokens(&self, name: &str, t: &TokenUpdate) -> Result<(), StoreError> {
+        let access = self.sealer.seal(name, "access_token", &t.access_token)?;
+        let refresh = self.seal_opt(name, "refresh_token", t.refresh_token.as_ref())?;
+        let n = self.lock().execute(
+            "UPDATE credentials SET access_token = ?2, refresh_token = COALESCE(?3, refresh_token),
+                generation = ?4, expires_at = ?5, last_refresh_at = ?6, next_refresh_at = ?7,
+                state = 'ready', reason = NULL, last_error = NULL
+             WHERE name = ?1",
+            params![name, access, refresh, t.generation as i64, t.expires_at, t.refreshed_at, t.next_refresh_at],
+        )?;
+        found(n, name)
+    }
+
+    /// Records a state change (and drops the refresh token when the grant is dead).
+    pub fn save_state(&self, name: &str, s: &StateUpdate, drop_grant: bool) -> Result<(), StoreError> {
+        let sql = if drop_grant {
+            "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5,
+                refresh_token = NULL, access_token = NULL, expires_at = NULL WHERE name = ?1"
+        } else {
+            "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5
+             WHERE name = ?1"
+        };
+        let n = self.lock().execute(
+            sql,
+            params![name, state_to_sql(s.state), s.reason, s.last_error, s.next_refresh_at],
+        )?;
+        found(n, name)
+    }
+
+    /// Records the result of a check, and the state it leads to.
+    pub fn save_check(&self, name: &str, report: &CheckReport, s: &StateUpdate) -> Result<(), StoreError> {
+        let json = serde_json::to_string(report)?;
+        let n = self.lock().execute(
+            "UPDATE credentials SET last_check = ?2, state = ?3, reason = ?4, last_error = ?5 WHERE name = ?1",
+            params![name, json, state_to_sql(s.state), s.reason, s.last_error],
+        )?;
+        found(n, name)
+    }
+
+    /// Replaces the allow list.
+    pub fn save_allowed(&self, name: &str, allowed: &[Principal]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let id: i64 = tx
+            .query_row("SELECT id FROM credentials WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])?;
+        write_allowed(&tx, id, allowed)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes last-use times, batched: a token request must not wait on fsync.
+    pub fn save_last_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare("UPDATE credentials SET last_use_at = ?2 WHERE name = ?1")?;
+            for (name, at) in uses {
+                stmt.execute(params![name, at])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+}
+
+fn found(rows: usize, name: &str) -> Result<(), StoreError> {
+    if rows == 0 {
+        return Err(StoreError::NotFound(name.to_string()));
+    }
+    Ok(())
+}
+
+fn write_allowed(tx: &rusqlite::Transaction<'_>, id: i64, allowed: &[Principal]) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare("INSERT OR IGNORE INTO allowed (credential_id, kind, id) VALUES (?1, ?2, ?3)")?;
+    for p in allowed {
+        let (kind, pid) = match p {
+            Principal::User(u) => ("user", *u),
+            Principal::Group(g) => ("group", *g),
+        };
+        stmt.execute(params![id, kind, pid])?;
+    }
+    Ok(())
+}
+
+fn load_allowed(conn: &Connection) -> Result<std::collections::HashMap<i64, Vec<Principal>>, StoreError> {
+    let mut stmt = conn.prepare("SELECT credential_id, kind, id FROM allowed ORDER BY kind, id")?;
+    let mut map: std::collections::HashMap<i64, Vec<Principal>> = Default::default();
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?)))?;
+    for row in rows {
+        let (cid, kind, id) = row?;
+        let p = if kind == "user" { Principal::User(id) } else { Principal::Group(id) };
+        map.entry(cid).or_default().push(p);
+    }
+    Ok(map)
+}
+
+/// Creates the database file 0600 before SQLite does, so it is never
+/// briefly world-readable under a loose umask. WAL and SHM files inherit
+/// the main file's mode.
+fn create_private_file(path: &Path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    // Failure here surfaces as a clearer error from Connection::open.
+    let _ = options.open(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bearer(name: &str, token: &str) -> StoredCredential {
+        StoredCredential {
+            name: name.into(),
+            description: "d".into(),
+            spec: CredentialSpec::Bearer { check_url: None },
+            owner_uid: 1000,
+            allowed: vec![Principal::Group(5)],
+            client_secret: None,
+            access_token: Some(Secret::new(token)),
+            refresh_token: None,
+            generation: 1,
+            expires_at: None,
+            state: CredentialState::Ready,
+            reason: None,
+            created_at: 100,
+            last_refresh_at: None,
+            last_use_at: None,
+            next_refresh_at: None,
+            last_error: None,
+            last_check: None,
+        }
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(&dir.join("t.db"), Sealer::from_key(&[1u8; 32])).unwrap()
+    }
+
+    #[test]
+    fn credentials_round_trip_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path()).insert(&bearer("up", "tok-1"), false).unwrap();
+        let all = open(dir.path()).load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].access_token.as_ref().unwrap().expose(), "tok-1");
+        assert_eq!(all[0].allowed, vec![Principal::Group(5)]);
+    }
+
+    #[test]
+    fn duplicate_name_is_refused_and_store_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.insert(&bearer("up", "tok-1"), false).unwrap();
+        let err = s.insert(&bearer("up", "tok-2"), false).unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)));
+        assert_eq!(s.load_all().unwrap()[0].access_token.as_ref().unwrap().expose(), "tok-1");
+    }
+
+    #[test]
+    fn token_update_is_atomic_and_keeps_refresh_token_when_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let mut c = bearer("o", "a0");
+        c.refresh_token = Some(Secret::new("r0"));
+        s.insert(&c, false).unwrap();
+        let update = TokenUpdate {
+            access_token: Secret::new("a1"),
+            refresh_token: None,
+            generation: 2,
+            expires_at: Some(500),
+            refreshed_at: 400,
+            next_refresh_at: Some(475),
+        };
+        s.save_tokens("o", &update).unwrap();
+        let back = &s.load_all().unwrap()[0];
+        assert_eq!(back.access_token.as_ref().unwrap().expose(), "a1");
+        assert_eq!(back.refresh_token.as_ref().unwrap().expose(), "r0");
+        assert_eq!(back.generation, 2);
+    }
+
+    #[test]
+    fn wrong_key_refuses_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.verify_key().unwrap();
+        s.insert(&bearer("up", "tok"), false).unwrap();
+        let other = Store::open(&dir.path().join("t.db"), Sealer::from_key(&[2u8; 32])).unwrap();
+        assert!(matches!(other.verify_key(), Err(StoreError::Seal(_))));
+        assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
+        open(dir.path()).verify_key().unwrap();
+    }
+
+    #[test]
+    fn database_file_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("state");
+        Store::open(&sub.join("t.db"), Sealer::from_key(&[1u8; 32])).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&sub.join("t.db")), 0o600);
+            assert_eq!(mode(&sub), 0o700);
+        }
+    }
+}
