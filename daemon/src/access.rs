@@ -58,7 +58,9 @@ pub struct Policy {
 impl Policy {
     /// Add, remove, login, allow/deny: the daemon's own user, root, the admin group.
     pub fn is_admin(&self, peer: &Peer) -> bool {
-        peer.uid == self.daemon_uid || peer.uid == 0 || self.admin_gid.is_some_and(|g| peer.in_group(g))
+        peer.uid == self.daemon_uid
+            || peer.uid == 0
+            || self.admin_gid.is_some_and(|g| peer.in_group(g))
     }
 
     /// Reading a credential's token: its owner, an admin, or someone on its allow list.

@@ -14,7 +14,10 @@ use tokend_proto::{CheckReport, CredentialSpec, CredentialState};
 /// Probes the check URL, records the report, and sets the state: 2xx → ready,
 /// 401/403 → `failing: rejected by HOST`, anything else leaves the state alone.
 pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckReport, Error> {
-    let CredentialSpec::Bearer { check_url: Some(url) } = &cred.spec else {
+    let CredentialSpec::Bearer {
+        check_url: Some(url),
+    } = &cred.spec
+    else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} has no check URL (add it with --check-url)",
             cred.name
@@ -41,7 +44,12 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
                 401 | 403 => format!("rejected by {host} (HTTP {code})"),
                 _ => format!("inconclusive: {host} answered HTTP {code}"),
             };
-            CheckReport { at: now(), status: Some(code), ok, message }
+            CheckReport {
+                at: now(),
+                status: Some(code),
+                ok,
+                message,
+            }
         }
         Err(e) => CheckReport {
             at: now(),
@@ -89,6 +97,7 @@ pub fn describe(e: &reqwest::Error) -> String {
         "the response body could not be read".into()
     } else {
         // The source, not the Display: that one repeats the whole URL.
-        std::error::Error::source(e).map_or_else(|| "the request failed".to_string(), |s| s.to_string())
+        std::error::Error::source(e)
+            .map_or_else(|| "the request failed".to_string(), |s| s.to_string())
     }
 }

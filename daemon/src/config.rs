@@ -207,7 +207,9 @@ impl Config {
             return Err(format!("{key} must be greater than 0"));
         }
         if r.max_backoff_secs < r.min_backoff_secs {
-            return Err("refresh.max_backoff_secs must not be below refresh.min_backoff_secs".into());
+            return Err(
+                "refresh.max_backoff_secs must not be below refresh.min_backoff_secs".into(),
+            );
         }
         for (name, preset) in &self.presets {
             if tokend_proto::validate_name(name).is_err() {

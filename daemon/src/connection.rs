@@ -12,13 +12,13 @@ use interprocess::local_socket::tokio::Stream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::watch;
-use tokio::time::timeout;
 use tokend_proto::{
     ErrorCode, FrameError, Hello, HelloReply, MAGIC, PROTOCOL_VERSION, Request, Response,
     read_frame_async, write_frame_async,
 };
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio::time::timeout;
 
 /// Counts a live connection for `status`; uncounts it on drop.
 struct Counted<'a>(&'a Shared);
@@ -99,13 +99,21 @@ async fn hello(conn: &mut BufReader<Stream>, peer: &Peer, frame_timeout: Duratio
     let message = if accepted {
         env!("CARGO_PKG_VERSION").to_string()
     } else {
-        tracing::info!(uid = peer.uid, version = hello.version, "client speaks another protocol version");
+        tracing::info!(
+            uid = peer.uid,
+            version = hello.version,
+            "client speaks another protocol version"
+        );
         format!(
             "tokend speaks protocol version {PROTOCOL_VERSION} but this client speaks version {}; use tokenctl and tokend from the same release",
             hello.version
         )
     };
-    let reply = HelloReply { version: PROTOCOL_VERSION, accepted, message };
+    let reply = HelloReply {
+        version: PROTOCOL_VERSION,
+        accepted,
+        message,
+    };
     send(conn, &reply, frame_timeout).await && accepted
 }
 
@@ -116,10 +124,20 @@ async fn refuse(conn: &mut BufReader<Stream>, peer: &Peer, e: FrameError, frame_
         FrameError::TooLarge(_) | FrameError::Decode(_) | FrameError::Encode(_) => e.to_string(),
     };
     tracing::debug!(uid = peer.uid, error = %message, "malformed frame; closing");
-    let response = Response::error(ErrorCode::BadRequest, format!("{message}; closing the connection"));
+    let response = Response::error(
+        ErrorCode::BadRequest,
+        format!("{message}; closing the connection"),
+    );
     send(conn, &response, frame_timeout).await;
 }
 
-async fn send<T: serde::Serialize>(conn: &mut BufReader<Stream>, value: &T, frame_timeout: Duration) -> bool {
-    matches!(timeout(frame_timeout, write_frame_async(conn.get_mut(), value)).await, Ok(Ok(())))
+async fn send<T: serde::Serialize>(
+    conn: &mut BufReader<Stream>,
+    value: &T,
+    frame_timeout: Duration,
+) -> bool {
+    matches!(
+        timeout(frame_timeout, write_frame_async(conn.get_mut(), value)).await,
+        Ok(Ok(()))
+    )
 }

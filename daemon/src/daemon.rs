@@ -54,15 +54,24 @@ fn policy_for(config: &Config) -> Result<Policy, String> {
 /// failures; everything after start is logged and survived.
 pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     raise_fd_limit();
-    let policy = policy_for(&config).map_err(|e| fail(format!("config {}: admin_group: {e}", paths.config.display())))?;
+    let policy = policy_for(&config).map_err(|e| {
+        fail(format!(
+            "config {}: admin_group: {e}",
+            paths.config.display()
+        ))
+    })?;
     let socket_gid = match (&config.socket_group, paths.system) {
-        (Some(g), true) => Some(group_id(g).map_err(|e| fail(format!("config: socket_group: {e}")))?),
+        (Some(g), true) => {
+            Some(group_id(g).map_err(|e| fail(format!("config: socket_group: {e}")))?)
+        }
         _ => None,
     };
     if let Some(dir) = paths.key_file.parent() {
-        crate::paths::ensure_private_dir(dir, 0o700).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        crate::paths::ensure_private_dir(dir, 0o700)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let (sealer, key_source) = Sealer::load(paths.credential_key.as_deref(), &paths.key_file, true).map_err(fail)?;
+    let (sealer, key_source) =
+        Sealer::load(paths.credential_key.as_deref(), &paths.key_file, true).map_err(fail)?;
     let store = Store::open(&paths.db, sealer).map_err(fail)?;
     store.verify_key().map_err(|e| {
         fail(format!(
@@ -75,7 +84,9 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     for s in stored {
         shared.registry.insert(Arc::new(Credential::from_stored(s)));
     }
-    let listener = match service::activated_listener().map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))? {
+    let listener = match service::activated_listener()
+        .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
+    {
         Some(listener) => {
             tracing::info!("using the socket passed by systemd");
             listener
@@ -87,7 +98,8 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel(1);
-    signals::spawn(shutdown_tx, reload_tx).map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
+    signals::spawn(shutdown_tx, reload_tx)
+        .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     lifecycle::schedule_loaded(&shared);
     tokio::spawn(scheduler::run(shared.clone(), shutdown_rx.clone()));
     tokio::spawn(flush_uses(shared.clone(), shutdown_rx.clone()));
@@ -95,13 +107,23 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     service::spawn_watchdog();
     log_start(&shared, &key_source);
     service::ready(&status_line(&shared));
-    server::run(listener, shared.clone(), shutdown_rx, Duration::from_secs(5)).await;
+    server::run(
+        listener,
+        shared.clone(),
+        shutdown_rx,
+        Duration::from_secs(5),
+    )
+    .await;
     stop(&shared).await;
     Ok(())
 }
 
 fn status_line(shared: &Shared) -> String {
-    format!("serving {} credentials on {}", shared.registry.len(), shared.paths.socket.display())
+    format!(
+        "serving {} credentials on {}",
+        shared.registry.len(),
+        shared.paths.socket.display()
+    )
 }
 
 fn log_start(shared: &Shared, key: &KeySource) {
@@ -130,7 +152,9 @@ async fn stop(shared: &Arc<Shared>) {
     for cred in &creds {
         match tokio::time::timeout(deadline, cred.refresh_lock.lock()).await {
             Ok(guard) => held.push(guard),
-            Err(_) => tracing::warn!(credential = %cred.name, "a refresh did not finish before shutdown"),
+            Err(_) => {
+                tracing::warn!(credential = %cred.name, "a refresh did not finish before shutdown")
+            }
         }
     }
     save_uses(shared).await;
@@ -181,7 +205,10 @@ async fn save_uses(shared: &Arc<Shared>) {
 async fn reload(shared: Arc<Shared>, mut requests: mpsc::Receiver<()>) {
     while requests.recv().await.is_some() {
         service::reloading();
-        match Config::load(&shared.paths.config).map_err(|e| e.to_string()).and_then(|c| Ok((policy_for(&c)?, c))) {
+        match Config::load(&shared.paths.config)
+            .map_err(|e| e.to_string())
+            .and_then(|c| Ok((policy_for(&c)?, c)))
+        {
             Ok((policy, config)) => {
                 let changed = *shared.config() != config;
                 shared.replace_config(config, policy);

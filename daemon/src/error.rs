@@ -18,7 +18,9 @@ pub enum Error {
     },
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("a credential named {0:?} already exists (remove it with `tokenctl rm {0}`, or add with --replace)")]
+    #[error(
+        "a credential named {0:?} already exists (remove it with `tokenctl rm {0}`, or add with --replace)"
+    )]
     AlreadyExists(String),
     #[error("{0}")]
     Provider(String),
@@ -62,7 +64,11 @@ impl Error {
     }
 
     pub fn to_remote(&self) -> RemoteError {
-        RemoteError::new(self.code(), self.to_string())
+        let mut remote = RemoteError::new(self.code(), self.to_string());
+        if let Error::NotUsable { state, .. } = self {
+            remote.state = Some(*state);
+        }
+        remote
     }
 }
 
@@ -71,7 +77,9 @@ impl From<StoreError> for Error {
         match e {
             StoreError::AlreadyExists(name) => Error::AlreadyExists(name),
             StoreError::NotFound(name) => Error::UnknownCredential(name),
-            other => Error::Internal(format!("the store could not be updated, nothing was changed: {other}")),
+            other => Error::Internal(format!(
+                "the store could not be updated, nothing was changed: {other}"
+            )),
         }
     }
 }

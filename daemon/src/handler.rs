@@ -32,7 +32,10 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Resp
 
 async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result<Response, Error> {
     match request {
-        Request::Token { name, min_valid_secs } => {
+        Request::Token {
+            name,
+            min_valid_secs,
+        } => {
             let cred = usable(shared, peer, &name)?;
             let reply = lifecycle::token(shared, &cred, min_valid_secs).await?;
             Ok(Response::Token(reply))
@@ -44,7 +47,9 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
         }
         Request::Refresh { name } => {
             let cred = usable(shared, peer, &name)?;
-            Ok(Response::Message(lifecycle::force_refresh(shared, &cred).await?))
+            Ok(Response::Message(
+                lifecycle::force_refresh(shared, &cred).await?,
+            ))
         }
         Request::Check { name } => {
             let cred = usable(shared, peer, &name)?;
@@ -54,7 +59,12 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
             let cred = usable(shared, peer, &name)?;
             Ok(Response::Credential(Box::new(cred.info(now()))))
         }
-        Request::List => Ok(Response::List(visible(shared, peer).iter().map(|c| c.info(now())).collect())),
+        Request::List => Ok(Response::List(
+            visible(shared, peer)
+                .iter()
+                .map(|c| c.info(now()))
+                .collect(),
+        )),
         Request::Status => Ok(Response::Status(status(shared, peer))),
         Request::Add(add) => {
             admin(shared, peer)?;
@@ -75,11 +85,21 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
         Request::LoginStart { name, redirect_uri } => {
             admin(shared, peer)?;
             let cred = known(shared, &name)?;
-            Ok(Response::Login(login::start(shared, &cred, redirect_uri, peer.uid)?))
+            Ok(Response::Login(login::start(
+                shared,
+                &cred,
+                redirect_uri,
+                peer.uid,
+            )?))
         }
-        Request::LoginFinish { login_id, redirect_url } => {
+        Request::LoginFinish {
+            login_id,
+            redirect_url,
+        } => {
             admin(shared, peer)?;
-            Ok(Response::Message(login::finish(shared, &login_id, &redirect_url, peer.uid).await?))
+            Ok(Response::Message(
+                login::finish(shared, &login_id, &redirect_url, peer.uid).await?,
+            ))
         }
     }
 }
@@ -134,8 +154,13 @@ fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
         uptime_secs: shared.started.elapsed().as_secs(),
         socket: shared.paths.socket.display().to_string(),
         database: shared.paths.db.display().to_string(),
-        connections: shared.connections.load(std::sync::atomic::Ordering::Relaxed),
-        credentials: visible(shared, peer).iter().map(|c| c.summary(now)).collect(),
+        connections: shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        credentials: visible(shared, peer)
+            .iter()
+            .map(|c| c.summary(now))
+            .collect(),
     }
 }
 
@@ -149,10 +174,16 @@ pub async fn blocking<T: Send + 'static>(
         .map_err(Error::from)
 }
 
-async fn add_credential(shared: &Arc<Shared>, peer: &Peer, add: AddCredential) -> Result<Response, Error> {
+async fn add_credential(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    add: AddCredential,
+) -> Result<Response, Error> {
     tokend_proto::validate_name(&add.name).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     if add.description.len() > 1024 || add.description.contains(['\n', '\r']) {
-        return Err(Error::InvalidArgument("the description must be one line of at most 1024 bytes".into()));
+        return Err(Error::InvalidArgument(
+            "the description must be one line of at most 1024 bytes".into(),
+        ));
     }
     let spec = resolve_spec(shared, add.kind)?;
     let secret = add.secret;
@@ -163,13 +194,24 @@ async fn add_credential(shared: &Arc<Shared>, peer: &Peer, add: AddCredential) -
     }
     let needs_secret = !matches!(spec, CredentialSpec::OAuth2(_));
     if secret.is_empty() && needs_secret {
-        let what = if let CredentialSpec::Bearer { .. } = spec { "token" } else { "client secret" };
-        return Err(Error::InvalidArgument(format!("the {what} is empty; nothing was stored")));
+        let what = if let CredentialSpec::Bearer { .. } = spec {
+            "token"
+        } else {
+            "client secret"
+        };
+        return Err(Error::InvalidArgument(format!(
+            "the {what} is empty; nothing was stored"
+        )));
     }
     let now = now();
     let (access_token, client_secret, state, generation) = match spec {
         CredentialSpec::Bearer { .. } => (Some(secret), None, CredentialState::Ready, 1),
-        CredentialSpec::OAuth2(_) => (None, Some(secret).filter(|s| !s.is_empty()), CredentialState::NeedsLogin, 0),
+        CredentialSpec::OAuth2(_) => (
+            None,
+            Some(secret).filter(|s| !s.is_empty()),
+            CredentialState::NeedsLogin,
+            0,
+        ),
         CredentialSpec::ClientCredentials(_) => (None, Some(secret), CredentialState::Ready, 0),
     };
     let stored = StoredCredential {
@@ -210,7 +252,11 @@ async fn add_credential(shared: &Arc<Shared>, peer: &Peer, add: AddCredential) -
         CredentialSpec::OAuth2(_) => format!("; run `tokenctl login {}` next", cred.name),
         _ => String::new(),
     };
-    Ok(Response::Message(format!("added {} credential {:?}{next}", cred.spec.kind(), cred.name)))
+    Ok(Response::Message(format!(
+        "added {} credential {:?}{next}",
+        cred.spec.kind(),
+        cred.name
+    )))
 }
 
 fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error> {
@@ -245,14 +291,20 @@ fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error>
 }
 
 /// Applies a preset, then the explicit overrides, and validates the result.
-fn resolve_oauth(shared: &Shared, req: OAuth2Request, needs_auth_url: bool) -> Result<OAuth2Spec, Error> {
+fn resolve_oauth(
+    shared: &Shared,
+    req: OAuth2Request,
+    needs_auth_url: bool,
+) -> Result<OAuth2Spec, Error> {
     let invalid = Error::InvalidArgument;
     let preset = match &req.preset {
         Some(name) => Some(preset::lookup(&shared.config(), name).map_err(invalid)?),
         None => None,
     };
     let from_preset = |t: Option<&String>| -> Result<Option<String>, Error> {
-        t.map(|t| preset::fill(t, &req.preset_vars)).transpose().map_err(invalid)
+        t.map(|t| preset::fill(t, &req.preset_vars))
+            .transpose()
+            .map_err(invalid)
     };
     let auth_url = match req.auth_url.clone() {
         Some(u) => Some(u),
@@ -260,12 +312,14 @@ fn resolve_oauth(shared: &Shared, req: OAuth2Request, needs_auth_url: bool) -> R
     };
     let token_url = match req.token_url.clone() {
         Some(u) => u,
-        None => from_preset(preset.as_ref().map(|p| &p.token_url))?
-            .ok_or_else(|| invalid("--token-url is required (or a --preset that sets it)".into()))?,
+        None => from_preset(preset.as_ref().map(|p| &p.token_url))?.ok_or_else(|| {
+            invalid("--token-url is required (or a --preset that sets it)".into())
+        })?,
     };
     crate::http::validate_url(&token_url, "the token URL").map_err(invalid)?;
     let auth_url = if needs_auth_url {
-        let url = auth_url.ok_or_else(|| invalid("--auth-url is required (or a --preset that sets it)".into()))?;
+        let url = auth_url
+            .ok_or_else(|| invalid("--auth-url is required (or a --preset that sets it)".into()))?;
         crate::http::validate_url(&url, "the authorize URL").map_err(invalid)?;
         url
     } else {
@@ -282,15 +336,28 @@ fn resolve_oauth(shared: &Shared, req: OAuth2Request, needs_auth_url: bool) -> R
         .map(|p| p.extra_params.clone().into_iter().collect())
         .unwrap_or_default();
     for (k, v) in req.extra_params {
-        const RESERVED: &[&str] = &["client_id", "redirect_uri", "response_type", "state", "code_challenge", "code_challenge_method", "scope"];
+        const RESERVED: &[&str] = &[
+            "client_id",
+            "redirect_uri",
+            "response_type",
+            "state",
+            "code_challenge",
+            "code_challenge_method",
+            "scope",
+        ];
         if RESERVED.contains(&k.as_str()) {
-            return Err(invalid(format!("--param {k} is set by tokend itself and cannot be overridden")));
+            return Err(invalid(format!(
+                "--param {k} is set by tokend itself and cannot be overridden"
+            )));
         }
         extra_params.retain(|(key, _)| *key != k);
         extra_params.push((k, v));
     }
     let scopes = if req.scopes.is_empty() {
-        preset.as_ref().map(|p| p.scopes.clone()).unwrap_or_default()
+        preset
+            .as_ref()
+            .map(|p| p.scopes.clone())
+            .unwrap_or_default()
     } else {
         req.scopes
     };
@@ -320,7 +387,12 @@ async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response, Error> {
     Ok(Response::Message(format!("removed credential {name:?}")))
 }
 
-async fn change_allowed(shared: &Arc<Shared>, name: &str, principal: Principal, allow: bool) -> Result<Response, Error> {
+async fn change_allowed(
+    shared: &Arc<Shared>,
+    name: &str,
+    principal: Principal,
+    allow: bool,
+) -> Result<Response, Error> {
     let cred = known(shared, name)?;
     let mut list = cred.with_live(|l| l.allowed.clone());
     list.retain(|p| *p != principal);
@@ -337,6 +409,12 @@ async fn change_allowed(shared: &Arc<Shared>, name: &str, principal: Principal, 
         Principal::Group(g) => format!("group {g}"),
     };
     tracing::info!(credential = %name, principal = %who, allow, "allow list changed");
-    let verb = if allow { "may now use" } else { "may no longer use" };
-    Ok(Response::Message(format!("{who} {verb} credential {name:?}")))
+    let verb = if allow {
+        "may now use"
+    } else {
+        "may no longer use"
+    };
+    Ok(Response::Message(format!(
+        "{who} {verb} credential {name:?}"
+    )))
 }

@@ -38,7 +38,11 @@ fn valid_reply(live: &Live, now_ms: i64, min_valid_secs: u32) -> Option<TokenRep
 }
 
 /// A valid token for `cred`, refreshing first if the one held will not do.
-pub async fn token(shared: &Arc<Shared>, cred: &Arc<Credential>, min_valid_secs: u32) -> Result<TokenReply, Error> {
+pub async fn token(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    min_valid_secs: u32,
+) -> Result<TokenReply, Error> {
     let now = now_ms();
     let fast = cred.with_live(|l| {
         let reply = valid_reply(l, now, min_valid_secs)?;
@@ -46,7 +50,9 @@ pub async fn token(shared: &Arc<Shared>, cred: &Arc<Credential>, min_valid_secs:
         Some(reply)
     });
     if let Some(reply) = fast {
-        shared.uses_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .uses_dirty
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(reply);
     }
     if let CredentialSpec::Bearer { .. } = cred.spec {
@@ -64,16 +70,28 @@ fn not_usable(cred: &Credential) -> Error {
 }
 
 /// No valid token is held: wait for a refresh (ours or one in flight).
-async fn on_demand(shared: &Arc<Shared>, cred: &Arc<Credential>, min_valid_secs: u32) -> Result<TokenReply, Error> {
+async fn on_demand(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    min_valid_secs: u32,
+) -> Result<TokenReply, Error> {
     let deadline = Instant::now() + Duration::from_secs(shared.config().refresh.wait_secs);
     let mut refreshed = false;
     loop {
         let now = now_ms();
-        let (reply, state, attempts, backoff_until) =
-            cred.with_live(|l| (valid_reply(l, now, min_valid_secs), l.state, l.attempts, l.retry_not_before_ms));
+        let (reply, state, attempts, backoff_until) = cred.with_live(|l| {
+            (
+                valid_reply(l, now, min_valid_secs),
+                l.state,
+                l.attempts,
+                l.retry_not_before_ms,
+            )
+        });
         if let Some(reply) = reply {
             cred.with_live(|l| l.last_use_at = Some(now / 1000));
-            shared.uses_dirty.store(true, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .uses_dirty
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(reply);
         }
         if state != CredentialState::Ready || backoff_until > now {
@@ -104,11 +122,18 @@ async fn on_demand(shared: &Arc<Shared>, cred: &Arc<Credential>, min_valid_secs:
 
 /// "The API refused this token": refresh, unless the token named was already
 /// replaced (DESIGN §4.7).
-pub async fn reject(shared: &Arc<Shared>, cred: &Arc<Credential>, token: Option<&Secret>) -> Result<String, Error> {
+pub async fn reject(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    token: Option<&Secret>,
+) -> Result<String, Error> {
     if let CredentialSpec::Bearer { check_url } = &cred.spec {
         if check_url.is_some() {
             let report = crate::check::run(shared, cred).await?;
-            return Ok(format!("bearer tokens cannot be refreshed; checked it: {}", report.message));
+            return Ok(format!(
+                "bearer tokens cannot be refreshed; checked it: {}",
+                report.message
+            ));
         }
         return Err(Error::InvalidArgument(format!(
             "bearer credential {:?} cannot be refreshed: revoke the token at the provider and replace it with `tokenctl add bearer {} --replace`",
@@ -142,7 +167,10 @@ pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Resu
         l.attempts
     });
     run_now(shared, cred, attempts).await?;
-    let expires = cred.with_live(|l| l.expires_at).map(|e| format!(" (valid until {e})")).unwrap_or_default();
+    let expires = cred
+        .with_live(|l| l.expires_at)
+        .map(|e| format!(" (valid until {e})"))
+        .unwrap_or_default();
     Ok(format!("refreshed credential {:?}{expires}", cred.name))
 }
 
@@ -150,7 +178,10 @@ async fn run_now(shared: &Arc<Shared>, cred: &Arc<Credential>, attempts: u64) ->
     let wait = Duration::from_secs(shared.config().refresh.http_timeout_secs + 5);
     let task = tokio::spawn(refresh(shared.clone(), cred.clone(), attempts));
     match tokio::time::timeout(wait, task).await {
-        Err(_) => Err(Error::Timeout(format!("the refresh of {:?} is taking too long; it goes on in the background", cred.name))),
+        Err(_) => Err(Error::Timeout(format!(
+            "the refresh of {:?} is taking too long; it goes on in the background",
+            cred.name
+        ))),
         Ok(Err(e)) => Err(Error::Internal(format!("refresh task failed: {e}"))),
         Ok(Ok(result)) => result,
     }
@@ -158,23 +189,39 @@ async fn run_now(shared: &Arc<Shared>, cred: &Arc<Credential>, attempts: u64) ->
 
 /// One refresh attempt, unless another attempt ran since the caller looked
 /// (`seen_attempts`). Holds the credential's refresh lock throughout.
-pub async fn refresh(shared: Arc<Shared>, cred: Arc<Credential>, seen_attempts: u64) -> Result<(), Error> {
+pub async fn refresh(
+    shared: Arc<Shared>,
+    cred: Arc<Credential>,
+    seen_attempts: u64,
+) -> Result<(), Error> {
     let _guard = cred.refresh_lock.lock().await;
-    if shared.registry.get(&cred.name).is_none_or(|c| !Arc::ptr_eq(&c, &cred)) {
+    if shared
+        .registry
+        .get(&cred.name)
+        .is_none_or(|c| !Arc::ptr_eq(&c, &cred))
+    {
         return Err(Error::UnknownCredential(cred.name.clone()));
     }
     if let Some(update) = cred.with_live(|l| l.uncommitted.clone()) {
         return commit_and_publish(&shared, &cred, update).await;
     }
-    let (attempts, refresh_token, state) = cred.with_live(|l| (l.attempts, l.refresh_token.clone(), l.state));
+    let (attempts, refresh_token, state) =
+        cred.with_live(|l| (l.attempts, l.refresh_token.clone(), l.state));
     if attempts != seen_attempts {
         // Someone else's attempt ran meanwhile: its outcome is ours.
-        return cred.with_live(|l| l.access_token.is_some()).then_some(()).ok_or_else(|| not_usable(&cred));
+        return cred
+            .with_live(|l| l.access_token.is_some())
+            .then_some(())
+            .ok_or_else(|| not_usable(&cred));
     }
     if state != CredentialState::Ready {
         return Err(not_usable(&cred));
     }
-    let _slot = shared.refresh_slots.acquire().await.map_err(|_| Error::Busy("shutting down".into()))?;
+    let _slot = shared
+        .refresh_slots
+        .acquire()
+        .await
+        .map_err(|_| Error::Busy("shutting down".into()))?;
     let policy = shared.config().refresh.clone();
     let started_ms = now_ms();
     cred.with_live(|l| {
@@ -189,7 +236,13 @@ pub async fn refresh(shared: Arc<Shared>, cred: Arc<Credential>, seen_attempts: 
                 client_secret: cred.client_secret.as_ref(),
                 client_auth: spec.client_auth,
             };
-            provider::request(&shared.http, &endpoint, &Grant::RefreshToken(rt), timeout(&policy)).await
+            provider::request(
+                &shared.http,
+                &endpoint,
+                &Grant::RefreshToken(rt),
+                timeout(&policy),
+            )
+            .await
         }
         (CredentialSpec::OAuth2(_), None) => Err(ProviderError::Permanent {
             error: "no refresh token".into(),
@@ -202,7 +255,9 @@ pub async fn refresh(shared: Arc<Shared>, cred: Arc<Credential>, seen_attempts: 
                 client_secret: cred.client_secret.as_ref(),
                 client_auth: spec.client_auth,
             };
-            let grant = Grant::ClientCredentials { scopes: &spec.scopes };
+            let grant = Grant::ClientCredentials {
+                scopes: &spec.scopes,
+            };
             provider::request(&shared.http, &endpoint, &grant, timeout(&policy)).await
         }
         (CredentialSpec::Bearer { .. }, _) => return Ok(()),
@@ -213,7 +268,10 @@ pub async fn refresh(shared: Arc<Shared>, cred: Arc<Credential>, seen_attempts: 
             let update = token_update(&cred, set, started_ms, &policy);
             commit_and_publish(&shared, &cred, update).await
         }
-        Err(ProviderError::Transient { message, retry_after }) => transient(&shared, &cred, message, retry_after, &policy).await,
+        Err(ProviderError::Transient {
+            message,
+            retry_after,
+        }) => transient(&shared, &cred, message, retry_after, &policy).await,
         Err(e) => permanent(&shared, &cred, &e).await,
     }
 }
@@ -224,8 +282,17 @@ fn timeout(policy: &RefreshPolicy) -> Duration {
 
 /// Builds the store update for a token set received at `started_ms` (the
 /// request's start, so the computed expiry is never later than the real one).
-pub fn token_update(cred: &Credential, set: TokenSet, started_ms: i64, policy: &RefreshPolicy) -> TokenUpdate {
-    let lifetime_ms = set.expires_in.unwrap_or(policy.default_lifetime_secs).max(1) as i64 * 1000;
+pub fn token_update(
+    cred: &Credential,
+    set: TokenSet,
+    started_ms: i64,
+    policy: &RefreshPolicy,
+) -> TokenUpdate {
+    let lifetime_ms = set
+        .expires_in
+        .unwrap_or(policy.default_lifetime_secs)
+        .max(1) as i64
+        * 1000;
     let expires_ms = started_ms + lifetime_ms;
     let margin = margin_override(cred).unwrap_or(policy.margin_secs) as i64 * 1000;
     let next_ms = plan_refresh(started_ms, lifetime_ms, margin, policy);
@@ -251,7 +318,12 @@ fn margin_override(cred: &Credential) -> Option<u64> {
 /// `lifetime_ms`: at `ahead_ratio` of its life, give or take the jitter, and
 /// never later than `margin_ms` before expiry (the margin shrinks to a
 /// quarter of the lifetime for very short-lived tokens).
-pub fn plan_refresh(issued_ms: i64, lifetime_ms: i64, margin_ms: i64, policy: &RefreshPolicy) -> i64 {
+pub fn plan_refresh(
+    issued_ms: i64,
+    lifetime_ms: i64,
+    margin_ms: i64,
+    policy: &RefreshPolicy,
+) -> i64 {
     let jitter = (lifetime_ms as f64 * policy.jitter_ratio * (random_unit() * 2.0 - 1.0)) as i64;
     let ahead = issued_ms + (lifetime_ms as f64 * policy.ahead_ratio) as i64 + jitter;
     let latest = issued_ms + lifetime_ms - margin_ms.min(lifetime_ms / 4);
@@ -269,7 +341,11 @@ pub fn random_unit() -> f64 {
 
 /// Commits a new token set, then (and only then) lets anyone see it.
 /// Must be called with the credential's refresh lock held.
-pub async fn commit_and_publish(shared: &Arc<Shared>, cred: &Arc<Credential>, update: TokenUpdate) -> Result<(), Error> {
+pub async fn commit_and_publish(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    update: TokenUpdate,
+) -> Result<(), Error> {
     let store = shared.store.clone();
     let (name, saved) = (cred.name.clone(), update.clone());
     // The due time in the store is in seconds; in memory it is ms.
@@ -329,14 +405,20 @@ async fn transient(
         l.failures += 1;
         l.failures
     });
-    let exp = policy.min_backoff_secs.saturating_mul(1u64 << (failures - 1).min(20)).min(policy.max_backoff_secs);
+    let exp = policy
+        .min_backoff_secs
+        .saturating_mul(1u64 << (failures - 1).min(20))
+        .min(policy.max_backoff_secs);
     let mut delay_ms = (exp as f64 * 1000.0 * (0.8 + 0.4 * random_unit())) as i64;
     if let Some(ra) = retry_after {
         delay_ms = delay_ms.max(ra.as_millis().min(3_600_000) as i64);
     }
     let now = now_ms();
     let due = now + delay_ms;
-    let reason = format!("refresh failed, retry {failures} in {} s: {message}", (delay_ms + 999) / 1000);
+    let reason = format!(
+        "refresh failed, retry {failures} in {} s: {message}",
+        (delay_ms + 999) / 1000
+    );
     tracing::warn!(credential = %cred.name, failures, retry_in_ms = delay_ms, "refresh failed: {message}");
     let (still_valid, update) = cred.with_live(|l| {
         l.retry_not_before_ms = due;
@@ -371,8 +453,13 @@ async fn transient(
 }
 
 /// A permanent failure: stop retrying, say why, notify once.
-async fn permanent(shared: &Arc<Shared>, cred: &Arc<Credential>, e: &ProviderError) -> Result<(), Error> {
-    let needs_login = e.needs_login() || matches!(e, ProviderError::Permanent { error, .. } if error == "no refresh token");
+async fn permanent(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    e: &ProviderError,
+) -> Result<(), Error> {
+    let needs_login = e.needs_login()
+        || matches!(e, ProviderError::Permanent { error, .. } if error == "no refresh token");
     let (state, drop_grant) = match cred.spec {
         CredentialSpec::OAuth2(_) if needs_login => (CredentialState::NeedsLogin, true),
         _ => (CredentialState::Failing, false),
@@ -429,7 +516,11 @@ pub fn schedule_loaded(shared: &Shared) {
                         (Some(at), true) => at * 1000,
                         _ => now,
                     };
-                    Some(if planned <= now { now + (spread_ms * random_unit()) as i64 } else { planned })
+                    Some(if planned <= now {
+                        now + (spread_ms * random_unit()) as i64
+                    } else {
+                        planned
+                    })
                 }
             }
         });
@@ -454,7 +545,11 @@ mod tests {
 
     #[test]
     fn margin_caps_the_refresh_time() {
-        let p = RefreshPolicy { ahead_ratio: 0.95, jitter_ratio: 0.0, ..RefreshPolicy::default() };
+        let p = RefreshPolicy {
+            ahead_ratio: 0.95,
+            jitter_ratio: 0.0,
+            ..RefreshPolicy::default()
+        };
         assert_eq!(plan_refresh(0, 100_000, 30_000, &p), 75_000);
     }
 

@@ -40,12 +40,18 @@ impl Logins {
 /// `n` bytes from the OS RNG, base64url without padding.
 fn random_token(n: usize) -> Result<String, Error> {
     let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Internal(format!("no randomness from the OS: {e}")))?;
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness from the OS: {e}")))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Starts a login: the authorize URL the user must open.
-pub fn start(shared: &Shared, cred: &Credential, redirect_override: Option<String>, uid: u32) -> Result<LoginChallenge, Error> {
+pub fn start(
+    shared: &Shared,
+    cred: &Credential,
+    redirect_override: Option<String>,
+    uid: u32,
+) -> Result<LoginChallenge, Error> {
     let CredentialSpec::OAuth2(spec) = &cred.spec else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} is {}: only oauth2 (authorization code) credentials log in",
@@ -61,7 +67,8 @@ pub fn start(shared: &Shared, cred: &Credential, redirect_override: Option<Strin
     let state = random_token(24)?;
     let verifier = spec.pkce.then(|| random_token(32)).transpose()?;
     let login_id = random_token(16)?;
-    let mut url = url::Url::parse(&spec.auth_url).map_err(|e| Error::InvalidArgument(format!("the authorize URL is invalid: {e}")))?;
+    let mut url = url::Url::parse(&spec.auth_url)
+        .map_err(|e| Error::InvalidArgument(format!("the authorize URL is invalid: {e}")))?;
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code");
@@ -72,7 +79,10 @@ pub fn start(shared: &Shared, cred: &Credential, redirect_override: Option<Strin
             q.append_pair("scope", &spec.scopes.join(" "));
         }
         if let Some(v) = &verifier {
-            q.append_pair("code_challenge", &URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())));
+            q.append_pair(
+                "code_challenge",
+                &URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())),
+            );
             q.append_pair("code_challenge_method", "S256");
         }
         for (k, v) in &spec.extra_params {
@@ -83,7 +93,10 @@ pub fn start(shared: &Shared, cred: &Credential, redirect_override: Option<Strin
     let now = Instant::now();
     logins.retain(|_, p| p.expires > now);
     if logins.len() >= limits.max_logins {
-        return Err(Error::Busy(format!("{} logins are already waiting; try again later", logins.len())));
+        return Err(Error::Busy(format!(
+            "{} logins are already waiting; try again later",
+            logins.len()
+        )));
     }
     logins.insert(
         login_id.clone(),
@@ -111,8 +124,15 @@ fn now_secs_plus(secs: u64) -> i64 {
 
 /// What the provider put on the redirect.
 enum Redirect {
-    Code { code: String, state: String },
-    Refused { error: String, description: Option<String>, state: Option<String> },
+    Code {
+        code: String,
+        state: String,
+    },
+    Refused {
+        error: String,
+        description: Option<String>,
+        state: Option<String>,
+    },
 }
 
 fn parse_redirect(redirect_url: &str) -> Result<Redirect, Error> {
@@ -120,7 +140,12 @@ fn parse_redirect(redirect_url: &str) -> Result<Redirect, Error> {
         Error::InvalidArgument(format!("that is not the redirect URL ({e}); paste the whole address from the browser's address bar"))
     })?;
     let params: HashMap<String, String> = url.query_pairs().into_owned().collect();
-    let clean = |s: &str| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>();
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect::<String>()
+    };
     if let Some(error) = params.get("error") {
         return Ok(Redirect::Refused {
             error: clean(error),
@@ -136,19 +161,31 @@ fn parse_redirect(redirect_url: &str) -> Result<Redirect, Error> {
 }
 
 /// Completes a login from the URL the provider redirected to.
-pub async fn finish(shared: &Arc<Shared>, login_id: &str, redirect_url: &str, uid: u32) -> Result<String, Error> {
+pub async fn finish(
+    shared: &Arc<Shared>,
+    login_id: &str,
+    redirect_url: &str,
+    uid: u32,
+) -> Result<String, Error> {
     let redirect = parse_redirect(redirect_url)?;
     let pending = {
         let mut logins = shared.logins.lock();
         let Some(p) = logins.get(login_id) else {
-            return Err(Error::InvalidArgument("no such login in progress (it may have expired); run `tokenctl login NAME` again".into()));
+            return Err(Error::InvalidArgument(
+                "no such login in progress (it may have expired); run `tokenctl login NAME` again"
+                    .into(),
+            ));
         };
         if p.uid != uid && uid != 0 {
-            return Err(Error::PermissionDenied(format!("uid {uid} did not start this login")));
+            return Err(Error::PermissionDenied(format!(
+                "uid {uid} did not start this login"
+            )));
         }
         if p.expires <= Instant::now() {
             logins.remove(login_id);
-            return Err(Error::Timeout("the login session expired; run `tokenctl login NAME` again".into()));
+            return Err(Error::Timeout(
+                "the login session expired; run `tokenctl login NAME` again".into(),
+            ));
         }
         let state_ok = |s: &str| s.as_bytes() == p.state.expose().as_bytes();
         match &redirect {
@@ -158,17 +195,25 @@ pub async fn finish(shared: &Arc<Shared>, login_id: &str, redirect_url: &str, ui
                     "the redirect's `state` does not match this login: refused (was the URL from another login attempt?)".into(),
                 ));
             }
-            Redirect::Refused { state: Some(state), .. } if !state_ok(state) => {
-                return Err(Error::InvalidArgument("the error redirect's `state` does not match this login: ignored".into()));
+            Redirect::Refused {
+                state: Some(state), ..
+            } if !state_ok(state) => {
+                return Err(Error::InvalidArgument(
+                    "the error redirect's `state` does not match this login: ignored".into(),
+                ));
             }
             _ => logins.remove(login_id).expect("checked above"),
         }
     };
     let code = match redirect {
-        Redirect::Refused { error, description, .. } => {
+        Redirect::Refused {
+            error, description, ..
+        } => {
             tracing::warn!(credential = %pending.name, error = %error, "login refused by the provider");
             let detail = description.map(|d| format!(" ({d})")).unwrap_or_default();
-            return Err(Error::Provider(format!("the provider refused the login: {error}{detail}")));
+            return Err(Error::Provider(format!(
+                "the provider refused the login: {error}{detail}"
+            )));
         }
         Redirect::Code { code, .. } => code,
     };
@@ -184,9 +229,16 @@ pub async fn finish(shared: &Arc<Shared>, login_id: &str, redirect_url: &str, ui
         .map_err(|e| Error::Internal(format!("login task failed: {e}")))?
 }
 
-async fn exchange(shared: &Arc<Shared>, cred: &Arc<Credential>, code: &str, pending: &Pending) -> Result<String, Error> {
+async fn exchange(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    code: &str,
+    pending: &Pending,
+) -> Result<String, Error> {
     let CredentialSpec::OAuth2(spec) = &cred.spec else {
-        return Err(Error::Internal("credential kind changed during login".into()));
+        return Err(Error::Internal(
+            "credential kind changed during login".into(),
+        ));
     };
     let _guard = cred.refresh_lock.lock().await;
     let policy = shared.config().refresh.clone();
@@ -202,17 +254,31 @@ async fn exchange(shared: &Arc<Shared>, cred: &Arc<Credential>, code: &str, pend
         verifier: pending.verifier.as_ref(),
     };
     let started_ms = now_ms();
-    let set = provider::request(&shared.http, &endpoint, &grant, Duration::from_secs(policy.http_timeout_secs))
-        .await
-        .map_err(|e| Error::Provider(format!("the code exchange failed: {e}")))?;
+    let set = provider::request(
+        &shared.http,
+        &endpoint,
+        &grant,
+        Duration::from_secs(policy.http_timeout_secs),
+    )
+    .await
+    .map_err(|e| Error::Provider(format!("the code exchange failed: {e}")))?;
     let has_refresh = set.refresh_token.is_some();
     let update = token_update(cred, set, started_ms, &policy);
     let expires = update.expires_at;
     commit_and_publish(shared, cred, update).await?;
     tracing::info!(credential = %cred.name, "login complete");
-    let warning = if has_refresh { "" } else { " (the provider issued no refresh token: you will need to log in again when it expires)" };
-    let valid = expires.map(|e| format!(", token valid for {} s", e - now())).unwrap_or_default();
-    Ok(format!("logged in: credential {:?} is ready{valid}{warning}", cred.name))
+    let warning = if has_refresh {
+        ""
+    } else {
+        " (the provider issued no refresh token: you will need to log in again when it expires)"
+    };
+    let valid = expires
+        .map(|e| format!(", token valid for {} s", e - now()))
+        .unwrap_or_default();
+    Ok(format!(
+        "logged in: credential {:?} is ready{valid}{warning}",
+        cred.name
+    ))
 }
 
 #[cfg(test)]
@@ -221,8 +287,14 @@ mod tests {
 
     #[test]
     fn redirect_with_extra_parameters_is_accepted() {
-        match parse_redirect("http://127.0.0.1:5000/callback?code=abc&state=xyz&iss=http%3A%2F%2Fidp").unwrap() {
-            Redirect::Code { code, state } => assert_eq!((code.as_str(), state.as_str()), ("abc", "xyz")),
+        match parse_redirect(
+            "http://127.0.0.1:5000/callback?code=abc&state=xyz&iss=http%3A%2F%2Fidp",
+        )
+        .unwrap()
+        {
+            Redirect::Code { code, state } => {
+                assert_eq!((code.as_str(), state.as_str()), ("abc", "xyz"))
+            }
             Redirect::Refused { .. } => panic!("expected a code"),
         }
     }
@@ -237,7 +309,9 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_advice() {
-        let Err(e) = parse_redirect("not a url") else { panic!("accepted garbage") };
+        let Err(e) = parse_redirect("not a url") else {
+            panic!("accepted garbage")
+        };
         assert!(e.to_string().contains("address bar"));
     }
 }

@@ -48,7 +48,10 @@ fn main() -> ExitCode {
         }
     };
     tokend::logging::init(config.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokend: cannot start the async runtime: {e}");

@@ -25,7 +25,9 @@ pub fn transition(shared: &Shared, name: &str, state: CredentialState, reason: O
                     Ok(status) if !status.success() => {
                         tracing::warn!(credential = %name, %status, "notify command failed")
                     }
-                    Err(e) => tracing::warn!(credential = %name, error = %e, "notify command failed"),
+                    Err(e) => {
+                        tracing::warn!(credential = %name, error = %e, "notify command failed")
+                    }
                     Ok(_) => {}
                 }
             });

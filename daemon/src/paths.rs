@@ -61,15 +61,20 @@ impl Paths {
             )
         };
         let db = o.db.clone().unwrap_or_else(|| state.join("tokend.db"));
-        let key_file = o.key_file.clone().unwrap_or_else(|| {
-            db.parent()
-                .unwrap_or(Path::new("."))
-                .join("tokend.key")
-        });
+        let key_file = o
+            .key_file
+            .clone()
+            .unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("tokend.key"));
         Paths {
-            socket: o.socket.clone().unwrap_or_else(|| runtime.join(SOCKET_FILE)),
+            socket: o
+                .socket
+                .clone()
+                .unwrap_or_else(|| runtime.join(SOCKET_FILE)),
             db,
-            config: o.config.clone().unwrap_or_else(|| config_dir.join("config.toml")),
+            config: o
+                .config
+                .clone()
+                .unwrap_or_else(|| config_dir.join("config.toml")),
             key_file,
             credential_key: env_dir("CREDENTIALS_DIRECTORY").map(|d| d.join("tokend.key")),
             system,

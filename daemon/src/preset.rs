@@ -10,7 +10,10 @@ pub const UPPROMOTE_CHECK_URL: &str = "https://aff-api.uppromote.com/api/v1/affi
 /// The built-in OAuth2 presets.
 fn builtin(name: &str) -> Option<PresetConfig> {
     let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     };
     match name {
         "uptempo-cas" => Some(PresetConfig {
@@ -64,7 +67,9 @@ pub fn fill(template: &str, vars: &[(String, String)]) -> Result<String, String>
     let mut out = template.to_string();
     for (key, value) in vars {
         if value.is_empty() || value.contains(['/', '?', '#', '@']) {
-            return Err(format!("preset value {key}={value:?} must be a plain host or name"));
+            return Err(format!(
+                "preset value {key}={value:?} must be a plain host or name"
+            ));
         }
         out = out.replace(&format!("{{{key}}}"), value);
     }

@@ -22,7 +22,9 @@ pub enum Grant<'a> {
         verifier: Option<&'a Secret>,
     },
     RefreshToken(&'a Secret),
-    ClientCredentials { scopes: &'a [String] },
+    ClientCredentials {
+        scopes: &'a [String],
+    },
 }
 
 /// A successful token response.
@@ -90,7 +92,11 @@ pub async fn request(
     let mut form: Vec<(&str, &str)> = Vec::with_capacity(6);
     let scope_text;
     match grant {
-        Grant::AuthorizationCode { code, redirect_uri, verifier } => {
+        Grant::AuthorizationCode {
+            code,
+            redirect_uri,
+            verifier,
+        } => {
             form.push(("grant_type", "authorization_code"));
             form.push(("code", code));
             form.push(("redirect_uri", redirect_uri));
@@ -110,7 +116,10 @@ pub async fn request(
             }
         }
     }
-    let mut builder = http.post(endpoint.token_url).timeout(timeout).header("Accept", "application/json");
+    let mut builder = http
+        .post(endpoint.token_url)
+        .timeout(timeout)
+        .header("Accept", "application/json");
     match endpoint.client_auth {
         ClientAuth::Post => {
             form.push(("client_id", endpoint.client_id));
@@ -120,24 +129,45 @@ pub async fn request(
         }
         ClientAuth::Basic => {
             // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic.
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let secret = endpoint.client_secret.map(|s| enc(s.expose())).unwrap_or_default();
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let secret = endpoint
+                .client_secret
+                .map(|s| enc(s.expose()))
+                .unwrap_or_default();
             builder = builder.basic_auth(enc(endpoint.client_id), Some(secret));
         }
     }
-    let response = builder.form(&form).send().await.map_err(|e| ProviderError::Transient {
-        message: format!("token endpoint {}: {}", crate::http::host_of(endpoint.token_url), describe(&e)),
-        retry_after: None,
-    })?;
+    let response = builder
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| ProviderError::Transient {
+            message: format!(
+                "token endpoint {}: {}",
+                crate::http::host_of(endpoint.token_url),
+                describe(&e)
+            ),
+            retry_after: None,
+        })?;
     let status = response.status();
     let retry_after = retry_after(response.headers());
-    let body = read_limited(response).await.map_err(|message| ProviderError::Transient { message, retry_after })?;
+    let body = read_limited(response)
+        .await
+        .map_err(|message| ProviderError::Transient {
+            message,
+            retry_after,
+        })?;
     classify(status.as_u16(), &body, retry_after)
 }
 
 async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| format!("token endpoint: {}", describe(&e)))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("token endpoint: {}", describe(&e)))?
+    {
         if body.len() + chunk.len() > MAX_BODY {
             return Err("token endpoint sent an oversized response".into());
         }
@@ -152,13 +182,23 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 }
 
 /// Sorts a response into tokens, a transient error or a permanent one.
-pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Result<TokenSet, ProviderError> {
-    let transient = |message: String| ProviderError::Transient { message, retry_after };
+pub fn classify(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+) -> Result<TokenSet, ProviderError> {
+    let transient = |message: String| ProviderError::Transient {
+        message,
+        retry_after,
+    };
     if status == 200 {
-        let raw: RawTokens = serde_json::from_slice(body)
-            .map_err(|_| transient("token endpoint answered 200 without a JSON token response".into()))?;
+        let raw: RawTokens = serde_json::from_slice(body).map_err(|_| {
+            transient("token endpoint answered 200 without a JSON token response".into())
+        })?;
         if raw.access_token.is_empty() {
-            return Err(transient("token endpoint answered 200 with an empty access_token".into()));
+            return Err(transient(
+                "token endpoint answered 200 with an empty access_token".into(),
+            ));
         }
         return Ok(TokenSet {
             access_token: Secret::new(raw.access_token),
@@ -176,14 +216,17 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) -> Resu
         }),
         Err(_) => Err(ProviderError::Permanent {
             error: format!("HTTP {status}"),
-            description: Some("the token endpoint gave no OAuth2 error; check the token URL".into()),
+            description: Some(
+                "the token endpoint gave no OAuth2 error; check the token URL".into(),
+            ),
         }),
     }
 }
 
 /// `expires_in` as a number or a numeric string (some providers send "3600").
 fn parse_expires_in(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
 }
 
 /// Provider text goes into logs and messages: keep it short and printable.
@@ -197,7 +240,12 @@ mod tests {
 
     #[test]
     fn token_response_is_parsed_with_optional_fields() {
-        let t = classify(200, br#"{"access_token":"a","token_type":"Bearer","expires_in":"300"}"#, None).unwrap();
+        let t = classify(
+            200,
+            br#"{"access_token":"a","token_type":"Bearer","expires_in":"300"}"#,
+            None,
+        )
+        .unwrap();
         assert_eq!(t.access_token.expose(), "a");
         assert_eq!(t.expires_in, Some(300));
         assert!(t.refresh_token.is_none());
@@ -205,7 +253,12 @@ mod tests {
 
     #[test]
     fn invalid_grant_is_permanent_and_needs_login() {
-        let e = classify(400, br#"{"error":"invalid_grant","error_description":"grant revoked"}"#, None).unwrap_err();
+        let e = classify(
+            400,
+            br#"{"error":"invalid_grant","error_description":"grant revoked"}"#,
+            None,
+        )
+        .unwrap_err();
         assert!(e.needs_login());
         assert!(e.to_string().contains("invalid_grant"));
     }
@@ -213,15 +266,27 @@ mod tests {
     #[test]
     fn server_errors_and_rate_limits_are_transient() {
         for status in [500, 503, 429, 408] {
-            assert!(matches!(classify(status, b"", None), Err(ProviderError::Transient { .. })));
+            assert!(matches!(
+                classify(status, b"", None),
+                Err(ProviderError::Transient { .. })
+            ));
         }
         let e = classify(429, b"", Some(Duration::from_secs(7))).unwrap_err();
-        assert_eq!(e, ProviderError::Transient { message: "token endpoint answered HTTP 429".into(), retry_after: Some(Duration::from_secs(7)) });
+        assert_eq!(
+            e,
+            ProviderError::Transient {
+                message: "token endpoint answered HTTP 429".into(),
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
     }
 
     #[test]
     fn non_json_200_is_transient() {
-        assert!(matches!(classify(200, b"<html>oops</html>", None), Err(ProviderError::Transient { .. })));
+        assert!(matches!(
+            classify(200, b"<html>oops</html>", None),
+            Err(ProviderError::Transient { .. })
+        ));
     }
 
     #[test]

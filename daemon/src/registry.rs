@@ -14,7 +14,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn get(&self, name: &str) -> Option<Arc<Credential>> {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn insert(&self, cred: Arc<Credential>) {
@@ -25,7 +29,10 @@ impl Registry {
     }
 
     pub fn remove(&self, name: &str) -> Option<Arc<Credential>> {
-        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(name)
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
     }
 
     /// All credentials, sorted by name.

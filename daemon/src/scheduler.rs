@@ -41,7 +41,9 @@ impl Scheduler {
             }
             q.by_time.insert((due_ms, name.to_string()));
             // Only an entry that became the first one changes the sleep.
-            q.by_time.first().is_some_and(|(t, n)| *t == due_ms && n == name)
+            q.by_time
+                .first()
+                .is_some_and(|(t, n)| *t == due_ms && n == name)
         };
         if wake {
             self.changed.notify_one();

@@ -79,7 +79,10 @@ impl Sealer {
     ) -> Result<(Sealer, KeySource), SealError> {
         if let Some(cred) = credential.filter(|p| p.exists()) {
             let key = read_key(cred)?;
-            return Ok((Sealer::from_key(&key), KeySource::SystemdCredential(cred.into())));
+            return Ok((
+                Sealer::from_key(&key),
+                KeySource::SystemdCredential(cred.into()),
+            ));
         }
         if key_file.exists() || !create {
             check_key_mode(key_file)?;
@@ -112,7 +115,12 @@ impl Sealer {
     }
 
     /// Opens a value sealed by [`Sealer::seal`] for the same name and column.
-    pub fn open(&self, name: &str, column: &'static str, sealed: &[u8]) -> Result<Secret, SealError> {
+    pub fn open(
+        &self,
+        name: &str,
+        column: &'static str,
+        sealed: &[u8],
+    ) -> Result<Secret, SealError> {
         let fail = || SealError::Open {
             name: name.to_string(),
             column,
@@ -202,23 +210,37 @@ mod tests {
     #[test]
     fn sealed_value_opens_only_for_its_row_and_column() {
         let s = sealer();
-        let sealed = s.seal("uptempo", "refresh_token", &Secret::new("rt-1")).unwrap();
-        assert_eq!(s.open("uptempo", "refresh_token", &sealed).unwrap().expose(), "rt-1");
+        let sealed = s
+            .seal("uptempo", "refresh_token", &Secret::new("rt-1"))
+            .unwrap();
+        assert_eq!(
+            s.open("uptempo", "refresh_token", &sealed)
+                .unwrap()
+                .expose(),
+            "rt-1"
+        );
         assert!(s.open("other", "refresh_token", &sealed).is_err());
         assert!(s.open("uptempo", "access_token", &sealed).is_err());
     }
 
     #[test]
     fn sealed_bytes_do_not_contain_the_secret() {
-        let sealed = sealer().seal("a", "access_token", &Secret::new("plain-text-token")).unwrap();
+        let sealed = sealer()
+            .seal("a", "access_token", &Secret::new("plain-text-token"))
+            .unwrap();
         assert!(!sealed.windows(16).any(|w| w == b"plain-text-token"));
     }
 
     #[test]
     fn wrong_key_fails_to_open() {
-        let sealed = sealer().seal("a", "access_token", &Secret::new("x")).unwrap();
+        let sealed = sealer()
+            .seal("a", "access_token", &Secret::new("x"))
+            .unwrap();
         let other = Sealer::from_key(&[8u8; 32]);
-        assert!(matches!(other.open("a", "access_token", &sealed), Err(SealError::Open { .. })));
+        assert!(matches!(
+            other.open("a", "access_token", &sealed),
+            Err(SealError::Open { .. })
+        ));
     }
 
     #[test]

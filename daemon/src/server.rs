@@ -6,8 +6,8 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
 use tokend_proto::{HelloReply, PROTOCOL_VERSION};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -15,13 +15,19 @@ pub enum BindError {
     #[error("another tokend is already running at {0} (stop it first, or pick another --socket)")]
     AlreadyRunning(String),
     #[error("cannot create the socket {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Binds the socket at `path` with `mode`. A socket file nobody answers on is
 /// a leftover from a crash and is replaced; a live one is left alone.
 pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, BindError> {
-    let io = |source| BindError::Io { path: path.display().to_string(), source };
+    let io = |source| BindError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         if mode & 0o070 == 0 {
             crate::paths::ensure_private_dir(dir, 0o700).map_err(io)?;
@@ -62,7 +68,8 @@ fn is_live(_path: &Path) -> bool {
 fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).map_err(std::io::Error::from)?;
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(std::io::Error::from)?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
@@ -74,7 +81,12 @@ fn set_socket_access(_path: &Path, _mode: u32, _group: Option<u32>) -> std::io::
 
 /// Accepts connections until shutdown, then waits (up to `grace`) for the
 /// connections to finish the request they are on.
-pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+pub async fn run(
+    listener: Listener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let max = shared.config().limits.max_connections;
     let limit = Arc::new(Semaphore::new(max));
     // Each connection task holds a sender; all dropped means all finished.
@@ -112,7 +124,11 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, mut shutdown: watch::R
 /// Tells a client over the limit why, instead of leaving it hanging.
 async fn refuse_busy(mut stream: interprocess::local_socket::tokio::Stream, max: usize) {
     let t = Duration::from_millis(500);
-    let _ = tokio::time::timeout(t, tokend_proto::read_frame_async::<tokend_proto::Hello>(&mut stream)).await;
+    let _ = tokio::time::timeout(
+        t,
+        tokend_proto::read_frame_async::<tokend_proto::Hello>(&mut stream),
+    )
+    .await;
     let reply = HelloReply {
         version: PROTOCOL_VERSION,
         accepted: false,

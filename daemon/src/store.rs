@@ -18,7 +18,9 @@ pub enum StoreError {
         path: String,
         source: rusqlite::Error,
     },
-    #[error("the store was written by a newer tokend (schema {found}, this build knows {known}); upgrade tokend")]
+    #[error(
+        "the store was written by a newer tokend (schema {found}, this build knows {known}); upgrade tokend"
+    )]
     TooNew { found: i64, known: i64 },
     #[error("a credential named {0:?} already exists (remove it first, or use --replace)")]
     AlreadyExists(String),
@@ -160,10 +162,14 @@ impl Store {
         }
         create_private_file(path);
         let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_err)?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
             sealer: Arc::new(sealer),
@@ -197,11 +203,21 @@ impl Store {
         Ok(())
     }
 
-    fn seal_opt(&self, name: &str, column: &str, s: Option<&Secret>) -> Result<Option<Vec<u8>>, StoreError> {
+    fn seal_opt(
+        &self,
+        name: &str,
+        column: &str,
+        s: Option<&Secret>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(s.map(|s| self.sealer.seal(name, column, s)).transpose()?)
     }
 
-    fn open_opt(&self, name: &str, column: &'static str, b: Option<Vec<u8>>) -> Result<Option<Secret>, StoreError> {
+    fn open_opt(
+        &self,
+        name: &str,
+        column: &'static str,
+        b: Option<Vec<u8>>,
+    ) -> Result<Option<Secret>, StoreError> {
         Ok(b.map(|b| self.sealer.open(name, column, &b)).transpose()?)
     }
 
@@ -210,18 +226,27 @@ impl Store {
     pub fn verify_key(&self) -> Result<(), StoreError> {
         let conn = self.lock();
         let sealed: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         match sealed {
             Some(sealed) => {
                 let opened = self.sealer.open("", "key_check", &sealed)?;
                 if opened.expose() != KEY_CHECK {
-                    return Err(SealError::Open { name: String::new(), column: "key_check" }.into());
+                    return Err(SealError::Open {
+                        name: String::new(),
+                        column: "key_check",
+                    }
+                    .into());
                 }
             }
             None => {
                 let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
-                conn.execute("INSERT INTO meta (key, value) VALUES ('key_check', ?1)", [sealed])?;
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [sealed],
+                )?;
             }
         }
         Ok(())
@@ -277,7 +302,10 @@ impl Store {
 
     /// Removes a credential; false when there was none.
     pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self.lock().execute("DELETE FROM credentials WHERE name = ?1", [name])? > 0)
+        Ok(self
+            .lock()
+            .execute("DELETE FROM credentials WHERE name = ?1", [name])?
+            > 0)
     }
 
     /// Every credential, secrets opened. A value that fails to open (wrong
@@ -317,8 +345,23 @@ impl Store {
         let mut allowed = load_allowed(&conn)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, name, description, owner_uid, settings, cs, at, rt, generation, expires_at, state, reason, rest) = row?;
-            let (created_at, last_refresh_at, last_use_at, next_refresh_at, last_error, last_check) = rest;
+            let (
+                id,
+                name,
+                description,
+                owner_uid,
+                settings,
+                cs,
+                at,
+                rt,
+                generation,
+                expires_at,
+                state,
+                reason,
+                rest,
+            ) = row?;
+            let (created_at, last_refresh_at, last_use_at, next_refresh_at, last_error, last_check) =
+                rest;
             out.push(StoredCredential {
                 spec: serde_json::from_str(&settings)?,
                 client_secret: self.open_opt(&name, "client_secret", cs)?,
@@ -352,13 +395,26 @@ impl Store {
                 generation = ?4, expires_at = ?5, last_refresh_at = ?6, next_refresh_at = ?7,
                 state = 'ready', reason = NULL, last_error = NULL
              WHERE name = ?1",
-            params![name, access, refresh, t.generation as i64, t.expires_at, t.refreshed_at, t.next_refresh_at],
+            params![
+                name,
+                access,
+                refresh,
+                t.generation as i64,
+                t.expires_at,
+                t.refreshed_at,
+                t.next_refresh_at
+            ],
         )?;
         found(n, name)
     }
 
     /// Records a state change (and drops the refresh token when the grant is dead).
-    pub fn save_state(&self, name: &str, s: &StateUpdate, drop_grant: bool) -> Result<(), StoreError> {
+    pub fn save_state(
+        &self,
+        name: &str,
+        s: &StateUpdate,
+        drop_grant: bool,
+    ) -> Result<(), StoreError> {
         let sql = if drop_grant {
             "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5,
                 refresh_token = NULL, access_token = NULL, expires_at = NULL WHERE name = ?1"
@@ -368,13 +424,24 @@ impl Store {
         };
         let n = self.lock().execute(
             sql,
-            params![name, state_to_sql(s.state), s.reason, s.last_error, s.next_refresh_at],
+            params![
+                name,
+                state_to_sql(s.state),
+                s.reason,
+                s.last_error,
+                s.next_refresh_at
+            ],
         )?;
         found(n, name)
     }
 
     /// Records the result of a check, and the state it leads to.
-    pub fn save_check(&self, name: &str, report: &CheckReport, s: &StateUpdate) -> Result<(), StoreError> {
+    pub fn save_check(
+        &self,
+        name: &str,
+        report: &CheckReport,
+        s: &StateUpdate,
+    ) -> Result<(), StoreError> {
         let json = serde_json::to_string(report)?;
         let n = self.lock().execute(
             "UPDATE credentials SET last_check = ?2, state = ?3, reason = ?4, last_error = ?5 WHERE name = ?1",
@@ -388,7 +455,9 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let id: i64 = tx
-            .query_row("SELECT id FROM credentials WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT id FROM credentials WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
         tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])?;
@@ -413,7 +482,8 @@ impl Store {
 
     /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.lock().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+        self.lock()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
     }
 }
@@ -425,8 +495,13 @@ fn found(rows: usize, name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_allowed(tx: &rusqlite::Transaction<'_>, id: i64, allowed: &[Principal]) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare("INSERT OR IGNORE INTO allowed (credential_id, kind, id) VALUES (?1, ?2, ?3)")?;
+fn write_allowed(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    allowed: &[Principal],
+) -> Result<(), StoreError> {
+    let mut stmt =
+        tx.prepare("INSERT OR IGNORE INTO allowed (credential_id, kind, id) VALUES (?1, ?2, ?3)")?;
     for p in allowed {
         let (kind, pid) = match p {
             Principal::User(u) => ("user", *u),
@@ -437,13 +512,25 @@ fn write_allowed(tx: &rusqlite::Transaction<'_>, id: i64, allowed: &[Principal])
     Ok(())
 }
 
-fn load_allowed(conn: &Connection) -> Result<std::collections::HashMap<i64, Vec<Principal>>, StoreError> {
+fn load_allowed(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<i64, Vec<Principal>>, StoreError> {
     let mut stmt = conn.prepare("SELECT credential_id, kind, id FROM allowed ORDER BY kind, id")?;
     let mut map: std::collections::HashMap<i64, Vec<Principal>> = Default::default();
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, u32>(2)?)))?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, u32>(2)?,
+        ))
+    })?;
     for row in rows {
         let (cid, kind, id) = row?;
-        let p = if kind == "user" { Principal::User(id) } else { Principal::Group(id) };
+        let p = if kind == "user" {
+            Principal::User(id)
+        } else {
+            Principal::Group(id)
+        };
         map.entry(cid).or_default().push(p);
     }
     Ok(map)
@@ -495,7 +582,9 @@ mod tests {
     #[test]
     fn credentials_round_trip_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        open(dir.path()).insert(&bearer("up", "tok-1"), false).unwrap();
+        open(dir.path())
+            .insert(&bearer("up", "tok-1"), false)
+            .unwrap();
         let all = open(dir.path()).load_all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].access_token.as_ref().unwrap().expose(), "tok-1");
@@ -509,7 +598,14 @@ mod tests {
         s.insert(&bearer("up", "tok-1"), false).unwrap();
         let err = s.insert(&bearer("up", "tok-2"), false).unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists(_)));
-        assert_eq!(s.load_all().unwrap()[0].access_token.as_ref().unwrap().expose(), "tok-1");
+        assert_eq!(
+            s.load_all().unwrap()[0]
+                .access_token
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "tok-1"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum ErrorCode {
 pub struct RemoteError {
     pub code: ErrorCode,
     pub message: String,
+    /// With [`ErrorCode::NotUsable`]: the credential's state.
+    pub state: Option<crate::CredentialState>,
 }
 
 impl RemoteError {
@@ -43,6 +45,7 @@ impl RemoteError {
         RemoteError {
             code,
             message: message.into(),
+            state: None,
         }
     }
 }

@@ -140,25 +140,51 @@ pub struct AddCredential {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// A valid access token, valid for at least `min_valid_secs` more.
-    Token { name: String, min_valid_secs: u32 },
+    Token {
+        name: String,
+        min_valid_secs: u32,
+    },
     /// "The API refused this token": refresh unless it was already replaced.
-    Reject { name: String, token: Option<Secret> },
+    Reject {
+        name: String,
+        token: Option<Secret>,
+    },
     /// Refresh now.
-    Refresh { name: String },
+    Refresh {
+        name: String,
+    },
     /// Probe a bearer credential's check URL.
-    Check { name: String },
-    Show { name: String },
+    Check {
+        name: String,
+    },
+    Show {
+        name: String,
+    },
     List,
     Status,
     Add(AddCredential),
-    Remove { name: String },
-    Allow { name: String, principal: Principal },
-    Deny { name: String, principal: Principal },
+    Remove {
+        name: String,
+    },
+    Allow {
+        name: String,
+        principal: Principal,
+    },
+    Deny {
+        name: String,
+        principal: Principal,
+    },
     /// Begin an authorization-code login; `redirect_uri` overrides the stored one
     /// (the CLI passes the loopback listener's actual address).
-    LoginStart { name: String, redirect_uri: Option<String> },
+    LoginStart {
+        name: String,
+        redirect_uri: Option<String>,
+    },
     /// Complete a login with the URL the provider redirected the browser to.
-    LoginFinish { login_id: String, redirect_url: String },
+    LoginFinish {
+        login_id: String,
+        redirect_url: String,
+    },
 }
 
 impl Request {

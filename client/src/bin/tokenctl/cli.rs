@@ -1,0 +1,209 @@
+//! The command line of DESIGN §8. Scripts depend on it: extend, never rename.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// tokenctl asks the local tokend for valid API tokens and manages its credentials.
+#[derive(Parser, Debug)]
+#[command(name = "tokenctl", version, about, long_about = None)]
+pub struct Cli {
+    /// The daemon's socket (default: $TOKEND_SOCKET, the user's daemon, then the system's).
+    #[arg(long, global = true, value_name = "PATH", env = "TOKEND_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output on commands that read.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Add a credential (secrets are read from a file or stdin, never from arguments).
+    #[command(subcommand)]
+    Add(AddCommand),
+    /// Log in an oauth2 credential: prints the authorize URL, waits for the redirect.
+    Login(LoginArgs),
+    /// Print a valid access token, alone on one line.
+    Token {
+        name: String,
+        /// The token must stay valid at least this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        min_valid: u32,
+    },
+    /// Print "Authorization: Bearer <token>".
+    Header {
+        name: String,
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        min_valid: u32,
+    },
+    /// Run a command with the token in its environment.
+    Exec {
+        name: String,
+        /// The environment variable that carries the token.
+        #[arg(long, value_name = "VAR", default_value = "TOKEND_TOKEN")]
+        env: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Report that the API refused the token: refresh now.
+    Reject {
+        name: String,
+        /// Read the refused token from stdin; nothing happens if it was already replaced.
+        #[arg(long)]
+        token_stdin: bool,
+    },
+    /// Refresh now.
+    Refresh { name: String },
+    /// Probe a bearer credential's check URL.
+    Check { name: String },
+    /// Show one credential (no secrets).
+    Show { name: String },
+    /// Remove a credential.
+    Rm { name: String },
+    /// List credentials.
+    List,
+    /// The daemon and every credential's state.
+    Status,
+    /// Let a local user or group use a credential's token.
+    Allow(PrincipalArgs),
+    /// Take a user or group off a credential's allow list.
+    Deny(PrincipalArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AddCommand {
+    /// A static bearer token (e.g. UpPromote).
+    Bearer(AddBearer),
+    /// An OAuth2 authorization-code app (e.g. Uptempo).
+    Oauth2(AddOAuth2),
+    /// An OAuth2 client-credentials app.
+    ClientCredentials(AddClientCredentials),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// The credential's name: lowercase letters, digits, '.', '_', '-'.
+    pub name: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Replace an existing credential of that name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AddBearer {
+    #[command(flatten)]
+    pub common: Common,
+    /// Read the token from this file (default: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// A URL that `tokenctl check` probes with the token.
+    #[arg(long, value_name = "URL")]
+    pub check_url: Option<String>,
+    /// `uppromote` sets the check URL to UpPromote's affiliates endpoint.
+    #[arg(long, value_name = "PRESET")]
+    pub preset: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct OAuthCommon {
+    /// Fill in endpoints from a preset (uptempo-cas, uptempo8, or one from the config).
+    #[arg(long, value_name = "PRESET")]
+    pub preset: Option<String>,
+    /// A value for the preset's URL template, e.g. `domain=acme.uptempo.io` or `tenant=acme`.
+    #[arg(long = "preset-var", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub preset_vars: Vec<(String, String)>,
+    #[arg(long, value_name = "URL")]
+    pub token_url: Option<String>,
+    #[arg(long, value_name = "ID")]
+    pub client_id: String,
+    /// Read the client secret from this file (default: stdin).
+    #[arg(long, value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+    /// A scope to request (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub scopes: Vec<String>,
+    /// How to authenticate at the token endpoint.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub client_auth: Option<ClientAuthArg>,
+}
+
+#[derive(Args, Debug)]
+pub struct AddOAuth2 {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub oauth: OAuthCommon,
+    #[arg(long, value_name = "URL")]
+    pub auth_url: Option<String>,
+    /// The registered redirect URI (default: a loopback listener on a free port).
+    #[arg(long, value_name = "URI")]
+    pub redirect_uri: Option<String>,
+    /// Use PKCE (S256).
+    #[arg(long)]
+    pub pkce: bool,
+    /// An extra authorize parameter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_pair)]
+    pub params: Vec<(String, String)>,
+    /// No client secret (a public client; use with --pkce).
+    #[arg(long)]
+    pub no_client_secret: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AddClientCredentials {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub oauth: OAuthCommon,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ClientAuthArg {
+    /// client_secret_post: id and secret in the form body.
+    Post,
+    /// client_secret_basic: HTTP Basic.
+    Basic,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    pub name: String,
+    /// Paste the final redirect URL instead of running a loopback listener.
+    #[arg(long)]
+    pub paste: bool,
+    /// Do not try to open a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct Who {
+    /// A user name or uid.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// A group name or gid.
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PrincipalArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub who: Who,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}

@@ -1,0 +1,229 @@
+//! `tokenctl login`: print the authorize URL, then catch the redirect on a
+//! loopback listener (RFC 8252) or read the pasted redirect URL.
+
+use std::io::{BufRead, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokend_client::{Client, CredentialSpec};
+
+/// Why the login did not complete.
+pub enum LoginError {
+    Client(tokend_client::Error),
+    Other(String),
+}
+
+impl From<tokend_client::Error> for LoginError {
+    fn from(e: tokend_client::Error) -> Self {
+        LoginError::Client(e)
+    }
+}
+
+impl From<String> for LoginError {
+    fn from(e: String) -> Self {
+        LoginError::Other(e)
+    }
+}
+
+/// Where the browser will be sent back to.
+struct Redirect {
+    /// The URI sent to the provider.
+    uri: String,
+    /// Where to listen (None: the user pastes the URL).
+    listen: Option<(SocketAddr, String)>,
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Chooses the redirect: the registered one, or a loopback listener on a free port.
+fn plan(stored: Option<&str>, paste: bool) -> Result<Redirect, String> {
+    let Some(stored) = stored else {
+        if paste {
+            return Err(
+                "--paste needs a registered redirect URI: add the credential with --redirect-uri"
+                    .into(),
+            );
+        }
+        return Ok(Redirect {
+            uri: "http://127.0.0.1:0/callback".into(),
+            listen: Some(("127.0.0.1:0".parse().expect("literal"), "/callback".into())),
+        });
+    };
+    let url =
+        url::Url::parse(stored).map_err(|e| format!("the stored redirect URI is invalid: {e}"))?;
+    let host = url.host_str().unwrap_or("").to_string();
+    if paste {
+        return Ok(Redirect {
+            uri: stored.to_string(),
+            listen: None,
+        });
+    }
+    if url.scheme() != "http" || !is_loopback_host(&host) {
+        return Err(format!(
+            "the redirect URI {stored} is not a loopback http address, so tokenctl cannot receive it; run `tokenctl login NAME --paste` and paste the URL the browser ends on"
+        ));
+    }
+    let ip: IpAddr = if host == "localhost" {
+        "127.0.0.1".parse().expect("literal")
+    } else {
+        host.trim_matches(['[', ']'])
+            .parse()
+            .map_err(|_| "bad host".to_string())?
+    };
+    let port = url.port().unwrap_or(0);
+    Ok(Redirect {
+        uri: stored.to_string(),
+        listen: Some((SocketAddr::new(ip, port), url.path().to_string())),
+    })
+}
+
+pub fn run(
+    client: &mut Client,
+    name: &str,
+    paste: bool,
+    no_browser: bool,
+    timeout: u64,
+) -> Result<String, LoginError> {
+    let info = client.show(name)?;
+    let CredentialSpec::OAuth2(spec) = &info.spec else {
+        return Err(LoginError::Other(format!(
+            "credential {name:?} is {}: only oauth2 credentials log in",
+            info.spec.kind()
+        )));
+    };
+    let plan = plan(spec.redirect_uri.as_deref(), paste)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    match plan.listen {
+        None => {
+            let challenge = client.login_start(name, Some(plan.uri))?;
+            announce(&challenge.authorize_url, no_browser);
+            eprintln!(
+                "After approving, paste the full URL your browser was sent to (its address bar), then press Enter:"
+            );
+            let line = read_line_until(deadline)?;
+            Ok(client.login_finish(&challenge.login_id, line.trim())?)
+        }
+        Some((addr, path)) => {
+            let server = tiny_http::Server::http(addr)
+                .map_err(|e| format!("cannot listen on {addr} for the redirect: {e}"))?;
+            let bound = server
+                .server_addr()
+                .to_ip()
+                .ok_or_else(|| "the listener has no IP address".to_string())?;
+            let mut uri = url::Url::parse(&plan.uri).map_err(|e| e.to_string())?;
+            if uri.port().is_none_or(|p| p == 0) {
+                uri.set_port(Some(bound.port()))
+                    .map_err(|_| "cannot set the redirect port".to_string())?;
+            }
+            let uri = uri.to_string();
+            let challenge = client.login_start(name, Some(uri.clone()))?;
+            announce(&challenge.authorize_url, no_browser);
+            eprintln!(
+                "Waiting for the browser to come back to {uri} (from another machine: ssh -L {port}:127.0.0.1:{port} this-host)",
+                port = bound.port()
+            );
+            serve_redirect(client, &server, &challenge.login_id, &uri, &path, deadline)
+        }
+    }
+}
+
+/// Prints the URL alone on stdout's first line (scripts read it), hints on stderr.
+fn announce(url: &str, no_browser: bool) {
+    println!("{url}");
+    let _ = std::io::stdout().flush();
+    eprintln!("Open the URL above in a browser and approve the access.");
+    let graphical =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    if !no_browser && graphical {
+        let _ = std::process::Command::new("xdg-open")
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+    }
+}
+
+fn read_line_until(deadline: Instant) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let result = std::io::stdin().lock().read_line(&mut line).map(|_| line);
+        let _ = tx.send(result);
+    });
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(Ok(line)) if !line.trim().is_empty() => Ok(line),
+        Ok(Ok(_)) => Err("no redirect URL was pasted".into()),
+        Ok(Err(e)) => Err(format!("cannot read the pasted URL: {e}")),
+        Err(_) => Err("the login timed out waiting for the pasted URL".into()),
+    }
+}
+
+const PAGE: &str = "<!doctype html><meta charset=utf-8><title>tokend</title><body style=\"font-family:sans-serif;margin:3em\"><h1>{title}</h1><p>{body}</p></body>";
+
+fn page(title: &str, body: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
+    let escape = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let html = PAGE
+        .replace("{title}", &escape(title))
+        .replace("{body}", &escape(body));
+    let header =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/html; charset=utf-8"[..])
+            .expect("static header");
+    tiny_http::Response::from_string(html).with_header(header)
+}
+
+fn serve_redirect(
+    client: &mut Client,
+    server: &tiny_http::Server,
+    login_id: &str,
+    redirect_uri: &str,
+    path: &str,
+    deadline: Instant,
+) -> Result<String, LoginError> {
+    let base = url::Url::parse(redirect_uri).map_err(|e| e.to_string())?;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(LoginError::Other(
+                "the login timed out waiting for the browser's redirect".into(),
+            ));
+        }
+        let Ok(Some(request)) = server.recv_timeout(left) else {
+            continue;
+        };
+        let target = request.url().to_string();
+        if target.split('?').next() != Some(path) {
+            let _ = request.respond(
+                page(
+                    "Not found",
+                    "This address is only for the tokend login redirect.",
+                )
+                .with_status_code(404),
+            );
+            continue;
+        }
+        let full = base
+            .join(&target)
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        let result = client.login_finish(login_id, &full);
+        let response = match &result {
+            Ok(_) => page(
+                "Logged in",
+                "tokend has stored the tokens. You can close this tab.",
+            ),
+            Err(e) => page("Login failed", &e.to_string()).with_status_code(400),
+        };
+        let _ = request.respond(response);
+        return Ok(result?);
+    }
+}

@@ -1,0 +1,305 @@
+//! `tokenctl`: the command-line client of tokend (DESIGN §8).
+//!
+//! Blocking and runtime-free so that `tokenctl token NAME` costs little more
+//! than a process spawn and one socket round trip.
+
+mod cli;
+mod login;
+mod output;
+mod secret_input;
+
+use clap::Parser;
+use cli::{AddCommand, Cli, ClientAuthArg, Command, OAuthCommon, Who};
+use std::io::Write;
+use std::process::ExitCode;
+use tokend_client::{AddCredential, AddKind, Client, ClientAuth, OAuth2Request, Principal, Secret};
+
+/// A failure and the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<tokend_client::Error> for Failure {
+    fn from(e: tokend_client::Error) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { code: 1, message }
+    }
+}
+
+impl From<login::LoginError> for Failure {
+    fn from(e: login::LoginError) -> Self {
+        match e {
+            login::LoginError::Client(e) => e.into(),
+            login::LoginError::Other(m) => m.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("tokenctl: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn connect(cli: &Cli) -> Result<Client, Failure> {
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(tokend_client::default_socket);
+    Ok(Client::connect(socket)?)
+}
+
+fn say(message: &str) {
+    if !message.is_empty() {
+        eprintln!("{message}");
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let mut client = connect(&cli)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Add(add) => say(&client.add(build_add(add)?)?),
+        Command::Login(args) => say(&login::run(
+            &mut client,
+            &args.name,
+            args.paste,
+            args.no_browser,
+            args.timeout,
+        )?),
+        Command::Token { name, min_valid } => {
+            let reply = client.token_reply(&name, min_valid)?;
+            if json {
+                output::json(
+                    &serde_json::json!({"token": reply.token.expose(), "expires_at": reply.expires_at}),
+                );
+            } else {
+                print_line(reply.token.expose())?;
+            }
+        }
+        Command::Header { name, min_valid } => {
+            let reply = client.token_reply(&name, min_valid)?;
+            print_line(&format!("Authorization: Bearer {}", reply.token.expose()))?;
+        }
+        Command::Exec { name, env, command } => return exec(&mut client, &name, &env, &command),
+        Command::Reject { name, token_stdin } => {
+            let token = token_stdin
+                .then(|| secret_input::read(None, "rejected token"))
+                .transpose()?;
+            say(&client.reject(&name, token.as_ref())?);
+        }
+        Command::Refresh { name } => say(&client.refresh(&name)?),
+        Command::Check { name } => {
+            let report = client.check(&name)?;
+            if json {
+                output::json(&report)
+            } else {
+                output::check(&report)
+            }
+            if !report.ok {
+                return Err(Failure {
+                    code: 1,
+                    message: format!("check of {name:?} did not pass"),
+                });
+            }
+        }
+        Command::Show { name } => {
+            let info = client.show(&name)?;
+            if json {
+                output::json(&info)
+            } else {
+                output::show(&info)
+            }
+        }
+        Command::Rm { name } => say(&client.remove(&name)?),
+        Command::List => {
+            let list = client.list()?;
+            if json {
+                output::json(&list)
+            } else {
+                output::list(&list)
+            }
+        }
+        Command::Status => {
+            let status = client.status()?;
+            if json {
+                output::json(&status)
+            } else {
+                output::status(&status)
+            }
+        }
+        Command::Allow(p) => say(&client.set_allowed(&p.name, principal(&p.who)?, true)?),
+        Command::Deny(p) => say(&client.set_allowed(&p.name, principal(&p.who)?, false)?),
+    }
+    Ok(())
+}
+
+/// Writes one line to stdout; a closed pipe is an error, not a panic.
+fn print_line(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::from(format!("cannot write the output: {e}")))
+}
+
+/// Replaces this process with `command`, the token in `var`.
+fn exec(client: &mut Client, name: &str, var: &str, command: &[String]) -> Result<(), Failure> {
+    if var.is_empty() || var.contains(['=', '\0']) {
+        return Err(Failure {
+            code: 2,
+            message: format!("--env {var:?} is not a valid variable name"),
+        });
+    }
+    let token = client.token(name)?;
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..]).env(var, token.expose());
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        Err(Failure {
+            code: 127,
+            message: format!("cannot run {:?}: {e}", command[0]),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().map_err(|e| Failure {
+            code: 127,
+            message: format!("cannot run {:?}: {e}", command[0]),
+        })?;
+        std::process::exit(status.code().unwrap_or(1));
+    }
+}
+
+fn principal(who: &Who) -> Result<Principal, Failure> {
+    let usage = |message: String| Failure { code: 2, message };
+    if let Some(user) = &who.user {
+        return resolve_user(user).map(Principal::User).map_err(usage);
+    }
+    let group = who.group.as_deref().unwrap_or_default();
+    resolve_group(group).map(Principal::Group).map_err(usage)
+}
+
+#[cfg(unix)]
+fn resolve_user(user: &str) -> Result<u32, String> {
+    if let Ok(uid) = user.parse() {
+        return Ok(uid);
+    }
+    match nix::unistd::User::from_name(user) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => Err(format!("there is no user named {user:?}")),
+    }
+}
+
+#[cfg(unix)]
+fn resolve_group(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(format!("there is no group named {group:?}")),
+    }
+}
+
+#[cfg(not(unix))]
+fn resolve_user(user: &str) -> Result<u32, String> {
+    user.parse()
+        .map_err(|_| format!("give a numeric user id, not {user:?}"))
+}
+
+#[cfg(not(unix))]
+fn resolve_group(group: &str) -> Result<u32, String> {
+    group
+        .parse()
+        .map_err(|_| format!("give a numeric group id, not {group:?}"))
+}
+
+fn oauth_request(o: OAuthCommon) -> OAuth2Request {
+    OAuth2Request {
+        preset: o.preset,
+        preset_vars: o.preset_vars,
+        auth_url: None,
+        token_url: o.token_url,
+        client_id: o.client_id,
+        scopes: o.scopes,
+        redirect_uri: None,
+        client_auth: o.client_auth.map(|a| match a {
+            ClientAuthArg::Post => ClientAuth::Post,
+            ClientAuthArg::Basic => ClientAuth::Basic,
+        }),
+        pkce: false,
+        extra_params: Vec::new(),
+    }
+}
+
+/// Builds the add request, reading the secret from its file or stdin. The
+/// name is checked first, so a typo fails before a secret is asked for.
+fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
+    let check_name = |name: &str| {
+        tokend_client::validate_name(name).map_err(|e| Failure {
+            code: 2,
+            message: e.to_string(),
+        })
+    };
+    let (common, kind, secret) = match add {
+        AddCommand::Bearer(b) => {
+            check_name(&b.common.name)?;
+            let secret = secret_input::read(b.token_file.as_deref(), "token")?;
+            (
+                b.common,
+                AddKind::Bearer {
+                    check_url: b.check_url,
+                    preset: b.preset,
+                },
+                secret,
+            )
+        }
+        AddCommand::Oauth2(o) => {
+            check_name(&o.common.name)?;
+            let secret = if o.no_client_secret {
+                Secret::default()
+            } else {
+                secret_input::read(o.oauth.client_secret_file.as_deref(), "client secret")?
+            };
+            let mut req = oauth_request(o.oauth);
+            req.auth_url = o.auth_url;
+            req.redirect_uri = o.redirect_uri;
+            req.pkce = o.pkce;
+            req.extra_params = o.params;
+            (o.common, AddKind::OAuth2(req), secret)
+        }
+        AddCommand::ClientCredentials(c) => {
+            check_name(&c.common.name)?;
+            let secret =
+                secret_input::read(c.oauth.client_secret_file.as_deref(), "client secret")?;
+            (
+                c.common,
+                AddKind::ClientCredentials(oauth_request(c.oauth)),
+                secret,
+            )
+        }
+    };
+    Ok(AddCredential {
+        name: common.name,
+        description: common.description,
+        kind,
+        secret,
+        replace: common.replace,
+    })
+}

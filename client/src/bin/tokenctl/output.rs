@@ -1,0 +1,193 @@
+//! Human and JSON renderings of what the daemon returns.
+
+use std::time::{Duration, UNIX_EPOCH};
+use tokend_client::{CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Principal};
+
+/// A Unix time as RFC 3339 (UTC) plus a relative hint.
+fn when(t: Option<i64>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let at = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    let now = tokend_now();
+    let rel = if t >= now {
+        format!("in {}", span(t - now))
+    } else {
+        format!("{} ago", span(now - t))
+    };
+    format!("{} ({rel})", humantime::format_rfc3339_seconds(at))
+}
+
+fn span(secs: i64) -> String {
+    humantime::format_duration(Duration::from_secs(secs as u64)).to_string()
+}
+
+fn tokend_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub fn json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("plain data serializes")
+    );
+}
+
+fn state_text(c: &CredentialInfo) -> String {
+    match &c.reason {
+        Some(r) if c.state.as_str() != "ready" => format!("{}: {r}", c.state.as_str()),
+        _ => c.state.as_str().to_string(),
+    }
+}
+
+pub fn list(items: &[CredentialInfo]) {
+    if items.is_empty() {
+        println!("no credentials (add one with `tokenctl add bearer NAME < token.txt`)");
+        return;
+    }
+    println!(
+        "{:<24} {:<19} {:<12} {:<22} DESCRIPTION",
+        "NAME", "KIND", "STATE", "EXPIRES"
+    );
+    for c in items {
+        let expires = c
+            .expires_at
+            .map(|e| format!("in {}", span((e - tokend_now()).max(0))))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<24} {:<19} {:<12} {:<22} {}",
+            c.name,
+            c.spec.kind(),
+            c.state.as_str(),
+            expires,
+            c.description
+        );
+    }
+}
+
+fn principal(p: &Principal) -> String {
+    match p {
+        Principal::User(u) => format!("user {}", user_name(*u)),
+        Principal::Group(g) => format!("group {}", group_name(*g)),
+    }
+}
+
+fn user_name(uid: u32) -> String {
+    #[cfg(unix)]
+    if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        return format!("{} ({uid})", u.name);
+    }
+    uid.to_string()
+}
+
+fn group_name(gid: u32) -> String {
+    #[cfg(unix)]
+    if let Ok(Some(g)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        return format!("{} ({gid})", g.name);
+    }
+    gid.to_string()
+}
+
+pub fn show(c: &CredentialInfo) {
+    let row = |k: &str, v: &str| println!("{k:<16} {v}");
+    row("name", &c.name);
+    row("kind", c.spec.kind());
+    if !c.description.is_empty() {
+        row("description", &c.description);
+    }
+    row("state", &state_text(c));
+    row("owner", &user_name(c.owner_uid));
+    let allowed: Vec<String> = c.allowed.iter().map(principal).collect();
+    row(
+        "allowed",
+        if allowed.is_empty() {
+            "owner and admins only"
+        } else {
+            ""
+        },
+    );
+    for a in allowed {
+        row("", &a);
+    }
+    match &c.spec {
+        CredentialSpec::Bearer { check_url } => {
+            row("check url", check_url.as_deref().unwrap_or("-"))
+        }
+        CredentialSpec::OAuth2(s) => {
+            row("authorize url", &s.auth_url);
+            row("token url", &s.token_url);
+            row("client id", &s.client_id);
+            row("scopes", &s.scopes.join(" "));
+            row(
+                "redirect uri",
+                s.redirect_uri
+                    .as_deref()
+                    .unwrap_or("loopback (chosen at login)"),
+            );
+            row(
+                "client auth",
+                if matches!(s.client_auth, tokend_client::ClientAuth::Basic) {
+                    "client_secret_basic"
+                } else {
+                    "client_secret_post"
+                },
+            );
+            row("pkce", if s.pkce { "S256" } else { "off" });
+            row(
+                "refresh token",
+                if c.has_refresh_token { "held" } else { "none" },
+            );
+        }
+        CredentialSpec::ClientCredentials(s) => {
+            row("token url", &s.token_url);
+            row("client id", &s.client_id);
+            row("scopes", &s.scopes.join(" "));
+        }
+    }
+    row("token", if c.has_token { "held" } else { "none" });
+    row("expires", &when(c.expires_at));
+    row("next refresh", &when(c.next_refresh_at));
+    row("last refresh", &when(c.last_refresh_at));
+    row("last use", &when(c.last_use_at));
+    row("created", &when(Some(c.created_at)));
+    if let Some(e) = &c.last_error {
+        row("last error", e);
+    }
+    if let Some(check) = &c.last_check {
+        row(
+            "last check",
+            &format!("{} at {}", check.message, when(Some(check.at))),
+        );
+    }
+}
+
+pub fn status(s: &DaemonStatus) {
+    println!(
+        "tokend {} (pid {}) up {}, {} connection(s)\nsocket   {}\nstore    {}",
+        s.version,
+        s.pid,
+        span(s.uptime_secs as i64),
+        s.connections,
+        s.socket,
+        s.database
+    );
+    if s.credentials.is_empty() {
+        println!("no credentials");
+        return;
+    }
+    println!("\n{:<24} {:<19} STATE", "NAME", "KIND");
+    for c in &s.credentials {
+        let reason = c
+            .reason
+            .as_ref()
+            .filter(|_| c.state.as_str() != "ready")
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!("{:<24} {:<19} {}{reason}", c.name, c.kind, c.state.as_str());
+    }
+}
+
+pub fn check(r: &CheckReport) {
+    println!("{}", r.message);
+}

@@ -1,0 +1,75 @@
+//! What can go wrong talking to the daemon, typed so programs can react.
+
+use std::path::PathBuf;
+use tokend_proto::{CredentialState, ErrorCode, FrameError, RemoteError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing answers on the socket.
+    #[error(
+        "tokend is not running at {} (start it with `tokend` or `systemctl --user start tokend`)",
+        socket.display()
+    )]
+    DaemonUnreachable {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon refused this user.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// No credential has that name.
+    #[error("{0}")]
+    UnknownCredential(String),
+    /// The credential exists but cannot give a token now.
+    #[error("{message}")]
+    NotUsable {
+        state: Option<CredentialState>,
+        message: String,
+    },
+    /// The daemon speaks another protocol version.
+    #[error("{0}")]
+    ProtocolVersion(String),
+    /// Any other error the daemon reported.
+    #[error("{}", .0.message)]
+    Remote(RemoteError),
+    /// The connection broke or the daemon's answer made no sense.
+    #[error("lost the connection to tokend: {0}")]
+    Connection(String),
+}
+
+impl Error {
+    /// The tokenctl exit code for this error (DESIGN §8).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::DaemonUnreachable { .. } => 3,
+            Error::PermissionDenied(_) => 4,
+            Error::UnknownCredential(_) | Error::NotUsable { .. } => 5,
+            Error::ProtocolVersion(_) | Error::Remote(_) | Error::Connection(_) => 1,
+        }
+    }
+}
+
+impl From<RemoteError> for Error {
+    fn from(e: RemoteError) -> Self {
+        match e.code {
+            ErrorCode::PermissionDenied => Error::PermissionDenied(e.message),
+            ErrorCode::UnknownCredential => Error::UnknownCredential(e.message),
+            ErrorCode::NotUsable => Error::NotUsable {
+                state: e.state,
+                message: e.message,
+            },
+            ErrorCode::ProtocolVersion => Error::ProtocolVersion(e.message),
+            _ => Error::Remote(e),
+        }
+    }
+}
+
+impl From<FrameError> for Error {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Closed => Error::Connection("the daemon closed the connection".into()),
+            other => Error::Connection(other.to_string()),
+        }
+    }
+}

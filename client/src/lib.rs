@@ -1,0 +1,35 @@
+//! Client library for `tokend`: ask the local daemon for a valid token.
+//!
+//! ```no_run
+//! let mut client = tokend_client::Client::connect_default()?;
+//! let token = client.token("uptempo")?;
+//! println!("Authorization: Bearer {}", token.expose());
+//! # Ok::<(), tokend_client::Error>(())
+//! ```
+//!
+//! [`Client`] is blocking and needs no async runtime (so a one-shot call
+//! starts fast); [`AsyncClient`] (feature `async`, on by default) is the
+//! same API for tokio programs. Both send the same requests and read the
+//! answers through [`ops`], so they cannot drift apart.
+
+mod blocking;
+mod error;
+#[cfg(feature = "async")]
+mod nonblocking;
+pub mod ops;
+
+pub use blocking::Client;
+pub use error::Error;
+#[cfg(feature = "async")]
+pub use nonblocking::AsyncClient;
+pub use tokend_proto::validate_name;
+pub use tokend_proto::{
+    AddCredential, AddKind, CheckReport, ClientAuth, CredentialInfo, CredentialSpec,
+    CredentialState, DaemonStatus, LoginChallenge, OAuth2Request, Principal, Secret, TokenReply,
+};
+
+/// The socket used when none is named: `$TOKEND_SOCKET`, the user's daemon,
+/// then the system daemon.
+pub fn default_socket() -> std::path::PathBuf {
+    tokend_proto::paths::default_client_socket()
+}

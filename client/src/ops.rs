@@ -1,0 +1,117 @@
+//! Each operation as a request and a reader of its answer, shared by the
+//! blocking and the async client.
+
+use crate::Error;
+use tokend_proto::{
+    AddCredential, CheckReport, CredentialInfo, DaemonStatus, HelloReply, LoginChallenge,
+    Principal, Request, Response, Secret, TokenReply,
+};
+
+/// Checks the daemon's answer to our hello.
+pub fn accept_hello(reply: HelloReply) -> Result<(), Error> {
+    if reply.accepted {
+        Ok(())
+    } else {
+        Err(Error::ProtocolVersion(reply.message))
+    }
+}
+
+fn unexpected(what: &str, got: &Response) -> Error {
+    let kind = match got {
+        Response::Token(_) => "a token",
+        Response::Done | Response::Message(_) => "a message",
+        Response::Credential(_) => "a credential",
+        Response::List(_) => "a list",
+        Response::Status(_) => "a status",
+        Response::Check(_) => "a check report",
+        Response::Login(_) => "a login challenge",
+        Response::Error(_) => "an error",
+    };
+    Error::Connection(format!("expected {what} from tokend, got {kind}"))
+}
+
+/// Turns an error response into an `Err`, passing anything else through.
+pub fn check(response: Response) -> Result<Response, Error> {
+    match response {
+        Response::Error(e) => Err(e.into()),
+        other => Ok(other),
+    }
+}
+
+pub fn token(name: &str, min_valid_secs: u32) -> Request {
+    Request::Token {
+        name: name.into(),
+        min_valid_secs,
+    }
+}
+
+pub fn read_token(response: Response) -> Result<TokenReply, Error> {
+    match check(response)? {
+        Response::Token(t) => Ok(t),
+        other => Err(unexpected("a token", &other)),
+    }
+}
+
+pub fn reject(name: &str, token: Option<&Secret>) -> Request {
+    Request::Reject {
+        name: name.into(),
+        token: token.cloned(),
+    }
+}
+
+/// Reads a response that carries only a sentence for the user.
+pub fn read_message(response: Response) -> Result<String, Error> {
+    match check(response)? {
+        Response::Message(m) => Ok(m),
+        Response::Done => Ok(String::new()),
+        other => Err(unexpected("a message", &other)),
+    }
+}
+
+pub fn read_info(response: Response) -> Result<CredentialInfo, Error> {
+    match check(response)? {
+        Response::Credential(c) => Ok(*c),
+        other => Err(unexpected("a credential", &other)),
+    }
+}
+
+pub fn read_list(response: Response) -> Result<Vec<CredentialInfo>, Error> {
+    match check(response)? {
+        Response::List(l) => Ok(l),
+        other => Err(unexpected("a list", &other)),
+    }
+}
+
+pub fn read_status(response: Response) -> Result<DaemonStatus, Error> {
+    match check(response)? {
+        Response::Status(s) => Ok(s),
+        other => Err(unexpected("a status", &other)),
+    }
+}
+
+pub fn read_check(response: Response) -> Result<CheckReport, Error> {
+    match check(response)? {
+        Response::Check(c) => Ok(c),
+        other => Err(unexpected("a check report", &other)),
+    }
+}
+
+pub fn read_login(response: Response) -> Result<LoginChallenge, Error> {
+    match check(response)? {
+        Response::Login(l) => Ok(l),
+        other => Err(unexpected("a login challenge", &other)),
+    }
+}
+
+pub fn add(add: AddCredential) -> Request {
+    Request::Add(add)
+}
+
+pub fn allow(name: &str, principal: Principal, allow: bool) -> Request {
+    let name = name.to_string();
+    if allow {
+        Request::Allow { name, principal }
+    } else {
+        Request::Deny { name, principal }
+    }
+}
