@@ -104,7 +104,7 @@ pub fn read_login(response: Response) -> Result<LoginChallenge, Error> {
 }
 
 pub fn add(add: AddCredential) -> Request {
-    Request::Add(add)
+    Request::Add(Box::new(add))
 }
 
 pub fn allow(name: &str, principal: Principal, allow: bool) -> Request {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// The daemon's settings. `Default` is the embedded configuration used when
 /// no file exists.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub refresh: RefreshPolicy,
@@ -27,21 +27,6 @@ pub struct Config {
     pub log: LogConfig,
     /// Extra presets for `tokenctl add oauth2 --preset NAME`.
     pub presets: BTreeMap<String, PresetConfig>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            refresh: RefreshPolicy::default(),
-            limits: Limits::default(),
-            notify_command: None,
-            admin_group: None,
-            socket_group: None,
-            key_file: None,
-            log: LogConfig::default(),
-            presets: BTreeMap::new(),
-        }
-    }
 }
 
 /// When tokens are refreshed (DESIGN §4.1).

@@ -68,7 +68,7 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
         Request::Status => Ok(Response::Status(status(shared, peer))),
         Request::Add(add) => {
             admin(shared, peer)?;
-            add_credential(shared, peer, add).await
+            add_credential(shared, peer, *add).await
         }
         Request::Remove { name } => {
             admin(shared, peer)?;

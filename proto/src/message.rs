@@ -162,7 +162,7 @@ pub enum Request {
     },
     List,
     Status,
-    Add(AddCredential),
+    Add(Box<AddCredential>),
     Remove {
         name: String,
     },

@@ -1,1 +1,311 @@
-//! Shared harness for the end-to-end tests.
+//! Shared harness for the end-to-end tests: start the real `tokend` in a
+//! temporary directory with its own socket, store and key, drive it with the
+//! real `tokenctl`, and clean up even when a test fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's built binaries (next to `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .expect("deps dir")
+        .parent()
+        .expect("profile dir")
+        .to_path_buf()
+}
+
+/// The path of a workspace binary; panics with advice if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test --workspace` (which builds it) or `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// A running daemon in its own temporary directory.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub db: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+/// How to start a daemon.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Config file text (written to `config.toml`).
+    pub config: Option<String>,
+    /// Extra environment for the daemon.
+    pub env: Vec<(String, String)>,
+    /// `TOKEND_LOG` (default `debug`).
+    pub log_level: Option<String>,
+}
+
+impl Daemon {
+    /// Starts a daemon with the embedded defaults.
+    pub fn start() -> Daemon {
+        Daemon::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("tokend-e2e")
+            .tempdir()
+            .expect("temp dir");
+        // World-traversable, so a second (unprivileged) user can reach the socket
+        // when a test opens it up on purpose.
+        set_mode(dir.path(), 0o755);
+        let socket = dir.path().join("run").join("tokend.sock");
+        let db = dir.path().join("state").join("tokend.db");
+        let config = dir.path().join("config.toml");
+        if let Some(text) = &options.config {
+            std::fs::write(&config, text).expect("write config");
+        }
+        let mut env = options.env.clone();
+        env.push((
+            "TOKEND_LOG".into(),
+            options.log_level.clone().unwrap_or_else(|| "debug".into()),
+        ));
+        let mut daemon = Daemon {
+            log: dir.path().join("tokend.log"),
+            dir,
+            socket,
+            db,
+            config,
+            env,
+            child: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("tokend"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--config")
+            .arg(&self.config);
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("CREDENTIALS_DIRECTORY");
+        cmd.env("XDG_RUNTIME_DIR", self.dir.path().join("xdg-run"));
+        cmd.env("XDG_STATE_HOME", self.dir.path().join("xdg-state"));
+        cmd.env("XDG_CONFIG_HOME", self.dir.path().join("xdg-config"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts (or restarts) the process and waits until it answers.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tokend");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until `tokenctl status` succeeds; panics with the log on failure.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("tokend exited early ({status}):\n{}", self.log_text());
+            }
+            if tokend_client::Client::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tokend did not become ready:\n{}", self.log_text());
+    }
+
+    /// A second start attempt (e.g. with another key); returns its output.
+    pub fn try_start_again(&self, extra_env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command();
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(cmd, None, Duration::from_secs(20))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), libc::SIGTERM);
+        wait_timeout(&mut child, Duration::from_secs(20))
+            .expect("tokend did not stop after SIGTERM")
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> tokend_client::Client {
+        tokend_client::Client::connect(&self.socket).expect("connect to tokend")
+    }
+
+    /// Runs `tokenctl ARGS` against this daemon.
+    pub fn tokenctl(&self, args: &[&str]) -> Output {
+        self.tokenctl_stdin(args, "")
+    }
+
+    /// Runs `tokenctl ARGS` with `stdin` piped in.
+    pub fn tokenctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut cmd = Command::new(bin("tokenctl"));
+        cmd.args(args).env("TOKEND_SOCKET", &self.socket);
+        run_with_timeout(cmd, Some(stdin), Duration::from_secs(60))
+    }
+
+    /// Adds a bearer credential (token on stdin); panics if refused.
+    pub fn add_bearer(&self, name: &str, token: &str) {
+        let out = self.tokenctl_stdin(&["add", "bearer", name], token);
+        assert_ok(&out);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command with optional stdin, killing it after `limit`.
+pub fn run_with_timeout(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> Output {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        let _ = pipe.write_all(text.as_bytes());
+    }
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: signal 0 only checks whether the process exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return;
+            }
+        }
+        signal(pid, libc::SIGKILL);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = watchdog.join();
+    out
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: sending a signal to a child we started.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Asserts success, showing stderr otherwise.
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "expected success, got {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Asserts the exit code, showing the output otherwise.
+pub fn assert_code(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Every process's argv, for "no secret in argv" checks.
+pub fn all_argv() -> String {
+    let mut all = String::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            all.push_str(&String::from_utf8_lossy(&cmdline).replace('\0', " "));
+            all.push('\n');
+        }
+    }
+    all
+}

@@ -1,0 +1,213 @@
+//! Bearer credentials end to end through the real binaries (the UpPromote case).
+
+use tokend_tests::*;
+
+const TOKEN: &str = "upp-Zt8vQ2-secret-bearer";
+
+#[test]
+fn added_token_comes_back_through_token_header_and_exec() {
+    let d = Daemon::start();
+    let out = d.tokenctl_stdin(
+        &[
+            "add",
+            "bearer",
+            "uppromote",
+            "--description",
+            "affiliate sync",
+        ],
+        &format!("{TOKEN}\n"),
+    );
+    assert_ok(&out);
+    let out = d.tokenctl(&["token", "uppromote"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("{TOKEN}\n"));
+    let out = d.tokenctl(&["header", "uppromote"]);
+    assert_eq!(stdout(&out), format!("Authorization: Bearer {TOKEN}\n"));
+    let out = d.tokenctl(&["exec", "uppromote", "--", "sh", "-c", "echo $TOKEND_TOKEN"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("{TOKEN}\n"));
+    let out = d.tokenctl(&[
+        "exec",
+        "uppromote",
+        "--env",
+        "API_TOKEN",
+        "--",
+        "sh",
+        "-c",
+        "echo $API_TOKEN",
+    ]);
+    assert_eq!(stdout(&out), format!("{TOKEN}\n"));
+}
+
+#[test]
+fn token_from_a_file_is_stored() {
+    let d = Daemon::start();
+    let file = d.dir.path().join("token.txt");
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    assert_ok(&d.tokenctl(&[
+        "add",
+        "bearer",
+        "up",
+        "--token-file",
+        file.to_str().unwrap(),
+    ]));
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+}
+
+#[test]
+fn credentials_survive_sigterm_and_kill_9() {
+    let mut d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let status = d.stop();
+    assert!(status.success(), "clean stop: {status}");
+    assert!(!d.socket.exists(), "socket file removed on stop");
+    d.restart();
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+    d.kill9();
+    assert!(
+        d.socket.exists(),
+        "a killed daemon leaves its socket behind"
+    );
+    d.restart();
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+}
+
+#[test]
+fn unknown_credential_exits_5_naming_it() {
+    let d = Daemon::start();
+    let out = d.tokenctl(&["token", "missing"]);
+    assert_code(&out, 5);
+    assert!(stderr(&out).contains("\"missing\""), "{}", stderr(&out));
+}
+
+#[test]
+fn daemon_down_exits_3_with_advice() {
+    let mut d = Daemon::start();
+    d.stop();
+    let out = d.tokenctl(&["token", "up"]);
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains("tokend is not running at"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn bad_adds_are_refused_and_change_nothing() {
+    let d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let bad_name = d.tokenctl_stdin(&["add", "bearer", "Bad Name"], "x");
+    assert_code(&bad_name, 2);
+    assert!(
+        stderr(&bad_name).contains("not valid"),
+        "{}",
+        stderr(&bad_name)
+    );
+    let duplicate = d.tokenctl_stdin(&["add", "bearer", "up"], "other-token");
+    assert_code(&duplicate, 1);
+    assert!(
+        stderr(&duplicate).contains("already exists"),
+        "{}",
+        stderr(&duplicate)
+    );
+    let empty = d.tokenctl_stdin(&["add", "bearer", "empty"], "");
+    assert_code(&empty, 1);
+    assert!(stderr(&empty).contains("empty"), "{}", stderr(&empty));
+    let bad_url = d.tokenctl_stdin(&["add", "bearer", "x", "--check-url", "ftp://nope"], "t");
+    assert_code(&bad_url, 1);
+    // The store is unchanged: one credential, with the original token.
+    let list: serde_json::Value =
+        serde_json::from_str(&stdout(&d.tokenctl(&["list", "--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+}
+
+#[test]
+fn replace_swaps_the_token_and_rm_removes_it() {
+    let d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    assert_ok(&d.tokenctl_stdin(&["add", "bearer", "up", "--replace"], "new-token"));
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), "new-token\n");
+    assert_ok(&d.tokenctl(&["rm", "up"]));
+    assert_code(&d.tokenctl(&["token", "up"]), 5);
+}
+
+#[test]
+fn list_show_and_status_report_without_secrets() {
+    let d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["show", "up"],
+        &["show", "up", "--json"],
+        &["status"],
+        &["status", "--json"],
+    ] {
+        let out = d.tokenctl(args);
+        assert_ok(&out);
+        assert!(!stdout(&out).contains(TOKEN), "{args:?} printed the secret");
+        assert!(stdout(&out).contains("up"), "{args:?}: {}", stdout(&out));
+    }
+    let show: serde_json::Value =
+        serde_json::from_str(&stdout(&d.tokenctl(&["show", "up", "--json"]))).unwrap();
+    assert_eq!(show["state"], "ready");
+    assert_eq!(show["description"], "");
+}
+
+#[test]
+fn secret_never_reaches_the_log_or_argv() {
+    let d = Daemon::start_with(Options {
+        log_level: Some("trace".into()),
+        ..Options::default()
+    });
+    d.add_bearer("up", TOKEN);
+    for _ in 0..3 {
+        assert_ok(&d.tokenctl(&["token", "up"]));
+    }
+    assert!(
+        !all_argv().contains(TOKEN),
+        "a process argv holds the token"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("credential added"),
+        "trace log was written: {log}"
+    );
+    assert!(!log.contains(TOKEN), "the log holds the token:\n{log}");
+}
+
+#[test]
+fn two_hundred_clients_get_their_tokens() {
+    let d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let socket = d.socket.clone();
+    let workers: Vec<_> = (0..200)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut client = tokend_client::Client::connect(&socket).expect("connect");
+                (0..100)
+                    .filter(|_| {
+                        client
+                            .token("up")
+                            .map(|t| t.expose() == TOKEN)
+                            .unwrap_or(false)
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(ok, 200 * 100);
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    let d = Daemon::start();
+    let out = d.try_start_again(&[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
+    assert_ok(&d.tokenctl(&["status"]));
+}

@@ -1,0 +1,137 @@
+//! Malformed, oversized, truncated and foreign traffic on the socket: each
+//! costs only its own connection, and a normal client right after still works.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+use tokend_proto::{Hello, HelloReply, MAGIC, Request, Response, read_frame, write_frame};
+use tokend_tests::*;
+
+fn still_serves(d: &Daemon) {
+    let out = d.tokenctl(&["token", "up"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "tok\n");
+}
+
+fn raw(d: &Daemon) -> UnixStream {
+    let s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until EOF or error; true if the daemon closed the connection.
+fn closed_by_daemon(s: &mut UnixStream) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+fn daemon() -> Daemon {
+    let d = Daemon::start();
+    d.add_bearer("up", "tok");
+    d
+}
+
+#[test]
+fn one_mebibyte_of_random_bytes() {
+    let d = daemon();
+    let mut s = raw(&d);
+    let mut noise = vec![0u8; 1 << 20];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut noise)
+        .unwrap();
+    let _ = s.write_all(&noise);
+    assert!(closed_by_daemon(&mut s));
+    still_serves(&d);
+}
+
+#[test]
+fn a_frame_claiming_four_gibibytes() {
+    let d = daemon();
+    let mut s = raw(&d);
+    write_frame(&mut s, &Hello::current()).unwrap();
+    let _: HelloReply = read_frame(&mut s).unwrap();
+    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+    s.write_all(b"abc").unwrap();
+    let answer: Response = read_frame(&mut s).unwrap();
+    assert!(
+        matches!(answer, Response::Error(ref e) if e.message.contains("larger than")),
+        "{answer:?}"
+    );
+    assert!(closed_by_daemon(&mut s));
+    still_serves(&d);
+}
+
+#[test]
+fn a_truncated_frame() {
+    let d = daemon();
+    let mut s = raw(&d);
+    write_frame(&mut s, &Hello::current()).unwrap();
+    let _: HelloReply = read_frame(&mut s).unwrap();
+    s.write_all(&100u32.to_be_bytes()).unwrap();
+    s.write_all(&[1, 2, 3]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed_by_daemon(&mut s));
+    still_serves(&d);
+}
+
+#[test]
+fn a_malformed_request_body_gets_an_error() {
+    let d = daemon();
+    let mut s = raw(&d);
+    write_frame(&mut s, &Hello::current()).unwrap();
+    let _: HelloReply = read_frame(&mut s).unwrap();
+    s.write_all(&4u32.to_be_bytes()).unwrap();
+    s.write_all(&[250, 250, 250, 250]).unwrap();
+    let answer: Response = read_frame(&mut s).unwrap();
+    assert!(
+        matches!(answer, Response::Error(ref e) if e.message.contains("malformed")),
+        "{answer:?}"
+    );
+    still_serves(&d);
+}
+
+#[test]
+fn a_wrong_protocol_version_gets_a_clear_refusal() {
+    let d = daemon();
+    let mut s = raw(&d);
+    write_frame(
+        &mut s,
+        &Hello {
+            magic: MAGIC,
+            version: 99,
+        },
+    )
+    .unwrap();
+    let reply: HelloReply = read_frame(&mut s).unwrap();
+    assert!(!reply.accepted);
+    assert!(reply.message.contains("version 99"), "{}", reply.message);
+    assert!(closed_by_daemon(&mut s));
+    still_serves(&d);
+}
+
+#[test]
+fn requests_on_one_connection_keep_working() {
+    let d = daemon();
+    let mut s = raw(&d);
+    write_frame(&mut s, &Hello::current()).unwrap();
+    let _: HelloReply = read_frame(&mut s).unwrap();
+    for _ in 0..50 {
+        write_frame(
+            &mut s,
+            &Request::Token {
+                name: "up".into(),
+                min_valid_secs: 0,
+            },
+        )
+        .unwrap();
+        let answer: Response = read_frame(&mut s).unwrap();
+        assert!(matches!(answer, Response::Token(ref t) if t.token.expose() == "tok"));
+    }
+}
