@@ -1,7 +1,7 @@
 //! `tokenctl check`: probe a bearer credential's check URL with its token and
 //! record what the API said.
 
-use crate::credential::{Credential, now};
+use crate::credential::Credential;
 use crate::error::Error;
 use crate::handler::blocking;
 use crate::http::host_of;
@@ -45,14 +45,14 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
                 _ => format!("inconclusive: {host} answered HTTP {code}"),
             };
             CheckReport {
-                at: now(),
+                at: shared.clock.now(),
                 status: Some(code),
                 ok,
                 message,
             }
         }
         Err(e) => CheckReport {
-            at: now(),
+            at: shared.clock.now(),
             status: None,
             ok: false,
             message: format!("inconclusive: no answer from {host}: {}", describe(&e)),

@@ -28,8 +28,10 @@ pub struct Live {
     pub refreshing: bool,
     /// Consecutive transient failures, for backoff.
     pub failures: u32,
-    /// Refresh attempts made; a waiter that saw attempt N does not start
-    /// another if N+1 already ran (so a failing endpoint is not hammered).
+    /// Refresh attempts completed. A waiter that looked when N had completed
+    /// does not start another once N+1 has: it takes that attempt's outcome
+    /// (one refresh serves every concurrent caller; a failing endpoint is
+    /// not hammered).
     pub attempts: u64,
     /// No new attempt before this time (Unix ms): backoff after a transient error.
     pub retry_not_before_ms: i64,
@@ -138,14 +140,9 @@ impl Credential {
     }
 }
 
-/// Wall-clock Unix seconds.
-pub fn now() -> i64 {
-    now_ms() / 1000
-}
-
-/// Wall-clock Unix milliseconds: the scheduler's unit, so that short-lived
-/// tokens (seconds) are refreshed on time.
-pub fn now_ms() -> i64 {
+/// The system's wall clock in Unix milliseconds. Everything else reads
+/// [`crate::clock::Clock`], which tests can shift.
+pub fn system_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

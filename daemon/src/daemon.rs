@@ -3,7 +3,7 @@
 
 use crate::access::{Policy, group_id};
 use crate::config::Config;
-use crate::credential::{Credential, now};
+use crate::credential::Credential;
 use crate::paths::{Overrides, Paths};
 use crate::seal::{KeySource, Sealer};
 use crate::state::Shared;
@@ -231,9 +231,4 @@ fn raise_fd_limit() {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard);
         }
     }
-}
-
-/// Seconds since the epoch; re-exported for the binary's messages.
-pub fn unix_now() -> i64 {
-    now()
 }

@@ -2,7 +2,7 @@
 //! then the operation. Every failure becomes a typed error with a sentence.
 
 use crate::access::Peer;
-use crate::credential::{Credential, now};
+use crate::credential::Credential;
 use crate::error::Error;
 use crate::state::Shared;
 use crate::store::StoredCredential;
@@ -57,12 +57,14 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
         }
         Request::Show { name } => {
             let cred = usable(shared, peer, &name)?;
-            Ok(Response::Credential(Box::new(cred.info(now()))))
+            Ok(Response::Credential(Box::new(
+                cred.info(shared.clock.now()),
+            )))
         }
         Request::List => Ok(Response::List(
             visible(shared, peer)
                 .iter()
-                .map(|c| c.info(now()))
+                .map(|c| c.info(shared.clock.now()))
                 .collect(),
         )),
         Request::Status => Ok(Response::Status(status(shared, peer))),
@@ -147,7 +149,7 @@ fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
 }
 
 fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
-    let now = now();
+    let now = shared.clock.now();
     DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: std::process::id(),
@@ -203,7 +205,7 @@ async fn add_credential(
             "the {what} is empty; nothing was stored"
         )));
     }
-    let now = now();
+    let now = shared.clock.now();
     let (access_token, client_secret, state, generation) = match spec {
         CredentialSpec::Bearer { .. } => (Some(secret), None, CredentialState::Ready, 1),
         CredentialSpec::OAuth2(_) => (
@@ -246,7 +248,7 @@ async fn add_credential(
     tracing::info!(credential = %cred.name, kind = cred.spec.kind(), owner = peer.uid, "credential added");
     if let CredentialSpec::ClientCredentials(_) = cred.spec {
         // Fetch the first token now, so the first `token` call is fast.
-        shared.scheduler.schedule(&cred.name, now);
+        shared.scheduler.schedule(&cred.name, now * 1000);
     }
     let next = match cred.spec {
         CredentialSpec::OAuth2(_) => format!("; run `tokenctl login {}` next", cred.name),

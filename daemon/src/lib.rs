@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod connection;
 pub mod credential;

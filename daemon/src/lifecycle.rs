@@ -7,7 +7,7 @@
 //! half-way, between the provider's answer and the commit.
 
 use crate::config::RefreshPolicy;
-use crate::credential::{Credential, Live, now_ms};
+use crate::credential::{Credential, Live};
 use crate::error::Error;
 use crate::handler::blocking;
 use crate::provider::{self, Endpoint, Grant, ProviderError, TokenSet};
@@ -43,7 +43,7 @@ pub async fn token(
     cred: &Arc<Credential>,
     min_valid_secs: u32,
 ) -> Result<TokenReply, Error> {
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let fast = cred.with_live(|l| {
         let reply = valid_reply(l, now, min_valid_secs)?;
         l.last_use_at = Some(now / 1000);
@@ -78,7 +78,7 @@ async fn on_demand(
     let deadline = Instant::now() + Duration::from_secs(shared.config().refresh.wait_secs);
     let mut refreshed = false;
     loop {
-        let now = now_ms();
+        let now = shared.clock.now_ms();
         let (reply, state, attempts, backoff_until) = cred.with_live(|l| {
             (
                 valid_reply(l, now, min_valid_secs),
@@ -223,11 +223,8 @@ pub async fn refresh(
         .await
         .map_err(|_| Error::Busy("shutting down".into()))?;
     let policy = shared.config().refresh.clone();
-    let started_ms = now_ms();
-    cred.with_live(|l| {
-        l.attempts += 1;
-        l.refreshing = true;
-    });
+    let started_ms = shared.clock.now_ms();
+    cred.with_live(|l| l.refreshing = true);
     let result = match (&cred.spec, &refresh_token) {
         (CredentialSpec::OAuth2(spec), Some(rt)) => {
             let endpoint = Endpoint {
@@ -263,7 +260,7 @@ pub async fn refresh(
         (CredentialSpec::Bearer { .. }, _) => return Ok(()),
     };
     cred.with_live(|l| l.refreshing = false);
-    match result {
+    let outcome = match result {
         Ok(set) => {
             let update = token_update(&cred, set, started_ms, &policy);
             commit_and_publish(&shared, &cred, update).await
@@ -273,7 +270,11 @@ pub async fn refresh(
             retry_after,
         }) => transient(&shared, &cred, message, retry_after, &policy).await,
         Err(e) => permanent(&shared, &cred, &e).await,
-    }
+    };
+    // Counted once the outcome is visible: anyone who looked before now
+    // takes this attempt's outcome instead of starting another.
+    cred.with_live(|l| l.attempts += 1);
+    outcome
 }
 
 fn timeout(policy: &RefreshPolicy) -> Duration {
@@ -360,7 +361,9 @@ pub async fn commit_and_publish(
             l.uncommitted = Some(update);
             l.last_error = Some(reason);
         });
-        shared.scheduler.schedule(&cred.name, now_ms() + 5_000);
+        shared
+            .scheduler
+            .schedule(&cred.name, shared.clock.now_ms() + 5_000);
         return Err(Error::Internal(format!("credential {:?}: {e}", cred.name)));
     }
     let next_ms = update.next_refresh_at;
@@ -393,7 +396,8 @@ pub async fn commit_and_publish(
 }
 
 /// A transient failure: keep the token, retry with capped exponential backoff
-/// and jitter, honouring `Retry-After`.
+/// and jitter, honouring `Retry-After`. The caller learns of the failure
+/// either way; token requests still get the held token while it is valid.
 async fn transient(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
@@ -413,7 +417,7 @@ async fn transient(
     if let Some(ra) = retry_after {
         delay_ms = delay_ms.max(ra.as_millis().min(3_600_000) as i64);
     }
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let due = now + delay_ms;
     let reason = format!(
         "refresh failed, retry {failures} in {} s: {message}",
@@ -442,7 +446,9 @@ async fn transient(
         tracing::warn!(credential = %cred.name, error = %e, "could not record the refresh failure");
     }
     if still_valid {
-        Ok(())
+        Err(Error::Provider(format!(
+            "{reason}; the current token stays in use until it expires"
+        )))
     } else {
         Err(Error::NotUsable {
             name: cred.name.clone(),
@@ -501,7 +507,7 @@ async fn permanent(
 /// spread over the start-up window instead of all refreshing at once.
 pub fn schedule_loaded(shared: &Shared) {
     let policy = shared.config().refresh.clone();
-    let now = now_ms();
+    let now = shared.clock.now_ms();
     let spread_ms = (policy.startup_spread_secs * 1000) as f64;
     for cred in shared.registry.all() {
         let due = cred.with_live(|l| {

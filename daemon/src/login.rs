@@ -1,7 +1,7 @@
 //! The authorization-code login (DESIGN §3): build the authorize URL with a
 //! fresh `state` (and PKCE verifier), then complete from the redirect URL.
 
-use crate::credential::{Credential, now, now_ms};
+use crate::credential::Credential;
 use crate::error::Error;
 use crate::lifecycle::{commit_and_publish, token_update};
 use crate::provider::{self, Endpoint, Grant};
@@ -114,12 +114,8 @@ pub fn start(
         login_id,
         authorize_url: url.to_string(),
         redirect_uri,
-        expires_at: now_secs_plus(limits.login_timeout_secs),
+        expires_at: shared.clock.now() + limits.login_timeout_secs as i64,
     })
-}
-
-fn now_secs_plus(secs: u64) -> i64 {
-    now() + secs as i64
 }
 
 /// What the provider put on the redirect.
@@ -253,7 +249,7 @@ async fn exchange(
         redirect_uri: &pending.redirect_uri,
         verifier: pending.verifier.as_ref(),
     };
-    let started_ms = now_ms();
+    let started_ms = shared.clock.now_ms();
     let set = provider::request(
         &shared.http,
         &endpoint,
@@ -273,7 +269,7 @@ async fn exchange(
         " (the provider issued no refresh token: you will need to log in again when it expires)"
     };
     let valid = expires
-        .map(|e| format!(", token valid for {} s", e - now()))
+        .map(|e| format!(", token valid for {} s", e - shared.clock.now()))
         .unwrap_or_default();
     Ok(format!(
         "logged in: credential {:?} is ready{valid}{warning}",

@@ -6,7 +6,6 @@
 //! [`MAX_SLEEP_MS`], so a suspend/resume or a clock step cannot make it miss
 //! a refresh (DESIGN §4.8).
 
-use crate::credential::now_ms;
 use crate::state::Shared;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -93,7 +92,7 @@ impl Scheduler {
 /// The scheduler task: starts a refresh for each due credential.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let now = now_ms();
+        let now = shared.clock.now_ms();
         for name in shared.scheduler.take_due(now) {
             if let Some(cred) = shared.registry.get(&name) {
                 let seen = cred.with_live(|l| l.attempts);

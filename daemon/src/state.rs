@@ -26,6 +26,7 @@ pub struct Shared {
     /// Bounds refreshes in flight across all credentials (a refresh storm
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
+    pub clock: crate::clock::Clock,
 }
 
 impl Shared {
@@ -43,6 +44,7 @@ impl Shared {
             logins: Default::default(),
             scheduler: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
+            clock: Default::default(),
         })
     }
 

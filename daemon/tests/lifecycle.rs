@@ -1,0 +1,372 @@
+//! The token lifecycle (DESIGN §4) against an in-repo fake provider with
+//! rotation, reuse detection, fault injection and a shiftable clock.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+use support::fake_provider::{FakeProvider, Fault};
+use tokend::access::Policy;
+use tokend::config::Config;
+use tokend::credential::Credential;
+use tokend::error::Error;
+use tokend::lifecycle;
+use tokend::paths::{Overrides, Paths};
+use tokend::seal::Sealer;
+use tokend::state::Shared;
+use tokend::store::{Store, StoredCredential};
+use tokend_proto::{
+    ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, OAuth2Spec, Secret,
+};
+
+struct World {
+    shared: Arc<Shared>,
+    fake: FakeProvider,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(lifetime_secs: u64, config: Config) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        db: Some(dir.path().join("t.db")),
+        ..Overrides::default()
+    };
+    let paths = Paths::resolve(false, &overrides);
+    let store = Store::open(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
+    let shared = Shared::new(
+        store,
+        paths,
+        config,
+        Policy {
+            daemon_uid: 0,
+            admin_gid: None,
+        },
+    );
+    let fake = FakeProvider::start(lifetime_secs).await;
+    World {
+        shared,
+        fake,
+        _dir: dir,
+    }
+}
+
+fn quick_config() -> Config {
+    let mut c = Config::default();
+    c.refresh.http_timeout_secs = 1;
+    c.refresh.wait_secs = 5;
+    c
+}
+
+impl World {
+    /// An oauth2 credential holding `at-0` (expiring in `expires_in` s) and a live refresh token.
+    fn oauth(&self, name: &str, expires_in: i64) -> Arc<Credential> {
+        let spec = CredentialSpec::OAuth2(OAuth2Spec {
+            auth_url: "http://127.0.0.1:9/auth".into(),
+            token_url: self.fake.url.clone(),
+            client_id: "cid".into(),
+            scopes: vec![],
+            redirect_uri: None,
+            client_auth: ClientAuth::Post,
+            pkce: false,
+            extra_params: vec![],
+            refresh_margin_secs: None,
+        });
+        let rt = self.fake.grant();
+        self.insert(
+            name,
+            spec,
+            Some("at-0"),
+            Some(&rt),
+            Some(self.shared.clock.now() + expires_in),
+        )
+    }
+
+    fn insert(
+        &self,
+        name: &str,
+        spec: CredentialSpec,
+        at: Option<&str>,
+        rt: Option<&str>,
+        expires_at: Option<i64>,
+    ) -> Arc<Credential> {
+        let stored = StoredCredential {
+            name: name.into(),
+            description: String::new(),
+            spec,
+            owner_uid: 0,
+            allowed: vec![],
+            client_secret: Some(Secret::new("cs")),
+            access_token: at.map(Secret::new),
+            refresh_token: rt.map(Secret::new),
+            generation: 1,
+            expires_at,
+            state: CredentialState::Ready,
+            reason: None,
+            created_at: 0,
+            last_refresh_at: None,
+            last_use_at: None,
+            next_refresh_at: None,
+            last_error: None,
+            last_check: None,
+        };
+        self.shared.store.insert(&stored, false).unwrap();
+        let cred = Arc::new(Credential::from_stored(stored));
+        self.shared.registry.insert(cred.clone());
+        cred
+    }
+
+    async fn token(&self, cred: &Arc<Credential>) -> Result<String, Error> {
+        lifecycle::token(&self.shared, cred, 0)
+            .await
+            .map(|t| t.token.expose().to_string())
+    }
+}
+
+#[tokio::test]
+async fn a_valid_token_is_served_without_contacting_the_provider() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    assert_eq!(w.token(&cred).await.unwrap(), "at-0");
+    assert_eq!(w.fake.refreshes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_at_expiry_cause_exactly_one_refresh() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", -1);
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let (shared, cred) = (w.shared.clone(), cred.clone());
+            tokio::spawn(async move {
+                lifecycle::token(&shared, &cred, 0)
+                    .await
+                    .map(|t| t.token.expose().to_string())
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap().unwrap(),
+            "at-2",
+            "everyone gets the one new token"
+        );
+    }
+    assert_eq!(w.fake.refreshes(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_refresh_token_is_never_sent_twice() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    for _ in 0..20 {
+        let forced = {
+            let (shared, cred) = (w.shared.clone(), cred.clone());
+            tokio::spawn(async move { lifecycle::force_refresh(&shared, &cred).await })
+        };
+        let readers: Vec<_> = (0..20)
+            .map(|_| {
+                let (shared, cred) = (w.shared.clone(), cred.clone());
+                tokio::spawn(async move { lifecycle::token(&shared, &cred, 0).await })
+            })
+            .collect();
+        forced.await.unwrap().unwrap();
+        for r in readers {
+            r.await.unwrap().unwrap();
+        }
+    }
+    let s = w.fake.state.lock().unwrap();
+    assert_eq!(s.reuse_detected, 0);
+    assert!(!s.revoked, "the grant is still alive");
+    assert_eq!(s.used_refresh.len(), 20);
+}
+
+#[tokio::test]
+async fn the_new_pair_is_committed_before_it_is_served() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", -1);
+    let token = w.token(&cred).await.unwrap();
+    let stored = w.shared.store.load_all().unwrap();
+    assert_eq!(stored[0].access_token.as_ref().unwrap().expose(), token);
+    assert_eq!(stored[0].refresh_token.as_ref().unwrap().expose(), "rt-2");
+}
+
+#[tokio::test]
+async fn transient_errors_keep_the_valid_token_and_back_off() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    for fault in [
+        Fault::Status(503, "temporarily_unavailable"),
+        Fault::Drop,
+        Fault::Garbage,
+        Fault::Stall(Duration::from_secs(3)),
+    ] {
+        w.fake.fault(fault.clone());
+        let now = w.shared.clock.now_ms();
+        let err = lifecycle::force_refresh(&w.shared, &cred)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Provider(_)), "{fault:?}: {err}");
+        assert_eq!(
+            w.token(&cred).await.unwrap(),
+            "at-0",
+            "{fault:?}: still serving the held token"
+        );
+        assert!(
+            w.shared.scheduler.due_of("a").unwrap() >= now + 500,
+            "{fault:?}: a retry is scheduled later"
+        );
+        assert_eq!(cred.live().state, CredentialState::Ready);
+    }
+    // And it recovers on its own terms: the next attempt succeeds.
+    lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
+    assert_eq!(w.token(&cred).await.unwrap(), "at-2");
+    assert_eq!(w.fake.state.lock().unwrap().reuse_detected, 0);
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    w.fake.fault(Fault::RetryAfter(120));
+    let now = w.shared.clock.now_ms();
+    lifecycle::force_refresh(&w.shared, &cred)
+        .await
+        .unwrap_err();
+    assert!(w.shared.scheduler.due_of("a").unwrap() >= now + 120_000);
+}
+
+#[tokio::test]
+async fn backoff_grows_and_is_capped() {
+    let mut config = quick_config();
+    config.refresh.min_backoff_secs = 2;
+    config.refresh.max_backoff_secs = 10;
+    let w = world(3600, config).await;
+    let cred = w.oauth("a", 3600);
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        w.fake.fault(Fault::Status(503, "x"));
+        let now = w.shared.clock.now_ms();
+        lifecycle::force_refresh(&w.shared, &cred)
+            .await
+            .unwrap_err();
+        delays.push(w.shared.scheduler.due_of("a").unwrap() - now);
+    }
+    assert!(delays[0] >= 1_600 && delays[0] <= 2_400, "{delays:?}");
+    assert!(delays[2] >= 6_400 && delays[2] <= 9_600, "{delays:?}");
+    assert!(
+        delays[5] >= 8_000 && delays[5] <= 12_000,
+        "capped: {delays:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_grant_needs_login_stops_retrying_and_notifies_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("notify.log");
+    let mut config = quick_config();
+    config.notify_command = Some(format!(
+        "echo \"$TOKEND_CREDENTIAL $TOKEND_STATE\" >> {}",
+        log.display()
+    ));
+    let w = world(3600, config).await;
+    let cred = w.oauth("a", -1);
+    w.fake.fault(Fault::Status(400, "invalid_grant"));
+    let err = w.token(&cred).await.unwrap_err();
+    assert!(err.to_string().contains("tokenctl login a"), "{err}");
+    assert_eq!(cred.live().state, CredentialState::NeedsLogin);
+    assert!(
+        cred.live().refresh_token.is_none(),
+        "the dead grant is dropped"
+    );
+    let before = w.fake.refreshes();
+    assert!(matches!(w.token(&cred).await, Err(Error::NotUsable { .. })));
+    assert_eq!(w.fake.refreshes(), before, "no further attempts");
+    assert!(w.shared.scheduler.due_of("a").is_none());
+    for _ in 0..100 {
+        if std::fs::read_to_string(&log).is_ok_and(|t| !t.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "a needs-login\n");
+    let stored = w.shared.store.load_all().unwrap();
+    assert_eq!(
+        stored[0].state,
+        CredentialState::NeedsLogin,
+        "the state survives a restart"
+    );
+}
+
+#[tokio::test]
+async fn reject_of_a_replaced_token_is_a_no_op() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    let message = lifecycle::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+        .await
+        .unwrap();
+    assert!(message.contains("refreshed"), "{message}");
+    assert_eq!(w.fake.refreshes(), 1);
+    let message = lifecycle::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+        .await
+        .unwrap();
+    assert!(message.contains("already replaced"), "{message}");
+    assert_eq!(w.fake.refreshes(), 1);
+}
+
+#[tokio::test]
+async fn a_clock_step_past_expiry_never_hands_out_the_expired_token() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    w.shared.clock.shift(2 * 3600 * 1000);
+    assert_eq!(w.token(&cred).await.unwrap(), "at-2");
+    assert_eq!(w.fake.refreshes(), 1);
+}
+
+#[tokio::test]
+async fn min_valid_beyond_the_token_lifetime_is_refused_after_one_try() {
+    let w = world(60, quick_config()).await;
+    let cred = w.oauth("a", 30);
+    let err = lifecycle::token(&w.shared, &cred, 3600).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert_eq!(w.fake.refreshes(), 1);
+    assert_eq!(
+        lifecycle::token(&w.shared, &cred, 10)
+            .await
+            .unwrap()
+            .token
+            .expose(),
+        "at-2"
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
+    let w = world(300, quick_config()).await;
+    let spec = CredentialSpec::ClientCredentials(ClientCredentialsSpec {
+        token_url: w.fake.url.clone(),
+        client_id: "cc".into(),
+        scopes: vec!["read".into()],
+        client_auth: ClientAuth::Basic,
+        refresh_margin_secs: None,
+    });
+    let cred = w.insert("cc", spec, None, None, None);
+    assert_eq!(w.token(&cred).await.unwrap(), "at-1");
+    let due = w.shared.scheduler.due_of("cc").unwrap();
+    let now = w.shared.clock.now_ms();
+    assert!(
+        due > now + 150_000 && due < now + 300_000,
+        "renewal planned ahead of expiry: {}",
+        due - now
+    );
+    w.shared.clock.shift(299_500);
+    assert_eq!(
+        w.token(&cred).await.unwrap(),
+        "at-2",
+        "an almost expired token is renewed first"
+    );
+    assert_eq!(
+        w.fake.state.lock().unwrap().grants,
+        vec!["client_credentials", "client_credentials"]
+    );
+}

@@ -1,0 +1,2 @@
+//! Test support shared by the daemon's integration tests.
+pub mod fake_provider;
