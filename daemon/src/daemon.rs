@@ -79,6 +79,9 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             paths.db.display()
         ))
     })?;
+    for name in store.settle_interrupted_refreshes().map_err(fail)? {
+        tracing::warn!(credential = %name, "{}; run `tokenctl login {name}`", crate::store::INTERRUPTED_REFRESH);
+    }
     let stored = store.load_all().map_err(fail)?;
     let shared = Shared::new(store, paths.clone(), config, policy);
     for s in stored {

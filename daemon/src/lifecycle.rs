@@ -233,13 +233,21 @@ pub async fn refresh(
                 client_secret: cred.client_secret.as_ref(),
                 client_auth: spec.client_auth,
             };
-            provider::request(
-                &shared.http,
-                &endpoint,
-                &Grant::RefreshToken(rt),
-                timeout(&policy),
-            )
-            .await
+            match mark_in_flight(&shared, &cred).await {
+                Ok(()) => {
+                    provider::request(
+                        &shared.http,
+                        &endpoint,
+                        &Grant::RefreshToken(rt),
+                        timeout(&policy),
+                    )
+                    .await
+                }
+                Err(message) => Err(ProviderError::Transient {
+                    message,
+                    retry_after: None,
+                }),
+            }
         }
         (CredentialSpec::OAuth2(_), None) => Err(ProviderError::Permanent {
             error: "no refresh token".into(),
@@ -275,6 +283,15 @@ pub async fn refresh(
     // takes this attempt's outcome instead of starting another.
     cred.with_live(|l| l.attempts += 1);
     outcome
+}
+
+/// Journals the refresh before the refresh token leaves the process.
+async fn mark_in_flight(shared: &Arc<Shared>, cred: &Credential) -> Result<(), String> {
+    let store = shared.store.clone();
+    let (name, at) = (cred.name.clone(), shared.clock.now());
+    blocking(move || store.mark_refresh_in_flight(&name, at))
+        .await
+        .map_err(|e| format!("refresh not attempted, the store is not writable: {e}"))
 }
 
 fn timeout(policy: &RefreshPolicy) -> Duration {

@@ -35,7 +35,8 @@ pub enum StoreError {
 }
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE credentials (
     id              INTEGER PRIMARY KEY,
     name            TEXT NOT NULL UNIQUE,
@@ -67,7 +68,14 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE credentials ADD COLUMN refresh_in_flight INTEGER;
+"#,
+];
+
+/// Why a credential whose refresh was cut short cannot simply resume.
+pub const INTERRUPTED_REFRESH: &str = "tokend stopped during a refresh: the provider may already have rotated the refresh token, and sending it again could revoke the grant";
 
 /// A known value sealed under the key at first start: a wrong key is caught
 /// at start-up even when the store holds no credential yet.
@@ -393,7 +401,7 @@ impl Store {
         let n = self.lock().execute(
             "UPDATE credentials SET access_token = ?2, refresh_token = COALESCE(?3, refresh_token),
                 generation = ?4, expires_at = ?5, last_refresh_at = ?6, next_refresh_at = ?7,
-                state = 'ready', reason = NULL, last_error = NULL
+                state = 'ready', reason = NULL, last_error = NULL, refresh_in_flight = NULL
              WHERE name = ?1",
             params![
                 name,
@@ -408,6 +416,44 @@ impl Store {
         found(n, name)
     }
 
+    /// Records, durably, that a refresh token is about to be sent. If the
+    /// daemon dies before the outcome is saved, the next start knows the
+    /// token may be spent and never sends it again (DESIGN §4.2–4.3).
+    pub fn mark_refresh_in_flight(&self, name: &str, at: i64) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE credentials SET refresh_in_flight = ?2 WHERE name = ?1",
+            params![name, at],
+        )?;
+        found(n, name)
+    }
+
+    /// At start-up: every authorization-code credential whose refresh was
+    /// cut short needs a new login; its refresh token is dropped unsent.
+    /// Returns their names.
+    pub fn settle_interrupted_refreshes(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let names = {
+            let mut stmt = tx.prepare(
+                "SELECT name FROM credentials WHERE refresh_in_flight IS NOT NULL AND kind = 'oauth2'",
+            )?;
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.execute(
+            "UPDATE credentials SET state = 'needs-login', reason = ?1, last_error = ?1,
+                refresh_token = NULL, next_refresh_at = NULL
+             WHERE refresh_in_flight IS NOT NULL AND kind = 'oauth2'",
+            [INTERRUPTED_REFRESH],
+        )?;
+        tx.execute(
+            "UPDATE credentials SET refresh_in_flight = NULL WHERE refresh_in_flight IS NOT NULL",
+            [],
+        )?;
+        tx.commit()?;
+        Ok(names)
+    }
+
     /// Records a state change (and drops the refresh token when the grant is dead).
     pub fn save_state(
         &self,
@@ -417,10 +463,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         let sql = if drop_grant {
             "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5,
-                refresh_token = NULL, access_token = NULL, expires_at = NULL WHERE name = ?1"
-        } else {
-            "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5
+                refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL
              WHERE name = ?1"
+        } else {
+            "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5,
+                refresh_in_flight = NULL WHERE name = ?1"
         };
         let n = self.lock().execute(
             sql,
@@ -640,6 +687,40 @@ mod tests {
         assert!(matches!(other.verify_key(), Err(StoreError::Seal(_))));
         assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
         open(dir.path()).verify_key().unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_refresh_needs_a_login_and_never_resends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let mut c = bearer("o", "a0");
+        c.spec = CredentialSpec::OAuth2(tokend_proto::OAuth2Spec {
+            auth_url: "http://a".into(),
+            token_url: "http://t".into(),
+            client_id: "c".into(),
+            scopes: vec![],
+            redirect_uri: None,
+            client_auth: Default::default(),
+            pkce: false,
+            extra_params: vec![],
+            refresh_margin_secs: None,
+        });
+        c.refresh_token = Some(Secret::new("r0"));
+        s.insert(&c, false).unwrap();
+        s.insert(&bearer("b", "t"), false).unwrap();
+        s.mark_refresh_in_flight("o", 5).unwrap();
+        assert_eq!(
+            open(dir.path()).settle_interrupted_refreshes().unwrap(),
+            vec!["o".to_string()]
+        );
+        let all = s.load_all().unwrap();
+        let o = all.iter().find(|c| c.name == "o").unwrap();
+        assert_eq!(o.state, CredentialState::NeedsLogin);
+        assert!(o.refresh_token.is_none());
+        assert!(
+            s.settle_interrupted_refreshes().unwrap().is_empty(),
+            "settled once"
+        );
     }
 
     #[test]
