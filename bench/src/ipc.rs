@@ -1,0 +1,153 @@
+//! The request-path benchmarks: tokend with N cached tokens against the
+//! baseline echo server, shape by shape, then `tokenctl token` against
+//! `/bin/true`.
+
+use crate::baseline::{EchoEndpoint, EchoServer, Frames};
+use crate::binaries::sibling_binary;
+use crate::client::TokendEndpoint;
+use crate::daemon::{Daemon, Setup};
+use crate::measure::{Shape, latency_pair, throughput_pair};
+use crate::report::{Goal, Report, Row};
+use crate::{Args, fixtures};
+use std::time::Duration;
+
+/// Starts a daemon holding `n` bearer credentials with `token_len`-byte tokens.
+fn start_daemon(n: usize, token_len: usize) -> Result<Daemon, String> {
+    let setup = Setup::new("")?;
+    let now = fixtures::now();
+    setup.populate(&fixtures::many(n, |i| fixtures::bearer(i, token_len, now)))?;
+    let mut daemon = setup.start()?;
+    daemon.wait_ready(Duration::from_secs(60))?;
+    Ok(daemon)
+}
+
+pub fn run(args: &Args, report: &mut Report) -> Result<(), String> {
+    let n = args.credentials.max(1);
+    eprintln!(
+        "ipc: starting tokend with {n} cached tokens of {} bytes",
+        args.token_bytes
+    );
+    let daemon = start_daemon(n, args.token_bytes)?;
+    let tokend = TokendEndpoint {
+        socket: daemon.socket().to_path_buf(),
+        names: (0..n).map(fixtures::name).collect(),
+        token_len: args.token_bytes,
+    };
+    let frames = Frames::of(
+        &fixtures::name(0),
+        &fixtures::token("tok", 0, args.token_bytes),
+    );
+    let echo = EchoServer::start(&frames)?;
+    let baseline = EchoEndpoint {
+        socket: echo.socket.clone(),
+        frames,
+    };
+    latency(args, &tokend, &baseline, report)?;
+    throughput(args, &tokend, &baseline, report)?;
+    spawn(args, &daemon, report)?;
+    let problems = daemon.problems();
+    if !problems.is_empty() {
+        report.errors.push(format!(
+            "tokend logged {} warnings or errors during the request benchmarks, first: {}",
+            problems.len(),
+            problems[0]
+        ));
+    }
+    Ok(())
+}
+
+fn latency(
+    args: &Args,
+    tokend: &TokendEndpoint,
+    baseline: &EchoEndpoint,
+    report: &mut Report,
+) -> Result<(), String> {
+    eprintln!("ipc: latency, persistent connection");
+    let (t, b) = latency_pair(
+        tokend,
+        baseline,
+        Shape::Persistent,
+        args.latency_iters,
+        args.rounds,
+    )?;
+    report.push(Row::new(
+        "persistent connection: p50",
+        "us",
+        t.p50_us,
+        Some(b.p50_us),
+        Goal::RatioAtMost(1.3),
+    ));
+    report.push(Row::new(
+        "persistent connection: p99",
+        "us",
+        t.p99_us,
+        Some(b.p99_us),
+        Goal::RatioAtMost(2.0),
+    ));
+    eprintln!("ipc: latency, connection per request");
+    let iters = (args.latency_iters / 4).max(1);
+    let (t, b) = latency_pair(tokend, baseline, Shape::PerConnection, iters, args.rounds)?;
+    report.push(Row::new(
+        "connect + hello + token: p50",
+        "us",
+        t.p50_us,
+        Some(b.p50_us),
+        Goal::RatioAtMost(1.5),
+    ));
+    report.push(Row::new(
+        "connect + hello + token: p99",
+        "us",
+        t.p99_us,
+        Some(b.p99_us),
+        Goal::None,
+    ));
+    Ok(())
+}
+
+fn throughput(
+    args: &Args,
+    tokend: &TokendEndpoint,
+    baseline: &EchoEndpoint,
+    report: &mut Report,
+) -> Result<(), String> {
+    let duration = Duration::from_secs_f64(args.duration);
+    for clients in [1, 4, 16] {
+        eprintln!("ipc: throughput, {clients} clients");
+        let (t, b) = throughput_pair(tokend, baseline, clients, duration)?;
+        let goal = if clients == 16 {
+            Goal::RatioAtLeast(0.8)
+        } else {
+            Goal::None
+        };
+        report.push(Row::new(
+            format!("throughput, {clients} clients"),
+            "req/s",
+            t,
+            Some(b),
+            goal,
+        ));
+    }
+    Ok(())
+}
+
+fn spawn(args: &Args, daemon: &Daemon, report: &mut Report) -> Result<(), String> {
+    eprintln!(
+        "spawn: tokenctl token vs /bin/true, {} runs each",
+        args.spawn_runs
+    );
+    let tokenctl = sibling_binary("tokenctl")?;
+    let cost = crate::spawn::measure(
+        &tokenctl,
+        daemon.socket(),
+        &fixtures::name(0),
+        args.spawn_runs,
+    )?;
+    report.push(Row::new(
+        "tokenctl token (whole process, median)",
+        "ms",
+        cost.tokenctl_ms,
+        Some(cost.true_ms),
+        Goal::DiffAtMost(1.0),
+    ));
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! `tokend-bench`: measures a real tokend against a bare Unix-socket
+//! baseline measured in the same run, so the figures are ratios that mean
+//! something even on a shared, noisy machine. See docs/BENCHMARKS.md.
+
+mod baseline;
+mod binaries;
+mod client;
+mod daemon;
+mod fake_provider;
+mod fixtures;
+mod ipc;
+mod measure;
+mod procfs;
+mod report;
+mod scale;
+mod spawn;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Benchmarks tokend: token latency and throughput against a bare socket
+/// baseline, `tokenctl token` against `/bin/true`, and (with --scale) start-up,
+/// memory, idle cost and a refresh storm.
+#[derive(Parser, Debug, serde::Serialize)]
+#[command(name = "tokend-bench")]
+pub struct Args {
+    #[command(subcommand)]
+    #[serde(skip)]
+    mode: Option<Mode>,
+    /// Cached credentials in the store for the request benchmarks.
+    #[arg(long, default_value_t = 1_000)]
+    credentials: usize,
+    /// Length of each cached token (a JWT is typically about 1 KB).
+    #[arg(long, default_value_t = 1_000)]
+    token_bytes: usize,
+    /// Timed requests per endpoint on a persistent connection (a quarter of
+    /// that with a connection per request).
+    #[arg(long, default_value_t = 20_000)]
+    latency_iters: usize,
+    /// Alternating chunks the latency samples are taken in.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Seconds each throughput shape runs, per endpoint.
+    #[arg(long, default_value_t = 2.0)]
+    duration: f64,
+    /// Runs of `tokenctl token` and of `/bin/true`.
+    #[arg(long, default_value_t = 200)]
+    spawn_runs: usize,
+    /// Run the scale scenarios instead of the request benchmarks.
+    #[arg(long)]
+    scale: bool,
+    /// Run the request benchmarks and the scale scenarios.
+    #[arg(long)]
+    all: bool,
+    /// Credentials for the start-up and memory scenario.
+    #[arg(long, default_value_t = 100_000)]
+    scale_credentials: usize,
+    /// Scheduled (not due) OAuth2 credentials for the idle scenario.
+    #[arg(long, default_value_t = 10_000)]
+    idle_credentials: usize,
+    /// Seconds the idle daemon is watched.
+    #[arg(long, default_value_t = 60.0)]
+    idle_secs: f64,
+    /// OAuth2 credentials all due at once in the refresh storm.
+    #[arg(long, default_value_t = 10_000)]
+    storm_credentials: usize,
+    /// The fake provider's answer delay.
+    #[arg(long, default_value_t = 20)]
+    provider_delay_ms: u64,
+    /// `[refresh] max_concurrent` for the storm.
+    #[arg(long, default_value_t = 32)]
+    max_concurrent: usize,
+    /// Give up waiting for the storm to finish after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    storm_timeout: f64,
+    /// A short smoke run of everything with small numbers (for CI).
+    #[arg(long)]
+    quick: bool,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// The baseline server (started by the benchmark itself).
+    #[command(hide = true)]
+    EchoServer {
+        socket: PathBuf,
+        hello_reply_len: usize,
+        reply_len: usize,
+    },
+}
+
+impl Args {
+    /// Small numbers that finish in well under a minute.
+    fn make_quick(&mut self) {
+        self.credentials = 200;
+        self.latency_iters = 2_000;
+        self.duration = 0.4;
+        self.spawn_runs = 30;
+        self.scale_credentials = 5_000;
+        self.idle_credentials = 1_000;
+        self.idle_secs = 3.0;
+        self.storm_credentials = 500;
+        self.storm_timeout = 30.0;
+        self.all = true;
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = Args::parse();
+    if let Some(Mode::EchoServer {
+        socket,
+        hello_reply_len,
+        reply_len,
+    }) = &args.mode
+    {
+        return match baseline::serve(socket, *hello_reply_len, *reply_len) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("echo server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if args.quick {
+        args.make_quick();
+    }
+    let mut report = report::Report::new(serde_json::to_value(&args).unwrap_or_default());
+    if let Err(e) = run(&args, &mut report) {
+        report.errors.push(e);
+    }
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
+    binaries::ensure_built()?;
+    if !args.scale || args.all {
+        ipc::run(args, report)?;
+    }
+    if args.scale || args.all {
+        scale::run(args, report)?;
+    }
+    Ok(())
+}

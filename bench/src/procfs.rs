@@ -1,0 +1,54 @@
+//! What the kernel says about the daemon process: resident memory, CPU time
+//! and context switches, read from /proc.
+
+/// Resident memory (VmRSS) in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, String> {
+    status_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// Peak resident memory (VmHWM) in KiB.
+pub fn peak_rss_kib(pid: u32) -> Result<u64, String> {
+    status_field(&format!("/proc/{pid}/status"), "VmHWM:")
+}
+
+fn status_field(path: &str, key: &str) -> Result<u64, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{path} has no {key}"))
+}
+
+/// CPU time of the whole process (all threads, user + system), in seconds.
+pub fn cpu_secs(pid: u32) -> Result<f64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    // Fields after the command name (which may contain spaces) in parentheses;
+    // utime and stime are fields 14 and 15, i.e. 12th and 13th after ")".
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) else {
+        return Err(format!("{path} is not in the expected format"));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((utime + stime) as f64 / hz)
+}
+
+/// Context switches summed over the process's live threads: (voluntary,
+/// involuntary). Voluntary switches are sleeps, i.e. each is one wake-up.
+pub fn context_switches(pid: u32) -> Result<(u64, u64), String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let (mut voluntary, mut involuntary) = (0, 0);
+    for task in tasks.flatten() {
+        let status = task.path().join("status");
+        let status = status.to_string_lossy();
+        // A thread may exit between listing and reading: skip it.
+        voluntary += status_field(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+        involuntary += status_field(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+    }
+    Ok((voluntary, involuntary))
+}
