@@ -3,6 +3,7 @@
 //! The peer's uid/gid come from the kernel (SO_PEERCRED), read once when the
 //! connection is accepted; a client cannot claim to be someone else.
 
+use std::sync::OnceLock;
 use tokend_proto::Principal;
 
 /// The identity of a connected client.
@@ -11,8 +12,11 @@ pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
-    /// Supplementary groups of the peer's user (from the group database).
-    pub groups: Vec<u32>,
+    /// Supplementary groups of the peer's user (from the group database),
+    /// looked up on first need: most requests come from a credential's owner
+    /// and never need them, and the lookup reads /etc/passwd and /etc/group
+    /// (or asks NSS, which may be a network service), once per connection.
+    groups: OnceLock<Vec<u32>>,
 }
 
 impl Peer {
@@ -28,7 +32,7 @@ impl Peer {
             uid,
             gid,
             pid: creds.pid(),
-            groups: supplementary_groups(uid, gid),
+            groups: OnceLock::new(),
         })
     }
 
@@ -39,12 +43,22 @@ impl Peer {
             uid: 0,
             gid: 0,
             pid: None,
-            groups: Vec::new(),
+            groups: OnceLock::from(Vec::new()),
         })
     }
 
     fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups.contains(&gid)
+        self.gid == gid || self.groups().contains(&gid)
+    }
+
+    /// The supplementary groups, looked up the first time they are needed.
+    fn groups(&self) -> &[u32] {
+        #[cfg(unix)]
+        return self
+            .groups
+            .get_or_init(|| supplementary_groups(self.uid, self.gid));
+        #[cfg(not(unix))]
+        return self.groups.get_or_init(Vec::new);
     }
 }
 
@@ -117,7 +131,7 @@ mod tests {
             uid,
             gid,
             pid: None,
-            groups: groups.to_vec(),
+            groups: OnceLock::from(groups.to_vec()),
         }
     }
 
@@ -131,6 +145,22 @@ mod tests {
         assert!(policy.is_admin(&peer(0, 0, &[])));
         assert!(policy.is_admin(&peer(1000, 1000, &[42])));
         assert!(!policy.is_admin(&peer(1000, 1000, &[7])));
+    }
+
+    #[test]
+    fn the_owner_is_allowed_without_a_group_lookup() {
+        let policy = Policy {
+            daemon_uid: 500,
+            admin_gid: Some(42),
+        };
+        let owner = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+            groups: OnceLock::new(),
+        };
+        assert!(policy.may_use(&owner, 1000, &[Principal::Group(77)]));
+        assert!(owner.groups.get().is_none(), "no group lookup was needed");
     }
 
     #[test]

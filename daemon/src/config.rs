@@ -9,6 +9,7 @@ use std::path::Path;
 
 /// The daemon's settings. `Default` is the embedded configuration used when
 /// no file exists.
+#[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -30,6 +31,7 @@ pub struct Config {
 }
 
 /// When tokens are refreshed (DESIGN §4.1).
+#[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RefreshPolicy {
@@ -72,6 +74,7 @@ impl Default for RefreshPolicy {
 }
 
 /// Limits that keep one client from hurting the others.
+#[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -98,6 +101,7 @@ impl Default for Limits {
     }
 }
 
+#[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -106,6 +110,7 @@ pub enum LogFormat {
     Json,
 }
 
+#[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -114,6 +119,7 @@ pub struct LogConfig {
 
 /// A named set of endpoint templates; `{domain}`-style placeholders are
 /// filled from `tokenctl add oauth2 --preset-var domain=…`.
+#[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresetConfig {
@@ -161,6 +167,30 @@ impl Config {
         let config: Config = toml::from_str(text).map_err(|e| describe_toml_error(text, &e))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The keys whose new values in `new` only apply at the next start:
+    /// they size things built once (the connection and refresh limits, the
+    /// log format, the socket, the key). A reload names them, so nobody
+    /// believes a change took effect when it did not.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let keys = [
+            (
+                "limits.max_connections",
+                self.limits.max_connections != new.limits.max_connections,
+            ),
+            (
+                "refresh.max_concurrent",
+                self.refresh.max_concurrent != new.refresh.max_concurrent,
+            ),
+            ("log.format", self.log != new.log),
+            ("socket_group", self.socket_group != new.socket_group),
+            ("key_file", self.key_file != new.key_file),
+        ];
+        keys.into_iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| key)
+            .collect()
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -226,6 +256,7 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn empty_file_is_the_default() {
@@ -256,6 +287,157 @@ mod tests {
         assert!(err.contains("refresh.ahead_ratio"), "{err}");
         let err = Config::parse("[limits]\nmax_connections = \"many\"\n").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn restart_only_changes_are_named() {
+        let old = Config::default();
+        let new = Config::parse(
+            "socket_group = \"tokend\"\n[limits]\nmax_connections = 10\nidle_timeout_secs = 60\n",
+        )
+        .unwrap();
+        assert_eq!(
+            old.restart_only_changes(&new),
+            ["limits.max_connections", "socket_group"]
+        );
+        assert!(old.restart_only_changes(&old).is_empty());
+    }
+
+    #[test]
+    fn example_config_shows_every_key_with_its_default() {
+        let shipped = Config::parse(EXAMPLE).unwrap_or_else(|e| panic!("config.example.toml: {e}"));
+        assert_eq!(
+            shipped,
+            Config::default(),
+            "as shipped, the example changes nothing"
+        );
+        let all_on = Config::parse(&example_all_on())
+            .unwrap_or_else(|e| panic!("config.example.toml with every setting uncommented: {e}"));
+        assert_eq!(all_on.refresh, RefreshPolicy::default());
+        assert_eq!(all_on.limits, Limits::default());
+        assert_eq!(all_on.log, LogConfig::default());
+        assert_eq!(leaf_keys(&all_on), leaf_keys(&every_key_set()));
+    }
+
+    #[test]
+    fn config_doc_lists_every_key_with_the_code_default() {
+        let rows = documented();
+        let keys: BTreeSet<String> = rows.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, leaf_keys(&every_key_set()), "docs/CONFIG.md tables");
+        let mut text = String::from("presets.p.token_url = \"https://t.example\"\n");
+        for (key, default) in &rows {
+            match default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) {
+                Some(literal) => text += &format!("{} = {literal}\n", key.replace('*', "p")),
+                None => assert!(
+                    ["unset", "required"].contains(&default.as_str()),
+                    "{key}: {default}"
+                ),
+            }
+        }
+        let mut expected = Config::default();
+        expected.presets.insert(
+            "p".into(),
+            PresetConfig {
+                auth_url: None,
+                token_url: "https://t.example".into(),
+                scopes: vec![],
+                extra_params: BTreeMap::new(),
+            },
+        );
+        assert_eq!(
+            Config::parse(&text).unwrap(),
+            expected,
+            "documented defaults:\n{text}"
+        );
+    }
+
+    const EXAMPLE: &str = include_str!("../../packaging/config.example.toml");
+    const DOC: &str = include_str!("../../docs/CONFIG.md");
+
+    /// The example with its commented-out settings (`#key = …`, `#[table]`)
+    /// switched on; prose comments (`# …`) stay comments.
+    fn example_all_on() -> String {
+        let setting = |rest: &str| {
+            rest.starts_with('[')
+                || rest.split_once(" = ").is_some_and(|(k, _)| {
+                    !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                })
+        };
+        EXAMPLE
+            .lines()
+            .map(|l| l.strip_prefix('#').filter(|r| setting(r)).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key set, built without `..Default::default()` so that a new
+    /// field fails to compile here until the example and the docs have it.
+    fn every_key_set() -> Config {
+        Config {
+            refresh: RefreshPolicy::default(),
+            limits: Limits::default(),
+            notify_command: Some("true".into()),
+            admin_group: Some("0".into()),
+            socket_group: Some("0".into()),
+            key_file: Some("/k".into()),
+            log: LogConfig::default(),
+            presets: BTreeMap::from([(
+                "p".into(),
+                PresetConfig {
+                    auth_url: Some("https://a.example".into()),
+                    token_url: "https://t.example".into(),
+                    scopes: vec![],
+                    extra_params: BTreeMap::new(),
+                },
+            )]),
+        }
+    }
+
+    /// Dotted keys of the settings `config` sets, preset names as `*`.
+    fn leaf_keys(config: &Config) -> BTreeSet<String> {
+        fn walk(table: &toml::Table, prefix: &str, out: &mut BTreeSet<String>) {
+            for (key, value) in table {
+                let path = match prefix {
+                    "" => key.clone(),
+                    "presets" => "presets.*".into(),
+                    p => format!("{p}.{key}"),
+                };
+                match value {
+                    toml::Value::Table(t) if !path.ends_with(".extra_params") => {
+                        walk(t, &path, out)
+                    }
+                    _ => {
+                        out.insert(path);
+                    }
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(&toml::Table::try_from(config).unwrap(), "", &mut out);
+        out
+    }
+
+    /// docs/CONFIG.md's key tables as (dotted key, default cell): rows
+    /// ``| `key` | type | default | meaning |`` under a heading that names
+    /// the `[section]` (none: top level).
+    fn documented() -> Vec<(String, String)> {
+        let mut section = String::new();
+        let mut rows = vec![];
+        for line in DOC.lines() {
+            if let Some(heading) = line.strip_prefix("## ") {
+                section = match heading.split('`').nth(1) {
+                    Some(s) if s.starts_with('[') => {
+                        s.trim_matches(['[', ']']).replace("NAME", "*") + "."
+                    }
+                    _ => String::new(),
+                };
+            } else if let Some(row) = line.strip_prefix("| `") {
+                let cells: Vec<&str> = row.split(" | ").collect();
+                let key = cells[0].trim_end_matches('`');
+                rows.push((format!("{section}{key}"), cells[2].trim().to_string()));
+            }
+        }
+        rows
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokend_proto::{
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 /// Counts a live connection for `status`; uncounts it on drop.
 struct Counted<'a>(&'a Shared);
@@ -47,17 +47,32 @@ pub async fn serve(stream: Stream, shared: Arc<Shared>, mut shutdown: watch::Rec
     if !hello(&mut conn, &peer, frame_timeout).await {
         return;
     }
+    // One shutdown future and one idle timer for the connection's whole
+    // life, rather than new ones per request: a request then costs no timer
+    // (de)registration and no waiter-list insert/remove (see
+    // docs/BENCHMARKS.md). The timer is re-armed only when it fires early.
+    let stop = shutdown.changed();
+    tokio::pin!(stop);
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let mut last_active = Instant::now();
     loop {
         tokio::select! {
-            ready = timeout(idle_timeout, conn.fill_buf()) => match ready {
-                Ok(Ok(buf)) if !buf.is_empty() => {}
-                Ok(_) => return,
-                Err(_) => {
+            biased;
+            _ = &mut stop => return,
+            ready = conn.fill_buf() => match ready {
+                Ok(buf) if !buf.is_empty() => {}
+                _ => return,
+            },
+            () = &mut idle => {
+                let deadline = last_active + idle_timeout;
+                if Instant::now() >= deadline {
                     tracing::debug!(uid = peer.uid, "idle connection closed");
                     return;
                 }
-            },
-            _ = shutdown.changed() => return,
+                idle.as_mut().reset(deadline);
+                continue;
+            }
         }
         let request: Request = match timeout(frame_timeout, read_frame_async(&mut conn)).await {
             Ok(Ok(request)) => request,
@@ -75,6 +90,7 @@ pub async fn serve(stream: Stream, shared: Arc<Shared>, mut shutdown: watch::Rec
         if !send(&mut conn, &response, frame_timeout).await {
             return;
         }
+        last_active = Instant::now();
     }
 }
 

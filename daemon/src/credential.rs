@@ -38,6 +38,8 @@ pub struct Live {
     /// A token set received but not yet committed (the store failed); it is
     /// committed before it is ever handed out.
     pub uncommitted: Option<crate::store::TokenUpdate>,
+    /// The last refresh was cut short by a stop (see `Store::mark_refresh_in_flight`).
+    pub interrupted: bool,
 }
 
 /// A credential. Settings never change after `add` (a replace makes a new one).
@@ -75,6 +77,7 @@ impl Credential {
                 attempts: 0,
                 retry_not_before_ms: 0,
                 uncommitted: None,
+                interrupted: s.refresh_interrupted,
             }),
             name: s.name,
             description: s.description,

@@ -79,24 +79,25 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             paths.db.display()
         ))
     })?;
-    for name in store.settle_interrupted_refreshes().map_err(fail)? {
-        tracing::warn!(credential = %name, "{}; run `tokenctl login {name}`", crate::store::INTERRUPTED_REFRESH);
-    }
     let stored = store.load_all().map_err(fail)?;
+    for s in stored.iter().filter(|s| s.refresh_interrupted) {
+        tracing::warn!(credential = %s.name, "tokend stopped during a refresh; retrying with the held refresh token");
+    }
     let shared = Shared::new(store, paths.clone(), config, policy);
     for s in stored {
         shared.registry.insert(Arc::new(Credential::from_stored(s)));
     }
-    let listener = match service::activated_listener()
+    let (listener, activated) = match service::activated_listener()
         .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
     {
         Some(listener) => {
             tracing::info!("using the socket passed by systemd");
-            listener
+            (listener, true)
         }
         None => {
             let mode = if paths.system { 0o660 } else { 0o600 };
-            server::bind(&paths.socket, mode, socket_gid).map_err(fail)?
+            let listener = server::bind(&paths.socket, mode, socket_gid).map_err(fail)?;
+            (listener, false)
         }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -117,7 +118,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
         Duration::from_secs(5),
     )
     .await;
-    stop(&shared).await;
+    stop(&shared, activated).await;
     Ok(())
 }
 
@@ -146,9 +147,9 @@ fn log_start(shared: &Shared, key: &KeySource) {
 }
 
 /// Graceful stop: refreshes in flight finish and commit, last-use times are
-/// written, the WAL is folded in, and the socket file goes.
-async fn stop(shared: &Arc<Shared>) {
-    service::stopping();
+/// written, the WAL is folded in, and the socket file goes unless systemd
+/// passed it (`activated`): then it is systemd's, and stays for the next start.
+async fn stop(shared: &Arc<Shared>, activated: bool) {
     let deadline = Duration::from_secs(shared.config().refresh.http_timeout_secs + 2);
     let creds = shared.registry.all();
     let mut held = Vec::new();
@@ -164,16 +165,11 @@ async fn stop(shared: &Arc<Shared>) {
     if let Err(e) = shared.store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }
-    if !shared.paths.socket.as_os_str().is_empty() && service_owns_socket() {
+    if !activated {
         let _ = std::fs::remove_file(&shared.paths.socket);
     }
     tracing::info!("stopped");
     drop(held);
-}
-
-/// A socket passed by systemd belongs to systemd: it is not removed.
-fn service_owns_socket() -> bool {
-    std::env::var_os("LISTEN_FDS").is_none()
 }
 
 /// Writes last-use times every minute, if any changed.
@@ -213,9 +209,17 @@ async fn reload(shared: Arc<Shared>, mut requests: mpsc::Receiver<()>) {
             .and_then(|c| Ok((policy_for(&c)?, c)))
         {
             Ok((policy, config)) => {
-                let changed = *shared.config() != config;
+                let old = shared.config();
+                let changed = *old != config;
+                let later = old.restart_only_changes(&config);
                 shared.replace_config(config, policy);
                 tracing::info!(path = %shared.paths.config.display(), changed, "config reloaded");
+                if !later.is_empty() {
+                    tracing::warn!(
+                        "config changes to {} take effect at the next start",
+                        later.join(", ")
+                    );
+                }
             }
             Err(e) => tracing::error!("config not reloaded, keeping the running one: {e}"),
         }

@@ -235,6 +235,7 @@ async fn add_credential(
         next_refresh_at: None,
         last_error: None,
         last_check: None,
+        refresh_interrupted: false,
     };
     let store = shared.store.clone();
     let to_store = stored.clone();

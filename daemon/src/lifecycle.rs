@@ -203,7 +203,7 @@ pub async fn refresh(
         return Err(Error::UnknownCredential(cred.name.clone()));
     }
     if let Some(update) = cred.with_live(|l| l.uncommitted.clone()) {
-        return commit_and_publish(&shared, &cred, update).await;
+        return commit_and_publish(&shared, &cred, update, Origin::Refresh).await;
     }
     let (attempts, refresh_token, state) =
         cred.with_live(|l| (l.attempts, l.refresh_token.clone(), l.state));
@@ -271,7 +271,7 @@ pub async fn refresh(
     let outcome = match result {
         Ok(set) => {
             let update = token_update(&cred, set, started_ms, &policy);
-            commit_and_publish(&shared, &cred, update).await
+            commit_and_publish(&shared, &cred, update, Origin::Refresh).await
         }
         Err(ProviderError::Transient {
             message,
@@ -335,7 +335,8 @@ fn margin_override(cred: &Credential) -> Option<u64> {
 /// When to refresh a token issued at `issued_ms` (Unix ms) living
 /// `lifetime_ms`: at `ahead_ratio` of its life, give or take the jitter, and
 /// never later than `margin_ms` before expiry (the margin shrinks to a
-/// quarter of the lifetime for very short-lived tokens).
+/// quarter of the lifetime for short-lived tokens, but not below
+/// [`MIN_VALID_MS`]).
 pub fn plan_refresh(
     issued_ms: i64,
     lifetime_ms: i64,
@@ -344,7 +345,9 @@ pub fn plan_refresh(
 ) -> i64 {
     let jitter = (lifetime_ms as f64 * policy.jitter_ratio * (random_unit() * 2.0 - 1.0)) as i64;
     let ahead = issued_ms + (lifetime_ms as f64 * policy.ahead_ratio) as i64 + jitter;
-    let latest = issued_ms + lifetime_ms - margin_ms.min(lifetime_ms / 4);
+    // The margin shrinks for short-lived tokens, but never below the
+    // validity a handed-out token must still have.
+    let latest = issued_ms + lifetime_ms - margin_ms.min(lifetime_ms / 4).max(MIN_VALID_MS);
     ahead.min(latest).max(issued_ms + 200)
 }
 
@@ -357,12 +360,22 @@ pub fn random_unit() -> f64 {
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// Where a new token set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A refresh: recovering from a bad state is news for the notify command.
+    Refresh,
+    /// A login: the user is watching; no notification.
+    Login,
+}
+
 /// Commits a new token set, then (and only then) lets anyone see it.
 /// Must be called with the credential's refresh lock held.
 pub async fn commit_and_publish(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     update: TokenUpdate,
+    origin: Origin,
 ) -> Result<(), Error> {
     let store = shared.store.clone();
     let (name, saved) = (cred.name.clone(), update.clone());
@@ -400,13 +413,14 @@ pub async fn commit_and_publish(
         l.failures = 0;
         l.retry_not_before_ms = 0;
         l.uncommitted = None;
+        l.interrupted = false;
         previous
     });
     if let Some(due) = next_ms {
         shared.scheduler.schedule(&cred.name, due);
     }
     tracing::info!(credential = %cred.name, generation = update.generation, expires_at = ?update.expires_at, "new token");
-    if previous != CredentialState::Ready {
+    if previous != CredentialState::Ready && origin == Origin::Refresh {
         crate::notify::transition(shared, &cred.name, CredentialState::Ready, None);
     }
     Ok(())
@@ -487,7 +501,12 @@ async fn permanent(
         CredentialSpec::OAuth2(_) if needs_login => (CredentialState::NeedsLogin, true),
         _ => (CredentialState::Failing, false),
     };
-    let reason = e.to_string();
+    let mut reason = e.to_string();
+    if needs_login && cred.with_live(|l| l.interrupted) {
+        reason.push_str(
+            " (tokend was stopped after the provider had rotated the refresh token but before the new one was saved)",
+        );
+    }
     tracing::warn!(credential = %cred.name, state = state.as_str(), "refresh refused: {reason}");
     let update = StateUpdate {
         state,

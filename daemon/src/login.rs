@@ -3,7 +3,7 @@
 
 use crate::credential::Credential;
 use crate::error::Error;
-use crate::lifecycle::{commit_and_publish, token_update};
+use crate::lifecycle::{Origin, commit_and_publish, token_update};
 use crate::provider::{self, Endpoint, Grant};
 use crate::state::Shared;
 use base64::Engine;
@@ -261,7 +261,7 @@ async fn exchange(
     let has_refresh = set.refresh_token.is_some();
     let update = token_update(cred, set, started_ms, &policy);
     let expires = update.expires_at;
-    commit_and_publish(shared, cred, update).await?;
+    commit_and_publish(shared, cred, update, Origin::Login).await?;
     tracing::info!(credential = %cred.name, "login complete");
     let warning = if has_refresh {
         ""

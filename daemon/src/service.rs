@@ -44,6 +44,34 @@ pub fn spawn_watchdog() {
     });
 }
 
+/// Whether stderr is connected to the journal, so log lines need no
+/// timestamp of their own. `JOURNAL_STREAM` alone is not enough: programs
+/// started from a service (a terminal emulator run as a user unit, say)
+/// inherit it while their stderr goes elsewhere, so its `DEVICE:INODE` must
+/// match stderr's, as systemd.exec(5) prescribes.
+#[cfg(unix)]
+pub fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    match (
+        nix::sys::stat::fstat(std::io::stderr()),
+        dev.parse::<nix::libc::dev_t>(),
+        ino.parse::<nix::libc::ino_t>(),
+    ) {
+        (Ok(st), Ok(dev), Ok(ino)) => st.st_dev == dev && st.st_ino == ino,
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+pub fn stderr_is_journal() -> bool {
+    false
+}
+
 /// The listening socket systemd passed (`LISTEN_FDS`/`LISTEN_PID`), if any.
 #[cfg(unix)]
 pub fn activated_listener() -> std::io::Result<Option<Listener>> {

@@ -15,6 +15,9 @@ pub fn spawn(shutdown: watch::Sender<bool>, reload: mpsc::Sender<()>) -> std::io
                 let _ = reload.try_send(());
             } else {
                 tracing::info!(signal, "stopping");
+                // Told now, not after the connections drain: systemd shows
+                // the unit as deactivating for the whole grace period.
+                crate::service::stopping();
                 let _ = shutdown.send(true);
             }
         }

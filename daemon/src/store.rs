@@ -74,9 +74,6 @@ ALTER TABLE credentials ADD COLUMN refresh_in_flight INTEGER;
 "#,
 ];
 
-/// Why a credential whose refresh was cut short cannot simply resume.
-pub const INTERRUPTED_REFRESH: &str = "tokend stopped during a refresh: the provider may already have rotated the refresh token, and sending it again could revoke the grant";
-
 /// A known value sealed under the key at first start: a wrong key is caught
 /// at start-up even when the store holds no credential yet.
 const KEY_CHECK: &str = "tokend key check";
@@ -104,6 +101,8 @@ pub struct StoredCredential {
     pub next_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_check: Option<CheckReport>,
+    /// A refresh was in flight when the daemon last stopped.
+    pub refresh_interrupted: bool,
 }
 
 /// A new token set, written in one transaction (DESIGN §4.3).
@@ -316,7 +315,7 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT id, name, description, owner_uid, settings, client_secret, access_token,
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
-                last_use_at, next_refresh_at, last_error, last_check
+                last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL
              FROM credentials ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -340,6 +339,7 @@ impl Store {
                     r.get::<_, Option<i64>>(15)?,
                     r.get::<_, Option<String>>(16)?,
                     r.get::<_, Option<String>>(17)?,
+                    r.get::<_, bool>(18)?,
                 ),
             ))
         })?;
@@ -361,8 +361,15 @@ impl Store {
                 reason,
                 rest,
             ) = row?;
-            let (created_at, last_refresh_at, last_use_at, next_refresh_at, last_error, last_check) =
-                rest;
+            let (
+                created_at,
+                last_refresh_at,
+                last_use_at,
+                next_refresh_at,
+                last_error,
+                last_check,
+                refresh_interrupted,
+            ) = rest;
             out.push(StoredCredential {
                 spec: serde_json::from_str(&settings)?,
                 client_secret: self.open_opt(&name, "client_secret", cs)?,
@@ -382,6 +389,7 @@ impl Store {
                 next_refresh_at,
                 last_error,
                 last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
+                refresh_interrupted,
             });
         }
         Ok(out)
@@ -409,42 +417,17 @@ impl Store {
         found(n, name)
     }
 
-    /// Records, durably, that a refresh token is about to be sent. If the
-    /// daemon dies before the outcome is saved, the next start knows the
-    /// token may be spent and never sends it again (DESIGN §4.2–4.3).
+    /// Records, durably, that a refresh token is about to be sent, so that
+    /// after a crash the next start knows a refresh was cut short: if the
+    /// provider then refuses the held refresh token, the crash window (the
+    /// provider rotated, the daemon died before committing) is named as the
+    /// cause instead of a mystery.
     pub fn mark_refresh_in_flight(&self, name: &str, at: i64) -> Result<(), StoreError> {
         let n = self.lock().execute(
             "UPDATE credentials SET refresh_in_flight = ?2 WHERE name = ?1",
             params![name, at],
         )?;
         found(n, name)
-    }
-
-    /// At start-up: every authorization-code credential whose refresh was
-    /// cut short needs a new login; its refresh token is dropped unsent.
-    /// Returns their names.
-    pub fn settle_interrupted_refreshes(&self) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let names = {
-            let mut stmt = tx.prepare(
-                "SELECT name FROM credentials WHERE refresh_in_flight IS NOT NULL AND kind = 'oauth2'",
-            )?;
-            stmt.query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        tx.execute(
-            "UPDATE credentials SET state = 'needs-login', reason = ?1, last_error = ?1,
-                refresh_token = NULL, next_refresh_at = NULL
-             WHERE refresh_in_flight IS NOT NULL AND kind = 'oauth2'",
-            [INTERRUPTED_REFRESH],
-        )?;
-        tx.execute(
-            "UPDATE credentials SET refresh_in_flight = NULL WHERE refresh_in_flight IS NOT NULL",
-            [],
-        )?;
-        tx.commit()?;
-        Ok(names)
     }
 
     /// Records a state change (and drops the refresh token when the grant is dead).
@@ -660,6 +643,7 @@ mod tests {
             next_refresh_at: None,
             last_error: None,
             last_check: None,
+            refresh_interrupted: false,
         }
     }
 
@@ -748,37 +732,22 @@ mod tests {
     }
 
     #[test]
-    fn an_interrupted_refresh_needs_a_login_and_never_resends() {
+    fn a_refresh_in_flight_is_remembered_until_its_outcome_is_saved() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        let mut c = bearer("o", "a0");
-        c.spec = CredentialSpec::OAuth2(tokend_proto::OAuth2Spec {
-            auth_url: "http://a".into(),
-            token_url: "http://t".into(),
-            client_id: "c".into(),
-            scopes: vec![],
-            redirect_uri: None,
-            client_auth: Default::default(),
-            pkce: false,
-            extra_params: vec![],
-            refresh_margin_secs: None,
-        });
-        c.refresh_token = Some(Secret::new("r0"));
-        s.insert(&c, false).unwrap();
-        s.insert(&bearer("b", "t"), false).unwrap();
+        s.insert(&bearer("o", "a0"), false).unwrap();
         s.mark_refresh_in_flight("o", 5).unwrap();
-        assert_eq!(
-            open(dir.path()).settle_interrupted_refreshes().unwrap(),
-            vec!["o".to_string()]
-        );
-        let all = s.load_all().unwrap();
-        let o = all.iter().find(|c| c.name == "o").unwrap();
-        assert_eq!(o.state, CredentialState::NeedsLogin);
-        assert!(o.refresh_token.is_none());
-        assert!(
-            s.settle_interrupted_refreshes().unwrap().is_empty(),
-            "settled once"
-        );
+        assert!(open(dir.path()).load_all().unwrap()[0].refresh_interrupted);
+        let update = TokenUpdate {
+            access_token: Secret::new("a1"),
+            refresh_token: Some(Secret::new("r1")),
+            generation: 2,
+            expires_at: Some(500),
+            refreshed_at: 400,
+            next_refresh_at: Some(475),
+        };
+        s.save_tokens("o", &update).unwrap();
+        assert!(!s.load_all().unwrap()[0].refresh_interrupted);
     }
 
     #[test]

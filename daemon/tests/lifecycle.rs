@@ -108,6 +108,7 @@ impl World {
             next_refresh_at: None,
             last_error: None,
             last_check: None,
+            refresh_interrupted: false,
         };
         self.shared.store.insert(&stored, false).unwrap();
         let cred = Arc::new(Credential::from_stored(stored));

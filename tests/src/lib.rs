@@ -2,6 +2,8 @@
 //! temporary directory with its own socket, store and key, drive it with the
 //! real `tokenctl`, and clean up even when a test fails.
 
+pub mod oidc;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -57,6 +59,14 @@ impl Daemon {
     }
 
     pub fn start_with(options: Options) -> Daemon {
+        let mut daemon = Daemon::prepare(options);
+        daemon.spawn();
+        daemon
+    }
+
+    /// Sets up the directory, config and environment without starting the
+    /// process, for tests that start it themselves (`launch_with`).
+    pub fn prepare(options: Options) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("tokend-e2e")
             .tempdir()
@@ -75,7 +85,7 @@ impl Daemon {
             "TOKEND_LOG".into(),
             options.log_level.clone().unwrap_or_else(|| "debug".into()),
         ));
-        let mut daemon = Daemon {
+        Daemon {
             log: dir.path().join("tokend.log"),
             dir,
             socket,
@@ -83,12 +93,17 @@ impl Daemon {
             config,
             env,
             child: None,
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
-    fn command(&self) -> Command {
+    /// Adds (or replaces) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+    }
+
+    /// The `tokend` command line and environment this daemon starts with.
+    pub fn command(&self) -> Command {
         let mut cmd = Command::new(bin("tokend"));
         cmd.arg("--socket")
             .arg(&self.socket)
@@ -111,20 +126,34 @@ impl Daemon {
 
     /// Starts (or restarts) the process and waits until it answers.
     pub fn spawn(&mut self) {
+        self.launch_with(|cmd| cmd);
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting for it to answer, for tests that
+    /// watch readiness themselves. `wrap` gets the `tokend` command and
+    /// returns the one to run (e.g. under `systemd-socket-activate`); stderr
+    /// goes to the log either way.
+    pub fn launch_with(&mut self, wrap: impl FnOnce(Command) -> Command) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = self
-            .command()
+        let child = wrap(self.command())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start tokend");
         self.child = Some(child);
-        self.wait_ready();
+    }
+
+    /// Whether the process is still alive (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits until `tokenctl status` succeeds; panics with the log on failure.
@@ -179,6 +208,24 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (up to 20 s) until the log has a line containing `needle` and
+    /// returns that line; panics with the whole log otherwise. For effects
+    /// the daemon only reports in its log, such as a reload.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} after 20 s:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn client(&self) -> tokend_client::Client {
@@ -308,4 +355,65 @@ pub fn all_argv() -> String {
         }
     }
     all
+}
+
+impl Daemon {
+    /// `tokenctl add oauth2 NAME` against `server`'s auth-code client
+    /// (client secret from a file), plus `extra` arguments.
+    pub fn add_oauth(&self, server: &oidc::OidcServer, name: &str, extra: &[&str]) -> Output {
+        let secret = self.dir.path().join(format!("{name}.secret"));
+        let (client, secret_text) = if extra.contains(&"basic") {
+            ("tokend-basic", "tokend-basic-secret")
+        } else {
+            ("tokend-test", "tokend-test-secret")
+        };
+        std::fs::write(&secret, secret_text).expect("secret file");
+        let (auth, token) = (server.auth_url(), server.token_url());
+        let mut args = vec![
+            "add",
+            "oauth2",
+            name,
+            "--auth-url",
+            &auth,
+            "--token-url",
+            &token,
+            "--client-id",
+            client,
+        ];
+        let secret = secret.to_str().expect("utf-8").to_string();
+        args.extend(["--client-secret-file", &secret, "--scope", "openid"]);
+        args.extend(extra);
+        self.tokenctl(&args)
+    }
+
+    /// Starts `tokenctl login NAME ARGS` and returns it with the authorize URL
+    /// it printed on its first line.
+    pub fn start_login(&self, name: &str, args: &[&str]) -> (Child, String) {
+        let mut child = Command::new(bin("tokenctl"))
+            .args(["login", name, "--no-browser", "--timeout", "60"])
+            .args(args)
+            .env("TOKEND_SOCKET", &self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tokenctl login");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("first line");
+        (child, line.trim().to_string())
+    }
+
+    /// A complete login through the loopback listener; panics on failure.
+    pub fn login(&self, server: &oidc::OidcServer, name: &str) {
+        let (child, url) = self.start_login(name, &[]);
+        let redirect = server.browse(&url);
+        let page = oidc::curl(&["-s", &redirect]);
+        let out = child.wait_with_output().expect("tokenctl login");
+        assert_ok(&out);
+        assert!(page.contains("Logged in"), "the browser was told: {page}");
+    }
 }

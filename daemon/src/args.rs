@@ -1,0 +1,46 @@
+//! The daemon's command line. It lives in the library, not in `main.rs`, so
+//! that `tokend-assets` can generate the man page and shell completions
+//! from the same definition the binary parses.
+
+use crate::daemon::Options;
+use crate::paths::Overrides;
+use clap::Parser;
+use std::path::PathBuf;
+
+/// tokend keeps API credentials and their access tokens fresh, and hands
+/// valid tokens to local programs over a Unix socket (see `tokenctl`).
+#[derive(Parser, Debug)]
+#[command(name = "tokend", version, about, long_about = None)]
+pub struct Args {
+    /// Run as the system service: /run/tokend, /var/lib/tokend, /etc/tokend
+    /// (or systemd's RUNTIME_DIRECTORY, STATE_DIRECTORY, CONFIGURATION_DIRECTORY).
+    #[arg(long)]
+    pub system: bool,
+    /// The socket to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The SQLite store.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// The TOML config file (optional; defaults apply when it does not exist).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The sealing key file, used when no systemd credential `tokend.key` is given.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Args {
+    /// How the daemon was asked to run.
+    pub fn options(self) -> Options {
+        Options {
+            system: self.system,
+            overrides: Overrides {
+                socket: self.socket,
+                db: self.db,
+                config: self.config,
+                key_file: self.key_file,
+            },
+        }
+    }
+}

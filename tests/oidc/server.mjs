@@ -1,0 +1,420 @@
+// tokend's end-to-end OAuth2 server: panva's oidc-provider (an independently
+// written, OpenID-certified implementation) set up with rotating refresh
+// tokens and reuse detection, a login that needs no human, statistics and
+// fault injection on the token endpoint.
+//
+//   node server.mjs [--port N] [--access-ttl S] [--refresh-ttl S]
+//   PORT=0 ACCESS_TTL=5 node server.mjs
+//
+// stdout carries exactly one line, "LISTENING http://127.0.0.1:<port>" (the
+// issuer); everything else goes to stderr. SIGTERM/SIGINT stop it (exit 0).
+// See README.md for the clients, endpoints and the test-only /test/* API.
+import crypto from 'node:crypto';
+import http from 'node:http';
+import querystring from 'node:querystring';
+
+// oidc-provider prints its notices with console.info: keep stdout clean.
+console.log = console.error;
+console.info = console.error;
+
+const { default: Provider } = await import('oidc-provider');
+
+// ---- settings: --flag value / --flag=value, else the environment -----------
+function setting(flag, env, fallback) {
+  const argv = process.argv.slice(2);
+  for (let i = 0; i < argv.length; i += 1) {
+    if (argv[i] === `--${flag}` && i + 1 < argv.length) return argv[i + 1];
+    if (argv[i].startsWith(`--${flag}=`)) return argv[i].slice(flag.length + 3);
+  }
+  return process.env[env] ?? fallback;
+}
+function nonNegativeInt(name, value) {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) {
+    console.error(`[oidc] ${name} must be a non-negative integer, got ${value}`);
+    process.exit(2);
+  }
+  return n;
+}
+const port = nonNegativeInt('PORT', setting('port', 'PORT', '0'));
+const accessTtl = Math.max(1, nonNegativeInt('ACCESS_TTL', setting('access-ttl', 'ACCESS_TTL', '5')));
+const refreshTtl = Math.max(1, nonNegativeInt('REFRESH_TTL', setting('refresh-ttl', 'REFRESH_TTL', String(14 * 24 * 3600))));
+const debug = Boolean(process.env.OIDC_DEBUG);
+const log = (...args) => console.error('[oidc]', ...args);
+const trace = (...args) => { if (debug) log(...args); };
+
+// ---- clients -------------------------------------------------------------------
+// application_type "native": oidc-provider then accepts a registered
+// http://127.0.0.1/..., http://localhost/... or http://[::1]/... redirect URI
+// with ANY port (RFC 8252 7.3); the path must match exactly.
+const loopbackRedirects = [
+  'http://127.0.0.1/callback',
+  'http://localhost/callback',
+  'http://[::1]/callback',
+  'http://127.0.0.1/paste-callback',
+  ...(process.env.EXTRA_REDIRECT_URIS ?? '').split(/[\s,]+/).filter(Boolean),
+];
+const clients = [
+  {
+    client_id: 'tokend-test',
+    client_secret: 'tokend-test-secret',
+    application_type: 'native',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: loopbackRedirects,
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+  {
+    client_id: 'tokend-basic',
+    client_secret: 'tokend-basic-secret',
+    application_type: 'native',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: loopbackRedirects,
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
+  {
+    client_id: 'tokend-cc',
+    client_secret: 'tokend-cc-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+];
+
+// Scopes the provider knows. A requested scope not in this list is silently
+// dropped from the grant (oidc-provider treats it as a resource-server scope).
+const scopes = [
+  'openid', 'offline_access', 'profile', 'email', 'api', 'read', 'write',
+  ...(process.env.EXTRA_SCOPES ?? '').split(/[\s,]+/).filter(Boolean),
+];
+
+// An ephemeral RS256 key for ID tokens (else oidc-provider warns that it uses
+// its development-only keys).
+const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'tokend-e2e', use: 'sig', alg: 'RS256' };
+
+const configuration = {
+  clients,
+  scopes: [...new Set(scopes)],
+  jwks: { keys: [signingKey] },
+  cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+  // PKCE allowed (S256 only; code_challenge_method must be sent), not required.
+  pkce: { required: () => false },
+  // Every refresh returns a new refresh token; the presented one is consumed.
+  // Presenting a consumed one again fails with invalid_grant and revokes the
+  // whole grant (oidc-provider's lib/actions/grants/refresh_token.js).
+  rotateRefreshToken: true,
+  // Refresh tokens for every auth-code client, offline_access or not, and not
+  // bound to the browser session.
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  expiresWithSession: async () => false,
+  ttl: {
+    AccessToken: accessTtl,
+    ClientCredentials: accessTtl,
+    AuthorizationCode: 300,
+    IdToken: 3600,
+    RefreshToken: refreshTtl,
+    Grant: refreshTtl,
+    Interaction: 600,
+    Session: 3600,
+  },
+  features: {
+    devInteractions: { enabled: false },
+    // Any authenticated client may introspect any token.
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    // A client may revoke only its own tokens (oidc-provider's default rule).
+    revocation: { enabled: true, allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId },
+    clientCredentials: { enabled: true },
+    userinfo: { enabled: true },
+  },
+  clientBasedCORS: () => false,
+  // Errors that cannot be redirected (bad client_id / redirect_uri) and token
+  // errors asked for as HTML: plain JSON, no HTML page.
+  renderError: async (ctx, out) => {
+    ctx.type = 'application/json; charset=utf-8';
+    ctx.body = out;
+  },
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  findAccount: async (ctx, sub) => ({
+    accountId: sub,
+    claims: async () => ({ sub, email: `${sub}@example.test`, email_verified: true, name: sub }),
+  }),
+  claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
+};
+
+// ---- statistics ----------------------------------------------------------------
+const GRANTS = ['authorization_code', 'refresh_token', 'client_credentials'];
+const perGrant = () => Object.fromEntries(GRANTS.map((g) => [g, 0]));
+const fresh = () => ({
+  token_posts: 0, // every POST /token, faulted or not
+  token_posts_by_grant: perGrant(),
+  token_requests: perGrant(), // POST /token handed to oidc-provider (success or error)
+  token_success: perGrant(),
+  token_errors: perGrant(),
+  faulted: 0, // POST /token answered (or dropped) by the fault injector
+  faulted_by_grant: perGrant(),
+  delayed: 0, // slow/delay requests processed after the delay (client still there)
+  refresh_token_reuse: 0, // refresh requests presenting an already-rotated refresh token
+  grants_revoked: 0,
+  errors: [], // {grant_type, error, error_description}
+  grant_errors: [], // the same, as "grant_type: error detail" strings
+});
+let stats = fresh();
+const bump = (map, key) => { map[key ?? 'unknown'] = (map[key ?? 'unknown'] ?? 0) + 1; };
+const rotated = new Set(); // refresh tokens consumed by a rotation (kept across /test/reset)
+const MAX_ERRORS = 1000;
+function recordError(gt, err) {
+  const e = { grant_type: gt ?? null, error: err.error ?? 'server_error', error_description: err.error_detail ?? err.error_description ?? err.message };
+  stats.errors.push(e);
+  stats.grant_errors.push(`${e.grant_type}: ${e.error} ${e.error_description ?? ''}`.trim());
+  if (stats.errors.length > MAX_ERRORS) { stats.errors.shift(); stats.grant_errors.shift(); }
+}
+
+// ---- fault injection -----------------------------------------------------------
+const FAULT_MODES = new Set(['none', '503', '429', 'drop', 'slow', 'delay', 'stall', 'garbage', 'invalid_grant']);
+let fault = { mode: 'none' };
+
+// Whether this token request gets the current fault; counts it down.
+function takeFault(grantType) {
+  if (fault.mode === 'none') return null;
+  if (fault.grant_type && fault.grant_type !== grantType) return null;
+  const f = { ...fault };
+  if (typeof fault.count === 'number') {
+    fault.count -= 1;
+    if (fault.count <= 0) fault = { mode: 'none' };
+  }
+  return f;
+}
+
+const sleep = (ms) => new Promise((r) => { setTimeout(r, ms); });
+
+// Applies fault `f`. Returns true when the request was answered (or dropped)
+// here and must not reach oidc-provider.
+async function applyFault(f, req, res) {
+  const json = (status, body, headers = {}) => {
+    res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
+    res.end(JSON.stringify(body));
+  };
+  switch (f.mode) {
+    case '503': json(503, { error: 'temporarily_unavailable', error_description: 'fault injected by the test' }); return true;
+    case '429': json(429, { error: 'slow_down', error_description: 'fault injected by the test' }, { 'retry-after': String(f.retry_after ?? 1) }); return true;
+    case 'garbage': res.writeHead(200, { 'content-type': 'text/html' }); res.end('<html>oops</html>'); return true;
+    case 'invalid_grant': json(400, { error: 'invalid_grant', error_description: 'fault injected by the test' }); return true;
+    case 'drop': req.socket.destroy(); return true;
+    case 'stall':
+      // Held, then refused without processing: nothing is spent.
+      await sleep(f.delay_ms ?? 5000);
+      if (!res.destroyed && !res.writableEnded) json(504, { error: 'temporarily_unavailable', error_description: 'fault injected by the test' });
+      return true;
+    case 'slow':
+    case 'delay': {
+      // Held delay_ms, then processed normally -- unless the client hung up
+      // meanwhile: a request nobody waits for any more is not processed, so it
+      // spends no refresh token.
+      let gone = false;
+      const onClose = () => { gone = true; };
+      res.once('close', onClose);
+      await sleep(f.delay_ms ?? 5000);
+      res.off('close', onClose);
+      return gone || res.destroyed || req.socket.destroyed;
+    }
+    default: return false;
+  }
+}
+
+// ---- the HTTP server ------------------------------------------------------------
+let provider;
+let callback;
+let issuer;
+
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > 64 * 1024) throw new Error('request body too large');
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+// oidc-provider takes client_secret_basic and client_secret_post as one
+// family (either works for a client registered with either). The token
+// endpoint here holds each client to its registered method, so a test sees
+// which one the client used.
+const strict = !['0', 'false', 'no'].includes(String(process.env.STRICT_CLIENT_AUTH ?? '1').toLowerCase());
+const registeredMethod = new Map(clients.map((c) => [c.client_id, c.token_endpoint_auth_method]));
+function strictClientAuth(req, form) {
+  if (!strict) return undefined;
+  const header = req.headers.authorization;
+  let used;
+  let clientId;
+  if (header && /^basic /i.test(header)) {
+    used = 'client_secret_basic';
+    const decoded = Buffer.from(header.slice(6).trim(), 'base64').toString('utf8');
+    const i = decoded.indexOf(':');
+    try { clientId = decodeURIComponent((i === -1 ? decoded : decoded.slice(0, i)).replace(/\+/g, ' ')); } catch { clientId = undefined; }
+  } else if (typeof form.client_secret === 'string') {
+    used = 'client_secret_post';
+    clientId = form.client_id;
+  }
+  const registered = registeredMethod.get(clientId);
+  if (!used || !registered || used === registered) return undefined; // oidc-provider judges the rest
+  return `${clientId} authenticated with ${used}, but is registered with ${registered}`;
+}
+
+async function tokenEndpoint(req, res) {
+  // Read the form here (to count it and to pick faults by grant type), then
+  // hand it to oidc-provider as an already-parsed body (req.body).
+  const raw = await readBody(req);
+  let form = {};
+  try { form = querystring.parse(raw); } catch { form = {}; }
+  const gt = typeof form.grant_type === 'string' ? form.grant_type : undefined;
+  stats.token_posts += 1;
+  bump(stats.token_posts_by_grant, gt);
+  if (gt === 'refresh_token' && typeof form.refresh_token === 'string' && rotated.has(form.refresh_token)) {
+    stats.refresh_token_reuse += 1;
+    log('refresh token REUSED:', form.refresh_token.slice(0, 8));
+  }
+  const f = takeFault(gt);
+  const authError = f ? undefined : strictClientAuth(req, form);
+  if (authError) {
+    stats.token_requests[gt ?? 'unknown'] = (stats.token_requests[gt ?? 'unknown'] ?? 0) + 1;
+    bump(stats.token_errors, gt);
+    recordError(gt, { error: 'invalid_client', error_detail: authError });
+    log(`token ${gt}: invalid_client (${authError})`);
+    res.writeHead(401, { 'content-type': 'application/json', 'cache-control': 'no-store', 'www-authenticate': 'Basic realm="tokend-e2e"' });
+    res.end(JSON.stringify({ error: 'invalid_client', error_description: 'client authentication failed' }));
+    return;
+  }
+  if (f) {
+    log(`token ${gt}: fault ${f.mode}`);
+    if (await applyFault(f, req, res)) {
+      stats.faulted += 1;
+      bump(stats.faulted_by_grant, gt);
+      return;
+    }
+    if (f.mode === 'slow' || f.mode === 'delay') stats.delayed += 1;
+  }
+  stats.token_requests[gt ?? 'unknown'] = (stats.token_requests[gt ?? 'unknown'] ?? 0) + 1;
+  req.body = raw;
+  res.once('finish', () => log(`token ${gt}: ${res.statusCode}`));
+  return callback(req, res);
+}
+
+// Non-interactive login: "the user" logs in as login_hint (default
+// "test-user") and consents to everything asked -- unless login_hint=deny.
+async function interaction(req, res) {
+  if (req.method !== 'GET') { res.writeHead(405); res.end(); return; }
+  const details = await provider.interactionDetails(req, res);
+  const { prompt, params, session } = details;
+  trace('interaction', details.uid, prompt.name, prompt.reasons);
+  if (params.login_hint === 'deny') {
+    await provider.interactionFinished(req, res, {
+      error: 'access_denied',
+      error_description: 'the test user denied access',
+    }, { mergeWithLastSubmission: false });
+    return;
+  }
+  const accountId = session?.accountId ?? (params.login_hint || 'test-user');
+  let grant = details.grantId ? await provider.Grant.find(details.grantId) : undefined;
+  grant ??= new provider.Grant({ accountId, clientId: params.client_id });
+  if (params.scope) grant.addOIDCScope(params.scope);
+  const d = prompt.details ?? {};
+  if (d.missingOIDCScope) grant.addOIDCScope(d.missingOIDCScope.join(' '));
+  if (d.missingOIDCClaims) grant.addOIDCClaims(d.missingOIDCClaims);
+  for (const [indicator, s] of Object.entries(d.missingResourceScopes ?? {})) grant.addResourceScope(indicator, s.join(' '));
+  const grantId = await grant.save();
+  const result = { consent: { grantId } };
+  if (prompt.name === 'login' || !session?.accountId) result.login = { accountId };
+  await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: true });
+}
+
+async function readJson(req) {
+  const body = await readBody(req);
+  return body.trim() ? JSON.parse(body) : {};
+}
+
+async function testApi(req, res, url) {
+  const send = (status, obj) => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(JSON.stringify(obj)); };
+  if (url.pathname === '/test/stats' && req.method === 'GET') return send(200, { ...stats, fault });
+  if (url.pathname === '/test/reset' && req.method === 'POST') {
+    stats = fresh();
+    fault = { mode: 'none' };
+    return send(200, { ok: true });
+  }
+  if (url.pathname === '/test/fault' && req.method === 'POST') {
+    let f;
+    try { f = await readJson(req); } catch (e) { return send(400, { error: `bad JSON: ${e.message}` }); }
+    const mode = String(f.mode ?? 'none');
+    if (!FAULT_MODES.has(mode)) return send(400, { error: `unknown mode ${mode}`, modes: [...FAULT_MODES] });
+    const count = f.count === undefined || f.count === null ? undefined : Number(f.count);
+    if (mode === 'none' || count === 0) fault = { mode: 'none' };
+    else {
+      fault = {
+        mode,
+        count,
+        retry_after: f.retry_after === undefined ? undefined : Number(f.retry_after),
+        delay_ms: f.delay_ms === undefined ? undefined : Number(f.delay_ms),
+        grant_type: f.grant_type ?? undefined,
+      };
+    }
+    log('fault set', JSON.stringify(fault));
+    return send(200, { ok: true, fault });
+  }
+  return send(404, { error: 'not found' });
+}
+
+const server = http.createServer(async (req, res) => {
+  try {
+    const url = new URL(req.url, issuer);
+    trace(req.method, url.pathname);
+    if (url.pathname.startsWith('/test/')) return await testApi(req, res, url);
+    if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
+    if (url.pathname === '/token' && req.method === 'POST') return await tokenEndpoint(req, res);
+    return callback(req, res);
+  } catch (err) {
+    log('handler error:', err?.message ?? err);
+    if (!res.headersSent && !res.destroyed) {
+      res.writeHead(400, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ error: 'invalid_request', error_description: String(err?.message ?? err) }));
+    }
+  }
+});
+server.keepAliveTimeout = 5000;
+
+server.on('error', (err) => { log('listen failed:', err.message); process.exit(1); });
+server.listen(port, '127.0.0.1', () => {
+  issuer = `http://127.0.0.1:${server.address().port}`;
+  provider = new Provider(issuer, configuration);
+  provider.on('grant.success', (ctx) => bump(stats.token_success, ctx.oidc.params?.grant_type));
+  provider.on('grant.error', (ctx, err) => {
+    const gt = ctx.oidc?.params?.grant_type;
+    bump(stats.token_errors, gt);
+    recordError(gt, err);
+    log(`token ${gt}: ${err.error} (${err.error_detail ?? err.error_description ?? ''})`);
+  });
+  provider.on('server_error', (ctx, err) => {
+    if (ctx.oidc?.route === 'token') bump(stats.token_errors, ctx.oidc?.params?.grant_type);
+    recordError(ctx.oidc?.params?.grant_type, err);
+    log('server_error', err);
+  });
+  provider.on('refresh_token.consumed', (token) => rotated.add(token.jti));
+  provider.on('grant.revoked', (ctx, grantId) => { stats.grants_revoked += 1; log('grant revoked', grantId); });
+  provider.on('authorization.error', (ctx, err) => trace('authorization error', err.error, err.error_description));
+  callback = provider.callback();
+  process.stdout.write(`LISTENING ${issuer}\n`);
+});
+
+let stopping = false;
+function stop() {
+  if (stopping) return;
+  stopping = true;
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 1000).unref();
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);

@@ -1,0 +1,206 @@
+//! The real OAuth2 server of the end-to-end tests (`tests/oidc`, npm's
+//! `oidc-provider`), and a "browser" that completes its login without a human.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn oidc_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("oidc")
+}
+
+/// Installs the server's npm packages once, if `.ci/run` has not already.
+fn ensure_installed() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let dir = oidc_dir();
+        if dir.join("node_modules/oidc-provider").exists() {
+            return;
+        }
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .expect("npm is needed for the OAuth2 end-to-end tests (apt-get install npm)");
+        assert!(status.success(), "npm ci in {} failed", dir.display());
+    });
+}
+
+/// A running oidc-provider; stopped on drop.
+pub struct OidcServer {
+    child: Child,
+    pub issuer: String,
+}
+
+impl OidcServer {
+    /// Starts the server; access tokens live `access_ttl` seconds.
+    pub fn start(access_ttl: u64) -> OidcServer {
+        ensure_installed();
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(oidc_dir())
+            .env("PORT", "0")
+            .env("ACCESS_TTL", access_ttl.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node is needed for the OAuth2 end-to-end tests");
+        let mut line = String::new();
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        out.read_line(&mut line).expect("read LISTENING line");
+        // Keep draining: a write to a closed pipe would kill the server.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let issuer = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        OidcServer { child, issuer }
+    }
+
+    pub fn auth_url(&self) -> String {
+        format!("{}/auth", self.issuer)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// Plays the browser: follows redirects (with cookies) from the authorize
+    /// URL until one leaves for the `redirect_uri` it names, and returns that URL.
+    pub fn browse(&self, authorize_url: &str) -> String {
+        let redirect_prefix = &query_param(authorize_url, "redirect_uri")
+            .expect("the authorize URL names its redirect_uri");
+        let jar = tempfile::NamedTempFile::new().expect("cookie jar");
+        let jar = jar.path().to_str().expect("utf-8 path").to_string();
+        let mut url = authorize_url.to_string();
+        for _ in 0..12 {
+            let next = curl(&[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-c",
+                &jar,
+                "-b",
+                &jar,
+                "-w",
+                "%{redirect_url}",
+                &url,
+            ]);
+            assert!(!next.is_empty(), "no redirect from {url}");
+            if next.starts_with(redirect_prefix) {
+                return next;
+            }
+            url = next;
+        }
+        panic!("the login never redirected to {redirect_prefix}");
+    }
+
+    /// Whether the server considers `token` an active access token.
+    pub fn introspect(&self, token: &str) -> bool {
+        let body = curl(&[
+            "-s",
+            "-X",
+            "POST",
+            &format!("{}/token/introspection", self.issuer),
+            "-d",
+            "client_id=tokend-test",
+            "-d",
+            "client_secret=tokend-test-secret",
+            "--data-urlencode",
+            &format!("token={token}"),
+        ]);
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("introspection answered {body}"));
+        v["active"] == true
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        let body = curl(&["-s", &format!("{}/test/stats", self.issuer)]);
+        serde_json::from_str(&body).expect("stats JSON")
+    }
+
+    /// Sets a token-endpoint fault (see tests/oidc/README.md).
+    pub fn fault(&self, json: &str) {
+        curl(&[
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json,
+            &format!("{}/test/fault", self.issuer),
+        ]);
+    }
+
+    pub fn refreshes(&self) -> u64 {
+        self.stats()["token_requests"]["refresh_token"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for OidcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A query parameter of `url`, decoded.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| decode(v))
+    })
+}
+
+fn decode(v: &str) -> String {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                out.push(u8::from_str_radix(&v[i + 1..i + 3], 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs curl and returns its stdout.
+pub fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl is needed for the end-to-end tests");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits up to `limit` for `check` to hold, polling.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}

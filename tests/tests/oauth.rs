@@ -1,0 +1,374 @@
+//! OAuth2 end to end: the real binaries against a real, independently
+//! written OAuth2 server (oidc-provider from npm) that rotates refresh tokens
+//! and revokes the grant on reuse.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+use tokend_tests::oidc::{OidcServer, curl, eventually};
+use tokend_tests::*;
+
+fn token(d: &Daemon, name: &str) -> String {
+    let out = d.tokenctl(&["token", name]);
+    assert_ok(&out);
+    stdout(&out).trim().to_string()
+}
+
+fn show(d: &Daemon, name: &str) -> serde_json::Value {
+    serde_json::from_str(&stdout(&d.tokenctl(&["show", name, "--json"]))).expect("show JSON")
+}
+
+#[test]
+fn login_through_the_loopback_listener_stores_working_tokens() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    let out = d.add_oauth(&idp, "uptempo", &[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("tokenctl login uptempo"),
+        "{}",
+        stderr(&out)
+    );
+    assert_code(&d.tokenctl(&["token", "uptempo"]), 5);
+    let (child, url) = d.start_login("uptempo", &[]);
+    assert!(
+        url.starts_with(&idp.auth_url()) && url.contains("state="),
+        "first line is the URL alone: {url}"
+    );
+    let redirect = idp.browse(&url);
+    assert!(
+        redirect.contains("iss="),
+        "the provider adds iss, which must be tolerated"
+    );
+    let page = curl(&["-s", &redirect]);
+    assert!(page.contains("Logged in"), "{page}");
+    assert_ok(&child.wait_with_output().unwrap());
+    let access = token(&d, "uptempo");
+    assert!(idp.introspect(&access), "the server accepts the token");
+    assert_eq!(show(&d, "uptempo")["state"], "ready");
+}
+
+#[test]
+fn login_by_pasting_the_redirect_url() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(
+        &idp,
+        "up",
+        &["--redirect-uri", "http://127.0.0.1/paste-callback"],
+    ));
+    let (mut child, url) = d.start_login("up", &["--paste"]);
+    let redirect = idp.browse(&url);
+    writeln!(child.stdin.as_mut().unwrap(), "{redirect}").unwrap();
+    assert_ok(&child.wait_with_output().unwrap());
+    assert!(idp.introspect(&token(&d, "up")));
+}
+
+#[test]
+fn a_redirect_with_a_wrong_state_is_refused() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(
+        &idp,
+        "up",
+        &["--redirect-uri", "http://127.0.0.1/paste-callback"],
+    ));
+    let (mut child, url) = d.start_login("up", &["--paste"]);
+    let redirect = idp.browse(&url);
+    let forged = redirect.replace("state=", "state=forged");
+    writeln!(child.stdin.as_mut().unwrap(), "{forged}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("state"), "{}", stderr(&out));
+    assert_code(&d.tokenctl(&["token", "up"]), 5);
+}
+
+#[test]
+fn denied_consent_exits_non_zero_naming_access_denied() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &["--param", "login_hint=deny"]));
+    let (child, url) = d.start_login("up", &[]);
+    let redirect = idp.browse(&url);
+    assert!(redirect.contains("error=access_denied"), "{redirect}");
+    let page = curl(&["-s", &redirect]);
+    assert!(
+        page.contains("access_denied"),
+        "the browser is told why: {page}"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("access_denied"), "{}", stderr(&out));
+}
+
+#[test]
+fn pkce_and_client_secret_basic_work_together() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &["--pkce", "--client-auth", "basic"]));
+    let (child, url) = d.start_login("up", &[]);
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    let redirect = idp.browse(&url);
+    curl(&["-s", &redirect]);
+    assert_ok(&child.wait_with_output().unwrap());
+    let first = token(&d, "up");
+    assert_ok(&d.tokenctl(&["refresh", "up"]));
+    let second = token(&d, "up");
+    assert_ne!(first, second);
+    assert!(idp.introspect(&second));
+}
+
+#[test]
+fn a_minute_of_five_second_tokens_never_serves_a_dead_token_nor_reuses_a_refresh_token() {
+    let idp = OidcServer::start(5);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    d.login(&idp, "up");
+    let mut client = d.client();
+    let started = Instant::now();
+    let mut distinct = std::collections::HashSet::new();
+    let mut asked = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        let t = client.token("up").expect("a token every time");
+        assert!(
+            idp.introspect(t.expose()),
+            "token {asked} was refused by the server"
+        );
+        distinct.insert(t.expose().to_string());
+        asked += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let stats = idp.stats();
+    assert_eq!(stats["refresh_token_reuse"], 0, "{stats}");
+    assert_eq!(stats["grants_revoked"], 0, "{stats}");
+    assert!(
+        distinct.len() >= 12,
+        "tokens were refreshed ahead of expiry: {} distinct of {asked}",
+        distinct.len()
+    );
+    // The grant is still alive at the end: one more refresh succeeds.
+    assert_ok(&d.tokenctl(&["refresh", "up"]));
+    assert!(idp.introspect(&token(&d, "up")));
+}
+
+#[test]
+fn a_thousand_concurrent_requests_for_an_insufficient_token_cause_one_refresh() {
+    let idp = OidcServer::start(30);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    d.login(&idp, "up");
+    std::thread::sleep(Duration::from_millis(5_500));
+    let before = idp.refreshes();
+    // Every caller needs 25 s of validity, which the held token (30 s
+    // lifetime, aged 5.5 s) no longer has: all of them need the one new token,
+    // as at the moment of expiry.
+    let socket = d.socket.clone();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(1000));
+    let workers: Vec<_> = (0..1000)
+        .map(|_| {
+            let (socket, barrier) = (socket.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut client = tokend_client::Client::connect(&socket).expect("connect");
+                barrier.wait();
+                client
+                    .token_reply("up", 25)
+                    .expect("token")
+                    .token
+                    .expose()
+                    .to_string()
+            })
+        })
+        .collect();
+    let tokens: std::collections::HashSet<String> =
+        workers.into_iter().map(|w| w.join().unwrap()).collect();
+    assert_eq!(
+        idp.refreshes() - before,
+        1,
+        "exactly one refresh at the token endpoint"
+    );
+    assert_eq!(tokens.len(), 1, "everyone got the same new token");
+    assert!(idp.introspect(tokens.iter().next().unwrap()));
+}
+
+#[test]
+fn client_credentials_tokens_are_served_and_renewed_ahead_of_expiry() {
+    let idp = OidcServer::start(4);
+    let d = Daemon::start();
+    let secret = d.dir.path().join("cc.secret");
+    std::fs::write(&secret, "tokend-cc-secret\n").unwrap();
+    let out = d.tokenctl(&[
+        "add",
+        "client-credentials",
+        "cc",
+        "--token-url",
+        &idp.token_url(),
+        "--client-id",
+        "tokend-cc",
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_ok(&out);
+    let first = token(&d, "cc");
+    assert!(idp.introspect(&first));
+    // With nobody asking, the scheduler renews it before it expires.
+    assert!(eventually(Duration::from_secs(15), || {
+        idp.stats()["token_requests"]["client_credentials"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 4
+    }));
+    let later = token(&d, "cc");
+    assert_ne!(first, later);
+    assert!(idp.introspect(&later));
+}
+
+fn fault_daemon(idp: &OidcServer, notify: &std::path::Path) -> Daemon {
+    let config = format!(
+        "notify_command = \"echo $TOKEND_CREDENTIAL $TOKEND_STATE >> {}\"\n[refresh]\nhttp_timeout_secs = 2\nmin_backoff_secs = 1\nmax_backoff_secs = 2\n",
+        notify.display()
+    );
+    let d = Daemon::start_with(Options {
+        config: Some(config),
+        ..Options::default()
+    });
+    assert_ok(&d.add_oauth(idp, "up", &[]));
+    d.login(idp, "up");
+    d
+}
+
+#[test]
+fn token_endpoint_faults_keep_the_valid_token_and_recover_on_their_own() {
+    let idp = OidcServer::start(120);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = fault_daemon(&idp, notify.path());
+    let held = token(&d, "up");
+    let faults = [
+        r#"{"mode":"503","count":2}"#,
+        r#"{"mode":"drop","count":2}"#,
+        r#"{"mode":"slow","count":1,"delay_ms":4000}"#,
+        r#"{"mode":"garbage","count":2}"#,
+        r#"{"mode":"429","count":1,"retry_after":2}"#,
+    ];
+    let mut current = held;
+    for fault in faults {
+        let refreshed_before = idp.refreshes();
+        idp.fault(fault);
+        let out = d.tokenctl(&["refresh", "up"]);
+        assert_code(&out, 1);
+        assert!(
+            stderr(&out).contains("refresh failed"),
+            "{fault}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            token(&d, "up"),
+            current,
+            "{fault}: the valid token is still served"
+        );
+        assert!(idp.introspect(&current));
+        // No one intervenes: the backoff retry succeeds once the fault is gone.
+        assert!(
+            eventually(Duration::from_secs(20), || idp.refreshes()
+                > refreshed_before
+                && token(&d, "up") != current),
+            "{fault}: recovered on its own; show: {}",
+            show(&d, "up")
+        );
+        current = token(&d, "up");
+        assert!(idp.introspect(&current), "{fault}");
+        assert_eq!(show(&d, "up")["state"], "ready");
+    }
+    assert_eq!(idp.stats()["refresh_token_reuse"], 0);
+    assert!(
+        std::fs::read_to_string(notify.path()).unwrap().is_empty(),
+        "no state change, no notification"
+    );
+}
+
+#[test]
+fn invalid_grant_turns_the_credential_to_needs_login_and_notifies_once() {
+    let idp = OidcServer::start(120);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = fault_daemon(&idp, notify.path());
+    idp.fault(r#"{"mode":"invalid_grant"}"#);
+    assert_code(&d.tokenctl(&["refresh", "up"]), 5);
+    let out = d.tokenctl(&["token", "up"]);
+    assert_code(&out, 5);
+    assert!(
+        stderr(&out).contains("run `tokenctl login up`"),
+        "{}",
+        stderr(&out)
+    );
+    let status = stdout(&d.tokenctl(&["status"]));
+    assert!(
+        status.contains("needs-login") && status.contains("invalid_grant"),
+        "{status}"
+    );
+    assert!(eventually(Duration::from_secs(5), || {
+        !std::fs::read_to_string(notify.path()).unwrap().is_empty()
+    }));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_code(&d.tokenctl(&["token", "up"]), 5);
+    assert_eq!(
+        std::fs::read_to_string(notify.path()).unwrap(),
+        "up needs-login\n",
+        "the notify command ran once"
+    );
+    // A new login brings it back.
+    idp.fault(r#"{"mode":"none"}"#);
+    d.login(&idp, "up");
+    assert!(idp.introspect(&token(&d, "up")));
+}
+
+#[test]
+fn reject_refreshes_once_and_ignores_an_already_replaced_token() {
+    let idp = OidcServer::start(120);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    d.login(&idp, "up");
+    let old = token(&d, "up");
+    let before = idp.refreshes();
+    assert_ok(&d.tokenctl_stdin(&["reject", "up", "--token-stdin"], &old));
+    assert_eq!(idp.refreshes(), before + 1);
+    let out = d.tokenctl_stdin(&["reject", "up", "--token-stdin"], &old);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("already replaced"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(idp.refreshes(), before + 1);
+    assert_ne!(token(&d, "up"), old);
+}
+
+#[test]
+fn secrets_stay_out_of_the_trace_log_and_the_store_through_login_refresh_and_reject() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start_with(Options {
+        log_level: Some("trace".into()),
+        ..Options::default()
+    });
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    d.login(&idp, "up");
+    let mut seen = vec!["tokend-test-secret".to_string(), token(&d, "up")];
+    assert_ok(&d.tokenctl(&["refresh", "up"]));
+    seen.push(token(&d, "up"));
+    assert_ok(&d.tokenctl_stdin(&["reject", "up", "--token-stdin"], seen.last().unwrap()));
+    seen.push(token(&d, "up"));
+    let log = d.log_text();
+    assert!(
+        log.contains("login complete") && log.contains("new token"),
+        "the trace log was written"
+    );
+    let db = std::fs::read(&d.db).unwrap();
+    let wal = std::fs::read(d.db.with_extension("db-wal")).unwrap_or_default();
+    for secret in &seen {
+        assert!(!log.contains(secret.as_str()), "the log holds a secret");
+        for (what, bytes) in [("database", &db), ("WAL", &wal)] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the {what} holds a secret in the clear"
+            );
+        }
+    }
+    assert!(!all_argv().contains("tokend-test-secret"));
+}
