@@ -33,10 +33,7 @@ impl Client {
     /// Connects to the daemon at `socket` and exchanges the hello.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
         let socket = socket.as_ref().to_path_buf();
-        let unreachable = |source| Error::DaemonUnreachable {
-            socket: socket.clone(),
-            source,
-        };
+        let unreachable = |source| Error::unreachable(&socket, source);
         let name = socket
             .as_path()
             .to_fs_name::<GenericFilePath>()

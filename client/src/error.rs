@@ -39,6 +39,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// A socket that cannot be opened: not running, or not ours to open.
+    pub fn unreachable(socket: &std::path::Path, source: std::io::Error) -> Error {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return Error::PermissionDenied(format!(
+                "cannot open {}: permission denied (ask an admin to add you to the socket's group, e.g. `usermod -aG tokend $USER`, then log in again)",
+                socket.display()
+            ));
+        }
+        Error::DaemonUnreachable {
+            socket: socket.to_path_buf(),
+            source,
+        }
+    }
+
     /// The tokenctl exit code for this error (DESIGN §8).
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -31,10 +31,7 @@ impl AsyncClient {
 
     pub async fn connect(socket: impl AsRef<Path>) -> Result<AsyncClient, Error> {
         let socket = socket.as_ref().to_path_buf();
-        let unreachable = |source| Error::DaemonUnreachable {
-            socket: socket.clone(),
-            source,
-        };
+        let unreachable = |source| Error::unreachable(&socket, source);
         let name = socket
             .as_path()
             .to_fs_name::<GenericFilePath>()

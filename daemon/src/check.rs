@@ -92,7 +92,12 @@ pub fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
-        "could not connect".into()
+        // The innermost cause tells a refused port from a TLS failure.
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        format!("could not connect ({cause})")
     } else if e.is_decode() || e.is_body() {
         "the response body could not be read".into()
     } else {

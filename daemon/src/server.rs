@@ -67,7 +67,11 @@ fn is_live(_path: &Path) -> bool {
 #[cfg(unix)]
 fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if let Some(gid) = group {
+    use std::os::unix::fs::MetadataExt;
+    // Only chown when needed: under systemd the socket usually has the right
+    // group already, and the unit may forbid chown altogether.
+    let current = std::fs::metadata(path)?.gid();
+    if let Some(gid) = group.filter(|&g| g != current) {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .map_err(std::io::Error::from)?;
     }
