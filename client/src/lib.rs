@@ -13,6 +13,7 @@
 //! answers through [`ops`], so they cannot drift apart.
 
 mod blocking;
+pub mod cli;
 mod error;
 #[cfg(feature = "async")]
 mod nonblocking;

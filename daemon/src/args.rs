@@ -7,10 +7,12 @@ use crate::paths::Overrides;
 use clap::Parser;
 use std::path::PathBuf;
 
-/// tokend keeps API credentials and their access tokens fresh, and hands
-/// valid tokens to local programs over a Unix socket (see `tokenctl`).
+/// The local credential broker: keeps API tokens fresh and hands them to
+/// local programs over a Unix socket (see tokenctl).
 #[derive(Parser, Debug)]
-#[command(name = "tokend", version, about, long_about = None)]
+// `about` is this doc comment (not the crate description): it is the NAME
+// line of the man page as well as the head of `--help`.
+#[command(name = "tokend", version)]
 pub struct Args {
     /// Run as the system service: /run/tokend, /var/lib/tokend, /etc/tokend
     /// (or systemd's RUNTIME_DIRECTORY, STATE_DIRECTORY, CONFIGURATION_DIRECTORY).

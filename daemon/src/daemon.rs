@@ -87,17 +87,16 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     for s in stored {
         shared.registry.insert(Arc::new(Credential::from_stored(s)));
     }
-    let (listener, activated) = match service::activated_listener()
+    let listener = match service::activated_listener()
         .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
     {
         Some(listener) => {
             tracing::info!("using the socket passed by systemd");
-            (listener, true)
+            listener
         }
         None => {
             let mode = if paths.system { 0o660 } else { 0o600 };
-            let listener = server::bind(&paths.socket, mode, socket_gid).map_err(fail)?;
-            (listener, false)
+            server::bind(&paths.socket, mode, socket_gid).map_err(fail)?
         }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -118,7 +117,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
         Duration::from_secs(5),
     )
     .await;
-    stop(&shared, activated).await;
+    stop(&shared).await;
     Ok(())
 }
 
@@ -147,9 +146,8 @@ fn log_start(shared: &Shared, key: &KeySource) {
 }
 
 /// Graceful stop: refreshes in flight finish and commit, last-use times are
-/// written, the WAL is folded in, and the socket file goes unless systemd
-/// passed it (`activated`): then it is systemd's, and stays for the next start.
-async fn stop(shared: &Arc<Shared>, activated: bool) {
+/// written, the WAL is folded in, and the socket file goes.
+async fn stop(shared: &Arc<Shared>) {
     let deadline = Duration::from_secs(shared.config().refresh.http_timeout_secs + 2);
     let creds = shared.registry.all();
     let mut held = Vec::new();
@@ -165,11 +163,16 @@ async fn stop(shared: &Arc<Shared>, activated: bool) {
     if let Err(e) = shared.store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }
-    if !activated {
+    if !shared.paths.socket.as_os_str().is_empty() && service_owns_socket() {
         let _ = std::fs::remove_file(&shared.paths.socket);
     }
     tracing::info!("stopped");
     drop(held);
+}
+
+/// A socket passed by systemd belongs to systemd: it is not removed.
+fn service_owns_socket() -> bool {
+    std::env::var_os("LISTEN_FDS").is_none()
 }
 
 /// Writes last-use times every minute, if any changed.

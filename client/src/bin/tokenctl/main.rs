@@ -3,15 +3,14 @@
 //! Blocking and runtime-free so that `tokenctl token NAME` costs little more
 //! than a process spawn and one socket round trip.
 
-mod cli;
 mod login;
 mod output;
 mod secret_input;
 
 use clap::Parser;
-use cli::{AddCommand, Cli, ClientAuthArg, Command, OAuthCommon, Who};
 use std::io::Write;
 use std::process::ExitCode;
+use tokend_client::cli::{AddCommand, Cli, ClientAuthArg, Command, OAuthCommon, Who};
 use tokend_client::{AddCredential, AddKind, Client, ClientAuth, OAuth2Request, Principal, Secret};
 
 /// A failure and the exit code it maps to.

@@ -1,11 +1,15 @@
-//! The command line of DESIGN §8. Scripts depend on it: extend, never rename.
+//! tokenctl's command line (DESIGN §8). Scripts depend on it: extend, never
+//! rename. It lives in the library so that `tokend-assets` can generate the
+//! man page and shell completions from the definition tokenctl parses.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
-/// tokenctl asks the local tokend for valid API tokens and manages its credentials.
+/// Get valid API tokens from the local tokend, and manage its credentials.
 #[derive(Parser, Debug)]
-#[command(name = "tokenctl", version, about, long_about = None)]
+// `about` is this doc comment (the crate description is the library's): it
+// is the NAME line of the man page as well as the head of `--help`.
+#[command(name = "tokenctl", version)]
 pub struct Cli {
     /// The daemon's socket (default: $TOKEND_SOCKET, the user's daemon, then the system's).
     #[arg(long, global = true, value_name = "PATH", env = "TOKEND_SOCKET")]
