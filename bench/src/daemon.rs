@@ -24,6 +24,7 @@ impl Setup {
     pub fn new(config_text: &str) -> Result<Setup, String> {
         let dir = tempfile::Builder::new()
             .prefix("tokend-bench")
+            .disable_cleanup(std::env::var_os("TOKEND_BENCH_KEEP").is_some())
             .tempdir()
             .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
         let config = dir.path().join("config.toml");

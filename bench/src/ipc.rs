@@ -23,7 +23,7 @@ fn start_daemon(n: usize, token_len: usize) -> Result<Daemon, String> {
 
 pub fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     let n = args.credentials.max(1);
-    eprintln!(
+    progress!(
         "ipc: starting tokend with {n} cached tokens of {} bytes",
         args.token_bytes
     );
@@ -62,7 +62,7 @@ fn latency(
     baseline: &EchoEndpoint,
     report: &mut Report,
 ) -> Result<(), String> {
-    eprintln!("ipc: latency, persistent connection");
+    progress!("ipc: latency, persistent connection");
     let (t, b) = latency_pair(
         tokend,
         baseline,
@@ -84,7 +84,7 @@ fn latency(
         Some(b.p99_us),
         Goal::RatioAtMost(2.0),
     ));
-    eprintln!("ipc: latency, connection per request");
+    progress!("ipc: latency, connection per request");
     let iters = (args.latency_iters / 4).max(1);
     let (t, b) = latency_pair(tokend, baseline, Shape::PerConnection, iters, args.rounds)?;
     report.push(Row::new(
@@ -112,7 +112,7 @@ fn throughput(
 ) -> Result<(), String> {
     let duration = Duration::from_secs_f64(args.duration);
     for clients in [1, 4, 16] {
-        eprintln!("ipc: throughput, {clients} clients");
+        progress!("ipc: throughput, {clients} clients");
         let (t, b) = throughput_pair(tokend, baseline, clients, duration)?;
         let goal = if clients == 16 {
             Goal::RatioAtLeast(0.8)
@@ -131,7 +131,7 @@ fn throughput(
 }
 
 fn spawn(args: &Args, daemon: &Daemon, report: &mut Report) -> Result<(), String> {
-    eprintln!(
+    progress!(
         "spawn: tokenctl token vs /bin/true, {} runs each",
         args.spawn_runs
     );

@@ -2,6 +2,13 @@
 //! baseline measured in the same run, so the figures are ratios that mean
 //! something even on a shared, noisy machine. See docs/BENCHMARKS.md.
 
+/// Progress on stderr, stamped with the seconds since the run started.
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        $crate::report::progress(&format!($($arg)*))
+    };
+}
+
 mod baseline;
 mod binaries;
 mod client;
@@ -53,9 +60,16 @@ pub struct Args {
     /// Run the request benchmarks and the scale scenarios.
     #[arg(long)]
     all: bool,
+    /// Which scale scenarios to run.
+    #[arg(long, value_delimiter = ',', default_value = "startup,idle,storm")]
+    scenarios: Vec<Scenario>,
     /// Credentials for the start-up and memory scenario.
     #[arg(long, default_value_t = 100_000)]
     scale_credentials: usize,
+    /// Token length in the start-up and memory scenario (an API key such as
+    /// UpPromote's; memory grows by 100 MB per 1 KB of token at 100k).
+    #[arg(long, default_value_t = 64)]
+    scale_token_bytes: usize,
     /// Scheduled (not due) OAuth2 credentials for the idle scenario.
     #[arg(long, default_value_t = 10_000)]
     idle_credentials: usize,
@@ -80,6 +94,18 @@ pub struct Args {
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// The scale scenarios.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Start-up time and memory with a large store.
+    Startup,
+    /// Wake-ups and CPU of an idle daemon with many scheduled credentials.
+    Idle,
+    /// Every credential due at once against a fake provider.
+    Storm,
 }
 
 #[derive(Subcommand, Debug)]
@@ -145,6 +171,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
+    report::progress("building tokend and tokenctl if needed");
     binaries::ensure_built()?;
     if !args.scale || args.all {
         ipc::run(args, report)?;

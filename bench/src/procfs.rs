@@ -52,3 +52,17 @@ pub fn context_switches(pid: u32) -> Result<(u64, u64), String> {
     }
     Ok((voluntary, involuntary))
 }
+
+/// Voluntary context switches of each live thread, by thread id.
+pub fn thread_switches(pid: u32) -> Result<std::collections::HashMap<String, u64>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let tasks = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    let mut out = std::collections::HashMap::new();
+    for task in tasks.flatten() {
+        let status = task.path().join("status");
+        if let Ok(n) = status_field(&status.to_string_lossy(), "voluntary_ctxt_switches:") {
+            out.insert(task.file_name().to_string_lossy().into_owned(), n);
+        }
+    }
+    Ok(out)
+}

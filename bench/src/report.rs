@@ -109,7 +109,12 @@ impl Report {
     }
 
     pub fn push(&mut self, row: Row) {
-        eprintln!("  {}: {} {}", row.shape, number(row.tokend), row.unit);
+        progress(&format!(
+            "  {}: {} {}",
+            row.shape,
+            number(row.tokend),
+            row.unit
+        ));
         self.rows.push(row);
     }
 
@@ -120,7 +125,7 @@ impl Report {
     /// The table: shape, tokend, baseline, ratio (or difference), goal, met.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<48} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
+            "{:<52} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
             "shape", "tokend", "baseline", "ratio", "unit", "goal", "met"
         );
         for r in &self.rows {
@@ -135,7 +140,7 @@ impl Report {
                 None => "",
             };
             out.push_str(&format!(
-                "{:<48} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
+                "{:<52} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
                 r.shape,
                 number(r.tokend),
                 r.baseline.map_or("-".into(), number),
@@ -153,6 +158,13 @@ impl Report {
         }
         out
     }
+}
+
+/// Prints `message` on stderr after the seconds elapsed since the first call.
+pub fn progress(message: &str) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    eprintln!("[{:6.1}s] {message}", start.elapsed().as_secs_f64());
 }
 
 /// A figure with about four significant digits.
