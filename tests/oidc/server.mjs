@@ -17,8 +17,6 @@ import querystring from 'node:querystring';
 console.log = console.error;
 console.info = console.error;
 
-const { default: Provider } = await import('oidc-provider');
-
 // ---- settings: --flag value / --flag=value, else the environment -----------
 function setting(flag, env, fallback) {
   const argv = process.argv.slice(2);
@@ -40,6 +38,8 @@ const port = nonNegativeInt('PORT', setting('port', 'PORT', '0'));
 const accessTtl = Math.max(1, nonNegativeInt('ACCESS_TTL', setting('access-ttl', 'ACCESS_TTL', '5')));
 const refreshTtl = Math.max(1, nonNegativeInt('REFRESH_TTL', setting('refresh-ttl', 'REFRESH_TTL', String(14 * 24 * 3600))));
 const debug = Boolean(process.env.OIDC_DEBUG);
+
+const { default: Provider } = await import('oidc-provider');
 const log = (...args) => console.error('[oidc]', ...args);
 const trace = (...args) => { if (debug) log(...args); };
 
@@ -90,13 +90,14 @@ const scopes = [
   ...(process.env.EXTRA_SCOPES ?? '').split(/[\s,]+/).filter(Boolean),
 ];
 
-// An ephemeral RS256 key for ID tokens (else oidc-provider warns that it uses
-// its development-only keys).
-const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
-const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'tokend-e2e', use: 'sig', alg: 'RS256' };
+// An ephemeral ES256 key for ID tokens (quick to make, unlike RSA; without a
+// key oidc-provider would use its development-only keys).
+const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'tokend-e2e', use: 'sig', alg: 'ES256' };
 
 const configuration = {
   clients,
+  clientDefaults: { grant_types: ['authorization_code'], response_types: ['code'], id_token_signed_response_alg: 'ES256' },
   scopes: [...new Set(scopes)],
   jwks: { keys: [signingKey] },
   cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
@@ -279,16 +280,6 @@ async function tokenEndpoint(req, res) {
     log('refresh token REUSED:', form.refresh_token.slice(0, 8));
   }
   const f = takeFault(gt);
-  const authError = f ? undefined : strictClientAuth(req, form);
-  if (authError) {
-    stats.token_requests[gt ?? 'unknown'] = (stats.token_requests[gt ?? 'unknown'] ?? 0) + 1;
-    bump(stats.token_errors, gt);
-    recordError(gt, { error: 'invalid_client', error_detail: authError });
-    log(`token ${gt}: invalid_client (${authError})`);
-    res.writeHead(401, { 'content-type': 'application/json', 'cache-control': 'no-store', 'www-authenticate': 'Basic realm="tokend-e2e"' });
-    res.end(JSON.stringify({ error: 'invalid_client', error_description: 'client authentication failed' }));
-    return;
-  }
   if (f) {
     log(`token ${gt}: fault ${f.mode}`);
     if (await applyFault(f, req, res)) {
@@ -297,6 +288,16 @@ async function tokenEndpoint(req, res) {
       return;
     }
     if (f.mode === 'slow' || f.mode === 'delay') stats.delayed += 1;
+  }
+  const authError = strictClientAuth(req, form);
+  if (authError) {
+    stats.token_requests[gt ?? 'unknown'] = (stats.token_requests[gt ?? 'unknown'] ?? 0) + 1;
+    bump(stats.token_errors, gt);
+    recordError(gt, { error: 'invalid_client', error_detail: authError });
+    log(`token ${gt}: invalid_client (${authError})`);
+    res.writeHead(401, { 'content-type': 'application/json', 'cache-control': 'no-store', 'www-authenticate': 'Basic realm="tokend-e2e"' });
+    res.end(JSON.stringify({ error: 'invalid_client', error_description: 'client authentication failed' }));
+    return;
   }
   stats.token_requests[gt ?? 'unknown'] = (stats.token_requests[gt ?? 'unknown'] ?? 0) + 1;
   req.body = raw;
@@ -383,7 +384,10 @@ const server = http.createServer(async (req, res) => {
     }
   }
 });
-server.keepAliveTimeout = 5000;
+// Keep idle connections longer than clients' pools usually do, so a client
+// never races a server-side idle close (SIGTERM still closes them at once).
+server.keepAliveTimeout = 65_000;
+server.headersTimeout = 66_000;
 
 server.on('error', (err) => { log('listen failed:', err.message); process.exit(1); });
 server.listen(port, '127.0.0.1', () => {
