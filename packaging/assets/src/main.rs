@@ -87,3 +87,38 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     }
     std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_definitions_are_consistent() {
+        for (cmd, _) in commands() {
+            cmd.debug_assert();
+        }
+    }
+
+    #[test]
+    fn writes_completions_and_pages_for_both_commands() {
+        let out = std::env::temp_dir().join(format!("tokend-assets-{}", std::process::id()));
+        write_all(&out).unwrap();
+        for file in [
+            "completions/bash/tokend",
+            "completions/bash/tokenctl",
+            "completions/zsh/_tokend",
+            "completions/zsh/_tokenctl",
+            "completions/fish/tokend.fish",
+            "completions/fish/tokenctl.fish",
+            "man/tokend.8",
+            "man/tokenctl-add-oauth2.1",
+        ] {
+            assert!(out.join(file).is_file(), "{file} was not written");
+        }
+        let page = std::fs::read_to_string(out.join("man/tokenctl.1")).unwrap();
+        assert!(page.contains("EXIT STATUS") && page.contains("tokenctl\\-login"), "{page}");
+        let bash = std::fs::read_to_string(out.join("completions/bash/tokenctl")).unwrap();
+        assert!(bash.contains("client-credentials"), "subcommands are completed");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
