@@ -84,9 +84,12 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
         tracing::warn!(credential = %s.name, "tokend stopped during a refresh; retrying with the held refresh token");
     }
     let shared = Shared::new(store, paths.clone(), config, policy);
-    for s in stored {
-        shared.registry.insert(Arc::new(Credential::from_stored(s)));
-    }
+    shared.registry.extend(
+        stored
+            .into_iter()
+            .map(|s| Arc::new(Credential::from_stored(s)))
+            .collect(),
+    );
     let listener = match service::activated_listener()
         .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
     {
@@ -191,7 +194,7 @@ async fn save_uses(shared: &Arc<Shared>) {
     }
     let uses: Vec<(String, i64)> = shared
         .registry
-        .all()
+        .unordered()
         .iter()
         .filter_map(|c| c.with_live(|l| l.last_use_at).map(|t| (c.name.clone(), t)))
         .collect();

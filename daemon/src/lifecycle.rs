@@ -545,7 +545,7 @@ pub fn schedule_loaded(shared: &Shared) {
     let policy = shared.config().refresh.clone();
     let now = shared.clock.now_ms();
     let spread_ms = (policy.startup_spread_secs * 1000) as f64;
-    for cred in shared.registry.all() {
+    for cred in shared.registry.unordered() {
         let due = cred.with_live(|l| {
             if l.state != CredentialState::Ready {
                 return None;
