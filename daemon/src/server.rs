@@ -66,8 +66,8 @@ fn is_live(_path: &Path) -> bool {
 /// Sets the mode (and, in system mode, the group) even under a loose umask.
 #[cfg(unix)]
 fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
     // Only chown when needed: under systemd the socket usually has the right
     // group already, and the unit may forbid chown altogether.
     let current = std::fs::metadata(path)?.gid();

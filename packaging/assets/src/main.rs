@@ -116,9 +116,15 @@ mod tests {
             assert!(out.join(file).is_file(), "{file} was not written");
         }
         let page = std::fs::read_to_string(out.join("man/tokenctl.1")).unwrap();
-        assert!(page.contains("EXIT STATUS") && page.contains("tokenctl\\-login"), "{page}");
+        assert!(
+            page.contains("EXIT STATUS") && page.contains("tokenctl\\-login"),
+            "{page}"
+        );
         let bash = std::fs::read_to_string(out.join("completions/bash/tokenctl")).unwrap();
-        assert!(bash.contains("client-credentials"), "subcommands are completed");
+        assert!(
+            bash.contains("client-credentials"),
+            "subcommands are completed"
+        );
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
