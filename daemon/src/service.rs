@@ -51,7 +51,7 @@ pub fn spawn_watchdog() {
 /// match stderr's, as systemd.exec(5) prescribes.
 #[cfg(unix)]
 pub fn stderr_is_journal() -> bool {
-    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
     let Some((dev, ino)) = stream.split_once(':') else {
