@@ -318,7 +318,7 @@ impl Store {
 
     /// Every row, its sealed secrets set aside unopened (opening them is
     /// the slow part, done after the connection lock is released).
-    fn read_all(&self) -> Result<(Vec<StoredCredential>, Vec<SealedSecrets>), StoreError> {
+    fn read_all(&self) -> Result<(Vec<StoredCredential>, SealedColumns), StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare(
             "SELECT id, name, description, owner_uid, settings, client_secret, access_token,
@@ -326,84 +326,34 @@ impl Store {
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL
              FROM credentials ORDER BY name",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Option<Vec<u8>>>(5)?,
-                r.get::<_, Option<Vec<u8>>>(6)?,
-                r.get::<_, Option<Vec<u8>>>(7)?,
-                r.get::<_, i64>(8)?,
-                r.get::<_, Option<i64>>(9)?,
-                r.get::<_, String>(10)?,
-                r.get::<_, Option<String>>(11)?,
-                (
-                    r.get::<_, i64>(12)?,
-                    r.get::<_, Option<i64>>(13)?,
-                    r.get::<_, Option<i64>>(14)?,
-                    r.get::<_, Option<i64>>(15)?,
-                    r.get::<_, Option<String>>(16)?,
-                    r.get::<_, Option<String>>(17)?,
-                    r.get::<_, bool>(18)?,
-                ),
-            ))
-        })?;
         let mut allowed = load_allowed(&conn)?;
         let mut out = Vec::new();
-        let mut sealed = Vec::new();
-        for row in rows {
-            let (
-                id,
-                name,
-                description,
-                owner_uid,
-                settings,
-                cs,
-                at,
-                rt,
-                generation,
-                expires_at,
-                state,
-                reason,
-                rest,
-            ) = row?;
-            let (
-                created_at,
-                last_refresh_at,
-                last_use_at,
-                next_refresh_at,
-                last_error,
-                last_check,
-                refresh_interrupted,
-            ) = rest;
-            sealed.push(SealedSecrets {
-                client_secret: cs,
-                access_token: at,
-                refresh_token: rt,
-            });
+        let mut sealed = SealedColumns::default();
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            sealed.push([blob(r, 5)?, blob(r, 6)?, blob(r, 7)?]);
+            let settings: String = r.get(4)?;
+            let last_check: Option<String> = r.get(17)?;
             out.push(StoredCredential {
                 spec: serde_json::from_str(&settings)?,
                 client_secret: None,
                 access_token: None,
                 refresh_token: None,
-                allowed: allowed.remove(&id).unwrap_or_default(),
-                name,
-                description,
-                owner_uid,
-                generation: generation as u64,
-                expires_at,
-                state: state_from_sql(&state),
-                reason,
-                created_at,
-                last_refresh_at,
-                last_use_at,
-                next_refresh_at,
-                last_error,
+                allowed: allowed.remove(&r.get::<_, i64>(0)?).unwrap_or_default(),
+                name: r.get(1)?,
+                description: r.get(2)?,
+                owner_uid: r.get(3)?,
+                generation: r.get::<_, i64>(8)? as u64,
+                expires_at: r.get(9)?,
+                state: state_from_sql(&r.get::<_, String>(10)?),
+                reason: r.get(11)?,
+                created_at: r.get(12)?,
+                last_refresh_at: r.get(13)?,
+                last_use_at: r.get(14)?,
+                next_refresh_at: r.get(15)?,
+                last_error: r.get(16)?,
                 last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
-                refresh_interrupted,
+                refresh_interrupted: r.get(18)?,
             });
         }
         Ok((out, sealed))
@@ -416,18 +366,18 @@ impl Store {
     fn open_all(
         &self,
         creds: &mut [StoredCredential],
-        sealed: &[SealedSecrets],
+        sealed: &SealedColumns,
     ) -> Result<(), StoreError> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = creds.len().div_ceil(cores.min(8)).max(ROWS_PER_THREAD);
         if creds.len() <= chunk {
-            return self.open_rows(creds, sealed);
+            return self.open_rows(creds, sealed, 0);
         }
         std::thread::scope(|scope| {
             let workers: Vec<_> = creds
                 .chunks_mut(chunk)
-                .zip(sealed.chunks(chunk))
-                .map(|(c, s)| scope.spawn(move || self.open_rows(c, s)))
+                .enumerate()
+                .map(|(i, c)| scope.spawn(move || self.open_rows(c, sealed, i * chunk)))
                 .collect();
             workers
                 .into_iter()
@@ -435,17 +385,18 @@ impl Store {
         })
     }
 
+    /// Opens the secrets of `creds`, which are rows `first..` of `sealed`.
     fn open_rows(
         &self,
         creds: &mut [StoredCredential],
-        sealed: &[SealedSecrets],
+        sealed: &SealedColumns,
+        first: usize,
     ) -> Result<(), StoreError> {
-        for (c, s) in creds.iter_mut().zip(sealed) {
-            c.client_secret =
-                self.open_opt(&c.name, "client_secret", s.client_secret.as_deref())?;
-            c.access_token = self.open_opt(&c.name, "access_token", s.access_token.as_deref())?;
-            c.refresh_token =
-                self.open_opt(&c.name, "refresh_token", s.refresh_token.as_deref())?;
+        for (i, c) in creds.iter_mut().enumerate() {
+            let [cs, at, rt] = sealed.row(first + i);
+            c.client_secret = self.open_opt(&c.name, "client_secret", cs)?;
+            c.access_token = self.open_opt(&c.name, "access_token", at)?;
+            c.refresh_token = self.open_opt(&c.name, "refresh_token", rt)?;
         }
         Ok(())
     }
@@ -570,11 +521,45 @@ impl Store {
 /// in thread start-up than it saves.
 const ROWS_PER_THREAD: usize = 2_000;
 
-/// The sealed columns of one row, as read.
-struct SealedSecrets {
-    client_secret: Option<Vec<u8>>,
-    access_token: Option<Vec<u8>>,
-    refresh_token: Option<Vec<u8>>,
+/// Every row's sealed columns, copied into one buffer as read: a single
+/// allocation, handed back to the OS whole once opened, instead of 300,000
+/// small ones that would stay behind as heap fragments (about 8 MB of
+/// resident memory at 100,000 credentials).
+#[derive(Default)]
+struct SealedColumns {
+    bytes: Vec<u8>,
+    /// Per row: client secret, access token, refresh token, as byte ranges.
+    rows: Vec<[Option<(usize, usize)>; 3]>,
+}
+
+impl SealedColumns {
+    fn push(&mut self, columns: [Option<&[u8]>; 3]) {
+        let row = columns.map(|column| {
+            column.map(|b| {
+                let start = self.bytes.len();
+                self.bytes.extend_from_slice(b);
+                (start, self.bytes.len())
+            })
+        });
+        self.rows.push(row);
+    }
+
+    fn row(&self, i: usize) -> [Option<&[u8]>; 3] {
+        self.rows[i].map(|range| range.map(|(start, end)| &self.bytes[start..end]))
+    }
+}
+
+/// A BLOB column that may be NULL, borrowed from the row (no allocation).
+fn blob<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a [u8]>> {
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        rusqlite::types::ValueRef::Blob(b) => Ok(Some(b)),
+        other => Err(rusqlite::Error::InvalidColumnType(
+            i,
+            "sealed value".into(),
+            other.data_type(),
+        )),
+    }
 }
 
 /// A credential's column values that need work before SQL sees them.
