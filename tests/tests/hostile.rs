@@ -57,8 +57,10 @@ fn a_frame_claiming_four_gibibytes() {
     let mut s = raw(&d);
     write_frame(&mut s, &Hello::current()).unwrap();
     let _: HelloReply = read_frame(&mut s).unwrap();
-    s.write_all(&u32::MAX.to_be_bytes()).unwrap();
-    s.write_all(b"abc").unwrap();
+    // One write: the daemon may answer and close as soon as it has the prefix.
+    let mut claim = u32::MAX.to_be_bytes().to_vec();
+    claim.extend_from_slice(b"abc");
+    s.write_all(&claim).unwrap();
     let answer: Response = read_frame(&mut s).unwrap();
     assert!(
         matches!(answer, Response::Error(ref e) if e.message.contains("larger than")),
@@ -74,8 +76,7 @@ fn a_truncated_frame() {
     let mut s = raw(&d);
     write_frame(&mut s, &Hello::current()).unwrap();
     let _: HelloReply = read_frame(&mut s).unwrap();
-    s.write_all(&100u32.to_be_bytes()).unwrap();
-    s.write_all(&[1, 2, 3]).unwrap();
+    s.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     assert!(closed_by_daemon(&mut s));
     still_serves(&d);
@@ -87,8 +88,7 @@ fn a_malformed_request_body_gets_an_error() {
     let mut s = raw(&d);
     write_frame(&mut s, &Hello::current()).unwrap();
     let _: HelloReply = read_frame(&mut s).unwrap();
-    s.write_all(&4u32.to_be_bytes()).unwrap();
-    s.write_all(&[250, 250, 250, 250]).unwrap();
+    s.write_all(&[0, 0, 0, 4, 250, 250, 250, 250]).unwrap();
     let answer: Response = read_frame(&mut s).unwrap();
     assert!(
         matches!(answer, Response::Error(ref e) if e.message.contains("malformed")),
