@@ -38,9 +38,9 @@ fn kill_9_at_a_hundred_random_moments_never_loses_the_grant_outside_the_crash_wi
     eprintln!("TOKEND_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     // Two-second tokens are refreshed about every second; each refresh is
-    // held 150 ms at the provider, so many kills land in the middle of one.
+    // held 250 ms at the provider, so many kills land in the middle of one.
     let idp = OidcServer::start(2);
-    idp.fault(r#"{"mode":"delay","delay_ms":150}"#);
+    idp.fault(r#"{"mode":"delay","delay_ms":250}"#);
     let config = "[refresh]\nstartup_spread_secs = 0\nwait_secs = 5\n";
     let mut d = Daemon::start_with(Options {
         config: Some(config.into()),
