@@ -14,6 +14,8 @@ pub enum Goal {
     DiffAtMost(f64),
     /// The figure itself at most this.
     AtMost(f64),
+    /// The figure itself at least this.
+    AtLeast(f64),
     /// No goal: shown for information.
     None,
 }
@@ -25,6 +27,7 @@ impl Goal {
             Goal::RatioAtLeast(x) => Some(format!("ratio >= {x}")),
             Goal::DiffAtMost(x) => Some(format!("diff <= {x}")),
             Goal::AtMost(x) => Some(format!("<= {x}")),
+            Goal::AtLeast(x) => Some(format!(">= {x}")),
             Goal::None => None,
         }
     }
@@ -36,6 +39,7 @@ impl Goal {
             Goal::RatioAtLeast(x) => Some(value / b >= x),
             Goal::DiffAtMost(x) => Some(value - b <= x),
             Goal::AtMost(x) => Some(value <= x),
+            Goal::AtLeast(x) => Some(value >= x),
             Goal::None => None,
         }
     }
@@ -125,7 +129,7 @@ impl Report {
     /// The table: shape, tokend, baseline, ratio (or difference), goal, met.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<52} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
+            "{:<56} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
             "shape", "tokend", "baseline", "ratio", "unit", "goal", "met"
         );
         for r in &self.rows {
@@ -140,7 +144,7 @@ impl Report {
                 None => "",
             };
             out.push_str(&format!(
-                "{:<52} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
+                "{:<56} {:>11} {:>11} {:>9}  {:<6} {:<16} {}\n",
                 r.shape,
                 number(r.tokend),
                 r.baseline.map_or("-".into(), number),
