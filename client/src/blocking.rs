@@ -7,7 +7,7 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use tokend_proto::{
     AddCredential, CheckReport, CredentialInfo, DaemonStatus, Hello, HelloReply, LoginChallenge,
-    Principal, Request, Response, Secret, TokenReply, read_frame, write_frame,
+    Principal, Request, Response, Secret, TokenReply, read_frame, read_response_frame, write_frame,
 };
 
 /// A connection to tokend. Reuse it for many requests: each costs one round trip.
@@ -47,6 +47,8 @@ impl Client {
             &mut BufWriter::new(client.reader.get_mut()),
             &Hello::current(),
         )?;
+        // The hello reply is small; a stranger at the socket cannot make us
+        // allocate a large answer before it has shown it is tokend.
         let reply: HelloReply = read_frame(&mut client.reader)?;
         ops::accept_hello(reply)?;
         Ok(client)
@@ -55,7 +57,7 @@ impl Client {
     /// Sends one request and reads its response.
     pub fn call(&mut self, request: &Request) -> Result<Response, Error> {
         write_frame(self.reader.get_mut(), request)?;
-        Ok(read_frame(&mut self.reader)?)
+        Ok(read_response_frame(&mut self.reader)?)
     }
 
     /// A valid access token for `name`.

@@ -6,7 +6,7 @@ use interprocess::local_socket::tokio::{Stream, prelude::*};
 use std::path::{Path, PathBuf};
 use tokend_proto::{
     CredentialInfo, DaemonStatus, Hello, HelloReply, Request, Response, Secret, TokenReply,
-    read_frame_async, write_frame_async,
+    read_frame_async, read_response_frame_async, write_frame_async,
 };
 use tokio::io::BufReader;
 
@@ -49,7 +49,7 @@ impl AsyncClient {
 
     pub async fn call(&mut self, request: &Request) -> Result<Response, Error> {
         write_frame_async(self.reader.get_mut(), request).await?;
-        Ok(read_frame_async(&mut self.reader).await?)
+        Ok(read_response_frame_async(&mut self.reader).await?)
     }
 
     pub async fn token(&mut self, name: &str) -> Result<Secret, Error> {

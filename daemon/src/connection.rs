@@ -87,7 +87,7 @@ pub async fn serve(stream: Stream, shared: Arc<Shared>, mut shutdown: watch::Rec
         };
         tracing::trace!(uid = peer.uid, request = request.verb(), credential = ?request.credential(), "request");
         let response = handler::handle(&shared, &peer, request).await;
-        if !send(&mut conn, &response, frame_timeout).await {
+        if !answer(&mut conn, &response, frame_timeout).await {
             return;
         }
         last_active = Instant::now();
@@ -145,6 +145,30 @@ async fn refuse(conn: &mut BufReader<Stream>, peer: &Peer, e: FrameError, frame_
         format!("{message}; closing the connection"),
     );
     send(conn, &response, frame_timeout).await;
+}
+
+/// Sends a response; one too large for any frame is replaced by an error
+/// that says so, rather than a silently closed connection.
+async fn answer(
+    conn: &mut BufReader<Stream>,
+    response: &Response,
+    frame_timeout: Duration,
+) -> bool {
+    match timeout(frame_timeout, write_frame_async(conn.get_mut(), response)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(FrameError::TooLarge(len))) => {
+            tracing::warn!(bytes = len, "answer too large for one frame");
+            let error = Response::error(
+                ErrorCode::Busy,
+                format!(
+                    "the answer is {len} bytes, over the {} byte frame limit; ask for less (e.g. `tokenctl show NAME`)",
+                    tokend_proto::MAX_RESPONSE_FRAME
+                ),
+            );
+            send(conn, &error, frame_timeout).await
+        }
+        _ => false,
+    }
 }
 
 async fn send<T: serde::Serialize>(

@@ -21,6 +21,8 @@ pub struct Live {
     pub allowed: Vec<Principal>,
     pub last_refresh_at: Option<i64>,
     pub last_use_at: Option<i64>,
+    /// `last_use_at` changed since it was last written to the store.
+    pub use_unsaved: bool,
     pub next_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_check: Option<CheckReport>,
@@ -40,6 +42,18 @@ pub struct Live {
     pub uncommitted: Option<crate::store::TokenUpdate>,
     /// The last refresh was cut short by a stop (see `Store::mark_refresh_in_flight`).
     pub interrupted: bool,
+}
+
+impl Live {
+    /// See [`Credential::note_use`].
+    pub fn note_use(&mut self, now_secs: i64) -> bool {
+        if self.last_use_at == Some(now_secs) {
+            return false;
+        }
+        self.last_use_at = Some(now_secs);
+        self.use_unsaved = true;
+        true
+    }
 }
 
 /// A credential. Settings never change after `add` (a replace makes a new one).
@@ -69,6 +83,7 @@ impl Credential {
                 allowed: s.allowed,
                 last_refresh_at: s.last_refresh_at,
                 last_use_at: s.last_use_at,
+                use_unsaved: false,
                 next_refresh_at: s.next_refresh_at,
                 last_error: s.last_error,
                 last_check: s.last_check,
@@ -92,6 +107,13 @@ impl Credential {
     /// Runs `f` on the live state. Keep `f` short: this is the token hot path.
     pub fn with_live<T>(&self, f: impl FnOnce(&mut Live) -> T) -> T {
         f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Notes a token handed out at `now_secs`. True when that changed the
+    /// last-use time, which then waits for the next flush to the store: a
+    /// busy credential dirties it at most once a second.
+    pub fn note_use(&self, now_secs: i64) -> bool {
+        self.with_live(|l| l.note_use(now_secs))
     }
 
     pub fn live(&self) -> Live {
@@ -150,4 +172,26 @@ pub fn system_now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> Live {
+        Credential::from_stored(crate::store::tests::bearer("a", "t")).live()
+    }
+
+    #[test]
+    fn a_use_dirties_the_last_use_time_once_a_second() {
+        let mut l = live();
+        assert!(!l.use_unsaved);
+        assert!(l.note_use(100));
+        assert!(l.use_unsaved);
+        l.use_unsaved = false;
+        assert!(!l.note_use(100), "same second: nothing new to write");
+        assert!(!l.use_unsaved);
+        assert!(l.note_use(101));
+        assert_eq!(l.last_use_at, Some(101));
+    }
 }

@@ -192,17 +192,32 @@ async fn save_uses(shared: &Arc<Shared>) {
     if !shared.uses_dirty.swap(false, Ordering::Relaxed) {
         return;
     }
+    // Only the credentials used since the last flush: rewriting every
+    // credential ever used would be an O(N) fsync'd transaction a minute.
     let uses: Vec<(String, i64)> = shared
         .registry
         .unordered()
         .iter()
-        .filter_map(|c| c.with_live(|l| l.last_use_at).map(|t| (c.name.clone(), t)))
+        .filter_map(|c| {
+            c.with_live(|l| {
+                let unsaved = std::mem::take(&mut l.use_unsaved);
+                unsaved.then_some(l.last_use_at).flatten()
+            })
+            .map(|t| (c.name.clone(), t))
+        })
         .collect();
+    if uses.is_empty() {
+        return;
+    }
     let store = shared.store.clone();
+    let names: Vec<String> = uses.iter().map(|(n, _)| n.clone()).collect();
     let result = tokio::task::spawn_blocking(move || store.save_last_use(&uses)).await;
     if !matches!(result, Ok(Ok(()))) {
         tracing::warn!("could not save last-use times; will retry");
-        shared.uses_dirty.store(true, Ordering::Relaxed);
+        for cred in names.iter().filter_map(|n| shared.registry.get(n)) {
+            cred.with_live(|l| l.use_unsaved = true);
+        }
+        shared.note_use();
     }
 }
 

@@ -46,13 +46,12 @@ pub async fn token(
     let now = shared.clock.now_ms();
     let fast = cred.with_live(|l| {
         let reply = valid_reply(l, now, min_valid_secs)?;
-        l.last_use_at = Some(now / 1000);
-        Some(reply)
+        Some((reply, l.note_use(now / 1000)))
     });
-    if let Some(reply) = fast {
-        shared
-            .uses_dirty
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some((reply, first_use_this_second)) = fast {
+        if first_use_this_second {
+            shared.note_use();
+        }
         return Ok(reply);
     }
     if let CredentialSpec::Bearer { .. } = cred.spec {
@@ -88,10 +87,9 @@ async fn on_demand(
             )
         });
         if let Some(reply) = reply {
-            cred.with_live(|l| l.last_use_at = Some(now / 1000));
-            shared
-                .uses_dirty
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            if cred.note_use(now / 1000) {
+                shared.note_use();
+            }
             return Ok(reply);
         }
         if state != CredentialState::Ready || backoff_until > now {

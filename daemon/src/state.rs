@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::paths::Paths;
 use crate::registry::Registry;
 use crate::store::Store;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -46,6 +46,11 @@ impl Shared {
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
         })
+    }
+
+    /// Some credential's last-use time changed: the next flush has work.
+    pub fn note_use(&self) {
+        self.uses_dirty.store(true, Ordering::Relaxed);
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -671,10 +671,10 @@ fn create_private_file(path: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn bearer(name: &str, token: &str) -> StoredCredential {
+    pub(crate) fn bearer(name: &str, token: &str) -> StoredCredential {
         StoredCredential {
             name: name.into(),
             description: "d".into(),

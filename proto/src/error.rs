@@ -61,7 +61,7 @@ impl fmt::Display for RemoteError {
 pub enum FrameError {
     #[error("connection closed")]
     Closed,
-    #[error("frame of {0} bytes is larger than the {max} byte limit", max = crate::MAX_FRAME)]
+    #[error("a frame of {0} bytes is larger than the size limit")]
     TooLarge(usize),
     #[error("malformed message: {0}")]
     Decode(String),

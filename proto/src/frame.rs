@@ -1,13 +1,15 @@
 //! Length-prefixed frames, blocking and async, over the same rules: the length
-//! is checked against [`MAX_FRAME`] before any buffer is allocated.
+//! is checked before any buffer is allocated — against [`MAX_FRAME`] for what
+//! a client sends (the daemon's hostile input), against the larger
+//! [`MAX_RESPONSE_FRAME`] for what the daemon answers (a long `list`).
 
-use crate::{FrameError, MAX_FRAME, codec};
+use crate::{FrameError, MAX_FRAME, MAX_RESPONSE_FRAME, codec};
 use serde::{Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
 
-fn check_len(len: u32) -> Result<usize, FrameError> {
+fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
     let len = len as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     Ok(len)
@@ -18,7 +20,7 @@ fn framed<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
     let body = codec::encode(value)?;
     let len = u32::try_from(body.len())
         .ok()
-        .filter(|&n| n as usize <= MAX_FRAME)
+        .filter(|&n| n as usize <= MAX_RESPONSE_FRAME)
         .ok_or(FrameError::TooLarge(body.len()))?;
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&len.to_be_bytes());
@@ -34,14 +36,23 @@ fn eof_is_closed(e: io::Error) -> FrameError {
     }
 }
 
-/// Reads one frame and decodes it.
+/// Reads one frame of at most [`MAX_FRAME`] and decodes it.
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
+    codec::decode(&read_body(r, MAX_FRAME)?)
+}
+
+/// Reads one of the daemon's answers (at most [`MAX_RESPONSE_FRAME`]).
+pub fn read_response_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, FrameError> {
+    codec::decode_response(&read_body(r, MAX_RESPONSE_FRAME)?)
+}
+
+fn read_body(r: &mut impl Read, max: usize) -> Result<Vec<u8>, FrameError> {
     let mut prefix = [0u8; 4];
     r.read_exact(&mut prefix).map_err(eof_is_closed)?;
-    let len = check_len(u32::from_be_bytes(prefix))?;
+    let len = check_len(u32::from_be_bytes(prefix), max)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(eof_is_closed)?;
-    codec::decode(&body)
+    Ok(body)
 }
 
 /// Encodes and writes one frame, then flushes.
@@ -56,16 +67,30 @@ mod async_io {
     use super::*;
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-    /// Reads one frame and decodes it.
+    /// Reads one frame of at most [`MAX_FRAME`] and decodes it.
     pub async fn read_frame_async<T: DeserializeOwned>(
         r: &mut (impl AsyncRead + Unpin),
     ) -> Result<T, FrameError> {
+        codec::decode(&read_body(r, MAX_FRAME).await?)
+    }
+
+    /// Reads one of the daemon's answers (at most [`MAX_RESPONSE_FRAME`]).
+    pub async fn read_response_frame_async<T: DeserializeOwned>(
+        r: &mut (impl AsyncRead + Unpin),
+    ) -> Result<T, FrameError> {
+        codec::decode_response(&read_body(r, MAX_RESPONSE_FRAME).await?)
+    }
+
+    async fn read_body(
+        r: &mut (impl AsyncRead + Unpin),
+        max: usize,
+    ) -> Result<Vec<u8>, FrameError> {
         let mut prefix = [0u8; 4];
         r.read_exact(&mut prefix).await.map_err(eof_is_closed)?;
-        let len = check_len(u32::from_be_bytes(prefix))?;
+        let len = check_len(u32::from_be_bytes(prefix), max)?;
         let mut body = vec![0u8; len];
         r.read_exact(&mut body).await.map_err(eof_is_closed)?;
-        codec::decode(&body)
+        Ok(body)
     }
 
     /// Encodes and writes one frame, then flushes.
@@ -80,7 +105,7 @@ mod async_io {
 }
 
 #[cfg(feature = "tokio")]
-pub use async_io::{read_frame_async, write_frame_async};
+pub use async_io::{read_frame_async, read_response_frame_async, write_frame_async};
 
 #[cfg(test)]
 mod tests {

@@ -13,11 +13,11 @@ mod name;
 pub mod paths;
 mod secret;
 
-pub use codec::{decode, encode};
+pub use codec::{decode, decode_response, encode};
 pub use error::{ErrorCode, FrameError, RemoteError};
-pub use frame::{read_frame, write_frame};
+pub use frame::{read_frame, read_response_frame, write_frame};
 #[cfg(feature = "tokio")]
-pub use frame::{read_frame_async, write_frame_async};
+pub use frame::{read_frame_async, read_response_frame_async, write_frame_async};
 pub use message::*;
 pub use name::{NameError, validate_name};
 pub use secret::Secret;
@@ -29,5 +29,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// "TKND": lets the daemon tell a tokend client from a stray writer.
 pub const MAGIC: u32 = 0x544b_4e44;
 
-/// The largest frame body either side accepts, checked before allocating.
+/// The largest frame body the daemon accepts from a client, checked before
+/// allocating: requests are small, and clients may be hostile.
 pub const MAX_FRAME: usize = 64 * 1024;
+
+/// The largest answer a client accepts from the daemon: `list` and `status`
+/// grow with the number of credentials (100,000 fit).
+pub const MAX_RESPONSE_FRAME: usize = 64 * 1024 * 1024;

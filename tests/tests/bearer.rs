@@ -211,3 +211,53 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     assert!(stderr(&out).contains("already running"), "{}", stderr(&out));
     assert_ok(&d.tokenctl(&["status"]));
 }
+
+#[test]
+fn a_list_larger_than_a_request_frame_still_arrives() {
+    let d = Daemon::start();
+    let mut client = d.client();
+    let description = "d".repeat(1000);
+    for i in 0..120 {
+        client
+            .add(tokend_client::AddCredential {
+                name: format!("cred-{i:03}"),
+                description: description.clone(),
+                kind: tokend_client::AddKind::Bearer {
+                    check_url: None,
+                    preset: None,
+                },
+                secret: tokend_client::Secret::new(format!("token-{i}")),
+                replace: false,
+            })
+            .unwrap();
+    }
+    let out = d.tokenctl(&["list", "--json"]);
+    assert_ok(&out);
+    assert!(out.stdout.len() > 120 * 1000, "the answer is over 64 KiB");
+    let list: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 120);
+    assert_ok(&d.tokenctl(&["status"]));
+}
+
+#[test]
+fn last_use_time_survives_a_restart() {
+    let mut d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    d.add_bearer("idle", TOKEN);
+    let last_use = |d: &Daemon, name: &str| -> serde_json::Value {
+        let out = d.tokenctl(&["show", name, "--json"]);
+        assert_ok(&out);
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()["last_use_at"].clone()
+    };
+    assert!(last_use(&d, "up").is_null(), "never used yet");
+    assert_ok(&d.tokenctl(&["token", "up"]));
+    let used = last_use(&d, "up");
+    assert!(used.as_i64().is_some(), "{used}");
+    d.stop();
+    d.restart();
+    assert_eq!(last_use(&d, "up"), used, "written at the graceful stop");
+    assert!(
+        last_use(&d, "idle").is_null(),
+        "an unused credential stays unused"
+    );
+}
