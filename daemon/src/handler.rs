@@ -15,11 +15,12 @@ use tokend_proto::{
 
 /// Handles one request. Never panics on client input; errors are answers.
 pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
-    let verb = request.verb();
-    let name = request.credential().map(str::to_string);
-    match dispatch(shared, peer, request).await {
+    // Borrowed, not consumed: the error log below names the credential
+    // without a copy of the name on every (successful) request.
+    match dispatch(shared, peer, &request).await {
         Ok(response) => response,
         Err(e) => {
+            let (verb, name) = (request.verb(), request.credential());
             if let Error::PermissionDenied(_) = e {
                 tracing::warn!(uid = peer.uid, pid = ?peer.pid, request = verb, credential = ?name, "permission denied");
             } else {
@@ -30,33 +31,33 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Resp
     }
 }
 
-async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result<Response, Error> {
+async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Result<Response, Error> {
     match request {
         Request::Token {
             name,
             min_valid_secs,
         } => {
-            let cred = usable(shared, peer, &name)?;
-            let reply = lifecycle::token(shared, &cred, min_valid_secs).await?;
+            let cred = usable(shared, peer, name)?;
+            let reply = lifecycle::token(shared, &cred, *min_valid_secs).await?;
             Ok(Response::Token(reply))
         }
         Request::Reject { name, token } => {
-            let cred = usable(shared, peer, &name)?;
+            let cred = usable(shared, peer, name)?;
             let message = lifecycle::reject(shared, &cred, token.as_ref()).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {
-            let cred = usable(shared, peer, &name)?;
+            let cred = usable(shared, peer, name)?;
             Ok(Response::Message(
                 lifecycle::force_refresh(shared, &cred).await?,
             ))
         }
         Request::Check { name } => {
-            let cred = usable(shared, peer, &name)?;
+            let cred = usable(shared, peer, name)?;
             Ok(Response::Check(check::run(shared, &cred).await?))
         }
         Request::Show { name } => {
-            let cred = usable(shared, peer, &name)?;
+            let cred = usable(shared, peer, name)?;
             Ok(Response::Credential(Box::new(
                 cred.info(shared.clock.now()),
             )))
@@ -70,27 +71,27 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
         Request::Status => Ok(Response::Status(status(shared, peer))),
         Request::Add(add) => {
             admin(shared, peer)?;
-            add_credential(shared, peer, *add).await
+            add_credential(shared, peer, (**add).clone()).await
         }
         Request::Remove { name } => {
             admin(shared, peer)?;
-            remove(shared, &name).await
+            remove(shared, name).await
         }
         Request::Allow { name, principal } => {
             admin(shared, peer)?;
-            change_allowed(shared, &name, principal, true).await
+            change_allowed(shared, name, *principal, true).await
         }
         Request::Deny { name, principal } => {
             admin(shared, peer)?;
-            change_allowed(shared, &name, principal, false).await
+            change_allowed(shared, name, *principal, false).await
         }
         Request::LoginStart { name, redirect_uri } => {
             admin(shared, peer)?;
-            let cred = known(shared, &name)?;
+            let cred = known(shared, name)?;
             Ok(Response::Login(login::start(
                 shared,
                 &cred,
-                redirect_uri,
+                redirect_uri.clone(),
                 peer.uid,
             )?))
         }
@@ -100,7 +101,7 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Result
         } => {
             admin(shared, peer)?;
             Ok(Response::Message(
-                login::finish(shared, &login_id, &redirect_url, peer.uid).await?,
+                login::finish(shared, login_id, redirect_url, peer.uid).await?,
             ))
         }
     }

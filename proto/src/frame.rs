@@ -17,15 +17,7 @@ fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
 
 /// Prefix and body in one buffer, so a frame goes out in one write.
 fn framed<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
-    let body = codec::encode(value)?;
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|&n| n as usize <= MAX_RESPONSE_FRAME)
-        .ok_or(FrameError::TooLarge(body.len()))?;
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    codec::encode_frame(value, MAX_RESPONSE_FRAME)
 }
 
 fn eof_is_closed(e: io::Error) -> FrameError {
