@@ -63,7 +63,7 @@ pub fn oauth2(
     expires_at: i64,
     due_at: i64,
 ) -> StoredCredential {
-    let spec = CredentialSpec::OAuth2(OAuth2Spec {
+    let spec = CredentialSpec::OAuth2(Box::new(OAuth2Spec {
         auth_url: "http://127.0.0.1:9/authorize".into(),
         token_url: token_url.into(),
         client_id: format!("client-{i}"),
@@ -73,7 +73,7 @@ pub fn oauth2(
         pkce: false,
         extra_params: Vec::new(),
         refresh_margin_secs: None,
-    });
+    }));
     let mut c = base(i, spec, now);
     c.client_secret = Some(Secret::new("bench-client-secret"));
     c.access_token = Some(Secret::new(token("stale", i, 64)));

@@ -61,7 +61,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     let (state, reason) = match report.status {
         Some(200..=299) => (CredentialState::Ready, None),
         Some(401 | 403) => (CredentialState::Failing, Some(report.message.clone())),
-        _ => cred.with_live(|l| (l.state, l.reason.clone())),
+        _ => cred.with_live(|l| (l.state, l.reason.as_deref().map(Into::into))),
     };
     let update = StateUpdate {
         state,
@@ -75,9 +75,9 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     let previous = cred.with_live(|l| {
         let previous = l.state;
         l.state = state;
-        l.reason = reason.clone();
-        l.last_error = (!report.ok).then(|| report.message.clone());
-        l.last_check = Some(report.clone());
+        l.reason = reason.as_deref().map(Into::into);
+        l.last_error = (!report.ok).then(|| report.message.as_str().into());
+        l.last_check = Some(Box::new(report.clone()));
         previous
     });
     if previous != state {

@@ -279,17 +279,19 @@ fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error>
         }
         AddKind::OAuth2(req) => {
             let r = resolve_oauth(shared, req, true)?;
-            Ok(CredentialSpec::OAuth2(r))
+            Ok(CredentialSpec::OAuth2(Box::new(r)))
         }
         AddKind::ClientCredentials(req) => {
             let r = resolve_oauth(shared, req, false)?;
-            Ok(CredentialSpec::ClientCredentials(ClientCredentialsSpec {
-                token_url: r.token_url,
-                client_id: r.client_id,
-                scopes: r.scopes,
-                client_auth: r.client_auth,
-                refresh_margin_secs: None,
-            }))
+            Ok(CredentialSpec::ClientCredentials(Box::new(
+                ClientCredentialsSpec {
+                    token_url: r.token_url,
+                    client_id: r.client_id,
+                    scopes: r.scopes,
+                    client_auth: r.client_auth,
+                    refresh_margin_secs: None,
+                },
+            )))
         }
     }
 }

@@ -62,9 +62,13 @@ pub async fn token(
 
 fn not_usable(cred: &Credential) -> Error {
     cred.with_live(|l| Error::NotUsable {
-        name: cred.name.clone(),
+        name: cred.name.to_string(),
         state: l.state,
-        reason: l.reason.clone().or_else(|| l.last_error.clone()),
+        reason: l
+            .reason
+            .as_deref()
+            .or(l.last_error.as_deref())
+            .map(Into::into),
     })
 }
 
@@ -198,10 +202,10 @@ pub async fn refresh(
         .get(&cred.name)
         .is_none_or(|c| !Arc::ptr_eq(&c, &cred))
     {
-        return Err(Error::UnknownCredential(cred.name.clone()));
+        return Err(Error::UnknownCredential(cred.name.to_string()));
     }
     if let Some(update) = cred.with_live(|l| l.uncommitted.clone()) {
-        return commit_and_publish(&shared, &cred, update, Origin::Refresh).await;
+        return commit_and_publish(&shared, &cred, *update, Origin::Refresh).await;
     }
     let (attempts, refresh_token, state) =
         cred.with_live(|l| (l.attempts, l.refresh_token.clone(), l.state));
@@ -386,8 +390,8 @@ pub async fn commit_and_publish(
         tracing::error!(credential = %cred.name, error = %e, "new tokens could not be saved; retrying in 5 s");
         let reason = format!("new tokens could not be saved ({e}); retrying");
         cred.with_live(|l| {
-            l.uncommitted = Some(update);
-            l.last_error = Some(reason);
+            l.uncommitted = Some(Box::new(update));
+            l.last_error = Some(reason.into());
         });
         shared
             .scheduler
@@ -455,15 +459,15 @@ async fn transient(
     tracing::warn!(credential = %cred.name, failures, retry_in_ms = delay_ms, "refresh failed: {message}");
     let (still_valid, update) = cred.with_live(|l| {
         l.retry_not_before_ms = due;
-        l.last_error = Some(reason.clone());
+        l.last_error = Some(reason.as_str().into());
         l.next_refresh_at = Some(due / 1000);
         let valid = l.access_token.is_some() && l.expires_at.is_none_or(|e| e * 1000 > now);
         (
             valid,
             StateUpdate {
                 state: l.state,
-                reason: l.reason.clone(),
-                last_error: l.last_error.clone(),
+                reason: l.reason.as_deref().map(Into::into),
+                last_error: l.last_error.as_deref().map(Into::into),
                 next_refresh_at: l.next_refresh_at,
             },
         )
@@ -480,7 +484,7 @@ async fn transient(
         )))
     } else {
         Err(Error::NotUsable {
-            name: cred.name.clone(),
+            name: cred.name.to_string(),
             state: CredentialState::Ready,
             reason: Some(reason),
         })
@@ -520,8 +524,8 @@ async fn permanent(
     let previous = cred.with_live(|l| {
         let previous = l.state;
         l.state = state;
-        l.reason = Some(reason.clone());
-        l.last_error = Some(reason.clone());
+        l.reason = Some(reason.as_str().into());
+        l.last_error = Some(reason.as_str().into());
         l.next_refresh_at = None;
         if drop_grant {
             l.refresh_token = None;

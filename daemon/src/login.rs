@@ -101,7 +101,7 @@ pub fn start(
     logins.insert(
         login_id.clone(),
         Pending {
-            name: cred.name.clone(),
+            name: cred.name.to_string(),
             state: Secret::new(state),
             verifier: verifier.map(Secret::new),
             redirect_uri: redirect_uri.clone(),

@@ -60,7 +60,7 @@ fn quick_config() -> Config {
 impl World {
     /// An oauth2 credential holding `at-0` (expiring in `expires_in` s) and a live refresh token.
     fn oauth(&self, name: &str, expires_in: i64) -> Arc<Credential> {
-        let spec = CredentialSpec::OAuth2(OAuth2Spec {
+        let spec = CredentialSpec::OAuth2(Box::new(OAuth2Spec {
             auth_url: "http://127.0.0.1:9/auth".into(),
             token_url: self.fake.url.clone(),
             client_id: "cid".into(),
@@ -70,7 +70,7 @@ impl World {
             pkce: false,
             extra_params: vec![],
             refresh_margin_secs: None,
-        });
+        }));
         let rt = self.fake.grant();
         self.insert(
             name,
@@ -344,13 +344,13 @@ async fn min_valid_beyond_the_token_lifetime_is_refused_after_one_try() {
 #[tokio::test]
 async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
     let w = world(300, quick_config()).await;
-    let spec = CredentialSpec::ClientCredentials(ClientCredentialsSpec {
+    let spec = CredentialSpec::ClientCredentials(Box::new(ClientCredentialsSpec {
         token_url: w.fake.url.clone(),
         client_id: "cc".into(),
         scopes: vec!["read".into()],
         client_auth: ClientAuth::Basic,
         refresh_margin_secs: None,
-    });
+    }));
     let cred = w.insert("cc", spec, None, None, None);
     assert_eq!(w.token(&cred).await.unwrap(), "at-1");
     let due = w.shared.scheduler.due_of("cc").unwrap();

@@ -56,10 +56,15 @@ pub enum CredentialSpec {
     /// A static token (UpPromote): never refreshed.
     Bearer { check_url: Option<String> },
     /// Authorization code grant with refresh tokens (Uptempo).
+    ///
+    /// The OAuth2 settings are boxed so that the enum, which the daemon
+    /// holds once per credential, is sized for a bearer token (32 bytes,
+    /// not 160): 100,000 credentials fit in its memory goal. The wire
+    /// format is the same.
     #[serde(rename = "oauth2")]
-    OAuth2(OAuth2Spec),
+    OAuth2(Box<OAuth2Spec>),
     /// Client credentials grant: a new token before the old one expires.
-    ClientCredentials(ClientCredentialsSpec),
+    ClientCredentials(Box<ClientCredentialsSpec>),
 }
 
 impl CredentialSpec {

@@ -203,7 +203,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                     (redirect_uri, client_auth, pkce),
                     (extra_params, refresh_margin_secs),
                 )| {
-                    CredentialSpec::OAuth2(OAuth2Spec {
+                    CredentialSpec::OAuth2(Box::new(OAuth2Spec {
                         auth_url,
                         token_url,
                         client_id,
@@ -213,18 +213,18 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         pkce,
                         extra_params,
                         refresh_margin_secs,
-                    })
+                    }))
                 }
             ),
         (text(), text(), texts(), client_auth(), refresh_margin).prop_map(
             |(token_url, client_id, scopes, client_auth, refresh_margin_secs)| {
-                CredentialSpec::ClientCredentials(ClientCredentialsSpec {
+                CredentialSpec::ClientCredentials(Box::new(ClientCredentialsSpec {
                     token_url,
                     client_id,
                     scopes,
                     client_auth,
                     refresh_margin_secs,
-                })
+                }))
             }
         ),
     ]
