@@ -2,11 +2,31 @@
 //! live token state behind a short `std::sync::Mutex`.
 
 use crate::store::StoredCredential;
+use std::num::NonZeroI64;
 use std::sync::Mutex;
 use tokend_proto::{
     CheckReport, CredentialInfo, CredentialSpec, CredentialState, CredentialSummary, Principal,
     Secret,
 };
+
+/// A wall-clock time in Unix seconds, or none: 8 bytes where an
+/// `Option<i64>` takes 16, for the four times every credential in memory
+/// carries. No credential has a time of exactly 1970-01-01T00:00:00, which
+/// stands for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp(Option<NonZeroI64>);
+
+impl Stamp {
+    pub fn get(self) -> Option<i64> {
+        self.0.map(NonZeroI64::get)
+    }
+}
+
+impl From<Option<i64>> for Stamp {
+    fn from(secs: Option<i64>) -> Self {
+        Stamp(secs.and_then(NonZeroI64::new))
+    }
+}
 
 /// The parts of a credential that change while the daemon runs.
 #[derive(Debug, Clone)]
@@ -15,17 +35,17 @@ pub struct Live {
     pub refresh_token: Option<Secret>,
     /// Bumped on every new access token; `reject` names the one it saw.
     pub generation: u64,
-    pub expires_at: Option<i64>,
+    pub expires_at: Stamp,
     pub state: CredentialState,
     /// Text that rarely changes is kept as `Box<str>`: 8 bytes less than a
     /// `String` each, times every credential in memory.
     pub reason: Option<Box<str>>,
     pub allowed: Vec<Principal>,
-    pub last_refresh_at: Option<i64>,
-    pub last_use_at: Option<i64>,
+    pub last_refresh_at: Stamp,
+    pub last_use_at: Stamp,
     /// `last_use_at` changed since it was last written to the store.
     pub use_unsaved: bool,
-    pub next_refresh_at: Option<i64>,
+    pub next_refresh_at: Stamp,
     pub last_error: Option<Box<str>>,
     /// Boxed, like `uncommitted`: rarely set, and 100,000 credentials
     /// should not each carry room for it.
@@ -51,10 +71,10 @@ pub struct Live {
 impl Live {
     /// See [`Credential::note_use`].
     pub fn note_use(&mut self, now_secs: i64) -> bool {
-        if self.last_use_at == Some(now_secs) {
+        if self.last_use_at.get() == Some(now_secs) {
             return false;
         }
-        self.last_use_at = Some(now_secs);
+        self.last_use_at = Some(now_secs).into();
         self.use_unsaved = true;
         true
     }
@@ -81,14 +101,14 @@ impl Credential {
                 access_token: s.access_token,
                 refresh_token: s.refresh_token,
                 generation: s.generation,
-                expires_at: s.expires_at,
+                expires_at: s.expires_at.into(),
                 state: s.state,
                 reason: s.reason.map(Into::into),
                 allowed: s.allowed,
-                last_refresh_at: s.last_refresh_at,
-                last_use_at: s.last_use_at,
+                last_refresh_at: s.last_refresh_at.into(),
+                last_use_at: s.last_use_at.into(),
                 use_unsaved: false,
-                next_refresh_at: s.next_refresh_at,
+                next_refresh_at: s.next_refresh_at.into(),
                 last_error: s.last_error.map(Into::into),
                 last_check: s.last_check.map(Box::new),
                 refreshing: false,
@@ -126,7 +146,7 @@ impl Credential {
 
     /// The state as shown: `refreshing` while a refresh runs and no valid token is held.
     fn shown_state(&self, live: &Live, now: i64) -> CredentialState {
-        let valid = live.access_token.is_some() && live.expires_at.is_none_or(|e| e > now);
+        let valid = live.access_token.is_some() && live.expires_at.get().is_none_or(|e| e > now);
         if live.refreshing && !valid && live.state == CredentialState::Ready {
             CredentialState::Refreshing
         } else {
@@ -147,10 +167,10 @@ impl Credential {
             has_token: live.access_token.is_some(),
             has_refresh_token: live.refresh_token.is_some(),
             created_at: self.created_at,
-            expires_at: live.expires_at,
-            last_refresh_at: live.last_refresh_at,
-            last_use_at: live.last_use_at,
-            next_refresh_at: live.next_refresh_at,
+            expires_at: live.expires_at.get(),
+            last_refresh_at: live.last_refresh_at.get(),
+            last_use_at: live.last_use_at.get(),
+            next_refresh_at: live.next_refresh_at.get(),
             last_error: live.last_error.as_deref().map(Into::into),
             last_check: live.last_check.as_deref().cloned(),
         }
@@ -163,8 +183,8 @@ impl Credential {
             kind: self.spec.kind().to_string(),
             state: self.shown_state(&live, now),
             reason: live.reason.as_deref().map(Into::into),
-            expires_at: live.expires_at,
-            next_refresh_at: live.next_refresh_at,
+            expires_at: live.expires_at.get(),
+            next_refresh_at: live.next_refresh_at.get(),
         }
     }
 }
@@ -187,6 +207,15 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_keeps_any_time_but_the_epoch_itself() {
+        for t in [Some(1_795_000_000), Some(-5), Some(i64::MAX), None] {
+            assert_eq!(Stamp::from(t).get(), t);
+        }
+        assert_eq!(Stamp::from(Some(0)).get(), None);
+        assert_eq!(std::mem::size_of::<Stamp>(), 8);
+    }
+
+    #[test]
     fn a_use_dirties_the_last_use_time_once_a_second() {
         let mut l = live();
         assert!(!l.use_unsaved);
@@ -196,6 +225,6 @@ mod tests {
         assert!(!l.note_use(100), "same second: nothing new to write");
         assert!(!l.use_unsaved);
         assert!(l.note_use(101));
-        assert_eq!(l.last_use_at, Some(101));
+        assert_eq!(l.last_use_at.get(), Some(101));
     }
 }

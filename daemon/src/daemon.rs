@@ -202,7 +202,7 @@ async fn save_uses(shared: &Arc<Shared>) {
         .filter_map(|c| {
             c.with_live(|l| {
                 let unsaved = std::mem::take(&mut l.use_unsaved);
-                unsaved.then_some(l.last_use_at).flatten()
+                unsaved.then_some(l.last_use_at.get()).flatten()
             })
             .map(|t| (c.name.to_string(), t))
         })

@@ -7,7 +7,7 @@
 //! half-way, between the provider's answer and the commit.
 
 use crate::config::RefreshPolicy;
-use crate::credential::{Credential, Live};
+use crate::credential::{Credential, Live, Stamp};
 use crate::error::Error;
 use crate::handler::blocking;
 use crate::provider::{self, Endpoint, Grant, ProviderError, TokenSet};
@@ -27,12 +27,16 @@ fn valid_reply(live: &Live, now_ms: i64, min_valid_secs: u32) -> Option<TokenRep
     }
     let token = live.access_token.as_ref()?;
     let needed = (i64::from(min_valid_secs) * 1000).max(MIN_VALID_MS);
-    if live.expires_at.is_some_and(|e| e * 1000 - now_ms < needed) {
+    if live
+        .expires_at
+        .get()
+        .is_some_and(|e| e * 1000 - now_ms < needed)
+    {
         return None;
     }
     Some(TokenReply {
         token: token.clone(),
-        expires_at: live.expires_at,
+        expires_at: live.expires_at.get(),
         generation: live.generation,
     })
 }
@@ -170,7 +174,7 @@ pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Resu
     });
     run_now(shared, cred, attempts).await?;
     let expires = cred
-        .with_live(|l| l.expires_at)
+        .with_live(|l| l.expires_at.get())
         .map(|e| format!(" (valid until {e})"))
         .unwrap_or_default();
     Ok(format!("refreshed credential {:?}{expires}", cred.name))
@@ -406,9 +410,9 @@ pub async fn commit_and_publish(
             l.refresh_token = update.refresh_token;
         }
         l.generation = update.generation;
-        l.expires_at = update.expires_at;
-        l.last_refresh_at = Some(update.refreshed_at);
-        l.next_refresh_at = next_ms.map(|ms| ms / 1000);
+        l.expires_at = update.expires_at.into();
+        l.last_refresh_at = Some(update.refreshed_at).into();
+        l.next_refresh_at = next_ms.map(|ms| ms / 1000).into();
         l.state = CredentialState::Ready;
         l.reason = None;
         l.last_error = None;
@@ -460,15 +464,15 @@ async fn transient(
     let (still_valid, update) = cred.with_live(|l| {
         l.retry_not_before_ms = due;
         l.last_error = Some(reason.as_str().into());
-        l.next_refresh_at = Some(due / 1000);
-        let valid = l.access_token.is_some() && l.expires_at.is_none_or(|e| e * 1000 > now);
+        l.next_refresh_at = Some(due / 1000).into();
+        let valid = l.access_token.is_some() && l.expires_at.get().is_none_or(|e| e * 1000 > now);
         (
             valid,
             StateUpdate {
                 state: l.state,
                 reason: l.reason.as_deref().map(Into::into),
                 last_error: l.last_error.as_deref().map(Into::into),
-                next_refresh_at: l.next_refresh_at,
+                next_refresh_at: l.next_refresh_at.get(),
             },
         )
     });
@@ -526,11 +530,11 @@ async fn permanent(
         l.state = state;
         l.reason = Some(reason.as_str().into());
         l.last_error = Some(reason.as_str().into());
-        l.next_refresh_at = None;
+        l.next_refresh_at = Stamp::default();
         if drop_grant {
             l.refresh_token = None;
             l.access_token = None;
-            l.expires_at = None;
+            l.expires_at = Stamp::default();
         }
         previous
     });
@@ -556,7 +560,7 @@ pub fn schedule_loaded(shared: &Shared) {
                 CredentialSpec::Bearer { .. } => None,
                 CredentialSpec::OAuth2(_) if l.refresh_token.is_none() => None,
                 _ => {
-                    let planned = match (l.next_refresh_at, l.access_token.is_some()) {
+                    let planned = match (l.next_refresh_at.get(), l.access_token.is_some()) {
                         (Some(at), true) => at * 1000,
                         _ => now,
                     };
