@@ -2,7 +2,12 @@
 
 /// Builds the shared client. Per-request timeouts come from the config, so
 /// that a reload changes them without rebuilding the client.
-pub fn client() -> reqwest::Client {
+///
+/// Building it loads the system's CA certificates, which can fail (a
+/// minimal container without them): that is an error for the request that
+/// needed HTTP, never a crash, and a daemon that only serves stored bearer
+/// tokens never needs the certificates at all.
+pub fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
@@ -10,7 +15,12 @@ pub fn client() -> reqwest::Client {
         // could send a client secret somewhere unexpected.
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .expect("the HTTP client builds with static settings")
+        .map_err(|e| {
+            let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            format!(
+                "cannot make HTTP requests: {cause} (install the system's CA certificates, e.g. the ca-certificates package, or point SSL_CERT_FILE at a PEM bundle)"
+            )
+        })
 }
 
 /// The host of a URL, for messages ("rejected by api.example").

@@ -231,47 +231,53 @@ pub async fn refresh(
     let policy = shared.config().refresh.clone();
     let started_ms = shared.clock.now_ms();
     cred.with_live(|l| l.refreshing = true);
-    let result = match (&cred.spec, &refresh_token) {
-        (CredentialSpec::OAuth2(spec), Some(rt)) => {
-            let endpoint = Endpoint {
-                token_url: &spec.token_url,
-                client_id: &spec.client_id,
-                client_secret: cred.client_secret.as_ref(),
-                client_auth: spec.client_auth,
-            };
-            match mark_in_flight(&shared, &cred).await {
-                Ok(()) => {
-                    provider::request(
-                        &shared.http,
-                        &endpoint,
-                        &Grant::RefreshToken(rt),
-                        timeout(&policy),
-                    )
-                    .await
-                }
-                Err(message) => Err(ProviderError::Transient {
-                    message,
-                    retry_after: None,
-                }),
-            }
-        }
-        (CredentialSpec::OAuth2(_), None) => Err(ProviderError::Permanent {
-            error: "no refresh token".into(),
-            description: Some("the provider did not issue one at login".into()),
+    let result = match shared.http() {
+        Err(message) => Err(ProviderError::Transient {
+            message,
+            retry_after: None,
         }),
-        (CredentialSpec::ClientCredentials(spec), _) => {
-            let endpoint = Endpoint {
-                token_url: &spec.token_url,
-                client_id: &spec.client_id,
-                client_secret: cred.client_secret.as_ref(),
-                client_auth: spec.client_auth,
-            };
-            let grant = Grant::ClientCredentials {
-                scopes: &spec.scopes,
-            };
-            provider::request(&shared.http, &endpoint, &grant, timeout(&policy)).await
-        }
-        (CredentialSpec::Bearer { .. }, _) => return Ok(()),
+        Ok(http) => match (&cred.spec, &refresh_token) {
+            (CredentialSpec::OAuth2(spec), Some(rt)) => {
+                let endpoint = Endpoint {
+                    token_url: &spec.token_url,
+                    client_id: &spec.client_id,
+                    client_secret: cred.client_secret.as_ref(),
+                    client_auth: spec.client_auth,
+                };
+                match mark_in_flight(&shared, &cred).await {
+                    Ok(()) => {
+                        provider::request(
+                            http,
+                            &endpoint,
+                            &Grant::RefreshToken(rt),
+                            timeout(&policy),
+                        )
+                        .await
+                    }
+                    Err(message) => Err(ProviderError::Transient {
+                        message,
+                        retry_after: None,
+                    }),
+                }
+            }
+            (CredentialSpec::OAuth2(_), None) => Err(ProviderError::Permanent {
+                error: "no refresh token".into(),
+                description: Some("the provider did not issue one at login".into()),
+            }),
+            (CredentialSpec::ClientCredentials(spec), _) => {
+                let endpoint = Endpoint {
+                    token_url: &spec.token_url,
+                    client_id: &spec.client_id,
+                    client_secret: cred.client_secret.as_ref(),
+                    client_auth: spec.client_auth,
+                };
+                let grant = Grant::ClientCredentials {
+                    scopes: &spec.scopes,
+                };
+                provider::request(http, &endpoint, &grant, timeout(&policy)).await
+            }
+            (CredentialSpec::Bearer { .. }, _) => return Ok(()),
+        },
     };
     cred.with_live(|l| l.refreshing = false);
     let outcome = match result {

@@ -59,6 +59,8 @@ pub fn start(
             cred.spec.kind()
         )));
     };
+    // Better said now than after the user has been through the browser.
+    shared.http().map_err(Error::Internal)?;
     let redirect_uri = redirect_override.or_else(|| spec.redirect_uri.clone()).ok_or_else(|| {
         Error::InvalidArgument("no redirect URI: add the credential with --redirect-uri, or let tokenctl run a loopback listener".into())
     })?;
@@ -251,7 +253,7 @@ async fn exchange(
     };
     let started_ms = shared.clock.now_ms();
     let set = provider::request(
-        &shared.http,
+        shared.http().map_err(Error::Internal)?,
         &endpoint,
         &grant,
         Duration::from_secs(policy.http_timeout_secs),

@@ -6,7 +6,7 @@ use crate::paths::Paths;
 use crate::registry::Registry;
 use crate::store::Store;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -16,7 +16,8 @@ pub struct Shared {
     pub paths: Paths,
     config: RwLock<Arc<Config>>,
     policy: RwLock<Policy>,
-    pub http: reqwest::Client,
+    /// Built on first use: see [`crate::http::client`].
+    http: OnceLock<reqwest::Client>,
     pub started: Instant,
     pub connections: AtomicU32,
     /// Some credential's last-use time changed since the last flush.
@@ -35,7 +36,7 @@ impl Shared {
             registry: Registry::default(),
             store,
             paths,
-            http: crate::http::client(),
+            http: OnceLock::new(),
             config: RwLock::new(Arc::new(config.clone())),
             policy: RwLock::new(policy),
             started: Instant::now(),
@@ -46,6 +47,17 @@ impl Shared {
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
         })
+    }
+
+    /// The HTTP client, built the first time a request needs it. A failure
+    /// is not remembered: the next request tries again (certificates may
+    /// have been installed meanwhile).
+    pub fn http(&self) -> Result<&reqwest::Client, String> {
+        if let Some(client) = self.http.get() {
+            return Ok(client);
+        }
+        let client = crate::http::client()?;
+        Ok(self.http.get_or_init(|| client))
     }
 
     /// Some credential's last-use time changed: the next flush has work.

@@ -261,3 +261,39 @@ fn last_use_time_survives_a_restart() {
         "an unused credential stays unused"
     );
 }
+
+#[test]
+fn without_ca_certificates_bearer_tokens_are_served_and_http_work_says_why_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_certs = [
+        (
+            "SSL_CERT_FILE".to_string(),
+            dir.path().join("none.pem").display().to_string(),
+        ),
+        ("SSL_CERT_DIR".to_string(), dir.path().display().to_string()),
+    ];
+    let d = Daemon::start_with(Options {
+        env: no_certs.to_vec(),
+        ..Default::default()
+    });
+    let out = d.tokenctl_stdin(
+        &[
+            "add",
+            "bearer",
+            "up",
+            "--check-url",
+            "http://127.0.0.1:9/api/v1/affiliates",
+        ],
+        &format!("{TOKEN}\n"),
+    );
+    assert_ok(&out);
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+    let out = d.tokenctl(&["check", "up"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("CA certificates"),
+        "names the cause: {}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+}
