@@ -90,7 +90,6 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             .map(|s| Arc::new(Credential::from_stored(s)))
             .collect(),
     );
-    release_load_memory();
     let listener = match service::activated_listener()
         .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
     {
@@ -211,14 +210,20 @@ async fn save_uses(shared: &Arc<Shared>) {
         return;
     }
     let store = shared.store.clone();
-    let names: Vec<String> = uses.iter().map(|(n, _)| n.clone()).collect();
-    let result = tokio::task::spawn_blocking(move || store.save_last_use(&uses)).await;
-    if !matches!(result, Ok(Ok(()))) {
-        tracing::warn!("could not save last-use times; will retry");
-        for cred in names.iter().filter_map(|n| shared.registry.get(n)) {
-            cred.with_live(|l| l.use_unsaved = true);
+    let result = tokio::task::spawn_blocking(move || (store.save_last_use(&uses), uses)).await;
+    match result {
+        Ok((Ok(()), _)) => {}
+        Ok((Err(e), uses)) => {
+            tracing::warn!(error = %e, "could not save last-use times; will retry");
+            for cred in uses
+                .iter()
+                .filter_map(|(name, _)| shared.registry.get(name))
+            {
+                cred.with_live(|l| l.use_unsaved = true);
+            }
+            shared.note_use();
         }
-        shared.note_use();
+        Err(e) => tracing::warn!(error = %e, "the last-use flush failed"),
     }
 }
 
@@ -246,19 +251,6 @@ async fn reload(shared: Arc<Shared>, mut requests: mpsc::Receiver<()>) {
             Err(e) => tracing::error!("config not reloaded, keeping the running one: {e}"),
         }
         service::ready(&status_line(&shared));
-    }
-}
-
-/// Hands the heap that loading a large store used only briefly (rows,
-/// sealed columns, the threads that opened them) back to the OS. glibc
-/// keeps freed memory inside its heaps; without this a daemon that loaded
-/// 100,000 credentials keeps several MiB of garbage resident for its life.
-fn release_load_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the kernel; it
-    // has no preconditions and touches no live allocation.
-    unsafe {
-        nix::libc::malloc_trim(0);
     }
 }
 
