@@ -297,3 +297,19 @@ fn without_ca_certificates_bearer_tokens_are_served_and_http_work_says_why_it_ca
     );
     assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
 }
+
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    let d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let mut child = std::process::Command::new(bin("tokenctl"))
+        .args(["--socket", d.socket.to_str().unwrap(), "list", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // `| head -0`: the reader is gone before the answer
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}

@@ -134,7 +134,7 @@ pub fn run(
 
 /// Prints the URL alone on stdout's first line (scripts read it), hints on stderr.
 fn announce(url: &str, no_browser: bool) {
-    println!("{url}");
+    crate::output::out!("{url}");
     let _ = std::io::stdout().flush();
     eprintln!("Open the URL above in a browser and approve the access.");
     let graphical =

@@ -1,6 +1,24 @@
 //! Human and JSON renderings of what the daemon returns.
 
+use std::io::Write;
 use std::time::{Duration, UNIX_EPOCH};
+
+/// `println!` for everything tokenctl prints: a reader that stops early
+/// (`tokenctl list | head`) ends the output quietly instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::emit(format_args!($($arg)*)) };
+}
+pub(crate) use out;
+
+pub fn emit(line: std::fmt::Arguments) {
+    if let Err(e) = writeln!(std::io::stdout(), "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("tokenctl: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 use tokend_client::{CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Principal};
 
 /// A Unix time as RFC 3339 (UTC) plus a relative hint.
@@ -28,7 +46,7 @@ fn tokend_now() -> i64 {
 }
 
 pub fn json<T: serde::Serialize>(value: &T) {
-    println!(
+    out!(
         "{}",
         serde_json::to_string_pretty(value).expect("plain data serializes")
     );
@@ -43,19 +61,22 @@ fn state_text(c: &CredentialInfo) -> String {
 
 pub fn list(items: &[CredentialInfo]) {
     if items.is_empty() {
-        println!("no credentials (add one with `tokenctl add bearer NAME < token.txt`)");
+        out!("no credentials (add one with `tokenctl add bearer NAME < token.txt`)");
         return;
     }
-    println!(
+    out!(
         "{:<24} {:<19} {:<12} {:<22} DESCRIPTION",
-        "NAME", "KIND", "STATE", "EXPIRES"
+        "NAME",
+        "KIND",
+        "STATE",
+        "EXPIRES"
     );
     for c in items {
         let expires = c
             .expires_at
             .map(|e| format!("in {}", span((e - tokend_now()).max(0))))
             .unwrap_or_else(|| "-".into());
-        println!(
+        out!(
             "{:<24} {:<19} {:<12} {:<22} {}",
             c.name,
             c.spec.kind(),
@@ -90,7 +111,7 @@ fn group_name(gid: u32) -> String {
 }
 
 pub fn show(c: &CredentialInfo) {
-    let row = |k: &str, v: &str| println!("{k:<16} {v}");
+    let row = |k: &str, v: &str| out!("{k:<16} {v}");
     row("name", &c.name);
     row("kind", c.spec.kind());
     if !c.description.is_empty() {
@@ -163,7 +184,7 @@ pub fn show(c: &CredentialInfo) {
 }
 
 pub fn status(s: &DaemonStatus) {
-    println!(
+    out!(
         "tokend {} (pid {}) up {}, {} connection(s)\nsocket   {}\nstore    {}",
         s.version,
         s.pid,
@@ -173,10 +194,10 @@ pub fn status(s: &DaemonStatus) {
         s.database
     );
     if s.credentials.is_empty() {
-        println!("no credentials");
+        out!("no credentials");
         return;
     }
-    println!("\n{:<24} {:<19} STATE", "NAME", "KIND");
+    out!("\n{:<24} {:<19} STATE", "NAME", "KIND");
     for c in &s.credentials {
         let reason = c
             .reason
@@ -184,10 +205,10 @@ pub fn status(s: &DaemonStatus) {
             .filter(|_| c.state.as_str() != "ready")
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
-        println!("{:<24} {:<19} {}{reason}", c.name, c.kind, c.state.as_str());
+        out!("{:<24} {:<19} {}{reason}", c.name, c.kind, c.state.as_str());
     }
 }
 
 pub fn check(r: &CheckReport) {
-    println!("{}", r.message);
+    out!("{}", r.message);
 }
