@@ -220,7 +220,7 @@ impl Harness {
             self.step(
                 false,
                 Request::Remove {
-                    name: cred.name.clone(),
+                    name: cred.name.to_string(),
                 },
             );
         }
