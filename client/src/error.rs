@@ -33,6 +33,12 @@ pub enum Error {
     /// Any other error the daemon reported.
     #[error("{}", .0.message)]
     Remote(RemoteError),
+    /// Another user's process answers on this user's own socket.
+    #[error(
+        "the socket {} is served by uid {uid}, not by you or root: refusing to talk to it (another user may have created it; remove it, or set TOKEND_SOCKET)",
+        socket.display()
+    )]
+    Impostor { socket: PathBuf, uid: u32 },
     /// The connection broke or the daemon's answer made no sense.
     #[error("lost the connection to tokend: {0}")]
     Connection(String),
@@ -56,7 +62,7 @@ impl Error {
     /// The tokenctl exit code for this error (DESIGN §8).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::DaemonUnreachable { .. } => 3,
+            Error::DaemonUnreachable { .. } | Error::Impostor { .. } => 3,
             Error::PermissionDenied(_) => 4,
             Error::UnknownCredential(_) | Error::NotUsable { .. } => 5,
             Error::ProtocolVersion(_) | Error::Remote(_) | Error::Connection(_) => 1,

@@ -7,6 +7,24 @@ use tokend_proto::{
     Principal, Request, Response, Secret, TokenReply,
 };
 
+/// Refuses a stranger on the user's own socket before anything is sent. The
+/// per-user socket may live in a shared temp directory (no
+/// `XDG_RUNTIME_DIR`), where another user could have made it first; only
+/// this user's daemon, or root's, may answer there. `daemon_uid` is the
+/// peer's uid from the kernel (None where it cannot be read).
+pub fn check_daemon(socket: &std::path::Path, daemon_uid: Option<u32>) -> Result<(), Error> {
+    let me = tokend_proto::paths::current_uid();
+    match daemon_uid {
+        Some(uid) if uid != me && uid != 0 && socket == tokend_proto::paths::user_socket() => {
+            Err(Error::Impostor {
+                socket: socket.to_path_buf(),
+                uid,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks the daemon's answer to our hello.
 pub fn accept_hello(reply: HelloReply) -> Result<(), Error> {
     if reply.accepted {

@@ -83,9 +83,10 @@ impl Paths {
 }
 
 /// Creates `dir` (and parents) and makes it `mode` if this process made it or
-/// owns it. Private state must not sit in a directory others can list.
+/// owns it. Private state must not sit in a directory others can list, nor
+/// in one they control (see [`ensure_trusted_dir`]).
 pub fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    ensure_trusted_dir(dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -96,5 +97,43 @@ pub fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = mode;
+    Ok(())
+}
+
+/// Creates `dir` (and parents) and refuses it if another user could swap
+/// what is inside: it and every directory above it must belong to this
+/// user or root, and not writable by all unless sticky (like /tmp, where
+/// others cannot rename what is ours). Group-writable directories pass:
+/// with per-user groups and umask 002 (a common default) they are the
+/// user's own. Otherwise a local user who
+/// made `/tmp/tokend-1000` first — the fallback when there is no
+/// `XDG_RUNTIME_DIR` — could put their own socket where clients look for
+/// tokend, and receive the secrets `tokenctl add` sends. (OpenSSH checks
+/// the same before trusting a path.)
+pub fn ensure_trusted_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = tokend_proto::paths::current_uid();
+        let real = dir.canonicalize()?;
+        for d in real.ancestors() {
+            let meta = std::fs::metadata(d)?;
+            let why = if meta.uid() != me && meta.uid() != 0 {
+                format!("it belongs to uid {}", meta.uid())
+            } else if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
+                format!("anyone may write to it (mode {:o})", meta.mode() & 0o7777)
+            } else {
+                continue;
+            };
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to keep tokend's files under {}: {why}, so another user could replace them. Remove it, or use a directory only you control (set XDG_RUNTIME_DIR, or pass --socket/--db)",
+                    d.display()
+                ),
+            ));
+        }
+    }
     Ok(())
 }

@@ -32,7 +32,7 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, Bind
         if mode & 0o070 == 0 {
             crate::paths::ensure_private_dir(dir, 0o700).map_err(io)?;
         } else {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            crate::paths::ensure_trusted_dir(dir).map_err(io)?;
         }
     }
     if path.exists() || path.symlink_metadata().is_ok() {

@@ -218,3 +218,49 @@ fn every_admin_request_from_an_unprivileged_user_is_refused() {
         .count();
     assert!(denied >= refused.len(), "{}", d.log_text());
 }
+
+/// The per-user socket may sit in a shared temp directory (no
+/// `XDG_RUNTIME_DIR`), where another user could start a daemon first.
+/// tokenctl must not talk to it: `add` would hand that user the secret.
+#[test]
+fn a_daemon_of_another_user_on_ones_own_socket_is_refused() {
+    let Some(other) = other_user() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    set_mode(dir.path(), 0o755);
+    let runtime = dir.path().join("xdg-run");
+    std::fs::create_dir(&runtime).unwrap();
+    std::os::unix::fs::chown(&runtime, Some(other.uid), Some(other.gid)).unwrap();
+    let socket = runtime.join("tokend").join("tokend.sock");
+    let mut theirs = Command::new(bin("tokend"));
+    theirs
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--db")
+        .arg(runtime.join("state").join("tokend.db"))
+        .arg("--config")
+        .arg(runtime.join("config.toml"))
+        .env("HOME", "/nonexistent")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stderr(std::process::Stdio::null())
+        .uid(other.uid)
+        .gid(other.gid);
+    let mut theirs = theirs.spawn().expect("start the other user's tokend");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut cmd = Command::new(bin("tokenctl"));
+    cmd.arg("status")
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env_remove("TOKEND_SOCKET");
+    let out = run_with_timeout(cmd, None, Duration::from_secs(20));
+    let _ = theirs.kill();
+    let _ = theirs.wait();
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains(&format!("served by uid {}", other.uid)),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -313,3 +313,44 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
     assert_ok(&out);
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_socket_directory_others_control_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut d = Daemon::prepare(Options::default());
+    // Like /tmp/tokend-UID made first by another user: anyone may write to
+    // it, so anyone could swap the socket for their own.
+    let shared = d.socket.parent().unwrap().parent().unwrap().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    d.socket = shared.join("tokend").join("tokend.sock");
+    let out = run_with_timeout(d.command(), None, std::time::Duration::from_secs(20));
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("refusing") && stderr(&out).contains("anyone may write"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!shared.join("tokend").join("tokend.sock").exists());
+}
+
+#[test]
+fn a_socket_directory_owned_by_another_user_is_refused() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can give a directory to another user");
+        return;
+    }
+    let mut d = Daemon::prepare(Options::default());
+    let theirs = d.socket.parent().unwrap().parent().unwrap().join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    d.socket = theirs.join("tokend.sock");
+    let out = run_with_timeout(d.command(), None, std::time::Duration::from_secs(20));
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("belongs to uid 65534"),
+        "{}",
+        stderr(&out)
+    );
+}
