@@ -128,6 +128,22 @@ impl Credential {
         }
     }
 
+    /// Where and how this credential asks for tokens; `None` for a bearer
+    /// token, which has no token endpoint.
+    pub fn endpoint(&self) -> Option<crate::provider::Endpoint<'_>> {
+        let (token_url, client_id, client_auth) = match &self.spec {
+            CredentialSpec::OAuth2(s) => (&s.token_url, &s.client_id, s.client_auth),
+            CredentialSpec::ClientCredentials(s) => (&s.token_url, &s.client_id, s.client_auth),
+            CredentialSpec::Bearer { .. } => return None,
+        };
+        Some(crate::provider::Endpoint {
+            token_url,
+            client_id,
+            client_secret: self.client_secret.as_ref(),
+            client_auth,
+        })
+    }
+
     /// Runs `f` on the live state. Keep `f` short: this is the token hot path.
     pub fn with_live<T>(&self, f: impl FnOnce(&mut Live) -> T) -> T {
         f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()))

@@ -10,7 +10,7 @@ use crate::config::RefreshPolicy;
 use crate::credential::{Credential, Live, Stamp};
 use crate::error::Error;
 use crate::handler::blocking;
-use crate::provider::{self, Endpoint, Grant, ProviderError, TokenSet};
+use crate::provider::{self, Grant, ProviderError, TokenSet};
 use crate::state::Shared;
 use crate::store::{StateUpdate, TokenUpdate};
 use std::sync::Arc;
@@ -236,14 +236,8 @@ pub async fn refresh(
             message,
             retry_after: None,
         }),
-        Ok(http) => match (&cred.spec, &refresh_token) {
-            (CredentialSpec::OAuth2(spec), Some(rt)) => {
-                let endpoint = Endpoint {
-                    token_url: &spec.token_url,
-                    client_id: &spec.client_id,
-                    client_secret: cred.client_secret.as_ref(),
-                    client_auth: spec.client_auth,
-                };
+        Ok(http) => match (&cred.spec, &refresh_token, cred.endpoint()) {
+            (CredentialSpec::OAuth2(_), Some(rt), Some(endpoint)) => {
                 match mark_in_flight(&shared, &cred).await {
                     Ok(()) => {
                         provider::request(
@@ -260,23 +254,18 @@ pub async fn refresh(
                     }),
                 }
             }
-            (CredentialSpec::OAuth2(_), None) => Err(ProviderError::Permanent {
+            (CredentialSpec::OAuth2(_), None, _) => Err(ProviderError::Permanent {
                 error: "no refresh token".into(),
                 description: Some("the provider did not issue one at login".into()),
             }),
-            (CredentialSpec::ClientCredentials(spec), _) => {
-                let endpoint = Endpoint {
-                    token_url: &spec.token_url,
-                    client_id: &spec.client_id,
-                    client_secret: cred.client_secret.as_ref(),
-                    client_auth: spec.client_auth,
-                };
+            (CredentialSpec::ClientCredentials(spec), _, Some(endpoint)) => {
                 let grant = Grant::ClientCredentials {
                     scopes: &spec.scopes,
                 };
                 provider::request(http, &endpoint, &grant, timeout(&policy)).await
             }
-            (CredentialSpec::Bearer { .. }, _) => return Ok(()),
+            // No token endpoint (a bearer token): nothing to refresh.
+            (_, _, None) | (CredentialSpec::Bearer { .. }, _, _) => return Ok(()),
         },
     };
     cred.with_live(|l| l.refreshing = false);

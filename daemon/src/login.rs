@@ -4,7 +4,7 @@
 use crate::credential::Credential;
 use crate::error::Error;
 use crate::lifecycle::{Origin, commit_and_publish, token_update};
-use crate::provider::{self, Endpoint, Grant};
+use crate::provider::{self, Grant};
 use crate::state::Shared;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -233,19 +233,13 @@ async fn exchange(
     code: &str,
     pending: &Pending,
 ) -> Result<String, Error> {
-    let CredentialSpec::OAuth2(spec) = &cred.spec else {
+    let (CredentialSpec::OAuth2(_), Some(endpoint)) = (&cred.spec, cred.endpoint()) else {
         return Err(Error::Internal(
             "credential kind changed during login".into(),
         ));
     };
     let _guard = cred.refresh_lock.lock().await;
     let policy = shared.config().refresh.clone();
-    let endpoint = Endpoint {
-        token_url: &spec.token_url,
-        client_id: &spec.client_id,
-        client_secret: cred.client_secret.as_ref(),
-        client_auth: spec.client_auth,
-    };
     let grant = Grant::AuthorizationCode {
         code,
         redirect_uri: &pending.redirect_uri,
