@@ -24,12 +24,6 @@ impl std::fmt::Debug for Client {
     }
 }
 
-/// The daemon's uid, as the kernel reports it.
-fn peer_uid(stream: &Stream) -> Option<u32> {
-    use interprocess::local_socket::traits::StreamCommon;
-    stream.peer_creds().ok()?.euid()
-}
-
 impl Client {
     /// Connects to the default socket (see [`crate::default_socket`]).
     pub fn connect_default() -> Result<Client, Error> {
@@ -45,7 +39,7 @@ impl Client {
             .to_fs_name::<GenericFilePath>()
             .map_err(unreachable)?;
         let stream = Stream::connect(name).map_err(unreachable)?;
-        ops::check_daemon(&socket, peer_uid(&stream))?;
+        ops::check_daemon(&socket, ops::daemon_uid(&stream))?;
         let mut client = Client {
             reader: BufReader::new(stream),
             socket,

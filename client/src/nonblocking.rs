@@ -37,11 +37,7 @@ impl AsyncClient {
             .to_fs_name::<GenericFilePath>()
             .map_err(unreachable)?;
         let stream = Stream::connect(name).await.map_err(unreachable)?;
-        let daemon_uid = {
-            use interprocess::local_socket::traits::StreamCommon;
-            stream.peer_creds().ok().and_then(|c| c.euid())
-        };
-        ops::check_daemon(&socket, daemon_uid)?;
+        ops::check_daemon(&socket, ops::daemon_uid(&stream))?;
         let mut client = AsyncClient {
             reader: BufReader::new(stream),
             socket,

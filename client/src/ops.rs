@@ -25,6 +25,18 @@ pub fn check_daemon(socket: &std::path::Path, daemon_uid: Option<u32>) -> Result
     }
 }
 
+/// The daemon's uid as the kernel reports it (`None` off Unix, where a
+/// named pipe's default ACL already admits only its owner).
+pub fn daemon_uid(stream: &impl interprocess::local_socket::traits::StreamCommon) -> Option<u32> {
+    #[cfg(unix)]
+    return stream.peer_creds().ok()?.euid();
+    #[cfg(not(unix))]
+    {
+        let _ = stream;
+        None
+    }
+}
+
 /// Checks the daemon's answer to our hello.
 pub fn accept_hello(reply: HelloReply) -> Result<(), Error> {
     if reply.accepted {
