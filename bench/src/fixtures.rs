@@ -73,6 +73,7 @@ pub fn oauth2(
         pkce: false,
         extra_params: Vec::new(),
         refresh_margin_secs: None,
+        endpoints: Default::default(),
     }));
     let mut c = base(i, spec, now);
     c.client_secret = Some(Secret::new("bench-client-secret"));

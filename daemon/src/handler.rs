@@ -290,6 +290,7 @@ fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error>
                     scopes: r.scopes,
                     client_auth: r.client_auth,
                     refresh_margin_secs: None,
+                    endpoints: r.endpoints,
                 },
             )))
         }
@@ -377,6 +378,7 @@ fn resolve_oauth(
         pkce: req.pkce,
         extra_params,
         refresh_margin_secs: None,
+        endpoints: Default::default(),
     })
 }
 

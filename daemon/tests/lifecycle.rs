@@ -70,6 +70,7 @@ impl World {
             pkce: false,
             extra_params: vec![],
             refresh_margin_secs: None,
+            endpoints: Default::default(),
         }));
         let rt = self.fake.grant();
         self.insert(
@@ -350,6 +351,7 @@ async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
         scopes: vec!["read".into()],
         client_auth: ClientAuth::Basic,
         refresh_margin_secs: None,
+        endpoints: Default::default(),
     }));
     let cred = w.insert("cc", spec, None, None, None);
     assert_eq!(w.token(&cred).await.unwrap(), "at-1");

@@ -90,6 +90,10 @@ pub struct OAuth2Spec {
     pub extra_params: Vec<(String, String)>,
     /// Seconds before expiry to refresh, overriding the daemon's policy.
     pub refresh_margin_secs: Option<u32>,
+    /// The endpoints beyond these two, and where each came from. Absent
+    /// from settings stored before discovery existed, hence the default.
+    #[serde(default)]
+    pub endpoints: Endpoints,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +103,64 @@ pub struct ClientCredentialsSpec {
     pub scopes: Vec<String>,
     pub client_auth: ClientAuth,
     pub refresh_margin_secs: Option<u32>,
+    #[serde(default)]
+    pub endpoints: Endpoints,
+}
+
+/// Where an endpoint URL came from, so `show` can say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointSource {
+    /// Given on the command line (`--token-url` and the like).
+    Flag,
+    /// Filled in from a preset.
+    Preset,
+    /// Read from the issuer's discovery document (RFC 8414 / OpenID Discovery).
+    Discovery,
+}
+
+impl EndpointSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointSource::Flag => "flag",
+            EndpointSource::Preset => "preset",
+            EndpointSource::Discovery => "discovery",
+        }
+    }
+}
+
+/// The names [`Endpoints::sources`] uses.
+pub mod endpoint {
+    pub const AUTHORIZATION: &str = "authorization";
+    pub const TOKEN: &str = "token";
+    pub const INTROSPECTION: &str = "introspection";
+    pub const REVOCATION: &str = "revocation";
+    pub const DEVICE_AUTHORIZATION: &str = "device_authorization";
+}
+
+/// A provider's endpoints besides the authorize and token URLs, and the
+/// origin of every endpoint. The introspection endpoint (RFC 7662) is what
+/// lets tokend resolve a refresh whose outcome it never learned without
+/// sending a possibly spent refresh token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// The issuer whose discovery document filled these in, if any.
+    pub issuer: Option<String>,
+    pub introspection_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub device_authorization_url: Option<String>,
+    /// Where each endpoint came from, by name (see [`endpoint`]).
+    pub sources: Vec<(String, EndpointSource)>,
+}
+
+impl Endpoints {
+    /// Where the endpoint `name` came from, if known.
+    pub fn source(&self, name: &str) -> Option<EndpointSource> {
+        self.sources
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| *s)
+    }
 }
 
 /// What `tokenctl add oauth2` sends: a preset plus overrides, resolved by the
@@ -110,10 +172,15 @@ pub struct OAuth2Request {
     pub preset_vars: Vec<(String, String)>,
     pub auth_url: Option<String>,
     pub token_url: Option<String>,
+    /// Fetch the endpoints from this issuer's discovery document; explicit
+    /// URLs still override what it says.
+    pub issuer: Option<String>,
+    pub introspection_url: Option<String>,
     pub client_id: String,
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
     pub client_auth: Option<ClientAuth>,
+    /// PKCE S256: on unless the user said `--no-pkce`.
     pub pkce: bool,
     pub extra_params: Vec<(String, String)>,
 }

@@ -126,6 +126,7 @@ fn oauth2_request() -> impl Strategy<Value = OAuth2Request> {
                 client_auth,
                 pkce,
                 extra_params,
+                ..Default::default()
             },
         )
 }
@@ -195,13 +196,13 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
         (
             (text(), text(), text(), texts()),
             (opt_text(), client_auth(), any::<bool>()),
-            (pairs(), refresh_margin.clone()),
+            (pairs(), refresh_margin.clone(), endpoints()),
         )
             .prop_map(
                 |(
                     (auth_url, token_url, client_id, scopes),
                     (redirect_uri, client_auth, pkce),
-                    (extra_params, refresh_margin_secs),
+                    (extra_params, refresh_margin_secs, endpoints),
                 )| {
                     CredentialSpec::OAuth2(Box::new(OAuth2Spec {
                         auth_url,
@@ -213,21 +214,54 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         pkce,
                         extra_params,
                         refresh_margin_secs,
+                        endpoints,
                     }))
                 }
             ),
-        (text(), text(), texts(), client_auth(), refresh_margin).prop_map(
-            |(token_url, client_id, scopes, client_auth, refresh_margin_secs)| {
-                CredentialSpec::ClientCredentials(Box::new(ClientCredentialsSpec {
-                    token_url,
-                    client_id,
-                    scopes,
-                    client_auth,
-                    refresh_margin_secs,
-                }))
-            }
-        ),
+        (
+            text(),
+            text(),
+            texts(),
+            client_auth(),
+            refresh_margin,
+            endpoints()
+        )
+            .prop_map(
+                |(token_url, client_id, scopes, client_auth, refresh_margin_secs, endpoints)| {
+                    CredentialSpec::ClientCredentials(Box::new(ClientCredentialsSpec {
+                        token_url,
+                        client_id,
+                        scopes,
+                        client_auth,
+                        refresh_margin_secs,
+                        endpoints,
+                    }))
+                }
+            ),
     ]
+}
+
+fn endpoints() -> impl Strategy<Value = Endpoints> {
+    let source = prop_oneof![
+        Just(EndpointSource::Flag),
+        Just(EndpointSource::Preset),
+        Just(EndpointSource::Discovery),
+    ];
+    (
+        (opt_text(), opt_text(), opt_text(), opt_text()),
+        proptest::collection::vec((text(), source), 0..4),
+    )
+        .prop_map(
+            |((issuer, introspection_url, revocation_url, device_authorization_url), sources)| {
+                Endpoints {
+                    issuer,
+                    introspection_url,
+                    revocation_url,
+                    device_authorization_url,
+                    sources,
+                }
+            },
+        )
 }
 
 fn check_report() -> impl Strategy<Value = CheckReport> {

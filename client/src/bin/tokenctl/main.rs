@@ -244,6 +244,7 @@ fn oauth_request(o: OAuthCommon) -> OAuth2Request {
         }),
         pkce: false,
         extra_params: Vec::new(),
+        ..Default::default()
     }
 }
 
