@@ -273,7 +273,7 @@ fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error>
                 (None, None) => None,
             };
             if let Some(url) = &check_url {
-                crate::http::validate_url(url, "the check URL").map_err(invalid)?;
+                crate::http::validate_endpoint_url(url, "the check URL").map_err(invalid)?;
             }
             Ok(CredentialSpec::Bearer { check_url })
         }
@@ -323,11 +323,11 @@ fn resolve_oauth(
             invalid("--token-url is required (or a --preset that sets it)".into())
         })?,
     };
-    crate::http::validate_url(&token_url, "the token URL").map_err(invalid)?;
+    crate::http::validate_endpoint_url(&token_url, "the token URL").map_err(invalid)?;
     let auth_url = if needs_auth_url {
         let url = auth_url
             .ok_or_else(|| invalid("--auth-url is required (or a --preset that sets it)".into()))?;
-        crate::http::validate_url(&url, "the authorize URL").map_err(invalid)?;
+        crate::http::validate_endpoint_url(&url, "the authorize URL").map_err(invalid)?;
         url
     } else {
         String::new()

@@ -31,11 +31,67 @@ pub fn host_of(url: &str) -> String {
         .unwrap_or_else(|| "the server".into())
 }
 
+/// Checks that `url` may carry secrets: `https://`, or `http://` only to
+/// this machine (`127.0.0.0/8`, `::1`, `localhost`). Token, authorize,
+/// introspection, revocation, device and check URLs all see a client
+/// secret, a refresh token, a code or a bearer token, none of which may
+/// cross the network in clear (docs/SECURITY.md).
+pub fn validate_endpoint_url(url: &str, what: &str) -> Result<(), String> {
+    validate_url(url, what)?;
+    let parsed =
+        url::Url::parse(url).map_err(|e| format!("{what} {url:?} is not a valid URL: {e}"))?;
+    if parsed.scheme() == "https" || is_loopback(&parsed) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} {url:?} uses http:// to another machine, which would send secrets in clear: use https:// (http:// is accepted only for 127.0.0.1, ::1 and localhost)"
+    ))
+}
+
+/// True for a URL whose host is this machine's loopback interface.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// Checks that `url` is an absolute http(s) URL; `what` names it in the error.
 pub fn validate_url(url: &str, what: &str) -> Result<(), String> {
     match url::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
         Ok(_) => Err(format!("{what} {url:?} must be an http:// or https:// URL")),
         Err(e) => Err(format!("{what} {url:?} is not a valid URL: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleartext_is_accepted_only_to_loopback_hosts() {
+        for ok in [
+            "https://idp.example/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.9.9.9/token",
+            "http://[::1]:99/token",
+            "http://localhost/token",
+            "http://LOCALHOST:1/t",
+        ] {
+            assert!(validate_endpoint_url(ok, "the token URL").is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://example.invalid/token",
+            "http://10.0.0.1/token",
+            "http://localhost.example.com/token",
+            "http://[::2]/token",
+        ] {
+            let e = validate_endpoint_url(bad, "the token URL").unwrap_err();
+            assert!(e.contains("https://"), "{bad}: {e}");
+        }
+        assert!(validate_endpoint_url("ftp://127.0.0.1/x", "the token URL").is_err());
     }
 }

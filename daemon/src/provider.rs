@@ -161,7 +161,8 @@ pub async fn request(
     classify(status.as_u16(), &body, retry_after)
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+/// Reads a response body of at most [`MAX_BODY`] bytes.
+pub async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
