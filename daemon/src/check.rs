@@ -69,10 +69,11 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
         reason: reason.clone(),
         last_error: (!report.ok).then(|| report.message.clone()),
         next_refresh_at: None,
+        grant: crate::store::GrantChange::Settled,
     };
     let store = shared.store.clone();
-    let (name, saved) = (cred.name.clone(), report.clone());
-    blocking(move || store.save_check(&name, &saved, &update)).await?;
+    let (name, incarnation, saved) = (cred.name.clone(), cred.incarnation, report.clone());
+    blocking(move || store.save_check(&name, incarnation, &saved, &update)).await?;
     let previous = cred.with_live(|l| {
         let previous = l.state;
         l.state = state;

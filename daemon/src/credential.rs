@@ -36,6 +36,10 @@ pub struct Live {
     /// Bumped on every new access token; `reject` names the one it saw.
     pub generation: u64,
     pub expires_at: Stamp,
+    /// The same deadline on the monotonic clock, in ms (see
+    /// [`crate::clock`]): a backwards step of the wall clock must not make
+    /// an expired token look valid.
+    pub expires_mono: Stamp,
     pub state: CredentialState,
     /// Text that rarely changes is kept as `Box<str>`: 8 bytes less than a
     /// `String` each, times every credential in memory.
@@ -59,13 +63,21 @@ pub struct Live {
     /// (one refresh serves every concurrent caller; a failing endpoint is
     /// not hammered).
     pub attempts: u64,
-    /// No new attempt before this time (Unix ms): backoff after a transient error.
+    /// No new attempt before this time (monotonic ms, see
+    /// [`crate::clock::Clock::mono_ms`]): backoff after a transient error
+    /// or a provider's `Retry-After`. Monotonic, so a clock step can neither
+    /// cut it short nor stretch it.
     pub retry_not_before_ms: i64,
-    /// A token set received but not yet committed (the store failed); it is
-    /// committed before it is ever handed out.
+    /// A token set received and served but not yet saved (the store
+    /// refused the write): the save is retried before anything else, and
+    /// until it succeeds the store's refresh journal stays set, so a restart
+    /// treats the stored (spent) refresh token as in doubt.
     pub uncommitted: Option<Box<crate::store::TokenUpdate>>,
-    /// The last refresh was cut short by a stop (see `Store::mark_refresh_in_flight`).
-    pub interrupted: bool,
+    /// The held refresh token may have been spent: a refresh was sent and
+    /// its outcome never learned (a stop, a timeout, a dropped connection).
+    /// It is never sent again before introspection says it is still active
+    /// (see `Store::mark_refresh_in_flight`).
+    pub in_doubt: bool,
 }
 
 impl Live {
@@ -88,6 +100,8 @@ pub struct Credential {
     pub spec: CredentialSpec,
     pub owner_uid: u32,
     pub created_at: i64,
+    /// Which credential of this name (see `StoredCredential::incarnation`).
+    pub incarnation: i64,
     pub client_secret: Option<Secret>,
     live: Mutex<Live>,
     /// Held for the whole of a refresh: at most one per credential (DESIGN §4.2).
@@ -102,6 +116,7 @@ impl Credential {
                 refresh_token: s.refresh_token,
                 generation: s.generation,
                 expires_at: s.expires_at.into(),
+                expires_mono: Stamp::default(),
                 state: s.state,
                 reason: s.reason.map(Into::into),
                 allowed: s.allowed,
@@ -116,8 +131,9 @@ impl Credential {
                 attempts: 0,
                 retry_not_before_ms: 0,
                 uncommitted: None,
-                interrupted: s.refresh_interrupted,
+                in_doubt: s.refresh_interrupted,
             }),
+            incarnation: s.incarnation,
             name: s.name.into(),
             description: s.description.into(),
             spec: s.spec,
@@ -131,13 +147,16 @@ impl Credential {
     /// Where and how this credential asks for tokens; `None` for a bearer
     /// token, which has no token endpoint.
     pub fn endpoint(&self) -> Option<crate::provider::Endpoint<'_>> {
-        let (token_url, client_id, client_auth) = match &self.spec {
-            CredentialSpec::OAuth2(s) => (&s.token_url, &s.client_id, s.client_auth),
-            CredentialSpec::ClientCredentials(s) => (&s.token_url, &s.client_id, s.client_auth),
+        let (token_url, client_id, client_auth, endpoints) = match &self.spec {
+            CredentialSpec::OAuth2(s) => (&s.token_url, &s.client_id, s.client_auth, &s.endpoints),
+            CredentialSpec::ClientCredentials(s) => {
+                (&s.token_url, &s.client_id, s.client_auth, &s.endpoints)
+            }
             CredentialSpec::Bearer { .. } => return None,
         };
         Some(crate::provider::Endpoint {
             token_url,
+            introspection_url: endpoints.introspection_url.as_deref(),
             client_id,
             client_secret: self.client_secret.as_ref(),
             client_auth,
@@ -203,6 +222,15 @@ impl Credential {
             next_refresh_at: live.next_refresh_at.get(),
         }
     }
+}
+
+/// A wall-clock time (Unix seconds) as people read it in messages, e.g.
+/// `Tue, 01 Dec 2026 23:09:56 GMT`.
+pub fn format_time(secs: i64) -> String {
+    let secs = u64::try_from(secs).unwrap_or(0);
+    std::time::UNIX_EPOCH
+        .checked_add(std::time::Duration::from_secs(secs))
+        .map_or_else(|| format!("{secs} s after 1970"), httpdate::fmt_http_date)
 }
 
 /// The system's wall clock in Unix milliseconds. Everything else reads

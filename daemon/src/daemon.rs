@@ -81,7 +81,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     })?;
     let stored = store.load_all().map_err(fail)?;
     for s in stored.iter().filter(|s| s.refresh_interrupted) {
-        tracing::warn!(credential = %s.name, "tokend stopped during a refresh; retrying with the held refresh token");
+        tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before introspection says it is still active");
     }
     let shared = Shared::new(store, paths.clone(), config, policy);
     shared.registry.extend(
@@ -162,6 +162,7 @@ async fn stop(shared: &Arc<Shared>) {
             }
         }
     }
+    lifecycle::save_before_stop(shared).await;
     save_uses(shared).await;
     if let Err(e) = shared.store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");

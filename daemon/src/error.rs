@@ -76,7 +76,7 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyExists(name) => Error::AlreadyExists(name),
-            StoreError::NotFound(name) => Error::UnknownCredential(name),
+            StoreError::NotFound(name) | StoreError::Gone(name) => Error::UnknownCredential(name),
             other => Error::Internal(format!(
                 "the store could not be updated, nothing was changed: {other}"
             )),

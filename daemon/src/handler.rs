@@ -8,6 +8,7 @@ use crate::state::Shared;
 use crate::store::StoredCredential;
 use crate::{check, lifecycle, login, preset};
 use std::sync::Arc;
+use std::time::Duration;
 use tokend_proto::{
     AddCredential, AddKind, ClientCredentialsSpec, CredentialSpec, CredentialState, DaemonStatus,
     OAuth2Request, OAuth2Spec, Principal, Request, Response,
@@ -237,6 +238,18 @@ async fn add_credential(
         last_error: None,
         last_check: None,
         refresh_interrupted: false,
+        incarnation: crate::store::new_incarnation(),
+    };
+    // A refresh of the credential being replaced finishes first (or, past
+    // the wait, finds its writes fenced off): its tokens belong to the old
+    // credential and must never land in the new one.
+    let old = add
+        .replace
+        .then(|| shared.registry.get(&stored.name))
+        .flatten();
+    let _old_refresh = match &old {
+        Some(old) => wait_for_refresh(shared, old).await,
+        None => None,
     };
     let store = shared.store.clone();
     let to_store = stored.clone();
@@ -382,14 +395,39 @@ fn resolve_oauth(
     })
 }
 
+/// Waits (bounded) for a refresh of `cred` in flight to end, and keeps
+/// others out while the guard lives. Past the wait the caller goes on:
+/// store writes are conditioned on the credential's incarnation, so a
+/// refresh that outlives it cannot write into what replaces it.
+async fn wait_for_refresh<'a>(
+    shared: &Shared,
+    cred: &'a Credential,
+) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+    let wait = Duration::from_secs(2 * shared.config().refresh.http_timeout_secs + 5);
+    let guard = tokio::time::timeout(wait, cred.refresh_lock.lock())
+        .await
+        .ok();
+    if guard.is_none() {
+        tracing::warn!(credential = %cred.name, "a refresh is still in flight; going on without it (its result will be discarded)");
+    }
+    guard
+}
+
 async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response, Error> {
     let cred = known(shared, name)?;
-    // Wait for a refresh in flight, so its commit cannot resurrect the row.
-    let _guard = cred.refresh_lock.lock().await;
+    let _refresh = wait_for_refresh(shared, &cred).await;
     let store = shared.store.clone();
-    let owned = name.to_string();
-    blocking(move || store.remove(&owned)).await?;
-    shared.registry.remove(name);
+    let (owned, incarnation) = (name.to_string(), cred.incarnation);
+    if !blocking(move || store.remove(&owned, incarnation)).await? {
+        return Err(Error::InvalidArgument(format!(
+            "credential {name:?} was replaced meanwhile; nothing was removed (run `tokenctl rm {name}` again to remove the new one)"
+        )));
+    }
+    if let Some(current) = shared.registry.remove(name)
+        && !Arc::ptr_eq(&current, &cred)
+    {
+        shared.registry.insert(current);
+    }
     shared.scheduler.unschedule(name);
     tracing::info!(credential = %name, "credential removed");
     Ok(Response::Message(format!("removed credential {name:?}")))

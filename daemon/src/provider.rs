@@ -9,6 +9,9 @@ use tokend_proto::{ClientAuth, Secret};
 /// The token endpoint and how to authenticate to it.
 pub struct Endpoint<'a> {
     pub token_url: &'a str,
+    /// RFC 7662 token introspection, if the provider offers it: the way to
+    /// learn whether a refresh token in doubt is still alive.
+    pub introspection_url: Option<&'a str>,
     pub client_id: &'a str,
     pub client_secret: Option<&'a Secret>,
     pub client_auth: ClientAuth,
@@ -32,7 +35,18 @@ pub enum Grant<'a> {
 pub struct TokenSet {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
-    pub expires_in: Option<u64>,
+    pub expires_in: ExpiresIn,
+}
+
+/// The `expires_in` of a token response, as sent. The lifecycle turns it
+/// into a lifetime within documented bounds (docs/RULES.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpiresIn {
+    Missing,
+    /// Seconds, possibly zero, negative or absurdly large.
+    Secs(i64),
+    /// Present but not a number.
+    Unreadable,
 }
 
 /// Why the endpoint gave no token.
@@ -44,6 +58,12 @@ pub enum ProviderError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The request may have reached the provider, but no usable answer came
+    /// back: a timeout or a dropped connection after sending, or a 200 whose
+    /// body holds no token. For a refresh this means the provider may have
+    /// rotated the refresh token: it is now *in doubt*.
+    #[error("{message}")]
+    Unknown { message: String },
     /// The grant or the client is refused; retrying cannot help.
     #[error("{}", permanent_message(.error, .description.as_deref()))]
     Permanent {
@@ -68,9 +88,10 @@ impl ProviderError {
 
 #[derive(Deserialize)]
 struct RawTokens {
-    access_token: String,
+    access_token: Option<String>,
     refresh_token: Option<String>,
     expires_in: Option<serde_json::Value>,
+    token_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -116,49 +137,110 @@ pub async fn request(
             }
         }
     }
-    let mut builder = http
-        .post(endpoint.token_url)
-        .timeout(timeout)
-        .header("Accept", "application/json");
+    let builder = authenticated(
+        http.post(endpoint.token_url).timeout(timeout),
+        endpoint,
+        &mut form,
+    );
+    let response = builder.form(&form).send().await.map_err(|e| {
+        let message = format!(
+            "token endpoint {}: {}",
+            crate::http::host_of(endpoint.token_url),
+            describe(&e)
+        );
+        if e.is_connect() {
+            // Nothing was sent: plainly worth retrying.
+            ProviderError::Transient {
+                message,
+                retry_after: None,
+            }
+        } else {
+            ProviderError::Unknown { message }
+        }
+    })?;
+    let status = response.status();
+    let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
+    let body = read_limited(response).await.map_err(|message| {
+        if status.is_success() {
+            ProviderError::Unknown { message }
+        } else {
+            ProviderError::Transient {
+                message,
+                retry_after,
+            }
+        }
+    })?;
+    classify(status.as_u16(), &body, retry_after)
+}
+
+/// Adds the client's authentication (RFC 6749 §2.3.1) to a request to the
+/// token or introspection endpoint: form fields or HTTP Basic.
+fn authenticated<'a>(
+    builder: reqwest::RequestBuilder,
+    endpoint: &Endpoint<'a>,
+    form: &mut Vec<(&str, &'a str)>,
+) -> reqwest::RequestBuilder {
+    let builder = builder.header("Accept", "application/json");
     match endpoint.client_auth {
         ClientAuth::Post => {
             form.push(("client_id", endpoint.client_id));
             if let Some(secret) = endpoint.client_secret {
                 form.push(("client_secret", secret.expose()));
             }
+            builder
         }
         ClientAuth::Basic => {
-            // RFC 6749 §2.3.1: both parts are form-urlencoded before Basic.
+            // Both parts are form-urlencoded before Basic.
             let enc =
                 |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
             let secret = endpoint
                 .client_secret
                 .map(|s| enc(s.expose()))
                 .unwrap_or_default();
-            builder = builder.basic_auth(enc(endpoint.client_id), Some(secret));
+            builder.basic_auth(enc(endpoint.client_id), Some(secret))
         }
     }
+}
+
+/// Asks the provider whether `refresh_token` is still active (RFC 7662),
+/// authenticated as at the token endpoint. `Ok(false)` means the provider no
+/// longer accepts it: rotated, revoked or expired. An error means no answer
+/// could be had; the token stays in doubt.
+pub async fn introspect(
+    http: &reqwest::Client,
+    endpoint: &Endpoint<'_>,
+    refresh_token: &Secret,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let url = endpoint
+        .introspection_url
+        .ok_or("the credential has no introspection endpoint")?;
+    let mut form: Vec<(&str, &str)> = vec![
+        ("token", refresh_token.expose()),
+        ("token_type_hint", "refresh_token"),
+    ];
+    let builder = authenticated(http.post(url).timeout(timeout), endpoint, &mut form);
+    let host = crate::http::host_of(url);
     let response = builder
         .form(&form)
         .send()
         .await
-        .map_err(|e| ProviderError::Transient {
-            message: format!(
-                "token endpoint {}: {}",
-                crate::http::host_of(endpoint.token_url),
-                describe(&e)
-            ),
-            retry_after: None,
-        })?;
+        .map_err(|e| format!("introspection endpoint {host}: {}", describe(&e)))?;
     let status = response.status();
-    let retry_after = retry_after(response.headers());
-    let body = read_limited(response)
-        .await
-        .map_err(|message| ProviderError::Transient {
-            message,
-            retry_after,
-        })?;
-    classify(status.as_u16(), &body, retry_after)
+    let body = read_limited(response).await?;
+    if status != reqwest::StatusCode::OK {
+        return Err(format!(
+            "introspection endpoint {host} answered HTTP {}",
+            status.as_u16()
+        ));
+    }
+    #[derive(Deserialize)]
+    struct Introspection {
+        active: bool,
+    }
+    serde_json::from_slice::<Introspection>(&body)
+        .map(|i| i.active)
+        .map_err(|_| format!("introspection endpoint {host} answered without an `active` field"))
 }
 
 /// Reads a response body of at most [`MAX_BODY`] bytes.
@@ -177,9 +259,22 @@ pub async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, St
     Ok(body)
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3), relative
+/// to `now`; a date in the past means "now".
+fn retry_after(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// Sorts a response into tokens, a transient error or a permanent one.
@@ -193,22 +288,18 @@ pub fn classify(
         retry_after,
     };
     if status == 200 {
-        let raw: RawTokens = serde_json::from_slice(body).map_err(|_| {
-            transient("token endpoint answered 200 without a JSON token response".into())
-        })?;
-        if raw.access_token.is_empty() {
-            return Err(transient(
-                "token endpoint answered 200 with an empty access_token".into(),
-            ));
-        }
-        return Ok(TokenSet {
-            access_token: Secret::new(raw.access_token),
-            refresh_token: raw.refresh_token.filter(|r| !r.is_empty()).map(Secret::new),
-            expires_in: raw.expires_in.as_ref().and_then(parse_expires_in),
-        });
+        return token_set(body);
     }
     if status == 408 || status == 429 || status >= 500 {
-        return Err(transient(format!("token endpoint answered HTTP {status}")));
+        let said = serde_json::from_slice::<RawError>(body)
+            .map(|e| match e.error_description {
+                Some(d) => format!(" ({}: {})", sanitize(&e.error), sanitize(&d)),
+                None => format!(" ({})", sanitize(&e.error)),
+            })
+            .unwrap_or_default();
+        return Err(transient(format!(
+            "token endpoint answered HTTP {status}{said}"
+        )));
     }
     match serde_json::from_slice::<RawError>(body) {
         Ok(e) => Err(ProviderError::Permanent {
@@ -224,10 +315,56 @@ pub fn classify(
     }
 }
 
-/// `expires_in` as a number or a numeric string (some providers send "3600").
-fn parse_expires_in(v: &serde_json::Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+/// A 200 answer: a usable token set, or no known outcome (the provider may
+/// have rotated the refresh token and still sent nothing usable).
+fn token_set(body: &[u8]) -> Result<TokenSet, ProviderError> {
+    let unknown = |message: &str| ProviderError::Unknown {
+        message: format!("token endpoint answered 200 {message}"),
+    };
+    let raw: RawTokens =
+        serde_json::from_slice(body).map_err(|_| unknown("without a JSON token response"))?;
+    let access_token = raw
+        .access_token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unknown("without an access_token"))?;
+    // RFC 6749 §5.1: the type is case-insensitive. An absent one is taken
+    // as Bearer (some providers leave it out); any other is unusable here.
+    if let Some(kind) = raw.token_type.filter(|t| !t.eq_ignore_ascii_case("bearer")) {
+        return Err(ProviderError::Permanent {
+            error: "unsupported_token_type".into(),
+            description: Some(format!(
+                "the provider issued a {:?} token; tokend serves bearer tokens only",
+                sanitize(&kind)
+            )),
+        });
+    }
+    Ok(TokenSet {
+        access_token: Secret::new(access_token),
+        refresh_token: raw.refresh_token.filter(|r| !r.is_empty()).map(Secret::new),
+        expires_in: raw
+            .expires_in
+            .as_ref()
+            .map_or(ExpiresIn::Missing, parse_expires_in),
+    })
+}
+
+/// `expires_in` as a number (integer or not, any size: `as` saturates) or
+/// a numeric string (some providers send "3600").
+fn parse_expires_in(v: &serde_json::Value) -> ExpiresIn {
+    let number = match v {
+        serde_json::Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>().ok().or_else(|| {
+                s.parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .map(|f| f as i64)
+            })
+        }
+        _ => None,
+    };
+    number.map_or(ExpiresIn::Unreadable, ExpiresIn::Secs)
 }
 
 /// Provider text goes into logs and messages: keep it short and printable.
@@ -248,7 +385,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.access_token.expose(), "a");
-        assert_eq!(t.expires_in, Some(300));
+        assert_eq!(t.expires_in, ExpiresIn::Secs(300));
         assert!(t.refresh_token.is_none());
     }
 
@@ -283,11 +420,72 @@ mod tests {
     }
 
     #[test]
-    fn non_json_200_is_transient() {
-        assert!(matches!(
-            classify(200, b"<html>oops</html>", None),
-            Err(ProviderError::Transient { .. })
-        ));
+    fn an_unusable_200_has_no_known_outcome() {
+        for body in [
+            &b"<html>oops</html>"[..],
+            br#"{"token_type":"Bearer","expires_in":60}"#,
+            br#"{"access_token":"","token_type":"Bearer"}"#,
+        ] {
+            assert!(matches!(
+                classify(200, body, None),
+                Err(ProviderError::Unknown { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn odd_expires_in_values_are_read_without_overflow() {
+        let exp = |json: &str| {
+            let body =
+                format!(r#"{{"access_token":"a","token_type":"bearer","expires_in":{json}}}"#);
+            classify(200, body.as_bytes(), None).unwrap().expires_in
+        };
+        assert_eq!(exp("1e15"), ExpiresIn::Secs(1_000_000_000_000_000));
+        assert_eq!(exp("1e300"), ExpiresIn::Secs(i64::MAX));
+        assert_eq!(exp("0"), ExpiresIn::Secs(0));
+        assert_eq!(exp("-5"), ExpiresIn::Secs(-5));
+        assert_eq!(exp("\"soon\""), ExpiresIn::Unreadable);
+        assert_eq!(exp("null"), ExpiresIn::Missing);
+        assert_eq!(exp("[1]"), ExpiresIn::Unreadable);
+        let t = classify(200, br#"{"access_token":"a","token_type":"BEARER"}"#, None).unwrap();
+        assert_eq!(t.expires_in, ExpiresIn::Missing);
+    }
+
+    #[test]
+    fn a_token_type_other_than_bearer_is_refused() {
+        let e = classify(200, br#"{"access_token":"a","token_type":"DPoP"}"#, None).unwrap_err();
+        assert!(e.to_string().contains("DPoP"), "{e}");
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_a_date() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("retry-after", "600".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(600)));
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:38:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(600)));
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:00:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        h.insert("retry-after", "later".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn a_rate_limit_says_what_the_provider_said() {
+        let e = classify(
+            429,
+            br#"{"error":"slow_down","error_description":"wait"}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("slow_down: wait"), "{e}");
     }
 
     #[test]

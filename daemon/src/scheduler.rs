@@ -14,6 +14,9 @@ use tokio::sync::{Notify, watch};
 /// The longest sleep: the wall clock is re-read at least this often.
 pub const MAX_SLEEP_MS: i64 = 30_000;
 
+/// Wall-clock slews smaller than this are not steps.
+const STEP_TOLERANCE_MS: i64 = 1_000;
+
 #[derive(Debug, Default)]
 struct Queue {
     by_time: BTreeSet<(i64, String)>,
@@ -76,6 +79,20 @@ impl Scheduler {
         due
     }
 
+    /// Moves every entry by `ms`: after the wall clock stepped back by
+    /// `-ms`, each refresh stays as far away in real time as it was.
+    fn shift_all(&self, ms: i64) {
+        let mut q = self.lock();
+        let entries = std::mem::take(&mut q.by_time);
+        q.by_time = entries
+            .into_iter()
+            .map(|(t, name)| (t.saturating_add(ms), name))
+            .collect();
+        for t in q.by_name.values_mut() {
+            *t = t.saturating_add(ms);
+        }
+    }
+
     fn next_due(&self) -> Option<i64> {
         self.lock().by_time.first().map(|(t, _)| *t)
     }
@@ -90,8 +107,23 @@ impl Scheduler {
 }
 
 /// The scheduler task: starts a refresh for each due credential.
+///
+/// Due times are wall-clock times, so a suspend or a forward step makes
+/// them come sooner, as they should. A backwards step would make every
+/// refresh late by its size: the task notices it (the wall clock fell
+/// behind the monotonic one) and moves the whole schedule back with it.
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut skew = shared.clock.skew_ms();
     loop {
+        let now_skew = shared.clock.skew_ms();
+        if now_skew < skew - STEP_TOLERANCE_MS {
+            tracing::warn!(
+                step_ms = now_skew - skew,
+                "the wall clock stepped back; the refresh schedule moves with it"
+            );
+            shared.scheduler.shift_all(now_skew - skew);
+        }
+        skew = now_skew;
         let now = shared.clock.now_ms();
         for name in shared.scheduler.take_due(now) {
             if let Some(cred) = shared.registry.get(&name) {
@@ -130,5 +162,16 @@ mod tests {
         assert_eq!(s.next_due(), Some(200));
         s.unschedule("b");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn shifting_moves_every_entry() {
+        let s = Scheduler::default();
+        s.schedule("a", 5_000);
+        s.schedule("b", 9_000);
+        s.shift_all(-4_000);
+        assert_eq!(s.due_of("a"), Some(1_000));
+        assert_eq!(s.take_due(1_000), vec!["a".to_string()]);
+        assert_eq!(s.next_due(), Some(5_000));
     }
 }

@@ -26,12 +26,18 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("no credential named {0:?}")]
     NotFound(String),
+    /// A write for a credential that was removed or replaced since the
+    /// operation started (see [`StoredCredential::incarnation`]).
+    #[error("credential {0:?} was removed or replaced meanwhile; the result is discarded")]
+    Gone(String),
     #[error("storage error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("stored settings are unreadable: {0}")]
     Settings(#[from] serde_json::Error),
     #[error(transparent)]
     Seal(#[from] SealError),
+    #[error("the store task failed: {0}")]
+    Task(String),
 }
 
 /// The schema, one entry per version; `PRAGMA user_version` says how many ran.
@@ -72,6 +78,9 @@ CREATE TABLE meta (
     r#"
 ALTER TABLE credentials ADD COLUMN refresh_in_flight INTEGER;
 "#,
+    r#"
+ALTER TABLE credentials ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A known value sealed under the key at first start: a wrong key is caught
@@ -82,6 +91,11 @@ const KEY_CHECK: &str = "tokend key check";
 #[derive(Debug, Clone)]
 pub struct StoredCredential {
     pub name: String,
+    /// Which credential of this name: a random number chosen at `add`, new
+    /// on every replace. Every write is conditioned on it, so a refresh, a
+    /// login or a check that started for one credential can never write into
+    /// its replacement (docs/RULES.md, "Fencing").
+    pub incarnation: i64,
     pub description: String,
     pub spec: CredentialSpec,
     pub owner_uid: u32,
@@ -110,6 +124,10 @@ pub struct StoredCredential {
 pub struct TokenUpdate {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
+    /// A login starts a new grant: its refresh token (or the lack of one)
+    /// replaces the old grant's. A refresh response without a refresh token
+    /// keeps the one held (RFC 6749 §6).
+    pub new_grant: bool,
     pub generation: u64,
     pub expires_at: Option<i64>,
     pub refreshed_at: i64,
@@ -123,6 +141,34 @@ pub struct StateUpdate {
     pub reason: Option<String>,
     pub last_error: Option<String>,
     pub next_refresh_at: Option<i64>,
+    pub grant: GrantChange,
+}
+
+/// What a state change does to the held grant and the refresh journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantChange {
+    /// The last refresh's outcome is known: clear the journal, keep the tokens.
+    Settled,
+    /// The outcome of a refresh is unknown: the journal stays set, so a
+    /// restart still treats the held refresh token as in doubt.
+    InDoubt,
+    /// The refresh token may be spent: forget it (it is never sent again),
+    /// keep the access token, which stays usable until it expires.
+    DropRefreshToken,
+    /// The grant is dead: forget both tokens.
+    DropAll,
+}
+
+/// A random incarnation for a new credential (never 0, the value of rows
+/// written before incarnations existed).
+pub fn new_incarnation() -> i64 {
+    let mut b = [0u8; 8];
+    // Without OS randomness the process has bigger problems; the clock
+    // still makes a replace differ from what it replaces.
+    if getrandom::fill(&mut b).is_err() {
+        b = crate::credential::system_now_ms().to_le_bytes();
+    }
+    (i64::from_le_bytes(b) & i64::MAX).max(1)
 }
 
 /// A handle to the store; cheap to clone. The connection sits behind a
@@ -301,11 +347,18 @@ impl Store {
     }
 
     /// Removes a credential; false when there was none.
-    pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()
-            .execute("DELETE FROM credentials WHERE name = ?1", [name])?
-            > 0)
+    pub fn remove(&self, name: &str, incarnation: i64) -> Result<bool, StoreError> {
+        Ok(self.lock().execute(
+            "DELETE FROM credentials WHERE name = ?1 AND incarnation = ?2",
+            params![name, incarnation],
+        )? > 0)
+    }
+
+    /// For tests: make every write fail, as a full disk would (SQLite's
+    /// `query_only`), or work again.
+    pub fn refuse_writes(&self, refuse: bool) -> Result<(), StoreError> {
+        self.lock().pragma_update(None, "query_only", refuse)?;
+        Ok(())
     }
 
     /// Every credential, secrets opened. A value that fails to open (wrong
@@ -326,7 +379,8 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT id, name, description, owner_uid, settings, client_secret, access_token,
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
-                last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL
+                last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
+                incarnation
              FROM credentials ORDER BY name",
         )?;
         let mut allowed = load_allowed(&conn)?;
@@ -357,6 +411,7 @@ impl Store {
                 last_error: r.get(16)?,
                 last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
                 refresh_interrupted: r.get(18)?,
+                incarnation: r.get(19)?,
             });
         }
         Ok((out, sealed))
@@ -405,81 +460,107 @@ impl Store {
     }
 
     /// Commits a new token set and marks the credential ready, atomically.
-    pub fn save_tokens(&self, name: &str, t: &TokenUpdate) -> Result<(), StoreError> {
+    pub fn save_tokens(
+        &self,
+        name: &str,
+        incarnation: i64,
+        t: &TokenUpdate,
+    ) -> Result<(), StoreError> {
         let access = self.sealer.seal(name, "access_token", &t.access_token)?;
         let refresh = self.seal_opt(name, "refresh_token", t.refresh_token.as_ref())?;
         let n = self.lock().execute(
-            "UPDATE credentials SET access_token = ?2, refresh_token = COALESCE(?3, refresh_token),
-                generation = ?4, expires_at = ?5, last_refresh_at = ?6, next_refresh_at = ?7,
+            "UPDATE credentials SET access_token = ?3,
+                refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
+                generation = ?5, expires_at = ?6, last_refresh_at = ?7, next_refresh_at = ?8,
                 state = 'ready', reason = NULL, last_error = NULL, refresh_in_flight = NULL
-             WHERE name = ?1",
+             WHERE name = ?1 AND incarnation = ?2",
             params![
                 name,
+                incarnation,
                 access,
                 refresh,
                 t.generation as i64,
                 t.expires_at,
                 t.refreshed_at,
-                t.next_refresh_at
+                t.next_refresh_at,
+                t.new_grant
             ],
         )?;
-        found(n, name)
+        written(n, name)
     }
 
-    /// Records, durably, that a refresh token is about to be sent, so that
-    /// after a crash the next start knows a refresh was cut short: if the
-    /// provider then refuses the held refresh token, the crash window (the
-    /// provider rotated, the daemon died before committing) is named as the
-    /// cause instead of a mystery.
-    pub fn mark_refresh_in_flight(&self, name: &str, at: i64) -> Result<(), StoreError> {
+    /// Records, durably, that a refresh token is about to be sent. Until the
+    /// outcome is saved, the held refresh token is *in doubt*: the provider
+    /// may have rotated it. A start that finds the mark set never sends it
+    /// blindly (docs/RULES.md, "In-doubt refreshes").
+    pub fn mark_refresh_in_flight(
+        &self,
+        name: &str,
+        incarnation: i64,
+        at: i64,
+    ) -> Result<(), StoreError> {
         let n = self.lock().execute(
-            "UPDATE credentials SET refresh_in_flight = ?2 WHERE name = ?1",
-            params![name, at],
+            "UPDATE credentials SET refresh_in_flight = ?3 WHERE name = ?1 AND incarnation = ?2",
+            params![name, incarnation, at],
         )?;
-        found(n, name)
+        written(n, name)
     }
 
-    /// Records a state change (and drops the refresh token when the grant is dead).
+    /// Records a state change and what it does to the grant.
     pub fn save_state(
         &self,
         name: &str,
+        incarnation: i64,
         s: &StateUpdate,
-        drop_grant: bool,
     ) -> Result<(), StoreError> {
-        let sql = if drop_grant {
-            "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5,
-                refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL
-             WHERE name = ?1"
-        } else {
-            "UPDATE credentials SET state = ?2, reason = ?3, last_error = ?4, next_refresh_at = ?5,
-                refresh_in_flight = NULL WHERE name = ?1"
+        let grant = match s.grant {
+            GrantChange::Settled => "refresh_in_flight = NULL",
+            GrantChange::InDoubt => "refresh_in_flight = refresh_in_flight",
+            GrantChange::DropRefreshToken => "refresh_token = NULL, refresh_in_flight = NULL",
+            GrantChange::DropAll => {
+                "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL"
+            }
         };
+        let sql = format!(
+            "UPDATE credentials SET state = ?3, reason = ?4, last_error = ?5, next_refresh_at = ?6,
+                {grant} WHERE name = ?1 AND incarnation = ?2"
+        );
         let n = self.lock().execute(
-            sql,
+            &sql,
             params![
                 name,
+                incarnation,
                 state_to_sql(s.state),
                 s.reason,
                 s.last_error,
                 s.next_refresh_at
             ],
         )?;
-        found(n, name)
+        written(n, name)
     }
 
     /// Records the result of a check, and the state it leads to.
     pub fn save_check(
         &self,
         name: &str,
+        incarnation: i64,
         report: &CheckReport,
         s: &StateUpdate,
     ) -> Result<(), StoreError> {
         let json = serde_json::to_string(report)?;
         let n = self.lock().execute(
-            "UPDATE credentials SET last_check = ?2, state = ?3, reason = ?4, last_error = ?5 WHERE name = ?1",
-            params![name, json, state_to_sql(s.state), s.reason, s.last_error],
+            "UPDATE credentials SET last_check = ?3, state = ?4, reason = ?5, last_error = ?6
+             WHERE name = ?1 AND incarnation = ?2",
+            params![
+                name,
+                incarnation,
+                json,
+                state_to_sql(s.state),
+                s.reason,
+                s.last_error
+            ],
         )?;
-        found(n, name)
+        written(n, name)
     }
 
     /// Replaces the allow list.
@@ -582,8 +663,8 @@ fn insert_row(
     let inserted = tx.execute(
         "INSERT INTO credentials (name, kind, description, owner_uid, settings, client_secret,
             access_token, refresh_token, generation, expires_at, state, reason, created_at,
-            last_refresh_at, next_refresh_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            last_refresh_at, next_refresh_at, incarnation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         params![
             c.name,
             c.spec.kind(),
@@ -600,6 +681,7 @@ fn insert_row(
             c.created_at,
             c.last_refresh_at,
             c.next_refresh_at,
+            c.incarnation,
         ],
     );
     match inserted {
@@ -613,9 +695,11 @@ fn insert_row(
     write_allowed(tx, tx.last_insert_rowid(), &c.allowed)
 }
 
-fn found(rows: usize, name: &str) -> Result<(), StoreError> {
+/// No row matched the name and incarnation: the credential is gone or was
+/// replaced, and the write belongs to what is gone.
+fn written(rows: usize, name: &str) -> Result<(), StoreError> {
     if rows == 0 {
-        return Err(StoreError::NotFound(name.to_string()));
+        return Err(StoreError::Gone(name.to_string()));
     }
     Ok(())
 }
@@ -698,6 +782,7 @@ pub(crate) mod tests {
             last_error: None,
             last_check: None,
             refresh_interrupted: false,
+            incarnation: 7,
         }
     }
 
@@ -785,8 +870,9 @@ pub(crate) mod tests {
             expires_at: Some(500),
             refreshed_at: 400,
             next_refresh_at: Some(475),
+            new_grant: false,
         };
-        s.save_tokens("o", &update).unwrap();
+        s.save_tokens("o", 7, &update).unwrap();
         let back = &s.load_all().unwrap()[0];
         assert_eq!(back.access_token.as_ref().unwrap().expose(), "a1");
         assert_eq!(back.refresh_token.as_ref().unwrap().expose(), "r0");
@@ -810,7 +896,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
         s.insert(&bearer("o", "a0"), false).unwrap();
-        s.mark_refresh_in_flight("o", 5).unwrap();
+        s.mark_refresh_in_flight("o", 7, 5).unwrap();
         assert!(open(dir.path()).load_all().unwrap()[0].refresh_interrupted);
         let update = TokenUpdate {
             access_token: Secret::new("a1"),
@@ -819,8 +905,9 @@ pub(crate) mod tests {
             expires_at: Some(500),
             refreshed_at: 400,
             next_refresh_at: Some(475),
+            new_grant: false,
         };
-        s.save_tokens("o", &update).unwrap();
+        s.save_tokens("o", 7, &update).unwrap();
         assert!(!s.load_all().unwrap()[0].refresh_interrupted);
     }
 

@@ -16,7 +16,8 @@ use tokend::seal::Sealer;
 use tokend::state::Shared;
 use tokend::store::{Store, StoredCredential};
 use tokend_proto::{
-    ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, OAuth2Spec, Secret,
+    ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Endpoints, OAuth2Spec,
+    Secret,
 };
 
 struct World {
@@ -60,6 +61,15 @@ fn quick_config() -> Config {
 impl World {
     /// An oauth2 credential holding `at-0` (expiring in `expires_in` s) and a live refresh token.
     fn oauth(&self, name: &str, expires_in: i64) -> Arc<Credential> {
+        self.oauth_with(name, expires_in, false)
+    }
+
+    /// The same, with the provider's introspection endpoint when `introspect`.
+    fn oauth_with(&self, name: &str, expires_in: i64, introspect: bool) -> Arc<Credential> {
+        let endpoints = Endpoints {
+            introspection_url: introspect.then(|| self.fake.introspection_url()),
+            ..Endpoints::default()
+        };
         let spec = CredentialSpec::OAuth2(Box::new(OAuth2Spec {
             auth_url: "http://127.0.0.1:9/auth".into(),
             token_url: self.fake.url.clone(),
@@ -70,7 +80,7 @@ impl World {
             pkce: false,
             extra_params: vec![],
             refresh_margin_secs: None,
-            endpoints: Default::default(),
+            endpoints,
         }));
         let rt = self.fake.grant();
         self.insert(
@@ -110,11 +120,48 @@ impl World {
             last_error: None,
             last_check: None,
             refresh_interrupted: false,
+            incarnation: 1,
         };
         self.shared.store.insert(&stored, false).unwrap();
         let cred = Arc::new(Credential::from_stored(stored));
         self.shared.registry.insert(cred.clone());
+        // As at a start: the expiry is anchored on the monotonic clock too.
+        lifecycle::schedule_loaded(&self.shared);
         cred
+    }
+
+    /// A new daemon on the same store and provider, as after a restart.
+    fn reopen(&self) -> World {
+        let store = Store::open(&self.shared.paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
+        let shared = Shared::new(
+            store,
+            self.shared.paths.clone(),
+            self.shared.config().as_ref().clone(),
+            self.shared.policy(),
+        );
+        let stored = shared.store.load_all().unwrap();
+        shared.registry.extend(
+            stored
+                .into_iter()
+                .map(|s| Arc::new(Credential::from_stored(s)))
+                .collect(),
+        );
+        lifecycle::schedule_loaded(&shared);
+        World {
+            shared,
+            fake: self.fake.clone(),
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Lets the backoff of the last failure pass (both clocks): the
+    /// longest is `max_backoff_secs` (300) plus its jitter.
+    fn wait_out_backoff(&self) {
+        self.shared.clock.advance(400_000);
+    }
+
+    fn reuse(&self) -> usize {
+        self.fake.state.lock().unwrap().reuse_detected
     }
 
     async fn token(&self, cred: &Arc<Credential>) -> Result<String, Error> {
@@ -198,10 +245,10 @@ async fn transient_errors_keep_the_valid_token_and_back_off() {
     let cred = w.oauth("a", 3600);
     for fault in [
         Fault::Status(503, "temporarily_unavailable"),
-        Fault::Drop,
-        Fault::Garbage,
-        Fault::Stall(Duration::from_secs(3)),
+        Fault::Status(500, "server_error"),
+        Fault::RetryAfter(2),
     ] {
+        w.wait_out_backoff();
         w.fake.fault(fault.clone());
         let now = w.shared.clock.now_ms();
         let err = lifecycle::force_refresh(&w.shared, &cred)
@@ -220,6 +267,7 @@ async fn transient_errors_keep_the_valid_token_and_back_off() {
         assert_eq!(cred.live().state, CredentialState::Ready);
     }
     // And it recovers on its own terms: the next attempt succeeds.
+    w.wait_out_backoff();
     lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
     assert_eq!(w.token(&cred).await.unwrap(), "at-2");
     assert_eq!(w.fake.state.lock().unwrap().reuse_detected, 0);
@@ -246,6 +294,7 @@ async fn backoff_grows_and_is_capped() {
     let cred = w.oauth("a", 3600);
     let mut delays = Vec::new();
     for _ in 0..6 {
+        w.shared.clock.advance(20_000);
         w.fake.fault(Fault::Status(503, "x"));
         let now = w.shared.clock.now_ms();
         lifecycle::force_refresh(&w.shared, &cred)
@@ -372,4 +421,304 @@ async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
         w.fake.state.lock().unwrap().grants,
         vec!["client_credentials", "client_credentials"]
     );
+}
+
+/// Every way a refresh can end without a known outcome.
+fn unanswered() -> [Fault; 4] {
+    [
+        Fault::Drop,
+        Fault::Lost,
+        Fault::Garbage,
+        Fault::Body(200, r#"{"token_type":"Bearer","expires_in":60}"#),
+    ]
+}
+
+#[tokio::test]
+async fn without_introspection_an_unanswered_refresh_asks_for_a_login_and_keeps_serving() {
+    let w = world(3600, quick_config()).await;
+    for (i, fault) in unanswered().into_iter().enumerate() {
+        let name = format!("c{i}");
+        let cred = w.oauth(&name, 3600);
+        w.fake.fault(fault.clone());
+        let before = w.fake.refreshes();
+        let err = lifecycle::force_refresh(&w.shared, &cred)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotUsable {
+                    state: CredentialState::NeedsLogin,
+                    ..
+                }
+            ),
+            "{fault:?}: {err}"
+        );
+        assert!(err.to_string().contains("will not be sent again"), "{err}");
+        assert_eq!(cred.live().state, CredentialState::NeedsLogin);
+        assert!(
+            cred.live().refresh_token.is_none(),
+            "{fault:?}: never sent again"
+        );
+        assert_eq!(
+            w.token(&cred).await.unwrap(),
+            "at-0",
+            "{fault:?}: still served"
+        );
+        let info = cred.info(w.shared.clock.now());
+        assert!(info.reason.unwrap().contains("log in before then"));
+        w.shared.clock.advance(3_600_000);
+        assert!(w.token(&cred).await.is_err(), "expired now");
+        assert_eq!(
+            w.fake.refreshes(),
+            before + 1,
+            "{fault:?}: one request only"
+        );
+    }
+    assert_eq!(w.reuse(), 0);
+}
+
+#[tokio::test]
+async fn with_introspection_an_unanswered_refresh_is_retried_only_while_its_token_is_active() {
+    let w = world(3600, quick_config()).await;
+    for (i, fault) in unanswered().into_iter().enumerate() {
+        let name = format!("c{i}");
+        let cred = w.oauth_with(&name, 3600, true);
+        w.fake.fault(fault.clone());
+        let err = lifecycle::force_refresh(&w.shared, &cred)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("in doubt"), "{fault:?}: {err}");
+        assert_eq!(cred.live().state, CredentialState::Ready);
+        assert_eq!(w.token(&cred).await.unwrap(), "at-0");
+        // Nothing is sent before the pause for an odd answer is over.
+        let before = w.fake.refreshes();
+        assert!(lifecycle::force_refresh(&w.shared, &cred).await.is_err());
+        assert_eq!(w.fake.refreshes(), before);
+        w.shared.clock.advance(40_000);
+        let result = lifecycle::force_refresh(&w.shared, &cred).await;
+        if matches!(fault, Fault::Lost) {
+            // The provider had rotated: introspection says so, no reuse.
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("introspection says"), "{err}");
+            assert_eq!(cred.live().state, CredentialState::NeedsLogin);
+            assert_eq!(w.fake.refreshes(), before);
+            assert_eq!(w.token(&cred).await.unwrap(), "at-0");
+        } else {
+            result.unwrap();
+            assert_eq!(cred.live().state, CredentialState::Ready);
+            assert_eq!(w.fake.refreshes(), before + 1);
+        }
+    }
+    assert_eq!(w.reuse(), 0);
+    assert_eq!(w.fake.state.lock().unwrap().introspections, 4);
+}
+
+#[tokio::test]
+async fn a_refresh_cut_short_by_a_stop_is_settled_by_introspection_at_the_next_start() {
+    let w = world(3600, quick_config()).await;
+    let alive = w.oauth_with("alive", 10, true);
+    let rotated = w.oauth_with("rotated", 3600, true);
+    let blind = w.oauth("blind", 3600);
+    for c in [&alive, &rotated, &blind] {
+        w.shared
+            .store
+            .mark_refresh_in_flight(&c.name, 1, 5)
+            .unwrap();
+    }
+    // The provider rotated "rotated"'s token (and "blind"'s may have been).
+    w.fake.grant();
+    let w2 = w.reopen();
+    let get = |n: &str| w2.shared.registry.get(n).unwrap();
+    // "alive": its token expired, so it is refreshed; introspection first.
+    w2.shared.clock.advance(11_000);
+    w2.fake.state.lock().unwrap().live_refresh =
+        Some(alive.live().refresh_token.unwrap().expose().to_string());
+    assert_eq!(w2.token(&get("alive")).await.unwrap(), "at-5");
+    assert_eq!(w2.fake.state.lock().unwrap().introspected_active, 1);
+    // "rotated": introspection says spent: a login, the old token served.
+    let err = lifecycle::force_refresh(&w2.shared, &get("rotated"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("introspection says"), "{err}");
+    assert_eq!(w2.token(&get("rotated")).await.unwrap(), "at-0");
+    // "blind": no introspection endpoint: never sent again.
+    let err = lifecycle::force_refresh(&w2.shared, &get("blind"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("tokend stopped during a refresh"),
+        "{err}"
+    );
+    assert_eq!(w2.token(&get("blind")).await.unwrap(), "at-0");
+    assert_eq!(w2.reuse(), 0);
+    let stored = w2.shared.store.load_all().unwrap();
+    for s in stored {
+        assert!(!s.refresh_interrupted, "{}: the doubt is settled", s.name);
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_restart() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth_with("a", 3600, true);
+    w.shared.store.refuse_writes(true).unwrap();
+    // The journal cannot be written either: nothing is sent.
+    assert!(lifecycle::force_refresh(&w.shared, &cred).await.is_err());
+    assert_eq!(w.fake.refreshes(), 0);
+    // Writable while the journal is written, full by the time the
+    // provider's (slow) answer is to be committed.
+    w.shared.store.refuse_writes(false).unwrap();
+    w.wait_out_backoff();
+    w.fake.fault(Fault::Slow(Duration::from_millis(300)));
+    let (shared, c) = (w.shared.clone(), cred.clone());
+    let attempts = cred.live().attempts;
+    let task = tokio::spawn(lifecycle::refresh(shared, c, attempts));
+    while w.fake.refreshes() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.shared.store.refuse_writes(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(cred.live().uncommitted.is_some());
+    assert_eq!(
+        w.token(&cred).await.unwrap(),
+        "at-2",
+        "the new pair is served"
+    );
+    // A restart now: the stored refresh token is the spent one, in doubt.
+    let w2 = w.reopen();
+    let err = lifecycle::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("introspection says"), "{err}");
+    assert_eq!(w2.reuse(), 0);
+    // Writes work again: the pending save goes through on the next try.
+    w.shared.store.refuse_writes(false).unwrap();
+    let attempts = cred.live().attempts;
+    lifecycle::refresh(w.shared.clone(), cred.clone(), attempts)
+        .await
+        .unwrap();
+    assert!(cred.live().uncommitted.is_none());
+    let stored = w.shared.store.load_all().unwrap();
+    let a = stored.iter().find(|s| s.name == "a").unwrap();
+    assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-2");
+    assert!(!a.refresh_interrupted);
+}
+
+#[tokio::test]
+async fn a_backwards_clock_step_serves_no_expired_token() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 100);
+    w.shared.clock.shift(-3_600_000);
+    assert_eq!(w.token(&cred).await.unwrap(), "at-0");
+    // 101 s pass: the wall clock still says 3,500 s to go; it is expired.
+    w.shared.clock.advance(101_000);
+    assert_eq!(w.token(&cred).await.unwrap(), "at-2");
+}
+
+#[tokio::test]
+async fn a_backwards_clock_step_does_not_delay_the_scheduled_refresh() {
+    let w = world(3, quick_config()).await;
+    let cred = w.oauth("a", 3);
+    lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tokend::scheduler::run(w.shared.clone(), rx));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.shared.clock.shift(-3_600_000);
+    let before = w.fake.refreshes();
+    for _ in 0..150 {
+        if w.fake.refreshes() > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        w.fake.refreshes() > before,
+        "refreshed on time despite the step"
+    );
+}
+
+#[tokio::test]
+async fn a_grant_without_a_refresh_token_is_served_until_it_expires_then_needs_login() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 20);
+    cred.with_live(|l| l.refresh_token = None);
+    w.shared.clock.advance(17_000);
+    assert_eq!(w.token(&cred).await.unwrap(), "at-0");
+    w.shared.clock.advance(4_000);
+    let err = w.token(&cred).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotUsable {
+                state: CredentialState::NeedsLogin,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no refresh token"), "{err}");
+    assert_eq!(w.fake.refreshes(), 0, "nothing to send");
+}
+
+#[tokio::test]
+async fn odd_expires_in_values_are_clamped_and_never_loop() {
+    let w = world(3600, quick_config()).await;
+    for (body, lo, hi) in [
+        (
+            r#"{"access_token":"x","token_type":"bearer","expires_in":1e15}"#,
+            364 * 86_400,
+            366 * 86_400,
+        ),
+        (
+            r#"{"access_token":"x","token_type":"bearer","expires_in":0}"#,
+            59,
+            61,
+        ),
+        (
+            r#"{"access_token":"x","token_type":"bearer","expires_in":-5}"#,
+            59,
+            61,
+        ),
+        (
+            r#"{"access_token":"x","token_type":"bearer","expires_in":"soon"}"#,
+            3_599,
+            3_601,
+        ),
+    ] {
+        let cred = w.oauth(body, 3600);
+        w.fake.fault(Fault::Body(200, body));
+        lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
+        let now = w.shared.clock.now();
+        let life = cred.live().expires_at.get().unwrap() - now;
+        assert!((lo..=hi).contains(&life), "{body}: {life}");
+        let next = cred.live().next_refresh_at.get().unwrap() - now;
+        assert!(next >= 1, "{body}: next refresh in {next} s");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_off_forced_refreshes_and_rejects() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    w.fake.fault(Fault::RetryAfter(600));
+    let err = lifecycle::force_refresh(&w.shared, &cred)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+    for _ in 0..3 {
+        let err = lifecycle::force_refresh(&w.shared, &cred)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("next attempt"), "{err}");
+    }
+    let err = lifecycle::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("next attempt"), "{err}");
+    assert_eq!(w.fake.refreshes(), 1);
+    // A clock step does not shorten the wait.
+    w.shared.clock.shift(3_600_000);
+    assert!(lifecycle::force_refresh(&w.shared, &cred).await.is_err());
+    assert_eq!(w.fake.refreshes(), 1);
 }

@@ -19,6 +19,13 @@ pub enum Fault {
     /// Answers nothing for this long, then drops the connection unprocessed.
     Stall(Duration),
     Garbage,
+    /// Processed (a refresh token rotates), then the connection is dropped:
+    /// the answer is lost after the provider acted.
+    Lost,
+    /// Processed after this delay, answered normally.
+    Slow(Duration),
+    /// This status and JSON body, without processing.
+    Body(u16, &'static str),
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +39,9 @@ pub struct State {
     pub faults: VecDeque<Fault>,
     pub lifetime_secs: u64,
     pub grants: Vec<String>,
+    /// Introspection requests, and how many said "active".
+    pub introspections: usize,
+    pub introspected_active: usize,
 }
 
 #[derive(Clone)]
@@ -42,6 +52,11 @@ pub struct FakeProvider {
 }
 
 impl FakeProvider {
+    /// The RFC 7662 endpoint of this provider.
+    pub fn introspection_url(&self) -> String {
+        self.url.replace("/token", "/introspect")
+    }
+
     pub async fn start(lifetime_secs: u64) -> FakeProvider {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/token", listener.local_addr().unwrap());
@@ -83,9 +98,13 @@ impl FakeProvider {
     }
 
     async fn serve(&self, mut stream: TcpStream) {
-        let Some(body) = read_request(&mut stream).await else {
+        let Some((path, body)) = read_request(&mut stream).await else {
             return;
         };
+        if path == "/introspect" {
+            let reply = self.introspect(&body);
+            return respond(&mut stream, 200, "", &reply).await;
+        }
         self.requests.fetch_add(1, Ordering::SeqCst);
         let fault = self.state.lock().unwrap().faults.pop_front();
         let (status, extra, reply) = match fault {
@@ -99,14 +118,31 @@ impl FakeProvider {
                 tokio::time::sleep(d).await;
                 return;
             }
+            Some(Fault::Lost) => {
+                self.answer(&body);
+                return;
+            }
+            Some(Fault::Slow(d)) => {
+                tokio::time::sleep(d).await;
+                self.answer(&body)
+            }
+            Some(Fault::Body(code, body)) => (code, String::new(), body.to_string()),
             None => self.answer(&body),
         };
-        let response = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{reply}",
-            reply.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
-        let _ = stream.shutdown().await;
+        respond(&mut stream, status, &extra, &reply).await;
+    }
+
+    /// `active` while the token is the live, unused refresh token.
+    fn introspect(&self, body: &str) -> String {
+        let token = url::form_urlencoded::parse(body.as_bytes())
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let mut s = self.state.lock().unwrap();
+        let active = !s.revoked && s.live_refresh.as_deref() == Some(token.as_str());
+        s.introspections += 1;
+        s.introspected_active += usize::from(active);
+        format!("{{\"active\":{active}}}")
     }
 
     fn answer(&self, body: &str) -> (u16, String, String) {
@@ -161,8 +197,17 @@ impl FakeProvider {
     }
 }
 
-/// Reads headers and a Content-Length body.
-async fn read_request(stream: &mut TcpStream) -> Option<String> {
+async fn respond(stream: &mut TcpStream, status: u16, extra: &str, reply: &str) {
+    let response = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{reply}",
+        reply.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Reads the request line's path, the headers and a Content-Length body.
+async fn read_request(stream: &mut TcpStream) -> Option<(String, String)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -182,7 +227,9 @@ async fn read_request(stream: &mut TcpStream) -> Option<String> {
                 })
                 .unwrap_or(0);
             if buf.len() >= end + 4 + len {
-                return Some(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string());
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+                return Some((path, body));
             }
         }
     }
