@@ -424,9 +424,10 @@ async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
 }
 
 /// Every way a refresh can end without a known outcome.
-fn unanswered() -> [Fault; 4] {
+fn unanswered() -> [Fault; 5] {
     [
         Fault::Drop,
+        Fault::Stall(Duration::from_secs(2)),
         Fault::Lost,
         Fault::Garbage,
         Fault::Body(200, r#"{"token_type":"Bearer","expires_in":60}"#),
@@ -511,7 +512,7 @@ async fn with_introspection_an_unanswered_refresh_is_retried_only_while_its_toke
         }
     }
     assert_eq!(w.reuse(), 0);
-    assert_eq!(w.fake.state.lock().unwrap().introspections, 4);
+    assert_eq!(w.fake.state.lock().unwrap().introspections, 5);
 }
 
 #[tokio::test]
