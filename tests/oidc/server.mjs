@@ -157,6 +157,11 @@ const fresh = () => ({
   faulted: 0, // POST /token answered (or dropped) by the fault injector
   faulted_by_grant: perGrant(),
   delayed: 0, // slow/delay requests processed after the delay (client still there)
+  held: 0, // hold requests: processed at once, answer held delay_ms
+  introspections: 0, // POST /token/introspection
+  introspected_active: 0, // ... answered active: true
+  introspected_inactive_rotated: 0, // ... active: false for a refresh token consumed by a rotation
+  introspected_inactive_other: 0, // ... active: false for any other token (expired, unknown, revoked grant)
   refresh_token_reuse: 0, // refresh requests presenting an already-rotated refresh token
   grants_revoked: 0,
   errors: [], // {grant_type, error, error_description}
@@ -174,7 +179,7 @@ function recordError(gt, err) {
 }
 
 // ---- fault injection -----------------------------------------------------------
-const FAULT_MODES = new Set(['none', '503', '429', 'drop', 'slow', 'delay', 'stall', 'garbage', 'invalid_grant']);
+const FAULT_MODES = new Set(['none', '503', '429', 'drop', 'slow', 'delay', 'stall', 'hold', 'body', 'garbage', 'invalid_grant']);
 let fault = { mode: 'none' };
 
 // Whether this token request gets the current fault; counts it down.
@@ -204,6 +209,15 @@ async function applyFault(f, req, res) {
     case 'garbage': res.writeHead(200, { 'content-type': 'text/html' }); res.end('<html>oops</html>'); return true;
     case 'invalid_grant': json(400, { error: 'invalid_grant', error_description: 'fault injected by the test' }); return true;
     case 'drop': req.socket.destroy(); return true;
+    case 'body': json(f.status ?? 200, f.body ?? {}); return true;
+    case 'hold': {
+      // Processed at once (a refresh token rotates), the answer held
+      // delay_ms: a client killed meanwhile never learns the new pair.
+      const end = res.end.bind(res);
+      res.end = (...args) => { setTimeout(() => { if (!res.destroyed) end(...args); }, f.delay_ms ?? 5000); return res; };
+      stats.held += 1;
+      return false;
+    }
     case 'stall':
       // Held, then refused without processing: nothing is spent.
       await sleep(f.delay_ms ?? 5000);
@@ -305,6 +319,30 @@ async function tokenEndpoint(req, res) {
   return callback(req, res);
 }
 
+// Counts introspections and what they answered, and whether an inactive
+// refresh token was one consumed by a rotation: a client that resolves an
+// interrupted refresh by introspection must only give up a grant that really
+// rotated.
+async function introspectionEndpoint(req, res) {
+  const raw = await readBody(req);
+  let form = {};
+  try { form = querystring.parse(raw); } catch { form = {}; }
+  const wasRotated = typeof form.token === 'string' && rotated.has(form.token);
+  stats.introspections += 1;
+  const end = res.end.bind(res);
+  res.end = (body, ...rest) => {
+    let active;
+    try { active = JSON.parse(String(body ?? '')).active; } catch { active = undefined; }
+    if (active === true) stats.introspected_active += 1;
+    else if (active === false && wasRotated) stats.introspected_inactive_rotated += 1;
+    else if (active === false) stats.introspected_inactive_other += 1;
+    log(`introspection: active=${active} rotated=${wasRotated}`);
+    return end(body, ...rest);
+  };
+  req.body = raw;
+  return callback(req, res);
+}
+
 // Non-interactive login: "the user" logs in as login_hint (default
 // "test-user") and consents to everything asked -- unless login_hint=deny.
 async function interaction(req, res) {
@@ -359,6 +397,8 @@ async function testApi(req, res, url) {
         count,
         retry_after: f.retry_after === undefined ? undefined : Number(f.retry_after),
         delay_ms: f.delay_ms === undefined ? undefined : Number(f.delay_ms),
+        status: f.status === undefined ? undefined : Number(f.status),
+        body: f.body,
         grant_type: f.grant_type ?? undefined,
       };
     }
@@ -375,6 +415,7 @@ const server = http.createServer(async (req, res) => {
     if (url.pathname.startsWith('/test/')) return await testApi(req, res, url);
     if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
     if (url.pathname === '/token' && req.method === 'POST') return await tokenEndpoint(req, res);
+    if (url.pathname === '/token/introspection' && req.method === 'POST') return await introspectionEndpoint(req, res);
     return callback(req, res);
   } catch (err) {
     log('handler error:', err?.message ?? err);

@@ -69,6 +69,11 @@ impl OidcServer {
         format!("{}/token", self.issuer)
     }
 
+    /// The RFC 7662 introspection endpoint.
+    pub fn introspection_url(&self) -> String {
+        format!("{}/token/introspection", self.issuer)
+    }
+
     /// Plays the browser: follows redirects (with cookies) from the authorize
     /// URL until one leaves for the `redirect_uri` it names, and returns that URL.
     pub fn browse(&self, authorize_url: &str) -> String {
