@@ -482,8 +482,8 @@ mod tests {
 
     #[test]
     fn a_preset_may_give_an_issuer_instead_of_a_token_url() {
-        let c = Config::parse("[presets.kc]\nissuer = \"https://{domain}/realms/{realm}\"\n")
-            .unwrap();
+        let c =
+            Config::parse("[presets.kc]\nissuer = \"https://{domain}/realms/{realm}\"\n").unwrap();
         assert_eq!(c.presets["kc"].token_url, None);
         let err = Config::parse("[presets.kc]\nscopes = [\"openid\"]\n").unwrap_err();
         assert!(err.contains("token_url or an issuer"), "{err}");

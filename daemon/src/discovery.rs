@@ -59,7 +59,7 @@ pub enum DiscoveryError {
         attempts: Vec<Attempt>,
     },
     #[error(
-        "the discovery document at {url} is for issuer {found:?}, not {issuer:?}: they must be identical (RFC 8414 §3.3), so nothing was taken from it (check the --issuer URL, including any trailing slash)"
+        "the discovery document at {url} is for issuer {found:?}, not {issuer:?}: they must be identical (RFC 8414 §3.3), so nothing was taken from it (check the issuer URL given, including any trailing slash)"
     )]
     IssuerMismatch {
         issuer: String,
@@ -242,8 +242,8 @@ pub fn parse(
             Some(_) => Err(invalid(format!("has a {field} that is not a string"))),
         }
     };
-    let token_endpoint = endpoint("token_endpoint")?
-        .ok_or_else(|| invalid("has no token_endpoint".into()))?;
+    let token_endpoint =
+        endpoint("token_endpoint")?.ok_or_else(|| invalid("has no token_endpoint".into()))?;
     Ok(Metadata {
         issuer: issuer.to_string(),
         authorization_endpoint: endpoint("authorization_endpoint")?,
@@ -292,7 +292,11 @@ mod tests {
         assert!(m.authorization_endpoint.unwrap().ends_with("/auth"));
         assert!(m.introspection_endpoint.unwrap().ends_with("/introspect"));
         assert!(m.revocation_endpoint.unwrap().ends_with("/revoke"));
-        assert!(m.device_authorization_endpoint.unwrap().ends_with("/device"));
+        assert!(
+            m.device_authorization_endpoint
+                .unwrap()
+                .ends_with("/device")
+        );
     }
 
     #[test]
@@ -343,7 +347,10 @@ mod tests {
     fn a_cleartext_or_malformed_endpoint_is_refused() {
         for (field, value) in [
             ("token_endpoint", json!("http://idp.example/token")),
-            ("introspection_endpoint", json!("http://10.0.0.1/introspect")),
+            (
+                "introspection_endpoint",
+                json!("http://10.0.0.1/introspect"),
+            ),
             ("revocation_endpoint", json!("not a url")),
             ("authorization_endpoint", json!(42)),
         ] {

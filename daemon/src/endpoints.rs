@@ -198,12 +198,27 @@ mod tests {
         assert_eq!(r.token_url, "https://proxy.example/token");
         assert!(r.auth_url.ends_with("/openid-connect/auth"));
         let e = &r.endpoints;
-        assert!(e.introspection_url.as_deref().unwrap().ends_with("/introspect"));
+        assert!(
+            e.introspection_url
+                .as_deref()
+                .unwrap()
+                .ends_with("/introspect")
+        );
         assert!(e.revocation_url.as_deref().unwrap().ends_with("/revoke"));
-        assert!(e.device_authorization_url.as_deref().unwrap().ends_with("/device"));
+        assert!(
+            e.device_authorization_url
+                .as_deref()
+                .unwrap()
+                .ends_with("/device")
+        );
         assert_eq!(e.issuer, None);
         assert_eq!(e.source(TOKEN), Some(EndpointSource::Flag));
-        for name in [AUTHORIZATION, INTROSPECTION, REVOCATION, DEVICE_AUTHORIZATION] {
+        for name in [
+            AUTHORIZATION,
+            INTROSPECTION,
+            REVOCATION,
+            DEVICE_AUTHORIZATION,
+        ] {
             assert_eq!(e.source(name), Some(EndpointSource::Preset), "{name}");
         }
     }

@@ -154,7 +154,10 @@ fn an_issuer_without_a_document_names_every_url_tried() {
     let err = stderr(&out);
     for url in [
         format!("{issuer}/.well-known/openid-configuration"),
-        format!("{}/.well-known/oauth-authorization-server/nowhere", idp.issuer),
+        format!(
+            "{}/.well-known/oauth-authorization-server/nowhere",
+            idp.issuer
+        ),
         format!("{}/.well-known/openid-configuration/nowhere", idp.issuer),
         format!("{issuer}/.well-known/oauth-authorization-server"),
     ] {

@@ -193,9 +193,17 @@ pub fn show(c: &CredentialInfo) {
 /// where it came from ("-" when there is none).
 fn endpoint_rows(row: &dyn Fn(&str, &str), e: &Endpoints) {
     let rows = [
-        ("introspection", endpoint::INTROSPECTION, &e.introspection_url),
+        (
+            "introspection",
+            endpoint::INTROSPECTION,
+            &e.introspection_url,
+        ),
         ("revocation", endpoint::REVOCATION, &e.revocation_url),
-        ("device auth", endpoint::DEVICE_AUTHORIZATION, &e.device_authorization_url),
+        (
+            "device auth",
+            endpoint::DEVICE_AUTHORIZATION,
+            &e.device_authorization_url,
+        ),
         ("issuer", endpoint::ISSUER, &e.issuer),
     ];
     for (label, name, url) in rows {
