@@ -122,8 +122,16 @@ pub struct OAuthCommon {
     /// A value for the preset's URL template, e.g. `domain=acme.uptempo.io` or `tenant=acme`.
     #[arg(long = "preset-var", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub preset_vars: Vec<(String, String)>,
+    /// Fetch the endpoints from this issuer's discovery document
+    /// (`/.well-known/openid-configuration` or RFC 8414); explicit URLs override it.
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
+    /// The token endpoint (needed unless --issuer or --preset gives it).
     #[arg(long, value_name = "URL")]
     pub token_url: Option<String>,
+    /// The token introspection endpoint (RFC 7662), if --issuer or --preset does not give it.
+    #[arg(long, value_name = "URL")]
+    pub introspection_url: Option<String>,
     #[arg(long, value_name = "ID")]
     pub client_id: String,
     /// Read the client secret from this file (default: stdin).
@@ -143,6 +151,7 @@ pub struct AddOAuth2 {
     pub common: Common,
     #[command(flatten)]
     pub oauth: OAuthCommon,
+    /// The authorization endpoint (needed unless --issuer or --preset gives it).
     #[arg(long, value_name = "URL")]
     pub auth_url: Option<String>,
     /// The registered redirect URI (default: a loopback listener on a free port).

@@ -89,22 +89,6 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     Ok(report)
 }
 
-/// A reqwest error as a short phrase, without the URL's query string.
-pub fn describe(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        // The innermost cause tells a refused port from a TLS failure.
-        let mut cause: &dyn std::error::Error = e;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        format!("could not connect ({cause})")
-    } else if e.is_decode() || e.is_body() {
-        "the response body could not be read".into()
-    } else {
-        // The source, not the Display: that one repeats the whole URL.
-        std::error::Error::source(e)
-            .map_or_else(|| "the request failed".to_string(), |s| s.to_string())
-    }
-}
+/// Moved to [`crate::http::describe`], where discovery can use it without
+/// depending on this module.
+pub use crate::http::describe;

@@ -118,13 +118,23 @@ pub struct LogConfig {
 }
 
 /// A named set of endpoint templates; `{domain}`-style placeholders are
-/// filled from `tokenctl add oauth2 --preset-var domain=…`.
+/// filled from `tokenctl add oauth2 --preset-var domain=…`. A preset gives
+/// either a token URL or an issuer to discover it from (or both: the
+/// preset's URLs then fill in what the discovery document lacks).
 #[cfg_attr(test, derive(serde::Serialize))]
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PresetConfig {
+    /// Discover the endpoints from this issuer when the credential is added.
+    pub issuer: Option<String>,
     pub auth_url: Option<String>,
-    pub token_url: String,
+    pub token_url: Option<String>,
+    /// RFC 7662 token introspection.
+    pub introspection_url: Option<String>,
+    /// RFC 7009 token revocation.
+    pub revocation_url: Option<String>,
+    /// RFC 8628 device authorization.
+    pub device_authorization_url: Option<String>,
     #[serde(default)]
     pub scopes: Vec<String>,
     #[serde(default)]
@@ -232,8 +242,24 @@ impl Config {
                     "presets.{name}: a preset name uses lowercase letters, digits, '.', '_' and '-'"
                 ));
             }
-            if preset.token_url.trim().is_empty() {
-                return Err(format!("presets.{name}.token_url must not be empty"));
+            let urls = [
+                ("issuer", &preset.issuer),
+                ("auth_url", &preset.auth_url),
+                ("token_url", &preset.token_url),
+                ("introspection_url", &preset.introspection_url),
+                ("revocation_url", &preset.revocation_url),
+                ("device_authorization_url", &preset.device_authorization_url),
+            ];
+            if let Some((key, _)) = urls
+                .iter()
+                .find(|(_, url)| url.as_deref().is_some_and(|u| u.trim().is_empty()))
+            {
+                return Err(format!("presets.{name}.{key} must not be empty"));
+            }
+            if preset.token_url.is_none() && preset.issuer.is_none() {
+                return Err(format!(
+                    "presets.{name} needs a token_url or an issuer to discover it from"
+                ));
             }
         }
         Ok(())
@@ -338,10 +364,8 @@ mod tests {
         expected.presets.insert(
             "p".into(),
             PresetConfig {
-                auth_url: None,
-                token_url: "https://t.example".into(),
-                scopes: vec![],
-                extra_params: BTreeMap::new(),
+                token_url: Some("https://t.example".into()),
+                ..Default::default()
             },
         );
         assert_eq!(
@@ -384,8 +408,12 @@ mod tests {
             presets: BTreeMap::from([(
                 "p".into(),
                 PresetConfig {
+                    issuer: Some("https://i.example".into()),
                     auth_url: Some("https://a.example".into()),
-                    token_url: "https://t.example".into(),
+                    token_url: Some("https://t.example".into()),
+                    introspection_url: Some("https://t.example/introspect".into()),
+                    revocation_url: Some("https://t.example/revoke".into()),
+                    device_authorization_url: Some("https://a.example/device".into()),
                     scopes: vec![],
                     extra_params: BTreeMap::new(),
                 },
@@ -446,6 +474,20 @@ mod tests {
             "[presets.acme]\nauth_url = \"https://{domain}/auth\"\ntoken_url = \"https://{domain}/token\"\n",
         )
         .unwrap();
-        assert_eq!(c.presets["acme"].token_url, "https://{domain}/token");
+        assert_eq!(
+            c.presets["acme"].token_url.as_deref(),
+            Some("https://{domain}/token")
+        );
+    }
+
+    #[test]
+    fn a_preset_may_give_an_issuer_instead_of_a_token_url() {
+        let c =
+            Config::parse("[presets.kc]\nissuer = \"https://{domain}/realms/{realm}\"\n").unwrap();
+        assert_eq!(c.presets["kc"].token_url, None);
+        let err = Config::parse("[presets.kc]\nscopes = [\"openid\"]\n").unwrap_err();
+        assert!(err.contains("token_url or an issuer"), "{err}");
+        let err = Config::parse("[presets.kc]\nissuer = \" \"\n").unwrap_err();
+        assert!(err.contains("presets.kc.issuer"), "{err}");
     }
 }

@@ -189,7 +189,7 @@ async fn add_credential(
             "the description must be one line of at most 1024 bytes".into(),
         ));
     }
-    let spec = resolve_spec(shared, add.kind)?;
+    let spec = resolve_spec(shared, add.kind).await?;
     let secret = add.secret;
     if secret.expose().trim() != secret.expose() || secret.expose().contains(char::is_control) {
         return Err(Error::InvalidArgument(
@@ -276,7 +276,7 @@ async fn add_credential(
     )))
 }
 
-fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error> {
+async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error> {
     let invalid = Error::InvalidArgument;
     match kind {
         AddKind::Bearer { check_url, preset } => {
@@ -291,11 +291,11 @@ fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error>
             Ok(CredentialSpec::Bearer { check_url })
         }
         AddKind::OAuth2(req) => {
-            let r = resolve_oauth(shared, req, true)?;
+            let r = resolve_oauth(shared, req, true).await?;
             Ok(CredentialSpec::OAuth2(Box::new(r)))
         }
         AddKind::ClientCredentials(req) => {
-            let r = resolve_oauth(shared, req, false)?;
+            let r = resolve_oauth(shared, req, false).await?;
             Ok(CredentialSpec::ClientCredentials(Box::new(
                 ClientCredentialsSpec {
                     token_url: r.token_url,
@@ -310,40 +310,19 @@ fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error>
     }
 }
 
-/// Applies a preset, then the explicit overrides, and validates the result.
-fn resolve_oauth(
+/// Applies a preset, the issuer's discovery document and the explicit
+/// overrides (flag > discovery > preset, see [`crate::endpoints`]), and
+/// validates the result.
+async fn resolve_oauth(
     shared: &Shared,
     req: OAuth2Request,
     needs_auth_url: bool,
 ) -> Result<OAuth2Spec, Error> {
     let invalid = Error::InvalidArgument;
+    let config = shared.config();
     let preset = match &req.preset {
-        Some(name) => Some(preset::lookup(&shared.config(), name).map_err(invalid)?),
+        Some(name) => Some(preset::lookup(&config, name).map_err(invalid)?),
         None => None,
-    };
-    let from_preset = |t: Option<&String>| -> Result<Option<String>, Error> {
-        t.map(|t| preset::fill(t, &req.preset_vars))
-            .transpose()
-            .map_err(invalid)
-    };
-    let auth_url = match req.auth_url.clone() {
-        Some(u) => Some(u),
-        None => from_preset(preset.as_ref().and_then(|p| p.auth_url.as_ref()))?,
-    };
-    let token_url = match req.token_url.clone() {
-        Some(u) => u,
-        None => from_preset(preset.as_ref().map(|p| &p.token_url))?.ok_or_else(|| {
-            invalid("--token-url is required (or a --preset that sets it)".into())
-        })?,
-    };
-    crate::http::validate_endpoint_url(&token_url, "the token URL").map_err(invalid)?;
-    let auth_url = if needs_auth_url {
-        let url = auth_url
-            .ok_or_else(|| invalid("--auth-url is required (or a --preset that sets it)".into()))?;
-        crate::http::validate_endpoint_url(&url, "the authorize URL").map_err(invalid)?;
-        url
-    } else {
-        String::new()
     };
     if req.client_id.trim().is_empty() {
         return Err(invalid("--client-id must not be empty".into()));
@@ -351,6 +330,11 @@ fn resolve_oauth(
     if let Some(uri) = &req.redirect_uri {
         crate::http::validate_url(uri, "the redirect URI").map_err(invalid)?;
     }
+    // After the cheap checks: discovery may fetch a document.
+    let timeout = std::time::Duration::from_secs(config.refresh.http_timeout_secs);
+    let http = || shared.http();
+    let resolved =
+        crate::endpoints::resolve(&req, preset.as_ref(), needs_auth_url, http, timeout).await?;
     let mut extra_params: Vec<(String, String)> = preset
         .as_ref()
         .map(|p| p.extra_params.clone().into_iter().collect())
@@ -382,8 +366,8 @@ fn resolve_oauth(
         req.scopes
     };
     Ok(OAuth2Spec {
-        auth_url,
-        token_url,
+        auth_url: resolved.auth_url,
+        token_url: resolved.token_url,
         client_id: req.client_id,
         scopes,
         redirect_uri: req.redirect_uri,
@@ -391,7 +375,7 @@ fn resolve_oauth(
         pkce: req.pkce,
         extra_params,
         refresh_margin_secs: None,
-        endpoints: Default::default(),
+        endpoints: resolved.endpoints,
     })
 }
 

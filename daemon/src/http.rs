@@ -58,6 +58,26 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// A reqwest error as a short phrase, without the URL's query string.
+pub fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        // The innermost cause tells a refused port from a TLS failure.
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        format!("could not connect ({cause})")
+    } else if e.is_decode() || e.is_body() {
+        "the response body could not be read".into()
+    } else {
+        // The source, not the Display: that one repeats the whole URL.
+        std::error::Error::source(e)
+            .map_or_else(|| "the request failed".to_string(), |s| s.to_string())
+    }
+}
+
 /// Checks that `url` is an absolute http(s) URL; `what` names it in the error.
 pub fn validate_url(url: &str, what: &str) -> Result<(), String> {
     match url::Url::parse(url) {

@@ -12,6 +12,8 @@ pub mod config;
 pub mod connection;
 pub mod credential;
 pub mod daemon;
+pub mod discovery;
+pub mod endpoints;
 pub mod error;
 pub mod handler;
 pub mod http;

@@ -18,19 +18,29 @@ fn builtin(name: &str) -> Option<PresetConfig> {
     match name {
         "uptempo-cas" => Some(PresetConfig {
             auth_url: Some("https://cas.brandmaker.com/oauth2/auth".into()),
-            token_url: "https://cas.brandmaker.com/api/v1.1/token".into(),
-            scopes: vec![],
+            token_url: Some("https://cas.brandmaker.com/api/v1.1/token".into()),
             extra_params: params(&[("response_mode", "query")]),
+            ..Default::default()
         }),
-        "uptempo8" => Some(PresetConfig {
-            auth_url: Some(
-                "https://{domain}/access/realms/{tenant}/protocol/openid-connect/auth".into(),
-            ),
-            token_url: "https://{domain}/access/realms/{tenant}/protocol/openid-connect/token"
-                .into(),
-            scopes: vec![],
-            extra_params: params(&[("response_mode", "query")]),
-        }),
+        // A Keycloak realm: Keycloak's fixed endpoint layout, so adding a
+        // credential needs no network (the realm's discovery document
+        // lists the same URLs).
+        "uptempo8" => {
+            let realm = |path: &str| {
+                Some(format!(
+                    "https://{{domain}}/access/realms/{{tenant}}/protocol/openid-connect/{path}"
+                ))
+            };
+            Some(PresetConfig {
+                auth_url: realm("auth"),
+                token_url: realm("token"),
+                introspection_url: realm("token/introspect"),
+                revocation_url: realm("revoke"),
+                device_authorization_url: realm("auth/device"),
+                extra_params: params(&[("response_mode", "query")]),
+                ..Default::default()
+            })
+        }
         _ => None,
     }
 }
@@ -91,16 +101,26 @@ mod tests {
             ("domain".to_string(), "acme.uptempo.io".to_string()),
             ("tenant".to_string(), "acme".to_string()),
         ];
+        let filled = |t: &Option<String>| fill(t.as_deref().unwrap(), &vars).unwrap();
+        let realm = "https://acme.uptempo.io/access/realms/acme/protocol/openid-connect";
+        assert_eq!(filled(&p.auth_url), format!("{realm}/auth"));
+        assert_eq!(filled(&p.token_url), format!("{realm}/token"));
         assert_eq!(
-            fill(&p.token_url, &vars).unwrap(),
-            "https://acme.uptempo.io/access/realms/acme/protocol/openid-connect/token"
+            filled(&p.introspection_url),
+            format!("{realm}/token/introspect")
         );
+        assert_eq!(filled(&p.revocation_url), format!("{realm}/revoke"));
+        assert_eq!(
+            filled(&p.device_authorization_url),
+            format!("{realm}/auth/device")
+        );
+        assert_eq!(p.issuer, None, "no discovery, so no network at add time");
     }
 
     #[test]
     fn missing_variable_is_named() {
         let p = lookup(&Config::default(), "uptempo8").unwrap();
-        let err = fill(&p.token_url, &[]).unwrap_err();
+        let err = fill(p.token_url.as_deref().unwrap(), &[]).unwrap_err();
         assert!(err.contains("--preset-var domain"), "{err}");
     }
 

@@ -20,10 +20,10 @@ pub fn step(as_user: bool, request: &Request) -> Vec<u8> {
     out
 }
 
-/// Rewrites every URL the daemon would contact (check, token and authorize
-/// URLs, and anything a preset would fill in) to [`CLOSED_URL`], unless it
-/// already points there or is not an http(s) URL (then the daemon refuses
-/// it and contacts nothing). Fuzzing must never send traffic beyond 127.0.0.1.
+/// Rewrites every URL the daemon would contact (check, token, authorize and
+/// introspection URLs, the issuer, and anything a preset would fill in) to
+/// [`CLOSED_URL`], unless it already points there or is not an http(s) URL
+/// (then the daemon refuses it and contacts nothing). Fuzzing must never send traffic beyond 127.0.0.1.
 pub fn keep_local(request: &mut Request, config: &Config) {
     let Request::Add(add) = request else {
         return;
@@ -40,18 +40,26 @@ pub fn keep_local(request: &mut Request, config: &Config) {
             }
         }
         AddKind::OAuth2(req) | AddKind::ClientCredentials(req) => {
-            if req
+            let preset = req
                 .preset
                 .as_deref()
-                .is_some_and(|p| tokend::preset::lookup(config, p).is_ok())
-            {
+                .and_then(|p| tokend::preset::lookup(config, p).ok());
+            if let Some(preset) = preset {
                 // A known preset fills in remote endpoints (or templates
-                // whose host comes from fuzzed variables): override both.
+                // whose host comes from fuzzed variables): override every
+                // one a flag can, and its issuer, which adding would fetch.
                 req.auth_url = Some(CLOSED_URL.into());
                 req.token_url = Some(CLOSED_URL.into());
+                req.introspection_url = Some(CLOSED_URL.into());
+                if preset.issuer.is_some() {
+                    req.issuer = Some(CLOSED_URL.into());
+                }
             }
             local(&mut req.auth_url);
             local(&mut req.token_url);
+            local(&mut req.introspection_url);
+            // Discovery fetches from the issuer when the credential is added.
+            local(&mut req.issuer);
         }
     }
 }

@@ -136,6 +136,8 @@ pub mod endpoint {
     pub const INTROSPECTION: &str = "introspection";
     pub const REVOCATION: &str = "revocation";
     pub const DEVICE_AUTHORIZATION: &str = "device_authorization";
+    /// Not an endpoint: the issuer whose document was used (flag or preset).
+    pub const ISSUER: &str = "issuer";
 }
 
 /// A provider's endpoints besides the authorize and token URLs, and the

@@ -3,7 +3,7 @@
 // tokens and reuse detection, a login that needs no human, statistics and
 // fault injection on the token endpoint.
 //
-//   node server.mjs [--port N] [--access-ttl S] [--refresh-ttl S]
+//   node server.mjs [--port N] [--access-ttl S] [--refresh-ttl S] [--discovery oidc|rfc8414]
 //   PORT=0 ACCESS_TTL=5 node server.mjs
 //
 // stdout carries exactly one line, "LISTENING http://127.0.0.1:<port>" (the
@@ -38,6 +38,14 @@ const port = nonNegativeInt('PORT', setting('port', 'PORT', '0'));
 const accessTtl = Math.max(1, nonNegativeInt('ACCESS_TTL', setting('access-ttl', 'ACCESS_TTL', '5')));
 const refreshTtl = Math.max(1, nonNegativeInt('REFRESH_TTL', setting('refresh-ttl', 'REFRESH_TTL', String(14 * 24 * 3600))));
 const debug = Boolean(process.env.OIDC_DEBUG);
+// Where the metadata is served: "oidc" (default) at /.well-known/openid-configuration
+// as oidc-provider does; "rfc8414" only at /.well-known/oauth-authorization-server
+// (openid-configuration answers 404), like a plain OAuth2 server.
+const discovery = setting('discovery', 'DISCOVERY', 'oidc');
+if (!['oidc', 'rfc8414'].includes(discovery)) {
+  console.error(`[oidc] DISCOVERY must be oidc or rfc8414, got ${discovery}`);
+  process.exit(2);
+}
 
 const { default: Provider } = await import('oidc-provider');
 const log = (...args) => console.error('[oidc]', ...args);
@@ -416,6 +424,15 @@ const server = http.createServer(async (req, res) => {
     if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
     if (url.pathname === '/token' && req.method === 'POST') return await tokenEndpoint(req, res);
     if (url.pathname === '/token/introspection' && req.method === 'POST') return await introspectionEndpoint(req, res);
+    if (discovery === 'rfc8414') {
+      if (url.pathname === '/.well-known/openid-configuration') {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: 'not found' }));
+        return;
+      }
+      // The same document oidc-provider makes, at the RFC 8414 URL.
+      if (url.pathname === '/.well-known/oauth-authorization-server') req.url = `/.well-known/openid-configuration${url.search}`;
+    }
     return callback(req, res);
   } catch (err) {
     log('handler error:', err?.message ?? err);

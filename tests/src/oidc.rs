@@ -37,12 +37,19 @@ pub struct OidcServer {
 impl OidcServer {
     /// Starts the server; access tokens live `access_ttl` seconds.
     pub fn start(access_ttl: u64) -> OidcServer {
+        OidcServer::start_with(access_ttl, &[])
+    }
+
+    /// Starts the server with extra settings from tests/oidc/README.md,
+    /// e.g. `("DISCOVERY", "rfc8414")`.
+    pub fn start_with(access_ttl: u64, env: &[(&str, &str)]) -> OidcServer {
         ensure_installed();
         let mut child = Command::new("node")
             .arg("server.mjs")
             .current_dir(oidc_dir())
             .env("PORT", "0")
             .env("ACCESS_TTL", access_ttl.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

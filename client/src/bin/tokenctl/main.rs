@@ -235,6 +235,8 @@ fn oauth_request(o: OAuthCommon) -> OAuth2Request {
         preset_vars: o.preset_vars,
         auth_url: None,
         token_url: o.token_url,
+        issuer: o.issuer,
+        introspection_url: o.introspection_url,
         client_id: o.client_id,
         scopes: o.scopes,
         redirect_uri: None,
@@ -244,7 +246,6 @@ fn oauth_request(o: OAuthCommon) -> OAuth2Request {
         }),
         pkce: false,
         extra_params: Vec::new(),
-        ..Default::default()
     }
 }
 

@@ -19,7 +19,9 @@ pub fn emit(line: std::fmt::Arguments) {
         std::process::exit(1);
     }
 }
-use tokend_client::{CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Principal};
+use tokend_client::{
+    CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Endpoints, Principal, endpoint,
+};
 
 /// A Unix time as RFC 3339 (UTC) plus a relative hint.
 fn when(t: Option<i64>) -> String {
@@ -136,8 +138,10 @@ pub fn show(c: &CredentialInfo) {
             row("check url", check_url.as_deref().unwrap_or("-"))
         }
         CredentialSpec::OAuth2(s) => {
-            row("authorize url", &s.auth_url);
-            row("token url", &s.token_url);
+            let url = |name, url: &str| with_source(&s.endpoints, name, Some(url));
+            row("authorize url", &url(endpoint::AUTHORIZATION, &s.auth_url));
+            row("token url", &url(endpoint::TOKEN, &s.token_url));
+            endpoint_rows(&row, &s.endpoints);
             row("client id", &s.client_id);
             row("scopes", &s.scopes.join(" "));
             row(
@@ -161,7 +165,9 @@ pub fn show(c: &CredentialInfo) {
             );
         }
         CredentialSpec::ClientCredentials(s) => {
-            row("token url", &s.token_url);
+            let token_url = with_source(&s.endpoints, endpoint::TOKEN, Some(&s.token_url));
+            row("token url", &token_url);
+            endpoint_rows(&row, &s.endpoints);
             row("client id", &s.client_id);
             row("scopes", &s.scopes.join(" "));
         }
@@ -180,6 +186,38 @@ pub fn show(c: &CredentialInfo) {
             "last check",
             &format!("{} at {}", check.message, when(Some(check.at))),
         );
+    }
+}
+
+/// The endpoints beyond authorize and token, and the issuer, each with
+/// where it came from ("-" when there is none).
+fn endpoint_rows(row: &dyn Fn(&str, &str), e: &Endpoints) {
+    let rows = [
+        (
+            "introspection",
+            endpoint::INTROSPECTION,
+            &e.introspection_url,
+        ),
+        ("revocation", endpoint::REVOCATION, &e.revocation_url),
+        (
+            "device auth",
+            endpoint::DEVICE_AUTHORIZATION,
+            &e.device_authorization_url,
+        ),
+        ("issuer", endpoint::ISSUER, &e.issuer),
+    ];
+    for (label, name, url) in rows {
+        row(label, &with_source(e, name, url.as_deref()));
+    }
+}
+
+/// `URL (source)`, e.g. `https://idp.example/token (discovery)`. Settings
+/// stored before sources were recorded show the URL alone.
+fn with_source(e: &Endpoints, name: &str, url: Option<&str>) -> String {
+    match (url, e.source(name)) {
+        (None, _) => "-".into(),
+        (Some(url), Some(source)) => format!("{url} ({})", source.as_str()),
+        (Some(url), None) => url.to_string(),
     }
 }
 
