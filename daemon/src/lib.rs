@@ -22,6 +22,7 @@ pub mod notify;
 pub mod paths;
 pub mod preset;
 pub mod provider;
+pub mod quota;
 pub mod registry;
 pub mod scheduler;
 pub mod seal;
