@@ -87,11 +87,16 @@ fn set_socket_access(_path: &Path, _mode: u32, _group: Option<u32>) -> std::io::
     Ok(())
 }
 
-/// Refusals being delivered at once. Each holds a descriptor for up to a
-/// second (it reads the hello first, so that the client reads the answer
-/// rather than a reset); past this many, a refused client is closed at
-/// once, so a connect loop cannot run the daemon out of descriptors.
-const MAX_REFUSING: usize = 64;
+/// Refusals being delivered at once, per uid and in all. Each holds a
+/// descriptor for up to a second (it reads the hello first, so that the
+/// client reads the answer rather than a reset). Past these, a refused
+/// client is closed at once: a connect loop cannot run the daemon out of
+/// descriptors, and one user's flood of refusals does not cost another
+/// user the explanation of theirs.
+const REFUSING: Shares = Shares {
+    per_user: 16,
+    others: 256,
+};
 
 /// At most one warning per kind of refusal in this long: a user opening
 /// thousands of connections must not write thousands of log lines.
@@ -119,7 +124,7 @@ pub async fn run(
                             drop((place, done));
                         });
                     }
-                    Err(Some(message)) => gate.refuse(stream, message),
+                    Err(Some(refused)) => gate.refuse(stream, refused),
                     Err(None) => drop(stream),
                 },
                 Err(e) => {
@@ -143,8 +148,8 @@ struct Gate {
     max: usize,
     /// The per-user and reserved shares of it.
     quota: Arc<Quota>,
-    /// Bounds refusals in flight (see [`MAX_REFUSING`]).
-    refusing: Arc<Semaphore>,
+    /// Refusals in flight, per uid (see [`REFUSING`]).
+    refusing: Arc<Quota>,
     /// One throttle per kind of refusal: a flood of one kind does not hide
     /// the first line of another.
     warn_full: Throttle,
@@ -164,7 +169,7 @@ impl Gate {
             places: Arc::new(Semaphore::new(max)),
             max,
             quota: Arc::new(Quota::default()),
-            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            refusing: Arc::new(Quota::default()),
             warn_full: Throttle::default(),
             warn_per_user: Throttle::default(),
             warn_others: Throttle::default(),
@@ -174,7 +179,11 @@ impl Gate {
     /// The peer and its place, or what to tell a client that gets none
     /// (`None`: nothing, just close). The uid comes from the kernel before
     /// any place is spent, and a refused connection holds no place.
-    fn admit(&mut self, stream: &Stream, shared: &Shared) -> Result<(Peer, Place), Option<String>> {
+    fn admit(
+        &mut self,
+        stream: &Stream,
+        shared: &Shared,
+    ) -> Result<(Peer, Place), Option<Refused>> {
         let peer = Peer::of(stream).map_err(|e| {
             tracing::debug!(error = %e, "cannot read peer credentials; closing");
             None
@@ -186,16 +195,20 @@ impl Gate {
             .admit(peer.uid, reserved, shares)
             .map_err(|refusal| {
                 self.warn_refused(peer.uid, refusal);
-                Some(refusal.to_string())
+                Some(Refused {
+                    uid: peer.uid,
+                    message: refusal.to_string(),
+                })
             })?;
         let permit = self.places.clone().try_acquire_owned().map_err(|_| {
             let (uid, max) = (peer.uid, self.max);
             if let Some(more) = self.warn_full.allow() {
                 tracing::warn!(max, uid, more, "connection limit reached; refusing a client");
             }
-            Some(format!(
-                "tokend is at its limit of {max} connections; try again shortly"
-            ))
+            Some(Refused {
+                uid,
+                message: format!("tokend is at its limit of {max} connections; try again shortly"),
+            })
         })?;
         let place = Place {
             _share: share,
@@ -229,16 +242,22 @@ impl Gate {
         }
     }
 
-    /// Tells the client why, unless too many refusals are in flight already;
-    /// then it is just closed.
-    fn refuse(&self, stream: Stream, message: String) {
-        if let Ok(permit) = self.refusing.clone().try_acquire_owned() {
+    /// Tells the client why, unless too many refusals (of its user, or in
+    /// all) are in flight already; then it is just closed.
+    fn refuse(&self, stream: Stream, refused: Refused) {
+        if let Ok(slot) = self.refusing.admit(refused.uid, false, REFUSING) {
             tokio::spawn(async move {
-                refuse_busy(stream, message).await;
-                drop(permit);
+                refuse_busy(stream, refused.message).await;
+                drop(slot);
             });
         }
     }
+}
+
+/// A connection that gets no place: whose, and what it is told.
+struct Refused {
+    uid: u32,
+    message: String,
 }
 
 /// Lets one log line through per [`WARN_EVERY`] and counts the rest.
