@@ -355,14 +355,18 @@ mod tests {
         );
         let err = parse("max_connections = 100\nmax_connections_per_user = 101").unwrap_err();
         assert!(
-            err.contains("limits.max_connections_per_user = 101 is above limits.max_connections = 100"),
+            err.contains(
+                "limits.max_connections_per_user = 101 is above limits.max_connections = 100"
+            ),
             "{err}"
         );
         let err = parse("max_connections = 100\nreserved_connections = 100").unwrap_err();
         assert!(err.contains("limits.reserved_connections = 100"), "{err}");
         assert!(err.contains("below limits.max_connections = 100"), "{err}");
-        let c = parse("max_connections = 100\nmax_connections_per_user = 100\nreserved_connections = 0")
-            .unwrap();
+        let c = parse(
+            "max_connections = 100\nmax_connections_per_user = 100\nreserved_connections = 0",
+        )
+        .unwrap();
         assert_eq!((c.limits.per_user(), c.limits.reserved()), (100, 0));
     }
 

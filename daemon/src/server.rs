@@ -203,7 +203,12 @@ impl Gate {
         let permit = self.places.clone().try_acquire_owned().map_err(|_| {
             let (uid, max) = (peer.uid, self.max);
             if let Some(more) = self.warn_full.allow() {
-                tracing::warn!(max, uid, more, "connection limit reached; refusing a client");
+                tracing::warn!(
+                    max,
+                    uid,
+                    more,
+                    "connection limit reached; refusing a client"
+                );
             }
             Some(Refused {
                 uid,
@@ -309,6 +314,10 @@ mod tests {
             assert_eq!(throttle.allow(), None);
         }
         throttle.last = Some(Instant::now() - WARN_EVERY);
-        assert_eq!(throttle.allow(), Some(1500), "the next line counts the rest");
+        assert_eq!(
+            throttle.allow(),
+            Some(1500),
+            "the next line counts the rest"
+        );
     }
 }

@@ -188,7 +188,10 @@ fn another_user_holding_1500_idle_connections_leaves_the_owner_a_token_at_once()
         "{warned:#?}\n{}",
         d.log_text()
     );
-    assert!(warned[0].contains(&format!("uid={}", who.uid)), "{warned:?}");
+    assert!(
+        warned[0].contains(&format!("uid={}", who.uid)),
+        "{warned:?}"
+    );
 
     places_come_back(&d, who, holder);
 }
@@ -212,7 +215,11 @@ fn other_users_together_cannot_take_the_reserved_connections() {
     );
 
     owner_gets_the_token(&d);
-    other_is_refused(&d, who, "limit of 180 connections for users other than root");
+    other_is_refused(
+        &d,
+        who,
+        "limit of 180 connections for users other than root",
+    );
 
     // The reserve is the owner's: all 20 places, and then the global limit.
     let mut mine: Vec<UnixStream> = Vec::new();

@@ -54,7 +54,11 @@ fn main() {
     std::io::stdout().flush().expect("stdout");
     // Hold everything until the test closes our stdin (or dies).
     let mut line = String::new();
-    while std::io::stdin().lock().read_line(&mut line).is_ok_and(|n| n > 0) {}
+    while std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .is_ok_and(|n| n > 0)
+    {}
     drop(held);
 }
 
