@@ -5,6 +5,7 @@
 //! The binary is thin (`main.rs`); everything lives here so tests can drive it.
 
 pub mod access;
+pub mod admission;
 pub mod args;
 pub mod check;
 pub mod clock;

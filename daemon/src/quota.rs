@@ -109,7 +109,8 @@ impl Quota {
     }
 
     /// Connections `uid` has open.
-    pub fn open(&self, uid: u32) -> usize {
+    #[cfg(test)]
+    fn open(&self, uid: u32) -> usize {
         self.lock().by_uid.get(&uid).copied().unwrap_or(0)
     }
 
