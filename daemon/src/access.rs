@@ -77,6 +77,15 @@ impl Policy {
             || self.admin_gid.is_some_and(|g| peer.in_group(g))
     }
 
+    /// Root and the daemon's own user: no per-user connection cap, and the
+    /// reserved connections are theirs. Decided from the uid alone, because
+    /// it is decided at accept time for every connection, where a group
+    /// lookup (NSS, possibly over the network) would stall the accept loop;
+    /// `admin_group` members therefore count as other users here.
+    pub fn has_reserved_connections(&self, uid: u32) -> bool {
+        uid == self.daemon_uid || uid == 0
+    }
+
     /// Reading a credential's token: its owner, an admin, or someone on its allow list.
     pub fn may_use(&self, peer: &Peer, owner_uid: u32, allowed: &[Principal]) -> bool {
         peer.uid == owner_uid
@@ -145,6 +154,17 @@ mod tests {
         assert!(policy.is_admin(&peer(0, 0, &[])));
         assert!(policy.is_admin(&peer(1000, 1000, &[42])));
         assert!(!policy.is_admin(&peer(1000, 1000, &[7])));
+    }
+
+    #[test]
+    fn reserved_connections_are_for_root_and_the_daemon_user_only() {
+        let policy = Policy {
+            daemon_uid: 500,
+            admin_gid: Some(42),
+        };
+        assert!(policy.has_reserved_connections(500));
+        assert!(policy.has_reserved_connections(0));
+        assert!(!policy.has_reserved_connections(1000));
     }
 
     #[test]

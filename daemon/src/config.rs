@@ -79,6 +79,14 @@ impl Default for RefreshPolicy {
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections one user other than root and the daemon's own may hold
+    /// open at once, so one user cannot take every place. Unset: see
+    /// [`Limits::per_user`].
+    pub max_connections_per_user: Option<usize>,
+    /// The last places of `max_connections` that only root and the daemon's
+    /// own user may take, so they always get in. Unset: see
+    /// [`Limits::reserved`].
+    pub reserved_connections: Option<usize>,
     /// A connection with no request for this long is closed.
     pub idle_timeout_secs: u64,
     /// Once a frame has started, all of it must arrive within this time.
@@ -93,10 +101,57 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 1024,
+            max_connections_per_user: None,
+            reserved_connections: None,
             idle_timeout_secs: 300,
             frame_timeout_secs: 5,
             max_logins: 16,
             login_timeout_secs: 300,
+        }
+    }
+}
+
+impl Limits {
+    /// The per-user cap when `max_connections_per_user` is unset.
+    pub const DEFAULT_PER_USER: usize = 128;
+    /// The reserve when `reserved_connections` is unset.
+    pub const DEFAULT_RESERVED: usize = 64;
+
+    /// The per-user cap in force. Unset, it follows `max_connections` down
+    /// (128, or `max_connections` if smaller), so a file that only lowers
+    /// `max_connections` stays valid.
+    pub fn per_user(&self) -> usize {
+        self.max_connections_per_user
+            .unwrap_or(Self::DEFAULT_PER_USER.min(self.max_connections))
+    }
+
+    /// The reserve in force. Unset: 64, or a quarter of `max_connections`
+    /// if smaller, so other users keep most places of a small daemon.
+    pub fn reserved(&self) -> usize {
+        self.reserved_connections
+            .unwrap_or(Self::DEFAULT_RESERVED.min(self.max_connections / 4))
+    }
+
+    /// The connection keys' relations to each other (each is checked for
+    /// range on its own elsewhere).
+    fn validate_connections(&self) -> Result<(), String> {
+        let max = self.max_connections;
+        match self.max_connections_per_user {
+            Some(0) => {
+                return Err("limits.max_connections_per_user must be greater than 0".into());
+            }
+            Some(n) if n > max => {
+                return Err(format!(
+                    "limits.max_connections_per_user = {n} is above limits.max_connections = {max}"
+                ));
+            }
+            _ => {}
+        }
+        match self.reserved_connections {
+            Some(n) if n >= max => Err(format!(
+                "limits.reserved_connections = {n} leaves other users no connection: it must be below limits.max_connections = {max}"
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -231,6 +286,7 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be greater than 0"));
         }
+        self.limits.validate_connections()?;
         if r.max_backoff_secs < r.min_backoff_secs {
             return Err(
                 "refresh.max_backoff_secs must not be below refresh.min_backoff_secs".into(),
@@ -316,10 +372,48 @@ mod tests {
     }
 
     #[test]
+    fn connection_shares_are_checked_against_max_connections() {
+        let parse = |limits: &str| Config::parse(&format!("[limits]\n{limits}\n"));
+        let err = parse("max_connections_per_user = 0").unwrap_err();
+        assert!(
+            err.contains("limits.max_connections_per_user must be greater than 0"),
+            "{err}"
+        );
+        let err = parse("max_connections = 100\nmax_connections_per_user = 101").unwrap_err();
+        assert!(
+            err.contains(
+                "limits.max_connections_per_user = 101 is above limits.max_connections = 100"
+            ),
+            "{err}"
+        );
+        let err = parse("max_connections = 100\nreserved_connections = 100").unwrap_err();
+        assert!(err.contains("limits.reserved_connections = 100"), "{err}");
+        assert!(err.contains("below limits.max_connections = 100"), "{err}");
+        let c = parse(
+            "max_connections = 100\nmax_connections_per_user = 100\nreserved_connections = 0",
+        )
+        .unwrap();
+        assert_eq!((c.limits.per_user(), c.limits.reserved()), (100, 0));
+    }
+
+    #[test]
+    fn unset_connection_shares_follow_max_connections_down() {
+        assert_eq!(
+            (Limits::default().per_user(), Limits::default().reserved()),
+            (128, 64)
+        );
+        // A file that only lowers max_connections stays valid.
+        let c = Config::parse("[limits]\nmax_connections = 10\n").unwrap();
+        assert_eq!((c.limits.per_user(), c.limits.reserved()), (10, 2));
+        let c = Config::parse("[limits]\nmax_connections = 1\n").unwrap();
+        assert_eq!((c.limits.per_user(), c.limits.reserved()), (1, 0));
+    }
+
+    #[test]
     fn restart_only_changes_are_named() {
         let old = Config::default();
         let new = Config::parse(
-            "socket_group = \"tokend\"\n[limits]\nmax_connections = 10\nidle_timeout_secs = 60\n",
+            "socket_group = \"tokend\"\n[limits]\nmax_connections = 10\nidle_timeout_secs = 60\nmax_connections_per_user = 5\nreserved_connections = 1\n",
         )
         .unwrap();
         assert_eq!(
@@ -340,7 +434,15 @@ mod tests {
         let all_on = Config::parse(&example_all_on())
             .unwrap_or_else(|e| panic!("config.example.toml with every setting uncommented: {e}"));
         assert_eq!(all_on.refresh, RefreshPolicy::default());
-        assert_eq!(all_on.limits, Limits::default());
+        // The example spells out what its unset keys come to.
+        let mut limits = all_on.limits.clone();
+        let default = Limits::default();
+        assert_eq!(
+            limits.max_connections_per_user.take(),
+            Some(default.per_user())
+        );
+        assert_eq!(limits.reserved_connections.take(), Some(default.reserved()));
+        assert_eq!(limits, default);
         assert_eq!(all_on.log, LogConfig::default());
         assert_eq!(leaf_keys(&all_on), leaf_keys(&every_key_set()));
     }
@@ -399,7 +501,15 @@ mod tests {
     fn every_key_set() -> Config {
         Config {
             refresh: RefreshPolicy::default(),
-            limits: Limits::default(),
+            limits: Limits {
+                max_connections: 1024,
+                max_connections_per_user: Some(128),
+                reserved_connections: Some(64),
+                idle_timeout_secs: 300,
+                frame_timeout_secs: 5,
+                max_logins: 16,
+                login_timeout_secs: 300,
+            },
             notify_command: Some("true".into()),
             admin_group: Some("0".into()),
             socket_group: Some("0".into()),

@@ -30,14 +30,13 @@ impl Drop for Counted<'_> {
 }
 
 /// Serves one connection to the end. Errors end this connection only.
-pub async fn serve(stream: Stream, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let peer = match Peer::of(&stream) {
-        Ok(peer) => peer,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read peer credentials; closing");
-            return;
-        }
-    };
+/// `peer` was read from the stream when it was accepted (`server.rs`).
+pub async fn serve(
+    stream: Stream,
+    peer: Peer,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let _counted = Counted(&shared);
     let limits = shared.config().limits.clone();

@@ -5,6 +5,7 @@
 //! The binary is thin (`main.rs`); everything lives here so tests can drive it.
 
 pub mod access;
+pub mod admission;
 pub mod args;
 pub mod check;
 pub mod clock;
@@ -24,6 +25,7 @@ pub mod notify;
 pub mod paths;
 pub mod preset;
 pub mod provider;
+pub mod quota;
 pub mod registry;
 pub mod scheduler;
 pub mod seal;

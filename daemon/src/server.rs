@@ -1,13 +1,13 @@
 //! The listening socket and the accept loop.
 
+use crate::admission::Gate;
 use crate::state::Shared;
 use interprocess::local_socket::tokio::{Listener, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokend_proto::{HelloReply, PROTOCOL_VERSION};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -91,25 +91,22 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let max = shared.config().limits.max_connections;
-    let limit = Arc::new(Semaphore::new(max));
+    let mut gate = Gate::new(shared.config().limits.max_connections);
     // Each connection task holds a sender; all dropped means all finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(stream) => match limit.clone().try_acquire_owned() {
-                    Ok(permit) => {
+                Ok(stream) => match gate.admit(&stream, &shared) {
+                    Ok((peer, place)) => {
                         let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
                         tokio::spawn(async move {
-                            crate::connection::serve(stream, shared, shutdown).await;
-                            drop((permit, done));
+                            crate::connection::serve(stream, peer, shared, shutdown).await;
+                            drop((place, done));
                         });
                     }
-                    Err(_) => {
-                        tracing::warn!(max, "connection limit reached; refusing a client");
-                        tokio::spawn(refuse_busy(stream, max));
-                    }
+                    Err(Some(refused)) => gate.refuse(stream, refused),
+                    Err(None) => drop(stream),
                 },
                 Err(e) => {
                     // Out of file descriptors and the like: back off, don't spin.
@@ -123,20 +120,4 @@ pub async fn run(
     drop(listener);
     drop(done_tx);
     let _ = tokio::time::timeout(grace, done_rx.recv()).await;
-}
-
-/// Tells a client over the limit why, instead of leaving it hanging.
-async fn refuse_busy(mut stream: interprocess::local_socket::tokio::Stream, max: usize) {
-    let t = Duration::from_millis(500);
-    let _ = tokio::time::timeout(
-        t,
-        tokend_proto::read_frame_async::<tokend_proto::Hello>(&mut stream),
-    )
-    .await;
-    let reply = HelloReply {
-        version: PROTOCOL_VERSION,
-        accepted: false,
-        message: format!("tokend is at its limit of {max} connections; try again shortly"),
-    };
-    let _ = tokio::time::timeout(t, tokend_proto::write_frame_async(&mut stream, &reply)).await;
 }

@@ -3,6 +3,7 @@
 //! real `tokenctl`, and clean up even when a test fails.
 
 pub mod oidc;
+pub mod users;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -7,66 +7,12 @@
 //! `useradd --system --no-create-home --shell /usr/sbin/nologin tokend-e2e`;
 //! the tests create it the same way when it is missing.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Output};
-use std::sync::Mutex;
 use std::time::Duration;
+use tokend_tests::users::{Other, USER, other_user};
 use tokend_tests::*;
 
-const USER: &str = "tokend-e2e";
 const TOKEN: &str = "upp-access-e2e-secret";
-
-/// The second user's uid and primary gid.
-#[derive(Clone, Copy)]
-struct Other {
-    uid: u32,
-    gid: u32,
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn lookup() -> Option<Other> {
-    let out = Command::new("getent")
-        .args(["passwd", USER])
-        .output()
-        .ok()?;
-    let line = String::from_utf8(out.stdout).ok()?;
-    let fields: Vec<&str> = line.trim().split(':').collect();
-    Some(Other {
-        uid: fields.get(2)?.parse().ok()?,
-        gid: fields.get(3)?.parse().ok()?,
-    })
-}
-
-/// The second user, created the way CI creates it if missing. `None` when
-/// not root: these tests cannot switch users then.
-fn other_user() -> Option<Other> {
-    if !is_root() {
-        eprintln!("access tests skipped: they must run as root to act as a second user ({USER})");
-        return None;
-    }
-    static CREATE: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = CREATE.lock().unwrap_or_else(|p| p.into_inner());
-    if lookup().is_none() {
-        let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                USER,
-            ])
-            .status()
-            .expect("run useradd");
-        assert!(status.success(), "useradd {USER} failed: {status}");
-    }
-    let other = lookup().expect("the second user exists");
-    assert_ne!(other.uid, 0);
-    Some(other)
-}
 
 /// A daemon (run by root) holding the bearer credential `up` and the oauth2
 /// credential `app`, with its socket opened to every local user on purpose.
@@ -88,20 +34,13 @@ fn open_daemon() -> Daemon {
         "--client-secret-file",
         secret.to_str().unwrap(),
     ]));
-    set_mode(d.socket.parent().unwrap(), 0o755);
-    set_mode(&d.socket, 0o666);
+    d.open_to_everyone();
     d
 }
 
 /// `tokenctl ARGS` as the second user, with `stdin`.
 fn as_other(d: &Daemon, who: Other, args: &[&str], stdin: &str) -> Output {
-    let mut cmd = Command::new(bin("tokenctl"));
-    cmd.args(args)
-        .env("TOKEND_SOCKET", &d.socket)
-        .env("HOME", "/nonexistent")
-        .uid(who.uid)
-        .gid(who.gid);
-    run_with_timeout(cmd, Some(stdin), Duration::from_secs(60))
+    d.tokenctl_as(who, args, stdin)
 }
 
 fn listed_names(out: &Output) -> Vec<String> {
@@ -239,12 +178,10 @@ fn a_daemon_of_another_user_on_ones_own_socket_is_refused() {
         .arg(runtime.join("state").join("tokend.db"))
         .arg("--config")
         .arg(runtime.join("config.toml"))
-        .env("HOME", "/nonexistent")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
-        .stderr(std::process::Stdio::null())
-        .uid(other.uid)
-        .gid(other.gid);
+        .stderr(std::process::Stdio::null());
+    other.run_as(&mut theirs);
     let mut theirs = theirs.spawn().expect("start the other user's tokend");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !socket.exists() && std::time::Instant::now() < deadline {
