@@ -13,9 +13,9 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokend_proto::{
-    AddCredential, CheckReport, CredentialInfo, DaemonStatus, Hello, HelloReply, LoginChallenge,
-    FrameError, Principal, Request, Response, Secret, TokenReply, read_frame, read_response_frame,
-    write_frame,
+    AddCredential, CheckReport, CredentialInfo, DaemonStatus, FrameError, Hello, HelloReply,
+    LoginChallenge, Principal, Request, Response, Secret, TokenReply, read_frame,
+    read_response_frame, write_frame,
 };
 
 /// A socket timeout: `WouldBlock` (EAGAIN) from SO_RCVTIMEO/SO_SNDTIMEO on

@@ -15,10 +15,8 @@ struct TempSocket(PathBuf);
 
 impl TempSocket {
     fn new(tag: &str) -> TempSocket {
-        let path = std::env::temp_dir().join(format!(
-            "tokend-client-{tag}-{}.sock",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("tokend-client-{tag}-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         TempSocket(path)
     }
@@ -41,7 +39,11 @@ fn fake_daemon(socket: &TempSocket, serve: fn(&mut UnixStream)) {
     });
 }
 
-fn assert_timed_out(result: Result<impl std::fmt::Debug, Error>, socket: &TempSocket, started: Instant) {
+fn assert_timed_out(
+    result: Result<impl std::fmt::Debug, Error>,
+    socket: &TempSocket,
+    started: Instant,
+) {
     let elapsed = started.elapsed();
     let err = result.expect_err("the call must fail");
     assert!(
@@ -51,7 +53,8 @@ fn assert_timed_out(result: Result<impl std::fmt::Debug, Error>, socket: &TempSo
     assert_eq!(err.exit_code(), 3);
     let message = err.to_string();
     assert!(
-        message.contains(&socket.0.display().to_string()) && message.contains("did not answer within 0.3 s"),
+        message.contains(&socket.0.display().to_string())
+            && message.contains("did not answer within 0.3 s"),
         "{message}"
     );
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
@@ -84,6 +87,8 @@ fn a_daemon_that_never_answers_a_call_fails_it_in_time_and_the_client_is_not_reu
     client.set_timeout(QUICK);
     let started = Instant::now();
     assert_timed_out(client.token("up"), &socket, started);
-    let again = client.token("up").expect_err("a timed-out connection is not reused");
+    let again = client
+        .token("up")
+        .expect_err("a timed-out connection is not reused");
     assert!(matches!(again, Error::Connection(_)), "{again:?}");
 }

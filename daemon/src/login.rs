@@ -253,9 +253,8 @@ pub async fn finish(
     // the provider's answer and the commit.
     let shared = shared.clone();
     let lock_deadline = deadline - http_timeout;
-    let task = tokio::spawn(async move {
-        exchange(&shared, &cred, &code, &pending, lock_deadline).await
-    });
+    let task =
+        tokio::spawn(async move { exchange(&shared, &cred, &code, &pending, lock_deadline).await });
     match tokio::time::timeout_at(deadline, task).await {
         Ok(joined) => joined.map_err(|e| Error::Internal(format!("login task failed: {e}")))?,
         Err(_) => {
@@ -296,7 +295,10 @@ fn take_pending(
                 "the login session expired; run `tokenctl login NAME` again".into(),
             ));
         }
-        if !redirect.state().is_some_and(|s| s.as_bytes() == p.state.expose().as_bytes()) {
+        let answers_this_login = redirect
+            .state()
+            .is_some_and(|s| s.as_bytes() == p.state.expose().as_bytes());
+        if !answers_this_login {
             tracing::warn!(credential = %p.name, uid, "login redirect without this login's state ignored");
             return Err(Error::InvalidArgument(match redirect {
                 Redirect::Code { .. } => "the redirect's `state` does not match this login: refused (was the URL from another login attempt?)".into(),
@@ -328,8 +330,7 @@ async fn exchange(
             "credential kind changed during login".into(),
         ));
     };
-    let Ok(_guard) = tokio::time::timeout_at(lock_deadline, cred.refresh_lock.lock()).await
-    else {
+    let Ok(_guard) = tokio::time::timeout_at(lock_deadline, cred.refresh_lock.lock()).await else {
         return Err(Error::Timeout(format!(
             "credential {:?} is busy with a refresh that did not end within {FINISH_MARGIN_SECS} s; run `tokenctl login {}` again",
             cred.name, cred.name

@@ -197,8 +197,7 @@ async fn login_finish_answers_in_bounded_time_while_a_refresh_holds_the_lock() {
     let (id, state) = w.start(&cred);
     let held = cred.refresh_lock.lock().await;
     let started = tokio::time::Instant::now();
-    let Err(Error::Timeout(message)) = w.finish(&id, &format!("code=c&state={state}")).await
-    else {
+    let Err(Error::Timeout(message)) = w.finish(&id, &format!("code=c&state={state}")).await else {
         panic!("finish did not time out");
     };
     let waited = started.elapsed();
