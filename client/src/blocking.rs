@@ -1,19 +1,54 @@
 //! The blocking client: plain socket I/O, no async runtime.
+//!
+//! Every wait is bounded: the connect, and each answer (through the socket's
+//! read and write timeouts). A daemon that accepts but never answers — hung,
+//! stopped under a debugger, or an impostor — fails the call with
+//! [`Error::Timeout`] instead of hanging the program forever.
 
 use crate::{Error, ops};
+use interprocess::ConnectWaitMode;
 use interprocess::local_socket::prelude::*;
-use interprocess::local_socket::{GenericFilePath, Stream};
+use interprocess::local_socket::{ConnectOptions, GenericFilePath, Stream};
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tokend_proto::{
-    AddCredential, CheckReport, CredentialInfo, DaemonStatus, Hello, HelloReply, LoginChallenge,
-    Principal, Request, Response, Secret, TokenReply, read_frame, read_response_frame, write_frame,
+    AddCredential, CheckReport, CredentialInfo, DaemonStatus, FrameError, Hello, HelloReply,
+    LoginChallenge, Principal, Request, Response, Secret, TokenReply, read_frame,
+    read_response_frame, write_frame,
 };
+
+/// A socket timeout: `WouldBlock` (EAGAIN) from SO_RCVTIMEO/SO_SNDTIMEO on
+/// Unix, `TimedOut` elsewhere and from a bounded connect.
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// How long an ordinary call (and the connect and hello) waits for the
+/// daemon. The daemon bounds its own waits well below this by default
+/// (`refresh.wait_secs` 10 s for a token, `refresh.http_timeout_secs` 15 s
+/// plus 5 s for a refresh); raise it with [`Client::set_timeout`] if the
+/// daemon's configuration raises those.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The least `login_finish` waits: the daemon answers it within its HTTP
+/// timeout plus 10 s (25 s by default), but a configuration may raise that,
+/// and after the user has been through the browser a slow answer is better
+/// than a lost login. Five minutes is the login's own default `--timeout`.
+pub const LOGIN_FINISH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A connection to tokend. Reuse it for many requests: each costs one round trip.
 pub struct Client {
     reader: BufReader<Stream>,
     socket: PathBuf,
+    timeout: Duration,
+    /// A call failed half-way (e.g. timed out): a late answer could still
+    /// arrive and be taken for the next call's, so the connection is not
+    /// used again.
+    broken: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -30,35 +65,107 @@ impl Client {
         Client::connect(crate::default_socket())
     }
 
-    /// Connects to the daemon at `socket` and exchanges the hello.
+    /// Connects to the daemon at `socket` and exchanges the hello, waiting
+    /// at most [`DEFAULT_TIMEOUT`] for each.
     pub fn connect(socket: impl AsRef<Path>) -> Result<Client, Error> {
+        Client::connect_with_timeout(socket, DEFAULT_TIMEOUT)
+    }
+
+    /// Like [`Client::connect`], with `timeout` for the connect, the hello
+    /// and every later call (see [`Client::set_timeout`]).
+    pub fn connect_with_timeout(
+        socket: impl AsRef<Path>,
+        timeout: Duration,
+    ) -> Result<Client, Error> {
         let socket = socket.as_ref().to_path_buf();
-        let unreachable = |source| Error::unreachable(&socket, source);
+        let unreachable = |source: std::io::Error| {
+            if is_timeout(&source) {
+                Error::timeout(&socket, timeout)
+            } else {
+                Error::unreachable(&socket, source)
+            }
+        };
         let name = socket
             .as_path()
             .to_fs_name::<GenericFilePath>()
             .map_err(unreachable)?;
-        let stream = Stream::connect(name).map_err(unreachable)?;
+        let stream = ConnectOptions::new()
+            .name(name)
+            .wait_mode(ConnectWaitMode::Timeout(timeout))
+            .connect_sync()
+            .map_err(unreachable)?;
         ops::check_daemon(&socket, ops::daemon_uid(&stream))?;
         let mut client = Client {
             reader: BufReader::new(stream),
             socket,
+            timeout,
+            broken: false,
         };
-        write_frame(
+        client.apply_timeout(timeout)?;
+        let hello = write_frame(
             &mut BufWriter::new(client.reader.get_mut()),
             &Hello::current(),
-        )?;
+        );
+        client.settle(hello, timeout)?;
         // The hello reply is small; a stranger at the socket cannot make us
         // allocate a large answer before it has shown it is tokend.
-        let reply: HelloReply = read_frame(&mut client.reader)?;
+        let reply = read_frame::<HelloReply>(&mut client.reader);
+        let reply = client.settle(reply, timeout)?;
         ops::accept_hello(reply)?;
         Ok(client)
     }
 
-    /// Sends one request and reads its response.
+    /// How long each later call waits for the daemon's answer (and for its
+    /// request to be taken). `login_finish` waits at least
+    /// [`LOGIN_FINISH_TIMEOUT`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// The timeout set by [`Client::connect_with_timeout`] or [`Client::set_timeout`].
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one request and reads its response, within the client's timeout.
     pub fn call(&mut self, request: &Request) -> Result<Response, Error> {
-        write_frame(self.reader.get_mut(), request)?;
-        Ok(read_response_frame(&mut self.reader)?)
+        self.call_within(request, self.timeout)
+    }
+
+    fn call_within(&mut self, request: &Request, timeout: Duration) -> Result<Response, Error> {
+        if self.broken {
+            return Err(Error::Connection(
+                "an earlier call on this connection failed half-way; connect again".into(),
+            ));
+        }
+        self.apply_timeout(timeout)?;
+        let sent = write_frame(self.reader.get_mut(), request);
+        self.settle(sent, timeout)?;
+        let answer = read_response_frame(&mut self.reader);
+        self.settle(answer, timeout)
+    }
+
+    /// Sets the socket's read and write timeouts (a zero `timeout` would
+    /// mean "none" to the OS, so it is raised to a millisecond).
+    fn apply_timeout(&mut self, timeout: Duration) -> Result<(), Error> {
+        let timeout = Some(timeout.max(Duration::from_millis(1)));
+        let stream = self.reader.get_ref();
+        stream
+            .set_recv_timeout(timeout)
+            .and_then(|()| stream.set_send_timeout(timeout))
+            .map_err(|e| Error::Connection(format!("cannot set the socket's timeouts: {e}")))
+    }
+
+    /// Maps a frame error to the client's error; a timeout names the
+    /// socket and the wait. Any I/O failure leaves the connection unusable.
+    fn settle<T>(&mut self, result: Result<T, FrameError>, timeout: Duration) -> Result<T, Error> {
+        result.map_err(|e| {
+            self.broken = true;
+            match e {
+                FrameError::Io(io) if is_timeout(&io) => Error::timeout(&self.socket, timeout),
+                other => other.into(),
+            }
+        })
     }
 
     /// A valid access token for `name`.
@@ -131,6 +238,7 @@ impl Client {
             login_id: login_id.into(),
             redirect_url: redirect_url.into(),
         };
-        ops::read_message(self.call(&request)?)
+        let timeout = self.timeout.max(LOGIN_FINISH_TIMEOUT);
+        ops::read_message(self.call_within(&request, timeout)?)
     }
 }

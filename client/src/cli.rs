@@ -157,13 +157,16 @@ pub struct AddOAuth2 {
     /// The registered redirect URI (default: a loopback listener on a free port).
     #[arg(long, value_name = "URI")]
     pub redirect_uri: Option<String>,
-    /// Use PKCE (S256).
-    #[arg(long)]
+    /// Use PKCE (S256): the default, so this flag is redundant.
+    #[arg(long, conflicts_with = "no_pkce")]
     pub pkce: bool,
+    /// Do not use PKCE (only for a provider that rejects `code_challenge`).
+    #[arg(long)]
+    pub no_pkce: bool,
     /// An extra authorize parameter (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub params: Vec<(String, String)>,
-    /// No client secret (a public client; use with --pkce).
+    /// No client secret (a public client; PKCE protects its code).
     #[arg(long)]
     pub no_client_secret: bool,
 }

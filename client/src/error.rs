@@ -1,6 +1,7 @@
 //! What can go wrong talking to the daemon, typed so programs can react.
 
 use std::path::PathBuf;
+use std::time::Duration;
 use tokend_proto::{CredentialState, ErrorCode, FrameError, RemoteError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,13 @@ pub enum Error {
         socket.display()
     )]
     Impostor { socket: PathBuf, uid: u32 },
+    /// The daemon took the connection but did not answer in time.
+    #[error(
+        "tokend at {} did not answer within {} s",
+        socket.display(),
+        after.as_secs_f32()
+    )]
+    Timeout { socket: PathBuf, after: Duration },
     /// The connection broke or the daemon's answer made no sense.
     #[error("lost the connection to tokend: {0}")]
     Connection(String),
@@ -59,10 +67,19 @@ impl Error {
         }
     }
 
-    /// The tokenctl exit code for this error (DESIGN §8).
+    /// The daemon at `socket` did not answer within `after`.
+    pub fn timeout(socket: &std::path::Path, after: Duration) -> Error {
+        Error::Timeout {
+            socket: socket.to_path_buf(),
+            after,
+        }
+    }
+
+    /// The tokenctl exit code for this error (DESIGN §8). A daemon that does
+    /// not answer is, to a script, as unreachable as one that is not there.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::DaemonUnreachable { .. } | Error::Impostor { .. } => 3,
+            Error::DaemonUnreachable { .. } | Error::Impostor { .. } | Error::Timeout { .. } => 3,
             Error::PermissionDenied(_) => 4,
             Error::UnknownCredential(_) | Error::NotUsable { .. } => 5,
             Error::ProtocolVersion(_) | Error::Remote(_) | Error::Connection(_) => 1,

@@ -19,7 +19,7 @@ mod error;
 mod nonblocking;
 pub mod ops;
 
-pub use blocking::Client;
+pub use blocking::{Client, DEFAULT_TIMEOUT, LOGIN_FINISH_TIMEOUT};
 pub use error::Error;
 #[cfg(feature = "async")]
 pub use nonblocking::AsyncClient;

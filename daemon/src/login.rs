@@ -1,5 +1,10 @@
 //! The authorization-code login (DESIGN §3): build the authorize URL with a
 //! fresh `state` (and PKCE verifier), then complete from the redirect URL.
+//!
+//! A pending login is bound to its `state` and to the very credential it
+//! started for: a redirect without the right `state` (anyone on the machine
+//! can hit the loopback listener) changes nothing, and a credential removed
+//! or replaced meanwhile is never completed into.
 
 use crate::credential::Credential;
 use crate::error::Error;
@@ -10,7 +15,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokend_proto::{CredentialSpec, LoginChallenge, Secret};
 
@@ -18,6 +23,11 @@ use tokend_proto::{CredentialSpec, LoginChallenge, Secret};
 #[derive(Debug)]
 struct Pending {
     name: String,
+    /// The credential the login started for. A credential removed and added
+    /// again under the same name is another `Arc`: the code must never be
+    /// exchanged at (or committed into) that one. Weak, so a pending login
+    /// does not keep a removed credential alive.
+    cred: Weak<Credential>,
     state: Secret,
     verifier: Option<Secret>,
     redirect_uri: String,
@@ -35,6 +45,47 @@ impl Logins {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Drops every pending login of credential `name` (it is being removed
+    /// or replaced); returns how many there were. Their `tokenctl login`
+    /// then fails with "no such login in progress".
+    pub fn cancel(&self, name: &str) -> usize {
+        let mut logins = self.lock();
+        let before = logins.len();
+        logins.retain(|_, p| p.name != name);
+        let cancelled = before - logins.len();
+        if cancelled > 0 {
+            tracing::info!(credential = %name, cancelled, "pending logins cancelled");
+        }
+        cancelled
+    }
+
+    /// How many logins are waiting (expired ones included until the next start).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Seconds `LoginFinish` may take beyond one provider request: the wait for
+/// a refresh in flight on the same credential, and the commit.
+const FINISH_MARGIN_SECS: u64 = 10;
+
+/// Whether `cred` is still the credential registered under its name.
+fn still_registered(shared: &Shared, cred: &Arc<Credential>) -> bool {
+    shared
+        .registry
+        .get(&cred.name)
+        .is_some_and(|current| Arc::ptr_eq(&current, cred))
+}
+
+fn gone(name: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "credential {name:?} was removed or replaced since this login started; run `tokenctl login {name}` again"
+    ))
 }
 
 /// `n` bytes from the OS RNG, base64url without padding.
@@ -48,7 +99,7 @@ fn random_token(n: usize) -> Result<String, Error> {
 /// Starts a login: the authorize URL the user must open.
 pub fn start(
     shared: &Shared,
-    cred: &Credential,
+    cred: &Arc<Credential>,
     redirect_override: Option<String>,
     uid: u32,
 ) -> Result<LoginChallenge, Error> {
@@ -104,6 +155,7 @@ pub fn start(
         login_id.clone(),
         Pending {
             name: cred.name.to_string(),
+            cred: Arc::downgrade(cred),
             state: Secret::new(state),
             verifier: verifier.map(Secret::new),
             redirect_uri: redirect_uri.clone(),
@@ -133,6 +185,16 @@ enum Redirect {
     },
 }
 
+impl Redirect {
+    /// The `state` the redirect carries, if any.
+    fn state(&self) -> Option<&str> {
+        match self {
+            Redirect::Code { state, .. } => Some(state),
+            Redirect::Refused { state, .. } => state.as_deref(),
+        }
+    }
+}
+
 fn parse_redirect(redirect_url: &str) -> Result<Redirect, Error> {
     let url = url::Url::parse(redirect_url.trim()).map_err(|e| {
         Error::InvalidArgument(format!("that is not the redirect URL ({e}); paste the whole address from the browser's address bar"))
@@ -158,7 +220,10 @@ fn parse_redirect(redirect_url: &str) -> Result<Redirect, Error> {
     }
 }
 
-/// Completes a login from the URL the provider redirected to.
+/// Completes a login from the URL the provider redirected to. Answers
+/// within `refresh.http_timeout_secs` + [`FINISH_MARGIN_SECS`]: neither a
+/// refresh holding the credential's lock nor a slow provider keeps the
+/// client waiting without bound.
 pub async fn finish(
     shared: &Arc<Shared>,
     login_id: &str,
@@ -166,11 +231,56 @@ pub async fn finish(
     uid: u32,
 ) -> Result<String, Error> {
     let redirect = parse_redirect(redirect_url)?;
+    let (pending, cred) = take_pending(shared, login_id, &redirect, uid)?;
+    let code = match redirect {
+        Redirect::Refused {
+            error, description, ..
+        } => {
+            tracing::warn!(credential = %pending.name, error = %error, "login refused by the provider");
+            let detail = description.map(|d| format!(" ({d})")).unwrap_or_default();
+            return Err(Error::Provider(format!(
+                "the provider refused the login: {error}{detail}"
+            )));
+        }
+        Redirect::Code { code, .. } => code,
+    };
+    let http_timeout = Duration::from_secs(shared.config().refresh.http_timeout_secs);
+    let budget = http_timeout + Duration::from_secs(FINISH_MARGIN_SECS);
+    let deadline = tokio::time::Instant::now() + budget;
+    let name = pending.name.clone();
+    // The exchange and its commit run in their own task: neither a client
+    // that hangs up nor the deadline below may cancel them half-way between
+    // the provider's answer and the commit.
+    let shared = shared.clone();
+    let lock_deadline = deadline - http_timeout;
+    let task =
+        tokio::spawn(async move { exchange(&shared, &cred, &code, &pending, lock_deadline).await });
+    match tokio::time::timeout_at(deadline, task).await {
+        Ok(joined) => joined.map_err(|e| Error::Internal(format!("login task failed: {e}")))?,
+        Err(_) => {
+            tracing::warn!(credential = %name, "login still running at its deadline; it goes on in the background");
+            Err(Error::Timeout(format!(
+                "the login of credential {name:?} did not finish within {} s; the code exchange goes on in the background: check `tokenctl show {name}` and run `tokenctl login {name}` again if it is not ready",
+                budget.as_secs()
+            )))
+        }
+    }
+}
+
+/// Takes the pending login `redirect` answers, with the credential it will
+/// complete into. A redirect without this login's `state` leaves the login
+/// in place: it is not the provider's answer, and the real one may follow.
+fn take_pending(
+    shared: &Shared,
+    login_id: &str,
+    redirect: &Redirect,
+    uid: u32,
+) -> Result<(Pending, Arc<Credential>), Error> {
     let pending = {
         let mut logins = shared.logins.lock();
         let Some(p) = logins.get(login_id) else {
             return Err(Error::InvalidArgument(
-                "no such login in progress (it may have expired); run `tokenctl login NAME` again"
+                "no such login in progress (it may have expired, or its credential was removed); run `tokenctl login NAME` again"
                     .into(),
             ));
         };
@@ -185,60 +295,52 @@ pub async fn finish(
                 "the login session expired; run `tokenctl login NAME` again".into(),
             ));
         }
-        let state_ok = |s: &str| s.as_bytes() == p.state.expose().as_bytes();
-        match &redirect {
-            Redirect::Code { state, .. } if !state_ok(state) => {
-                tracing::warn!(credential = %p.name, uid, "login redirect with a wrong state refused");
-                return Err(Error::InvalidArgument(
-                    "the redirect's `state` does not match this login: refused (was the URL from another login attempt?)".into(),
-                ));
-            }
-            Redirect::Refused {
-                state: Some(state), ..
-            } if !state_ok(state) => {
-                return Err(Error::InvalidArgument(
-                    "the error redirect's `state` does not match this login: ignored".into(),
-                ));
-            }
-            _ => logins.remove(login_id).expect("checked above"),
+        let answers_this_login = redirect
+            .state()
+            .is_some_and(|s| s.as_bytes() == p.state.expose().as_bytes());
+        if !answers_this_login {
+            tracing::warn!(credential = %p.name, uid, "login redirect without this login's state ignored");
+            return Err(Error::InvalidArgument(match redirect {
+                Redirect::Code { .. } => "the redirect's `state` does not match this login: refused (was the URL from another login attempt?)".into(),
+                Redirect::Refused { .. } => "the error redirect does not carry this login's `state`: ignored, the login goes on".into(),
+            }));
         }
+        logins.remove(login_id).expect("checked above")
     };
-    let code = match redirect {
-        Redirect::Refused {
-            error, description, ..
-        } => {
-            tracing::warn!(credential = %pending.name, error = %error, "login refused by the provider");
-            let detail = description.map(|d| format!(" ({d})")).unwrap_or_default();
-            return Err(Error::Provider(format!(
-                "the provider refused the login: {error}{detail}"
-            )));
-        }
-        Redirect::Code { code, .. } => code,
-    };
-    let cred = shared
-        .registry
-        .get(&pending.name)
-        .ok_or_else(|| Error::UnknownCredential(pending.name.clone()))?;
-    // The exchange and its commit run in their own task: a client that hangs
-    // up must not cancel them half-way.
-    let shared = shared.clone();
-    tokio::spawn(async move { exchange(&shared, &cred, &code, &pending).await })
-        .await
-        .map_err(|e| Error::Internal(format!("login task failed: {e}")))?
+    let cred = pending
+        .cred
+        .upgrade()
+        .filter(|c| still_registered(shared, c))
+        .ok_or_else(|| gone(&pending.name))?;
+    Ok((pending, cred))
 }
 
+/// Exchanges the code and commits the tokens, under the credential's refresh
+/// lock. Gives up before contacting the provider if the lock is not had by
+/// `lock_deadline` or the credential was removed or replaced meanwhile.
 async fn exchange(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     code: &str,
     pending: &Pending,
+    lock_deadline: tokio::time::Instant,
 ) -> Result<String, Error> {
     let (CredentialSpec::OAuth2(_), Some(endpoint)) = (&cred.spec, cred.endpoint()) else {
         return Err(Error::Internal(
             "credential kind changed during login".into(),
         ));
     };
-    let _guard = cred.refresh_lock.lock().await;
+    let Ok(_guard) = tokio::time::timeout_at(lock_deadline, cred.refresh_lock.lock()).await else {
+        return Err(Error::Timeout(format!(
+            "credential {:?} is busy with a refresh that did not end within {FINISH_MARGIN_SECS} s; run `tokenctl login {}` again",
+            cred.name, cred.name
+        )));
+    };
+    // `rm` takes this lock before it removes: checked under it, the
+    // credential stays the registered one until the commit below.
+    if !still_registered(shared, cred) {
+        return Err(gone(&cred.name));
+    }
     let policy = shared.config().refresh.clone();
     let grant = Grant::AuthorizationCode {
         code,

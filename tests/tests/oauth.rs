@@ -100,6 +100,113 @@ fn denied_consent_exits_non_zero_naming_access_denied() {
     assert!(stderr(&out).contains("access_denied"), "{}", stderr(&out));
 }
 
+/// The loopback listener's port, from the `redirect_uri` in the authorize URL.
+fn listener_port(authorize_url: &str) -> u16 {
+    let redirect = tokend_tests::oidc::query_param(authorize_url, "redirect_uri")
+        .expect("the authorize URL names its redirect_uri");
+    url_port(&redirect)
+}
+
+fn url_port(url: &str) -> u16 {
+    let authority = url.split("://").nth(1).and_then(|r| r.split('/').next());
+    authority
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+/// One raw GET to the listener, as any local process could send; the
+/// listener's answer (status line, headers and page).
+fn stray_get(port: u16, target: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn a_stray_error_redirect_without_the_state_is_ignored_and_the_login_completes() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    let (mut child, url) = d.start_login("up", &[]);
+    let port = listener_port(&url);
+    for stray in [
+        "/callback?error=access_denied",
+        "/callback?error=access_denied&state=forged",
+        "/favicon.ico",
+    ] {
+        let answer = stray_get(port, stray);
+        assert!(
+            answer.starts_with("HTTP/1.1 4"),
+            "{stray}: refused: {answer}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{stray}: tokenctl login ended"
+        );
+    }
+    assert!(
+        stray_get(port, "/callback?error=access_denied").contains("not the answer to this login"),
+        "the stray request is told why"
+    );
+    let redirect = idp.browse(&url);
+    let page = curl(&["-s", &redirect]);
+    assert!(page.contains("Logged in"), "{page}");
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(idp.introspect(&token(&d, "up")));
+}
+
+#[test]
+fn a_login_started_before_rm_and_add_again_cannot_complete() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    let (child, url) = d.start_login("up", &[]);
+    let redirect = idp.browse(&url);
+    assert_ok(&d.tokenctl(&["rm", "up"]));
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    let page = curl(&["-s", &redirect]);
+    assert!(page.contains("Login failed"), "{page}");
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 1);
+    // Without the cancel in `rm`: the identity check refuses; with it: the
+    // login is gone. Either way the message says the credential was removed.
+    assert!(stderr(&out).contains("removed"), "{}", stderr(&out));
+    assert_code(&d.tokenctl(&["token", "up"]), 5);
+    assert_eq!(show(&d, "up")["state"], "needs-login");
+}
+
+#[test]
+fn pkce_s256_is_the_default_and_no_pkce_turns_it_off() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    let shown = stdout(&d.tokenctl(&["show", "up"]));
+    assert!(shown.contains("S256"), "{shown}");
+    let (child, url) = d.start_login("up", &[]);
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    curl(&["-s", &idp.browse(&url)]);
+    assert_ok(&child.wait_with_output().unwrap());
+    assert_ok(&d.add_oauth(&idp, "plain", &["--no-pkce"]));
+    let (child, url) = d.start_login("plain", &[]);
+    assert!(!url.contains("code_challenge"), "{url}");
+    curl(&["-s", &idp.browse(&url)]);
+    assert_ok(&child.wait_with_output().unwrap());
+    let both = d.add_oauth(&idp, "both", &["--pkce", "--no-pkce"]);
+    assert_code(&both, 2);
+}
+
 #[test]
 fn pkce_and_client_secret_basic_work_together() {
     let idp = OidcServer::start(60);

@@ -1,5 +1,10 @@
 //! `tokenctl login`: print the authorize URL, then catch the redirect on a
 //! loopback listener (RFC 8252) or read the pasted redirect URL.
+//!
+//! Any local process can reach the loopback listener. Only a request that
+//! carries this login's `state` is the provider's answer and is passed on to
+//! the daemon; anything else (no state, another state, another path) gets a
+//! short page saying it was ignored, and the listener keeps waiting.
 
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -127,7 +132,14 @@ pub fn run(
                 "Waiting for the browser to come back to {uri} (from another machine: ssh -L {port}:127.0.0.1:{port} this-host)",
                 port = bound.port()
             );
-            serve_redirect(client, &server, &challenge.login_id, &uri, &path, deadline)
+            let expected = state_of(&challenge.authorize_url)?;
+            let listener = Listener {
+                server: &server,
+                base: url::Url::parse(&uri).map_err(|e| e.to_string())?,
+                path,
+                state: expected,
+            };
+            serve_redirect(client, &listener, &challenge.login_id, deadline)
         }
     }
 }
@@ -181,15 +193,64 @@ fn page(title: &str, body: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>
     tiny_http::Response::from_string(html).with_header(header)
 }
 
+/// The `state` in the daemon's authorize URL: what the real redirect carries.
+fn state_of(authorize_url: &str) -> Result<String, String> {
+    url::Url::parse(authorize_url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "state")
+                .map(|(_, v)| v.into_owned())
+        })
+        .ok_or_else(|| "the daemon's authorize URL carries no `state`".to_string())
+}
+
+/// The loopback listener and what it waits for.
+struct Listener<'a> {
+    server: &'a tiny_http::Server,
+    /// The redirect URI, to rebuild the full URL of a request.
+    base: url::Url,
+    path: String,
+    state: String,
+}
+
+/// What one request to the listener is.
+enum Arrival {
+    /// The provider's redirect for this login: its full URL.
+    Answer(String),
+    /// Not for the listener at all (e.g. `/favicon.ico`).
+    OtherPath,
+    /// The callback path without this login's `state`: a stray or forged request.
+    Stray,
+}
+
+impl Listener<'_> {
+    fn classify(&self, target: &str) -> Arrival {
+        let Ok(url) = self.base.join(target) else {
+            return Arrival::OtherPath;
+        };
+        if url.path() != self.path {
+            return Arrival::OtherPath;
+        }
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned());
+        if state.as_deref() != Some(self.state.as_str()) {
+            return Arrival::Stray;
+        }
+        Arrival::Answer(url.to_string())
+    }
+}
+
+/// Waits for the provider's redirect, ignoring every other request, then
+/// completes the login with it.
 fn serve_redirect(
     client: &mut Client,
-    server: &tiny_http::Server,
+    listener: &Listener<'_>,
     login_id: &str,
-    redirect_uri: &str,
-    path: &str,
     deadline: Instant,
 ) -> Result<String, LoginError> {
-    let base = url::Url::parse(redirect_uri).map_err(|e| e.to_string())?;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -197,24 +258,35 @@ fn serve_redirect(
                 "the login timed out waiting for the browser's redirect".into(),
             ));
         }
-        let Ok(Some(request)) = server.recv_timeout(left) else {
+        let Ok(Some(request)) = listener.server.recv_timeout(left) else {
             continue;
         };
-        let target = request.url().to_string();
-        if target.split('?').next() != Some(path) {
-            let _ = request.respond(
-                page(
-                    "Not found",
-                    "This address is only for the tokend login redirect.",
-                )
-                .with_status_code(404),
-            );
-            continue;
-        }
-        let full = base
-            .join(&target)
-            .map(|u| u.to_string())
-            .unwrap_or_default();
+        let full = match listener.classify(request.url()) {
+            Arrival::Answer(full) => full,
+            Arrival::OtherPath => {
+                let _ = request.respond(
+                    page(
+                        "Not found",
+                        "This address is only for the tokend login redirect.",
+                    )
+                    .with_status_code(404),
+                );
+                continue;
+            }
+            Arrival::Stray => {
+                eprintln!(
+                    "Ignored a request to the redirect listener without this login's state; still waiting."
+                );
+                let _ = request.respond(
+                    page(
+                        "Ignored",
+                        "This is not the answer to this login (its state does not match); ignored. The login is still waiting for the provider's redirect.",
+                    )
+                    .with_status_code(400),
+                );
+                continue;
+            }
+        };
         let result = client.login_finish(login_id, &full);
         let response = match &result {
             Ok(_) => page(
@@ -225,5 +297,54 @@ fn serve_redirect(
         };
         let _ = request.respond(response);
         return Ok(result?);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(target: &str) -> Arrival {
+        let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
+        let listener = Listener {
+            server: &server,
+            base: url::Url::parse("http://127.0.0.1:5000/callback").unwrap(),
+            path: "/callback".into(),
+            state: "s3cr3t".into(),
+        };
+        listener.classify(target)
+    }
+
+    #[test]
+    fn only_a_request_with_this_logins_state_is_the_answer() {
+        assert!(matches!(
+            classify("/callback?code=c&state=s3cr3t&iss=x"),
+            Arrival::Answer(u) if u.starts_with("http://127.0.0.1:5000/callback?code=c")
+        ));
+        assert!(matches!(
+            classify("/callback?error=access_denied&state=s3cr3t"),
+            Arrival::Answer(_)
+        ));
+        for stray in [
+            "/callback?error=access_denied",
+            "/callback?error=access_denied&state=other",
+            "/callback?code=c",
+            "/callback",
+            "/callback?state=s3cr3tX",
+        ] {
+            assert!(matches!(classify(stray), Arrival::Stray), "{stray}");
+        }
+        for other in ["/favicon.ico", "/", "/callback/x?state=s3cr3t"] {
+            assert!(matches!(classify(other), Arrival::OtherPath), "{other}");
+        }
+    }
+
+    #[test]
+    fn the_state_is_read_from_the_authorize_url() {
+        assert_eq!(
+            state_of("https://idp/auth?client_id=a&state=abc%2Bd&scope=x").unwrap(),
+            "abc+d"
+        );
+        assert!(state_of("https://idp/auth?client_id=a").is_err());
     }
 }

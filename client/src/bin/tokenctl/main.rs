@@ -281,7 +281,8 @@ fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
             let mut req = oauth_request(o.oauth);
             req.auth_url = o.auth_url;
             req.redirect_uri = o.redirect_uri;
-            req.pkce = o.pkce;
+            // PKCE S256 unless refused: `--pkce` only restates the default.
+            req.pkce = !o.no_pkce;
             req.extra_params = o.params;
             (o.common, AddKind::OAuth2(req), secret)
         }
