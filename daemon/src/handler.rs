@@ -258,6 +258,8 @@ async fn add_credential(
     let cred = Arc::new(Credential::from_stored(stored));
     if let Some(old) = shared.registry.remove(&cred.name) {
         shared.scheduler.unschedule(&old.name);
+        // A login started for the old credential must not finish into this one.
+        shared.logins.cancel(&old.name);
     }
     shared.registry.insert(cred.clone());
     tracing::info!(credential = %cred.name, kind = cred.spec.kind(), owner = peer.uid, "credential added");
@@ -413,6 +415,7 @@ async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response, Error> {
         shared.registry.insert(current);
     }
     shared.scheduler.unschedule(name);
+    shared.logins.cancel(name);
     tracing::info!(credential = %name, "credential removed");
     Ok(Response::Message(format!("removed credential {name:?}")))
 }

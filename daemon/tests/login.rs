@@ -85,6 +85,7 @@ impl World {
             last_error: None,
             last_check: None,
             refresh_interrupted: false,
+            incarnation: 1,
         };
         self.shared.store.insert(&stored, true).unwrap();
         let cred = Arc::new(Credential::from_stored(stored));

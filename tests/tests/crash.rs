@@ -33,7 +33,11 @@ fn settled(d: &Daemon) -> Option<bool> {
     let mut outcome = None;
     eventually(Duration::from_secs(15), || {
         outcome = match state(d).0.as_str() {
-            "ready" => d.tokenctl(&["token", "up"]).status.success().then_some(true),
+            "ready" => d
+                .tokenctl(&["token", "up"])
+                .status
+                .success()
+                .then_some(true),
             "needs-login" => Some(false),
             _ => None,
         };
@@ -119,7 +123,11 @@ fn kill_9_at_a_hundred_random_moments_never_sends_a_refresh_token_twice() {
         stats["token_requests"]["refresh_token"],
         count("refresh_token_reuse"),
     );
-    assert_eq!(count("refresh_token_reuse"), 0, "a refresh token was sent twice: {stats}");
+    assert_eq!(
+        count("refresh_token_reuse"),
+        0,
+        "a refresh token was sent twice: {stats}"
+    );
     assert_eq!(
         count("introspected_inactive_other"),
         0,

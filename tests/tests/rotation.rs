@@ -74,7 +74,8 @@ fn a_kill_after_the_provider_rotated_asks_for_a_login_without_reuse_and_serves_a
     idp.fault(r#"{"mode":"none"}"#);
     d.restart();
     assert!(
-        eventually(Duration::from_secs(10), || show(&d, "up")["state"] == "needs-login"),
+        eventually(Duration::from_secs(10), || show(&d, "up")["state"]
+            == "needs-login"),
         "{}",
         d.log_text()
     );
@@ -89,7 +90,10 @@ fn a_kill_after_the_provider_rotated_asks_for_a_login_without_reuse_and_serves_a
     let stats = idp.stats();
     assert_eq!(stats["refresh_token_reuse"], 0, "{stats}");
     assert_eq!(stats["introspected_inactive_rotated"], 1, "{stats}");
-    assert_eq!(stats["token_posts_by_grant"]["refresh_token"], 1, "never resent");
+    assert_eq!(
+        stats["token_posts_by_grant"]["refresh_token"], 1,
+        "never resent"
+    );
     // A login brings it back.
     d.login(&idp, "up");
     assert_eq!(show(&d, "up")["state"], "ready");
@@ -135,7 +139,10 @@ fn a_replace_during_a_slow_refresh_keeps_the_replacement_before_and_after_a_rest
     assert_ok(&out);
     let _ = child.wait();
     assert_eq!(token(&d, "up"), "the-replacement");
-    assert_eq!(show(&d, "up")["spec"]["bearer"]["check_url"], serde_json::Value::Null);
+    assert_eq!(
+        show(&d, "up")["spec"]["bearer"]["check_url"],
+        serde_json::Value::Null
+    );
     d.stop();
     d.spawn();
     assert_eq!(token(&d, "up"), "the-replacement", "after a restart too");
@@ -159,7 +166,11 @@ fn a_grant_without_a_refresh_token_is_served_until_it_expires_then_asks_for_a_lo
     std::thread::sleep(Duration::from_secs(21).saturating_sub(started.elapsed()));
     let out = d.tokenctl(&["token", "up"]);
     assert_code(&out, 5);
-    assert!(stderr(&out).contains("tokenctl login up"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokenctl login up"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(show(&d, "up")["state"], "needs-login");
     assert_eq!(idp.stats()["token_posts_by_grant"]["refresh_token"], 0);
 }
@@ -167,7 +178,7 @@ fn a_grant_without_a_refresh_token_is_served_until_it_expires_then_asks_for_a_lo
 #[test]
 fn odd_token_responses_neither_panic_nor_loop() {
     let idp = OidcServer::start(3600);
-    let d = logged_in(&idp);
+    let mut d = logged_in(&idp);
     let body = |json: &str| {
         format!(r#"{{"mode":"body","grant_type":"refresh_token","count":1,"body":{json}}}"#)
     };
@@ -177,9 +188,21 @@ fn odd_token_responses_neither_panic_nor_loop() {
             364 * 86_400,
             366 * 86_400,
         ),
-        (r#"{"access_token":"zero","token_type":"Bearer","expires_in":0}"#, 55, 61),
-        (r#"{"access_token":"neg","token_type":"Bearer","expires_in":-5}"#, 55, 61),
-        (r#"{"access_token":"lower","token_type":"bearer","expires_in":300}"#, 295, 301),
+        (
+            r#"{"access_token":"zero","token_type":"Bearer","expires_in":0}"#,
+            55,
+            61,
+        ),
+        (
+            r#"{"access_token":"neg","token_type":"Bearer","expires_in":-5}"#,
+            55,
+            61,
+        ),
+        (
+            r#"{"access_token":"lower","token_type":"bearer","expires_in":300}"#,
+            295,
+            301,
+        ),
     ] {
         idp.fault(&body(json));
         assert_ok(&d.tokenctl(&["refresh", "up"]));
@@ -189,21 +212,33 @@ fn odd_token_responses_neither_panic_nor_loop() {
         assert!((lo..=hi).contains(&life), "{json}: lifetime {life}");
     }
     // A 200 without an access token: in doubt, introspected later, not looped.
-    let posts = || idp.stats()["token_posts_by_grant"]["refresh_token"].as_u64().unwrap();
+    let posts = || {
+        idp.stats()["token_posts_by_grant"]["refresh_token"]
+            .as_u64()
+            .unwrap()
+    };
     idp.fault(&body(r#"{"token_type":"Bearer","expires_in":60}"#));
     let out = d.tokenctl(&["refresh", "up"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("without an access_token"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("without an access_token"),
+        "{}",
+        stderr(&out)
+    );
     let after = posts();
     std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(posts(), after, "no retry within the pause after an odd answer");
+    assert_eq!(
+        posts(),
+        after,
+        "no retry within the pause after an odd answer"
+    );
     let info = show(&d, "up");
     assert_eq!(info["state"], "ready");
     assert!(
         info["last_error"].as_str().unwrap().contains("in doubt"),
         "{info}"
     );
-    assert!(d.is_running_ok());
+    assert!(d.is_running(), "no panic:\n{}", d.log_text());
 }
 
 #[test]
