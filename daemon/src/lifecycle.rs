@@ -325,23 +325,47 @@ async fn attempt(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Err
         },
         CredentialSpec::Bearer { .. } => return Ok(()),
     };
+    let result = send(shared, cred, http, &endpoint, &grant).await;
+    conclude(shared, cred, result, None).await
+}
+
+/// Sends one grant with the `refreshing` flag up, and turns a token set
+/// into the update to commit.
+async fn send(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    http: &reqwest::Client,
+    endpoint: &Endpoint<'_>,
+    grant: &Grant<'_>,
+) -> Result<TokenUpdate, ProviderError> {
     let started_ms = shared.clock.now_ms();
     cred.with_live(|l| l.refreshing = true);
-    let result = provider::request(http, &endpoint, &grant, timeout(shared)).await;
+    let result = provider::request(http, endpoint, grant, timeout(shared)).await;
     cred.with_live(|l| l.refreshing = false);
+    result.map(|set| token_update(cred, set, started_ms, &shared.config().refresh))
+}
+
+/// What an attempt's answer leads to. `rotating` is the endpoint of a
+/// refresh-token grant, for which an answer with no known outcome puts the
+/// refresh token in doubt; in the other grants nothing rotates, and such an
+/// answer is only odd.
+async fn conclude(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    result: Result<TokenUpdate, ProviderError>,
+    rotating: Option<&Endpoint<'_>>,
+) -> Result<(), Error> {
     match result {
-        Ok(set) => {
-            let update = token_update(cred, set, started_ms, &shared.config().refresh);
-            commit_and_publish(shared, cred, update, Origin::Refresh).await
-        }
+        Ok(update) => commit_and_publish(shared, cred, update, Origin::Refresh).await,
+        // The provider answered with an error, or nothing was sent: nothing rotated.
         Err(ProviderError::Transient {
             message,
             retry_after,
         }) => transient(shared, cred, message, retry_after, Pace::Normal).await,
-        // Nothing rotates in this grant: an unknown outcome is only odd.
-        Err(ProviderError::Unknown { message }) => {
-            transient(shared, cred, message, None, Pace::Odd).await
-        }
+        Err(ProviderError::Unknown { message }) => match rotating {
+            Some(endpoint) => no_answer(shared, cred, endpoint, message).await,
+            None => transient(shared, cred, message, None, Pace::Odd).await,
+        },
         Err(e) => permanent(shared, cred, &e).await,
     }
 }
@@ -363,24 +387,9 @@ async fn refresh_grant(
     if let Err(message) = mark_in_flight(shared, cred).await {
         return transient(shared, cred, message, None, Pace::Normal).await;
     }
-    let started_ms = shared.clock.now_ms();
-    cred.with_live(|l| l.refreshing = true);
     let grant = Grant::RefreshToken(&refresh_token);
-    let result = provider::request(http, endpoint, &grant, timeout(shared)).await;
-    cred.with_live(|l| l.refreshing = false);
-    match result {
-        Ok(set) => {
-            let update = token_update(cred, set, started_ms, &shared.config().refresh);
-            commit_and_publish(shared, cred, update, Origin::Refresh).await
-        }
-        // The provider answered with an error: it did not rotate.
-        Err(ProviderError::Transient {
-            message,
-            retry_after,
-        }) => transient(shared, cred, message, retry_after, Pace::Normal).await,
-        Err(ProviderError::Unknown { message }) => no_answer(shared, cred, endpoint, message).await,
-        Err(e) => permanent(shared, cred, &e).await,
-    }
+    let result = send(shared, cred, http, endpoint, &grant).await;
+    conclude(shared, cred, result, Some(endpoint)).await
 }
 
 /// A refresh sent without a known outcome: the held refresh token is now in

@@ -337,7 +337,10 @@ fn fault_daemon(idp: &OidcServer, notify: &std::path::Path) -> Daemon {
         config: Some(config),
         ..Options::default()
     });
-    assert_ok(&d.add_oauth(idp, "up", &[]));
+    // With introspection, a refresh whose answer was lost (drop, garbage,
+    // a timeout) is settled without a login (docs/RULES.md).
+    let introspection = idp.introspection_url();
+    assert_ok(&d.add_oauth(idp, "up", &["--introspection-url", &introspection]));
     d.login(idp, "up");
     d
 }
