@@ -30,7 +30,7 @@ impl Clock {
     /// Unix milliseconds: the scheduler's unit, so short-lived tokens
     /// (seconds) are refreshed on time.
     pub fn now_ms(&self) -> i64 {
-        crate::credential::system_now_ms() + self.offset_ms.load(Ordering::Relaxed)
+        system_now_ms() + self.offset_ms.load(Ordering::Relaxed)
     }
 
     /// Unix seconds: the unit of stored and shown times.
@@ -75,6 +75,15 @@ impl Clock {
         self.shift(ms);
         self.shift_mono(ms);
     }
+}
+
+/// The system's wall clock in Unix milliseconds. Everything else reads
+/// [`Clock`], which tests can shift.
+pub fn system_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ pub struct Live {
     pub generation: u64,
     pub expires_at: Stamp,
     /// The same deadline on the monotonic clock, in ms (see
-    /// [`crate::clock`]): a backwards step of the wall clock must not make
+    /// `clock.rs`): a backwards step of the wall clock must not make
     /// an expired token look valid.
     pub expires_mono: Stamp,
     pub state: CredentialState,
@@ -64,7 +64,7 @@ pub struct Live {
     /// not hammered).
     pub attempts: u64,
     /// No new attempt before this time (monotonic ms, see
-    /// [`crate::clock::Clock::mono_ms`]): backoff after a transient error
+    /// `Clock::mono_ms` in `clock.rs`): backoff after a transient error
     /// or a provider's `Retry-After`. Monotonic, so a clock step can neither
     /// cut it short nor stretch it.
     pub retry_not_before_ms: i64,
@@ -231,15 +231,6 @@ pub fn format_time(secs: i64) -> String {
     std::time::UNIX_EPOCH
         .checked_add(std::time::Duration::from_secs(secs))
         .map_or_else(|| format!("{secs} s after 1970"), httpdate::fmt_http_date)
-}
-
-/// The system's wall clock in Unix milliseconds. Everything else reads
-/// [`crate::clock::Clock`], which tests can shift.
-pub fn system_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

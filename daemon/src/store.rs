@@ -166,7 +166,7 @@ pub fn new_incarnation() -> i64 {
     // Without OS randomness the process has bigger problems; the clock
     // still makes a replace differ from what it replaces.
     if getrandom::fill(&mut b).is_err() {
-        b = crate::credential::system_now_ms().to_le_bytes();
+        b = crate::clock::system_now_ms().to_le_bytes();
     }
     (i64::from_le_bytes(b) & i64::MAX).max(1)
 }
