@@ -7,7 +7,7 @@ use crate::binaries::sibling_binary;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokend::seal::Sealer;
+use tokend::store::seal::Sealer;
 use tokend::store::{Store, StoredCredential};
 
 /// The files of one daemon instance, before it runs.
@@ -43,7 +43,7 @@ impl Setup {
     /// will use by default (`tokend.key` beside the database).
     pub fn populate(&self, creds: &[StoredCredential]) -> Result<(), String> {
         let state = self.db.parent().expect("the db has a directory");
-        tokend::paths::ensure_private_dir(state, 0o700)
+        tokend::config::paths::ensure_private_dir(state, 0o700)
             .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
         let (sealer, _) =
             Sealer::load(None, &state.join("tokend.key"), true).map_err(|e| e.to_string())?;

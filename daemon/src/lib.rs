@@ -2,35 +2,36 @@
 //! SQLite store, keeps their access tokens fresh, and hands them to local
 //! programs over a Unix socket.
 //!
-//! The binary is thin (`main.rs`); everything lives here so tests can drive it.
+//! The binary is thin (`main.rs`); everything lives here so tests can drive
+//! it. Data flows one way, from the top of this list to the bottom; no
+//! module imports one above it (docs/ARCHITECTURE.md, checked by
+//! `daemon/tests/architecture.rs`):
+//!
+//! - [`app`]: start-up, shutdown, reload, signals, systemd, logging, the
+//!   background tasks and who owns them.
+//! - [`server`]: the listening socket, admission (connection caps per user),
+//!   one task per connection: frames in, responses out.
+//! - [`handler`]: one request from one peer: access decisions, then the
+//!   operation; credential administration (add, remove, allow).
+//! - [`login`]: the authorization-code login (authorize URL, redirect, code
+//!   exchange).
+//! - [`token`]: serving tokens, the refresh transaction, refresh-time
+//!   planning, the refresher task, checks, notifications.
+//! - [`state`]: what the daemon holds: credentials, the registry, the
+//!   refresh schedule, pending logins, the clocks.
+//! - [`store`]: durable storage (SQLite) and sealing.
+//! - [`provider`]: talking to OAuth2 providers: token and introspection
+//!   requests, discovery, the HTTP client and its URL rules.
+//! - [`config`]: the config file, presets, paths, the access policy.
+//! - [`error`]: the daemon's errors, as sentences with a wire code.
 
-pub mod access;
-pub mod admission;
-pub mod args;
-pub mod check;
-pub mod clock;
+pub mod app;
 pub mod config;
-pub mod connection;
-pub mod credential;
-pub mod daemon;
-pub mod discovery;
-pub mod endpoints;
 pub mod error;
 pub mod handler;
-pub mod http;
-pub mod lifecycle;
-pub mod logging;
 pub mod login;
-pub mod notify;
-pub mod paths;
-pub mod preset;
 pub mod provider;
-pub mod quota;
-pub mod registry;
-pub mod scheduler;
-pub mod seal;
 pub mod server;
-pub mod service;
-pub mod signals;
 pub mod state;
 pub mod store;
+pub mod token;

@@ -2,19 +2,19 @@
 
 use clap::Parser;
 use std::process::ExitCode;
-use tokend::args::Args;
-use tokend::daemon;
+use tokend::app;
+use tokend::app::args::Args;
 
 fn main() -> ExitCode {
     let options = Args::parse().options();
-    let (paths, config) = match daemon::load_config(&options) {
+    let (paths, config) = match app::load_config(&options) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("tokend: {e}");
             return ExitCode::FAILURE;
         }
     };
-    tokend::logging::init(config.log.format);
+    tokend::app::logging::init(config.log.format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(paths, config)) {
+    match runtime.block_on(app::run(paths, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

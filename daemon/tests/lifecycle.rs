@@ -6,15 +6,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 use support::fake_provider::{FakeProvider, Fault};
-use tokend::access::Policy;
 use tokend::config::Config;
-use tokend::credential::Credential;
+use tokend::config::access::Policy;
+use tokend::config::paths::{Overrides, Paths};
 use tokend::error::Error;
-use tokend::lifecycle;
-use tokend::paths::{Overrides, Paths};
-use tokend::seal::Sealer;
 use tokend::state::Shared;
+use tokend::state::credential::Credential;
+use tokend::store::seal::Sealer;
 use tokend::store::{Store, StoredCredential};
+use tokend::token;
 use tokend_proto::{
     ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Endpoints, OAuth2Spec,
     Secret,
@@ -126,7 +126,7 @@ impl World {
         let cred = Arc::new(Credential::from_stored(stored));
         self.shared.registry.insert(cred.clone());
         // As at a start: the expiry is anchored on the monotonic clock too.
-        lifecycle::schedule_loaded(&self.shared);
+        token::schedule_loaded(&self.shared);
         cred
     }
 
@@ -146,7 +146,7 @@ impl World {
                 .map(|s| Arc::new(Credential::from_stored(s)))
                 .collect(),
         );
-        lifecycle::schedule_loaded(&shared);
+        token::schedule_loaded(&shared);
         World {
             shared,
             fake: self.fake.clone(),
@@ -165,7 +165,7 @@ impl World {
     }
 
     async fn token(&self, cred: &Arc<Credential>) -> Result<String, Error> {
-        lifecycle::token(&self.shared, cred, 0)
+        token::token(&self.shared, cred, 0)
             .await
             .map(|t| t.token.expose().to_string())
     }
@@ -187,7 +187,7 @@ async fn a_thousand_requests_at_expiry_cause_exactly_one_refresh() {
         .map(|_| {
             let (shared, cred) = (w.shared.clone(), cred.clone());
             tokio::spawn(async move {
-                lifecycle::token(&shared, &cred, 0)
+                token::token(&shared, &cred, 0)
                     .await
                     .map(|t| t.token.expose().to_string())
             })
@@ -210,12 +210,12 @@ async fn rotated_refresh_token_is_never_sent_twice() {
     for _ in 0..20 {
         let forced = {
             let (shared, cred) = (w.shared.clone(), cred.clone());
-            tokio::spawn(async move { lifecycle::force_refresh(&shared, &cred).await })
+            tokio::spawn(async move { token::force_refresh(&shared, &cred).await })
         };
         let readers: Vec<_> = (0..20)
             .map(|_| {
                 let (shared, cred) = (w.shared.clone(), cred.clone());
-                tokio::spawn(async move { lifecycle::token(&shared, &cred, 0).await })
+                tokio::spawn(async move { token::token(&shared, &cred, 0).await })
             })
             .collect();
         forced.await.unwrap().unwrap();
@@ -251,9 +251,7 @@ async fn transient_errors_keep_the_valid_token_and_back_off() {
         w.wait_out_backoff();
         w.fake.fault(fault.clone());
         let now = w.shared.clock.now_ms();
-        let err = lifecycle::force_refresh(&w.shared, &cred)
-            .await
-            .unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
         assert!(matches!(err, Error::Provider(_)), "{fault:?}: {err}");
         assert_eq!(
             w.token(&cred).await.unwrap(),
@@ -268,7 +266,7 @@ async fn transient_errors_keep_the_valid_token_and_back_off() {
     }
     // And it recovers on its own terms: the next attempt succeeds.
     w.wait_out_backoff();
-    lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
+    token::force_refresh(&w.shared, &cred).await.unwrap();
     assert_eq!(w.token(&cred).await.unwrap(), "at-2");
     assert_eq!(w.fake.state.lock().unwrap().reuse_detected, 0);
 }
@@ -279,9 +277,7 @@ async fn retry_after_is_honoured() {
     let cred = w.oauth("a", 3600);
     w.fake.fault(Fault::RetryAfter(120));
     let now = w.shared.clock.now_ms();
-    lifecycle::force_refresh(&w.shared, &cred)
-        .await
-        .unwrap_err();
+    token::force_refresh(&w.shared, &cred).await.unwrap_err();
     assert!(w.shared.scheduler.due_of("a").unwrap() >= now + 120_000);
 }
 
@@ -297,9 +293,7 @@ async fn backoff_grows_and_is_capped() {
         w.shared.clock.advance(20_000);
         w.fake.fault(Fault::Status(503, "x"));
         let now = w.shared.clock.now_ms();
-        lifecycle::force_refresh(&w.shared, &cred)
-            .await
-            .unwrap_err();
+        token::force_refresh(&w.shared, &cred).await.unwrap_err();
         delays.push(w.shared.scheduler.due_of("a").unwrap() - now);
     }
     assert!(delays[0] >= 1_600 && delays[0] <= 2_400, "{delays:?}");
@@ -353,12 +347,12 @@ async fn invalid_grant_needs_login_stops_retrying_and_notifies_once() {
 async fn reject_of_a_replaced_token_is_a_no_op() {
     let w = world(3600, quick_config()).await;
     let cred = w.oauth("a", 3600);
-    let message = lifecycle::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
         .await
         .unwrap();
     assert!(message.contains("refreshed"), "{message}");
     assert_eq!(w.fake.refreshes(), 1);
-    let message = lifecycle::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
         .await
         .unwrap();
     assert!(message.contains("already replaced"), "{message}");
@@ -378,11 +372,11 @@ async fn a_clock_step_past_expiry_never_hands_out_the_expired_token() {
 async fn min_valid_beyond_the_token_lifetime_is_refused_after_one_try() {
     let w = world(60, quick_config()).await;
     let cred = w.oauth("a", 30);
-    let err = lifecycle::token(&w.shared, &cred, 3600).await.unwrap_err();
+    let err = token::token(&w.shared, &cred, 3600).await.unwrap_err();
     assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
     assert_eq!(w.fake.refreshes(), 1);
     assert_eq!(
-        lifecycle::token(&w.shared, &cred, 10)
+        token::token(&w.shared, &cred, 10)
             .await
             .unwrap()
             .token
@@ -442,9 +436,7 @@ async fn without_introspection_an_unanswered_refresh_asks_for_a_login_and_keeps_
         let cred = w.oauth(&name, 3600);
         w.fake.fault(fault.clone());
         let before = w.fake.refreshes();
-        let err = lifecycle::force_refresh(&w.shared, &cred)
-            .await
-            .unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
         assert!(
             matches!(
                 err,
@@ -486,18 +478,16 @@ async fn with_introspection_an_unanswered_refresh_is_retried_only_while_its_toke
         let name = format!("c{i}");
         let cred = w.oauth_with(&name, 3600, true);
         w.fake.fault(fault.clone());
-        let err = lifecycle::force_refresh(&w.shared, &cred)
-            .await
-            .unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
         assert!(err.to_string().contains("in doubt"), "{fault:?}: {err}");
         assert_eq!(cred.live().state, CredentialState::Ready);
         assert_eq!(w.token(&cred).await.unwrap(), "at-0");
         // Nothing is sent before the pause for an odd answer is over.
         let before = w.fake.refreshes();
-        assert!(lifecycle::force_refresh(&w.shared, &cred).await.is_err());
+        assert!(token::force_refresh(&w.shared, &cred).await.is_err());
         assert_eq!(w.fake.refreshes(), before);
         w.shared.clock.advance(40_000);
-        let result = lifecycle::force_refresh(&w.shared, &cred).await;
+        let result = token::force_refresh(&w.shared, &cred).await;
         if matches!(fault, Fault::Lost) {
             // The provider had rotated: introspection says so, no reuse.
             let err = result.unwrap_err();
@@ -538,13 +528,13 @@ async fn a_refresh_cut_short_by_a_stop_is_settled_by_introspection_at_the_next_s
     assert_eq!(w2.token(&get("alive")).await.unwrap(), "at-5");
     assert_eq!(w2.fake.state.lock().unwrap().introspected_active, 1);
     // "rotated": introspection says spent: a login, the old token served.
-    let err = lifecycle::force_refresh(&w2.shared, &get("rotated"))
+    let err = token::force_refresh(&w2.shared, &get("rotated"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("introspection says"), "{err}");
     assert_eq!(w2.token(&get("rotated")).await.unwrap(), "at-0");
     // "blind": no introspection endpoint: never sent again.
-    let err = lifecycle::force_refresh(&w2.shared, &get("blind"))
+    let err = token::force_refresh(&w2.shared, &get("blind"))
         .await
         .unwrap_err();
     assert!(
@@ -565,7 +555,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     let cred = w.oauth_with("a", 3600, true);
     w.shared.store.refuse_writes(true).unwrap();
     // The journal cannot be written either: nothing is sent.
-    assert!(lifecycle::force_refresh(&w.shared, &cred).await.is_err());
+    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
     assert_eq!(w.fake.refreshes(), 0);
     // Writable while the journal is written, full by the time the
     // provider's (slow) answer is to be committed.
@@ -574,7 +564,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     w.fake.fault(Fault::Slow(Duration::from_millis(300)));
     let (shared, c) = (w.shared.clone(), cred.clone());
     let attempts = cred.live().attempts;
-    let task = tokio::spawn(lifecycle::refresh(shared, c, attempts));
+    let task = tokio::spawn(token::refresh(shared, c, attempts));
     while w.fake.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -588,7 +578,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     );
     // A restart now: the stored refresh token is the spent one, in doubt.
     let w2 = w.reopen();
-    let err = lifecycle::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
+    let err = token::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("introspection says"), "{err}");
@@ -596,7 +586,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     // Writes work again: the pending save goes through on the next try.
     w.shared.store.refuse_writes(false).unwrap();
     let attempts = cred.live().attempts;
-    lifecycle::refresh(w.shared.clone(), cred.clone(), attempts)
+    token::refresh(w.shared.clone(), cred.clone(), attempts)
         .await
         .unwrap();
     assert!(cred.live().uncommitted.is_none());
@@ -621,9 +611,9 @@ async fn a_backwards_clock_step_serves_no_expired_token() {
 async fn a_backwards_clock_step_does_not_delay_the_scheduled_refresh() {
     let w = world(3, quick_config()).await;
     let cred = w.oauth("a", 3);
-    lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
+    token::force_refresh(&w.shared, &cred).await.unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(tokend::scheduler::run(w.shared.clone(), rx));
+    tokio::spawn(tokend::state::scheduler::run(w.shared.clone(), rx));
     tokio::time::sleep(Duration::from_millis(100)).await;
     w.shared.clock.shift(-3_600_000);
     let before = w.fake.refreshes();
@@ -689,7 +679,7 @@ async fn odd_expires_in_values_are_clamped_and_never_loop() {
     ] {
         let cred = w.oauth(body, 3600);
         w.fake.fault(Fault::Body(200, body));
-        lifecycle::force_refresh(&w.shared, &cred).await.unwrap();
+        token::force_refresh(&w.shared, &cred).await.unwrap();
         let now = w.shared.clock.now();
         let life = cred.live().expires_at.get().unwrap() - now;
         assert!((lo..=hi).contains(&life), "{body}: {life}");
@@ -703,23 +693,19 @@ async fn a_rate_limit_holds_off_forced_refreshes_and_rejects() {
     let w = world(3600, quick_config()).await;
     let cred = w.oauth("a", 3600);
     w.fake.fault(Fault::RetryAfter(600));
-    let err = lifecycle::force_refresh(&w.shared, &cred)
-        .await
-        .unwrap_err();
+    let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
     assert!(err.to_string().contains("429"), "{err}");
     for _ in 0..3 {
-        let err = lifecycle::force_refresh(&w.shared, &cred)
-            .await
-            .unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
         assert!(err.to_string().contains("next attempt"), "{err}");
     }
-    let err = lifecycle::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+    let err = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("next attempt"), "{err}");
     assert_eq!(w.fake.refreshes(), 1);
     // A clock step does not shorten the wait.
     w.shared.clock.shift(3_600_000);
-    assert!(lifecycle::force_refresh(&w.shared, &cred).await.is_err());
+    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
     assert_eq!(w.fake.refreshes(), 1);
 }

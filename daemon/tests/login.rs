@@ -9,14 +9,14 @@ mod support;
 
 use std::sync::Arc;
 use support::fake_provider::FakeProvider;
-use tokend::access::Policy;
 use tokend::config::Config;
-use tokend::credential::Credential;
+use tokend::config::access::Policy;
+use tokend::config::paths::{Overrides, Paths};
 use tokend::error::Error;
 use tokend::login;
-use tokend::paths::{Overrides, Paths};
-use tokend::seal::Sealer;
 use tokend::state::Shared;
+use tokend::state::credential::Credential;
+use tokend::store::seal::Sealer;
 use tokend::store::{Store, StoredCredential};
 use tokend_proto::{ClientAuth, CredentialSpec, CredentialState, OAuth2Spec, Secret};
 

@@ -3,7 +3,7 @@
 //! only unaltered; the sealed bytes never carry the plaintext.
 
 use proptest::prelude::*;
-use tokend::seal::Sealer;
+use tokend::store::seal::Sealer;
 use tokend_proto::Secret;
 
 /// The columns the store seals (plus its key check); `open` takes a

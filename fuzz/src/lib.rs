@@ -34,7 +34,7 @@ pub fn keep_local(request: &mut Request, config: &Config) {
             if check_url.is_none()
                 && preset
                     .as_deref()
-                    .is_some_and(|p| tokend::preset::bearer_check_url(p).is_ok())
+                    .is_some_and(|p| tokend::config::preset::bearer_check_url(p).is_ok())
             {
                 *check_url = Some(CLOSED_URL.into());
             }
@@ -43,7 +43,7 @@ pub fn keep_local(request: &mut Request, config: &Config) {
             let preset = req
                 .preset
                 .as_deref()
-                .and_then(|p| tokend::preset::lookup(config, p).ok());
+                .and_then(|p| tokend::config::preset::lookup(config, p).ok());
             if let Some(preset) = preset {
                 // A known preset fills in remote endpoints (or templates
                 // whose host comes from fuzzed variables): override every

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Generated from the clap definitions the binaries parse
-//! (`tokend::args::Args`, `tokend_client::cli::Cli`), so the completions and
+//! (`tokend::app::args::Args`, `tokend_client::cli::Cli`), so the completions and
 //! pages cannot drift from the real command lines.
 
 mod man;
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 /// daemon (8), tokenctl a user command (1).
 fn commands() -> [(clap::Command, &'static str); 2] {
     [
-        (tokend::args::Args::command(), "8"),
+        (tokend::app::args::Args::command(), "8"),
         (tokend_client::cli::Cli::command(), "1"),
     ]
 }

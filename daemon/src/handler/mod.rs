@@ -1,12 +1,16 @@
 //! Turns one request from one peer into one response: access checks first,
 //! then the operation. Every failure becomes a typed error with a sentence.
 
-use crate::access::Peer;
-use crate::credential::Credential;
+pub mod endpoints;
+
+use crate::config::access::Peer;
+use crate::config::preset;
 use crate::error::Error;
 use crate::state::Shared;
+use crate::state::credential::Credential;
 use crate::store::StoredCredential;
-use crate::{check, lifecycle, login, preset};
+use crate::token::check;
+use crate::{login, token};
 use std::sync::Arc;
 use std::time::Duration;
 use tokend_proto::{
@@ -39,18 +43,18 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
             min_valid_secs,
         } => {
             let cred = usable(shared, peer, name)?;
-            let reply = lifecycle::token(shared, &cred, *min_valid_secs).await?;
+            let reply = token::token(shared, &cred, *min_valid_secs).await?;
             Ok(Response::Token(reply))
         }
         Request::Reject { name, token } => {
             let cred = usable(shared, peer, name)?;
-            let message = lifecycle::reject(shared, &cred, token.as_ref()).await?;
+            let message = token::reject(shared, &cred, token.as_ref()).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {
             let cred = usable(shared, peer, name)?;
             Ok(Response::Message(
-                lifecycle::force_refresh(shared, &cred).await?,
+                token::force_refresh(shared, &cred).await?,
             ))
         }
         Request::Check { name } => {
@@ -288,7 +292,8 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
                 (None, None) => None,
             };
             if let Some(url) = &check_url {
-                crate::http::validate_endpoint_url(url, "the check URL").map_err(invalid)?;
+                crate::provider::http::validate_endpoint_url(url, "the check URL")
+                    .map_err(invalid)?;
             }
             Ok(CredentialSpec::Bearer { check_url })
         }
@@ -313,7 +318,7 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
 }
 
 /// Applies a preset, the issuer's discovery document and the explicit
-/// overrides (flag > discovery > preset, see [`crate::endpoints`]), and
+/// overrides (flag > discovery > preset, see [`crate::handler::endpoints`]), and
 /// validates the result.
 async fn resolve_oauth(
     shared: &Shared,
@@ -330,13 +335,14 @@ async fn resolve_oauth(
         return Err(invalid("--client-id must not be empty".into()));
     }
     if let Some(uri) = &req.redirect_uri {
-        crate::http::validate_url(uri, "the redirect URI").map_err(invalid)?;
+        crate::provider::http::validate_url(uri, "the redirect URI").map_err(invalid)?;
     }
     // After the cheap checks: discovery may fetch a document.
     let timeout = std::time::Duration::from_secs(config.refresh.http_timeout_secs);
     let http = || shared.http();
     let resolved =
-        crate::endpoints::resolve(&req, preset.as_ref(), needs_auth_url, http, timeout).await?;
+        crate::handler::endpoints::resolve(&req, preset.as_ref(), needs_auth_url, http, timeout)
+            .await?;
     let mut extra_params: Vec<(String, String)> = preset
         .as_ref()
         .map(|p| p.extra_params.clone().into_iter().collect())

@@ -4,7 +4,9 @@
 //! and power loss. Secrets are sealed before they reach SQL and opened after
 //! they leave it; nothing else in the daemon sees a sealed blob.
 
-use crate::seal::{SealError, Sealer};
+pub mod seal;
+
+use crate::store::seal::{SealError, Sealer};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -166,7 +168,7 @@ pub fn new_incarnation() -> i64 {
     // Without OS randomness the process has bigger problems; the clock
     // still makes a replace differ from what it replaces.
     if getrandom::fill(&mut b).is_err() {
-        b = crate::clock::system_now_ms().to_le_bytes();
+        b = crate::state::clock::system_now_ms().to_le_bytes();
     }
     (i64::from_le_bytes(b) & i64::MAX).max(1)
 }
@@ -208,7 +210,7 @@ impl Store {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::paths::ensure_private_dir(dir, 0o700).map_err(|e| StoreError::Open {
+            crate::config::paths::ensure_private_dir(dir, 0o700).map_err(|e| StoreError::Open {
                 path: path.display().to_string(),
                 source: rusqlite::Error::InvalidPath(format!("{}: {e}", dir.display()).into()),
             })?;

@@ -3,6 +3,10 @@
 //! Every key is optional. Unknown keys and bad values are errors that name
 //! the file, the line and the key, so a typo never silently does nothing.
 
+pub mod access;
+pub mod paths;
+pub mod preset;
+
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -477,8 +481,8 @@ mod tests {
         );
     }
 
-    const EXAMPLE: &str = include_str!("../../packaging/config.example.toml");
-    const DOC: &str = include_str!("../../docs/CONFIG.md");
+    const EXAMPLE: &str = include_str!("../../../packaging/config.example.toml");
+    const DOC: &str = include_str!("../../../docs/CONFIG.md");
 
     /// The example with its commented-out settings (`#key = …`, `#[table]`)
     /// switched on; prose comments (`# …`) stay comments.

@@ -5,7 +5,7 @@
 //! timeout and, once started, arrive whole within the frame timeout, so a
 //! client trickling bytes loses only its own connection.
 
-use crate::access::Peer;
+use crate::config::access::Peer;
 use crate::handler;
 use crate::state::Shared;
 use interprocess::local_socket::tokio::Stream;

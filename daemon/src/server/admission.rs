@@ -3,8 +3,8 @@
 //! the client is told why not, politely and without letting a flood of
 //! refusals exhaust descriptors or fill the log.
 
-use crate::access::Peer;
-use crate::quota::{Admitted, Quota, Refusal, Shares};
+use crate::config::access::Peer;
+use crate::server::quota::{Admitted, Quota, Refusal, Shares};
 use crate::state::Shared;
 use interprocess::local_socket::tokio::Stream;
 use std::sync::Arc;

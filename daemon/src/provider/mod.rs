@@ -1,7 +1,10 @@
 //! Talking to an OAuth2 token endpoint: the three grants, standard response
 //! and error parsing, and the transient/permanent split of DESIGN §4.4–4.5.
 
-use crate::check::describe;
+pub mod discovery;
+pub mod http;
+
+use crate::token::check::describe;
 use serde::Deserialize;
 use std::time::Duration;
 use tokend_proto::{ClientAuth, Secret};
@@ -145,7 +148,7 @@ pub async fn request(
     let response = builder.form(&form).send().await.map_err(|e| {
         let message = format!(
             "token endpoint {}: {}",
-            crate::http::host_of(endpoint.token_url),
+            crate::provider::http::host_of(endpoint.token_url),
             describe(&e)
         );
         if e.is_connect() {
@@ -220,7 +223,7 @@ pub async fn introspect(
         ("token_type_hint", "refresh_token"),
     ];
     let builder = authenticated(http.post(url).timeout(timeout), endpoint, &mut form);
-    let host = crate::http::host_of(url);
+    let host = crate::provider::http::host_of(url);
     let response = builder
         .form(&form)
         .send()

@@ -2,8 +2,8 @@
 //! that `tokend-assets` can generate the man page and shell completions
 //! from the same definition the binary parses.
 
-use crate::daemon::Options;
-use crate::paths::Overrides;
+use crate::app::Options;
+use crate::config::paths::Overrides;
 use clap::Parser;
 use std::path::PathBuf;
 

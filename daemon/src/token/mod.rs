@@ -7,12 +7,15 @@
 //! a caller that gives up (timeout, disconnect) never cancels a refresh
 //! half-way, between the provider's answer and the commit.
 
+pub mod check;
+pub mod notify;
+
 use crate::config::RefreshPolicy;
-use crate::credential::{Credential, Live, Stamp};
 use crate::error::Error;
 use crate::handler::blocking;
 use crate::provider::{self, Endpoint, ExpiresIn, Grant, ProviderError, TokenSet};
 use crate::state::Shared;
+use crate::state::credential::{Credential, Live, Stamp};
 use crate::store::{GrantChange, StateUpdate, StoreError, TokenUpdate};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,7 +175,7 @@ pub async fn reject(
 ) -> Result<String, Error> {
     if let CredentialSpec::Bearer { check_url } = &cred.spec {
         if check_url.is_some() {
-            let report = crate::check::run(shared, cred).await?;
+            let report = crate::token::check::run(shared, cred).await?;
             return Ok(format!(
                 "bearer tokens cannot be refreshed; checked it: {}",
                 report.message
@@ -220,7 +223,12 @@ pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Resu
     run_now(shared, cred, attempts).await?;
     let expires = cred
         .with_live(|l| l.expires_at.get())
-        .map(|e| format!(" (valid until {})", crate::credential::format_time(e)))
+        .map(|e| {
+            format!(
+                " (valid until {})",
+                crate::state::credential::format_time(e)
+            )
+        })
         .unwrap_or_default();
     Ok(format!("refreshed credential {:?}{expires}", cred.name))
 }
@@ -240,7 +248,7 @@ fn respect_backoff(shared: &Shared, cred: &Credential) -> Result<(), Error> {
         return Ok(());
     }
     let wait_secs = (until - mono + 999) / 1000;
-    let at = crate::credential::format_time(shared.clock.now() + wait_secs);
+    let at = crate::state::credential::format_time(shared.clock.now() + wait_secs);
     let why = last_error
         .map(|e| format!(" (last error: {e})"))
         .unwrap_or_default();
@@ -458,7 +466,7 @@ async fn spent(shared: &Arc<Shared>, cred: &Arc<Credential>, why: &str) -> Resul
         .map(|e| {
             format!(
                 "; the current token is served until it expires at {}, log in before then",
-                crate::credential::format_time(e)
+                crate::state::credential::format_time(e)
             )
         })
         .unwrap_or_default();
@@ -490,7 +498,7 @@ async fn without_refresh_token(shared: &Arc<Shared>, cred: &Arc<Credential>) -> 
             state: CredentialState::Ready,
             reason: Some(format!(
                 "the provider issued no refresh token, so the token held (valid until {}) cannot be renewed; log in again for a new one",
-                crate::credential::format_time(e)
+                crate::state::credential::format_time(e)
             )),
         });
     }
@@ -543,7 +551,7 @@ async fn set_state(
     });
     shared.scheduler.unschedule(&cred.name);
     if previous != state {
-        crate::notify::transition(shared, &cred.name, state, Some(reason));
+        crate::token::notify::transition(shared, &cred.name, state, Some(reason));
     }
 }
 
@@ -768,7 +776,7 @@ fn publish(
     }
     tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
     if previous != CredentialState::Ready && origin == Origin::Refresh {
-        crate::notify::transition(shared, &cred.name, CredentialState::Ready, None);
+        crate::token::notify::transition(shared, &cred.name, CredentialState::Ready, None);
     }
 }
 

@@ -130,7 +130,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 let seen = cred.with_live(|l| l.attempts);
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let _ = crate::lifecycle::refresh(shared, cred, seen).await;
+                    let _ = crate::token::refresh(shared, cred, seen).await;
                 });
             }
         }

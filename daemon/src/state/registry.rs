@@ -3,7 +3,7 @@
 //! Reads (every token request) take a short read lock and clone an `Arc`;
 //! writes happen only on add and remove.
 
-use crate::credential::Credential;
+use crate::state::credential::Credential;
 use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};

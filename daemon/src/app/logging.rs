@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TOKEND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let journald = crate::service::stderr_is_journal();
+    let journald = crate::app::service::stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

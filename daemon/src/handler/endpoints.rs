@@ -4,10 +4,10 @@
 //! `tokenctl show` can tell an admin why tokend talks to a given URL.
 
 use crate::config::PresetConfig;
-use crate::discovery::{self, DiscoveryError, Metadata};
+use crate::config::preset;
 use crate::error::Error;
-use crate::http::validate_endpoint_url;
-use crate::preset;
+use crate::provider::discovery::{self, DiscoveryError, Metadata};
+use crate::provider::http::validate_endpoint_url;
 use std::time::Duration;
 use tokend_proto::endpoint::{
     AUTHORIZATION, DEVICE_AUTHORIZATION, INTROSPECTION, ISSUER, REVOCATION, TOKEN,

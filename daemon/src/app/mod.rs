@@ -1,14 +1,19 @@
 //! Start-up and shutdown: load the config and key, open the store, bind the
 //! socket, start the background tasks, serve, and stop cleanly.
 
-use crate::access::{Policy, group_id};
+pub mod args;
+pub mod logging;
+pub mod service;
+pub mod signals;
+
 use crate::config::Config;
-use crate::credential::Credential;
-use crate::paths::{Overrides, Paths};
-use crate::seal::{KeySource, Sealer};
+use crate::config::access::{Policy, group_id};
+use crate::config::paths::{Overrides, Paths};
 use crate::state::Shared;
+use crate::state::credential::Credential;
 use crate::store::Store;
-use crate::{lifecycle, scheduler, server, service, signals};
+use crate::store::seal::{KeySource, Sealer};
+use crate::{server, state::scheduler, token};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -67,7 +72,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
         _ => None,
     };
     if let Some(dir) = paths.key_file.parent() {
-        crate::paths::ensure_private_dir(dir, 0o700)
+        crate::config::paths::ensure_private_dir(dir, 0o700)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     }
     let (sealer, key_source) =
@@ -106,7 +111,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     let (reload_tx, reload_rx) = mpsc::channel(1);
     signals::spawn(shutdown_tx, reload_tx)
         .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
-    lifecycle::schedule_loaded(&shared);
+    token::schedule_loaded(&shared);
     tokio::spawn(scheduler::run(shared.clone(), shutdown_rx.clone()));
     tokio::spawn(flush_uses(shared.clone(), shutdown_rx.clone()));
     tokio::spawn(reload(shared.clone(), reload_rx));
@@ -162,7 +167,7 @@ async fn stop(shared: &Arc<Shared>) {
             }
         }
     }
-    lifecycle::save_before_stop(shared).await;
+    token::save_before_stop(shared).await;
     save_uses(shared).await;
     if let Err(e) = shared.store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");

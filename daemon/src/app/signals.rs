@@ -17,7 +17,7 @@ pub fn spawn(shutdown: watch::Sender<bool>, reload: mpsc::Sender<()>) -> std::io
                 tracing::info!(signal, "stopping");
                 // Told now, not after the connections drain: systemd shows
                 // the unit as deactivating for the whole grace period.
-                crate::service::stopping();
+                crate::app::service::stopping();
                 let _ = shutdown.send(true);
             }
         }

@@ -6,11 +6,11 @@
 //! can hit the loopback listener) changes nothing, and a credential removed
 //! or replaced meanwhile is never completed into.
 
-use crate::credential::Credential;
 use crate::error::Error;
-use crate::lifecycle::{Origin, commit_and_publish, token_update};
 use crate::provider::{self, Grant};
 use crate::state::Shared;
+use crate::state::credential::Credential;
+use crate::token::{Origin, commit_and_publish, token_update};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
@@ -115,7 +115,8 @@ pub fn start(
     let redirect_uri = redirect_override.or_else(|| spec.redirect_uri.clone()).ok_or_else(|| {
         Error::InvalidArgument("no redirect URI: add the credential with --redirect-uri, or let tokenctl run a loopback listener".into())
     })?;
-    crate::http::validate_url(&redirect_uri, "the redirect URI").map_err(Error::InvalidArgument)?;
+    crate::provider::http::validate_url(&redirect_uri, "the redirect URI")
+        .map_err(Error::InvalidArgument)?;
     let limits = shared.config().limits.clone();
     let state = random_token(24)?;
     let verifier = spec.pkce.then(|| random_token(32)).transpose()?;

@@ -1,9 +1,14 @@
 //! The state every connection and background task shares.
 
-use crate::access::Policy;
+pub mod clock;
+pub mod credential;
+pub mod registry;
+pub mod scheduler;
+
 use crate::config::Config;
-use crate::paths::Paths;
-use crate::registry::Registry;
+use crate::config::access::Policy;
+use crate::config::paths::Paths;
+use crate::state::registry::Registry;
 use crate::store::Store;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -16,18 +21,18 @@ pub struct Shared {
     pub paths: Paths,
     config: RwLock<Arc<Config>>,
     policy: RwLock<Policy>,
-    /// Built on first use: see [`crate::http::client`].
+    /// Built on first use: see [`crate::provider::http::client`].
     http: OnceLock<reqwest::Client>,
     pub started: Instant,
     pub connections: AtomicU32,
     /// Some credential's last-use time changed since the last flush.
     pub uses_dirty: AtomicBool,
     pub logins: crate::login::Logins,
-    pub scheduler: crate::scheduler::Scheduler,
+    pub scheduler: crate::state::scheduler::Scheduler,
     /// Bounds refreshes in flight across all credentials (a refresh storm
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
-    pub clock: crate::clock::Clock,
+    pub clock: crate::state::clock::Clock,
 }
 
 impl Shared {
@@ -56,7 +61,7 @@ impl Shared {
         if let Some(client) = self.http.get() {
             return Ok(client);
         }
-        let client = crate::http::client()?;
+        let client = crate::provider::http::client()?;
         Ok(self.http.get_or_init(|| client))
     }
 

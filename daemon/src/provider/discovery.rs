@@ -8,7 +8,7 @@
 //! exactly that issuer (RFC 8414 §3.3), and every endpoint taken from it
 //! must be fit to carry secrets ([`validate_endpoint_url`]).
 
-use crate::http::validate_endpoint_url;
+use crate::provider::http::validate_endpoint_url;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -166,7 +166,7 @@ async fn fetch(http: &reqwest::Client, url: &str, timeout: Duration) -> Fetched 
         .await;
     let response = match sent {
         Ok(r) => r,
-        Err(e) => return Fetched::Failed(crate::http::describe(&e)),
+        Err(e) => return Fetched::Failed(crate::provider::http::describe(&e)),
     };
     let status = response.status();
     if status != reqwest::StatusCode::OK {
@@ -194,7 +194,7 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String>
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| crate::http::describe(&e))?
+        .map_err(|e| crate::provider::http::describe(&e))?
     {
         if body.len() + chunk.len() > MAX_DOCUMENT {
             return Err(format!(

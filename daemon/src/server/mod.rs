@@ -1,6 +1,10 @@
 //! The listening socket and the accept loop.
 
-use crate::admission::Gate;
+pub mod admission;
+pub mod connection;
+pub mod quota;
+
+use crate::server::admission::Gate;
 use crate::state::Shared;
 use interprocess::local_socket::tokio::{Listener, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
@@ -30,9 +34,9 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, Bind
     };
     if let Some(dir) = path.parent() {
         if mode & 0o070 == 0 {
-            crate::paths::ensure_private_dir(dir, 0o700).map_err(io)?;
+            crate::config::paths::ensure_private_dir(dir, 0o700).map_err(io)?;
         } else {
-            crate::paths::ensure_trusted_dir(dir).map_err(io)?;
+            crate::config::paths::ensure_trusted_dir(dir).map_err(io)?;
         }
     }
     if path.exists() || path.symlink_metadata().is_ok() {
@@ -101,7 +105,7 @@ pub async fn run(
                     Ok((peer, place)) => {
                         let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
                         tokio::spawn(async move {
-                            crate::connection::serve(stream, peer, shared, shutdown).await;
+                            crate::server::connection::serve(stream, peer, shared, shutdown).await;
                             drop((place, done));
                         });
                     }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 /// Monotonic readings start here, so that no reading is ever 0 (which
-/// stands for "none" in a [`crate::credential::Stamp`]) or negative, even
+/// stands for "none" in a [`crate::state::credential::Stamp`]) or negative, even
 /// when a test shifts the clock back.
 const MONO_BASE_MS: i64 = 1 << 40;
 

@@ -1,11 +1,11 @@
 //! `tokenctl check`: probe a bearer credential's check URL with its token and
 //! record what the API said.
 
-use crate::credential::Credential;
 use crate::error::Error;
 use crate::handler::blocking;
-use crate::http::host_of;
+use crate::provider::http::host_of;
 use crate::state::Shared;
+use crate::state::credential::Credential;
 use crate::store::StateUpdate;
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,12 +83,12 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
         previous
     });
     if previous != state {
-        crate::notify::transition(shared, &cred.name, state, reason.as_deref());
+        crate::token::notify::transition(shared, &cred.name, state, reason.as_deref());
     }
     tracing::info!(credential = %cred.name, status = ?report.status, "check: {}", report.message);
     Ok(report)
 }
 
-/// Moved to [`crate::http::describe`], where discovery can use it without
+/// Moved to [`crate::provider::http::describe`], where discovery can use it without
 /// depending on this module.
-pub use crate::http::describe;
+pub use crate::provider::http::describe;
