@@ -613,7 +613,7 @@ async fn a_backwards_clock_step_does_not_delay_the_scheduled_refresh() {
     let cred = w.oauth("a", 3);
     token::force_refresh(&w.shared, &cred).await.unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(tokend::state::scheduler::run(w.shared.clone(), rx));
+    tokio::spawn(tokend::token::refresher::run(w.shared.clone(), rx));
     tokio::time::sleep(Duration::from_millis(100)).await;
     w.shared.clock.shift(-3_600_000);
     let before = w.fake.refreshes();

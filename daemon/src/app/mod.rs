@@ -13,7 +13,7 @@ use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::store::Store;
 use crate::store::seal::{KeySource, Sealer};
-use crate::{server, state::scheduler, token};
+use crate::{server, token};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -112,7 +112,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     signals::spawn(shutdown_tx, reload_tx)
         .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
     token::schedule_loaded(&shared);
-    tokio::spawn(scheduler::run(shared.clone(), shutdown_rx.clone()));
+    tokio::spawn(token::refresher::run(shared.clone(), shutdown_rx.clone()));
     tokio::spawn(flush_uses(shared.clone(), shutdown_rx.clone()));
     tokio::spawn(reload(shared.clone(), reload_rx));
     service::spawn_watchdog();

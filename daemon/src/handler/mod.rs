@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::store::StoredCredential;
+use crate::store::blocking;
 use crate::token::check;
 use crate::{login, token};
 use std::sync::Arc;
@@ -170,16 +171,6 @@ fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
             .map(|c| c.summary(now))
             .collect(),
     }
-}
-
-/// Runs a blocking store operation off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Internal(format!("store task failed: {e}")))?
-        .map_err(Error::from)
 }
 
 async fn add_credential(

@@ -10,77 +10,19 @@ use crate::error::Error;
 use crate::provider::{self, Grant};
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::state::logins::Pending;
 use crate::token::{Origin, commit_and_publish, token_update};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokend_proto::{CredentialSpec, LoginChallenge, Secret};
-
-/// A login waiting for its redirect.
-#[derive(Debug)]
-struct Pending {
-    name: String,
-    /// The credential the login started for. A credential removed and added
-    /// again under the same name is another `Arc`: the code must never be
-    /// exchanged at (or committed into) that one. Weak, so a pending login
-    /// does not keep a removed credential alive.
-    cred: Weak<Credential>,
-    state: Secret,
-    verifier: Option<Secret>,
-    redirect_uri: String,
-    expires: Instant,
-    uid: u32,
-}
-
-/// Logins in progress, by login id.
-#[derive(Debug, Default)]
-pub struct Logins {
-    map: Mutex<HashMap<String, Pending>>,
-}
-
-impl Logins {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Drops every pending login of credential `name` (it is being removed
-    /// or replaced); returns how many there were. Their `tokenctl login`
-    /// then fails with "no such login in progress".
-    pub fn cancel(&self, name: &str) -> usize {
-        let mut logins = self.lock();
-        let before = logins.len();
-        logins.retain(|_, p| p.name != name);
-        let cancelled = before - logins.len();
-        if cancelled > 0 {
-            tracing::info!(credential = %name, cancelled, "pending logins cancelled");
-        }
-        cancelled
-    }
-
-    /// How many logins are waiting (expired ones included until the next start).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// Seconds `LoginFinish` may take beyond one provider request: the wait for
 /// a refresh in flight on the same credential, and the commit.
 const FINISH_MARGIN_SECS: u64 = 10;
-
-/// Whether `cred` is still the credential registered under its name.
-fn still_registered(shared: &Shared, cred: &Arc<Credential>) -> bool {
-    shared
-        .registry
-        .get(&cred.name)
-        .is_some_and(|current| Arc::ptr_eq(&current, cred))
-}
 
 fn gone(name: &str) -> Error {
     Error::InvalidArgument(format!(
@@ -311,7 +253,7 @@ fn take_pending(
     let cred = pending
         .cred
         .upgrade()
-        .filter(|c| still_registered(shared, c))
+        .filter(|c| shared.registry.is_current(c))
         .ok_or_else(|| gone(&pending.name))?;
     Ok((pending, cred))
 }
@@ -339,7 +281,7 @@ async fn exchange(
     };
     // `rm` takes this lock before it removes: checked under it, the
     // credential stays the registered one until the commit below.
-    if !still_registered(shared, cred) {
+    if !shared.registry.is_current(cred) {
         return Err(gone(&cred.name));
     }
     let policy = shared.config().refresh.clone();

@@ -4,7 +4,7 @@
 pub mod discovery;
 pub mod http;
 
-use crate::token::check::describe;
+use crate::provider::http::describe;
 use serde::Deserialize;
 use std::time::Duration;
 use tokend_proto::{ClientAuth, Secret};

@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod credential;
+pub mod logins;
 pub mod registry;
 pub mod scheduler;
 
@@ -27,7 +28,7 @@ pub struct Shared {
     pub connections: AtomicU32,
     /// Some credential's last-use time changed since the last flush.
     pub uses_dirty: AtomicBool,
-    pub logins: crate::login::Logins,
+    pub logins: logins::Logins,
     pub scheduler: crate::state::scheduler::Scheduler,
     /// Bounds refreshes in flight across all credentials (a refresh storm
     /// must not open thousands of connections to one provider).

@@ -50,6 +50,12 @@ impl Registry {
             .map(|c| c.0.clone())
     }
 
+    /// True while `cred` is the credential of its name: a removed or
+    /// replaced one must not act any more (docs/RULES.md, "Fencing").
+    pub fn is_current(&self, cred: &Arc<Credential>) -> bool {
+        self.get(&cred.name).is_some_and(|c| Arc::ptr_eq(&c, cred))
+    }
+
     /// Adds `cred`, replacing one of the same name.
     pub fn insert(&self, cred: Arc<Credential>) {
         self.map

@@ -1,21 +1,13 @@
-//! The refresh scheduler: credentials ordered by when they are due, and one
-//! task that sleeps until the earliest is due or the schedule changes.
+//! The refresh schedule: credentials ordered by when they are due (wall
+//! clock, Unix ms). It only records and signals; the refresher task
+//! (`token/refresher.rs`) sleeps on it and starts the refreshes.
 //!
-//! Modelled on mini-redis's expiry task, with one difference: the deadline
-//! is wall-clock time, and the task never sleeps longer than
-//! [`MAX_SLEEP_MS`], so a suspend/resume or a clock step cannot make it miss
-//! a refresh (DESIGN §4.8).
+//! Modelled on mini-redis's expiry queue: a `BTreeSet` ordered by deadline
+//! plus a `Notify` that fires only when a new entry became the first.
 
-use crate::state::Shared;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{Notify, watch};
-
-/// The longest sleep: the wall clock is re-read at least this often.
-pub const MAX_SLEEP_MS: i64 = 30_000;
-
-/// Wall-clock slews smaller than this are not steps.
-const STEP_TOLERANCE_MS: i64 = 1_000;
+use std::sync::Mutex;
+use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -65,7 +57,7 @@ impl Scheduler {
     }
 
     /// Removes and returns every entry due at or before `now_ms`.
-    fn take_due(&self, now_ms: i64) -> Vec<String> {
+    pub fn take_due(&self, now_ms: i64) -> Vec<String> {
         let mut q = self.lock();
         let mut due = Vec::new();
         while let Some((t, _)) = q.by_time.first() {
@@ -81,7 +73,7 @@ impl Scheduler {
 
     /// Moves every entry by `ms`: after the wall clock stepped back by
     /// `-ms`, each refresh stays as far away in real time as it was.
-    fn shift_all(&self, ms: i64) {
+    pub fn shift_all(&self, ms: i64) {
         let mut q = self.lock();
         let entries = std::mem::take(&mut q.by_time);
         q.by_time = entries
@@ -93,8 +85,13 @@ impl Scheduler {
         }
     }
 
-    fn next_due(&self) -> Option<i64> {
+    pub fn next_due(&self) -> Option<i64> {
         self.lock().by_time.first().map(|(t, _)| *t)
+    }
+
+    /// Resolves when the first entry changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     pub fn len(&self) -> usize {
@@ -103,46 +100,6 @@ impl Scheduler {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// The scheduler task: starts a refresh for each due credential.
-///
-/// Due times are wall-clock times, so a suspend or a forward step makes
-/// them come sooner, as they should. A backwards step would make every
-/// refresh late by its size: the task notices it (the wall clock fell
-/// behind the monotonic one) and moves the whole schedule back with it.
-pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut skew = shared.clock.skew_ms();
-    loop {
-        let now_skew = shared.clock.skew_ms();
-        if now_skew < skew - STEP_TOLERANCE_MS {
-            tracing::warn!(
-                step_ms = now_skew - skew,
-                "the wall clock stepped back; the refresh schedule moves with it"
-            );
-            shared.scheduler.shift_all(now_skew - skew);
-        }
-        skew = now_skew;
-        let now = shared.clock.now_ms();
-        for name in shared.scheduler.take_due(now) {
-            if let Some(cred) = shared.registry.get(&name) {
-                let seen = cred.with_live(|l| l.attempts);
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let _ = crate::token::refresh(shared, cred, seen).await;
-                });
-            }
-        }
-        let sleep_ms = shared
-            .scheduler
-            .next_due()
-            .map_or(MAX_SLEEP_MS, |due| (due - now).clamp(0, MAX_SLEEP_MS));
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(sleep_ms as u64)) => {}
-            _ = shared.scheduler.changed.notified() => {}
-            _ = shutdown.changed() => return,
-        }
     }
 }
 

@@ -161,6 +161,16 @@ pub enum GrantChange {
     DropAll,
 }
 
+/// Runs a store operation off the async workers: every operation is a
+/// short, synchronous SQLite transaction behind the connection's mutex.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
+}
+
 /// A random incarnation for a new credential (never 0, the value of rows
 /// written before incarnations existed).
 pub fn new_incarnation() -> i64 {
@@ -168,7 +178,10 @@ pub fn new_incarnation() -> i64 {
     // Without OS randomness the process has bigger problems; the clock
     // still makes a replace differ from what it replaces.
     if getrandom::fill(&mut b).is_err() {
-        b = crate::state::clock::system_now_ms().to_le_bytes();
+        b = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .to_le_bytes();
     }
     (i64::from_le_bytes(b) & i64::MAX).max(1)
 }

@@ -2,11 +2,12 @@
 //! record what the API said.
 
 use crate::error::Error;
-use crate::handler::blocking;
+use crate::provider::http::describe;
 use crate::provider::http::host_of;
 use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::store::StateUpdate;
+use crate::store::blocking;
 use std::sync::Arc;
 use std::time::Duration;
 use tokend_proto::{CheckReport, CredentialSpec, CredentialState};
@@ -88,7 +89,3 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     tracing::info!(credential = %cred.name, status = ?report.status, "check: {}", report.message);
     Ok(report)
 }
-
-/// Moved to [`crate::provider::http::describe`], where discovery can use it without
-/// depending on this module.
-pub use crate::provider::http::describe;

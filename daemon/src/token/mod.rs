@@ -9,14 +9,14 @@
 
 pub mod check;
 pub mod notify;
+pub mod refresher;
 
 use crate::config::RefreshPolicy;
 use crate::error::Error;
-use crate::handler::blocking;
 use crate::provider::{self, Endpoint, ExpiresIn, Grant, ProviderError, TokenSet};
 use crate::state::Shared;
 use crate::state::credential::{Credential, Live, Stamp};
-use crate::store::{GrantChange, StateUpdate, StoreError, TokenUpdate};
+use crate::store::{GrantChange, StateUpdate, StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -271,15 +271,6 @@ async fn run_now(shared: &Arc<Shared>, cred: &Arc<Credential>, attempts: u64) ->
     }
 }
 
-/// True while `cred` is the credential of its name: a removed or replaced
-/// one must not act any more (docs/RULES.md, "Fencing").
-fn is_current(shared: &Shared, cred: &Arc<Credential>) -> bool {
-    shared
-        .registry
-        .get(&cred.name)
-        .is_some_and(|c| Arc::ptr_eq(&c, cred))
-}
-
 /// One refresh attempt, unless another attempt ran since the caller looked
 /// (`seen_attempts`). Holds the credential's refresh lock throughout.
 pub async fn refresh(
@@ -288,7 +279,7 @@ pub async fn refresh(
     seen_attempts: u64,
 ) -> Result<(), Error> {
     let _guard = cred.refresh_lock.lock().await;
-    if !is_current(&shared, &cred) {
+    if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
     }
     if cred.with_live(|l| l.uncommitted.is_some()) {
@@ -560,22 +551,12 @@ async fn set_state(
 async fn save_state(shared: &Arc<Shared>, cred: &Credential, update: StateUpdate) {
     let store = shared.store.clone();
     let (name, incarnation) = (cred.name.clone(), cred.incarnation);
-    match blocking_store(move || store.save_state(&name, incarnation, &update)).await {
+    match blocking(move || store.save_state(&name, incarnation, &update)).await {
         Ok(()) | Err(StoreError::Gone(_)) => {}
         Err(e) => {
             tracing::error!(credential = %cred.name, error = %e, "could not record the state change")
         }
     }
-}
-
-/// Runs a store operation off the async workers, keeping its typed error
-/// (a fenced write, [`StoreError::Gone`], is not a failure here).
-async fn blocking_store<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
 }
 
 /// Journals the refresh before the refresh token leaves the process.
@@ -732,7 +713,7 @@ async fn save_tokens(
     // The due time in the store is in seconds; in memory it is ms.
     let mut stored = update.clone();
     stored.next_refresh_at = update.next_refresh_at.map(|ms| ms.div_euclid(1000));
-    blocking_store(move || store.save_tokens(&name, incarnation, &stored)).await
+    blocking(move || store.save_tokens(&name, incarnation, &stored)).await
 }
 
 /// Makes a new token set the one served. `unsaved` says why it is not in
