@@ -6,7 +6,7 @@
 //! suite instead of waiting for a reviewer.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The top-level modules, each allowed to use only those after it.
 const LAYERS: &[&str] = &[
@@ -40,7 +40,7 @@ fn sources() -> BTreeMap<Module, String> {
 }
 
 /// `None` for the crate roots (`lib.rs`, `main.rs`), which may use anything.
-fn module_of(root: &Path, path: &PathBuf) -> Option<Module> {
+fn module_of(root: &Path, path: &Path) -> Option<Module> {
     let rel = path.strip_prefix(root).unwrap();
     let mut parts: Vec<String> = rel
         .iter()

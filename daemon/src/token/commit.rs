@@ -1,0 +1,173 @@
+//! Committing a new token set before anyone sees it, and what happens when
+//! the store refuses the write (docs/RULES.md, "Store errors after a rotation").
+
+use crate::error::Error;
+use crate::state::Shared;
+use crate::state::credential::Credential;
+use crate::store::{StoreError, TokenUpdate, blocking};
+use std::sync::Arc;
+use std::time::Duration;
+use tokend_proto::{CredentialSpec, CredentialState};
+
+/// Where a new token set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A refresh: recovering from a bad state is news for the notify command.
+    Refresh,
+    /// A login: a new grant (its refresh token, or the lack of one, replaces
+    /// the old grant's); the user is watching, so no notification.
+    Login,
+}
+
+/// Commits a new token set, then (and only then) lets anyone see it.
+/// Must be called with the credential's refresh lock held.
+///
+/// If the store refuses the write, the provider has already rotated: the new
+/// pair is served from memory (never the spent one), the save is retried,
+/// and the store's refresh journal stays set, so that a restart before the
+/// save succeeds treats the stored refresh token as in doubt.
+pub async fn commit_and_publish(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    mut update: TokenUpdate,
+    origin: Origin,
+) -> Result<(), Error> {
+    if origin == Origin::Login {
+        update.new_grant = true;
+    }
+    let held_after = update.refresh_token.is_some()
+        || (!update.new_grant && cred.with_live(|l| l.refresh_token.is_some()));
+    if matches!(cred.spec, CredentialSpec::OAuth2(_)) && !held_after {
+        // Nothing can renew it: come back when it expires (docs/RULES.md).
+        update.next_refresh_at = update.expires_at.map(|e| e.saturating_mul(1000));
+    }
+    match save_tokens(shared, cred, &update).await {
+        Ok(()) => publish(shared, cred, update, origin, None),
+        Err(StoreError::Gone(_)) => {
+            tracing::info!(credential = %cred.name, "the credential was removed or replaced during the refresh; its new tokens are discarded");
+            return Err(Error::UnknownCredential(cred.name.to_string()));
+        }
+        Err(e) => {
+            tracing::error!(credential = %cred.name, error = %e, "new tokens could not be saved; serving them from memory and retrying the save in 5 s");
+            let reason = format!("new tokens could not be saved ({e}); retrying");
+            publish(shared, cred, update, origin, Some(reason));
+            shared
+                .scheduler
+                .schedule(&cred.name, shared.clock.now_ms() + 5_000);
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn save_tokens(
+    shared: &Arc<Shared>,
+    cred: &Credential,
+    update: &TokenUpdate,
+) -> Result<(), StoreError> {
+    let store = shared.store.clone();
+    let (name, incarnation) = (cred.name.clone(), cred.incarnation);
+    // The due time in the store is in seconds; in memory it is ms.
+    let mut stored = update.clone();
+    stored.next_refresh_at = update.next_refresh_at.map(|ms| ms.div_euclid(1000));
+    blocking(move || store.save_tokens(&name, incarnation, &stored)).await
+}
+
+/// Makes a new token set the one served. `unsaved` says why it is not in
+/// the store yet, if it is not.
+pub(super) fn publish(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    update: TokenUpdate,
+    origin: Origin,
+    unsaved: Option<String>,
+) {
+    let next_ms = update.next_refresh_at;
+    let expires_mono = update
+        .expires_at
+        .map(|e| shared.clock.mono_at(e.saturating_mul(1000)));
+    let generation = update.generation;
+    let previous = cred.with_live(|l| {
+        let previous = l.state;
+        l.access_token = Some(update.access_token.clone());
+        if update.new_grant || update.refresh_token.is_some() {
+            l.refresh_token = update.refresh_token.clone();
+        }
+        l.generation = update.generation;
+        l.expires_at = update.expires_at.into();
+        l.expires_mono = expires_mono.into();
+        l.last_refresh_at = Some(update.refreshed_at).into();
+        l.next_refresh_at = next_ms.map(|ms| ms.div_euclid(1000)).into();
+        l.state = CredentialState::Ready;
+        l.reason = None;
+        l.last_error = unsaved.as_deref().map(Into::into);
+        l.failures = 0;
+        l.retry_not_before_ms = 0;
+        l.in_doubt = false;
+        l.uncommitted = unsaved.is_some().then(|| Box::new(update.clone()));
+        previous
+    });
+    if unsaved.is_none()
+        && let Some(due) = next_ms
+    {
+        shared.scheduler.schedule(&cred.name, due);
+    }
+    tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
+    if previous != CredentialState::Ready && origin == Origin::Refresh {
+        crate::token::notify::transition(shared, &cred.name, CredentialState::Ready, None);
+    }
+}
+
+/// Retries the save of a token set the store refused earlier. Must be
+/// called with the refresh lock held.
+pub(super) async fn save_uncommitted(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+) -> Result<(), Error> {
+    let Some(update) = cred.with_live(|l| l.uncommitted.clone()) else {
+        return Ok(());
+    };
+    match save_tokens(shared, cred, &update).await {
+        Ok(()) => {
+            tracing::info!(credential = %cred.name, "the new tokens are saved now");
+            cred.with_live(|l| {
+                l.uncommitted = None;
+                l.last_error = None;
+            });
+            if let Some(due) = update.next_refresh_at {
+                shared.scheduler.schedule(&cred.name, due);
+            }
+            Ok(())
+        }
+        Err(StoreError::Gone(_)) => Err(Error::UnknownCredential(cred.name.to_string())),
+        Err(e) => {
+            shared
+                .scheduler
+                .schedule(&cred.name, shared.clock.now_ms() + 5_000);
+            Err(Error::Internal(format!(
+                "credential {:?}: new tokens still not saved: {e}",
+                cred.name
+            )))
+        }
+    }
+}
+
+/// At a graceful stop: a few more tries to save token sets the store
+/// refused, so that a stop does not turn a passing store error into a lost
+/// grant. Must be called with every refresh lock held.
+pub async fn save_before_stop(shared: &Arc<Shared>) {
+    for cred in shared.registry.unordered() {
+        if cred.with_live(|l| l.uncommitted.is_none()) {
+            continue;
+        }
+        for attempt in 1..=3 {
+            if save_uncommitted(shared, &cred).await.is_ok() {
+                break;
+            }
+            if attempt == 3 {
+                tracing::error!(credential = %cred.name, "new tokens could not be saved before the stop; the next start treats the stored refresh token as in doubt");
+            } else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

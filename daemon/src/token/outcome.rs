@@ -1,0 +1,171 @@
+//! What a failed attempt leads to: backoff for transient trouble, a state
+//! change for permanent refusals, persisted and notified once.
+
+use super::plan::random_unit;
+use super::validity::{MIN_VALID_MS, not_usable, valid_for};
+use crate::error::Error;
+use crate::provider::ProviderError;
+use crate::state::Shared;
+use crate::state::credential::{Credential, Stamp};
+use crate::store::{GrantChange, StateUpdate, StoreError, blocking};
+use std::sync::Arc;
+use std::time::Duration;
+use tokend_proto::{CredentialSpec, CredentialState};
+
+/// After an answer with no known outcome (a 200 without a token, a refresh
+/// token in doubt that introspection could not settle), the next attempt
+/// waits at least this long, so an odd provider sees a few requests a
+/// minute at most.
+pub(super) const ODD_ANSWER_BACKOFF_SECS: u64 = 30;
+
+/// Moves `cred` to `state` (needs-login or failing), in the store and in
+/// memory, stops its schedule and notifies once per change.
+pub(super) async fn set_state(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    state: CredentialState,
+    reason: &str,
+    grant: GrantChange,
+) {
+    tracing::warn!(credential = %cred.name, state = state.as_str(), "{reason}");
+    let update = StateUpdate {
+        state,
+        reason: Some(reason.to_string()),
+        last_error: Some(reason.to_string()),
+        next_refresh_at: None,
+        grant,
+    };
+    save_state(shared, cred, update).await;
+    let previous = cred.with_live(|l| {
+        let previous = l.state;
+        l.state = state;
+        l.reason = Some(reason.into());
+        l.last_error = Some(reason.into());
+        l.next_refresh_at = Stamp::default();
+        l.in_doubt = false;
+        if matches!(grant, GrantChange::DropRefreshToken | GrantChange::DropAll) {
+            l.refresh_token = None;
+        }
+        if grant == GrantChange::DropAll {
+            l.access_token = None;
+            l.expires_at = Stamp::default();
+            l.expires_mono = Stamp::default();
+        }
+        previous
+    });
+    shared.scheduler.unschedule(&cred.name);
+    if previous != state {
+        crate::token::notify::transition(shared, &cred.name, state, Some(reason));
+    }
+}
+
+/// Writes a state change, unless the credential was replaced meanwhile.
+/// A failure is logged: memory holds the truth until the next write.
+pub(super) async fn save_state(shared: &Arc<Shared>, cred: &Credential, update: StateUpdate) {
+    let store = shared.store.clone();
+    let (name, incarnation) = (cred.name.clone(), cred.incarnation);
+    match blocking(move || store.save_state(&name, incarnation, &update)).await {
+        Ok(()) | Err(StoreError::Gone(_)) => {}
+        Err(e) => {
+            tracing::error!(credential = %cred.name, error = %e, "could not record the state change")
+        }
+    }
+}
+
+/// How soon a failed attempt may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pace {
+    /// The provider answered with an error, or nothing was sent: the
+    /// journal is settled, and the usual exponential backoff applies.
+    Normal,
+    /// An odd answer (a 200 without a token): at least
+    /// [`ODD_ANSWER_BACKOFF_SECS`] between attempts.
+    Odd,
+    /// The refresh token is in doubt: the journal stays set, and the same
+    /// pause as for an odd answer applies before it is introspected.
+    InDoubt,
+}
+
+/// A transient failure: keep the token, retry with capped exponential backoff
+/// and jitter, honouring `Retry-After`. The caller learns of the failure
+/// either way; token requests still get the held token while it is valid.
+pub(super) async fn transient(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    message: String,
+    retry_after: Option<Duration>,
+    pace: Pace,
+) -> Result<(), Error> {
+    let policy = shared.config().refresh.clone();
+    let failures = cred.with_live(|l| {
+        l.failures = l.failures.saturating_add(1);
+        l.failures
+    });
+    let mut exp = policy
+        .min_backoff_secs
+        .saturating_mul(1u64 << (failures - 1).min(20))
+        .min(policy.max_backoff_secs);
+    if pace != Pace::Normal {
+        exp = exp.max(ODD_ANSWER_BACKOFF_SECS.min(policy.max_backoff_secs));
+    }
+    let mut delay_ms = (exp as f64 * 1000.0 * (0.8 + 0.4 * random_unit())) as i64;
+    if let Some(ra) = retry_after {
+        delay_ms = delay_ms.max(ra.as_millis().min(3_600_000) as i64);
+    }
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    let due = now + delay_ms;
+    let reason = format!(
+        "refresh failed, retry {failures} in {} s: {message}",
+        (delay_ms + 999) / 1000
+    );
+    tracing::warn!(credential = %cred.name, failures, retry_in_ms = delay_ms, "refresh failed: {message}");
+    let grant = if pace == Pace::InDoubt {
+        GrantChange::InDoubt
+    } else {
+        GrantChange::Settled
+    };
+    let (still_valid, update) = cred.with_live(|l| {
+        l.retry_not_before_ms = mono + delay_ms;
+        l.last_error = Some(reason.as_str().into());
+        l.next_refresh_at = Some(due.div_euclid(1000)).into();
+        (
+            valid_for(l, now, mono, MIN_VALID_MS),
+            StateUpdate {
+                state: l.state,
+                reason: l.reason.as_deref().map(Into::into),
+                last_error: l.last_error.as_deref().map(Into::into),
+                next_refresh_at: l.next_refresh_at.get(),
+                grant,
+            },
+        )
+    });
+    shared.scheduler.schedule(&cred.name, due);
+    save_state(shared, cred, update).await;
+    if still_valid {
+        Err(Error::Provider(format!(
+            "{reason}; the current token stays in use until it expires"
+        )))
+    } else {
+        Err(Error::NotUsable {
+            name: cred.name.to_string(),
+            state: CredentialState::Ready,
+            reason: Some(reason),
+        })
+    }
+}
+
+/// A permanent failure: stop retrying, say why, notify once.
+pub(super) async fn permanent(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    e: &ProviderError,
+) -> Result<(), Error> {
+    let (state, grant) = match cred.spec {
+        CredentialSpec::OAuth2(_) if e.needs_login() => {
+            (CredentialState::NeedsLogin, GrantChange::DropAll)
+        }
+        _ => (CredentialState::Failing, GrantChange::Settled),
+    };
+    set_state(shared, cred, state, &e.to_string(), grant).await;
+    Err(not_usable(cred))
+}

@@ -1,0 +1,195 @@
+//! Serving tokens: the fast path from memory, waiting for a refresh when
+//! none is valid, and the two ways a client asks for a new token now
+//! (`reject`, `refresh`), which respect the provider's backoff.
+
+use super::refresh::refresh;
+use super::validity::{not_usable, valid_reply};
+use crate::error::Error;
+use crate::state::Shared;
+use crate::state::credential::Credential;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokend_proto::{CredentialSpec, CredentialState, Secret, TokenReply};
+
+/// A valid token for `cred`, refreshing first if the one held will not do.
+pub async fn token(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    min_valid_secs: u32,
+) -> Result<TokenReply, Error> {
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    let fast = cred.with_live(|l| {
+        let reply = valid_reply(l, now, mono, min_valid_secs)?;
+        Some((reply, l.note_use(now / 1000)))
+    });
+    if let Some((reply, first_use_this_second)) = fast {
+        if first_use_this_second {
+            shared.note_use();
+        }
+        return Ok(reply);
+    }
+    if let CredentialSpec::Bearer { .. } = cred.spec {
+        return Err(not_usable(cred));
+    }
+    on_demand(shared, cred, min_valid_secs).await
+}
+
+/// No valid token is held: wait for a refresh (ours or one in flight).
+pub(super) async fn on_demand(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    min_valid_secs: u32,
+) -> Result<TokenReply, Error> {
+    let deadline = Instant::now() + Duration::from_secs(shared.config().refresh.wait_secs);
+    let mut refreshed = false;
+    loop {
+        let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+        let (reply, state, attempts, backoff_until) = cred.with_live(|l| {
+            (
+                valid_reply(l, now, mono, min_valid_secs),
+                l.state,
+                l.attempts,
+                l.retry_not_before_ms,
+            )
+        });
+        if let Some(reply) = reply {
+            if cred.note_use(now / 1000) {
+                shared.note_use();
+            }
+            return Ok(reply);
+        }
+        if state != CredentialState::Ready || backoff_until > mono {
+            return Err(not_usable(cred));
+        }
+        if refreshed {
+            return Err(Error::InvalidArgument(format!(
+                "a fresh token of credential {:?} is not valid for {min_valid_secs} s; ask for less with --min-valid",
+                cred.name
+            )));
+        }
+        let task = tokio::spawn(refresh(shared.clone(), cred.clone(), attempts));
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, task).await {
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "credential {:?} has no valid token: a refresh is still in flight after {} s",
+                    cred.name,
+                    shared.config().refresh.wait_secs
+                )));
+            }
+            Ok(Err(e)) => return Err(Error::Internal(format!("refresh task failed: {e}"))),
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Ok(Ok(()))) => refreshed = true,
+        }
+    }
+}
+
+/// "The API refused this token": refresh, unless the token named was already
+/// replaced (DESIGN §4.7).
+pub async fn reject(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    token: Option<&Secret>,
+) -> Result<String, Error> {
+    if let CredentialSpec::Bearer { check_url } = &cred.spec {
+        if check_url.is_some() {
+            let report = crate::token::check::run(shared, cred).await?;
+            return Ok(format!(
+                "bearer tokens cannot be refreshed; checked it: {}",
+                report.message
+            ));
+        }
+        return Err(Error::InvalidArgument(format!(
+            "bearer credential {:?} cannot be refreshed: revoke the token at the provider and replace it with `tokenctl add bearer {} --replace`",
+            cred.name, cred.name
+        )));
+    }
+    let (current, attempts) = cred.with_live(|l| (l.access_token.clone(), l.attempts));
+    if let Some(reported) = token
+        && !current.as_ref().is_some_and(|c| same_secret(c, reported))
+    {
+        return Ok("that token was already replaced; nothing to do".into());
+    }
+    respect_backoff(shared, cred)?;
+    run_now(shared, cred, attempts).await?;
+    Ok(format!("refreshed credential {:?}", cred.name))
+}
+
+/// Compares two tokens in time that does not depend on where they differ:
+/// a local caller must not learn the held token byte by byte from `reject`.
+pub(super) fn same_secret(a: &Secret, b: &Secret) -> bool {
+    a.expose().as_bytes().ct_eq(b.expose().as_bytes()).into()
+}
+
+/// `tokenctl refresh NAME`: one refresh now, whatever the schedule says,
+/// but never sooner than the provider allowed.
+pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<String, Error> {
+    if let CredentialSpec::Bearer { .. } = cred.spec {
+        return Err(Error::InvalidArgument(format!(
+            "bearer credential {:?} has nothing to refresh (use `tokenctl check {}` to test it)",
+            cred.name, cred.name
+        )));
+    }
+    respect_backoff(shared, cred)?;
+    let attempts = cred.with_live(|l| {
+        // A forced refresh retries a failing credential: its cause may be fixed.
+        if l.state == CredentialState::Failing {
+            l.state = CredentialState::Ready;
+        }
+        l.attempts
+    });
+    run_now(shared, cred, attempts).await?;
+    let expires = cred
+        .with_live(|l| l.expires_at.get())
+        .map(|e| {
+            format!(
+                " (valid until {})",
+                crate::state::credential::format_time(e)
+            )
+        })
+        .unwrap_or_default();
+    Ok(format!("refreshed credential {:?}{expires}", cred.name))
+}
+
+/// A forced refresh or a reject within a backoff or a provider's
+/// `Retry-After` answers at once with the last error and when the next
+/// attempt is, instead of sending a request the provider asked us not to.
+pub(super) fn respect_backoff(shared: &Shared, cred: &Credential) -> Result<(), Error> {
+    let mono = shared.clock.mono_ms();
+    let (until, last_error) = cred.with_live(|l| {
+        (
+            l.retry_not_before_ms,
+            l.last_error.as_deref().map(String::from),
+        )
+    });
+    if until <= mono {
+        return Ok(());
+    }
+    let wait_secs = (until - mono + 999) / 1000;
+    let at = crate::state::credential::format_time(shared.clock.now() + wait_secs);
+    let why = last_error
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default();
+    Err(Error::Provider(format!(
+        "not refreshing credential {:?} yet: the provider asked tokend to wait; the next attempt is in {wait_secs} s, at {at}{why}",
+        cred.name
+    )))
+}
+
+pub(super) async fn run_now(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    attempts: u64,
+) -> Result<(), Error> {
+    let wait = Duration::from_secs(2 * shared.config().refresh.http_timeout_secs + 5);
+    let task = tokio::spawn(refresh(shared.clone(), cred.clone(), attempts));
+    match tokio::time::timeout(wait, task).await {
+        Err(_) => Err(Error::Timeout(format!(
+            "the refresh of {:?} is taking too long; it goes on in the background",
+            cred.name
+        ))),
+        Ok(Err(e)) => Err(Error::Internal(format!("refresh task failed: {e}"))),
+        Ok(Ok(result)) => result,
+    }
+}
