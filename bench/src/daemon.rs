@@ -7,8 +7,8 @@ use crate::binaries::sibling_binary;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokend::store::StoredCredential;
 use tokend::store::seal::Sealer;
-use tokend::store::{Store, StoredCredential};
 
 /// The files of one daemon instance, before it runs.
 pub struct Setup {
@@ -47,7 +47,7 @@ impl Setup {
             .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
         let (sealer, _) =
             Sealer::load(None, &state.join("tokend.key"), true).map_err(|e| e.to_string())?;
-        let store = Store::open(&self.db, sealer).map_err(|e| e.to_string())?;
+        let store = tokend::store::open_sqlite(&self.db, sealer).map_err(|e| e.to_string())?;
         store.verify_key().map_err(|e| e.to_string())?;
         store.insert_many(creds).map_err(|e| e.to_string())?;
         store.checkpoint().map_err(|e| e.to_string())

@@ -12,8 +12,8 @@ use tokend::config::paths::{Overrides, Paths};
 use tokend::error::Error;
 use tokend::state::Shared;
 use tokend::state::credential::Credential;
+use tokend::store::StoredCredential;
 use tokend::store::seal::Sealer;
-use tokend::store::{Store, StoredCredential};
 use tokend::token;
 use tokend_proto::{
     ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Endpoints, OAuth2Spec,
@@ -33,7 +33,7 @@ async fn world(lifetime_secs: u64, config: Config) -> World {
         ..Overrides::default()
     };
     let paths = Paths::resolve(false, &overrides);
-    let store = Store::open(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
+    let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
     let shared = Shared::new(
         store,
         paths,
@@ -132,7 +132,8 @@ impl World {
 
     /// A new daemon on the same store and provider, as after a restart.
     fn reopen(&self) -> World {
-        let store = Store::open(&self.shared.paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
+        let store = tokend::store::open_sqlite(&self.shared.paths.db, Sealer::from_key(&[9u8; 32]))
+            .unwrap();
         let shared = Shared::new(
             store,
             self.shared.paths.clone(),

@@ -16,8 +16,8 @@ use tokend::error::Error;
 use tokend::login;
 use tokend::state::Shared;
 use tokend::state::credential::Credential;
+use tokend::store::StoredCredential;
 use tokend::store::seal::Sealer;
-use tokend::store::{Store, StoredCredential};
 use tokend_proto::{ClientAuth, CredentialSpec, CredentialState, OAuth2Spec, Secret};
 
 const REDIRECT: &str = "http://127.0.0.1:5000/callback";
@@ -35,7 +35,7 @@ async fn world() -> World {
         ..Overrides::default()
     };
     let paths = Paths::resolve(false, &overrides);
-    let store = Store::open(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
+    let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
     let mut config = Config::default();
     config.refresh.http_timeout_secs = 1;
     let policy = Policy {

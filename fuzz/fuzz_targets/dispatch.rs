@@ -22,7 +22,6 @@ use tokend::config::Config;
 use tokend::config::paths::{Overrides, Paths};
 use tokend::store::seal::Sealer;
 use tokend::state::Shared;
-use tokend::store::Store;
 use tokend_proto::{ErrorCode, FrameError, Principal, Request, Response, read_frame};
 
 /// The uid/gid the unprivileged peer runs as (nobody/nogroup).
@@ -86,7 +85,7 @@ impl Harness {
                 key_file: Some(dir.path().join("state").join("tokend.key")),
             },
         );
-        let store = Store::open(&paths.db, Sealer::from_key(&[7u8; 32])).expect("store");
+        let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[7u8; 32])).expect("store");
         store.verify_key().expect("key check");
         let mut config = Config::default();
         // Bounded waits: nothing listens on 127.0.0.1:9, but be sure.

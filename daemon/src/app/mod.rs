@@ -11,7 +11,6 @@ use crate::config::access::{Policy, group_id};
 use crate::config::paths::{Overrides, Paths};
 use crate::state::Shared;
 use crate::state::credential::Credential;
-use crate::store::Store;
 use crate::store::seal::{KeySource, Sealer};
 use crate::{server, token};
 use std::sync::Arc;
@@ -77,7 +76,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     }
     let (sealer, key_source) =
         Sealer::load(paths.credential_key.as_deref(), &paths.key_file, true).map_err(fail)?;
-    let store = Store::open(&paths.db, sealer).map_err(fail)?;
+    let store = crate::store::open_sqlite(&paths.db, sealer).map_err(fail)?;
     store.verify_key().map_err(|e| {
         fail(format!(
             "the sealing key does not match the store {}: {e}. Start tokend with the key the store was created with",

@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn live() -> Live {
-        Credential::from_stored(crate::store::tests::bearer("a", "t")).live()
+        Credential::from_stored(crate::store::sqlite::tests::bearer("a", "t")).live()
     }
 
     #[test]

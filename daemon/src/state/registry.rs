@@ -110,7 +110,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::bearer;
+    use crate::store::sqlite::tests::bearer;
 
     fn cred(name: &str, token: &str) -> Arc<Credential> {
         Arc::new(Credential::from_stored(bearer(name, token)))

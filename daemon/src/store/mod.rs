@@ -1,16 +1,101 @@
-//! The SQLite store: credentials, their sealed secrets and their allow lists.
+//! Durable storage: credentials, their sealed secrets and their allow lists,
+//! behind the [`Backend`] interface that the lifecycle and the handler use.
 //!
-//! WAL with `synchronous=FULL`: a committed token pair survives `kill -9`
-//! and power loss. Secrets are sealed before they reach SQL and opened after
-//! they leave it; nothing else in the daemon sees a sealed blob.
+//! One backend today, SQLite ([`sqlite`]); the interface is where a second
+//! one (a database shared by several hosts) plugs in (docs/ARCHITECTURE.md,
+//! "Seams"). Secrets are sealed before they reach the backend's storage and
+//! opened after they leave it; nothing else in the daemon sees a sealed blob.
 
 pub mod seal;
+pub mod sqlite;
 
-use crate::store::seal::{SealError, Sealer};
-use rusqlite::{Connection, OptionalExtension, params};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokend_proto::{CheckReport, CredentialSpec, CredentialState, Principal, Secret};
+
+pub use sqlite::SqliteStore;
+
+/// The store the daemon uses: any backend, shared.
+pub type Store = Arc<dyn Backend>;
+
+/// Opens the SQLite store at `path` (see [`SqliteStore::open`]).
+pub fn open_sqlite(path: &std::path::Path, sealer: seal::Sealer) -> Result<Store, StoreError> {
+    Ok(Arc::new(SqliteStore::open(path, sealer)?))
+}
+
+/// What the lifecycle and the handler need from durable storage. Every
+/// operation is short and synchronous (run it off the async workers with
+/// [`blocking`]) and atomic: it happens whole or not at all.
+///
+/// Writes about one credential are conditioned on its name *and*
+/// incarnation ([`StoreError::Gone`] when neither matches any more), so an
+/// operation that started for a credential never lands in its replacement.
+///
+/// `mark_refresh_in_flight` is the refresh's point of no return, where a
+/// backend shared by several hosts must also take its cross-host lock on
+/// the credential (and fail with a store error while another host holds
+/// it); `save_tokens` or `save_state` releases it. A single-host backend
+/// needs no more than the journal: the credential's refresh lock
+/// (`state::credential::Credential::refresh_lock`) serialises refreshes
+/// within the process.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Verifies that the sealing key is the one this store was created with,
+    /// recording it on first use.
+    fn verify_key(&self) -> Result<(), StoreError>;
+
+    /// Adds a credential; with `replace`, an existing one of that name goes first.
+    fn insert(&self, c: &StoredCredential, replace: bool) -> Result<(), StoreError>;
+
+    /// Adds many credentials in one transaction (one fsync instead of one
+    /// per credential): for bulk imports and for benchmarks that need a large
+    /// store fast. All or nothing; a duplicate name fails the whole batch.
+    fn insert_many(&self, creds: &[StoredCredential]) -> Result<(), StoreError>;
+
+    /// Removes a credential; false when there was none.
+    fn remove(&self, name: &str, incarnation: i64) -> Result<bool, StoreError>;
+
+    /// For tests: make every write fail, as a full disk would (SQLite's
+    /// `query_only`), or work again.
+    fn refuse_writes(&self, refuse: bool) -> Result<(), StoreError>;
+
+    /// Every credential, secrets opened. A value that fails to open (wrong
+    /// key) is an error: the daemon must not start on garbage.
+    fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError>;
+
+    /// Commits a new token set and marks the credential ready, atomically.
+    fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError>;
+
+    /// Records, durably, that a refresh token is about to be sent. Until the
+    /// outcome is saved, the held refresh token is *in doubt*: the provider
+    /// may have rotated it. A start that finds the mark set never sends it
+    /// blindly (docs/RULES.md, "In-doubt refreshes").
+    fn mark_refresh_in_flight(
+        &self,
+        name: &str,
+        incarnation: i64,
+        at: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Records a state change and what it does to the grant.
+    fn save_state(&self, name: &str, incarnation: i64, s: &StateUpdate) -> Result<(), StoreError>;
+
+    /// Records the result of a check, and the state it leads to.
+    fn save_check(
+        &self,
+        name: &str,
+        incarnation: i64,
+        report: &CheckReport,
+        s: &StateUpdate,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces the allow list.
+    fn save_allowed(&self, name: &str, allowed: &[Principal]) -> Result<(), StoreError>;
+
+    /// Writes last-use times, batched: a token request must not wait on fsync.
+    fn save_last_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
+
+    /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
+    fn checkpoint(&self) -> Result<(), StoreError>;
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,57 +122,10 @@ pub enum StoreError {
     #[error("stored settings are unreadable: {0}")]
     Settings(#[from] serde_json::Error),
     #[error(transparent)]
-    Seal(#[from] SealError),
+    Seal(#[from] seal::SealError),
     #[error("the store task failed: {0}")]
     Task(String),
 }
-
-/// The schema, one entry per version; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE credentials (
-    id              INTEGER PRIMARY KEY,
-    name            TEXT NOT NULL UNIQUE,
-    kind            TEXT NOT NULL,
-    description     TEXT NOT NULL DEFAULT '',
-    owner_uid       INTEGER NOT NULL,
-    settings        TEXT NOT NULL,
-    client_secret   BLOB,
-    access_token    BLOB,
-    refresh_token   BLOB,
-    generation      INTEGER NOT NULL DEFAULT 0,
-    expires_at      INTEGER,
-    state           TEXT NOT NULL,
-    reason          TEXT,
-    created_at      INTEGER NOT NULL,
-    last_refresh_at INTEGER,
-    last_use_at     INTEGER,
-    next_refresh_at INTEGER,
-    last_error      TEXT,
-    last_check      TEXT
-);
-CREATE TABLE allowed (
-    credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
-    kind          TEXT NOT NULL CHECK (kind IN ('user', 'group')),
-    id            INTEGER NOT NULL,
-    PRIMARY KEY (credential_id, kind, id)
-);
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-);
-"#,
-    r#"
-ALTER TABLE credentials ADD COLUMN refresh_in_flight INTEGER;
-"#,
-    r#"
-ALTER TABLE credentials ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
-"#,
-];
-
-/// A known value sealed under the key at first start: a wrong key is caught
-/// at start-up even when the store holds no credential yet.
-const KEY_CHECK: &str = "tokend key check";
 
 /// Everything stored about one credential, secrets opened.
 #[derive(Debug, Clone)]
@@ -184,759 +222,4 @@ pub fn new_incarnation() -> i64 {
             .to_le_bytes();
     }
     (i64::from_le_bytes(b) & i64::MAX).max(1)
-}
-
-/// A handle to the store; cheap to clone. The connection sits behind a
-/// `std::sync::Mutex`: every operation is a short, synchronous transaction.
-#[derive(Clone)]
-pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    sealer: Arc<Sealer>,
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Store")
-    }
-}
-
-fn state_to_sql(state: CredentialState) -> &'static str {
-    state.as_str()
-}
-
-fn state_from_sql(text: &str) -> CredentialState {
-    match text {
-        "ready" => CredentialState::Ready,
-        "needs-login" => CredentialState::NeedsLogin,
-        // A refresh cannot be in flight across a restart.
-        "refreshing" => CredentialState::Ready,
-        _ => CredentialState::Failing,
-    }
-}
-
-impl Store {
-    /// Opens (creating if needed) the database at `path`, file mode 0600 in a
-    /// 0700 directory, and brings the schema up to date.
-    pub fn open(path: &Path, sealer: Sealer) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::config::paths::ensure_private_dir(dir, 0o700).map_err(|e| StoreError::Open {
-                path: path.display().to_string(),
-                source: rusqlite::Error::InvalidPath(format!("{}: {e}", dir.display()).into()),
-            })?;
-        }
-        create_private_file(path);
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        let store = Store {
-            conn: Arc::new(Mutex::new(conn)),
-            sealer: Arc::new(sealer),
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (the
-        // transaction rolls back), so a poisoned lock is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
-        Ok(())
-    }
-
-    fn seal_opt(
-        &self,
-        name: &str,
-        column: &str,
-        s: Option<&Secret>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(s.map(|s| self.sealer.seal(name, column, s)).transpose()?)
-    }
-
-    fn open_opt(
-        &self,
-        name: &str,
-        column: &'static str,
-        b: Option<&[u8]>,
-    ) -> Result<Option<Secret>, StoreError> {
-        Ok(b.map(|b| self.sealer.open(name, column, b)).transpose()?)
-    }
-
-    /// Verifies that the sealing key is the one this store was created with,
-    /// recording it on first use.
-    pub fn verify_key(&self) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let sealed: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match sealed {
-            Some(sealed) => {
-                let opened = self.sealer.open("", "key_check", &sealed)?;
-                if opened.expose() != KEY_CHECK {
-                    return Err(SealError::Open {
-                        name: String::new(),
-                        column: "key_check",
-                    }
-                    .into());
-                }
-            }
-            None => {
-                let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
-                    [sealed],
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Adds a credential; with `replace`, an existing one of that name goes first.
-    pub fn insert(&self, c: &StoredCredential, replace: bool) -> Result<(), StoreError> {
-        let row = self.seal_row(c)?;
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        if replace {
-            tx.execute("DELETE FROM credentials WHERE name = ?1", [&c.name])?;
-        }
-        insert_row(&tx, c, &row)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Adds many credentials in one transaction (one fsync instead of one
-    /// per credential): for bulk imports and for benchmarks that need a large
-    /// store fast. All or nothing; a duplicate name fails the whole batch.
-    pub fn insert_many(&self, creds: &[StoredCredential]) -> Result<(), StoreError> {
-        let rows = creds
-            .iter()
-            .map(|c| self.seal_row(c))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        for (c, row) in creds.iter().zip(&rows) {
-            insert_row(&tx, c, row)?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Seals a credential's secrets and encodes its settings, outside the
-    /// connection lock (sealing is the slow part of an insert).
-    fn seal_row(&self, c: &StoredCredential) -> Result<SealedRow, StoreError> {
-        Ok(SealedRow {
-            settings: serde_json::to_string(&c.spec)?,
-            client_secret: self.seal_opt(&c.name, "client_secret", c.client_secret.as_ref())?,
-            access: self.seal_opt(&c.name, "access_token", c.access_token.as_ref())?,
-            refresh: self.seal_opt(&c.name, "refresh_token", c.refresh_token.as_ref())?,
-        })
-    }
-
-    /// Removes a credential; false when there was none.
-    pub fn remove(&self, name: &str, incarnation: i64) -> Result<bool, StoreError> {
-        Ok(self.lock().execute(
-            "DELETE FROM credentials WHERE name = ?1 AND incarnation = ?2",
-            params![name, incarnation],
-        )? > 0)
-    }
-
-    /// For tests: make every write fail, as a full disk would (SQLite's
-    /// `query_only`), or work again.
-    pub fn refuse_writes(&self, refuse: bool) -> Result<(), StoreError> {
-        self.lock().pragma_update(None, "query_only", refuse)?;
-        Ok(())
-    }
-
-    /// Every credential, secrets opened. A value that fails to open (wrong
-    /// key) is an error: the daemon must not start on garbage.
-    pub fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError> {
-        let (mut creds, sealed) = self.read_all()?;
-        self.open_all(&mut creds, &sealed)?;
-        // Reading every row filled SQLite's page cache (up to 2 MiB); the
-        // daemon serves from memory and writes a row at a time from now on.
-        self.lock().execute_batch("PRAGMA shrink_memory;")?;
-        Ok(creds)
-    }
-
-    /// Every row, its sealed secrets set aside unopened (opening them is
-    /// the slow part, done after the connection lock is released).
-    fn read_all(&self) -> Result<(Vec<StoredCredential>, SealedColumns), StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT id, name, description, owner_uid, settings, client_secret, access_token,
-                refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
-                last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
-                incarnation
-             FROM credentials ORDER BY name",
-        )?;
-        let mut allowed = load_allowed(&conn)?;
-        let mut out = Vec::new();
-        let mut sealed = SealedColumns::default();
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            sealed.push([blob(r, 5)?, blob(r, 6)?, blob(r, 7)?]);
-            let settings: String = r.get(4)?;
-            let last_check: Option<String> = r.get(17)?;
-            out.push(StoredCredential {
-                spec: serde_json::from_str(&settings)?,
-                client_secret: None,
-                access_token: None,
-                refresh_token: None,
-                allowed: allowed.remove(&r.get::<_, i64>(0)?).unwrap_or_default(),
-                name: r.get(1)?,
-                description: r.get(2)?,
-                owner_uid: r.get(3)?,
-                generation: r.get::<_, i64>(8)? as u64,
-                expires_at: r.get(9)?,
-                state: state_from_sql(&r.get::<_, String>(10)?),
-                reason: r.get(11)?,
-                created_at: r.get(12)?,
-                last_refresh_at: r.get(13)?,
-                last_use_at: r.get(14)?,
-                next_refresh_at: r.get(15)?,
-                last_error: r.get(16)?,
-                last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
-                refresh_interrupted: r.get(18)?,
-                incarnation: r.get(19)?,
-            });
-        }
-        Ok((out, sealed))
-    }
-
-    /// Opens every row's secrets, spread over the cores when there are
-    /// many: at start-up with a large store, opening (XChaCha20-Poly1305) is
-    /// half of the load time. The first failure in row order is reported,
-    /// as a sequential pass would.
-    fn open_all(
-        &self,
-        creds: &mut [StoredCredential],
-        sealed: &SealedColumns,
-    ) -> Result<(), StoreError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = creds.len().div_ceil(cores.min(8)).max(ROWS_PER_THREAD);
-        if creds.len() <= chunk {
-            return self.open_rows(creds, sealed, 0);
-        }
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = creds
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(i, c)| scope.spawn(move || self.open_rows(c, sealed, i * chunk)))
-                .collect();
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
-    }
-
-    /// Opens the secrets of `creds`, which are rows `first..` of `sealed`.
-    fn open_rows(
-        &self,
-        creds: &mut [StoredCredential],
-        sealed: &SealedColumns,
-        first: usize,
-    ) -> Result<(), StoreError> {
-        for (i, c) in creds.iter_mut().enumerate() {
-            let [cs, at, rt] = sealed.row(first + i);
-            c.client_secret = self.open_opt(&c.name, "client_secret", cs)?;
-            c.access_token = self.open_opt(&c.name, "access_token", at)?;
-            c.refresh_token = self.open_opt(&c.name, "refresh_token", rt)?;
-        }
-        Ok(())
-    }
-
-    /// Commits a new token set and marks the credential ready, atomically.
-    pub fn save_tokens(
-        &self,
-        name: &str,
-        incarnation: i64,
-        t: &TokenUpdate,
-    ) -> Result<(), StoreError> {
-        let access = self.sealer.seal(name, "access_token", &t.access_token)?;
-        let refresh = self.seal_opt(name, "refresh_token", t.refresh_token.as_ref())?;
-        let n = self.lock().execute(
-            "UPDATE credentials SET access_token = ?3,
-                refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
-                generation = ?5, expires_at = ?6, last_refresh_at = ?7, next_refresh_at = ?8,
-                state = 'ready', reason = NULL, last_error = NULL, refresh_in_flight = NULL
-             WHERE name = ?1 AND incarnation = ?2",
-            params![
-                name,
-                incarnation,
-                access,
-                refresh,
-                t.generation as i64,
-                t.expires_at,
-                t.refreshed_at,
-                t.next_refresh_at,
-                t.new_grant
-            ],
-        )?;
-        written(n, name)
-    }
-
-    /// Records, durably, that a refresh token is about to be sent. Until the
-    /// outcome is saved, the held refresh token is *in doubt*: the provider
-    /// may have rotated it. A start that finds the mark set never sends it
-    /// blindly (docs/RULES.md, "In-doubt refreshes").
-    pub fn mark_refresh_in_flight(
-        &self,
-        name: &str,
-        incarnation: i64,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        let n = self.lock().execute(
-            "UPDATE credentials SET refresh_in_flight = ?3 WHERE name = ?1 AND incarnation = ?2",
-            params![name, incarnation, at],
-        )?;
-        written(n, name)
-    }
-
-    /// Records a state change and what it does to the grant.
-    pub fn save_state(
-        &self,
-        name: &str,
-        incarnation: i64,
-        s: &StateUpdate,
-    ) -> Result<(), StoreError> {
-        let grant = match s.grant {
-            GrantChange::Settled => "refresh_in_flight = NULL",
-            GrantChange::InDoubt => "refresh_in_flight = refresh_in_flight",
-            GrantChange::DropRefreshToken => "refresh_token = NULL, refresh_in_flight = NULL",
-            GrantChange::DropAll => {
-                "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL"
-            }
-        };
-        let sql = format!(
-            "UPDATE credentials SET state = ?3, reason = ?4, last_error = ?5, next_refresh_at = ?6,
-                {grant} WHERE name = ?1 AND incarnation = ?2"
-        );
-        let n = self.lock().execute(
-            &sql,
-            params![
-                name,
-                incarnation,
-                state_to_sql(s.state),
-                s.reason,
-                s.last_error,
-                s.next_refresh_at
-            ],
-        )?;
-        written(n, name)
-    }
-
-    /// Records the result of a check, and the state it leads to.
-    pub fn save_check(
-        &self,
-        name: &str,
-        incarnation: i64,
-        report: &CheckReport,
-        s: &StateUpdate,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_string(report)?;
-        let n = self.lock().execute(
-            "UPDATE credentials SET last_check = ?3, state = ?4, reason = ?5, last_error = ?6
-             WHERE name = ?1 AND incarnation = ?2",
-            params![
-                name,
-                incarnation,
-                json,
-                state_to_sql(s.state),
-                s.reason,
-                s.last_error
-            ],
-        )?;
-        written(n, name)
-    }
-
-    /// Replaces the allow list.
-    pub fn save_allowed(&self, name: &str, allowed: &[Principal]) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let id: i64 = tx
-            .query_row("SELECT id FROM credentials WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])?;
-        write_allowed(&tx, id, allowed)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Writes last-use times, batched: a token request must not wait on fsync.
-    pub fn save_last_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        {
-            let mut stmt = tx.prepare("UPDATE credentials SET last_use_at = ?2 WHERE name = ?1")?;
-            for (name, at) in uses {
-                stmt.execute(params![name, at])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.lock()
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-        Ok(())
-    }
-}
-
-/// Below this many rows per thread, opening secrets in parallel costs more
-/// in thread start-up than it saves.
-const ROWS_PER_THREAD: usize = 2_000;
-
-/// Every row's sealed columns, copied into one buffer as read: a single
-/// allocation, handed back to the OS whole once opened, instead of 300,000
-/// small ones that would stay behind as heap fragments (about 8 MB of
-/// resident memory at 100,000 credentials).
-#[derive(Default)]
-struct SealedColumns {
-    bytes: Vec<u8>,
-    /// Per row: client secret, access token, refresh token, as byte ranges.
-    rows: Vec<[Option<(usize, usize)>; 3]>,
-}
-
-impl SealedColumns {
-    fn push(&mut self, columns: [Option<&[u8]>; 3]) {
-        let row = columns.map(|column| {
-            column.map(|b| {
-                let start = self.bytes.len();
-                self.bytes.extend_from_slice(b);
-                (start, self.bytes.len())
-            })
-        });
-        self.rows.push(row);
-    }
-
-    fn row(&self, i: usize) -> [Option<&[u8]>; 3] {
-        self.rows[i].map(|range| range.map(|(start, end)| &self.bytes[start..end]))
-    }
-}
-
-/// A BLOB column that may be NULL, borrowed from the row (no allocation).
-fn blob<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a [u8]>> {
-    match r.get_ref(i)? {
-        rusqlite::types::ValueRef::Null => Ok(None),
-        rusqlite::types::ValueRef::Blob(b) => Ok(Some(b)),
-        other => Err(rusqlite::Error::InvalidColumnType(
-            i,
-            "sealed value".into(),
-            other.data_type(),
-        )),
-    }
-}
-
-/// A credential's column values that need work before SQL sees them.
-struct SealedRow {
-    settings: String,
-    client_secret: Option<Vec<u8>>,
-    access: Option<Vec<u8>>,
-    refresh: Option<Vec<u8>>,
-}
-
-/// Inserts one credential row and its allow list inside `tx`.
-fn insert_row(
-    tx: &rusqlite::Transaction<'_>,
-    c: &StoredCredential,
-    row: &SealedRow,
-) -> Result<(), StoreError> {
-    let inserted = tx.execute(
-        "INSERT INTO credentials (name, kind, description, owner_uid, settings, client_secret,
-            access_token, refresh_token, generation, expires_at, state, reason, created_at,
-            last_refresh_at, next_refresh_at, incarnation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        params![
-            c.name,
-            c.spec.kind(),
-            c.description,
-            c.owner_uid,
-            row.settings,
-            row.client_secret,
-            row.access,
-            row.refresh,
-            c.generation as i64,
-            c.expires_at,
-            state_to_sql(c.state),
-            c.reason,
-            c.created_at,
-            c.last_refresh_at,
-            c.next_refresh_at,
-            c.incarnation,
-        ],
-    );
-    match inserted {
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            return Err(StoreError::AlreadyExists(c.name.clone()));
-        }
-        other => other?,
-    };
-    write_allowed(tx, tx.last_insert_rowid(), &c.allowed)
-}
-
-/// No row matched the name and incarnation: the credential is gone or was
-/// replaced, and the write belongs to what is gone.
-fn written(rows: usize, name: &str) -> Result<(), StoreError> {
-    if rows == 0 {
-        return Err(StoreError::Gone(name.to_string()));
-    }
-    Ok(())
-}
-
-fn write_allowed(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    allowed: &[Principal],
-) -> Result<(), StoreError> {
-    let mut stmt =
-        tx.prepare("INSERT OR IGNORE INTO allowed (credential_id, kind, id) VALUES (?1, ?2, ?3)")?;
-    for p in allowed {
-        let (kind, pid) = match p {
-            Principal::User(u) => ("user", *u),
-            Principal::Group(g) => ("group", *g),
-        };
-        stmt.execute(params![id, kind, pid])?;
-    }
-    Ok(())
-}
-
-fn load_allowed(
-    conn: &Connection,
-) -> Result<std::collections::HashMap<i64, Vec<Principal>>, StoreError> {
-    let mut stmt = conn.prepare("SELECT credential_id, kind, id FROM allowed ORDER BY kind, id")?;
-    let mut map: std::collections::HashMap<i64, Vec<Principal>> = Default::default();
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, u32>(2)?,
-        ))
-    })?;
-    for row in rows {
-        let (cid, kind, id) = row?;
-        let p = if kind == "user" {
-            Principal::User(id)
-        } else {
-            Principal::Group(id)
-        };
-        map.entry(cid).or_default().push(p);
-    }
-    Ok(map)
-}
-
-/// Creates the database file 0600 before SQLite does, so it is never
-/// briefly world-readable under a loose umask. WAL and SHM files inherit
-/// the main file's mode.
-fn create_private_file(path: &Path) {
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    // Failure here surfaces as a clearer error from Connection::open.
-    let _ = options.open(path);
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    pub(crate) fn bearer(name: &str, token: &str) -> StoredCredential {
-        StoredCredential {
-            name: name.into(),
-            description: "d".into(),
-            spec: CredentialSpec::Bearer { check_url: None },
-            owner_uid: 1000,
-            allowed: vec![Principal::Group(5)],
-            client_secret: None,
-            access_token: Some(Secret::new(token)),
-            refresh_token: None,
-            generation: 1,
-            expires_at: None,
-            state: CredentialState::Ready,
-            reason: None,
-            created_at: 100,
-            last_refresh_at: None,
-            last_use_at: None,
-            next_refresh_at: None,
-            last_error: None,
-            last_check: None,
-            refresh_interrupted: false,
-            incarnation: 7,
-        }
-    }
-
-    fn open(dir: &Path) -> Store {
-        Store::open(&dir.join("t.db"), Sealer::from_key(&[1u8; 32])).unwrap()
-    }
-
-    #[test]
-    fn credentials_round_trip_across_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        open(dir.path())
-            .insert(&bearer("up", "tok-1"), false)
-            .unwrap();
-        let all = open(dir.path()).load_all().unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].access_token.as_ref().unwrap().expose(), "tok-1");
-        assert_eq!(all[0].allowed, vec![Principal::Group(5)]);
-    }
-
-    #[test]
-    fn bulk_insert_is_all_or_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        s.insert_many(&[bearer("a", "t-a"), bearer("b", "t-b")])
-            .unwrap();
-        let err = s
-            .insert_many(&[bearer("c", "t-c"), bearer("a", "again")])
-            .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists(n) if n == "a"));
-        let all = open(dir.path()).load_all().unwrap();
-        let names: Vec<_> = all.iter().map(|c| c.name.as_str()).collect();
-        assert_eq!(names, ["a", "b"]);
-        assert_eq!(all[1].access_token.as_ref().unwrap().expose(), "t-b");
-        assert_eq!(all[0].allowed, vec![Principal::Group(5)]);
-    }
-
-    #[test]
-    fn a_large_store_loads_every_secret_in_name_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        let n = ROWS_PER_THREAD * 3 + 7;
-        let creds: Vec<_> = (0..n)
-            .rev()
-            .map(|i| bearer(&format!("c{i:05}"), &format!("t{i}")))
-            .collect();
-        s.insert_many(&creds).unwrap();
-        let all = open(dir.path()).load_all().unwrap();
-        assert_eq!(all.len(), n);
-        for (i, c) in all.iter().enumerate() {
-            assert_eq!(c.name, format!("c{i:05}"));
-            assert_eq!(c.access_token.as_ref().unwrap().expose(), format!("t{i}"));
-        }
-        let other = Store::open(&dir.path().join("t.db"), Sealer::from_key(&[2u8; 32])).unwrap();
-        assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
-    }
-
-    #[test]
-    fn duplicate_name_is_refused_and_store_unchanged() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        s.insert(&bearer("up", "tok-1"), false).unwrap();
-        let err = s.insert(&bearer("up", "tok-2"), false).unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists(_)));
-        assert_eq!(
-            s.load_all().unwrap()[0]
-                .access_token
-                .as_ref()
-                .unwrap()
-                .expose(),
-            "tok-1"
-        );
-    }
-
-    #[test]
-    fn token_update_is_atomic_and_keeps_refresh_token_when_absent() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        let mut c = bearer("o", "a0");
-        c.refresh_token = Some(Secret::new("r0"));
-        s.insert(&c, false).unwrap();
-        let update = TokenUpdate {
-            access_token: Secret::new("a1"),
-            refresh_token: None,
-            generation: 2,
-            expires_at: Some(500),
-            refreshed_at: 400,
-            next_refresh_at: Some(475),
-            new_grant: false,
-        };
-        s.save_tokens("o", 7, &update).unwrap();
-        let back = &s.load_all().unwrap()[0];
-        assert_eq!(back.access_token.as_ref().unwrap().expose(), "a1");
-        assert_eq!(back.refresh_token.as_ref().unwrap().expose(), "r0");
-        assert_eq!(back.generation, 2);
-    }
-
-    #[test]
-    fn wrong_key_refuses_to_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        s.verify_key().unwrap();
-        s.insert(&bearer("up", "tok"), false).unwrap();
-        let other = Store::open(&dir.path().join("t.db"), Sealer::from_key(&[2u8; 32])).unwrap();
-        assert!(matches!(other.verify_key(), Err(StoreError::Seal(_))));
-        assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
-        open(dir.path()).verify_key().unwrap();
-    }
-
-    #[test]
-    fn a_refresh_in_flight_is_remembered_until_its_outcome_is_saved() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = open(dir.path());
-        s.insert(&bearer("o", "a0"), false).unwrap();
-        s.mark_refresh_in_flight("o", 7, 5).unwrap();
-        assert!(open(dir.path()).load_all().unwrap()[0].refresh_interrupted);
-        let update = TokenUpdate {
-            access_token: Secret::new("a1"),
-            refresh_token: Some(Secret::new("r1")),
-            generation: 2,
-            expires_at: Some(500),
-            refreshed_at: 400,
-            next_refresh_at: Some(475),
-            new_grant: false,
-        };
-        s.save_tokens("o", 7, &update).unwrap();
-        assert!(!s.load_all().unwrap()[0].refresh_interrupted);
-    }
-
-    #[test]
-    fn database_file_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let sub = dir.path().join("state");
-        Store::open(&sub.join("t.db"), Sealer::from_key(&[1u8; 32])).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-            assert_eq!(mode(&sub.join("t.db")), 0o600);
-            assert_eq!(mode(&sub), 0o700);
-        }
-    }
 }

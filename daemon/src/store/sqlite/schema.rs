@@ -1,0 +1,64 @@
+//! The schema, one migration per version, and how states are written.
+
+use tokend_proto::CredentialState;
+
+/// The schema, one entry per version; `PRAGMA user_version` says how many ran.
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE credentials (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    kind            TEXT NOT NULL,
+    description     TEXT NOT NULL DEFAULT '',
+    owner_uid       INTEGER NOT NULL,
+    settings        TEXT NOT NULL,
+    client_secret   BLOB,
+    access_token    BLOB,
+    refresh_token   BLOB,
+    generation      INTEGER NOT NULL DEFAULT 0,
+    expires_at      INTEGER,
+    state           TEXT NOT NULL,
+    reason          TEXT,
+    created_at      INTEGER NOT NULL,
+    last_refresh_at INTEGER,
+    last_use_at     INTEGER,
+    next_refresh_at INTEGER,
+    last_error      TEXT,
+    last_check      TEXT
+);
+CREATE TABLE allowed (
+    credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
+    kind          TEXT NOT NULL CHECK (kind IN ('user', 'group')),
+    id            INTEGER NOT NULL,
+    PRIMARY KEY (credential_id, kind, id)
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+"#,
+    r#"
+ALTER TABLE credentials ADD COLUMN refresh_in_flight INTEGER;
+"#,
+    r#"
+ALTER TABLE credentials ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+"#,
+];
+
+/// A known value sealed under the key at first start: a wrong key is caught
+/// at start-up even when the store holds no credential yet.
+pub(super) const KEY_CHECK: &str = "tokend key check";
+
+pub(super) fn state_to_sql(state: CredentialState) -> &'static str {
+    state.as_str()
+}
+
+pub(super) fn state_from_sql(text: &str) -> CredentialState {
+    match text {
+        "ready" => CredentialState::Ready,
+        "needs-login" => CredentialState::NeedsLogin,
+        // A refresh cannot be in flight across a restart.
+        "refreshing" => CredentialState::Ready,
+        _ => CredentialState::Failing,
+    }
+}
