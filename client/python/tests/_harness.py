@@ -260,7 +260,7 @@ class _ApiHandler(http.server.BaseHTTPRequestHandler):
             owner.seen.append((self.command, token, body_in))
             if owner.refused is None:
                 owner.refused = token
-            ok = token is not None and token != owner.refused
+            ok = token is not None and token != owner.refused and not owner.always
         status = 200 if ok else owner.status
         body = json.dumps({"ok": ok}).encode()
         self.send_response(status)
@@ -275,12 +275,13 @@ class _ApiHandler(http.server.BaseHTTPRequestHandler):
 
 class RefusingApi(_Server):
     """An API that answers ``status`` (403) to the first token it sees and
-    200 to any other."""
+    200 to any other (or ``status`` to every token, with ``always``)."""
 
     handler = _ApiHandler
 
-    def __init__(self, status: int = 403) -> None:
+    def __init__(self, status: int = 403, always: bool = False) -> None:
         self.lock = threading.Lock()
+        self.always = always
         self.status = status
         self.refused: Optional[str] = None
         self.seen: List[tuple] = []

@@ -57,6 +57,17 @@ class _FakeHandler(http.server.BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         srv.seen.append((self.command, self.path, dict(self.headers), raw))  # type: ignore[attr-defined]
         p = self.path
+        if p.startswith("/v1/credentials/rot/"):
+            with srv.lock:  # type: ignore[attr-defined]
+                current = f"rot-token-{srv.rotations}"  # type: ignore[attr-defined]
+                if p.endswith("/reject"):
+                    refreshed = json.loads(raw or b"{}").get("token") == current
+                    if refreshed:
+                        srv.rotations += 1  # type: ignore[attr-defined]
+                    return self._send(200, {"refreshed": refreshed, "message": "m", "expires_at": None, "expires_in": None})
+            return self._send(200, {"access_token": current, "token_type": "Bearer", "expires_at": None, "expires_in": None})
+        if p == "/v1/credentials/x/reject" and raw and json.loads(raw).get("token") == "bearer":
+            return self._send(400, {"error": "bad_request", "message": "bearer credential \"x\" cannot be refreshed"})
         if p == "/v1/health":
             return self._send(200, {"status": "ok", "version": "fake"})
         if p == "/v1/status":
@@ -97,6 +108,7 @@ class _FakeServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(self, path: str):
         self.lock = threading.Lock()
         self.connections = 0
+        self.rotations = 0
         self.open: set = set()
         self.seen: list = []
         super().__init__(path, _FakeHandler)
@@ -112,7 +124,7 @@ class _FakeServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 pass
 
 
-class FakeDaemonTest(unittest.TestCase):
+class _WithFake(unittest.TestCase):
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="tokend-py-fake")
         self.path = os.path.join(self.dir, "http.sock")
@@ -127,6 +139,8 @@ class FakeDaemonTest(unittest.TestCase):
         self.server.server_close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+
+class FakeDaemonTest(_WithFake):
     def test_calls_and_requests(self) -> None:
         c = self.client
         self.assertEqual(c.health(), {"status": "ok", "version": "fake"})
@@ -252,6 +266,67 @@ class FakeDaemonTest(unittest.TestCase):
             self.assertIn("did not answer within 0.3 s", str(cm.exception))
         finally:
             s.close()
+
+
+try:
+    import requests
+except ImportError:  # pragma: no cover - depends on the environment
+    requests = None
+try:
+    import httpx
+except ImportError:  # pragma: no cover - depends on the environment
+    httpx = None
+
+
+class BearerAuthFakeTest(_WithFake):
+    """BearerAuth's retry logic against the fake daemon, whose credential
+    "rot" gets a new token when its current one is rejected."""
+
+    def _check(self, send) -> None:
+        api = _harness.RefusingApi(403)
+        self.addCleanup(api.close)
+        auth = tokend.BearerAuth("rot", client=self.client)
+        self.assertEqual(send(api.url("/a"), auth), (200, 1))
+        self.assertEqual([t for _, t, _ in api.seen], ["rot-token-0", "rot-token-1"])
+        self.assertEqual(api.seen[0][2], api.seen[1][2])
+        self.assertEqual(send(api.url("/b"), auth), (200, 0))
+        # 401 is not in reject_on here: returned as is
+        api401 = _harness.RefusingApi(401)
+        self.addCleanup(api401.close)
+        self.assertEqual(send(api401.url("/c"), tokend.BearerAuth("rot", reject_on=(403,), client=self.client)), (401, 0))
+        # a token tokend cannot replace: the refusal is returned as is
+        api2 = _harness.RefusingApi(403)
+        self.addCleanup(api2.close)
+        self.assertEqual(send(api2.url("/d"), tokend.BearerAuth("x", client=self.client)), (403, 0))
+        self.assertEqual(len(api2.seen), 1)
+        # a second refusal after the retry is returned, not retried again
+        api3 = _harness.RefusingApi(403, always=True)
+        self.addCleanup(api3.close)
+        before = self.server.rotations
+        self.assertEqual(send(api3.url("/e"), auth), (403, 1))
+        self.assertEqual(self.server.rotations, before + 1)
+        self.assertEqual(len(api3.seen), 2)
+
+    @unittest.skipIf(requests is None, "requests is not installed")
+    def test_requests(self) -> None:
+        def send(url, auth):
+            r = requests.post(url, data=b"payload", auth=auth, timeout=10)
+            return r.status_code, len(r.history)
+
+        self._check(send)
+
+    @unittest.skipIf(httpx is None, "httpx is not installed")
+    def test_httpx(self) -> None:
+        def send(url, auth):
+            with httpx.Client(auth=auth, timeout=10) as h:
+                r = h.post(url, content=b"payload")
+            return r.status_code, len(r.history)
+
+        self._check(send)
+
+    def test_no_token_in_repr(self) -> None:
+        auth = tokend.BearerAuth("rot", client=self.client)
+        self.assertNotIn("rot-token", repr(auth))
 
 
 class DiscoveryTest(unittest.TestCase):
