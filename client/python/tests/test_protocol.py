@@ -324,6 +324,20 @@ class BearerAuthFakeTest(_WithFake):
 
         self._check(send)
 
+    @unittest.skipIf(httpx is None, "httpx is not installed")
+    def test_httpx_async(self) -> None:
+        import asyncio
+
+        def send(url, auth):
+            async def go():
+                async with httpx.AsyncClient(auth=auth, timeout=10) as h:
+                    return await h.post(url, content=b"payload")
+
+            r = asyncio.run(go())
+            return r.status_code, len(r.history)
+
+        self._check(send)
+
     def test_no_token_in_repr(self) -> None:
         auth = tokend.BearerAuth("rot", client=self.client)
         self.assertNotIn("rot-token", repr(auth))
