@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import unittest
 
 import _harness
@@ -262,6 +263,18 @@ class RestartTest(unittest.TestCase):
             self.assertNotIn(BEARER, str(cm.exception) + repr(cm.exception))
             self.daemon.start()
             self.assertEqual(c.token("static"), BEARER)
+
+    def test_reconnects_after_the_idle_timeout(self) -> None:
+        self.daemon.stop()
+        with open(self.daemon.config, "w") as f:
+            f.write("[limits]\nidle_timeout_secs = 1\n")
+        self.daemon.start()
+        with self.daemon.client() as c:
+            self.assertEqual(c.token("static"), BEARER)
+            kept = c._conn
+            time.sleep(2.5)  # the daemon closes the idle connection
+            self.assertEqual(c.token("static"), BEARER)
+            self.assertIsNot(c._conn, kept)
 
     def test_missing_socket_is_unreachable(self) -> None:
         self.daemon.stop()
