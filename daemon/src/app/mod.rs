@@ -3,19 +3,25 @@
 
 pub mod args;
 pub mod logging;
+mod reload;
 pub mod service;
 pub mod signals;
+mod stop;
+mod tasks;
+mod uses;
 
 use crate::config::Config;
 use crate::config::access::{Policy, group_id};
 use crate::config::paths::{Overrides, Paths};
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::store::Store;
 use crate::store::seal::{KeySource, Sealer};
 use crate::{server, token};
+use interprocess::local_socket::tokio::Listener;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tasks::Tasks;
 use tokio::sync::{mpsc, watch};
 
 /// How the daemon was asked to run.
@@ -47,29 +53,37 @@ pub fn load_config(options: &Options) -> Result<(Paths, Config), StartError> {
     Ok((paths, config))
 }
 
-fn policy_for(config: &Config) -> Result<Policy, String> {
-    Ok(Policy {
-        daemon_uid: tokend_proto::paths::current_uid(),
-        admin_gid: config.admin_group.as_deref().map(group_id).transpose()?,
-    })
-}
-
 /// Runs the daemon until SIGTERM/SIGINT. Returns an error only for start-up
 /// failures; everything after start is logged and survived.
 pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     raise_fd_limit();
-    let policy = policy_for(&config).map_err(|e| {
+    let policy = Policy::for_config(&config).map_err(|e| {
         fail(format!(
             "config {}: admin_group: {e}",
             paths.config.display()
         ))
     })?;
-    let socket_gid = match (&config.socket_group, paths.system) {
-        (Some(g), true) => {
-            Some(group_id(g).map_err(|e| fail(format!("config: socket_group: {e}")))?)
-        }
-        _ => None,
-    };
+    let (store, key_source) = open_store(&paths)?;
+    let shared = load(store, &paths, config, policy)?;
+    let listener = listen(&shared)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tasks = start_tasks(&shared, shutdown_tx, &shutdown_rx)?;
+    log_start(&shared, &key_source);
+    service::ready(&status_line(&shared));
+    server::run(
+        listener,
+        shared.clone(),
+        shutdown_rx,
+        Duration::from_secs(5),
+    )
+    .await;
+    stop::stop(&shared).await;
+    tasks.join(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Opens the sealing key and the store, and checks that they belong together.
+fn open_store(paths: &Paths) -> Result<(Store, KeySource), StartError> {
     if let Some(dir) = paths.key_file.parent() {
         crate::config::paths::ensure_private_dir(dir, 0o700)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
@@ -83,6 +97,16 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             paths.db.display()
         ))
     })?;
+    Ok((store, key_source))
+}
+
+/// Loads every credential into the shared state and puts them on the schedule.
+fn load(
+    store: Store,
+    paths: &Paths,
+    config: Config,
+    policy: Policy,
+) -> Result<Arc<Shared>, StartError> {
     let stored = store.load_all().map_err(fail)?;
     for s in stored.iter().filter(|s| s.refresh_interrupted) {
         tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before introspection says it is still active");
@@ -94,38 +118,56 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             .map(|s| Arc::new(Credential::from_stored(s)))
             .collect(),
     );
-    let listener = match service::activated_listener()
+    token::schedule_loaded(&shared);
+    Ok(shared)
+}
+
+/// The socket systemd passed, or the one bound here.
+fn listen(shared: &Shared) -> Result<Listener, StartError> {
+    let paths = &shared.paths;
+    if let Some(listener) = service::activated_listener()
         .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
     {
-        Some(listener) => {
-            tracing::info!("using the socket passed by systemd");
-            listener
+        tracing::info!("using the socket passed by systemd");
+        return Ok(listener);
+    }
+    let socket_gid = match (&shared.config().socket_group, paths.system) {
+        (Some(g), true) => {
+            Some(group_id(g).map_err(|e| fail(format!("config: socket_group: {e}")))?)
         }
-        None => {
-            let mode = if paths.system { 0o660 } else { 0o600 };
-            server::bind(&paths.socket, mode, socket_gid).map_err(fail)?
-        }
+        _ => None,
     };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mode = if paths.system { 0o660 } else { 0o600 };
+    server::bind(&paths.socket, mode, socket_gid).map_err(fail)
+}
+
+/// Starts the background tasks; each ends on the shutdown signal.
+fn start_tasks(
+    shared: &Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Tasks, StartError> {
     let (reload_tx, reload_rx) = mpsc::channel(1);
-    signals::spawn(shutdown_tx, reload_tx)
+    let signals = signals::listen(shutdown_tx, reload_tx)
         .map_err(|e| fail(format!("cannot install signal handlers: {e}")))?;
-    token::schedule_loaded(&shared);
-    tokio::spawn(token::refresher::run(shared.clone(), shutdown_rx.clone()));
-    tokio::spawn(flush_uses(shared.clone(), shutdown_rx.clone()));
-    tokio::spawn(reload(shared.clone(), reload_rx));
-    service::spawn_watchdog();
-    log_start(&shared, &key_source);
-    service::ready(&status_line(&shared));
-    server::run(
-        listener,
-        shared.clone(),
-        shutdown_rx,
-        Duration::from_secs(5),
-    )
-    .await;
-    stop(&shared).await;
-    Ok(())
+    let mut tasks = Tasks::default();
+    tasks.spawn("signals", signals);
+    tasks.spawn(
+        "refresher",
+        token::refresher::run(shared.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        "last-use flush",
+        uses::flush_uses(shared.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        "reload",
+        reload::reload(shared.clone(), reload_rx, shutdown.clone()),
+    );
+    if let Some(watchdog) = service::watchdog(shutdown.clone()) {
+        tasks.spawn("watchdog", watchdog);
+    }
+    Ok(tasks)
 }
 
 fn status_line(shared: &Shared) -> String {
@@ -150,113 +192,6 @@ fn log_start(shared: &Shared, key: &KeySource) {
         "tokend {} ready",
         env!("CARGO_PKG_VERSION")
     );
-}
-
-/// Graceful stop: refreshes in flight finish and commit, last-use times are
-/// written, the WAL is folded in, and the socket file goes.
-async fn stop(shared: &Arc<Shared>) {
-    let deadline = Duration::from_secs(shared.config().refresh.http_timeout_secs + 2);
-    let creds = shared.registry.all();
-    let mut held = Vec::new();
-    for cred in &creds {
-        match tokio::time::timeout(deadline, cred.refresh_lock.lock()).await {
-            Ok(guard) => held.push(guard),
-            Err(_) => {
-                tracing::warn!(credential = %cred.name, "a refresh did not finish before shutdown")
-            }
-        }
-    }
-    token::save_before_stop(shared).await;
-    save_uses(shared).await;
-    if let Err(e) = shared.store.checkpoint() {
-        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
-    }
-    if !shared.paths.socket.as_os_str().is_empty() && service_owns_socket() {
-        let _ = std::fs::remove_file(&shared.paths.socket);
-    }
-    tracing::info!("stopped");
-    drop(held);
-}
-
-/// A socket passed by systemd belongs to systemd: it is not removed.
-fn service_owns_socket() -> bool {
-    std::env::var_os("LISTEN_FDS").is_none()
-}
-
-/// Writes last-use times every minute, if any changed.
-async fn flush_uses(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => save_uses(&shared).await,
-            _ = shutdown.changed() => return,
-        }
-    }
-}
-
-async fn save_uses(shared: &Arc<Shared>) {
-    if !shared.uses_dirty.swap(false, Ordering::Relaxed) {
-        return;
-    }
-    // Only the credentials used since the last flush: rewriting every
-    // credential ever used would be an O(N) fsync'd transaction a minute.
-    let uses: Vec<(String, i64)> = shared
-        .registry
-        .unordered()
-        .iter()
-        .filter_map(|c| {
-            c.with_live(|l| {
-                let unsaved = std::mem::take(&mut l.use_unsaved);
-                unsaved.then_some(l.last_use_at.get()).flatten()
-            })
-            .map(|t| (c.name.to_string(), t))
-        })
-        .collect();
-    if uses.is_empty() {
-        return;
-    }
-    let store = shared.store.clone();
-    let result = tokio::task::spawn_blocking(move || (store.save_last_use(&uses), uses)).await;
-    match result {
-        Ok((Ok(()), _)) => {}
-        Ok((Err(e), uses)) => {
-            tracing::warn!(error = %e, "could not save last-use times; will retry");
-            for cred in uses
-                .iter()
-                .filter_map(|(name, _)| shared.registry.get(name))
-            {
-                cred.with_live(|l| l.use_unsaved = true);
-            }
-            shared.note_use();
-        }
-        Err(e) => tracing::warn!(error = %e, "the last-use flush failed"),
-    }
-}
-
-/// SIGHUP: re-read the config. A broken file keeps the running config.
-async fn reload(shared: Arc<Shared>, mut requests: mpsc::Receiver<()>) {
-    while requests.recv().await.is_some() {
-        service::reloading();
-        match Config::load(&shared.paths.config)
-            .map_err(|e| e.to_string())
-            .and_then(|c| Ok((policy_for(&c)?, c)))
-        {
-            Ok((policy, config)) => {
-                let old = shared.config();
-                let changed = *old != config;
-                let later = old.restart_only_changes(&config);
-                shared.replace_config(config, policy);
-                tracing::info!(path = %shared.paths.config.display(), changed, "config reloaded");
-                if !later.is_empty() {
-                    tracing::warn!(
-                        "config changes to {} take effect at the next start",
-                        later.join(", ")
-                    );
-                }
-            }
-            Err(e) => tracing::error!("config not reloaded, keeping the running one: {e}"),
-        }
-        service::ready(&status_line(&shared));
-    }
 }
 
 /// Lifts the soft open-file limit to the hard one: each client is a socket.

@@ -30,18 +30,21 @@ pub fn reloading() {
     let _ = sd_notify::notify(&states);
 }
 
-/// Pings the watchdog at half its period, when `WATCHDOG_USEC` asks for it.
-pub fn spawn_watchdog() {
-    let Some(period) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    tokio::spawn(async move {
+/// Pings the watchdog at half its period, when `WATCHDOG_USEC` asks for
+/// it, until `shutdown` fires.
+pub fn watchdog(
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let period = sd_notify::watchdog_enabled()?;
+    Some(async move {
         let mut tick = tokio::time::interval((period / 2).max(Duration::from_millis(100)));
         loop {
-            tick.tick().await;
-            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            tokio::select! {
+                _ = tick.tick() => { let _ = sd_notify::notify(&[NotifyState::Watchdog]); }
+                _ = shutdown.changed() => return,
+            }
         }
-    });
+    })
 }
 
 /// Whether stderr is connected to the journal, so log lines need no

@@ -6,21 +6,25 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 use tokio::sync::{mpsc, watch};
 
-/// Listens for signals: stop requests go to `shutdown`, reloads to `reload`.
-pub fn spawn(shutdown: watch::Sender<bool>, reload: mpsc::Sender<()>) -> std::io::Result<()> {
+/// Listens for signals: reloads go to `reload`; the first stop request goes
+/// to `shutdown`, and ends the listening.
+pub fn listen(
+    shutdown: watch::Sender<bool>,
+    reload: mpsc::Sender<()>,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
-    tokio::spawn(async move {
+    Ok(async move {
         while let Some(signal) = signals.next().await {
             if signal == SIGHUP {
                 let _ = reload.try_send(());
-            } else {
-                tracing::info!(signal, "stopping");
-                // Told now, not after the connections drain: systemd shows
-                // the unit as deactivating for the whole grace period.
-                crate::app::service::stopping();
-                let _ = shutdown.send(true);
+                continue;
             }
+            tracing::info!(signal, "stopping");
+            // Told now, not after the connections drain: systemd shows
+            // the unit as deactivating for the whole grace period.
+            crate::app::service::stopping();
+            let _ = shutdown.send(true);
+            return;
         }
-    });
-    Ok(())
+    })
 }

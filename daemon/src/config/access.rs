@@ -70,6 +70,14 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The policy of a daemon running as this process's user with `config`.
+    pub fn for_config(config: &crate::config::Config) -> Result<Policy, String> {
+        Ok(Policy {
+            daemon_uid: tokend_proto::paths::current_uid(),
+            admin_gid: config.admin_group.as_deref().map(group_id).transpose()?,
+        })
+    }
+
     /// Add, remove, login, allow/deny: the daemon's own user, root, the admin group.
     pub fn is_admin(&self, peer: &Peer) -> bool {
         peer.uid == self.daemon_uid

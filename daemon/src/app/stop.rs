@@ -1,0 +1,40 @@
+//! The graceful stop: refreshes in flight finish and commit, token sets
+//! the store refused get a last try, last-use times are written, the WAL is
+//! folded in, and the socket file goes.
+
+use super::uses::save_uses;
+use crate::state::Shared;
+use crate::token;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Graceful stop: refreshes in flight finish and commit, last-use times are
+/// written, the WAL is folded in, and the socket file goes.
+pub(super) async fn stop(shared: &Arc<Shared>) {
+    let deadline = Duration::from_secs(shared.config().refresh.http_timeout_secs + 2);
+    let creds = shared.registry.all();
+    let mut held = Vec::new();
+    for cred in &creds {
+        match tokio::time::timeout(deadline, cred.refresh_lock.lock()).await {
+            Ok(guard) => held.push(guard),
+            Err(_) => {
+                tracing::warn!(credential = %cred.name, "a refresh did not finish before shutdown")
+            }
+        }
+    }
+    token::save_before_stop(shared).await;
+    save_uses(shared).await;
+    if let Err(e) = shared.store.checkpoint() {
+        tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+    }
+    if !shared.paths.socket.as_os_str().is_empty() && service_owns_socket() {
+        let _ = std::fs::remove_file(&shared.paths.socket);
+    }
+    tracing::info!("stopped");
+    drop(held);
+}
+
+/// A socket passed by systemd belongs to systemd: it is not removed.
+fn service_owns_socket() -> bool {
+    std::env::var_os("LISTEN_FDS").is_none()
+}
