@@ -2,13 +2,14 @@
 //! socket, start the background tasks, serve, and stop cleanly.
 
 use crate::access::{Policy, group_id};
+use crate::admission::SharedGate;
 use crate::config::Config;
 use crate::credential::Credential;
 use crate::paths::{Overrides, Paths};
 use crate::seal::{KeySource, Sealer};
 use crate::state::Shared;
 use crate::store::Store;
-use crate::{lifecycle, scheduler, server, service, signals};
+use crate::{http_api, lifecycle, scheduler, server, service, signals};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,6 +40,11 @@ pub fn load_config(options: &Options) -> Result<(Paths, Config), StartError> {
         && let Some(key) = &config.key_file
     {
         paths.key_file = key.clone();
+    }
+    if options.overrides.http_socket.is_none()
+        && let Some(http) = &config.http.socket
+    {
+        paths.http_socket = http.clone();
     }
     Ok((paths, config))
 }
@@ -90,9 +96,9 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             .map(|s| Arc::new(Credential::from_stored(s)))
             .collect(),
     );
-    let listener = match service::activated_listener()
-        .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
-    {
+    let activated = service::activated_listeners()
+        .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?;
+    let listener = match activated.main {
         Some(listener) => {
             tracing::info!("using the socket passed by systemd");
             listener
@@ -102,6 +108,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             server::bind(&paths.socket, mode, socket_gid).map_err(fail)?
         }
     };
+    let http_listener = http_api::listener(&shared, activated.http, socket_gid).map_err(fail)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel(1);
     signals::spawn(shutdown_tx, reload_tx)
@@ -113,13 +120,16 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     service::spawn_watchdog();
     log_start(&shared, &key_source);
     service::ready(&status_line(&shared));
-    server::run(
-        listener,
-        shared.clone(),
-        shutdown_rx,
-        Duration::from_secs(5),
-    )
-    .await;
+    let gate = SharedGate::new(shared.config().limits.max_connections);
+    let grace = Duration::from_secs(5);
+    let http = http_listener.map(|l| {
+        let (gate, shared, shutdown) = (gate.clone(), shared.clone(), shutdown_rx.clone());
+        tokio::spawn(http_api::run(l, gate, shared, shutdown, grace))
+    });
+    server::run(listener, gate, shared.clone(), shutdown_rx, grace).await;
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     stop(&shared).await;
     Ok(())
 }

@@ -18,6 +18,7 @@ pub mod endpoints;
 pub mod error;
 pub mod handler;
 pub mod http;
+pub mod http_api;
 pub mod lifecycle;
 pub mod logging;
 pub mod login;
