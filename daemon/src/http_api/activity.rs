@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +29,16 @@ enum Phase {
 #[derive(Debug)]
 pub struct Activity {
     phase: Mutex<Phase>,
+    /// Woken when a head starts, so the watchdog arms the head deadline
+    /// (until then it sleeps toward the much later idle deadline).
+    head_started: Notify,
 }
 
 impl Activity {
     pub fn new() -> Arc<Activity> {
         Arc::new(Activity {
             phase: Mutex::new(Phase::Idle(Instant::now())),
+            head_started: Notify::new(),
         })
     }
 
@@ -46,7 +51,13 @@ impl Activity {
         let mut phase = self.phase();
         if let Phase::Idle(_) = *phase {
             *phase = Phase::Head(Instant::now());
+            self.head_started.notify_one();
         }
+    }
+
+    /// Completes when a request head has started since the last call.
+    pub async fn head_started(&self) {
+        self.head_started.notified().await
     }
 
     /// A whole head arrived; the request is being answered. The returned

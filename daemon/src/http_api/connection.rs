@@ -86,6 +86,11 @@ pub async fn serve(
                 stopping = true;
                 conn.as_mut().graceful_shutdown();
             }
+            () = activity.head_started() => {
+                if let Some((deadline, _)) = activity.deadline(head, idle) {
+                    timer.as_mut().reset(deadline);
+                }
+            }
             () = &mut timer => match activity.deadline(head, idle) {
                 Some((deadline, why)) if Instant::now() >= deadline => {
                     tracing::debug!(uid = peer.uid, "{why}");
