@@ -495,3 +495,53 @@ fn openapi_documents_every_route_the_server_answers_and_no_other() {
         );
     }
 }
+
+#[test]
+fn both_sockets_passed_by_systemd_are_served_and_told_apart() {
+    let tool = std::path::Path::new("/usr/bin/systemd-socket-activate");
+    assert!(
+        tool.exists(),
+        "{} is missing: apt-get install systemd",
+        tool.display()
+    );
+    let mut d = with_bearer(Options::default());
+    d.stop();
+    let (main, http) = (d.socket.clone(), d.http_socket());
+    d.launch_with(|tokend| {
+        // The HTTP socket first: tokend must not rely on the order.
+        let mut cmd = Command::new(tool);
+        cmd.arg("--listen").arg(&http).arg("--listen").arg(&main);
+        for (key, value) in tokend.get_envs() {
+            if let Some(value) = value {
+                cmd.arg("-E").arg(format!(
+                    "{}={}",
+                    key.to_string_lossy(),
+                    value.to_string_lossy()
+                ));
+            }
+        }
+        cmd.arg(tokend.get_program()).args(tokend.get_args());
+        cmd
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(http.exists() && main.exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sockets never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // This connection is what makes systemd-socket-activate start tokend.
+    let r = HttpClient::connect(&http)
+        .unwrap()
+        .get("/v1/credentials/up/token")
+        .unwrap();
+    assert_eq!(r.json()["access_token"], TOKEN);
+    assert_eq!(stdout(&d.tokenctl(&["token", "up"])), format!("{TOKEN}\n"));
+    d.wait_for_log("using the HTTP API socket passed by systemd");
+    assert!(d.stop().success(), "{}", d.log_text());
+    assert!(
+        http.exists() && main.exists(),
+        "passed sockets belong to systemd"
+    );
+}
