@@ -545,3 +545,35 @@ fn both_sockets_passed_by_systemd_are_served_and_told_apart() {
         "passed sockets belong to systemd"
     );
 }
+
+#[test]
+fn both_sockets_share_the_connection_limit() {
+    let d = with_bearer(Options {
+        config: Some("[limits]\nmax_connections = 4\n".into()),
+        ..Options::default()
+    });
+    // Two places on the main socket, two on the HTTP one: all taken.
+    let _main = [d.client(), d.client()];
+    let mut held = [d.http(), d.http()];
+    for c in &mut held {
+        assert_eq!(c.get("/v1/health").unwrap().status, 200);
+    }
+    let r = d.http().get("/v1/health").unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"], "busy");
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("limit of 4"),
+        "{}",
+        r.text()
+    );
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = d.http().get("/v1/health");
+        if r.as_ref().is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no place came free");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
