@@ -63,6 +63,8 @@ files=(
     /usr/share/man/man1/tokenctl-login.1.gz
     /usr/share/doc/tokend/copyright
     /usr/share/doc/tokend/CONFIG.md
+    /usr/share/doc/tokend/HTTP.md
+    /usr/share/doc/tokend/openapi.yaml
     /usr/share/doc/tokend/examples/config.toml
 )
 

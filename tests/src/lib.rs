@@ -2,6 +2,7 @@
 //! temporary directory with its own socket, store and key, drive it with the
 //! real `tokenctl`, and clean up even when a test fails.
 
+pub mod http;
 pub mod oidc;
 pub mod users;
 

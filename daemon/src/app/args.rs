@@ -21,6 +21,9 @@ pub struct Args {
     /// The socket to listen on.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// The HTTP/JSON API socket (default: http.sock beside the main socket).
+    #[arg(long, value_name = "PATH")]
+    pub http_socket: Option<PathBuf>,
     /// The SQLite store.
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
@@ -39,6 +42,7 @@ impl Args {
             system: self.system,
             overrides: Overrides {
                 socket: self.socket,
+                http_socket: self.http_socket,
                 db: self.db,
                 config: self.config,
                 key_file: self.key_file,

@@ -13,6 +13,7 @@ mod uses;
 use crate::config::Config;
 use crate::config::access::{Policy, group_id};
 use crate::config::paths::{Overrides, Paths};
+use crate::server::admission::SharedGate;
 use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::store::Store;
@@ -50,6 +51,11 @@ pub fn load_config(options: &Options) -> Result<(Paths, Config), StartError> {
     {
         paths.key_file = key.clone();
     }
+    if options.overrides.http_socket.is_none()
+        && let Some(http) = &config.http.socket
+    {
+        paths.http_socket = http.clone();
+    }
     Ok((paths, config))
 }
 
@@ -65,18 +71,25 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     })?;
     let (store, key_source) = open_store(&paths)?;
     let shared = load(store, &paths, config, policy)?;
-    let listener = listen(&shared)?;
+    let (listener, http_listener) = listen(&shared)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let tasks = start_tasks(&shared, shutdown_tx, &shutdown_rx)?;
+    let mut tasks = start_tasks(&shared, shutdown_tx, &shutdown_rx)?;
     log_start(&shared, &key_source);
     service::ready(&status_line(&shared));
-    server::run(
-        listener,
-        shared.clone(),
-        shutdown_rx,
-        Duration::from_secs(5),
-    )
-    .await;
+    // One gate for both listeners: the connection caps count them together.
+    let gate = SharedGate::new(shared.config().limits.max_connections);
+    let grace = Duration::from_secs(5);
+    if let Some(http) = http_listener {
+        let http = server::http::run(
+            http,
+            gate.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+            grace,
+        );
+        tasks.spawn("HTTP listener", http);
+    }
+    server::run(listener, gate, shared.clone(), shutdown_rx, grace).await;
     stop::stop(&shared).await;
     tasks.join(Duration::from_secs(5)).await;
     Ok(())
@@ -122,23 +135,30 @@ fn load(
     Ok(shared)
 }
 
-/// The socket systemd passed, or the one bound here.
-fn listen(shared: &Shared) -> Result<Listener, StartError> {
+/// The main socket and the HTTP API's (unless `[http] enabled = false`):
+/// those systemd passed, or bound here.
+fn listen(shared: &Shared) -> Result<(Listener, Option<Listener>), StartError> {
     let paths = &shared.paths;
-    if let Some(listener) = service::activated_listener()
-        .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?
-    {
-        tracing::info!("using the socket passed by systemd");
-        return Ok(listener);
-    }
+    let activated = service::activated_listeners()
+        .map_err(|e| fail(format!("cannot use the socket passed by systemd: {e}")))?;
     let socket_gid = match (&shared.config().socket_group, paths.system) {
         (Some(g), true) => {
             Some(group_id(g).map_err(|e| fail(format!("config: socket_group: {e}")))?)
         }
         _ => None,
     };
-    let mode = if paths.system { 0o660 } else { 0o600 };
-    server::bind(&paths.socket, mode, socket_gid).map_err(fail)
+    let main = match activated.main {
+        Some(listener) => {
+            tracing::info!("using the socket passed by systemd");
+            listener
+        }
+        None => {
+            let mode = if paths.system { 0o660 } else { 0o600 };
+            server::bind(&paths.socket, mode, socket_gid).map_err(fail)?
+        }
+    };
+    let http = server::http::listener(shared, activated.http, socket_gid).map_err(fail)?;
+    Ok((main, http))
 }
 
 /// Starts the background tasks; each ends on the shutdown signal.

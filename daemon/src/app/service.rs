@@ -75,24 +75,51 @@ pub fn stderr_is_journal() -> bool {
     false
 }
 
-/// The listening socket systemd passed (`LISTEN_FDS`/`LISTEN_PID`), if any.
+/// The listening sockets systemd passed (`LISTEN_FDS`/`LISTEN_PID`): the
+/// main socket and the HTTP API's. The HTTP one is the descriptor named
+/// `http` (`FileDescriptorName=http`) or, when the names do not tell them
+/// apart (both `ListenStream=` lines of one `tokend.socket`), the one bound
+/// to a file named `http.sock`.
+#[derive(Default)]
+pub struct Activated {
+    pub main: Option<Listener>,
+    pub http: Option<Listener>,
+}
+
 #[cfg(unix)]
-pub fn activated_listener() -> std::io::Result<Option<Listener>> {
+pub fn activated_listeners() -> std::io::Result<Activated> {
     use std::os::fd::{FromRawFd, OwnedFd};
-    let mut fds = sd_notify::listen_fds()?;
-    let Some(fd) = fds.next() else {
-        return Ok(None);
-    };
-    if fds.len() > 0 {
-        tracing::warn!("systemd passed more than one socket; using the first");
+    let mut activated = Activated::default();
+    for (fd, name) in sd_notify::listen_fds_with_names()? {
+        // SAFETY: systemd hands this fd to us alone; we take ownership once.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let std_listener = std::os::unix::net::UnixListener::from(owned);
+        let is_http = name == "http"
+            || std_listener.local_addr().ok().is_some_and(|a| {
+                a.as_pathname().and_then(|p| p.file_name())
+                    == Some(crate::config::paths::HTTP_SOCKET_FILE.as_ref())
+            });
+        let slot = if is_http {
+            &mut activated.http
+        } else {
+            &mut activated.main
+        };
+        if slot.is_some() {
+            tracing::warn!(
+                name,
+                "systemd passed two sockets for one listener; using the first"
+            );
+            continue;
+        }
+        let uds = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(
+            OwnedFd::from(std_listener),
+        )?;
+        *slot = Some(Listener::from(uds));
     }
-    // SAFETY: systemd hands this fd to us alone; we take ownership once.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    let uds = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(owned)?;
-    Ok(Some(Listener::from(uds)))
+    Ok(activated)
 }
 
 #[cfg(not(unix))]
-pub fn activated_listener() -> std::io::Result<Option<Listener>> {
-    Ok(None)
+pub fn activated_listeners() -> std::io::Result<Activated> {
+    Ok(Activated::default())
 }

@@ -30,6 +30,8 @@ pub struct Config {
     /// Where the sealing key file lives when no systemd credential is given.
     pub key_file: Option<std::path::PathBuf>,
     pub log: LogConfig,
+    /// The HTTP/JSON API socket (`http.sock`, docs/HTTP.md).
+    pub http: HttpConfig,
     /// Extra presets for `tokenctl add oauth2 --preset NAME`.
     pub presets: BTreeMap<String, PresetConfig>,
 }
@@ -160,6 +162,27 @@ impl Limits {
     }
 }
 
+/// The second listener: HTTP/1.1 + JSON for programs in any language.
+#[cfg_attr(test, derive(serde::Serialize))]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve the HTTP API at all (on by default: it gives no more than the
+    /// main socket, to the same peers).
+    pub enabled: bool,
+    /// Where; unset: `http.sock` beside the main socket.
+    pub socket: Option<std::path::PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            socket: None,
+        }
+    }
+}
+
 #[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -255,6 +278,8 @@ impl Config {
             ("log.format", self.log != new.log),
             ("socket_group", self.socket_group != new.socket_group),
             ("key_file", self.key_file != new.key_file),
+            ("http.enabled", self.http.enabled != new.http.enabled),
+            ("http.socket", self.http.socket != new.http.socket),
         ];
         keys.into_iter()
             .filter(|(_, changed)| *changed)
@@ -448,6 +473,7 @@ mod tests {
         assert_eq!(limits.reserved_connections.take(), Some(default.reserved()));
         assert_eq!(limits, default);
         assert_eq!(all_on.log, LogConfig::default());
+        assert_eq!(all_on.http.enabled, HttpConfig::default().enabled);
         assert_eq!(leaf_keys(&all_on), leaf_keys(&every_key_set()));
     }
 
@@ -519,6 +545,10 @@ mod tests {
             socket_group: Some("0".into()),
             key_file: Some("/k".into()),
             log: LogConfig::default(),
+            http: HttpConfig {
+                enabled: true,
+                socket: Some("/h".into()),
+            },
             presets: BTreeMap::from([(
                 "p".into(),
                 PresetConfig {

@@ -4,10 +4,16 @@ use std::env;
 use std::path::{Path, PathBuf};
 use tokend_proto::paths::{SOCKET_FILE, user_runtime_dir};
 
+/// The HTTP API socket's file name, beside the main socket.
+pub const HTTP_SOCKET_FILE: &str = "http.sock";
+
 /// Resolved locations for one daemon instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Paths {
     pub socket: PathBuf,
+    /// The HTTP API socket: `--http-socket`, else `[http] socket` (applied
+    /// at load), else `http.sock` beside `socket`.
+    pub http_socket: PathBuf,
     pub db: PathBuf,
     pub config: PathBuf,
     /// The fallback key file, used when no systemd credential is given.
@@ -21,6 +27,7 @@ pub struct Paths {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub socket: Option<PathBuf>,
+    pub http_socket: Option<PathBuf>,
     pub db: Option<PathBuf>,
     pub config: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -65,11 +72,18 @@ impl Paths {
             .key_file
             .clone()
             .unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("tokend.key"));
+        let socket = o
+            .socket
+            .clone()
+            .unwrap_or_else(|| runtime.join(SOCKET_FILE));
         Paths {
-            socket: o
-                .socket
-                .clone()
-                .unwrap_or_else(|| runtime.join(SOCKET_FILE)),
+            http_socket: o.http_socket.clone().unwrap_or_else(|| {
+                socket
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(HTTP_SOCKET_FILE)
+            }),
+            socket,
             db,
             config: o
                 .config

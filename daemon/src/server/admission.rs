@@ -7,7 +7,7 @@ use crate::config::access::Peer;
 use crate::server::quota::{Admitted, Quota, Refusal, Shares};
 use crate::state::Shared;
 use interprocess::local_socket::tokio::Stream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokend_proto::{HelloReply, PROTOCOL_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -150,6 +150,36 @@ impl Gate {
 pub struct Refused {
     uid: u32,
     message: String,
+}
+
+impl Refused {
+    /// The refused peer's uid (for a listener that delivers its own refusal).
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// What the client is told.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// One gate for every listener (the bincode socket and the HTTP API), so
+/// the global cap and each user's share count connections on both. A
+/// `std::sync::Mutex`: an admission is a few integer operations and one
+/// `getsockopt`, with no `.await`.
+#[derive(Clone)]
+pub struct SharedGate(Arc<Mutex<Gate>>);
+
+impl SharedGate {
+    /// A gate for `max` places (`limits.max_connections` at start).
+    pub fn new(max: usize) -> SharedGate {
+        SharedGate(Arc::new(Mutex::new(Gate::new(max))))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Gate> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Lets one log line through per [`WARN_EVERY`] and counts the rest.

@@ -2,9 +2,10 @@
 
 pub mod admission;
 pub mod connection;
+pub mod http;
 pub mod quota;
 
-use crate::server::admission::Gate;
+use crate::server::admission::SharedGate;
 use crate::state::Shared;
 use interprocess::local_socket::tokio::{Listener, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ListenerOptions};
@@ -89,29 +90,34 @@ fn set_socket_access(_path: &Path, _mode: u32, _group: Option<u32>) -> std::io::
 
 /// Accepts connections until shutdown, then waits (up to `grace`) for the
 /// connections to finish the request they are on.
+/// `gate` is shared with the HTTP API's listener.
 pub async fn run(
     listener: Listener,
+    gate: SharedGate,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let mut gate = Gate::new(shared.config().limits.max_connections);
     // Each connection task holds a sender; all dropped means all finished.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(stream) => match gate.admit(&stream, &shared) {
-                    Ok((peer, place)) => {
-                        let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
-                        tokio::spawn(async move {
-                            crate::server::connection::serve(stream, peer, shared, shutdown).await;
-                            drop((place, done));
-                        });
+                Ok(stream) => {
+                    // Bound first: the gate is unlocked before `refuse` locks it.
+                    let admitted = gate.lock().admit(&stream, &shared);
+                    match admitted {
+                        Ok((peer, place)) => {
+                            let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
+                            tokio::spawn(async move {
+                                crate::server::connection::serve(stream, peer, shared, shutdown).await;
+                                drop((place, done));
+                            });
+                        }
+                        Err(Some(refused)) => gate.lock().refuse(stream, refused),
+                        Err(None) => drop(stream),
                     }
-                    Err(Some(refused)) => gate.refuse(stream, refused),
-                    Err(None) => drop(stream),
-                },
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off, don't spin.
                     tracing::warn!(error = %e, "accept failed");

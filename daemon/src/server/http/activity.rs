@@ -1,0 +1,176 @@
+//! What an HTTP connection is doing, so that it can be held to two
+//! deadlines hyper does not enforce the way we need: the request head must
+//! arrive within `limits.frame_timeout_secs` of its first byte, and a
+//! kept-alive connection with no request for `limits.idle_timeout_secs` is
+//! closed. (hyper's own `header_read_timeout` starts at the end of the
+//! previous response, so it would close idle kept-alive connections after
+//! a few seconds.)
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Between requests, since this instant.
+    Idle(Instant),
+    /// The first bytes of a request head arrived at this instant.
+    Head(Instant),
+    /// A request is being answered (its body read, the handler run).
+    Busy,
+}
+
+/// The phase of one connection, shared by its reader, its service and its
+/// watchdog. A `std::sync::Mutex`: each section is a few assignments.
+#[derive(Debug)]
+pub struct Activity {
+    phase: Mutex<Phase>,
+    /// Woken when a head starts, so the watchdog arms the head deadline
+    /// (until then it sleeps toward the much later idle deadline).
+    head_started: Notify,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            phase: Mutex::new(Phase::Idle(Instant::now())),
+            head_started: Notify::new(),
+        })
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes arrived: between requests, they start a head (and its deadline).
+    fn bytes_arrived(&self) {
+        let mut phase = self.phase();
+        if let Phase::Idle(_) = *phase {
+            *phase = Phase::Head(Instant::now());
+            self.head_started.notify_one();
+        }
+    }
+
+    /// Completes when a request head has started since the last call.
+    pub async fn head_started(&self) {
+        self.head_started.notified().await
+    }
+
+    /// A whole head arrived; the request is being answered. The returned
+    /// guard marks the connection idle again when the answer is done (or
+    /// abandoned).
+    pub fn busy(self: &Arc<Self>) -> BusyGuard {
+        *self.phase() = Phase::Busy;
+        BusyGuard(self.clone())
+    }
+
+    /// When the connection must be closed if nothing changes, and why;
+    /// `None` while a request is being answered.
+    pub fn deadline(&self, head: Duration, idle: Duration) -> Option<(Instant, &'static str)> {
+        match *self.phase() {
+            Phase::Idle(since) => Some((since + idle, "idle connection closed")),
+            Phase::Head(since) => Some((since + head, "request head not received in time; closed")),
+            Phase::Busy => None,
+        }
+    }
+}
+
+/// Marks the connection idle when dropped (see [`Activity::busy`]).
+pub struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        *self.0.phase() = Phase::Idle(Instant::now());
+    }
+}
+
+/// The connection's stream, reporting arriving bytes to its [`Activity`].
+pub struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Watched<S> {
+        Watched { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && buf.filled().len() > before
+        {
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_secs(5);
+    const IDLE: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_started_head_has_the_short_deadline_and_an_answer_has_none() {
+        let activity = Activity::new();
+        let (idle, _) = activity.deadline(HEAD, IDLE).unwrap();
+        activity.bytes_arrived();
+        let (head, why) = activity.deadline(HEAD, IDLE).unwrap();
+        assert!(head < idle, "{why}");
+        let busy = activity.busy();
+        assert_eq!(activity.deadline(HEAD, IDLE), None);
+        activity.bytes_arrived();
+        assert_eq!(
+            activity.deadline(HEAD, IDLE),
+            None,
+            "body bytes are not a head"
+        );
+        drop(busy);
+        let (_, why) = activity.deadline(HEAD, IDLE).unwrap();
+        assert_eq!(why, "idle connection closed");
+    }
+}

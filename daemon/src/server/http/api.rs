@@ -1,0 +1,295 @@
+//! One HTTP request answered: its route becomes a [`tokend_proto::Request`],
+//! [`crate::handler::handle`] answers it as it answers the main socket (the
+//! same access decisions, the same lifecycle), and the answer becomes a
+//! status and a JSON body. Bodies are never logged.
+
+use super::body::{self, Expiry};
+use super::errors::ApiError;
+use super::routes::{self, Route};
+use crate::config::access::Peer;
+use crate::handler;
+use crate::state::Shared;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::http::request::Parts;
+use hyper::{HeaderMap, Request, Response, StatusCode, header};
+use std::sync::Arc;
+use std::time::Duration;
+use tokend_proto::{Request as Ask, Response as Answer};
+
+/// Answers one request; every failure is an answer too.
+pub async fn answer(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let response = match respond(shared, peer, &parts, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    };
+    // The path names a credential, never a secret; the query is min_valid.
+    tracing::trace!(uid = peer.uid, method = %parts.method, path = parts.uri.path(), status = response.status().as_u16(), "HTTP request");
+    response
+}
+
+async fn respond(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    parts: &Parts,
+    body: Incoming,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let path = parts.uri.path();
+    let route = routes::route(&parts.method, path)
+        .map_err(|miss| ApiError::missed(miss, &parts.method, path))?;
+    let frame_timeout = Duration::from_secs(shared.config().limits.frame_timeout_secs);
+    let body = read_body(&parts.headers, body, frame_timeout).await?;
+    match route {
+        Route::Token(name) => token(shared, peer, name, parts).await,
+        Route::Reject(name) => {
+            let token = reject_body(&body)?.token;
+            let request = Ask::Reject {
+                name: name.to_string(),
+                token,
+            };
+            refreshed(shared, peer, name, request).await
+        }
+        Route::Refresh(name) => {
+            refreshed(
+                shared,
+                peer,
+                name,
+                Ask::Refresh {
+                    name: name.to_string(),
+                },
+            )
+            .await
+        }
+        Route::Show(name) => match ask(
+            shared,
+            peer,
+            Ask::Show {
+                name: name.to_string(),
+            },
+        )
+        .await?
+        {
+            Answer::Credential(info) => Ok(body::json(StatusCode::OK, &info)),
+            other => Err(unexpected(&other)),
+        },
+        Route::List => match ask(shared, peer, Ask::List).await? {
+            Answer::List(credentials) => {
+                Ok(body::json(StatusCode::OK, &body::List { credentials }))
+            }
+            other => Err(unexpected(&other)),
+        },
+        Route::Status => match ask(shared, peer, Ask::Status).await? {
+            Answer::Status(status) => Ok(body::json(StatusCode::OK, &status)),
+            other => Err(unexpected(&other)),
+        },
+        Route::Health => Ok(body::json(
+            StatusCode::OK,
+            &body::Health {
+                status: "ok",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+        )),
+    }
+}
+
+/// `GET …/token`: JSON, or the bare token for `Accept: text/plain`.
+async fn token(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    name: &str,
+    parts: &Parts,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let min_valid_secs = min_valid(parts.uri.query())?;
+    let request = Ask::Token {
+        name: name.to_string(),
+        min_valid_secs,
+    };
+    let reply = match ask(shared, peer, request).await? {
+        Answer::Token(reply) => reply,
+        other => return Err(unexpected(&other)),
+    };
+    if wants_text(&parts.headers) {
+        return Ok(body::with_type(
+            StatusCode::OK,
+            "text/plain",
+            reply.token.expose().as_bytes().to_vec(),
+        ));
+    }
+    let token = body::Token {
+        access_token: reply.token.expose(),
+        token_type: "Bearer",
+        expiry: Expiry::new(reply.expires_at, shared.clock.now()),
+    };
+    Ok(body::json(StatusCode::OK, &token))
+}
+
+/// `POST …/reject` and `…/refresh`: the daemon's sentence, whether a
+/// refresh happened, and the expiry after it.
+async fn refreshed(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    name: &str,
+    request: Ask,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let message = match ask(shared, peer, request).await? {
+        Answer::Message(message) => message,
+        other => return Err(unexpected(&other)),
+    };
+    // lifecycle::reject says "refreshed credential …" only when it refreshed
+    // ("that token was already replaced; nothing to do" otherwise).
+    let refreshed = message.starts_with("refreshed ");
+    let expires_at = match ask(
+        shared,
+        peer,
+        Ask::Show {
+            name: name.to_string(),
+        },
+    )
+    .await
+    {
+        Ok(Answer::Credential(info)) => info.expires_at,
+        _ => None,
+    };
+    let answer = body::Refreshed {
+        refreshed,
+        message,
+        expiry: Expiry::new(expires_at, shared.clock.now()),
+    };
+    Ok(body::json(StatusCode::OK, &answer))
+}
+
+/// The daemon's answer to `request`, its errors as [`ApiError::Daemon`].
+async fn ask(shared: &Arc<Shared>, peer: &Peer, request: Ask) -> Result<Answer, ApiError> {
+    match handler::handle(shared, peer, request).await {
+        Answer::Error(e) => Err(ApiError::Daemon(e)),
+        answer => Ok(answer),
+    }
+}
+
+fn unexpected(answer: &Answer) -> ApiError {
+    let kind = match answer {
+        Answer::Token(_) => "a token",
+        _ => "another kind of answer",
+    };
+    ApiError::Internal(format!(
+        "the daemon gave {kind} where it should not; this is a bug in tokend"
+    ))
+}
+
+/// `min_valid=SECS` from the query (0 when absent); other parameters are ignored.
+fn min_valid(query: Option<&str>) -> Result<u32, ApiError> {
+    let Some(value) = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("min_valid="))
+    else {
+        return Ok(0);
+    };
+    value.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "min_valid must be a whole number of seconds from 0 to {}, not {value:?}",
+            u32::MAX
+        ))
+    })
+}
+
+/// Whether the client asked for the bare token: `Accept` names
+/// `text/plain` and not `application/json`.
+fn wants_text(headers: &HeaderMap) -> bool {
+    let types: Vec<String> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    types.iter().any(|t| t == "text/plain") && !types.iter().any(|t| t == "application/json")
+}
+
+/// The whole body, up to [`super::MAX_BODY`], within `deadline`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > super::MAX_BODY as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match tokio::time::timeout(deadline, Limited::new(body, super::MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge)
+        }
+        Ok(Err(_)) => Err(ApiError::BadRequest(
+            "the request body could not be read".into(),
+        )),
+        Err(_) => Err(ApiError::BadRequest(format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs()
+        ))),
+    }
+}
+
+/// The optional `{"token": "…"}` of a reject. A parse error names only the
+/// place: serde's message could quote the (secret) value.
+fn reject_body(bytes: &[u8]) -> Result<body::Reject, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(body::Reject::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be empty or a JSON object like {{\"token\": \"…\"}}; it is not (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_valid_comes_from_the_query() {
+        assert_eq!(min_valid(None).unwrap(), 0);
+        assert_eq!(min_valid(Some("x=1&min_valid=60")).unwrap(), 60);
+        assert!(min_valid(Some("min_valid=-1")).is_err());
+    }
+
+    #[test]
+    fn text_is_chosen_only_when_asked_for_and_json_is_not() {
+        let mut headers = HeaderMap::new();
+        assert!(!wants_text(&headers));
+        headers.insert(header::ACCEPT, "text/plain".parse().unwrap());
+        assert!(wants_text(&headers));
+        headers.insert(
+            header::ACCEPT,
+            "application/json, text/plain;q=0.5".parse().unwrap(),
+        );
+        assert!(!wants_text(&headers));
+    }
+
+    #[test]
+    fn a_bad_reject_body_never_quotes_it() {
+        let e = reject_body(br#""hunter2-secret""#).err().unwrap();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(reject_body(b"").unwrap().token.is_none());
+        let ok = reject_body(br#"{"token":"abc"}"#).unwrap();
+        assert_eq!(ok.token.unwrap().expose(), "abc");
+    }
+}
