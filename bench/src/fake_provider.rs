@@ -22,7 +22,7 @@ pub struct Stats {
     pub answered_ok: AtomicU64,
     /// Malformed requests and unknown grants.
     pub bad_requests: AtomicU64,
-    /// Refresh tokens sent a second time: the bug DESIGN §4.2 forbids.
+    /// Refresh tokens sent a second time: the bug docs/DESIGN.md §4.2 forbids.
     pub reused_refresh_tokens: AtomicU64,
     in_flight: AtomicU64,
     pub peak_in_flight: AtomicU64,

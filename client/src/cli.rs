@@ -1,4 +1,4 @@
-//! tokenctl's command line (DESIGN §8). Scripts depend on it: extend, never
+//! tokenctl's command line (docs/DESIGN.md §8). Scripts depend on it: extend, never
 //! rename. It lives in the library so that `tokend-assets` can generate the
 //! man page and shell completions from the definition tokenctl parses.
 

@@ -75,7 +75,7 @@ impl Error {
         }
     }
 
-    /// The tokenctl exit code for this error (DESIGN §8). A daemon that does
+    /// The tokenctl exit code for this error (docs/DESIGN.md §8). A daemon that does
     /// not answer is, to a script, as unreachable as one that is not there.
     pub fn exit_code(&self) -> u8 {
         match self {

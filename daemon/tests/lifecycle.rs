@@ -1,4 +1,4 @@
-//! The token lifecycle (DESIGN §4) against an in-repo fake provider with
+//! The token lifecycle (docs/DESIGN.md §4) against an in-repo fake provider with
 //! rotation, reuse detection, fault injection and a shiftable clock.
 
 mod support;

@@ -1,4 +1,4 @@
-//! The authorization-code login's hardening (DESIGN §3): a redirect without
+//! The authorization-code login's hardening (docs/DESIGN.md §3): a redirect without
 //! the login's `state` changes nothing, a login completes only into the
 //! credential it started for, removing a credential cancels its logins, and
 //! `LoginFinish` answers within a bounded time.

@@ -1,4 +1,4 @@
-//! Property tests of sealing at rest (DESIGN §6): a sealed secret opens
+//! Property tests of sealing at rest (docs/DESIGN.md §6): a sealed secret opens
 //! only under the same key, for the same credential name and column, and
 //! only unaltered; the sealed bytes never carry the plaintext.
 

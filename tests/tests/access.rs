@@ -1,4 +1,4 @@
-//! Per-peer access control (DESIGN §5) with a real second user: the socket
+//! Per-peer access control (docs/DESIGN.md §5) with a real second user: the socket
 //! is opened to everyone on purpose, so that only the daemon's own check
 //! (SO_PEERCRED uid/gid against the admin rule and the allow list) stands
 //! between the unprivileged user `tokend-e2e` and the token.

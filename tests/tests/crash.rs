@@ -1,4 +1,4 @@
-//! Crash safety of the rotation (DESIGN §4.3): `kill -9` the daemon at many
+//! Crash safety of the rotation (docs/DESIGN.md §4.3): `kill -9` the daemon at many
 //! random moments, many of them during a refresh, while it refreshes about
 //! every second against a real server that revokes the grant on reuse.
 

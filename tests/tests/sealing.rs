@@ -1,4 +1,4 @@
-//! Secrets at rest (DESIGN §6): the store and everything next to it, less
+//! Secrets at rest (docs/DESIGN.md §6): the store and everything next to it, less
 //! the key, reveal no secret, running or stopped; and the daemon refuses to
 //! start with a key other than the one the store was sealed with, or with a
 //! key file other users can read.

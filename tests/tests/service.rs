@@ -1,4 +1,4 @@
-//! tokend as a systemd service (DESIGN §7), against the real binary: the
+//! tokend as a systemd service (docs/DESIGN.md §7), against the real binary: the
 //! readiness and stop notifications, socket activation, SIGHUP reloads and
 //! journald-style log lines.
 

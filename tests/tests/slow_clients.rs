@@ -1,4 +1,4 @@
-//! Slow, idle and surplus clients (DESIGN §5: "a malformed, oversized or
+//! Slow, idle and surplus clients (docs/DESIGN.md §5: "a malformed, oversized or
 //! slow client loses only its own connection"): hundreds of idle
 //! connections and a byte-a-second trickler do not hold up anyone else, the
 //! trickler is cut off by the frame timeout, and a client over the

@@ -1,4 +1,4 @@
-//! Who is on the other end of a connection, and what they may do (DESIGN §5).
+//! Who is on the other end of a connection, and what they may do (docs/DESIGN.md §5).
 //!
 //! The peer's uid/gid come from the kernel (SO_PEERCRED), read once when the
 //! connection is accepted; a client cannot claim to be someone else.

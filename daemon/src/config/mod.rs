@@ -36,7 +36,7 @@ pub struct Config {
     pub presets: BTreeMap<String, PresetConfig>,
 }
 
-/// When tokens are refreshed (DESIGN §4.1).
+/// When tokens are refreshed (docs/DESIGN.md §4.1).
 #[cfg_attr(test, derive(serde::Serialize))]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -1,4 +1,4 @@
-//! Where the daemon keeps its socket, store, config and key (DESIGN §7).
+//! Where the daemon keeps its socket, store, config and key (docs/DESIGN.md §7).
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! The authorization-code login (DESIGN §3): build the authorize URL with a
+//! The authorization-code login (docs/DESIGN.md §3): build the authorize URL with a
 //! fresh `state` (and PKCE verifier), then complete from the redirect URL.
 //!
 //! A pending login is bound to its `state` and to the very credential it

@@ -1,5 +1,5 @@
 //! Talking to an OAuth2 token endpoint: the three grants, standard response
-//! and error parsing, and the transient/permanent split of DESIGN §4.4–4.5.
+//! and error parsing, and the transient/permanent split of docs/DESIGN.md §4.4–4.5.
 
 pub mod discovery;
 pub mod http;

@@ -104,7 +104,7 @@ pub struct Credential {
     pub incarnation: i64,
     pub client_secret: Option<Secret>,
     live: Mutex<Live>,
-    /// Held for the whole of a refresh: at most one per credential (DESIGN §4.2).
+    /// Held for the whole of a refresh: at most one per credential (docs/DESIGN.md §4.2).
     pub refresh_lock: tokio::sync::Mutex<()>,
 }
 

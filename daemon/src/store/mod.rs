@@ -159,7 +159,7 @@ pub struct StoredCredential {
     pub refresh_interrupted: bool,
 }
 
-/// A new token set, written in one transaction (DESIGN §4.3).
+/// A new token set, written in one transaction (docs/DESIGN.md §4.3).
 #[derive(Debug, Clone)]
 pub struct TokenUpdate {
     pub access_token: Secret,

@@ -1,4 +1,4 @@
-//! The token lifecycle of DESIGN §4 and docs/RULES.md: serve a valid token,
+//! The token lifecycle of docs/DESIGN.md §4 and docs/RULES.md: serve a valid token,
 //! refresh ahead, one refresh per credential at a time, commit before
 //! publishing, back off on transient errors, stop on permanent ones, and
 //! never send a refresh token whose fate is unknown.

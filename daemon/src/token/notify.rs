@@ -1,4 +1,4 @@
-//! The optional notify command, run once per state transition (DESIGN §4.5).
+//! The optional notify command, run once per state transition (docs/DESIGN.md §4.5).
 
 use crate::state::Shared;
 use tokend_proto::CredentialState;

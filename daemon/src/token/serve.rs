@@ -86,7 +86,7 @@ pub(super) async fn on_demand(
 }
 
 /// "The API refused this token": refresh, unless the token named was already
-/// replaced (DESIGN §4.7).
+/// replaced (docs/DESIGN.md §4.7).
 pub async fn reject(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,

@@ -1,4 +1,4 @@
-//! `tokenctl`: the command-line client of tokend (DESIGN §8).
+//! `tokenctl`: the command-line client of tokend (docs/DESIGN.md §8).
 //!
 //! Blocking and runtime-free so that `tokenctl token NAME` costs little more
 //! than a process spawn and one socket round trip.
