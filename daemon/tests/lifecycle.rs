@@ -571,7 +571,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     }
     w.shared.store.refuse_writes(true).unwrap();
     task.await.unwrap().unwrap();
-    assert!(cred.live().uncommitted.is_some());
+    assert!(cred.live().journal.unsaved().is_some());
     assert_eq!(
         w.token(&cred).await.unwrap(),
         "at-2",
@@ -590,7 +590,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     token::refresh(w.shared.clone(), cred.clone(), attempts)
         .await
         .unwrap();
-    assert!(cred.live().uncommitted.is_none());
+    assert!(cred.live().journal.unsaved().is_none());
     let stored = w.shared.store.load_all().unwrap();
     let a = stored.iter().find(|s| s.name == "a").unwrap();
     assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-2");

@@ -68,16 +68,40 @@ pub struct Live {
     /// or a provider's `Retry-After`. Monotonic, so a clock step can neither
     /// cut it short nor stretch it.
     pub retry_not_before_ms: i64,
-    /// A token set received and served but not yet saved (the store
-    /// refused the write): the save is retried before anything else, and
-    /// until it succeeds the store's refresh journal stays set, so a restart
-    /// treats the stored (spent) refresh token as in doubt.
-    pub uncommitted: Option<Box<crate::store::TokenUpdate>>,
+    /// Where the last refresh stands with the store's journal.
+    pub journal: Journal,
+}
+
+/// The refresh journal of one credential (docs/RULES.md, "In-doubt
+/// refreshes"): one state, so that "in doubt" and "saved" can never both be
+/// true.
+#[derive(Debug, Clone, Default)]
+pub enum Journal {
+    /// The outcome of the last refresh is known and saved.
+    #[default]
+    Settled,
     /// The held refresh token may have been spent: a refresh was sent and
     /// its outcome never learned (a stop, a timeout, a dropped connection).
-    /// It is never sent again before introspection says it is still active
-    /// (see `Store::mark_refresh_in_flight`).
-    pub in_doubt: bool,
+    /// It is never sent again before introspection says it is still active.
+    InDoubt,
+    /// A token set was received and is served, but the store refused to
+    /// save it: the save is retried before anything else, and until it
+    /// succeeds the store's journal stays set, so a restart treats the
+    /// stored (spent) refresh token as in doubt.
+    Unsaved(Box<crate::store::TokenUpdate>),
+}
+
+impl Journal {
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, Journal::InDoubt)
+    }
+
+    pub fn unsaved(&self) -> Option<&crate::store::TokenUpdate> {
+        match self {
+            Journal::Unsaved(update) => Some(update),
+            _ => None,
+        }
+    }
 }
 
 impl Live {
@@ -130,8 +154,11 @@ impl Credential {
                 failures: 0,
                 attempts: 0,
                 retry_not_before_ms: 0,
-                uncommitted: None,
-                in_doubt: s.refresh_interrupted,
+                journal: if s.refresh_interrupted {
+                    Journal::InDoubt
+                } else {
+                    Journal::Settled
+                },
             }),
             incarnation: s.incarnation,
             name: s.name.into(),

@@ -3,7 +3,7 @@
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::Credential;
+use crate::state::credential::{Credential, Journal};
 use crate::store::{StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,8 +102,10 @@ pub(super) fn publish(
         l.last_error = unsaved.as_deref().map(Into::into);
         l.failures = 0;
         l.retry_not_before_ms = 0;
-        l.in_doubt = false;
-        l.uncommitted = unsaved.is_some().then(|| Box::new(update.clone()));
+        l.journal = match unsaved {
+            Some(_) => Journal::Unsaved(Box::new(update.clone())),
+            None => Journal::Settled,
+        };
         previous
     });
     if unsaved.is_none()
@@ -123,14 +125,14 @@ pub(super) async fn save_uncommitted(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
 ) -> Result<(), Error> {
-    let Some(update) = cred.with_live(|l| l.uncommitted.clone()) else {
+    let Some(update) = cred.with_live(|l| l.journal.unsaved().cloned()) else {
         return Ok(());
     };
     match save_tokens(shared, cred, &update).await {
         Ok(()) => {
             tracing::info!(credential = %cred.name, "the new tokens are saved now");
             cred.with_live(|l| {
-                l.uncommitted = None;
+                l.journal = Journal::Settled;
                 l.last_error = None;
             });
             if let Some(due) = update.next_refresh_at {
@@ -156,7 +158,7 @@ pub(super) async fn save_uncommitted(
 /// grant. Must be called with every refresh lock held.
 pub async fn save_before_stop(shared: &Arc<Shared>) {
     for cred in shared.registry.unordered() {
-        if cred.with_live(|l| l.uncommitted.is_none()) {
+        if cred.with_live(|l| l.journal.unsaved().is_none()) {
             continue;
         }
         for attempt in 1..=3 {

@@ -6,7 +6,7 @@ use super::validity::{MIN_VALID_MS, not_usable, timeout, valid_for};
 use crate::error::Error;
 use crate::provider::{self, Endpoint};
 use crate::state::Shared;
-use crate::state::credential::Credential;
+use crate::state::credential::{Credential, Journal};
 use crate::store::GrantChange;
 use std::sync::Arc;
 use tokend_proto::{CredentialState, Secret};
@@ -27,7 +27,7 @@ pub(super) async fn no_answer(
     endpoint: &Endpoint<'_>,
     message: String,
 ) -> Result<(), Error> {
-    cred.with_live(|l| l.in_doubt = true);
+    cred.with_live(|l| l.journal = Journal::InDoubt);
     tracing::warn!(credential = %cred.name, "a refresh ended without an answer: {message}");
     if endpoint.introspection_url.is_none() {
         let reason = format!(
@@ -58,7 +58,7 @@ pub(super) async fn settle_doubt(
     match provider::introspect(http, endpoint, refresh_token, timeout(shared)).await {
         Ok(true) => {
             tracing::info!(credential = %cred.name, "introspection: the refresh token in doubt is still active; refreshing");
-            cred.with_live(|l| l.in_doubt = false);
+            cred.with_live(|l| l.journal = Journal::Settled);
             Ok(())
         }
         Ok(false) => spent(shared, cred, ROTATED_IN_DOUBT).await,

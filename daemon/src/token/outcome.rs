@@ -6,7 +6,7 @@ use super::validity::{MIN_VALID_MS, not_usable, valid_for};
 use crate::error::Error;
 use crate::provider::ProviderError;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Stamp};
+use crate::state::credential::{Credential, Journal, Stamp};
 use crate::store::{GrantChange, StateUpdate, StoreError, blocking};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub(super) async fn set_state(
         l.reason = Some(reason.into());
         l.last_error = Some(reason.into());
         l.next_refresh_at = Stamp::default();
-        l.in_doubt = false;
+        l.journal = Journal::Settled;
         if matches!(grant, GrantChange::DropRefreshToken | GrantChange::DropAll) {
             l.refresh_token = None;
         }

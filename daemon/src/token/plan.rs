@@ -138,7 +138,7 @@ pub(super) fn loaded_due(spec: &CredentialSpec, l: &Live, now: i64) -> Option<i6
     }
     match spec {
         CredentialSpec::Bearer { .. } => None,
-        CredentialSpec::OAuth2(_) if l.in_doubt => Some(now),
+        CredentialSpec::OAuth2(_) if l.journal.in_doubt() => Some(now),
         CredentialSpec::OAuth2(_) if l.refresh_token.is_none() => {
             l.expires_at.get().map(|e| e.saturating_mul(1000))
         }

@@ -26,7 +26,7 @@ pub async fn refresh(
     if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
     }
-    if cred.with_live(|l| l.uncommitted.is_some()) {
+    if cred.with_live(|l| l.journal.unsaved().is_some()) {
         return save_uncommitted(&shared, &cred).await;
     }
     let (attempts, state) = cred.with_live(|l| (l.attempts, l.state));
@@ -124,7 +124,7 @@ pub(super) async fn refresh_grant(
     let Some(refresh_token) = cred.with_live(|l| l.refresh_token.clone()) else {
         return without_refresh_token(shared, cred).await;
     };
-    if cred.with_live(|l| l.in_doubt) {
+    if cred.with_live(|l| l.journal.in_doubt()) {
         settle_doubt(shared, cred, http, endpoint, &refresh_token).await?;
     }
     if let Err(message) = mark_in_flight(shared, cred).await {
