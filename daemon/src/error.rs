@@ -30,6 +30,12 @@ pub enum Error {
     Busy(String),
     #[error("{0}")]
     Internal(String),
+    #[error(transparent)]
+    Url(#[from] crate::provider::http::UrlError),
+    #[error(transparent)]
+    Preset(#[from] crate::config::preset::PresetError),
+    #[error(transparent)]
+    HttpClient(#[from] crate::provider::http::ClientError),
 }
 
 fn not_usable_message(name: &str, state: CredentialState, reason: Option<&str>) -> String {
@@ -59,7 +65,8 @@ impl Error {
             Error::Provider(_) => ErrorCode::Provider,
             Error::Timeout(_) => ErrorCode::Timeout,
             Error::Busy(_) => ErrorCode::Busy,
-            Error::Internal(_) => ErrorCode::Internal,
+            Error::Internal(_) | Error::HttpClient(_) => ErrorCode::Internal,
+            Error::Url(_) | Error::Preset(_) => ErrorCode::InvalidArgument,
         }
     }
 

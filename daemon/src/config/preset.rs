@@ -52,40 +52,55 @@ fn known(config: &Config) -> String {
     names.join(", ")
 }
 
+/// Why a preset cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PresetError {
+    #[error("unknown preset {name:?}; known presets: {known}")]
+    Unknown { name: String, known: String },
+    #[error("unknown bearer preset {0:?}; the bearer preset is \"uppromote\"")]
+    UnknownBearer(String),
+    #[error("preset value {key}={value:?} must be a plain host or name")]
+    BadValue { key: String, value: String },
+    #[error("this preset needs --preset-var {0}=VALUE")]
+    Missing(String),
+}
+
 /// Looks a preset up: the config's first (so a site can override), then built-ins.
-pub fn lookup(config: &Config, name: &str) -> Result<PresetConfig, String> {
+pub fn lookup(config: &Config, name: &str) -> Result<PresetConfig, PresetError> {
     config
         .presets
         .get(name)
         .cloned()
         .or_else(|| builtin(name))
-        .ok_or_else(|| format!("unknown preset {name:?}; known presets: {}", known(config)))
+        .ok_or_else(|| PresetError::Unknown {
+            name: name.into(),
+            known: known(config),
+        })
 }
 
 /// The check URL a bearer preset gives.
-pub fn bearer_check_url(name: &str) -> Result<&'static str, String> {
+pub fn bearer_check_url(name: &str) -> Result<&'static str, PresetError> {
     match name {
         "uppromote" => Ok(UPPROMOTE_CHECK_URL),
-        other => Err(format!(
-            "unknown bearer preset {other:?}; the bearer preset is \"uppromote\""
-        )),
+        other => Err(PresetError::UnknownBearer(other.into())),
     }
 }
 
 /// Fills `{var}` placeholders; a placeholder left unfilled is an error.
-pub fn fill(template: &str, vars: &[(String, String)]) -> Result<String, String> {
+pub fn fill(template: &str, vars: &[(String, String)]) -> Result<String, PresetError> {
     let mut out = template.to_string();
     for (key, value) in vars {
         if value.is_empty() || value.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "preset value {key}={value:?} must be a plain host or name"
-            ));
+            return Err(PresetError::BadValue {
+                key: key.clone(),
+                value: value.clone(),
+            });
         }
         out = out.replace(&format!("{{{key}}}"), value);
     }
     if let Some(start) = out.find('{') {
         let var = out[start + 1..].split('}').next().unwrap_or("");
-        return Err(format!("this preset needs --preset-var {var}=VALUE"));
+        return Err(PresetError::Missing(var.into()));
     }
     Ok(out)
 }
@@ -120,13 +135,15 @@ mod tests {
     #[test]
     fn missing_variable_is_named() {
         let p = lookup(&Config::default(), "uptempo8").unwrap();
-        let err = fill(p.token_url.as_deref().unwrap(), &[]).unwrap_err();
+        let err = fill(p.token_url.as_deref().unwrap(), &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--preset-var domain"), "{err}");
     }
 
     #[test]
     fn unknown_preset_lists_known_ones() {
-        let err = lookup(&Config::default(), "nope").unwrap_err();
+        let err = lookup(&Config::default(), "nope").unwrap_err().to_string();
         assert!(err.contains("uptempo-cas"), "{err}");
     }
 }

@@ -143,17 +143,15 @@ async fn install(
 }
 
 async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error> {
-    let invalid = Error::InvalidArgument;
     match kind {
         AddKind::Bearer { check_url, preset } => {
             let check_url = match (check_url, preset) {
                 (Some(url), _) => Some(url),
-                (None, Some(p)) => Some(preset::bearer_check_url(&p).map_err(invalid)?.to_string()),
+                (None, Some(p)) => Some(preset::bearer_check_url(&p)?.to_string()),
                 (None, None) => None,
             };
             if let Some(url) = &check_url {
-                crate::provider::http::validate_endpoint_url(url, "the check URL")
-                    .map_err(invalid)?;
+                crate::provider::http::validate_endpoint_url(url, "the check URL")?;
             }
             Ok(CredentialSpec::Bearer { check_url })
         }
@@ -188,14 +186,14 @@ async fn resolve_oauth(
     let invalid = Error::InvalidArgument;
     let config = shared.config();
     let preset = match &req.preset {
-        Some(name) => Some(preset::lookup(&config, name).map_err(invalid)?),
+        Some(name) => Some(preset::lookup(&config, name)?),
         None => None,
     };
     if req.client_id.trim().is_empty() {
         return Err(invalid("--client-id must not be empty".into()));
     }
     if let Some(uri) = &req.redirect_uri {
-        crate::provider::http::validate_url(uri, "the redirect URI").map_err(invalid)?;
+        crate::provider::http::validate_url(uri, "the redirect URI")?;
     }
     // After the cheap checks: discovery may fetch a document.
     let timeout = std::time::Duration::from_secs(config.refresh.http_timeout_secs);

@@ -7,7 +7,7 @@ use crate::config::PresetConfig;
 use crate::config::preset;
 use crate::error::Error;
 use crate::provider::discovery::{self, DiscoveryError, Metadata};
-use crate::provider::http::validate_endpoint_url;
+use crate::provider::http::{ClientError, validate_endpoint_url};
 use std::time::Duration;
 use tokend_proto::endpoint::{
     AUTHORIZATION, DEVICE_AUTHORIZATION, INTROSPECTION, ISSUER, REVOCATION, TOKEN,
@@ -31,7 +31,7 @@ pub async fn resolve<'a>(
     req: &OAuth2Request,
     preset: Option<&PresetConfig>,
     needs_auth_url: bool,
-    http: impl FnOnce() -> Result<&'a reqwest::Client, String>,
+    http: impl FnOnce() -> Result<&'a reqwest::Client, ClientError>,
     timeout: Duration,
 ) -> Result<Resolved, Error> {
     let mut pick = Picker {
@@ -120,26 +120,26 @@ impl Picker<'_> {
         } else if let Some(url) = discovered {
             (url.clone(), EndpointSource::Discovery)
         } else if let Some(template) = template {
-            let url = preset::fill(template, self.vars).map_err(Error::InvalidArgument)?;
+            let url = preset::fill(template, self.vars)?;
             (url, EndpointSource::Preset)
         } else {
             return Ok(None);
         };
-        validate_endpoint_url(&url, what).map_err(Error::InvalidArgument)?;
+        validate_endpoint_url(&url, what)?;
         self.sources.push((name.to_string(), source));
         Ok(Some(url))
     }
 }
 
 async fn discover<'a>(
-    http: impl FnOnce() -> Result<&'a reqwest::Client, String>,
+    http: impl FnOnce() -> Result<&'a reqwest::Client, ClientError>,
     issuer: &str,
     timeout: Duration,
 ) -> Result<Metadata, Error> {
     // Checked before the client is built: a cleartext issuer is refused
     // without a single packet sent to it.
     discovery::document_urls(issuer).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    let client = http().map_err(Error::Internal)?;
+    let client = http()?;
     let found = discovery::discover(client, issuer, timeout)
         .await
         .map_err(|e| match e {
@@ -165,7 +165,7 @@ fn missing(flag: &str, field: &str, found: Option<&Metadata>) -> Error {
 mod tests {
     use super::*;
 
-    fn no_network<'a>() -> Result<&'a reqwest::Client, String> {
+    fn no_network<'a>() -> Result<&'a reqwest::Client, ClientError> {
         panic!("no discovery expected")
     }
 

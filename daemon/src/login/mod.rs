@@ -53,12 +53,11 @@ pub fn start(
         )));
     };
     // Better said now than after the user has been through the browser.
-    shared.http().map_err(Error::Internal)?;
+    shared.http()?;
     let redirect_uri = redirect_override.or_else(|| spec.redirect_uri.clone()).ok_or_else(|| {
         Error::InvalidArgument("no redirect URI: add the credential with --redirect-uri, or let tokenctl run a loopback listener".into())
     })?;
-    crate::provider::http::validate_url(&redirect_uri, "the redirect URI")
-        .map_err(Error::InvalidArgument)?;
+    crate::provider::http::validate_url(&redirect_uri, "the redirect URI")?;
     let limits = shared.config().limits.clone();
     let state = random_token(24)?;
     let verifier = spec.pkce.then(|| random_token(32)).transpose()?;
@@ -292,7 +291,7 @@ async fn exchange(
     };
     let started_ms = shared.clock.now_ms();
     let set = provider::request(
-        shared.http().map_err(Error::Internal)?,
+        shared.http()?,
         &endpoint,
         &grant,
         Duration::from_secs(policy.http_timeout_secs),

@@ -45,6 +45,9 @@ pub enum DiscoveryError {
     /// The issuer URL itself is unusable; nothing was fetched.
     #[error("{0}")]
     BadIssuer(String),
+    /// The issuer URL may not carry secrets (or is no http(s) URL).
+    #[error(transparent)]
+    IssuerUrl(#[from] crate::provider::http::UrlError),
     /// No answer at all (refused, timed out, TLS): the other well-known
     /// URLs are on the same server, so they are not tried.
     #[error("cannot fetch the discovery document of issuer {issuer} from {url}: {message}")]
@@ -122,7 +125,7 @@ pub async fn discover(
 /// fragment), so a cleartext issuer is refused before any request.
 pub fn document_urls(issuer: &str) -> Result<Vec<String>, DiscoveryError> {
     let bad = DiscoveryError::BadIssuer;
-    validate_endpoint_url(issuer, "the issuer").map_err(bad)?;
+    validate_endpoint_url(issuer, "the issuer")?;
     let parsed = url::Url::parse(issuer).map_err(|e| bad(format!("the issuer {issuer:?}: {e}")))?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(bad(format!(

@@ -7,7 +7,7 @@
 /// minimal container without them): that is an error for the request that
 /// needed HTTP, never a crash, and a daemon that only serves stored bearer
 /// tokens never needs the certificates at all.
-pub fn client() -> Result<reqwest::Client, String> {
+pub fn client() -> Result<reqwest::Client, ClientError> {
     reqwest::Client::builder()
         .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(std::time::Duration::from_secs(10))
@@ -15,12 +15,34 @@ pub fn client() -> Result<reqwest::Client, String> {
         // could send a client secret somewhere unexpected.
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| {
-            let cause = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
-            format!(
-                "cannot make HTTP requests: {cause} (install the system's CA certificates, e.g. the ca-certificates package, or point SSL_CERT_FILE at a PEM bundle)"
-            )
-        })
+        .map_err(|source| ClientError { source })
+}
+
+/// The HTTP client could not be built (no CA certificates, most likely).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot make HTTP requests: {} (install the system's CA certificates, e.g. the ca-certificates package, or point SSL_CERT_FILE at a PEM bundle)",
+    std::error::Error::source(.source).map_or_else(|| .source.to_string(), |s| s.to_string())
+)]
+pub struct ClientError {
+    source: reqwest::Error,
+}
+
+/// A URL that cannot be used where it was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{what} {url:?} is not a valid URL: {source}")]
+    Invalid {
+        what: String,
+        url: String,
+        source: url::ParseError,
+    },
+    #[error("{what} {url:?} must be an http:// or https:// URL")]
+    NotHttp { what: String, url: String },
+    #[error(
+        "{what} {url:?} uses http:// to another machine, which would send secrets in clear: use https:// (http:// is accepted only for 127.0.0.1, ::1 and localhost)"
+    )]
+    Cleartext { what: String, url: String },
 }
 
 /// The host of a URL, for messages ("rejected by api.example").
@@ -36,16 +58,15 @@ pub fn host_of(url: &str) -> String {
 /// introspection, revocation, device and check URLs all see a client
 /// secret, a refresh token, a code or a bearer token, none of which may
 /// cross the network in clear (docs/SECURITY.md).
-pub fn validate_endpoint_url(url: &str, what: &str) -> Result<(), String> {
-    validate_url(url, what)?;
-    let parsed =
-        url::Url::parse(url).map_err(|e| format!("{what} {url:?} is not a valid URL: {e}"))?;
+pub fn validate_endpoint_url(url: &str, what: &str) -> Result<(), UrlError> {
+    let parsed = parse_http(url, what)?;
     if parsed.scheme() == "https" || is_loopback(&parsed) {
         return Ok(());
     }
-    Err(format!(
-        "{what} {url:?} uses http:// to another machine, which would send secrets in clear: use https:// (http:// is accepted only for 127.0.0.1, ::1 and localhost)"
-    ))
+    Err(UrlError::Cleartext {
+        what: what.into(),
+        url: url.into(),
+    })
 }
 
 /// True for a URL whose host is this machine's loopback interface.
@@ -79,11 +100,22 @@ pub fn describe(e: &reqwest::Error) -> String {
 }
 
 /// Checks that `url` is an absolute http(s) URL; `what` names it in the error.
-pub fn validate_url(url: &str, what: &str) -> Result<(), String> {
+pub fn validate_url(url: &str, what: &str) -> Result<(), UrlError> {
+    parse_http(url, what).map(drop)
+}
+
+fn parse_http(url: &str, what: &str) -> Result<url::Url, UrlError> {
     match url::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
-        Ok(_) => Err(format!("{what} {url:?} must be an http:// or https:// URL")),
-        Err(e) => Err(format!("{what} {url:?} is not a valid URL: {e}")),
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(u),
+        Ok(_) => Err(UrlError::NotHttp {
+            what: what.into(),
+            url: url.into(),
+        }),
+        Err(source) => Err(UrlError::Invalid {
+            what: what.into(),
+            url: url.into(),
+            source,
+        }),
     }
 }
 
@@ -109,7 +141,9 @@ mod tests {
             "http://localhost.example.com/token",
             "http://[::2]/token",
         ] {
-            let e = validate_endpoint_url(bad, "the token URL").unwrap_err();
+            let e = validate_endpoint_url(bad, "the token URL")
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("https://"), "{bad}: {e}");
         }
         assert!(validate_endpoint_url("ftp://127.0.0.1/x", "the token URL").is_err());

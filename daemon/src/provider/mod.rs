@@ -214,10 +214,10 @@ pub async fn introspect(
     endpoint: &Endpoint<'_>,
     refresh_token: &Secret,
     timeout: Duration,
-) -> Result<bool, String> {
+) -> Result<bool, IntrospectError> {
     let url = endpoint
         .introspection_url
-        .ok_or("the credential has no introspection endpoint")?;
+        .ok_or(IntrospectError::NoEndpoint)?;
     let mut form: Vec<(&str, &str)> = vec![
         ("token", refresh_token.expose()),
         ("token_type_hint", "refresh_token"),
@@ -228,14 +228,22 @@ pub async fn introspect(
         .form(&form)
         .send()
         .await
-        .map_err(|e| format!("introspection endpoint {host}: {}", describe(&e)))?;
+        .map_err(|e| IntrospectError::Request {
+            host: host.clone(),
+            cause: describe(&e),
+        })?;
     let status = response.status();
-    let body = read_limited(response).await?;
+    let body = read_limited(response)
+        .await
+        .map_err(|cause| IntrospectError::Request {
+            host: host.clone(),
+            cause,
+        })?;
     if status != reqwest::StatusCode::OK {
-        return Err(format!(
-            "introspection endpoint {host} answered HTTP {}",
-            status.as_u16()
-        ));
+        return Err(IntrospectError::Status {
+            host,
+            status: status.as_u16(),
+        });
     }
     #[derive(Deserialize)]
     struct Introspection {
@@ -243,7 +251,20 @@ pub async fn introspect(
     }
     serde_json::from_slice::<Introspection>(&body)
         .map(|i| i.active)
-        .map_err(|_| format!("introspection endpoint {host} answered without an `active` field"))
+        .map_err(|_| IntrospectError::Unreadable { host })
+}
+
+/// Why introspection gave no answer: the token stays in doubt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntrospectError {
+    #[error("the credential has no introspection endpoint")]
+    NoEndpoint,
+    #[error("introspection endpoint {host}: {cause}")]
+    Request { host: String, cause: String },
+    #[error("introspection endpoint {host} answered HTTP {status}")]
+    Status { host: String, status: u16 },
+    #[error("introspection endpoint {host} answered without an `active` field")]
+    Unreadable { host: String },
 }
 
 /// Reads a response body of at most [`MAX_BODY`] bytes.

@@ -58,7 +58,7 @@ impl Shared {
     /// The HTTP client, built the first time a request needs it. A failure
     /// is not remembered: the next request tries again (certificates may
     /// have been installed meanwhile).
-    pub fn http(&self) -> Result<&reqwest::Client, String> {
+    pub fn http(&self) -> Result<&reqwest::Client, crate::provider::http::ClientError> {
         if let Some(client) = self.http.get() {
             return Ok(client);
         }

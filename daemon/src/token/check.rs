@@ -29,8 +29,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
         .ok_or_else(|| Error::Internal("the credential holds no token".into()))?;
     let timeout = Duration::from_secs(shared.config().refresh.http_timeout_secs);
     let answer = shared
-        .http()
-        .map_err(Error::Internal)?
+        .http()?
         .get(url)
         .bearer_auth(token.expose())
         .timeout(timeout)

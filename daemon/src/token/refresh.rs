@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::provider::{self, Endpoint, Grant, ProviderError};
 use crate::state::Shared;
 use crate::state::credential::Credential;
-use crate::store::{TokenUpdate, blocking};
+use crate::store::{StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use tokend_proto::{CredentialSpec, CredentialState};
 
@@ -55,7 +55,7 @@ pub async fn refresh(
 pub(super) async fn attempt(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Error> {
     let http = match shared.http() {
         Ok(http) => http,
-        Err(message) => return transient(shared, cred, message, None, Pace::Normal).await,
+        Err(e) => return transient(shared, cred, e.to_string(), None, Pace::Normal).await,
     };
     let Some(endpoint) = cred.endpoint() else {
         // A bearer token: nothing to refresh.
@@ -127,7 +127,8 @@ pub(super) async fn refresh_grant(
     if cred.with_live(|l| l.journal.in_doubt()) {
         settle_doubt(shared, cred, http, endpoint, &refresh_token).await?;
     }
-    if let Err(message) = mark_in_flight(shared, cred).await {
+    if let Err(e) = mark_in_flight(shared, cred).await {
+        let message = format!("refresh not attempted, the store is not writable: {e}");
         return transient(shared, cred, message, None, Pace::Normal).await;
     }
     let grant = Grant::RefreshToken(&refresh_token);
@@ -136,10 +137,8 @@ pub(super) async fn refresh_grant(
 }
 
 /// Journals the refresh before the refresh token leaves the process.
-pub(super) async fn mark_in_flight(shared: &Arc<Shared>, cred: &Credential) -> Result<(), String> {
+async fn mark_in_flight(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError> {
     let store = shared.store.clone();
     let (name, incarnation, at) = (cred.name.clone(), cred.incarnation, shared.clock.now());
-    blocking(move || store.mark_refresh_in_flight(&name, incarnation, at))
-        .await
-        .map_err(|e| format!("refresh not attempted, the store is not writable: {e}"))
+    blocking(move || store.mark_refresh_in_flight(&name, incarnation, at)).await
 }
