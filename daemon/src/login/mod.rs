@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokend_proto::{CredentialSpec, LoginChallenge, Secret};
+use tokend_proto::{CredentialSpec, LoginChallenge, OAuth2Spec, Secret};
 
 /// Seconds `LoginFinish` may take beyond one provider request: the wait for
 /// a refresh in flight on the same credential, and the commit.
@@ -62,28 +62,7 @@ pub fn start(
     let state = random_token(24)?;
     let verifier = spec.pkce.then(|| random_token(32)).transpose()?;
     let login_id = random_token(16)?;
-    let mut url = url::Url::parse(&spec.auth_url)
-        .map_err(|e| Error::InvalidArgument(format!("the authorize URL is invalid: {e}")))?;
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code");
-        q.append_pair("client_id", &spec.client_id);
-        q.append_pair("redirect_uri", &redirect_uri);
-        q.append_pair("state", &state);
-        if !spec.scopes.is_empty() {
-            q.append_pair("scope", &spec.scopes.join(" "));
-        }
-        if let Some(v) = &verifier {
-            q.append_pair(
-                "code_challenge",
-                &URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())),
-            );
-            q.append_pair("code_challenge_method", "S256");
-        }
-        for (k, v) in &spec.extra_params {
-            q.append_pair(k, v);
-        }
-    }
+    let url = authorize_url(spec, &redirect_uri, &state, verifier.as_deref())?;
     let mut logins = shared.logins.lock();
     let now = Instant::now();
     logins.retain(|_, p| p.expires > now);
@@ -112,6 +91,40 @@ pub fn start(
         redirect_uri,
         expires_at: shared.clock.now() + limits.login_timeout_secs as i64,
     })
+}
+
+/// The URL the user opens: the credential's authorize URL with the
+/// request's parameters (RFC 6749 §4.1.1, RFC 7636 §4.3 for PKCE) and the
+/// credential's extra ones.
+fn authorize_url(
+    spec: &OAuth2Spec,
+    redirect_uri: &str,
+    state: &str,
+    verifier: Option<&str>,
+) -> Result<url::Url, Error> {
+    let mut url = url::Url::parse(&spec.auth_url)
+        .map_err(|e| Error::InvalidArgument(format!("the authorize URL is invalid: {e}")))?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code");
+        q.append_pair("client_id", &spec.client_id);
+        q.append_pair("redirect_uri", redirect_uri);
+        q.append_pair("state", state);
+        if !spec.scopes.is_empty() {
+            q.append_pair("scope", &spec.scopes.join(" "));
+        }
+        if let Some(v) = verifier {
+            q.append_pair(
+                "code_challenge",
+                &URL_SAFE_NO_PAD.encode(Sha256::digest(v.as_bytes())),
+            );
+            q.append_pair("code_challenge_method", "S256");
+        }
+        for (k, v) in &spec.extra_params {
+            q.append_pair(k, v);
+        }
+    }
+    Ok(url)
 }
 
 /// What the provider put on the redirect.

@@ -113,33 +113,11 @@ pub async fn request(
     grant: &Grant<'_>,
     timeout: Duration,
 ) -> Result<TokenSet, ProviderError> {
-    let mut form: Vec<(&str, &str)> = Vec::with_capacity(6);
-    let scope_text;
-    match grant {
-        Grant::AuthorizationCode {
-            code,
-            redirect_uri,
-            verifier,
-        } => {
-            form.push(("grant_type", "authorization_code"));
-            form.push(("code", code));
-            form.push(("redirect_uri", redirect_uri));
-            if let Some(v) = verifier {
-                form.push(("code_verifier", v.expose()));
-            }
-        }
-        Grant::RefreshToken(token) => {
-            form.push(("grant_type", "refresh_token"));
-            form.push(("refresh_token", token.expose()));
-        }
-        Grant::ClientCredentials { scopes } => {
-            form.push(("grant_type", "client_credentials"));
-            scope_text = scopes.join(" ");
-            if !scope_text.is_empty() {
-                form.push(("scope", &scope_text));
-            }
-        }
-    }
+    let scope_text = match grant {
+        Grant::ClientCredentials { scopes } => scopes.join(" "),
+        _ => String::new(),
+    };
+    let mut form = grant_form(grant, &scope_text);
     let builder = authenticated(
         http.post(endpoint.token_url).timeout(timeout),
         endpoint,
@@ -174,6 +152,37 @@ pub async fn request(
         }
     })?;
     classify(status.as_u16(), &body, retry_after)
+}
+
+/// The form fields of `grant` (RFC 6749 §4.1.3, §4.4.2, §6); `scope` is the
+/// space-separated scope of a client-credentials grant.
+fn grant_form<'a>(grant: &Grant<'a>, scope: &'a str) -> Vec<(&'static str, &'a str)> {
+    let mut form = Vec::with_capacity(6);
+    match grant {
+        Grant::AuthorizationCode {
+            code,
+            redirect_uri,
+            verifier,
+        } => {
+            form.push(("grant_type", "authorization_code"));
+            form.push(("code", *code));
+            form.push(("redirect_uri", *redirect_uri));
+            if let Some(v) = verifier {
+                form.push(("code_verifier", v.expose()));
+            }
+        }
+        Grant::RefreshToken(token) => {
+            form.push(("grant_type", "refresh_token"));
+            form.push(("refresh_token", token.expose()));
+        }
+        Grant::ClientCredentials { .. } => {
+            form.push(("grant_type", "client_credentials"));
+            if !scope.is_empty() {
+                form.push(("scope", scope));
+            }
+        }
+    }
+    form
 }
 
 /// Adds the client's authentication (RFC 6749 §2.3.1) to a request to the

@@ -10,7 +10,7 @@ use crate::store::StateUpdate;
 use crate::store::blocking;
 use std::sync::Arc;
 use std::time::Duration;
-use tokend_proto::{CheckReport, CredentialSpec, CredentialState};
+use tokend_proto::{CheckReport, CredentialSpec, CredentialState, Secret};
 
 /// Probes the check URL, records the report, and sets the state: 2xx → ready,
 /// 401/403 → `failing: rejected by HOST`, anything else leaves the state alone.
@@ -27,38 +27,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     let token = cred
         .with_live(|l| l.access_token.clone())
         .ok_or_else(|| Error::Internal("the credential holds no token".into()))?;
-    let timeout = Duration::from_secs(shared.config().refresh.http_timeout_secs);
-    let answer = shared
-        .http()?
-        .get(url)
-        .bearer_auth(token.expose())
-        .timeout(timeout)
-        .send()
-        .await;
-    let host = host_of(url);
-    let report = match answer {
-        Ok(resp) => {
-            let code = resp.status().as_u16();
-            let ok = resp.status().is_success();
-            let message = match code {
-                _ if ok => format!("accepted by {host} (HTTP {code})"),
-                401 | 403 => format!("rejected by {host} (HTTP {code})"),
-                _ => format!("inconclusive: {host} answered HTTP {code}"),
-            };
-            CheckReport {
-                at: shared.clock.now(),
-                status: Some(code),
-                ok,
-                message,
-            }
-        }
-        Err(e) => CheckReport {
-            at: shared.clock.now(),
-            status: None,
-            ok: false,
-            message: format!("inconclusive: no answer from {host}: {}", describe(&e)),
-        },
-    };
+    let report = probe(shared, url, &token).await?;
     let (state, reason) = match report.status {
         Some(200..=299) => (CredentialState::Ready, None),
         Some(401 | 403) => (CredentialState::Failing, Some(report.message.clone())),
@@ -87,4 +56,40 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     }
     tracing::info!(credential = %cred.name, status = ?report.status, "check: {}", report.message);
     Ok(report)
+}
+
+/// One GET of the check URL with the token, and what its answer says.
+async fn probe(shared: &Shared, url: &str, token: &Secret) -> Result<CheckReport, Error> {
+    let timeout = Duration::from_secs(shared.config().refresh.http_timeout_secs);
+    let answer = shared
+        .http()?
+        .get(url)
+        .bearer_auth(token.expose())
+        .timeout(timeout)
+        .send()
+        .await;
+    let host = host_of(url);
+    let (status, ok, message) = match answer {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let ok = resp.status().is_success();
+            let message = match code {
+                _ if ok => format!("accepted by {host} (HTTP {code})"),
+                401 | 403 => format!("rejected by {host} (HTTP {code})"),
+                _ => format!("inconclusive: {host} answered HTTP {code}"),
+            };
+            (Some(code), ok, message)
+        }
+        Err(e) => (
+            None,
+            false,
+            format!("inconclusive: no answer from {host}: {}", describe(&e)),
+        ),
+    };
+    Ok(CheckReport {
+        at: shared.clock.now(),
+        status,
+        ok,
+        message,
+    })
 }
