@@ -10,7 +10,6 @@ use crate::handler;
 use crate::state::Shared;
 use interprocess::local_socket::tokio::Stream;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokend_proto::{
     ErrorCode, FrameError, Hello, HelloReply, MAGIC, PROTOCOL_VERSION, Request, Response,
@@ -20,15 +19,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
-/// Counts a live connection for `status`; uncounts it on drop.
-struct Counted<'a>(&'a Shared);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves one connection to the end. Errors end this connection only.
 /// `peer` was read from the stream when it was accepted (`server.rs`).
 pub async fn serve(
@@ -37,8 +27,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    let _counted = Counted(&shared);
+    let _counted = shared.count_connection();
     let limits = shared.config().limits.clone();
     let frame_timeout = Duration::from_secs(limits.frame_timeout_secs);
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);

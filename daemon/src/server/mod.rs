@@ -1,5 +1,6 @@
 //! The listening socket and the accept loop.
 
+pub mod accept;
 pub mod admission;
 pub mod connection;
 pub mod http;
@@ -12,7 +13,7 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Why the socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -88,46 +89,25 @@ fn set_socket_access(_path: &Path, _mode: u32, _group: Option<u32>) -> std::io::
     Ok(())
 }
 
-/// Accepts connections until shutdown, then waits (up to `grace`) for the
-/// connections to finish the request they are on.
-/// `gate` is shared with the HTTP API's listener.
+/// Accepts bincode connections until shutdown, then waits (up to `grace`)
+/// for them to finish the request they are on. `gate` is shared with the
+/// HTTP API's listener.
 pub async fn run(
     listener: Listener,
     gate: SharedGate,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    // Each connection task holds a sender; all dropped means all finished.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    // Bound first: the gate is unlocked before `refuse` locks it.
-                    let admitted = gate.lock().admit(&stream, &shared);
-                    match admitted {
-                        Ok((peer, place)) => {
-                            let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
-                            tokio::spawn(async move {
-                                crate::server::connection::serve(stream, peer, shared, shutdown).await;
-                                drop((place, done));
-                            });
-                        }
-                        Err(Some(refused)) => gate.lock().refuse(stream, refused),
-                        Err(None) => drop(stream),
-                    }
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, don't spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    drop(done_tx);
-    let _ = tokio::time::timeout(grace, done_rx.recv()).await;
+    let refuser = gate.clone();
+    let refuse = move |stream, refused| refuser.lock().refuse(stream, refused);
+    let accepted = accept::Accepted {
+        gate,
+        shared,
+        shutdown,
+        grace,
+    };
+    accepted
+        .run("bincode", listener, connection::serve, refuse)
+        .await;
 }

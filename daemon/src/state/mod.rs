@@ -66,6 +66,12 @@ impl Shared {
         Ok(self.http.get_or_init(|| client))
     }
 
+    /// Counts an open connection (shown by `status`) until the guard drops.
+    pub fn count_connection(&self) -> Counted<'_> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        Counted(self)
+    }
+
     /// Some credential's last-use time changed: the next flush has work.
     pub fn note_use(&self) {
         self.uses_dirty.store(true, Ordering::Relaxed);
@@ -89,5 +95,14 @@ impl Shared {
     pub fn replace_config(&self, config: Config, policy: Policy) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+    }
+}
+
+/// An open connection, counted in [`Shared::connections`] while it lives.
+pub struct Counted<'a>(&'a Shared);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -15,19 +15,9 @@ use hyper_util::rt::TokioIo;
 use interprocess::local_socket::tokio::Stream;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-/// Counts a live connection for `status`; uncounts it on drop.
-struct Counted<'a>(&'a Shared);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// hyper's HTTP/1.1 server with the API's limits. Its read buffer is
 /// bounded too (hyper's minimum, 8 KiB, is below the head limit): a head
@@ -48,8 +38,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    let _counted = Counted(&shared);
+    let _counted = shared.count_connection();
     let limits = shared.config().limits.clone();
     let head = Duration::from_secs(limits.frame_timeout_secs);
     let idle = Duration::from_secs(limits.idle_timeout_secs);

@@ -6,10 +6,10 @@ use super::connection;
 use crate::server::BindError;
 use crate::server::admission::{Refused, SharedGate};
 use crate::state::Shared;
-use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use interprocess::local_socket::tokio::{Listener, Stream};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 
 /// Refusals ("over the connection limit", a 503) being delivered at once;
 /// past this a refused client is just closed, so a connect flood cannot
@@ -50,41 +50,20 @@ pub async fn run(
     listener: Listener,
     gate: SharedGate,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
     let refusing = Arc::new(Semaphore::new(REFUSING));
-    // Each connection task holds a sender; all dropped means all finished.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => {
-                    let admitted = gate.lock().admit(&stream, &shared);
-                    match admitted {
-                        Ok((peer, place)) => {
-                            let (shared, shutdown, done) = (shared.clone(), shutdown.clone(), done_tx.clone());
-                            tokio::spawn(async move {
-                                connection::serve(stream, peer, shared, shutdown).await;
-                                drop((place, done));
-                            });
-                        }
-                        Err(Some(refused)) => refuse(stream, refused, &refusing),
-                        Err(None) => drop(stream),
-                    }
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, don't spin.
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(listener);
-    drop(done_tx);
-    let _ = tokio::time::timeout(grace, done_rx.recv()).await;
+    let accepted = crate::server::accept::Accepted {
+        gate,
+        shared,
+        shutdown,
+        grace,
+    };
+    let refuse = move |stream, refused| refuse(stream, refused, &refusing);
+    accepted
+        .run("HTTP", listener, connection::serve, refuse)
+        .await;
 }
 
 /// Answers a client that gets no place with a 503 `busy`, unless too many
