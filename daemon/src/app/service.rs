@@ -1,27 +1,35 @@
 //! Being a good systemd citizen: readiness and status notifications, the
 //! watchdog, and a listening socket passed by socket activation.
-//! Every call is a no-op when not run by systemd.
+//! Every call is a no-op when not run by systemd, and on Windows, where
+//! sd-notify does not build (the no-op counterparts are at the end).
 
+#[cfg(unix)]
 use interprocess::local_socket::tokio::Listener;
+#[cfg(unix)]
 use sd_notify::NotifyState;
+#[cfg(unix)]
 use std::time::Duration;
 
 /// `READY=1` with a one-line status. Call once the socket is bound and the
 /// store is open, so a client started after it can already get a token.
+#[cfg(unix)]
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+#[cfg(unix)]
 pub fn status(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Status(status)]);
 }
 
+#[cfg(unix)]
 pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
 /// `RELOADING=1` (with the monotonic time newer systemd requires), then
 /// `READY=1` once the reload is done.
+#[cfg(unix)]
 pub fn reloading() {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(t) = NotifyState::monotonic_usec_now() {
@@ -31,6 +39,7 @@ pub fn reloading() {
 }
 
 /// Pings the watchdog at half its period, when `WATCHDOG_USEC` asks for it.
+#[cfg(unix)]
 pub fn spawn_watchdog() {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
@@ -67,11 +76,6 @@ pub fn stderr_is_journal() -> bool {
     }
 }
 
-#[cfg(not(unix))]
-pub fn stderr_is_journal() -> bool {
-    false
-}
-
 /// The listening socket systemd passed (`LISTEN_FDS`/`LISTEN_PID`), if any.
 #[cfg(unix)]
 pub fn activated_listener() -> std::io::Result<Option<Listener>> {
@@ -89,7 +93,23 @@ pub fn activated_listener() -> std::io::Result<Option<Listener>> {
     Ok(Some(Listener::from(uds)))
 }
 
+/// Windows: no systemd, so nothing to notify, no journal, no activation.
 #[cfg(not(unix))]
-pub fn activated_listener() -> std::io::Result<Option<Listener>> {
-    Ok(None)
+mod not_systemd {
+    use interprocess::local_socket::tokio::Listener;
+
+    pub fn ready(_status: &str) {}
+    pub fn status(_status: &str) {}
+    pub fn stopping() {}
+    pub fn reloading() {}
+    pub fn spawn_watchdog() {}
+    pub fn stderr_is_journal() -> bool {
+        false
+    }
+    pub fn activated_listener() -> std::io::Result<Option<Listener>> {
+        Ok(None)
+    }
 }
+
+#[cfg(not(unix))]
+pub use not_systemd::*;

@@ -1,12 +1,17 @@
 //! Signals (signal-hook): SIGTERM and SIGINT stop the daemon gracefully,
-//! SIGHUP reloads the config.
+//! SIGHUP reloads the config. On Windows, Ctrl-C (and Ctrl-Break) stop it;
+//! there is no reload signal there.
 
+#[cfg(unix)]
 use futures_util::StreamExt;
+#[cfg(unix)]
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+#[cfg(unix)]
 use signal_hook_tokio::Signals;
 use tokio::sync::{mpsc, watch};
 
 /// Listens for signals: stop requests go to `shutdown`, reloads to `reload`.
+#[cfg(unix)]
 pub fn spawn(shutdown: watch::Sender<bool>, reload: mpsc::Sender<()>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     tokio::spawn(async move {
@@ -21,6 +26,28 @@ pub fn spawn(shutdown: watch::Sender<bool>, reload: mpsc::Sender<()>) -> std::io
                 let _ = shutdown.send(true);
             }
         }
+    });
+    Ok(())
+}
+
+/// Listens for Ctrl-C and Ctrl-Break, which stop the daemon. `reload` is
+/// kept open but never sent to: Windows has no SIGHUP.
+#[cfg(windows)]
+pub fn spawn(shutdown: watch::Sender<bool>, reload: mpsc::Sender<()>) -> std::io::Result<()> {
+    let mut ctrl_break = tokio::signal::windows::ctrl_break()?;
+    tokio::spawn(async move {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot listen for Ctrl-C");
+                // Keep running; only Ctrl-Break can stop us now.
+                ctrl_break.recv().await;
+            },
+            _ = ctrl_break.recv() => {}
+        }
+        tracing::info!("stopping");
+        crate::app::service::stopping();
+        let _ = shutdown.send(true);
+        drop(reload);
     });
     Ok(())
 }
