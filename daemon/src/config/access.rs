@@ -42,7 +42,7 @@ impl Peer {
     /// default ACL lets only the daemon's user, administrators and
     /// LocalSystem write to it (docs/SECURITY.md, "Windows"); allow lists
     /// and `admin_group` decide nothing. The client's process id is kept
-    /// for the logs (`None` if Windows cannot tell it).
+    /// (`None` if Windows cannot tell it); its user's SID is not read.
     #[cfg(not(unix))]
     pub fn of(stream: &interprocess::local_socket::tokio::Stream) -> std::io::Result<Peer> {
         use interprocess::local_socket::traits::StreamCommon;
