@@ -1,34 +1,55 @@
 //! `tokend-bench`: measures a real tokend against a bare Unix-socket
 //! baseline measured in the same run, so the figures are ratios that mean
 //! something even on a shared, noisy machine. See docs/BENCHMARKS.md.
+//!
+//! Unix only (Unix sockets, /proc, signals): everything is `cfg(unix)`, and
+//! on other systems the binary only says so, so that the workspace still
+//! builds for Windows.
 
 /// Progress on stderr, stamped with the seconds since the run started.
+#[cfg(unix)]
 macro_rules! progress {
     ($($arg:tt)*) => {
         $crate::report::progress(&format!($($arg)*))
     };
 }
 
+#[cfg(unix)]
 mod baseline;
+#[cfg(unix)]
 mod binaries;
+#[cfg(unix)]
 mod client;
+#[cfg(unix)]
 mod daemon;
+#[cfg(unix)]
 mod fake_provider;
+#[cfg(unix)]
 mod fixtures;
+#[cfg(unix)]
 mod ipc;
+#[cfg(unix)]
 mod measure;
+#[cfg(unix)]
 mod procfs;
+#[cfg(unix)]
 mod report;
+#[cfg(unix)]
 mod scale;
+#[cfg(unix)]
 mod spawn;
 
+#[cfg(unix)]
 use clap::{Parser, Subcommand};
+#[cfg(unix)]
 use std::path::PathBuf;
+#[cfg(unix)]
 use std::process::ExitCode;
 
 /// Benchmarks tokend: token latency and throughput against a bare socket
 /// baseline, `tokenctl token` against `/bin/true`, and (with --scale) start-up,
 /// memory, idle cost and a refresh storm.
+#[cfg(unix)]
 #[derive(Parser, Debug, serde::Serialize)]
 #[command(name = "tokend-bench")]
 pub struct Args {
@@ -97,6 +118,7 @@ pub struct Args {
 }
 
 /// The scale scenarios.
+#[cfg(unix)]
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
@@ -108,6 +130,7 @@ pub enum Scenario {
     Storm,
 }
 
+#[cfg(unix)]
 #[derive(Subcommand, Debug)]
 enum Mode {
     /// The baseline server (started by the benchmark itself).
@@ -119,6 +142,7 @@ enum Mode {
     },
 }
 
+#[cfg(unix)]
 impl Args {
     /// Small numbers that finish in well under a minute.
     fn make_quick(&mut self) {
@@ -135,6 +159,7 @@ impl Args {
     }
 }
 
+#[cfg(unix)]
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if let Some(Mode::EchoServer {
@@ -170,6 +195,7 @@ fn main() -> ExitCode {
     }
 }
 
+#[cfg(unix)]
 fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
     report::progress("building tokend and tokenctl if needed");
     binaries::ensure_built()?;
@@ -180,4 +206,10 @@ fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
         scale::run(args, report)?;
     }
     Ok(())
+}
+
+#[cfg(not(unix))]
+fn main() -> std::process::ExitCode {
+    eprintln!("tokend-bench runs on Unix only");
+    std::process::ExitCode::FAILURE
 }

@@ -289,20 +289,23 @@ async fn backoff_grows_and_is_capped() {
     config.refresh.max_backoff_secs = 10;
     let w = world(3600, config).await;
     let cred = w.oauth("a", 3600);
+    // The failure happens somewhere between `before` and `after`, so the
+    // delay it scheduled lies between `due - after` and `due - before`.
     let mut delays = Vec::new();
     for _ in 0..6 {
         w.shared.clock.advance(20_000);
         w.fake.fault(Fault::Status(503, "x"));
-        let now = w.shared.clock.now_ms();
+        let before = w.shared.clock.now_ms();
         token::force_refresh(&w.shared, &cred).await.unwrap_err();
-        delays.push(w.shared.scheduler.due_of("a").unwrap() - now);
+        let after = w.shared.clock.now_ms();
+        let due = w.shared.scheduler.due_of("a").unwrap();
+        delays.push((due - after, due - before));
     }
-    assert!(delays[0] >= 1_600 && delays[0] <= 2_400, "{delays:?}");
-    assert!(delays[2] >= 6_400 && delays[2] <= 9_600, "{delays:?}");
-    assert!(
-        delays[5] >= 8_000 && delays[5] <= 12_000,
-        "capped: {delays:?}"
-    );
+    let within =
+        |(shortest, longest): (i64, i64), lo: i64, hi: i64| longest >= lo && shortest <= hi;
+    assert!(within(delays[0], 1_600, 2_400), "{delays:?}");
+    assert!(within(delays[2], 6_400, 9_600), "{delays:?}");
+    assert!(within(delays[5], 8_000, 12_000), "capped: {delays:?}");
 }
 
 #[tokio::test]

@@ -1,5 +1,10 @@
 //! Default locations, shared so that the daemon and its clients agree on
 //! where the socket is without any configuration.
+//!
+//! On Windows the "socket" is a named pipe: `\\.\pipe\tokend-USERNAME` for
+//! a user's daemon, `\\.\pipe\tokend` for the system one. Both sides name
+//! it as a path (interprocess's `GenericFilePath` maps `\\.\pipe\…` paths
+//! to pipes), so `--socket` and `TOKEND_SOCKET` take a pipe path there.
 
 use std::env;
 use std::path::PathBuf;
@@ -8,7 +13,12 @@ use std::path::PathBuf;
 pub const SOCKET_FILE: &str = "tokend.sock";
 
 /// The system service's socket (`tokend --system`, systemd `RuntimeDirectory`).
+#[cfg(not(windows))]
 pub const SYSTEM_SOCKET: &str = "/run/tokend/tokend.sock";
+
+/// The system service's named pipe.
+#[cfg(windows)]
+pub const SYSTEM_SOCKET: &str = r"\\.\pipe\tokend";
 
 /// The per-user runtime directory: `$XDG_RUNTIME_DIR`, else `/run/user/UID`
 /// when it exists, else a private directory under the temp dir.
@@ -25,13 +35,27 @@ pub fn user_runtime_dir() -> PathBuf {
 }
 
 /// The per-user socket: `<runtime dir>/tokend/tokend.sock`.
+#[cfg(not(windows))]
 pub fn user_socket() -> PathBuf {
     user_runtime_dir().join("tokend").join(SOCKET_FILE)
+}
+
+/// The per-user named pipe: `\\.\pipe\tokend-USERNAME`. Pipe names are
+/// machine-wide, so each user's daemon needs its own.
+#[cfg(windows)]
+pub fn user_socket() -> PathBuf {
+    match env::var("USERNAME") {
+        Ok(user) if !user.is_empty() && !user.contains(['\\', '/']) => {
+            PathBuf::from(format!(r"{SYSTEM_SOCKET}-{user}"))
+        }
+        _ => PathBuf::from(SYSTEM_SOCKET),
+    }
 }
 
 /// The socket a client should use when none is named: `$TOKEND_SOCKET`, else
 /// the user's daemon if its socket exists, else the system daemon's if that
 /// exists, else the user's (so the error names the expected path).
+#[cfg(not(windows))]
 pub fn default_client_socket() -> PathBuf {
     if let Some(path) = env::var_os("TOKEND_SOCKET").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
@@ -45,6 +69,18 @@ pub fn default_client_socket() -> PathBuf {
         return system;
     }
     user
+}
+
+/// `$TOKEND_SOCKET`, else the user's pipe. There is no fallback to the
+/// system pipe: probing a pipe for existence opens it (a connection the
+/// daemon would have to serve), and its default ACL admits only
+/// administrators besides its owner anyway.
+#[cfg(windows)]
+pub fn default_client_socket() -> PathBuf {
+    if let Some(path) = env::var_os("TOKEND_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    user_socket()
 }
 
 /// The effective uid of this process (0 off Unix, where it is not used).

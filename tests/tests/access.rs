@@ -7,6 +7,8 @@
 //! `useradd --system --no-create-home --shell /usr/sbin/nologin tokend-e2e`;
 //! the tests create it the same way when it is missing.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::process::{Command, Output};
 use std::time::Duration;
 use tokend_tests::users::{Other, USER, other_user};

@@ -1,5 +1,7 @@
 //! Bearer credentials end to end through the real binaries (the UpPromote case).
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use tokend_tests::*;
 
 const TOKEN: &str = "upp-Zt8vQ2-secret-bearer";

@@ -2,6 +2,8 @@
 //! random moments, many of them during a refresh, while it refreshes about
 //! every second against a real server that revokes the grant on reuse.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::time::{Duration, Instant, SystemTime};
 use tokend_tests::oidc::{OidcServer, eventually};
 use tokend_tests::*;

@@ -2,6 +2,8 @@
 //! real oidc-provider (and, for an issuer with a path, a one-document HTTP
 //! server), precedence flag > discovery > preset, and the refusals.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;

@@ -6,6 +6,8 @@
 //!
 //! Needs root (to run the holder as the second user, `tokend-e2e`).
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,8 @@
 //! Malformed, oversized, truncated and foreign traffic on the socket: each
 //! costs only its own connection, and a normal client right after still works.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;

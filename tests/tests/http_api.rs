@@ -4,6 +4,8 @@
 //! numerous clients, the trace log, and docs/openapi.yaml against the
 //! running server.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -2,6 +2,8 @@
 //! written OAuth2 server (oidc-provider from npm) that rotates refresh tokens
 //! and revokes the grant on reuse.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::io::Write;
 use std::time::{Duration, Instant};
 use tokend_tests::oidc::{OidcServer, curl, eventually};

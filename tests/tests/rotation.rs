@@ -4,6 +4,8 @@
 //! during a refresh, grants without refresh tokens, odd token responses, a
 //! provider asking to wait, and cleartext endpoints.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokend_tests::oidc::{OidcServer, eventually};

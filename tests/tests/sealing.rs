@@ -3,6 +3,8 @@
 //! start with a key other than the one the store was sealed with, or with a
 //! key file other users can read.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::path::{Path, PathBuf};
 use tokend_tests::*;
 

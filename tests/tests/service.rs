@@ -2,6 +2,8 @@
 //! readiness and stop notifications, socket activation, SIGHUP reloads and
 //! journald-style log lines.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,6 +4,8 @@
 //! trickler is cut off by the frame timeout, and a client over the
 //! connection limit is told why while the others keep working.
 
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};

@@ -1,27 +1,34 @@
 //! Being a good systemd citizen: readiness and status notifications, the
 //! watchdog, and a listening socket passed by socket activation.
-//! Every call is a no-op when not run by systemd.
+//! Every call is a no-op when not run by systemd, and on Windows, where
+//! sd-notify does not build (the no-op counterparts are at the end).
 
 use interprocess::local_socket::tokio::Listener;
+#[cfg(unix)]
 use sd_notify::NotifyState;
+#[cfg(unix)]
 use std::time::Duration;
 
 /// `READY=1` with a one-line status. Call once the socket is bound and the
 /// store is open, so a client started after it can already get a token.
+#[cfg(unix)]
 pub fn ready(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+#[cfg(unix)]
 pub fn status(status: &str) {
     let _ = sd_notify::notify(&[NotifyState::Status(status)]);
 }
 
+#[cfg(unix)]
 pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
 /// `RELOADING=1` (with the monotonic time newer systemd requires), then
 /// `READY=1` once the reload is done.
+#[cfg(unix)]
 pub fn reloading() {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(t) = NotifyState::monotonic_usec_now() {
@@ -32,6 +39,7 @@ pub fn reloading() {
 
 /// Pings the watchdog at half its period, when `WATCHDOG_USEC` asks for
 /// it, until `shutdown` fires.
+#[cfg(unix)]
 pub fn watchdog(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
@@ -68,11 +76,6 @@ pub fn stderr_is_journal() -> bool {
         (Ok(st), Ok(dev), Ok(ino)) => st.st_dev == dev && st.st_ino == ino,
         _ => false,
     }
-}
-
-#[cfg(not(unix))]
-pub fn stderr_is_journal() -> bool {
-    false
 }
 
 /// The listening sockets systemd passed (`LISTEN_FDS`/`LISTEN_PID`): the
@@ -119,7 +122,27 @@ pub fn activated_listeners() -> std::io::Result<Activated> {
     Ok(activated)
 }
 
+/// Windows: no systemd, so nothing to notify, no journal, no activation.
 #[cfg(not(unix))]
-pub fn activated_listeners() -> std::io::Result<Activated> {
-    Ok(Activated::default())
+mod not_systemd {
+    use super::Activated;
+
+    pub fn ready(_status: &str) {}
+    pub fn status(_status: &str) {}
+    pub fn stopping() {}
+    pub fn reloading() {}
+    pub fn watchdog(
+        _shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<std::future::Ready<()>> {
+        None
+    }
+    pub fn stderr_is_journal() -> bool {
+        false
+    }
+    pub fn activated_listeners() -> std::io::Result<Activated> {
+        Ok(Activated::default())
+    }
 }
+
+#[cfg(not(unix))]
+pub use not_systemd::*;

@@ -36,13 +36,21 @@ impl Peer {
         })
     }
 
-    /// Off Unix the pipe's default ACL admits only the daemon's own user.
+    /// Off Unix there are no uids: every peer is uid 0, which is also the
+    /// daemon's own uid there (`current_uid`), so every client is the
+    /// daemon's user and an admin. That holds because the named pipe's
+    /// default ACL lets only the daemon's user, administrators and
+    /// LocalSystem write to it (docs/SECURITY.md, "Windows"); allow lists
+    /// and `admin_group` decide nothing. The client's process id is kept
+    /// (`None` if Windows cannot tell it); its user's SID is not read.
     #[cfg(not(unix))]
-    pub fn of(_stream: &interprocess::local_socket::tokio::Stream) -> std::io::Result<Peer> {
+    pub fn of(stream: &interprocess::local_socket::tokio::Stream) -> std::io::Result<Peer> {
+        use interprocess::local_socket::traits::StreamCommon;
+        let pid = stream.peer_creds().ok().and_then(|c| c.pid());
         Ok(Peer {
             uid: 0,
             gid: 0,
-            pid: None,
+            pid: pid.and_then(|p| i32::try_from(p).ok()),
             groups: OnceLock::from(Vec::new()),
         })
     }

@@ -2,6 +2,7 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
+#[cfg(not(windows))]
 use tokend_proto::paths::{SOCKET_FILE, user_runtime_dir};
 
 /// The HTTP API socket's file name, beside the main socket.
@@ -33,6 +34,7 @@ pub struct Overrides {
     pub key_file: Option<PathBuf>,
 }
 
+#[cfg(not(windows))]
 fn env_dir(var: &str) -> Option<PathBuf> {
     env::var_os(var)
         .filter(|v| !v.is_empty())
@@ -40,6 +42,7 @@ fn env_dir(var: &str) -> Option<PathBuf> {
         .map(|v| PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or("")))
 }
 
+#[cfg(not(windows))]
 fn home_dir(sub: &str) -> PathBuf {
     env_dir("HOME")
         .unwrap_or_else(|| PathBuf::from("/"))
@@ -50,32 +53,13 @@ impl Paths {
     /// Per-user (default) or system-wide paths, with overrides applied.
     /// `key_file_from_config` is the config's `key_file`, if any.
     pub fn resolve(system: bool, o: &Overrides) -> Paths {
-        let (runtime, state, config_dir) = if system {
-            (
-                env_dir("RUNTIME_DIRECTORY").unwrap_or_else(|| "/run/tokend".into()),
-                env_dir("STATE_DIRECTORY").unwrap_or_else(|| "/var/lib/tokend".into()),
-                env_dir("CONFIGURATION_DIRECTORY").unwrap_or_else(|| "/etc/tokend".into()),
-            )
-        } else {
-            (
-                user_runtime_dir().join("tokend"),
-                env_dir("XDG_STATE_HOME")
-                    .unwrap_or_else(|| home_dir(".local/state"))
-                    .join("tokend"),
-                env_dir("XDG_CONFIG_HOME")
-                    .unwrap_or_else(|| home_dir(".config"))
-                    .join("tokend"),
-            )
-        };
+        let (default_socket, state, config_dir) = default_locations(system);
         let db = o.db.clone().unwrap_or_else(|| state.join("tokend.db"));
         let key_file = o
             .key_file
             .clone()
             .unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("tokend.key"));
-        let socket = o
-            .socket
-            .clone()
-            .unwrap_or_else(|| runtime.join(SOCKET_FILE));
+        let socket = o.socket.clone().unwrap_or(default_socket);
         Paths {
             http_socket: o.http_socket.clone().unwrap_or_else(|| {
                 socket
@@ -90,10 +74,73 @@ impl Paths {
                 .clone()
                 .unwrap_or_else(|| config_dir.join("config.toml")),
             key_file,
-            credential_key: env_dir("CREDENTIALS_DIRECTORY").map(|d| d.join("tokend.key")),
+            credential_key: systemd_credential_key(),
             system,
         }
     }
+}
+
+/// The socket, state directory and config directory when none is given:
+/// systemd's directories (or /run, /var/lib, /etc) for the system daemon,
+/// the XDG ones for a user's.
+#[cfg(not(windows))]
+fn default_locations(system: bool) -> (PathBuf, PathBuf, PathBuf) {
+    let (runtime, state, config_dir) = if system {
+        (
+            env_dir("RUNTIME_DIRECTORY").unwrap_or_else(|| "/run/tokend".into()),
+            env_dir("STATE_DIRECTORY").unwrap_or_else(|| "/var/lib/tokend".into()),
+            env_dir("CONFIGURATION_DIRECTORY").unwrap_or_else(|| "/etc/tokend".into()),
+        )
+    } else {
+        (
+            user_runtime_dir().join("tokend"),
+            env_dir("XDG_STATE_HOME")
+                .unwrap_or_else(|| home_dir(".local/state"))
+                .join("tokend"),
+            env_dir("XDG_CONFIG_HOME")
+                .unwrap_or_else(|| home_dir(".config"))
+                .join("tokend"),
+        )
+    };
+    (runtime.join(SOCKET_FILE), state, config_dir)
+}
+
+/// Windows: the named pipe (see `tokend_proto::paths`), and the store and
+/// config under `%ProgramData%\tokend` for the system daemon, under
+/// `%LOCALAPPDATA%\tokend` and `%APPDATA%\tokend` for a user's.
+#[cfg(windows)]
+fn default_locations(system: bool) -> (PathBuf, PathBuf, PathBuf) {
+    let known = |var: &str, fallback: &str| {
+        env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(fallback), PathBuf::from)
+            .join("tokend")
+    };
+    if system {
+        let data = known("ProgramData", r"C:\ProgramData");
+        (
+            tokend_proto::paths::SYSTEM_SOCKET.into(),
+            data.clone(),
+            data,
+        )
+    } else {
+        (
+            tokend_proto::paths::user_socket(),
+            known("LOCALAPPDATA", "."),
+            known("APPDATA", "."),
+        )
+    }
+}
+
+/// The key passed as a systemd credential (`$CREDENTIALS_DIRECTORY`).
+#[cfg(not(windows))]
+fn systemd_credential_key() -> Option<PathBuf> {
+    env_dir("CREDENTIALS_DIRECTORY").map(|d| d.join("tokend.key"))
+}
+
+#[cfg(windows)]
+fn systemd_credential_key() -> Option<PathBuf> {
+    None
 }
 
 /// Creates `dir` (and parents) and makes it `mode` if this process made it or

@@ -20,6 +20,12 @@ use tokio::sync::watch;
 pub enum BindError {
     #[error("another tokend is already running at {0} (stop it first, or pick another --socket)")]
     AlreadyRunning(String),
+    /// Windows: the pipe's name is held by another process (see [`bind`]).
+    #[cfg(windows)]
+    #[error(
+        "the pipe {0} is already in use: another tokend, or another program holding the name (stop it first, or pick another --socket)"
+    )]
+    PipeTaken(String),
     #[error("cannot create the socket {path}: {source}")]
     Io {
         path: String,
@@ -29,6 +35,7 @@ pub enum BindError {
 
 /// Binds the socket at `path` with `mode`. A socket file nobody answers on is
 /// a leftover from a crash and is replaced; a live one is left alone.
+#[cfg(unix)]
 pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listener, BindError> {
     let io = |source| BindError::Io {
         path: path.display().to_string(),
@@ -64,11 +71,6 @@ fn is_live(path: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
-#[cfg(not(unix))]
-fn is_live(_path: &Path) -> bool {
-    false
-}
-
 /// Sets the mode (and, in system mode, the group) even under a loose umask.
 #[cfg(unix)]
 fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Result<()> {
@@ -84,9 +86,30 @@ fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Res
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
-#[cfg(not(unix))]
-fn set_socket_access(_path: &Path, _mode: u32, _group: Option<u32>) -> std::io::Result<()> {
-    Ok(())
+/// Creates the named pipe `path` (`\\.\pipe\…`). `mode` and `group` mean
+/// nothing for a pipe: its default ACL gives the creating user,
+/// administrators and LocalSystem full access and everyone else read-only
+/// access, which is not enough to send a request (docs/SECURITY.md,
+/// "Windows"). The first instance is created with
+/// `FILE_FLAG_FIRST_PIPE_INSTANCE` (interprocess does) and remote clients
+/// are rejected, so a name already held by anyone — a running tokend, or
+/// another user who took it first — is refused here rather than shared.
+#[cfg(windows)]
+pub fn bind(path: &Path, _mode: u32, _group: Option<u32>) -> Result<Listener, BindError> {
+    let io = |source| BindError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let name = path.to_fs_name::<GenericFilePath>().map_err(io)?;
+    ListenerOptions::new()
+        .name(name)
+        .create_tokio()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                BindError::PipeTaken(path.display().to_string())
+            }
+            _ => io(e),
+        })
 }
 
 /// Accepts bincode connections until shutdown, then waits (up to `grace`)

@@ -7,12 +7,19 @@
 //! greeted-closed=C silent=S message=M` (M: the first refusal's text), and
 //! waits. Its stdin is the test's pipe, so it exits when the test ends,
 //! even on a panic.
+//!
+//! Unix only, like the tests that use it; elsewhere it only says so.
 
+#[cfg(unix)]
 use std::io::{BufRead, Write};
+#[cfg(unix)]
 use std::os::unix::net::UnixStream;
+#[cfg(unix)]
 use std::time::Duration;
+#[cfg(unix)]
 use tokend_proto::{Hello, HelloReply, read_frame, write_frame};
 
+#[cfg(unix)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, socket, count] = args.as_slice() else {
@@ -62,6 +69,7 @@ fn main() {
     drop(held);
 }
 
+#[cfg(unix)]
 /// Lifts the soft open-file limit to `need` (within the hard limit, which
 /// an unprivileged process may not raise).
 fn raise_fd_limit(need: u64) {
@@ -90,7 +98,14 @@ fn raise_fd_limit(need: u64) {
     }
 }
 
+#[cfg(unix)]
 fn die(message: &str) -> ! {
     eprintln!("hold-connections: {message}");
+    std::process::exit(2);
+}
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("hold-connections: Unix only");
     std::process::exit(2);
 }
