@@ -3,6 +3,7 @@
 
 use super::plan::random_unit;
 use super::validity::{MIN_VALID_MS, not_usable, valid_for};
+use crate::config::RefreshPolicy;
 use crate::error::Error;
 use crate::provider::ProviderError;
 use crate::state::Shared;
@@ -86,6 +87,30 @@ pub(super) enum Pace {
     InDoubt,
 }
 
+/// How long to wait after the `failures`-th failure in a row: exponential
+/// from `min_backoff_secs`, capped at `max_backoff_secs`, at least
+/// [`ODD_ANSWER_BACKOFF_SECS`] after an odd answer, ±20 % jitter, and never
+/// before the provider's `Retry-After` (at most an hour of it).
+fn backoff_ms(
+    policy: &RefreshPolicy,
+    failures: u32,
+    pace: Pace,
+    retry_after: Option<Duration>,
+) -> i64 {
+    let mut exp = policy
+        .min_backoff_secs
+        .saturating_mul(1u64 << (failures.max(1) - 1).min(20))
+        .min(policy.max_backoff_secs);
+    if pace != Pace::Normal {
+        exp = exp.max(ODD_ANSWER_BACKOFF_SECS.min(policy.max_backoff_secs));
+    }
+    let delay_ms = (exp as f64 * 1000.0 * (0.8 + 0.4 * random_unit())) as i64;
+    match retry_after {
+        Some(ra) => delay_ms.max(ra.as_millis().min(3_600_000) as i64),
+        None => delay_ms,
+    }
+}
+
 /// A transient failure: keep the token, retry with capped exponential backoff
 /// and jitter, honouring `Retry-After`. The caller learns of the failure
 /// either way; token requests still get the held token while it is valid.
@@ -96,22 +121,11 @@ pub(super) async fn transient(
     retry_after: Option<Duration>,
     pace: Pace,
 ) -> Result<(), Error> {
-    let policy = shared.config().refresh.clone();
     let failures = cred.with_live(|l| {
         l.failures = l.failures.saturating_add(1);
         l.failures
     });
-    let mut exp = policy
-        .min_backoff_secs
-        .saturating_mul(1u64 << (failures - 1).min(20))
-        .min(policy.max_backoff_secs);
-    if pace != Pace::Normal {
-        exp = exp.max(ODD_ANSWER_BACKOFF_SECS.min(policy.max_backoff_secs));
-    }
-    let mut delay_ms = (exp as f64 * 1000.0 * (0.8 + 0.4 * random_unit())) as i64;
-    if let Some(ra) = retry_after {
-        delay_ms = delay_ms.max(ra.as_millis().min(3_600_000) as i64);
-    }
+    let delay_ms = backoff_ms(&shared.config().refresh, failures, pace, retry_after);
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     let due = now + delay_ms;
     let reason = format!(
