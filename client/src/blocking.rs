@@ -248,7 +248,11 @@ impl Client {
     /// Waits until the user approves (or denies) the device login, at most
     /// `timeout` (the daemon polls the provider meanwhile; this call waits a
     /// little longer than `timeout` for its answer).
-    pub fn device_login_finish(&mut self, login_id: &str, timeout: Duration) -> Result<String, Error> {
+    pub fn device_login_finish(
+        &mut self,
+        login_id: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
         let request = Request::DeviceLoginFinish {
             login_id: login_id.into(),
             timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),

@@ -4,8 +4,7 @@
 use crate::Error;
 use tokend_proto::{
     AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, HelloReply,
-    LoginChallenge,
-    Principal, Request, Response, Secret, TokenReply,
+    LoginChallenge, Principal, Request, Response, Secret, TokenReply,
 };
 
 /// Refuses a stranger on the user's own socket before anything is sent. The

@@ -4,7 +4,7 @@
 // fault injection on the token endpoint.
 //
 //   node server.mjs [--port N] [--access-ttl S] [--refresh-ttl S] [--discovery oidc|rfc8414]
-//                   [--device-code-ttl S] [--device-interval S]
+//                   [--device-flow 0|1] [--device-code-ttl S] [--device-interval S]
 //   PORT=0 ACCESS_TTL=5 node server.mjs
 //
 // stdout carries exactly one line, "LISTENING http://127.0.0.1:<port>" (the
@@ -41,6 +41,7 @@ const refreshTtl = Math.max(1, nonNegativeInt('REFRESH_TTL', setting('refresh-tt
 // The device authorization grant (RFC 8628): how long a device code lives,
 // and the polling interval announced in the device authorization response
 // (oidc-provider announces none, which means 5 s to a client).
+const deviceFlow = !['0', 'false', 'no'].includes(String(setting('device-flow', 'DEVICE_FLOW', '1')).toLowerCase());
 const deviceCodeTtl = Math.max(1, nonNegativeInt('DEVICE_CODE_TTL', setting('device-code-ttl', 'DEVICE_CODE_TTL', '600')));
 const deviceIntervalSetting = setting('device-interval', 'DEVICE_INTERVAL', '');
 const deviceInterval = deviceIntervalSetting === '' ? undefined : nonNegativeInt('DEVICE_INTERVAL', deviceIntervalSetting);
@@ -75,7 +76,7 @@ const clients = [
     client_id: 'tokend-test',
     client_secret: 'tokend-test-secret',
     application_type: 'native',
-    grant_types: ['authorization_code', 'refresh_token', DEVICE_CODE],
+    grant_types: ['authorization_code', 'refresh_token', ...(deviceFlow ? [DEVICE_CODE] : [])],
     response_types: ['code'],
     redirect_uris: loopbackRedirects,
     token_endpoint_auth_method: 'client_secret_post',
@@ -84,7 +85,7 @@ const clients = [
     client_id: 'tokend-basic',
     client_secret: 'tokend-basic-secret',
     application_type: 'native',
-    grant_types: ['authorization_code', 'refresh_token', DEVICE_CODE],
+    grant_types: ['authorization_code', 'refresh_token', ...(deviceFlow ? [DEVICE_CODE] : [])],
     response_types: ['code'],
     redirect_uris: loopbackRedirects,
     token_endpoint_auth_method: 'client_secret_basic',
@@ -149,7 +150,7 @@ const configuration = {
     // RFC 8628, with pages a script can drive (see README.md, "Device flow"):
     // each carries a marker line and oidc-provider's own forms.
     deviceFlow: {
-      enabled: true,
+      enabled: deviceFlow,
       userCodeInputSource: async (ctx, form, out, err) => {
         let marker = 'DEVICE CODE INPUT';
         if (err?.name === 'AbortedError') marker = 'DEVICE LOGIN ABORTED';

@@ -232,7 +232,9 @@ fn client_credentials_with_an_issuer_get_a_token() {
 
 #[test]
 fn a_preset_issuer_is_discovered_and_preset_urls_fill_only_the_gaps() {
-    let idp = OidcServer::start(60);
+    // Without the device flow, the document lists no device authorization
+    // endpoint: the gap the preset fills.
+    let idp = OidcServer::start_with(60, &[("DEVICE_FLOW", "0")]);
     let host = idp.issuer.trim_start_matches("http://").to_string();
     let d = Daemon::start_with(Options {
         config: Some(

@@ -63,9 +63,10 @@ pub async fn start(
         )));
     }
     let timeout = Duration::from_secs(shared.config().refresh.http_timeout_secs);
-    let auth = provider::device_authorization(shared.http()?, url, &endpoint, &spec.scopes, timeout)
-        .await
-        .map_err(|e| Error::Provider(format!("the device authorization failed: {e}")))?;
+    let auth =
+        provider::device_authorization(shared.http()?, url, &endpoint, &spec.scopes, timeout)
+            .await
+            .map_err(|e| Error::Provider(format!("the device authorization failed: {e}")))?;
     let login_id = random_token(16)?;
     let lifetime = auth.expires_in.min(MAX_LIFETIME_SECS);
     let interval = Duration::from_secs(auth.interval).clamp(MIN_INTERVAL, MAX_INTERVAL);
@@ -324,14 +325,20 @@ mod tests {
 
     #[test]
     fn authorization_pending_keeps_polling_at_the_interval() {
-        assert_eq!(polls_after(&said("authorization_pending"), 5), Duration::from_secs(5));
+        assert_eq!(
+            polls_after(&said("authorization_pending"), 5),
+            Duration::from_secs(5)
+        );
     }
 
     #[test]
     fn slow_down_adds_five_seconds_each_time() {
         let once = polls_after(&said("slow_down"), 5);
         assert_eq!(once, Duration::from_secs(10));
-        assert_eq!(polls_after(&said("slow_down"), once.as_secs()), Duration::from_secs(15));
+        assert_eq!(
+            polls_after(&said("slow_down"), once.as_secs()),
+            Duration::from_secs(15)
+        );
         assert_eq!(polls_after(&said("slow_down"), 58), MAX_INTERVAL);
     }
 
@@ -353,7 +360,10 @@ mod tests {
             error: "invalid_client".into(),
             description: Some("bad secret".into()),
         });
-        assert!(e.contains("invalid_client") && e.contains("bad secret"), "{e}");
+        assert!(
+            e.contains("invalid_client") && e.contains("bad secret"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -255,18 +255,28 @@ pub fn parse_device_authorization(status: u16, body: &[u8]) -> Result<DeviceAuth
     }
     if status != 200 {
         return Err(match serde_json::from_slice::<RawError>(body) {
-            Ok(e) => permanent_message(&sanitize(&e.error), e.error_description.map(|d| sanitize(&d)).as_deref()),
+            Ok(e) => permanent_message(
+                &sanitize(&e.error),
+                e.error_description.map(|d| sanitize(&d)).as_deref(),
+            ),
             Err(_) => format!("answered HTTP {status}"),
         });
     }
-    let raw: Raw = serde_json::from_slice(body).map_err(|_| "answered 200 without a JSON device authorization".to_string())?;
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|_| "answered 200 without a JSON device authorization".to_string())?;
     let missing = |field: &str| format!("answered without `{field}`");
     let secs = |v: Option<&serde_json::Value>| match v.map(parse_expires_in) {
         Some(ExpiresIn::Secs(n)) if n > 0 => Some(n as u64),
         _ => None,
     };
-    let device_code = raw.device_code.filter(|c| !c.is_empty()).ok_or_else(|| missing("device_code"))?;
-    let user_code = raw.user_code.filter(|c| !c.is_empty()).ok_or_else(|| missing("user_code"))?;
+    let device_code = raw
+        .device_code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| missing("device_code"))?;
+    let user_code = raw
+        .user_code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| missing("user_code"))?;
     let verification_uri = raw
         .verification_uri
         .or(raw.verification_url)
@@ -275,7 +285,8 @@ pub fn parse_device_authorization(status: u16, body: &[u8]) -> Result<DeviceAuth
     Ok(DeviceAuthorization {
         device_code: Secret::new(device_code),
         user_code: sanitize(&user_code),
-        verification_uri: web_url(&verification_uri).ok_or("answered with a `verification_uri` that is not an http(s) URL")?,
+        verification_uri: web_url(&verification_uri)
+            .ok_or("answered with a `verification_uri` that is not an http(s) URL")?,
         verification_uri_complete: raw.verification_uri_complete.as_deref().and_then(web_url),
         // RFC 8628 §3.2 requires expires_in; a provider that leaves it out
         // gets the usual 10 minutes.

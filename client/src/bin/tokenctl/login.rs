@@ -163,7 +163,7 @@ pub fn device(
     crate::output::out!("{url}");
     crate::output::out!("{}", challenge.user_code);
     let _ = std::io::stdout().flush();
-    let minutes = (challenge.expires_at - now_secs()).max(0).div_ceil(60);
+    let minutes = ((challenge.expires_at - now_secs()).max(0) as u64).div_ceil(60);
     eprintln!(
         "Open the URL above on any device, check that it shows the code {} (or enter it at {}), and approve. The code expires in {minutes} min; waiting for the approval…",
         challenge.user_code, challenge.verification_uri
