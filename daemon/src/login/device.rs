@@ -114,7 +114,8 @@ pub async fn finish(
     uid: u32,
 ) -> Result<String, Error> {
     let claimed = claim(shared, login_id, uid)?;
-    let deadline = Instant::now() + Duration::from_secs(timeout_secs.into());
+    let wait = u64::from(timeout_secs).min(MAX_LIFETIME_SECS);
+    let deadline = Instant::now() + Duration::from_secs(wait);
     // The polls and the commit run in their own task: a client that hangs
     // up never cancels one between the provider's answer and the commit.
     // The task ends by itself at the deadline or the device code's expiry.
