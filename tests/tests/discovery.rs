@@ -77,6 +77,10 @@ fn an_issuer_fills_in_every_endpoint_and_the_login_works() {
         s["endpoints"]["revocation_url"],
         format!("{i}/token/revocation")
     );
+    assert_eq!(
+        s["endpoints"]["device_authorization_url"],
+        format!("{i}/device/auth")
+    );
     assert_eq!(s["endpoints"]["issuer"], i.as_str());
     assert_eq!(
         sources(&s),
@@ -86,6 +90,7 @@ fn an_issuer_fills_in_every_endpoint_and_the_login_works() {
             ("token", "discovery"),
             ("introspection", "discovery"),
             ("revocation", "discovery"),
+            ("device_authorization", "discovery"),
         ])
     );
     let shown = stdout(&d.tokenctl(&["show", "up"]));
@@ -94,6 +99,7 @@ fn an_issuer_fills_in_every_endpoint_and_the_login_works() {
         format!("{i}/auth (discovery)"),
         format!("{i}/token/introspection (discovery)"),
         format!("{i}/token/revocation (discovery)"),
+        format!("{i}/device/auth (discovery)"),
         format!("{i} (flag)"),
     ] {
         assert!(shown.contains(&line), "no {line:?} in:\n{shown}");
