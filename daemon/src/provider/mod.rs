@@ -529,6 +529,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_device_authorization_is_read_with_defaults_and_only_web_urls() {
+        let d = parse_device_authorization(
+            200,
+            br#"{"device_code":"dc","user_code":"AB-CD","verification_uri":"https://idp/device","verification_uri_complete":"https://idp/device?user_code=AB-CD","expires_in":"300"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.user_code.as_str(), d.expires_in, d.interval),
+            ("AB-CD", 300, 5)
+        );
+        assert_eq!(
+            d.verification_uri_complete.as_deref(),
+            Some("https://idp/device?user_code=AB-CD")
+        );
+        let hostile =
+            br#"{"device_code":"dc","user_code":"x","verification_uri":"file:///etc/passwd"}"#;
+        assert!(
+            parse_device_authorization(200, hostile)
+                .unwrap_err()
+                .contains("http(s)")
+        );
+        let refused = parse_device_authorization(400, br#"{"error":"unauthorized_client"}"#);
+        assert!(refused.unwrap_err().contains("unauthorized_client"));
+    }
+
+    #[test]
     fn token_response_is_parsed_with_optional_fields() {
         let t = classify(
             200,
