@@ -13,8 +13,8 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokend_proto::{
-    AddCredential, CheckReport, CredentialInfo, DaemonStatus, FrameError, Hello, HelloReply,
-    LoginChallenge, Principal, Request, Response, Secret, TokenReply, read_frame,
+    AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, FrameError, Hello,
+    HelloReply, LoginChallenge, Principal, Request, Response, Secret, TokenReply, read_frame,
     read_response_frame, write_frame,
 };
 
@@ -39,6 +39,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// and after the user has been through the browser a slow answer is better
 /// than a lost login. Five minutes is the login's own default `--timeout`.
 pub const LOGIN_FINISH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How much longer than its timeout `device_login_finish` waits: the
+/// daemon's last poll (its HTTP timeout, 15 s by default) and the commit.
+pub const DEVICE_FINISH_MARGIN: Duration = Duration::from_secs(60);
 
 /// A connection to tokend. Reuse it for many requests: each costs one round trip.
 pub struct Client {
@@ -231,6 +235,32 @@ impl Client {
             name: name.into(),
             redirect_uri,
         })?)
+    }
+
+    /// Starts a device login (RFC 8628): the daemon asks the provider for a
+    /// user code and answers what the user must open and type.
+    pub fn device_login_start(&mut self, name: &str) -> Result<DeviceChallenge, Error> {
+        let request = Request::DeviceLoginStart { name: name.into() };
+        // The daemon asks the provider first; its HTTP timeout is below ours.
+        ops::read_device_login(self.call(&request)?)
+    }
+
+    /// Waits until the user approves (or denies) the device login, at most
+    /// `timeout` (the daemon polls the provider meanwhile; this call waits a
+    /// little longer than `timeout` for its answer).
+    pub fn device_login_finish(
+        &mut self,
+        login_id: &str,
+        timeout: Duration,
+    ) -> Result<String, Error> {
+        let request = Request::DeviceLoginFinish {
+            login_id: login_id.into(),
+            timeout_secs: u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX),
+        };
+        let wait = self
+            .timeout
+            .max(timeout.saturating_add(DEVICE_FINISH_MARGIN));
+        ops::read_message(self.call_within(&request, wait)?)
     }
 
     pub fn login_finish(&mut self, login_id: &str, redirect_url: &str) -> Result<String, Error> {

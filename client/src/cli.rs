@@ -28,7 +28,8 @@ pub enum Command {
     /// Add a credential (secrets are read from a file or stdin, never from arguments).
     #[command(subcommand)]
     Add(AddCommand),
-    /// Log in an oauth2 credential: prints the authorize URL, waits for the redirect.
+    /// Log in an oauth2 credential: prints the authorize URL (or, with --device, the
+    /// verification URL and user code), waits for the approval.
     Login(LoginArgs),
     /// Print a valid access token, alone on one line.
     Token {
@@ -166,6 +167,10 @@ pub struct AddOAuth2 {
     /// An extra authorize parameter (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_pair)]
     pub params: Vec<(String, String)>,
+    /// The device authorization endpoint (RFC 8628), for `login --device`,
+    /// if --issuer or --preset does not give it.
+    #[arg(long, value_name = "URL")]
+    pub device_auth_url: Option<String>,
     /// No client secret (a public client; PKCE protects its code).
     #[arg(long)]
     pub no_client_secret: bool,
@@ -191,8 +196,12 @@ pub enum ClientAuthArg {
 pub struct LoginArgs {
     pub name: String,
     /// Paste the final redirect URL instead of running a loopback listener.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "device")]
     pub paste: bool,
+    /// Log in with the device authorization grant (RFC 8628): print a URL and a
+    /// code to enter on any device; tokend polls the provider until you approve.
+    #[arg(long)]
+    pub device: bool,
     /// Do not try to open a browser.
     #[arg(long)]
     pub no_browser: bool,

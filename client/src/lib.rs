@@ -19,15 +19,15 @@ mod error;
 mod nonblocking;
 pub mod ops;
 
-pub use blocking::{Client, DEFAULT_TIMEOUT, LOGIN_FINISH_TIMEOUT};
+pub use blocking::{Client, DEFAULT_TIMEOUT, DEVICE_FINISH_MARGIN, LOGIN_FINISH_TIMEOUT};
 pub use error::Error;
 #[cfg(feature = "async")]
 pub use nonblocking::AsyncClient;
 pub use tokend_proto::validate_name;
 pub use tokend_proto::{
     AddCredential, AddKind, CheckReport, ClientAuth, CredentialInfo, CredentialSpec,
-    CredentialState, DaemonStatus, EndpointSource, Endpoints, LoginChallenge, OAuth2Request,
-    Principal, Secret, TokenReply, endpoint,
+    CredentialState, DaemonStatus, DeviceChallenge, EndpointSource, Endpoints, LoginChallenge,
+    OAuth2Request, Principal, Secret, TokenReply, endpoint,
 };
 
 /// The socket used when none is named: `$TOKEND_SOCKET`, the user's daemon,

@@ -3,8 +3,8 @@
 
 use crate::Error;
 use tokend_proto::{
-    AddCredential, CheckReport, CredentialInfo, DaemonStatus, HelloReply, LoginChallenge,
-    Principal, Request, Response, Secret, TokenReply,
+    AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, HelloReply,
+    LoginChallenge, Principal, Request, Response, Secret, TokenReply,
 };
 
 /// Refuses a stranger on the user's own socket before anything is sent. The
@@ -55,6 +55,7 @@ fn unexpected(what: &str, got: &Response) -> Error {
         Response::Status(_) => "a status",
         Response::Check(_) => "a check report",
         Response::Login(_) => "a login challenge",
+        Response::DeviceLogin(_) => "a device login challenge",
         Response::Error(_) => "an error",
     };
     Error::Connection(format!("expected {what} from tokend, got {kind}"))
@@ -130,6 +131,13 @@ pub fn read_login(response: Response) -> Result<LoginChallenge, Error> {
     match check(response)? {
         Response::Login(l) => Ok(l),
         other => Err(unexpected("a login challenge", &other)),
+    }
+}
+
+pub fn read_device_login(response: Response) -> Result<DeviceChallenge, Error> {
+    match check(response)? {
+        Response::DeviceLogin(d) => Ok(d),
+        other => Err(unexpected("a device login challenge", &other)),
     }
 }
 

@@ -14,7 +14,7 @@
 //! - [`handler`]: one request from one peer: access decisions, then the
 //!   operation; credential administration (add, remove, allow).
 //! - [`login`]: the authorization-code login (authorize URL, redirect, code
-//!   exchange).
+//!   exchange) and the device authorization grant (RFC 8628).
 //! - [`token`]: serving tokens, the refresh transaction, refresh-time
 //!   planning, the refresher task, checks, notifications.
 //! - [`state`]: what the daemon holds: credentials, the registry, the

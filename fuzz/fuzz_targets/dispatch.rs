@@ -157,6 +157,8 @@ impl Harness {
                 | Request::Deny { .. }
                 | Request::LoginStart { .. }
                 | Request::LoginFinish { .. }
+                | Request::DeviceLoginStart { .. }
+                | Request::DeviceLoginFinish { .. }
         );
         let token_of = match &request {
             Request::Token { name, .. } => Some(name.clone()),

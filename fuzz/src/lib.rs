@@ -51,6 +51,7 @@ pub fn keep_local(request: &mut Request, config: &Config) {
                 req.auth_url = Some(CLOSED_URL.into());
                 req.token_url = Some(CLOSED_URL.into());
                 req.introspection_url = Some(CLOSED_URL.into());
+                req.device_authorization_url = Some(CLOSED_URL.into());
                 if preset.issuer.is_some() {
                     req.issuer = Some(CLOSED_URL.into());
                 }
@@ -58,6 +59,7 @@ pub fn keep_local(request: &mut Request, config: &Config) {
             local(&mut req.auth_url);
             local(&mut req.token_url);
             local(&mut req.introspection_url);
+            local(&mut req.device_authorization_url);
             // Discovery fetches from the issuer when the credential is added.
             local(&mut req.issuer);
         }
@@ -89,6 +91,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         client_auth: Some(ClientAuth::Basic),
         pkce: true,
         extra_params: vec![("audience".into(), "api".into())],
+        device_authorization_url: Some(CLOSED_URL.into()),
         ..Default::default()
     };
     let add = |name: &str, kind: AddKind, secret: &str| {
@@ -140,6 +143,11 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Request::LoginFinish {
             login_id: name("nope"),
             redirect_url: "http://127.0.0.1:1/callback?code=x&state=y".into(),
+        },
+        Request::DeviceLoginStart { name: name("o") },
+        Request::DeviceLoginFinish {
+            login_id: name("nope"),
+            timeout_secs: 1,
         },
         Request::Remove { name: name("c") },
     ];

@@ -178,6 +178,11 @@ pub struct OAuth2Request {
     /// URLs still override what it says.
     pub issuer: Option<String>,
     pub introspection_url: Option<String>,
+    /// The device authorization endpoint (RFC 8628), if the issuer's
+    /// document or the preset does not give it. Absent from requests made
+    /// before `login --device` existed, hence the default.
+    #[serde(default)]
+    pub device_authorization_url: Option<String>,
     pub client_id: String,
     pub scopes: Vec<String>,
     pub redirect_uri: Option<String>,
@@ -259,6 +264,18 @@ pub enum Request {
         login_id: String,
         redirect_url: String,
     },
+    /// Begin a device authorization login (RFC 8628): the daemon asks the
+    /// credential's device authorization endpoint for a user code.
+    DeviceLoginStart {
+        name: String,
+    },
+    /// Wait for the user to approve the device login: the daemon polls the
+    /// token endpoint and answers with the outcome, within `timeout_secs`
+    /// (and never past the device code's expiry).
+    DeviceLoginFinish {
+        login_id: String,
+        timeout_secs: u32,
+    },
 }
 
 impl Request {
@@ -273,9 +290,13 @@ impl Request {
             | Request::Remove { name }
             | Request::Allow { name, .. }
             | Request::Deny { name, .. }
-            | Request::LoginStart { name, .. } => Some(name),
+            | Request::LoginStart { name, .. }
+            | Request::DeviceLoginStart { name } => Some(name),
             Request::Add(add) => Some(&add.name),
-            Request::List | Request::Status | Request::LoginFinish { .. } => None,
+            Request::List
+            | Request::Status
+            | Request::LoginFinish { .. }
+            | Request::DeviceLoginFinish { .. } => None,
         }
     }
 
@@ -295,6 +316,8 @@ impl Request {
             Request::Deny { .. } => "deny",
             Request::LoginStart { .. } => "login",
             Request::LoginFinish { .. } => "login-finish",
+            Request::DeviceLoginStart { .. } => "login-device",
+            Request::DeviceLoginFinish { .. } => "login-device-finish",
         }
     }
 }
@@ -395,6 +418,22 @@ pub struct LoginChallenge {
     pub expires_at: i64,
 }
 
+/// The start of a device login (RFC 8628 §3.2): what the user must open and
+/// type, and how to wait for the outcome. The device code stays in the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceChallenge {
+    pub login_id: String,
+    /// Where the user enters the code.
+    pub verification_uri: String,
+    /// The same page with the code filled in, if the provider gives one.
+    pub verification_uri_complete: Option<String>,
+    pub user_code: String,
+    /// When the device code expires (Unix seconds).
+    pub expires_at: i64,
+    /// The provider's polling interval, in seconds.
+    pub interval_secs: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Token(TokenReply),
@@ -406,6 +445,7 @@ pub enum Response {
     Status(DaemonStatus),
     Check(CheckReport),
     Login(LoginChallenge),
+    DeviceLogin(DeviceChallenge),
     Error(RemoteError),
 }
 

@@ -173,6 +173,13 @@ fn request() -> impl Strategy<Value = Request> {
             login_id,
             redirect_url
         }),
+        text().prop_map(|name| Request::DeviceLoginStart { name }),
+        (text(), any::<u32>()).prop_map(|(login_id, timeout_secs)| {
+            Request::DeviceLoginFinish {
+                login_id,
+                timeout_secs,
+            }
+        }),
     ]
 }
 
@@ -387,6 +394,25 @@ fn response() -> impl Strategy<Value = Response> {
                 })
             }
         ),
+        (
+            (text(), text(), opt_text()),
+            (text(), any::<i64>(), any::<u32>())
+        )
+            .prop_map(
+                |(
+                    (login_id, verification_uri, verification_uri_complete),
+                    (user_code, expires_at, interval_secs),
+                )| {
+                    Response::DeviceLogin(DeviceChallenge {
+                        login_id,
+                        verification_uri,
+                        verification_uri_complete,
+                        user_code,
+                        expires_at,
+                        interval_secs,
+                    })
+                }
+            ),
         (error_code(), text(), proptest::option::of(state())).prop_map(|(code, message, state)| {
             Response::Error(RemoteError {
                 code,

@@ -4,6 +4,7 @@
 // fault injection on the token endpoint.
 //
 //   node server.mjs [--port N] [--access-ttl S] [--refresh-ttl S] [--discovery oidc|rfc8414]
+//                   [--device-flow 0|1] [--device-code-ttl S] [--device-interval S]
 //   PORT=0 ACCESS_TTL=5 node server.mjs
 //
 // stdout carries exactly one line, "LISTENING http://127.0.0.1:<port>" (the
@@ -37,6 +38,13 @@ function nonNegativeInt(name, value) {
 const port = nonNegativeInt('PORT', setting('port', 'PORT', '0'));
 const accessTtl = Math.max(1, nonNegativeInt('ACCESS_TTL', setting('access-ttl', 'ACCESS_TTL', '5')));
 const refreshTtl = Math.max(1, nonNegativeInt('REFRESH_TTL', setting('refresh-ttl', 'REFRESH_TTL', String(14 * 24 * 3600))));
+// The device authorization grant (RFC 8628): how long a device code lives,
+// and the polling interval announced in the device authorization response
+// (oidc-provider announces none, which means 5 s to a client).
+const deviceFlow = !['0', 'false', 'no'].includes(String(setting('device-flow', 'DEVICE_FLOW', '1')).toLowerCase());
+const deviceCodeTtl = Math.max(1, nonNegativeInt('DEVICE_CODE_TTL', setting('device-code-ttl', 'DEVICE_CODE_TTL', '600')));
+const deviceIntervalSetting = setting('device-interval', 'DEVICE_INTERVAL', '');
+const deviceInterval = deviceIntervalSetting === '' ? undefined : nonNegativeInt('DEVICE_INTERVAL', deviceIntervalSetting);
 const debug = Boolean(process.env.OIDC_DEBUG);
 // Where the metadata is served: "oidc" (default) at /.well-known/openid-configuration
 // as oidc-provider does; "rfc8414" only at /.well-known/oauth-authorization-server
@@ -55,6 +63,7 @@ const trace = (...args) => { if (debug) log(...args); };
 // application_type "native": oidc-provider then accepts a registered
 // http://127.0.0.1/..., http://localhost/... or http://[::1]/... redirect URI
 // with ANY port (RFC 8252 7.3); the path must match exactly.
+const DEVICE_CODE = 'urn:ietf:params:oauth:grant-type:device_code';
 const loopbackRedirects = [
   'http://127.0.0.1/callback',
   'http://localhost/callback',
@@ -67,7 +76,7 @@ const clients = [
     client_id: 'tokend-test',
     client_secret: 'tokend-test-secret',
     application_type: 'native',
-    grant_types: ['authorization_code', 'refresh_token'],
+    grant_types: ['authorization_code', 'refresh_token', ...(deviceFlow ? [DEVICE_CODE] : [])],
     response_types: ['code'],
     redirect_uris: loopbackRedirects,
     token_endpoint_auth_method: 'client_secret_post',
@@ -76,7 +85,7 @@ const clients = [
     client_id: 'tokend-basic',
     client_secret: 'tokend-basic-secret',
     application_type: 'native',
-    grant_types: ['authorization_code', 'refresh_token'],
+    grant_types: ['authorization_code', 'refresh_token', ...(deviceFlow ? [DEVICE_CODE] : [])],
     response_types: ['code'],
     redirect_uris: loopbackRedirects,
     token_endpoint_auth_method: 'client_secret_basic',
@@ -128,6 +137,7 @@ const configuration = {
     Grant: refreshTtl,
     Interaction: 600,
     Session: 3600,
+    DeviceCode: deviceCodeTtl,
   },
   features: {
     devInteractions: { enabled: false },
@@ -137,6 +147,24 @@ const configuration = {
     revocation: { enabled: true, allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId },
     clientCredentials: { enabled: true },
     userinfo: { enabled: true },
+    // RFC 8628, with pages a script can drive (see README.md, "Device flow"):
+    // each carries a marker line and oidc-provider's own forms.
+    deviceFlow: {
+      enabled: deviceFlow,
+      userCodeInputSource: async (ctx, form, out, err) => {
+        let marker = 'DEVICE CODE INPUT';
+        if (err?.name === 'AbortedError') marker = 'DEVICE LOGIN ABORTED';
+        else if (err?.userCode || err?.name === 'NoCodeError') marker = 'DEVICE CODE INVALID';
+        else if (err) marker = `DEVICE LOGIN ERROR ${err.name ?? ''}`.trim();
+        ctx.body = devicePage(marker, form);
+      },
+      userCodeConfirmSource: async (ctx, form, client, deviceInfo, userCode) => {
+        ctx.body = devicePage(`DEVICE CODE CONFIRM ${userCode} ${client.clientId}`, form);
+      },
+      successSource: async (ctx) => {
+        ctx.body = devicePage(`DEVICE LOGIN APPROVED ${ctx.oidc.client.clientId}`, '');
+      },
+    },
   },
   clientBasedCORS: () => false,
   // Errors that cannot be redirected (bad client_id / redirect_uri) and token
@@ -153,8 +181,14 @@ const configuration = {
   claims: { openid: ['sub'], email: ['email', 'email_verified'], profile: ['name'] },
 };
 
+// A device-flow page: the marker alone on its own line, then the form.
+function devicePage(marker, form) {
+  const safe = marker.replace(/[<>&"]/g, '');
+  return `<!doctype html><meta charset=utf-8><title>device</title>\n<p id=marker>\n${safe}\n</p>\n${form}\n`;
+}
+
 // ---- statistics ----------------------------------------------------------------
-const GRANTS = ['authorization_code', 'refresh_token', 'client_credentials'];
+const GRANTS = ['authorization_code', 'refresh_token', 'client_credentials', DEVICE_CODE];
 const perGrant = () => Object.fromEntries(GRANTS.map((g) => [g, 0]));
 const fresh = () => ({
   token_posts: 0, // every POST /token, faulted or not
@@ -172,6 +206,7 @@ const fresh = () => ({
   introspected_inactive_other: 0, // ... active: false for any other token (expired, unknown, revoked grant)
   refresh_token_reuse: 0, // refresh requests presenting an already-rotated refresh token
   grants_revoked: 0,
+  device_authorizations: 0, // POST /device/auth answered with codes
   errors: [], // {grant_type, error, error_description}
   grant_errors: [], // the same, as "grant_type: error detail" strings
 });
@@ -466,6 +501,12 @@ server.listen(port, '127.0.0.1', () => {
   provider.on('refresh_token.consumed', (token) => rotated.add(token.jti));
   provider.on('grant.revoked', (ctx, grantId) => { stats.grants_revoked += 1; log('grant revoked', grantId); });
   provider.on('authorization.error', (ctx, err) => trace('authorization error', err.error, err.error_description));
+  // oidc-provider sends no `interval`; DEVICE_INTERVAL adds one (the body is
+  // still this object when the event fires).
+  provider.on('device_authorization.success', (ctx, body) => {
+    stats.device_authorizations += 1;
+    if (deviceInterval !== undefined) body.interval = deviceInterval;
+  });
   callback = provider.callback();
   process.stdout.write(`LISTENING ${issuer}\n`);
 });

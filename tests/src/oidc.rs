@@ -111,6 +111,47 @@ impl OidcServer {
         panic!("the login never redirected to {redirect_prefix}");
     }
 
+    /// The RFC 8628 device authorization endpoint.
+    pub fn device_auth_url(&self) -> String {
+        format!("{}/device/auth", self.issuer)
+    }
+
+    /// Plays the user of a device login: opens `verification_uri_complete`
+    /// (the code filled in), confirms the code on the confirmation page and
+    /// lets the server's automatic interaction log in and consent. Panics
+    /// unless the server ends on its "approved" page (tests/oidc/README.md,
+    /// "Device flow").
+    pub fn approve_device(&self, verification_uri_complete: &str) {
+        let page = DevicePage::open(verification_uri_complete);
+        let confirm = page.submit(&[]);
+        let code = page.user_code.as_str();
+        assert!(
+            confirm.contains(&format!("DEVICE CODE CONFIRM {code}")),
+            "no confirmation page for {code}: {confirm}"
+        );
+        let confirmed = DevicePage {
+            xsrf: xsrf_of(&confirm),
+            ..page
+        };
+        let done = confirmed.submit(&["-L", "-d", "confirm=yes"]);
+        assert!(
+            done.contains("DEVICE LOGIN APPROVED"),
+            "the device login was not approved: {done}"
+        );
+    }
+
+    /// Plays a user who refuses a device login: opens
+    /// `verification_uri_complete` and presses "Abort", which makes the
+    /// server answer the device's polls with `access_denied`.
+    pub fn deny_device(&self, verification_uri_complete: &str) {
+        let page = DevicePage::open(verification_uri_complete);
+        let done = page.submit(&["-d", "abort=yes"]);
+        assert!(
+            done.contains("DEVICE LOGIN ABORTED"),
+            "the device login was not aborted: {done}"
+        );
+    }
+
     /// Whether the server considers `token` an active access token.
     pub fn introspect(&self, token: &str) -> bool {
         let body = curl(&[
@@ -161,6 +202,68 @@ impl Drop for OidcServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The device flow's user-code form, as a browser holds it: its cookies,
+/// the form's anti-forgery value and target, and the code.
+struct DevicePage {
+    jar: tempfile::NamedTempFile,
+    action: String,
+    xsrf: String,
+    user_code: String,
+}
+
+impl DevicePage {
+    /// GETs the verification URI: oidc-provider answers with a form that a
+    /// browser submits at once (the code, and an `xsrf` bound to the cookie).
+    fn open(verification_uri_complete: &str) -> DevicePage {
+        let user_code = query_param(verification_uri_complete, "user_code")
+            .expect("verification_uri_complete carries user_code");
+        let jar = tempfile::NamedTempFile::new().expect("cookie jar");
+        let path = jar.path().to_str().expect("utf-8 path").to_string();
+        let page = curl(&["-s", "-c", &path, "-b", &path, verification_uri_complete]);
+        let action = between(&page, "action=\"", "\"")
+            .unwrap_or_else(|| panic!("no form on the device page: {page}"));
+        DevicePage {
+            jar,
+            action,
+            xsrf: xsrf_of(&page),
+            user_code,
+        }
+    }
+
+    /// POSTs the form (xsrf and user code) with `extra` curl arguments;
+    /// returns the page the server answers (after redirects with `-L`).
+    fn submit(&self, extra: &[&str]) -> String {
+        let path = self.jar.path().to_str().expect("utf-8 path");
+        let xsrf = format!("xsrf={}", self.xsrf);
+        let code = format!("user_code={}", self.user_code);
+        let mut args = vec![
+            "-s",
+            "-c",
+            path,
+            "-b",
+            path,
+            "--data-urlencode",
+            &xsrf,
+            "--data-urlencode",
+            &code,
+        ];
+        args.extend(extra);
+        args.push(&self.action);
+        curl(&args)
+    }
+}
+
+fn xsrf_of(page: &str) -> String {
+    between(page, "name=\"xsrf\" value=\"", "\"")
+        .unwrap_or_else(|| panic!("no xsrf on the device page: {page}"))
+}
+
+/// The text between the first `start` and the next `end`.
+fn between(text: &str, start: &str, end: &str) -> Option<String> {
+    let rest = &text[text.find(start)? + start.len()..];
+    Some(rest[..rest.find(end)?].to_string())
 }
 
 /// A query parameter of `url`, decoded.

@@ -77,6 +77,10 @@ fn an_issuer_fills_in_every_endpoint_and_the_login_works() {
         s["endpoints"]["revocation_url"],
         format!("{i}/token/revocation")
     );
+    assert_eq!(
+        s["endpoints"]["device_authorization_url"],
+        format!("{i}/device/auth")
+    );
     assert_eq!(s["endpoints"]["issuer"], i.as_str());
     assert_eq!(
         sources(&s),
@@ -86,6 +90,7 @@ fn an_issuer_fills_in_every_endpoint_and_the_login_works() {
             ("token", "discovery"),
             ("introspection", "discovery"),
             ("revocation", "discovery"),
+            ("device_authorization", "discovery"),
         ])
     );
     let shown = stdout(&d.tokenctl(&["show", "up"]));
@@ -94,6 +99,7 @@ fn an_issuer_fills_in_every_endpoint_and_the_login_works() {
         format!("{i}/auth (discovery)"),
         format!("{i}/token/introspection (discovery)"),
         format!("{i}/token/revocation (discovery)"),
+        format!("{i}/device/auth (discovery)"),
         format!("{i} (flag)"),
     ] {
         assert!(shown.contains(&line), "no {line:?} in:\n{shown}");
@@ -232,7 +238,9 @@ fn client_credentials_with_an_issuer_get_a_token() {
 
 #[test]
 fn a_preset_issuer_is_discovered_and_preset_urls_fill_only_the_gaps() {
-    let idp = OidcServer::start(60);
+    // Without the device flow, the document lists no device authorization
+    // endpoint: the gap the preset fills.
+    let idp = OidcServer::start_with(60, &[("DEVICE_FLOW", "0")]);
     let host = idp.issuer.trim_start_matches("http://").to_string();
     let d = Daemon::start_with(Options {
         config: Some(

@@ -83,7 +83,7 @@ pub async fn resolve<'a>(
     )?;
     let device_authorization_url = pick.pick(
         (DEVICE_AUTHORIZATION, "the device authorization URL"),
-        None,
+        req.device_authorization_url.as_ref(),
         found.and_then(|m| m.device_authorization_endpoint.as_ref()),
         template(|p| &p.device_authorization_url),
     )?;

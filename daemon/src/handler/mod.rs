@@ -104,6 +104,17 @@ async fn administer(
         } => Ok(Response::Message(
             login::finish(shared, login_id, redirect_url, peer.uid).await?,
         )),
+        Request::DeviceLoginStart { name } => {
+            let cred = known(shared, name)?;
+            let challenge = login::device::start(shared, &cred, peer.uid).await?;
+            Ok(Response::DeviceLogin(challenge))
+        }
+        Request::DeviceLoginFinish {
+            login_id,
+            timeout_secs,
+        } => Ok(Response::Message(
+            login::device::finish(shared, login_id, *timeout_secs, peer.uid).await?,
+        )),
         _ => Err(Error::Internal(format!(
             "{} is not an administrative request",
             request.verb()

@@ -5,9 +5,13 @@
 //! started for: a redirect without the right `state` (anyone on the machine
 //! can hit the loopback listener) changes nothing, and a credential removed
 //! or replaced meanwhile is never completed into.
+//!
+//! The device authorization grant (RFC 8628) is in `device.rs`.
+
+pub mod device;
 
 use crate::error::Error;
-use crate::provider::{self, Grant};
+use crate::provider::{self, Grant, TokenSet};
 use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::state::logins::Pending;
@@ -311,6 +315,20 @@ async fn exchange(
     )
     .await
     .map_err(|e| Error::Provider(format!("the code exchange failed: {e}")))?;
+    commit_login(shared, cred, set, started_ms).await
+}
+
+/// Commits the token set a login obtained (code exchange or device grant)
+/// and publishes it, like a refresh (`Origin::Login`). The caller holds the
+/// credential's refresh lock and checked that it is still the registered
+/// one. Answers the sentence the user sees.
+async fn commit_login(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    set: TokenSet,
+    started_ms: i64,
+) -> Result<String, Error> {
+    let policy = shared.config().refresh.clone();
     let has_refresh = set.refresh_token.is_some();
     let update = token_update(cred, set, started_ms, &policy);
     let expires = update.expires_at;

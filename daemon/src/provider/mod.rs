@@ -31,7 +31,12 @@ pub enum Grant<'a> {
     ClientCredentials {
         scopes: &'a [String],
     },
+    /// A poll of the device authorization grant (RFC 8628 §3.4).
+    DeviceCode(&'a Secret),
 }
+
+/// RFC 8628 §3.4's grant type.
+pub const DEVICE_CODE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 /// A successful token response.
 #[derive(Debug)]
@@ -181,8 +186,113 @@ fn grant_form<'a>(grant: &Grant<'a>, scope: &'a str) -> Vec<(&'static str, &'a s
                 form.push(("scope", scope));
             }
         }
+        Grant::DeviceCode(device_code) => {
+            form.push(("grant_type", DEVICE_CODE_GRANT));
+            form.push(("device_code", device_code.expose()));
+        }
     }
     form
+}
+
+/// The device authorization response (RFC 8628 §3.2). `device_code` never
+/// leaves the daemon.
+#[derive(Debug)]
+pub struct DeviceAuthorization {
+    pub device_code: Secret,
+    pub user_code: String,
+    pub verification_uri: String,
+    pub verification_uri_complete: Option<String>,
+    /// Seconds the codes live.
+    pub expires_in: u64,
+    /// Seconds between polls: the provider's, or RFC 8628's default of 5.
+    pub interval: u64,
+}
+
+/// Asks the device authorization endpoint for a device and user code
+/// (RFC 8628 §3.1): `client_id` and the scope, authenticated as at the
+/// token endpoint. Any failure is a sentence for the user; nothing was
+/// granted, so nothing is in doubt.
+pub async fn device_authorization(
+    http: &reqwest::Client,
+    url: &str,
+    endpoint: &Endpoint<'_>,
+    scopes: &[String],
+    timeout: Duration,
+) -> Result<DeviceAuthorization, String> {
+    let host = crate::provider::http::host_of(url);
+    let scope = scopes.join(" ");
+    let mut form: Vec<(&str, &str)> = Vec::with_capacity(4);
+    if !scope.is_empty() {
+        form.push(("scope", &scope));
+    }
+    // With Basic, the client is named by the header (RFC 6749 §2.3.1).
+    let builder = authenticated(http.post(url).timeout(timeout), endpoint, &mut form);
+    let response = builder
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| format!("device authorization endpoint {host}: {}", describe(&e)))?;
+    let status = response.status();
+    let body = read_limited(response)
+        .await
+        .map_err(|e| format!("device authorization endpoint {host}: {e}"))?;
+    parse_device_authorization(status.as_u16(), &body)
+        .map_err(|e| format!("device authorization endpoint {host}: {e}"))
+}
+
+/// Reads a device authorization answer: the codes, or the provider's error.
+pub fn parse_device_authorization(status: u16, body: &[u8]) -> Result<DeviceAuthorization, String> {
+    #[derive(Deserialize)]
+    struct Raw {
+        device_code: Option<String>,
+        user_code: Option<String>,
+        verification_uri: Option<String>,
+        /// Google's pre-RFC name.
+        verification_url: Option<String>,
+        verification_uri_complete: Option<String>,
+        expires_in: Option<serde_json::Value>,
+        interval: Option<serde_json::Value>,
+    }
+    if status != 200 {
+        return Err(match serde_json::from_slice::<RawError>(body) {
+            Ok(e) => permanent_message(
+                &sanitize(&e.error),
+                e.error_description.map(|d| sanitize(&d)).as_deref(),
+            ),
+            Err(_) => format!("answered HTTP {status}"),
+        });
+    }
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|_| "answered 200 without a JSON device authorization".to_string())?;
+    let missing = |field: &str| format!("answered without `{field}`");
+    let secs = |v: Option<&serde_json::Value>| match v.map(parse_expires_in) {
+        Some(ExpiresIn::Secs(n)) if n > 0 => Some(n as u64),
+        _ => None,
+    };
+    let device_code = raw
+        .device_code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| missing("device_code"))?;
+    let user_code = raw
+        .user_code
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| missing("user_code"))?;
+    let verification_uri = raw
+        .verification_uri
+        .or(raw.verification_url)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| missing("verification_uri"))?;
+    Ok(DeviceAuthorization {
+        device_code: Secret::new(device_code),
+        user_code: sanitize(&user_code),
+        verification_uri: web_url(&verification_uri)
+            .ok_or("answered with a `verification_uri` that is not an http(s) URL")?,
+        verification_uri_complete: raw.verification_uri_complete.as_deref().and_then(web_url),
+        // RFC 8628 §3.2 requires expires_in; a provider that leaves it out
+        // gets the usual 10 minutes.
+        expires_in: secs(raw.expires_in.as_ref()).unwrap_or(600),
+        interval: secs(raw.interval.as_ref()).unwrap_or(5),
+    })
 }
 
 /// Adds the client's authentication (RFC 6749 §2.3.1) to a request to the
@@ -401,6 +511,15 @@ fn parse_expires_in(v: &serde_json::Value) -> ExpiresIn {
 }
 
 /// Provider text goes into logs and messages: keep it short and printable.
+/// `text` if it is an absolute http(s) URL: the user opens it, and tokenctl
+/// may hand it to a browser.
+fn web_url(text: &str) -> Option<String> {
+    url::Url::parse(text.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .map(String::from)
+}
+
 fn sanitize(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
@@ -408,6 +527,32 @@ fn sanitize(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_authorization_is_read_with_defaults_and_only_web_urls() {
+        let d = parse_device_authorization(
+            200,
+            br#"{"device_code":"dc","user_code":"AB-CD","verification_uri":"https://idp/device","verification_uri_complete":"https://idp/device?user_code=AB-CD","expires_in":"300"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (d.user_code.as_str(), d.expires_in, d.interval),
+            ("AB-CD", 300, 5)
+        );
+        assert_eq!(
+            d.verification_uri_complete.as_deref(),
+            Some("https://idp/device?user_code=AB-CD")
+        );
+        let hostile =
+            br#"{"device_code":"dc","user_code":"x","verification_uri":"file:///etc/passwd"}"#;
+        assert!(
+            parse_device_authorization(200, hostile)
+                .unwrap_err()
+                .contains("http(s)")
+        );
+        let refused = parse_device_authorization(400, br#"{"error":"unauthorized_client"}"#);
+        assert!(refused.unwrap_err().contains("unauthorized_client"));
+    }
 
     #[test]
     fn token_response_is_parsed_with_optional_fields() {

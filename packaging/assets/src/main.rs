@@ -127,4 +127,25 @@ mod tests {
         );
         std::fs::remove_dir_all(&out).unwrap();
     }
+
+    #[test]
+    fn the_device_login_flags_are_in_the_pages_and_completions() {
+        let out = std::env::temp_dir().join(format!("tokend-assets-dev-{}", std::process::id()));
+        write_all(&out).unwrap();
+        let read = |file: &str| std::fs::read_to_string(out.join(file)).unwrap();
+        let login = read("man/tokenctl-login.1");
+        assert!(login.contains("\\-\\-device"), "{login}");
+        let add = read("man/tokenctl-add-oauth2.1");
+        assert!(add.contains("\\-\\-device\\-auth\\-url"), "{add}");
+        for (file, device) in [
+            ("completions/bash/tokenctl", "--device "),
+            ("completions/zsh/_tokenctl", "'--device["),
+            ("completions/fish/tokenctl.fish", "-l device "),
+        ] {
+            let text = read(file);
+            assert!(text.contains("device-auth-url"), "{file}");
+            assert!(text.contains(device), "{file} lacks {device:?}");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }

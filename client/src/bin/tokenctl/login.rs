@@ -1,5 +1,7 @@
 //! `tokenctl login`: print the authorize URL, then catch the redirect on a
-//! loopback listener (RFC 8252) or read the pasted redirect URL.
+//! loopback listener (RFC 8252) or read the pasted redirect URL; or, with
+//! `--device`, print the verification URL and user code (RFC 8628) and wait
+//! while the daemon polls.
 //!
 //! Any local process can reach the loopback listener. Only a request that
 //! carries this login's `state` is the provider's answer and is passed on to
@@ -144,11 +146,48 @@ pub fn run(
     }
 }
 
+/// `tokenctl login NAME --device` (RFC 8628): prints the verification URL
+/// alone on stdout's first line and the user code on the second (scripts
+/// read them), then waits while the daemon polls the provider.
+pub fn device(
+    client: &mut Client,
+    name: &str,
+    no_browser: bool,
+    timeout: u64,
+) -> Result<String, LoginError> {
+    let challenge = client.device_login_start(name)?;
+    let url = challenge
+        .verification_uri_complete
+        .as_deref()
+        .unwrap_or(&challenge.verification_uri);
+    crate::output::out!("{url}");
+    crate::output::out!("{}", challenge.user_code);
+    let _ = std::io::stdout().flush();
+    let minutes = ((challenge.expires_at - now_secs()).max(0) as u64).div_ceil(60);
+    eprintln!(
+        "Open the URL above on any device, check that it shows the code {} (or enter it at {}), and approve. The code expires in {minutes} min; waiting for the approval…",
+        challenge.user_code, challenge.verification_uri
+    );
+    open_browser(url, no_browser);
+    Ok(client.device_login_finish(&challenge.login_id, Duration::from_secs(timeout))?)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Prints the URL alone on stdout's first line (scripts read it), hints on stderr.
 fn announce(url: &str, no_browser: bool) {
     crate::output::out!("{url}");
     let _ = std::io::stdout().flush();
     eprintln!("Open the URL above in a browser and approve the access.");
+    open_browser(url, no_browser);
+}
+
+/// Tries to open `url` in a browser, on a graphical session only.
+fn open_browser(url: &str, no_browser: bool) {
     let graphical =
         std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
     if !no_browser && graphical {

@@ -73,6 +73,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let json = cli.json;
     match cli.command {
         Command::Add(add) => say(&client.add(build_add(add)?)?),
+        Command::Login(args) if args.device => say(&login::device(
+            &mut client,
+            &args.name,
+            args.no_browser,
+            args.timeout,
+        )?),
         Command::Login(args) => say(&login::run(
             &mut client,
             &args.name,
@@ -237,6 +243,7 @@ fn oauth_request(o: OAuthCommon) -> OAuth2Request {
         token_url: o.token_url,
         issuer: o.issuer,
         introspection_url: o.introspection_url,
+        device_authorization_url: None,
         client_id: o.client_id,
         scopes: o.scopes,
         redirect_uri: None,
@@ -281,6 +288,7 @@ fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
             let mut req = oauth_request(o.oauth);
             req.auth_url = o.auth_url;
             req.redirect_uri = o.redirect_uri;
+            req.device_authorization_url = o.device_auth_url;
             // PKCE S256 unless refused: `--pkce` only restates the default.
             req.pkce = !o.no_pkce;
             req.extra_params = o.params;
