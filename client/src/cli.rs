@@ -71,6 +71,7 @@ pub enum Command {
     /// and, when the token expires, `status.expirationTimestamp`. Use it in a
     /// kubeconfig's `users[].user.exec` (see the README).
     ExecCredential {
+        /// The credential whose token kubectl gets.
         name: String,
     },
     /// Report that the API refused the token: refresh now.
@@ -223,6 +224,7 @@ pub struct LoginArgs {
 
 #[derive(Args, Debug)]
 pub struct GitCredentialArgs {
+    /// The credential whose token git gets.
     pub name: String,
     /// What git asks for: get, store or erase (added by git; others are ignored).
     #[arg(value_name = "OPERATION")]

@@ -90,9 +90,18 @@ fn git_credential_fill_through_real_git_prints_the_token() {
     // --username, and a username in git's request, are answered as given.
     let named = format!("{} --username oauth2", helper("forge"));
     let text = stdout(&git(&d, &[named], &["credential", "fill"], REQUEST));
-    assert_eq!(field(&text, "username").as_deref(), Some("oauth2"), "{text}");
+    assert_eq!(
+        field(&text, "username").as_deref(),
+        Some("oauth2"),
+        "{text}"
+    );
     let request = "protocol=https\nhost=git.example.test\nusername=alice\n\n";
-    let text = stdout(&git(&d, &[helper("forge")], &["credential", "fill"], request));
+    let text = stdout(&git(
+        &d,
+        &[helper("forge")],
+        &["credential", "fill"],
+        request,
+    ));
     assert_eq!(field(&text, "username").as_deref(), Some("alice"), "{text}");
 }
 
@@ -106,7 +115,10 @@ fn git_credential_with_authtype_answers_a_bearer_credential() {
     let text = stdout(&out);
     assert!(text.lines().any(|l| l == "capability[]=authtype"), "{text}");
     assert_eq!(field(&text, "authtype").as_deref(), Some("Bearer"));
-    assert_eq!(field(&text, "credential").as_deref(), Some("forge-token-123"));
+    assert_eq!(
+        field(&text, "credential").as_deref(),
+        Some("forge-token-123")
+    );
     assert!(field(&text, "password").is_none(), "{text}");
 
     if !git_has_authtype() {
@@ -116,8 +128,15 @@ fn git_credential_with_authtype_answers_a_bearer_credential() {
     let out = git(&d, &[helper("forge")], &["credential", "fill"], request);
     assert_ok(&out);
     let text = stdout(&out);
-    assert_eq!(field(&text, "authtype").as_deref(), Some("Bearer"), "{text}");
-    assert_eq!(field(&text, "credential").as_deref(), Some("forge-token-123"));
+    assert_eq!(
+        field(&text, "authtype").as_deref(),
+        Some("Bearer"),
+        "{text}"
+    );
+    assert_eq!(
+        field(&text, "credential").as_deref(),
+        Some("forge-token-123")
+    );
 }
 
 #[test]
@@ -166,7 +185,8 @@ fn git_credential_for_an_unknown_credential_fails_so_git_asks_the_next_helper() 
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
 
-    let fallback = "!f() { echo username=next; echo password=from-the-next-helper; }; f".to_string();
+    let fallback =
+        "!f() { echo username=next; echo password=from-the-next-helper; }; f".to_string();
     let out = git(
         &d,
         &[helper("nosuch"), fallback],
@@ -266,7 +286,10 @@ fn exec_credential_answers_in_the_version_kubernetes_exec_info_asks_for() {
 
 #[test]
 fn help_lists_the_integrations() {
-    let out = Command::new(bin("tokenctl")).arg("--help").output().unwrap();
+    let out = Command::new(bin("tokenctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = stdout(&out);
     for command in ["git-credential", "exec-credential"] {
         assert!(help.contains(command), "{help}");

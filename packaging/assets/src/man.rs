@@ -103,7 +103,7 @@ const TOKENCTL: &[Section] = &[
         &[
             (
                 "TOKEND_SOCKET",
-            "The daemon's socket, as --socket. Default: the user's daemon \
+                "The daemon's socket, as --socket. Default: the user's daemon \
              ($XDG_RUNTIME_DIR/tokend/tokend.sock), then the system's (/run/tokend/tokend.sock).",
             ),
             (

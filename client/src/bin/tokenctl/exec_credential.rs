@@ -88,8 +88,10 @@ mod tests {
             api_version(Some(info)).unwrap(),
             "client.authentication.k8s.io/v1beta1"
         );
-        let e = api_version(Some(r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1"}"#))
-            .unwrap_err();
+        let e = api_version(Some(
+            r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1"}"#,
+        ))
+        .unwrap_err();
         assert!(e.contains("v1alpha1") && e.contains("/v1beta1"), "{e}");
         assert!(api_version(Some("{")).is_err());
     }
@@ -101,9 +103,11 @@ mod tests {
             expires_at,
             generation: 1,
         };
-        let v: serde_json::Value =
-            serde_json::from_str(&render("client.authentication.k8s.io/v1", &reply(Some(1_800_000_000))))
-                .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&render(
+            "client.authentication.k8s.io/v1",
+            &reply(Some(1_800_000_000)),
+        ))
+        .unwrap();
         assert_eq!(v["kind"], "ExecCredential");
         assert_eq!(v["status"]["token"], "tok");
         assert_eq!(v["status"]["expirationTimestamp"], "2027-01-15T08:00:00Z");

@@ -98,7 +98,9 @@ pub fn answer(
 ) -> Result<Zeroizing<String>, String> {
     let token = reply.token.expose();
     if token.contains(['\n', '\r', '\0']) {
-        return Err("the token contains a line break or NUL, which git's protocol cannot carry".into());
+        return Err(
+            "the token contains a line break or NUL, which git's protocol cannot carry".into(),
+        );
     }
     let mut out = Zeroizing::new(String::new());
     if request.can("authtype") {
@@ -180,7 +182,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_ignored() {
-        let r = parse_str("wwwauth[]=Bearer realm=x\nstate[]=a=b\nfuture-key=1\npath=\n\n").unwrap();
+        let r =
+            parse_str("wwwauth[]=Bearer realm=x\nstate[]=a=b\nfuture-key=1\npath=\n\n").unwrap();
         assert!(r.capabilities.is_empty() && r.username.is_none() && r.token.is_none());
     }
 
@@ -197,7 +200,10 @@ mod tests {
     fn oversized_or_malformed_requests_are_refused_without_quoting_them() {
         let big = format!("password={}\n\n", "s".repeat(MAX_REQUEST));
         let e = parse_str(&big).err().unwrap();
-        assert!(e.contains("larger than 64 KiB") && !e.contains("sss"), "{e}");
+        assert!(
+            e.contains("larger than 64 KiB") && !e.contains("sss"),
+            "{e}"
+        );
         // The cap counts bytes up to the blank line only.
         let mut input = format!("host=h\n\n{}", "x".repeat(2 * MAX_REQUEST));
         assert!(parse(&mut input.as_bytes(), MAX_REQUEST).is_ok());

@@ -312,6 +312,9 @@ mod tests {
             let text = relative(1_000 + offset, 1_000);
             assert!(!text.starts_with("in "), "{offset}: {text}");
         }
-        assert_eq!(relative(i64::MIN, i64::MAX), format!("{} ago", span(i64::MAX)));
+        assert_eq!(
+            relative(i64::MIN, i64::MAX),
+            format!("{} ago", span(i64::MAX))
+        );
     }
 }
