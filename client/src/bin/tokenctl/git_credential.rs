@@ -132,8 +132,17 @@ pub fn answer(
 /// of helpers, without connecting.
 pub fn run(cli: &Cli, args: &GitCredentialArgs) -> Result<(), Failure> {
     let stdin = std::io::stdin();
+    let operation = args.operation.as_str();
+    if !matches!(operation, "get" | "erase") {
+        // Drained (up to the cap) so that git never writes into a closed pipe.
+        let _ = std::io::copy(
+            &mut stdin.lock().take(MAX_REQUEST as u64),
+            &mut std::io::sink(),
+        );
+        return Ok(());
+    }
     let request = parse(&mut stdin.lock(), MAX_REQUEST)?;
-    match args.operation.as_str() {
+    match operation {
         "get" => {
             let reply = crate::connect(cli)?.token_reply(&args.name, 0)?;
             let text = answer(&request, &reply, args.username.as_deref())?;
