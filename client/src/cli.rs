@@ -54,6 +54,27 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// git's credential helper: answers git's `get` with the token (see `git help credential`).
+    ///
+    /// Use it with `git config credential.https://HOST.helper '!tokenctl git-credential NAME'`.
+    /// git adds the operation: `get` prints the token (as `authtype=Bearer` and
+    /// `credential=` when git offers `capability[]=authtype`, otherwise as
+    /// `username=` and `password=`); `erase`, which git sends after the server
+    /// refused a credential, reports that token as rejected (refreshing it, or
+    /// nothing if it was already replaced); `store` and any other operation are
+    /// ignored. On an unknown or unusable credential it exits non-zero with
+    /// the reason on stderr, and git asks its next helper.
+    GitCredential(GitCredentialArgs),
+    /// kubectl's exec credential plugin: print an ExecCredential with the token.
+    ///
+    /// The JSON (`client.authentication.k8s.io/v1`, or the `apiVersion` that
+    /// `$KUBERNETES_EXEC_INFO` asks for: v1 or v1beta1) carries `status.token`
+    /// and, when the token expires, `status.expirationTimestamp`. Use it in a
+    /// kubeconfig's `users[].user.exec` (see the README).
+    ExecCredential {
+        /// The credential whose token kubectl gets.
+        name: String,
+    },
     /// Report that the API refused the token: refresh now.
     Reject {
         name: String,
@@ -208,6 +229,19 @@ pub struct LoginArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct GitCredentialArgs {
+    /// The credential whose token git gets.
+    pub name: String,
+    /// What git asks for: get, store or erase (added by git; others are ignored).
+    #[arg(value_name = "OPERATION")]
+    pub operation: String,
+    /// The username to answer with (default: the one in git's request, else "tokend").
+    /// Most servers ignore it for a token; GitLab wants "oauth2".
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
 }
 
 #[derive(Args, Debug)]

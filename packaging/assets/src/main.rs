@@ -112,6 +112,8 @@ mod tests {
             "completions/fish/tokenctl.fish",
             "man/tokend.8",
             "man/tokenctl-add-oauth2.1",
+            "man/tokenctl-git-credential.1",
+            "man/tokenctl-exec-credential.1",
         ] {
             assert!(out.join(file).is_file(), "{file} was not written");
         }
@@ -125,6 +127,21 @@ mod tests {
             bash.contains("client-credentials"),
             "subcommands are completed"
         );
+        for shell_file in [
+            "completions/bash/tokenctl",
+            "completions/zsh/_tokenctl",
+            "completions/fish/tokenctl.fish",
+        ] {
+            let text = std::fs::read_to_string(out.join(shell_file)).unwrap();
+            for command in ["git-credential", "exec-credential"] {
+                assert!(text.contains(command), "{shell_file} lacks {command}");
+            }
+        }
+        for command in ["git\\-credential", "exec\\-credential"] {
+            assert!(page.contains(command), "tokenctl.1 lacks {command}");
+        }
+        let git = std::fs::read_to_string(out.join("man/tokenctl-git-credential.1")).unwrap();
+        assert!(git.contains("\\-\\-username"), "{git}");
         std::fs::remove_dir_all(&out).unwrap();
     }
 

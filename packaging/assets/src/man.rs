@@ -100,11 +100,18 @@ const TOKENCTL: &[Section] = &[
     ),
     (
         "ENVIRONMENT",
-        &[(
-            "TOKEND_SOCKET",
-            "The daemon's socket, as --socket. Default: the user's daemon \
+        &[
+            (
+                "TOKEND_SOCKET",
+                "The daemon's socket, as --socket. Default: the user's daemon \
              ($XDG_RUNTIME_DIR/tokend/tokend.sock), then the system's (/run/tokend/tokend.sock).",
-        )],
+            ),
+            (
+                "KUBERNETES_EXEC_INFO",
+                "Set by kubectl for exec-credential: its apiVersion (client.authentication.k8s.io/v1, \
+                 the default, or v1beta1) is the version of the ExecCredential printed.",
+            ),
+        ],
     ),
     (
         "EXAMPLES",
@@ -124,6 +131,15 @@ const TOKENCTL: &[Section] = &[
             (
                 "tokenctl exec uptempo -- ./sync.sh",
                 "Run a program with the token in $TOKEND_TOKEN.",
+            ),
+            (
+                "git config --global credential.https://git.example.com.helper '!tokenctl git-credential forge'",
+                "Let git ask tokend for the token of git.example.com (see tokenctl-git-credential(1)).",
+            ),
+            (
+                "command: tokenctl, args: [exec-credential, kube]",
+                "In a kubeconfig's users[].user.exec (apiVersion client.authentication.k8s.io/v1, \
+                 interactiveMode: Never): kubectl gets the token as an ExecCredential.",
             ),
         ],
     ),

@@ -134,6 +134,10 @@ pub fn run(
                 "Waiting for the browser to come back to {uri} (from another machine: ssh -L {port}:127.0.0.1:{port} this-host)",
                 port = bound.port()
             );
+            let _countdown = crate::countdown::Countdown::start(
+                "Waiting for the browser to come back",
+                deadline,
+            );
             let expected = state_of(&challenge.authorize_url)?;
             let listener = Listener {
                 server: &server,
@@ -313,8 +317,8 @@ fn serve_redirect(
                 continue;
             }
             Arrival::Stray => {
-                eprintln!(
-                    "Ignored a request to the redirect listener without this login's state; still waiting."
+                crate::countdown::note(
+                    "Ignored a request to the redirect listener without this login's state; still waiting.",
                 );
                 let _ = request.respond(
                     page(

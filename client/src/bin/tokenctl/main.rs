@@ -3,6 +3,9 @@
 //! Blocking and runtime-free so that `tokenctl token NAME` costs little more
 //! than a process spawn and one socket round trip.
 
+mod countdown;
+mod exec_credential;
+mod git_credential;
 mod login;
 mod output;
 mod secret_input;
@@ -69,6 +72,13 @@ fn say(message: &str) {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
+    // The helpers for other tools connect only when they need the daemon
+    // (git's `store` does not).
+    match &cli.command {
+        Command::GitCredential(args) => return git_credential::run(&cli, args),
+        Command::ExecCredential { name } => return exec_credential::run(&cli, name),
+        _ => {}
+    }
     let mut client = connect(&cli)?;
     let json = cli.json;
     match cli.command {
@@ -147,6 +157,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 output::status(&status)
             }
         }
+        Command::GitCredential(_) | Command::ExecCredential { .. } => unreachable!("run above"),
         Command::Allow(p) => say(&client.set_allowed(&p.name, principal(&p.who)?, true)?),
         Command::Deny(p) => say(&client.set_allowed(&p.name, principal(&p.who)?, false)?),
     }
@@ -157,6 +168,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
 fn print_line(text: &str) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{text}")
+        .and_then(|_| out.flush())
+        .map_err(|e| Failure::from(format!("cannot write the output: {e}")))
+}
+
+/// Writes `text` to stdout as it is, in one write where it fits.
+fn print_text(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
         .and_then(|_| out.flush())
         .map_err(|e| Failure::from(format!("cannot write the output: {e}")))
 }

@@ -27,17 +27,45 @@ use tokend_client::{
 fn when(t: Option<i64>) -> String {
     let Some(t) = t else { return "-".into() };
     let at = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
-    let now = tokend_now();
-    let rel = if t >= now {
-        format!("in {}", span(t - now))
-    } else {
-        format!("{} ago", span(now - t))
-    };
-    format!("{} ({rel})", humantime::format_rfc3339_seconds(at))
+    format!(
+        "{} ({})",
+        humantime::format_rfc3339_seconds(at),
+        relative(t, tokend_now())
+    )
 }
 
+/// How far `t` is from `now`, as people say it: "in 4m", "2m ago", "just
+/// now" (a moment in the last few seconds, or this very second).
+pub fn relative(t: i64, now: i64) -> String {
+    const JUST_NOW: i64 = 5;
+    let d = t.saturating_sub(now);
+    if d == 0 || (d < 0 && d > -JUST_NOW) {
+        "just now".into()
+    } else if d > 0 {
+        format!("in {}", span(d))
+    } else {
+        format!("{} ago", span(d.saturating_neg()))
+    }
+}
+
+/// A duration in its two largest units, rounded down: "45s", "4m",
+/// "1h 5m", "3d 2h" (the seconds of a span of minutes say nothing useful).
 fn span(secs: i64) -> String {
-    humantime::format_duration(Duration::from_secs(secs as u64)).to_string()
+    let s = secs.max(0);
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    let two = |big: i64, a: &str, small: i64, b: &str| {
+        if small == 0 {
+            format!("{big}{a}")
+        } else {
+            format!("{big}{a} {small}{b}")
+        }
+    };
+    match s {
+        ..60 => format!("{s}s"),
+        60..3600 => format!("{m}m"),
+        3600..86_400 => two(h, "h", m, "m"),
+        _ => two(d, "d", h, "h"),
+    }
 }
 
 fn tokend_now() -> i64 {
@@ -76,7 +104,7 @@ pub fn list(items: &[CredentialInfo]) {
     for c in items {
         let expires = c
             .expires_at
-            .map(|e| format!("in {}", span((e - tokend_now()).max(0))))
+            .map(|e| relative(e, tokend_now()))
             .unwrap_or_else(|| "-".into());
         out!(
             "{:<24} {:<19} {:<12} {:<22} {}",
@@ -249,4 +277,44 @@ pub fn status(s: &DaemonStatus) {
 
 pub fn check(r: &CheckReport) {
     out!("{}", r.message);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        let now = 1_800_000_000;
+        let cases = [
+            (0, "just now"),
+            (-1, "just now"),
+            (-4, "just now"),
+            (-5, "5s ago"),
+            (-120, "2m ago"),
+            (-179, "2m ago"),
+            (1, "in 1s"),
+            (59, "in 59s"),
+            (299, "in 4m"),
+            (3600, "in 1h"),
+            (3900, "in 1h 5m"),
+            (-(2 * 86_400 + 3 * 3600 + 59), "2d 3h ago"),
+            (86_400, "in 1d"),
+        ];
+        for (offset, text) in cases {
+            assert_eq!(relative(now + offset, now), text, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn a_past_moment_is_never_in_the_future() {
+        for offset in -100_000..=0 {
+            let text = relative(1_000 + offset, 1_000);
+            assert!(!text.starts_with("in "), "{offset}: {text}");
+        }
+        assert_eq!(
+            relative(i64::MIN, i64::MAX),
+            format!("{} ago", span(i64::MAX))
+        );
+    }
 }
