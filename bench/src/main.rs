@@ -15,9 +15,11 @@ mod client;
 mod daemon;
 mod fake_provider;
 mod fixtures;
+mod http;
 mod ipc;
 mod measure;
 mod procfs;
+mod python;
 mod report;
 mod scale;
 mod spawn;
@@ -51,6 +53,10 @@ pub struct Args {
     /// Seconds each throughput shape runs, per endpoint.
     #[arg(long, default_value_t = 2.0)]
     duration: f64,
+    /// Timed `token()` calls of the Python client, per server (in two
+    /// alternating halves).
+    #[arg(long, default_value_t = 4_000)]
+    python_iters: usize,
     /// Runs of `tokenctl token` and of `/bin/true`.
     #[arg(long, default_value_t = 200)]
     spawn_runs: usize,
@@ -117,6 +123,9 @@ enum Mode {
         hello_reply_len: usize,
         reply_len: usize,
     },
+    /// The bare HTTP server (started by the benchmark itself).
+    #[command(hide = true)]
+    HttpServer { socket: PathBuf, answer: PathBuf },
 }
 
 impl Args {
@@ -126,6 +135,7 @@ impl Args {
         self.latency_iters = 2_000;
         self.duration = 0.4;
         self.spawn_runs = 30;
+        self.python_iters = 400;
         self.scale_credentials = 5_000;
         self.idle_credentials = 1_000;
         self.idle_secs = 3.0;
@@ -147,6 +157,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("echo server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Mode::HttpServer { socket, answer }) = &args.mode {
+        return match http::serve(socket, answer) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bare HTTP server: {e}");
                 ExitCode::FAILURE
             }
         };
