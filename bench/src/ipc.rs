@@ -170,6 +170,17 @@ fn http(args: &Args, daemon: &Daemon, names: &[String], report: &mut Report) -> 
             String::from_utf8_lossy(&answer.body)
         ));
     }
+    report.notes.push(format!(
+        "HTTP: the bare server answers {} with {} and a {}-byte body, as tokend did",
+        answer.status,
+        answer
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        answer.body.len()
+    ));
     let bare = BareServer::start(&answer)?;
     let tokend = HttpEndpoint::new(&socket, names, answer.body.len());
     let baseline = HttpEndpoint::new(&bare.socket, names, answer.body.len());
