@@ -182,6 +182,12 @@ impl BareServer {
     }
 }
 
+impl BareServer {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for BareServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
