@@ -6,6 +6,7 @@ use crate::baseline::{EchoEndpoint, EchoServer, Frames};
 use crate::binaries::sibling_binary;
 use crate::client::TokendEndpoint;
 use crate::daemon::{Daemon, Setup};
+use crate::http::{Answer, BareServer, HttpEndpoint};
 use crate::measure::{Shape, latency_pair, throughput_pair};
 use crate::report::{Goal, Report, Row};
 use crate::{Args, fixtures};
@@ -45,6 +46,8 @@ pub fn run(args: &Args, report: &mut Report) -> Result<(), String> {
     latency(args, &tokend, &baseline, report)?;
     throughput(args, &tokend, &baseline, report)?;
     spawn(args, &daemon, report)?;
+    drop(echo);
+    http(args, &daemon, &tokend.names, report)?;
     let problems = daemon.problems();
     if !problems.is_empty() {
         report.errors.push(format!(
@@ -150,4 +153,129 @@ fn spawn(args: &Args, daemon: &Daemon, report: &mut Report) -> Result<(), String
         Goal::DiffAtMost(1.0),
     ));
     Ok(())
+}
+
+/// The HTTP/JSON API on `http.sock` against the bare hyper server answering
+/// the same bytes: latency on a kept-alive connection, 16 clients, and the
+/// Python client's `token()` against both.
+fn http(args: &Args, daemon: &Daemon, names: &[String], report: &mut Report) -> Result<(), String> {
+    let socket = daemon.socket().with_file_name("http.sock");
+    let answer = Answer::capture(&socket, &names[0])?;
+    if answer.status != 200 {
+        return Err(format!(
+            "GET /v1/credentials/{}/token on {} answered {}: {}",
+            names[0],
+            socket.display(),
+            answer.status,
+            String::from_utf8_lossy(&answer.body)
+        ));
+    }
+    report.notes.push(format!(
+        "HTTP: the bare server answers {} with {} and a {}-byte body, as tokend did",
+        answer.status,
+        answer
+            .headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        answer.body.len()
+    ));
+    let bare = BareServer::start(&answer)?;
+    let tokend = HttpEndpoint::new(&socket, names, answer.body.len());
+    let baseline = HttpEndpoint::new(&bare.socket, names, answer.body.len());
+    progress!(
+        "http: latency, kept-alive connection ({} byte answers)",
+        answer.body.len()
+    );
+    let (t, b) = latency_pair(
+        &tokend,
+        &baseline,
+        Shape::Persistent,
+        args.latency_iters,
+        args.rounds,
+    )?;
+    report.push(Row::new(
+        "HTTP kept-alive connection: p50",
+        "us",
+        t.p50_us,
+        Some(b.p50_us),
+        Goal::RatioAtMost(1.5),
+    ));
+    report.push(Row::new(
+        "HTTP kept-alive connection: p99",
+        "us",
+        t.p99_us,
+        Some(b.p99_us),
+        Goal::None,
+    ));
+    progress!("http: throughput, 16 clients");
+    let half = Duration::from_secs_f64(args.duration) / 2;
+    let (pt, pb) = (daemon.pid(), bare.pid());
+    let t1 = throughput_cpu(&tokend, pt, half)?;
+    let b1 = throughput_cpu(&baseline, pb, half)?;
+    let b2 = throughput_cpu(&baseline, pb, half)?;
+    let t2 = throughput_cpu(&tokend, pt, half)?;
+    report.push(Row::new(
+        "HTTP throughput, 16 clients",
+        "req/s",
+        (t1.0 + t2.0) / 2.0,
+        Some((b1.0 + b2.0) / 2.0),
+        Goal::RatioAtLeast(0.7),
+    ));
+    report.push(Row::new(
+        "HTTP server CPU per request, 16 clients",
+        "us",
+        (t1.1 + t2.1) / 2.0,
+        Some((b1.1 + b2.1) / 2.0),
+        Goal::None,
+    ));
+    python(args, &socket, &bare, names.len(), report)
+}
+
+/// The Python client's `token()` per call, against tokend and the bare server.
+fn python(
+    args: &Args,
+    socket: &std::path::Path,
+    bare: &BareServer,
+    n: usize,
+    report: &mut Report,
+) -> Result<(), String> {
+    if let Err(why) = crate::python::available() {
+        report
+            .notes
+            .push(format!("Python client not measured: {why}"));
+        return Ok(());
+    }
+    progress!("http: Python client, {} calls each", args.python_iters);
+    let iters = args.python_iters;
+    let t1 = crate::python::latency(socket, n, iters / 2, args.token_bytes)?;
+    let b1 = crate::python::latency(&bare.socket, n, iters / 2, args.token_bytes)?;
+    let b2 = crate::python::latency(&bare.socket, n, iters / 2, args.token_bytes)?;
+    let t2 = crate::python::latency(socket, n, iters / 2, args.token_bytes)?;
+    let mean = |a: f64, b: f64| (a + b) / 2.0;
+    report.push(Row::new(
+        "Python client token(): p50",
+        "us",
+        mean(t1.p50_us, t2.p50_us),
+        Some(mean(b1.p50_us, b2.p50_us)),
+        Goal::None,
+    ));
+    report.push(Row::new(
+        "Python client token(): p99",
+        "us",
+        mean(t1.p99_us, t2.p99_us),
+        Some(mean(b1.p99_us, b2.p99_us)),
+        Goal::None,
+    ));
+    Ok(())
+}
+
+/// Requests per second with 16 clients for `d`, and the server process's
+/// CPU time (user + system, all threads, from /proc) per request.
+fn throughput_cpu(e: &HttpEndpoint, pid: u32, d: Duration) -> Result<(f64, f64), String> {
+    let before = crate::procfs::cpu_secs(pid)?;
+    let rate = crate::measure::throughput(e, 16, d)?;
+    let cpu = crate::procfs::cpu_secs(pid)? - before;
+    Ok((rate, cpu * 1e6 / (rate * d.as_secs_f64()).max(1.0)))
 }

@@ -27,11 +27,15 @@ mod fake_provider;
 #[cfg(unix)]
 mod fixtures;
 #[cfg(unix)]
+mod http;
+#[cfg(unix)]
 mod ipc;
 #[cfg(unix)]
 mod measure;
 #[cfg(unix)]
 mod procfs;
+#[cfg(unix)]
+mod python;
 #[cfg(unix)]
 mod report;
 #[cfg(unix)]
@@ -72,6 +76,10 @@ pub struct Args {
     /// Seconds each throughput shape runs, per endpoint.
     #[arg(long, default_value_t = 2.0)]
     duration: f64,
+    /// Timed `token()` calls of the Python client, per server (in two
+    /// alternating halves).
+    #[arg(long, default_value_t = 4_000)]
+    python_iters: usize,
     /// Runs of `tokenctl token` and of `/bin/true`.
     #[arg(long, default_value_t = 200)]
     spawn_runs: usize,
@@ -140,6 +148,9 @@ enum Mode {
         hello_reply_len: usize,
         reply_len: usize,
     },
+    /// The bare HTTP server (started by the benchmark itself).
+    #[command(hide = true)]
+    HttpServer { socket: PathBuf, answer: PathBuf },
 }
 
 #[cfg(unix)]
@@ -150,6 +161,7 @@ impl Args {
         self.latency_iters = 2_000;
         self.duration = 0.4;
         self.spawn_runs = 30;
+        self.python_iters = 400;
         self.scale_credentials = 5_000;
         self.idle_credentials = 1_000;
         self.idle_secs = 3.0;
@@ -172,6 +184,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("echo server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Mode::HttpServer { socket, answer }) = &args.mode {
+        return match http::serve(socket, answer) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bare HTTP server: {e}");
                 ExitCode::FAILURE
             }
         };

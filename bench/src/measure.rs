@@ -25,7 +25,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(mut samples: Vec<Duration>) -> Latency {
+    pub fn of(mut samples: Vec<Duration>) -> Latency {
         samples.sort_unstable();
         let at = |p: f64| {
             let i = ((samples.len() as f64 * p).ceil() as usize).clamp(1, samples.len()) - 1;
