@@ -115,7 +115,12 @@ pub(super) fn publish(
     }
     tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
     if previous != CredentialState::Ready && origin == Origin::Refresh {
-        crate::token::notify::transition(shared, &cred.name, CredentialState::Ready, None);
+        crate::token::notify::transition(
+            &shared.config(),
+            &cred.name,
+            CredentialState::Ready,
+            None,
+        );
     }
 }
 

@@ -1,17 +1,18 @@
 //! The optional notify command, run once per state transition (docs/DESIGN.md §4.5).
 
-use crate::state::Shared;
+use crate::config::Config;
 use tokend_proto::CredentialState;
 
-/// Runs the configured command in the background with the credential, the new
-/// state and the reason in its environment. No secret is passed to it.
-pub fn transition(shared: &Shared, name: &str, state: CredentialState, reason: Option<&str>) {
-    let Some(command) = shared.config().notify_command.clone() else {
+/// Runs the configured command (`notify_command` in `config`), if any, in
+/// the background with the credential, the new state and the reason in its
+/// environment. No secret is passed to it.
+pub fn transition(config: &Config, name: &str, state: CredentialState, reason: Option<&str>) {
+    let Some(command) = config.notify_command.as_deref() else {
         return;
     };
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(&command)
+        .arg(command)
         .env("TOKEND_CREDENTIAL", name)
         .env("TOKEND_STATE", state.as_str())
         .env("TOKEND_REASON", reason.unwrap_or(""))
