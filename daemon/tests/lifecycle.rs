@@ -5,51 +5,16 @@ mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
-use support::fake_provider::{FakeProvider, Fault};
+use support::fake_provider::Fault;
+use support::world::{World, row, world};
 use tokend::config::Config;
-use tokend::config::access::Policy;
-use tokend::config::paths::{Overrides, Paths};
 use tokend::error::Error;
-use tokend::state::Shared;
 use tokend::state::credential::Credential;
-use tokend::store::StoredCredential;
-use tokend::store::seal::Sealer;
 use tokend::token;
 use tokend_proto::{
     ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Endpoints, OAuth2Spec,
     Secret,
 };
-
-struct World {
-    shared: Arc<Shared>,
-    fake: FakeProvider,
-    _dir: tempfile::TempDir,
-}
-
-async fn world(lifetime_secs: u64, config: Config) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let overrides = Overrides {
-        db: Some(dir.path().join("t.db")),
-        ..Overrides::default()
-    };
-    let paths = Paths::resolve(false, &overrides);
-    let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
-    let shared = Shared::new(
-        store,
-        paths,
-        config,
-        Policy {
-            daemon_uid: 0,
-            admin_gid: None,
-        },
-    );
-    let fake = FakeProvider::start(lifetime_secs).await;
-    World {
-        shared,
-        fake,
-        _dir: dir,
-    }
-}
 
 fn quick_config() -> Config {
     let mut c = Config::default();
@@ -100,59 +65,15 @@ impl World {
         rt: Option<&str>,
         expires_at: Option<i64>,
     ) -> Arc<Credential> {
-        let stored = StoredCredential {
-            name: name.into(),
-            description: String::new(),
-            spec,
-            owner_uid: 0,
-            allowed: vec![],
-            client_secret: Some(Secret::new("cs")),
-            access_token: at.map(Secret::new),
-            refresh_token: rt.map(Secret::new),
-            generation: 1,
-            expires_at,
-            state: CredentialState::Ready,
-            reason: None,
-            created_at: 0,
-            last_refresh_at: None,
-            last_use_at: None,
-            next_refresh_at: None,
-            last_error: None,
-            last_check: None,
-            refresh_interrupted: false,
-            incarnation: 1,
-        };
-        self.shared.store.insert(&stored, false).unwrap();
-        let cred = Arc::new(Credential::from_stored(stored));
-        self.shared.registry.insert(cred.clone());
+        let mut stored = row(name, spec, CredentialState::Ready);
+        stored.access_token = at.map(Secret::new);
+        stored.refresh_token = rt.map(Secret::new);
+        stored.generation = 1;
+        stored.expires_at = expires_at;
+        let cred = self.register(stored);
         // As at a start: the expiry is anchored on the monotonic clock too.
         token::schedule_loaded(&self.shared);
         cred
-    }
-
-    /// A new daemon on the same store and provider, as after a restart.
-    fn reopen(&self) -> World {
-        let store = tokend::store::open_sqlite(&self.shared.paths.db, Sealer::from_key(&[9u8; 32]))
-            .unwrap();
-        let shared = Shared::new(
-            store,
-            self.shared.paths.clone(),
-            self.shared.config().as_ref().clone(),
-            self.shared.policy(),
-        );
-        let stored = shared.store.load_all().unwrap();
-        shared.registry.extend(
-            stored
-                .into_iter()
-                .map(|s| Arc::new(Credential::from_stored(s)))
-                .collect(),
-        );
-        token::schedule_loaded(&shared);
-        World {
-            shared,
-            fake: self.fake.clone(),
-            _dir: tempfile::tempdir().unwrap(),
-        }
     }
 
     /// Lets the backoff of the last failure pass (both clocks): the

@@ -8,45 +8,19 @@
 mod support;
 
 use std::sync::Arc;
-use support::fake_provider::FakeProvider;
+use support::world::{World, row, world};
 use tokend::config::Config;
-use tokend::config::access::Policy;
-use tokend::config::paths::{Overrides, Paths};
 use tokend::error::Error;
 use tokend::login;
-use tokend::state::Shared;
 use tokend::state::credential::Credential;
-use tokend::store::StoredCredential;
-use tokend::store::seal::Sealer;
-use tokend_proto::{ClientAuth, CredentialSpec, CredentialState, OAuth2Spec, Secret};
+use tokend_proto::{ClientAuth, CredentialSpec, CredentialState, OAuth2Spec};
 
 const REDIRECT: &str = "http://127.0.0.1:5000/callback";
 
-struct World {
-    shared: Arc<Shared>,
-    fake: FakeProvider,
-    _dir: tempfile::TempDir,
-}
-
-async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let overrides = Overrides {
-        db: Some(dir.path().join("t.db")),
-        ..Overrides::default()
-    };
-    let paths = Paths::resolve(false, &overrides);
-    let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[9u8; 32])).unwrap();
+async fn login_world() -> World {
     let mut config = Config::default();
     config.refresh.http_timeout_secs = 1;
-    let policy = Policy {
-        daemon_uid: 0,
-        admin_gid: None,
-    };
-    World {
-        shared: Shared::new(store, paths, config, policy),
-        fake: FakeProvider::start(3600).await,
-        _dir: dir,
-    }
+    world(3600, config).await
 }
 
 impl World {
@@ -65,32 +39,7 @@ impl World {
             refresh_margin_secs: None,
             endpoints: Default::default(),
         }));
-        let stored = StoredCredential {
-            name: name.into(),
-            description: String::new(),
-            spec,
-            owner_uid: 0,
-            allowed: vec![],
-            client_secret: Some(Secret::new("cs")),
-            access_token: None,
-            refresh_token: None,
-            generation: 0,
-            expires_at: None,
-            state: CredentialState::NeedsLogin,
-            reason: None,
-            created_at: 0,
-            last_refresh_at: None,
-            last_use_at: None,
-            next_refresh_at: None,
-            last_error: None,
-            last_check: None,
-            refresh_interrupted: false,
-            incarnation: 1,
-        };
-        self.shared.store.insert(&stored, true).unwrap();
-        let cred = Arc::new(Credential::from_stored(stored));
-        self.shared.registry.insert(cred.clone());
-        cred
+        self.register(row(name, spec, CredentialState::NeedsLogin))
     }
 
     /// Starts a login for `cred`: its id and its `state`.
@@ -112,7 +61,7 @@ impl World {
 
 #[tokio::test]
 async fn an_error_redirect_without_the_state_leaves_the_login_usable() {
-    let w = world().await;
+    let w = login_world().await;
     let cred = w.add("up");
     let (id, state) = w.start(&cred);
     for stray in [
@@ -140,7 +89,7 @@ async fn an_error_redirect_without_the_state_leaves_the_login_usable() {
 
 #[tokio::test]
 async fn cancel_drops_every_pending_login_of_that_credential_only() {
-    let w = world().await;
+    let w = login_world().await;
     let (a, b) = (w.add("a"), w.add("b"));
     let (a1, state) = w.start(&a);
     w.start(&a);
@@ -159,7 +108,7 @@ async fn cancel_drops_every_pending_login_of_that_credential_only() {
 
 #[tokio::test]
 async fn a_login_cannot_complete_into_a_credential_added_again_under_its_name() {
-    let w = world().await;
+    let w = login_world().await;
     let old = w.add("up");
     let (id, state) = w.start(&old);
     // Removed and added again (or replaced), without the cancel call.
@@ -193,7 +142,7 @@ async fn a_login_cannot_complete_into_a_credential_added_again_under_its_name() 
 
 #[tokio::test(start_paused = true)]
 async fn login_finish_answers_in_bounded_time_while_a_refresh_holds_the_lock() {
-    let w = world().await;
+    let w = login_world().await;
     let cred = w.add("up");
     let (id, state) = w.start(&cred);
     let held = cred.refresh_lock.lock().await;
