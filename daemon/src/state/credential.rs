@@ -127,8 +127,20 @@ pub struct Credential {
     /// Which credential of this name (see `StoredCredential::incarnation`).
     pub incarnation: i64,
     pub client_secret: Option<Secret>,
+    /// A `std::sync::Mutex`: held for a few instructions, never across
+    /// `.await` (the token hot path takes it once per request).
     live: Mutex<Live>,
-    /// Held for the whole of a refresh: at most one per credential (docs/DESIGN.md §4.2).
+    /// Held for the whole of a refresh or a login's code exchange: at most
+    /// one per credential (docs/DESIGN.md §4.2). The invariant it keeps:
+    /// it is held from before the journal mark until the provider's answer
+    /// is committed (or the failure recorded), so no second request with the
+    /// same refresh token can start in between.
+    ///
+    /// Lock order: this lock may be held while taking `live`, the registry's,
+    /// the schedule's or the store's locks (all short `std::sync` ones);
+    /// never the other way round. Two refresh locks are held together only
+    /// by the graceful stop, which takes them one at a time
+    /// (docs/ARCHITECTURE.md).
     pub refresh_lock: tokio::sync::Mutex<()>,
 }
 

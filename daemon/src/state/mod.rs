@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
+/// What every connection and background task shares. Each field is its own
+/// handle with its own short lock (or none): nothing here is locked as a
+/// whole, so a token request touches only the registry's read lock and the
+/// credential's own.
 #[derive(Debug)]
 pub struct Shared {
     pub registry: Registry,
