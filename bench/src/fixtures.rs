@@ -43,6 +43,7 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
         last_error: None,
         last_check: None,
         refresh_interrupted: false,
+        change: 0,
         incarnation: i as i64 + 1,
     }
 }

@@ -489,7 +489,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     w.fake.fault(Fault::Slow(Duration::from_millis(300)));
     let (shared, c) = (w.shared.clone(), cred.clone());
     let attempts = cred.live().attempts;
-    let task = tokio::spawn(token::refresh(shared, c, attempts));
+    let task = tokio::spawn(token::refresh(shared, c, attempts, token::Trigger::Demand));
     while w.fake.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -511,9 +511,14 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     // Writes work again: the pending save goes through on the next try.
     w.shared.store.refuse_writes(false).unwrap();
     let attempts = cred.live().attempts;
-    token::refresh(w.shared.clone(), cred.clone(), attempts)
-        .await
-        .unwrap();
+    token::refresh(
+        w.shared.clone(),
+        cred.clone(),
+        attempts,
+        token::Trigger::Demand,
+    )
+    .await
+    .unwrap();
     assert!(cred.live().journal.unsaved().is_none());
     let stored = w.shared.store.load_all().unwrap();
     let a = stored.iter().find(|s| s.name == "a").unwrap();

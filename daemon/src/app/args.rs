@@ -24,9 +24,15 @@ pub struct Args {
     /// The HTTP/JSON API socket (default: http.sock beside the main socket).
     #[arg(long, value_name = "PATH")]
     pub http_socket: Option<PathBuf>,
-    /// The SQLite store.
+    /// The SQLite store (the same as --store sqlite:PATH).
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// The store: sqlite:PATH, or postgresql://USER@HOST/DBNAME (a
+    /// database shared by a fleet of tokend daemons; libpq-style
+    /// parameters such as ?host=/run/postgresql; never a password: see
+    /// store_password_file in the config).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// The TOML config file (optional; defaults apply when it does not exist).
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
@@ -44,6 +50,7 @@ impl Args {
                 socket: self.socket,
                 http_socket: self.http_socket,
                 db: self.db,
+                store: self.store,
                 config: self.config,
                 key_file: self.key_file,
             },

@@ -8,6 +8,12 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("TOKEND_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The PostgreSQL client logs every statement and its parameters at
+    // debug: sealed, but noise that would drown the daemon's own lines.
+    let filter = match "tokio_postgres=warn".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    };
     let journald = crate::app::service::stderr_is_journal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

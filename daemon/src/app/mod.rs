@@ -2,6 +2,7 @@
 //! socket, start the background tasks, serve, and stop cleanly.
 
 pub mod args;
+mod fleet;
 pub mod logging;
 mod reload;
 pub mod service;
@@ -13,11 +14,13 @@ mod uses;
 use crate::config::Config;
 use crate::config::access::{Policy, group_id};
 use crate::config::paths::{Overrides, Paths};
+use crate::config::store::StoreLocation;
 use crate::server::admission::SharedGate;
 use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::store::Store;
 use crate::store::seal::{KeySource, Sealer};
+use crate::token::remote::Versions;
 use crate::{server, token};
 use interprocess::local_socket::tokio::Listener;
 use std::sync::Arc;
@@ -56,6 +59,16 @@ pub fn load_config(options: &Options) -> Result<(Paths, Config), StartError> {
     {
         paths.http_socket = http.clone();
     }
+    paths.store = StoreLocation::resolve(
+        options.overrides.store.as_deref(),
+        options.overrides.db.as_ref(),
+        config.store.as_deref(),
+        &paths.db,
+    )
+    .map_err(StartError)?;
+    if let StoreLocation::Sqlite(db) = &paths.store {
+        paths.db = db.clone();
+    }
     Ok((paths, config))
 }
 
@@ -69,11 +82,15 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             paths.config.display()
         ))
     })?;
-    let (store, key_source) = open_store(&paths)?;
-    let shared = load(store, &paths, config, policy)?;
+    let (store, key_source) = open_store(&paths, &config)?;
+    let (shared, versions) = load(store, &paths, config, policy)?;
     let (listener, http_listener) = listen(&shared)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = start_tasks(&shared, shutdown_tx, &shutdown_rx)?;
+    if let Some(events) = shared.store.take_events() {
+        let sync = fleet::run(shared.clone(), events, versions, shutdown_rx.clone());
+        tasks.spawn("fleet sync", sync);
+    }
     log_start(&shared, &key_source);
     service::ready(&status_line(&shared));
     // One gate for both listeners: the connection caps count them together.
@@ -96,32 +113,55 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
 }
 
 /// Opens the sealing key and the store, and checks that they belong together.
-fn open_store(paths: &Paths) -> Result<(Store, KeySource), StartError> {
+fn open_store(paths: &Paths, config: &Config) -> Result<(Store, KeySource), StartError> {
     if let Some(dir) = paths.key_file.parent() {
         crate::config::paths::ensure_private_dir(dir, 0o700)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
     }
     let (sealer, key_source) =
         Sealer::load(paths.credential_key.as_deref(), &paths.key_file, true).map_err(fail)?;
-    let store = crate::store::open_sqlite(&paths.db, sealer).map_err(fail)?;
+    let store = match &paths.store {
+        StoreLocation::Sqlite(db) => crate::store::open_sqlite(db, sealer).map_err(fail)?,
+        StoreLocation::Postgres(url) => crate::store::open_postgres(url, config, sealer)
+            .map_err(|e| fail(format!("cannot open the PostgreSQL store {url}: {e}")))?,
+    };
     store.verify_key().map_err(|e| {
+        let advice = if store.is_shared() {
+            "every member of a fleet must use the same key: deploy the fleet's key file (--key-file, or the systemd credential tokend.key) to this host"
+        } else {
+            "start tokend with the key the store was created with"
+        };
         fail(format!(
-            "the sealing key does not match the store {}: {e}. Start tokend with the key the store was created with",
-            paths.db.display()
+            "the sealing key does not match the store {}: {e}. {advice}",
+            store.describe()
         ))
     })?;
     Ok((store, key_source))
 }
 
-/// Loads every credential into the shared state and puts them on the schedule.
+/// Loads every credential into the shared state and puts them on the
+/// schedule; the versions loaded, for a fleet's resync.
 fn load(
     store: Store,
     paths: &Paths,
     config: Config,
     policy: Policy,
-) -> Result<Arc<Shared>, StartError> {
+) -> Result<(Arc<Shared>, Versions), StartError> {
     let stored = store.load_all().map_err(fail)?;
-    for s in stored.iter().filter(|s| s.refresh_interrupted) {
+    let versions: Versions = if store.is_shared() {
+        stored
+            .iter()
+            .map(|s| (s.name.clone(), (s.incarnation, s.change)))
+            .collect()
+    } else {
+        Versions::new()
+    };
+    // In a fleet the mark may be another member's refresh in flight: the
+    // lock's re-read tells (token/fleet.rs).
+    for s in stored
+        .iter()
+        .filter(|s| s.refresh_interrupted && !store.is_shared())
+    {
         tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before introspection says it is still active");
     }
     let shared = Shared::new(store, paths.clone(), config, policy);
@@ -132,7 +172,7 @@ fn load(
             .collect(),
     );
     token::schedule_loaded(&shared);
-    Ok(shared)
+    Ok((shared, versions))
 }
 
 /// The main socket and the HTTP API's (unless `[http] enabled = false`):
@@ -206,7 +246,7 @@ fn log_start(shared: &Shared, key: &KeySource) {
     };
     tracing::info!(
         socket = %shared.paths.socket.display(),
-        db = %shared.paths.db.display(),
+        store = %shared.store.describe(),
         credentials = shared.registry.len(),
         key = %key,
         "tokend {} ready",

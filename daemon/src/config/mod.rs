@@ -6,6 +6,7 @@
 pub mod access;
 pub mod paths;
 pub mod preset;
+pub mod store;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -34,6 +35,40 @@ pub struct Config {
     pub http: HttpConfig,
     /// Extra presets for `tokenctl add oauth2 --preset NAME`.
     pub presets: BTreeMap<String, PresetConfig>,
+    /// Where credentials are stored: `sqlite:PATH` (the default, at the
+    /// state directory's tokend.db) or a `postgresql://` URL shared by a
+    /// fleet (docs/CONFIG.md, "Several hosts").
+    pub store: Option<String>,
+    /// The PostgreSQL password, as the file's first line (never in the URL).
+    pub store_password_file: Option<std::path::PathBuf>,
+    /// How the members of a fleet share a PostgreSQL store.
+    pub fleet: FleetConfig,
+}
+
+/// Tuning of a fleet on a shared PostgreSQL store (docs/CONFIG.md).
+#[cfg_attr(test, derive(serde::Serialize))]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How long a token request waits for another member's refresh of the
+    /// same credential.
+    pub lock_wait_secs: u64,
+    /// Every this many seconds, compare everything with the database (a
+    /// missed notification is caught here).
+    pub resync_secs: u64,
+    /// Database connections for refreshes in flight (each holds one for
+    /// the length of its provider call).
+    pub lock_connections: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            lock_wait_secs: 15,
+            resync_secs: 30,
+            lock_connections: 16,
+        }
+    }
 }
 
 /// When tokens are refreshed (docs/DESIGN.md §4.1).
@@ -311,11 +346,17 @@ impl Config {
             ("limits.frame_timeout_secs", self.limits.frame_timeout_secs),
             ("limits.max_logins", self.limits.max_logins as u64),
             ("limits.login_timeout_secs", self.limits.login_timeout_secs),
+            ("fleet.lock_wait_secs", self.fleet.lock_wait_secs),
+            ("fleet.resync_secs", self.fleet.resync_secs),
+            ("fleet.lock_connections", self.fleet.lock_connections as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be greater than 0"));
         }
         self.limits.validate_connections()?;
+        if let Some(url) = &self.store {
+            store::StoreLocation::parse(url).map_err(|e| format!("store: {e}"))?;
+        }
         if r.max_backoff_secs < r.min_backoff_secs {
             return Err(
                 "refresh.max_backoff_secs must not be below refresh.min_backoff_secs".into(),
@@ -544,6 +585,9 @@ mod tests {
             admin_group: Some("0".into()),
             socket_group: Some("0".into()),
             key_file: Some("/k".into()),
+            store: Some("postgresql://tokend@/tokend?host=/run/postgresql".into()),
+            store_password_file: Some("/p".into()),
+            fleet: FleetConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig {
                 enabled: true,

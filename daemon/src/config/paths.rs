@@ -16,6 +16,9 @@ pub struct Paths {
     /// at load), else `http.sock` beside `socket`.
     pub http_socket: PathBuf,
     pub db: PathBuf,
+    /// The store in use: SQLite at `db` unless `--store` or the config's
+    /// `store` name another (set with the config, see `app::load_config`).
+    pub store: super::store::StoreLocation,
     pub config: PathBuf,
     /// The fallback key file, used when no systemd credential is given.
     pub key_file: PathBuf,
@@ -28,6 +31,8 @@ pub struct Paths {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub socket: Option<PathBuf>,
+    /// `--store URL`.
+    pub store: Option<String>,
     pub http_socket: Option<PathBuf>,
     pub db: Option<PathBuf>,
     pub config: Option<PathBuf>,
@@ -68,6 +73,7 @@ impl Paths {
                     .join(HTTP_SOCKET_FILE)
             }),
             socket,
+            store: super::store::StoreLocation::Sqlite(db.clone()),
             db,
             config: o
                 .config

@@ -110,6 +110,7 @@ fn new_credential(
         last_error: None,
         last_check: None,
         refresh_interrupted: false,
+        change: 0,
         incarnation: crate::store::new_incarnation(),
     }
 }

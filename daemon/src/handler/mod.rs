@@ -171,7 +171,7 @@ fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
         pid: std::process::id(),
         uptime_secs: shared.started.elapsed().as_secs(),
         socket: shared.paths.socket.display().to_string(),
-        database: shared.paths.db.display().to_string(),
+        database: shared.store.describe(),
         connections: shared
             .connections
             .load(std::sync::atomic::Ordering::Relaxed),

@@ -1,11 +1,14 @@
 //! Durable storage: credentials, their sealed secrets and their allow lists,
 //! behind the [`Backend`] interface that the lifecycle and the handler use.
 //!
-//! One backend today, SQLite ([`sqlite`]); the interface is where a second
-//! one (a database shared by several hosts) plugs in (docs/ARCHITECTURE.md,
-//! "Seams"). Secrets are sealed before they reach the backend's storage and
-//! opened after they leave it; nothing else in the daemon sees a sealed blob.
+//! Two backends: SQLite ([`sqlite`], one host, the default) and PostgreSQL
+//! ([`postgres`], a fleet of hosts sharing one database; docs/ARCHITECTURE.md,
+//! "The fleet store"). Secrets are sealed before they reach the backend's
+//! storage and opened after they leave it; nothing else in the daemon sees a
+//! sealed blob.
 
+pub mod postgres;
+pub mod rows;
 pub mod seal;
 pub mod sqlite;
 
@@ -16,6 +19,29 @@ pub use sqlite::SqliteStore;
 
 /// The store the daemon uses: any backend, shared.
 pub type Store = Arc<dyn Backend>;
+
+/// Opens the PostgreSQL store at `url`, shared by a fleet (see
+/// [`postgres::PgStore::open`]), tuned by the config's `[fleet]`.
+pub fn open_postgres(
+    url: &str,
+    config: &crate::config::Config,
+    sealer: seal::Sealer,
+) -> Result<Store, StoreError> {
+    let options = postgres::PgOptions {
+        lock_wait: std::time::Duration::from_secs(config.fleet.lock_wait_secs),
+        // A refresh holds its lock for one provider call (and an
+        // introspection before it); a holder idle for longer is stuck.
+        hold_limit: std::time::Duration::from_secs(4 * config.refresh.http_timeout_secs + 30),
+        lock_connections: config.fleet.lock_connections,
+    };
+    let password_file = config.store_password_file.as_deref();
+    Ok(Arc::new(postgres::PgStore::open(
+        url,
+        password_file,
+        sealer,
+        options,
+    )?))
+}
 
 /// Opens the SQLite store at `path` (see [`SqliteStore::open`]).
 pub fn open_sqlite(path: &std::path::Path, sealer: seal::Sealer) -> Result<Store, StoreError> {
@@ -30,13 +56,16 @@ pub fn open_sqlite(path: &std::path::Path, sealer: seal::Sealer) -> Result<Store
 /// incarnation ([`StoreError::Gone`] when neither matches any more), so an
 /// operation that started for a credential never lands in its replacement.
 ///
-/// `mark_refresh_in_flight` is the refresh's point of no return, where a
-/// backend shared by several hosts must also take its cross-host lock on
-/// the credential (and fail with a store error while another host holds
-/// it); `save_tokens` or `save_state` releases it. A single-host backend
-/// needs no more than the journal: the credential's refresh lock
-/// (`state::credential::Credential::refresh_lock`) serialises refreshes
-/// within the process.
+/// A backend shared by several hosts ([`Backend::is_shared`]) serialises
+/// refreshes across them: [`Backend::lock_refresh`] takes the credential's
+/// cross-host lock and re-reads it before anything is sent; the journal
+/// mark (`mark_refresh_in_flight`) is committed apart from the lock, so
+/// that it outlives a holder that dies; `save_tokens`, `save_state` or
+/// `save_check` commit the outcome with the lock and release it;
+/// [`Backend::unlock_refresh`] releases it when nothing was written. A
+/// single-host backend needs no more than the journal: the credential's
+/// refresh lock (`state::credential::Credential::refresh_lock`) serialises
+/// refreshes within the process.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Verifies that the sealing key is the one this store was created with,
     /// recording it on first use.
@@ -95,6 +124,70 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
     fn checkpoint(&self) -> Result<(), StoreError>;
+
+    /// Whether other hosts share this store (a fleet).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the credential's cross-host refresh lock and re-reads it. With
+    /// `wait`, waits for another host's refresh (bounded); without, answers
+    /// [`Claim::Busy`] at once. [`StoreError::Gone`] when the credential
+    /// was removed or replaced.
+    fn lock_refresh(
+        &self,
+        _name: &str,
+        _incarnation: i64,
+        _wait: bool,
+    ) -> Result<Claim, StoreError> {
+        Ok(Claim::Local)
+    }
+
+    /// Releases a lock taken by [`Backend::lock_refresh`] that no write
+    /// released. Never blocks.
+    fn unlock_refresh(&self, _name: &str, _incarnation: i64) {}
+
+    /// The named credentials as stored now (those that still exist).
+    fn load_named(&self, names: &[String]) -> Result<Vec<StoredCredential>, StoreError> {
+        let mut all = self.load_all()?;
+        all.retain(|c| names.contains(&c.name));
+        Ok(all)
+    }
+
+    /// Every credential's name, incarnation and change number, for a
+    /// shared store's periodic resync.
+    fn versions(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The other hosts' changes, for the one task that applies them (the
+    /// first caller gets the receiver; a single-host store has none).
+    fn take_events(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StoreEvent>> {
+        None
+    }
+
+    /// Where the store is, and for a database its connection's state.
+    fn describe(&self) -> String;
+}
+
+/// What [`Backend::lock_refresh`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// A single-host store: the process's own refresh lock is enough.
+    Local,
+    /// The lock is held; the credential as stored now.
+    Held(Box<StoredCredential>),
+    /// Another host holds the lock.
+    Busy,
+}
+
+/// A change made by another host of a shared store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// This credential changed (or was removed): re-read it.
+    Changed(String),
+    /// Changes may have been missed (the connection was lost): compare everything.
+    Resync,
 }
 
 /// Why a store operation failed.
@@ -125,6 +218,11 @@ pub enum StoreError {
     Seal(#[from] seal::SealError),
     #[error("the store task failed: {0}")]
     Task(String),
+    #[error("the store URL is not usable: {0}")]
+    BadUrl(String),
+    /// A shared database failed or cannot be reached; the text names it.
+    #[error("{0}")]
+    Database(String),
 }
 
 /// Everything stored about one credential, secrets opened.
@@ -155,8 +253,12 @@ pub struct StoredCredential {
     pub next_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_check: Option<CheckReport>,
-    /// A refresh was in flight when the daemon last stopped.
+    /// A refresh was in flight when the daemon last stopped (in a shared
+    /// store: when its last holder let go of it).
     pub refresh_interrupted: bool,
+    /// A shared store's change number of the row (0 in SQLite): the
+    /// periodic resync re-reads the rows whose number moved.
+    pub change: i64,
 }
 
 /// A new token set, written in one transaction (docs/DESIGN.md §4.3).

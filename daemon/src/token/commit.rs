@@ -32,9 +32,23 @@ pub async fn commit_and_publish(
     mut update: TokenUpdate,
     origin: Origin,
 ) -> Result<(), Error> {
-    if origin == Origin::Login {
+    let _fleet = if origin == Origin::Login {
         update.new_grant = true;
-    }
+        match super::fleet::enter_for_login(shared, cred).await {
+            Ok(guard) => {
+                // Another member's refresh may have moved the count on.
+                update.generation = cred.with_live(|l| l.generation) + 1;
+                guard
+            }
+            Err(why) => {
+                let e = format!("the fleet's lock could not be had: {why}");
+                keep_unsaved(shared, cred, update, origin, &e);
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
     let held_after = update.refresh_token.is_some()
         || (!update.new_grant && cred.with_live(|l| l.refresh_token.is_some()));
     if matches!(cred.spec, CredentialSpec::OAuth2(_)) && !held_after {
@@ -47,16 +61,26 @@ pub async fn commit_and_publish(
             tracing::info!(credential = %cred.name, "the credential was removed or replaced during the refresh; its new tokens are discarded");
             return Err(Error::UnknownCredential(cred.name.to_string()));
         }
-        Err(e) => {
-            tracing::error!(credential = %cred.name, error = %e, "new tokens could not be saved; serving them from memory and retrying the save in 5 s");
-            let reason = format!("new tokens could not be saved ({e}); retrying");
-            publish(shared, cred, update, origin, Some(reason));
-            shared
-                .scheduler
-                .schedule(&cred.name, shared.clock.now_ms() + 5_000);
-        }
+        Err(e) => keep_unsaved(shared, cred, update, origin, &e.to_string()),
     }
     Ok(())
+}
+
+/// The store refused a token set the provider already issued: serve it
+/// from memory (never the spent one) and retry the save in 5 s.
+fn keep_unsaved(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    update: TokenUpdate,
+    origin: Origin,
+    error: &str,
+) {
+    tracing::error!(credential = %cred.name, error = %error, "new tokens could not be saved; serving them from memory and retrying the save in 5 s");
+    let reason = format!("new tokens could not be saved ({error}); retrying");
+    publish(shared, cred, update, origin, Some(reason));
+    shared
+        .scheduler
+        .schedule(&cred.name, shared.clock.now_ms() + 5_000);
 }
 
 pub(super) async fn save_tokens(

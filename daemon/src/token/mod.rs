@@ -9,9 +9,11 @@
 
 mod commit;
 mod doubt;
+pub mod fleet;
 mod outcome;
 mod plan;
 mod refresh;
+pub mod remote;
 mod serve;
 mod validity;
 
@@ -20,6 +22,7 @@ pub mod notify;
 pub mod refresher;
 
 pub use commit::{Origin, commit_and_publish, save_before_stop};
+pub use fleet::Trigger;
 pub use plan::{
     MAX_LIFETIME_SECS, MIN_LIFETIME_SECS, plan_refresh, random_unit, schedule_loaded, token_update,
 };

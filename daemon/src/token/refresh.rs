@@ -4,6 +4,7 @@
 
 use super::commit::{Origin, commit_and_publish, save_uncommitted};
 use super::doubt::{no_answer, settle_doubt, without_refresh_token};
+use super::fleet::{self, Entry, Trigger};
 use super::outcome::{Pace, permanent, transient};
 use super::plan::token_update;
 use super::validity::{not_usable, timeout};
@@ -16,27 +17,27 @@ use std::sync::Arc;
 use tokend_proto::{CredentialSpec, CredentialState};
 
 /// One refresh attempt, unless another attempt ran since the caller looked
-/// (`seen_attempts`). Holds the credential's refresh lock throughout.
+/// (`seen_attempts`). Holds the credential's refresh lock throughout, and in
+/// a fleet the cross-member lock too (`fleet.rs`).
 pub async fn refresh(
     shared: Arc<Shared>,
     cred: Arc<Credential>,
     seen_attempts: u64,
+    trigger: Trigger,
 ) -> Result<(), Error> {
     let _guard = cred.refresh_lock.lock().await;
     if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
     }
-    if cred.with_live(|l| l.journal.unsaved().is_some()) {
-        return save_uncommitted(&shared, &cred).await;
-    }
+    let unsaved = cred.with_live(|l| l.journal.unsaved().is_some());
     let (attempts, state) = cred.with_live(|l| (l.attempts, l.state));
-    if attempts != seen_attempts {
+    if !unsaved && attempts != seen_attempts {
         // Someone else's attempt ran meanwhile: its outcome is ours.
         return cred
             .with_live(|l| l.last_error.clone())
             .map_or(Ok(()), |e| Err(Error::Provider(e.into())));
     }
-    if state != CredentialState::Ready {
+    if !unsaved && state != CredentialState::Ready {
         return Err(not_usable(&cred));
     }
     let _slot = shared
@@ -44,7 +45,11 @@ pub async fn refresh(
         .acquire()
         .await
         .map_err(|_| Error::Busy("shutting down".into()))?;
-    let outcome = attempt(&shared, &cred).await;
+    let outcome = match fleet::enter(&shared, &cred, trigger).await {
+        Entry::Done(outcome) => outcome,
+        Entry::Proceed(_fleet) if unsaved => save_uncommitted(&shared, &cred).await,
+        Entry::Proceed(_fleet) => attempt(&shared, &cred).await,
+    };
     // Counted once the outcome is visible: anyone who looked before now
     // takes this attempt's outcome instead of starting another.
     cred.with_live(|l| l.attempts += 1);

@@ -41,7 +41,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 let seen = cred.with_live(|l| l.attempts);
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let _ = super::refresh(shared, cred, seen).await;
+                    let _ = super::refresh(shared, cred, seen, super::Trigger::Schedule).await;
                 });
             }
         }

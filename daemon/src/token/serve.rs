@@ -2,6 +2,7 @@
 //! none is valid, and the two ways a client asks for a new token now
 //! (`reject`, `refresh`), which respect the provider's backoff.
 
+use super::fleet::Trigger;
 use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
@@ -68,7 +69,12 @@ pub(super) async fn on_demand(
                 cred.name
             )));
         }
-        let task = tokio::spawn(refresh(shared.clone(), cred.clone(), attempts));
+        let task = tokio::spawn(refresh(
+            shared.clone(),
+            cred.clone(),
+            attempts,
+            Trigger::Demand,
+        ));
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, task).await {
             Err(_) => {
@@ -183,7 +189,12 @@ pub(super) async fn run_now(
     attempts: u64,
 ) -> Result<(), Error> {
     let wait = Duration::from_secs(2 * shared.config().refresh.http_timeout_secs + 5);
-    let task = tokio::spawn(refresh(shared.clone(), cred.clone(), attempts));
+    let task = tokio::spawn(refresh(
+        shared.clone(),
+        cred.clone(),
+        attempts,
+        Trigger::Demand,
+    ));
     match tokio::time::timeout(wait, task).await {
         Err(_) => Err(Error::Timeout(format!(
             "the refresh of {:?} is taking too long; it goes on in the background",

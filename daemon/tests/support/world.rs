@@ -96,6 +96,7 @@ pub fn row(name: &str, spec: CredentialSpec, state: CredentialState) -> StoredCr
         last_error: None,
         last_check: None,
         refresh_interrupted: false,
+        change: 0,
         incarnation: 1,
     }
 }

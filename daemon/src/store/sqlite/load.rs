@@ -1,15 +1,12 @@
 //! Loading every credential at start-up, fast and compact: rows read under
-//! the connection lock, secrets opened after it on all cores.
+//! the connection lock, secrets opened after it on all cores (`rows.rs`).
 
 use super::SqliteStore;
 use super::schema::state_from_sql;
+use crate::store::rows::{SealedColumns, principal_from_parts};
 use crate::store::{StoreError, StoredCredential};
 use rusqlite::Connection;
 use tokend_proto::Principal;
-
-/// Below this many rows per thread, opening secrets in parallel costs more
-/// in thread start-up than it saves.
-pub(super) const ROWS_PER_THREAD: usize = 2_000;
 
 impl SqliteStore {
     /// Every row, its sealed secrets set aside unopened (opening them is
@@ -51,80 +48,11 @@ impl SqliteStore {
                 last_error: r.get(16)?,
                 last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
                 refresh_interrupted: r.get(18)?,
+                change: 0,
                 incarnation: r.get(19)?,
             });
         }
         Ok((out, sealed))
-    }
-
-    /// Opens every row's secrets, spread over the cores when there are
-    /// many: at start-up with a large store, opening (XChaCha20-Poly1305) is
-    /// half of the load time. The first failure in row order is reported,
-    /// as a sequential pass would.
-    pub(super) fn open_all(
-        &self,
-        creds: &mut [StoredCredential],
-        sealed: &SealedColumns,
-    ) -> Result<(), StoreError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunk = creds.len().div_ceil(cores.min(8)).max(ROWS_PER_THREAD);
-        if creds.len() <= chunk {
-            return self.open_rows(creds, sealed, 0);
-        }
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = creds
-                .chunks_mut(chunk)
-                .enumerate()
-                .map(|(i, c)| scope.spawn(move || self.open_rows(c, sealed, i * chunk)))
-                .collect();
-            workers
-                .into_iter()
-                .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        })
-    }
-
-    /// Opens the secrets of `creds`, which are rows `first..` of `sealed`.
-    fn open_rows(
-        &self,
-        creds: &mut [StoredCredential],
-        sealed: &SealedColumns,
-        first: usize,
-    ) -> Result<(), StoreError> {
-        for (i, c) in creds.iter_mut().enumerate() {
-            let [cs, at, rt] = sealed.row(first + i);
-            c.client_secret = self.open_opt(&c.name, "client_secret", cs)?;
-            c.access_token = self.open_opt(&c.name, "access_token", at)?;
-            c.refresh_token = self.open_opt(&c.name, "refresh_token", rt)?;
-        }
-        Ok(())
-    }
-}
-
-/// Every row's sealed columns, copied into one buffer as read: a single
-/// allocation, handed back to the OS whole once opened, instead of 300,000
-/// small ones that would stay behind as heap fragments (about 8 MB of
-/// resident memory at 100,000 credentials).
-#[derive(Default)]
-pub(super) struct SealedColumns {
-    bytes: Vec<u8>,
-    /// Per row: client secret, access token, refresh token, as byte ranges.
-    rows: Vec<[Option<(usize, usize)>; 3]>,
-}
-
-impl SealedColumns {
-    fn push(&mut self, columns: [Option<&[u8]>; 3]) {
-        let row = columns.map(|column| {
-            column.map(|b| {
-                let start = self.bytes.len();
-                self.bytes.extend_from_slice(b);
-                (start, self.bytes.len())
-            })
-        });
-        self.rows.push(row);
-    }
-
-    fn row(&self, i: usize) -> [Option<&[u8]>; 3] {
-        self.rows[i].map(|range| range.map(|(start, end)| &self.bytes[start..end]))
     }
 }
 
@@ -155,12 +83,9 @@ fn load_allowed(
     })?;
     for row in rows {
         let (cid, kind, id) = row?;
-        let p = if kind == "user" {
-            Principal::User(id)
-        } else {
-            Principal::Group(id)
-        };
-        map.entry(cid).or_default().push(p);
+        map.entry(cid)
+            .or_default()
+            .push(principal_from_parts(&kind, id));
     }
     Ok(map)
 }

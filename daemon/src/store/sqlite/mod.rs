@@ -5,6 +5,7 @@
 mod load;
 mod schema;
 
+use super::rows::{SealedRow, open_all, principal_parts, seal_opt, seal_row};
 use super::seal::{SealError, Sealer};
 use super::{Backend, GrantChange, StateUpdate, StoreError, StoredCredential, TokenUpdate};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,6 +20,8 @@ use tokend_proto::{CheckReport, Principal, Secret};
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     sealer: Arc<Sealer>,
+    /// The file, as `status` shows it.
+    path: String,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -54,6 +57,7 @@ impl SqliteStore {
         let store = SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             sealer: Arc::new(sealer),
+            path: path.display().to_string(),
         };
         store.migrate()?;
         Ok(store)
@@ -82,35 +86,6 @@ impl SqliteStore {
             tx.commit()?;
         }
         Ok(())
-    }
-
-    fn seal_opt(
-        &self,
-        name: &str,
-        column: &str,
-        s: Option<&Secret>,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(s.map(|s| self.sealer.seal(name, column, s)).transpose()?)
-    }
-
-    fn open_opt(
-        &self,
-        name: &str,
-        column: &'static str,
-        b: Option<&[u8]>,
-    ) -> Result<Option<Secret>, StoreError> {
-        Ok(b.map(|b| self.sealer.open(name, column, b)).transpose()?)
-    }
-
-    /// Seals a credential's secrets and encodes its settings, outside the
-    /// connection lock (sealing is the slow part of an insert).
-    fn seal_row(&self, c: &StoredCredential) -> Result<SealedRow, StoreError> {
-        Ok(SealedRow {
-            settings: serde_json::to_string(&c.spec)?,
-            client_secret: self.seal_opt(&c.name, "client_secret", c.client_secret.as_ref())?,
-            access: self.seal_opt(&c.name, "access_token", c.access_token.as_ref())?,
-            refresh: self.seal_opt(&c.name, "refresh_token", c.refresh_token.as_ref())?,
-        })
     }
 }
 
@@ -148,7 +123,7 @@ impl Backend for SqliteStore {
 
     /// Adds a credential; with `replace`, an existing one of that name goes first.
     fn insert(&self, c: &StoredCredential, replace: bool) -> Result<(), StoreError> {
-        let row = self.seal_row(c)?;
+        let row = seal_row(&self.sealer, c)?;
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         if replace {
@@ -165,7 +140,7 @@ impl Backend for SqliteStore {
     fn insert_many(&self, creds: &[StoredCredential]) -> Result<(), StoreError> {
         let rows = creds
             .iter()
-            .map(|c| self.seal_row(c))
+            .map(|c| seal_row(&self.sealer, c))
             .collect::<Result<Vec<_>, _>>()?;
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -195,7 +170,7 @@ impl Backend for SqliteStore {
     /// key) is an error: the daemon must not start on garbage.
     fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError> {
         let (mut creds, sealed) = self.read_all()?;
-        self.open_all(&mut creds, &sealed)?;
+        open_all(&self.sealer, &mut creds, &sealed)?;
         // Reading every row filled SQLite's page cache (up to 2 MiB); the
         // daemon serves from memory and writes a row at a time from now on.
         self.lock().execute_batch("PRAGMA shrink_memory;")?;
@@ -205,7 +180,12 @@ impl Backend for SqliteStore {
     /// Commits a new token set and marks the credential ready, atomically.
     fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError> {
         let access = self.sealer.seal(name, "access_token", &t.access_token)?;
-        let refresh = self.seal_opt(name, "refresh_token", t.refresh_token.as_ref())?;
+        let refresh = seal_opt(
+            &self.sealer,
+            name,
+            "refresh_token",
+            t.refresh_token.as_ref(),
+        )?;
         let n = self.lock().execute(
             "UPDATE credentials SET access_token = ?3,
                 refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
@@ -332,14 +312,10 @@ impl Backend for SqliteStore {
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
     }
-}
 
-/// A credential's column values that need work before SQL sees them.
-struct SealedRow {
-    settings: String,
-    client_secret: Option<Vec<u8>>,
-    access: Option<Vec<u8>>,
-    refresh: Option<Vec<u8>>,
+    fn describe(&self) -> String {
+        self.path.clone()
+    }
 }
 
 /// Inserts one credential row and its allow list inside `tx`.
@@ -400,10 +376,7 @@ fn write_allowed(
     let mut stmt =
         tx.prepare("INSERT OR IGNORE INTO allowed (credential_id, kind, id) VALUES (?1, ?2, ?3)")?;
     for p in allowed {
-        let (kind, pid) = match p {
-            Principal::User(u) => ("user", *u),
-            Principal::Group(g) => ("group", *g),
-        };
+        let (kind, pid) = principal_parts(p);
         stmt.execute(params![id, kind, pid])?;
     }
     Ok(())
@@ -423,8 +396,8 @@ fn create_private_file(path: &Path) {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::load::ROWS_PER_THREAD;
     use super::*;
+    use crate::store::rows::ROWS_PER_THREAD;
     use tokend_proto::{CredentialSpec, CredentialState};
 
     pub(crate) fn bearer(name: &str, token: &str) -> StoredCredential {
@@ -448,6 +421,7 @@ pub(crate) mod tests {
             last_error: None,
             last_check: None,
             refresh_interrupted: false,
+            change: 0,
             incarnation: 7,
         }
     }

@@ -1,7 +1,5 @@
 //! The schema, one migration per version, and how states are written.
 
-use tokend_proto::CredentialState;
-
 /// The schema, one entry per version; `PRAGMA user_version` says how many ran.
 pub(super) const MIGRATIONS: &[&str] = &[
     r#"
@@ -45,20 +43,6 @@ ALTER TABLE credentials ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
-/// A known value sealed under the key at first start: a wrong key is caught
-/// at start-up even when the store holds no credential yet.
-pub(super) const KEY_CHECK: &str = "tokend key check";
-
-pub(super) fn state_to_sql(state: CredentialState) -> &'static str {
-    state.as_str()
-}
-
-pub(super) fn state_from_sql(text: &str) -> CredentialState {
-    match text {
-        "ready" => CredentialState::Ready,
-        "needs-login" => CredentialState::NeedsLogin,
-        // A refresh cannot be in flight across a restart.
-        "refreshing" => CredentialState::Ready,
-        _ => CredentialState::Failing,
-    }
-}
+pub(super) use crate::store::rows::{
+    KEY_CHECK, state_from_text as state_from_sql, state_to_text as state_to_sql,
+};

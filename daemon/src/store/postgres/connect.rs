@@ -1,0 +1,186 @@
+//! Where the PostgreSQL store is and how to reach it: the store URL, the
+//! password file, TLS, and the connection pools (docs/CONFIG.md, `store`).
+
+use crate::store::StoreError;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::path::Path;
+use std::time::Duration;
+use tokio_postgres::config::SslMode;
+
+/// How to connect, parsed from the store URL and the password file.
+#[derive(Clone)]
+pub struct Target {
+    pub config: tokio_postgres::Config,
+    /// The URL as shown in logs and `status` (it never holds a password).
+    pub shown: String,
+    pub tls: Tls,
+}
+
+/// TLS to the database: only when the URL asks for it (`sslmode=require`),
+/// with rustls, verifying the server against the system's roots (and the
+/// file named by `PGSSLROOTCERT`, as libpq does).
+#[derive(Clone)]
+pub enum Tls {
+    None,
+    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+}
+
+impl Target {
+    /// Parses `url` (libpq's URL form, e.g. `postgresql://tokend@/tokend?host=/run/postgresql`).
+    /// A password in the URL is refused: URLs end up in argv, configs and
+    /// logs; the password comes from `password_file` instead.
+    pub fn parse(
+        url: &str,
+        password_file: Option<&Path>,
+        member: &str,
+    ) -> Result<Target, StoreError> {
+        let bad = |why: String| StoreError::BadUrl(why);
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            bad(format!(
+                "{e} (expected e.g. postgresql://USER@/DBNAME?host=/run/postgresql)"
+            ))
+        })?;
+        if config.get_password().is_some() {
+            return Err(bad(
+                "the URL holds a password; remove it and put the password in the file named by store_password_file (docs/CONFIG.md)".into(),
+            ));
+        }
+        if config.get_dbname().is_none() {
+            return Err(bad(
+                "the URL names no database (postgresql://USER@HOST/DBNAME)".into(),
+            ));
+        }
+        if config.get_user().is_none() {
+            config.user(std::env::var("USER").unwrap_or_else(|_| "tokend".into()));
+        }
+        if let Some(path) = password_file {
+            config.password(read_password(path)?);
+        }
+        config.application_name(member);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Tls::Rustls(rustls_connector()?),
+            // `prefer` (the default) and `disable`: plain, as over a Unix socket.
+            _ => Tls::None,
+        };
+        Ok(Target {
+            config,
+            shown: url.to_string(),
+            tls,
+        })
+    }
+
+    /// A pool of at most `size` connections.
+    pub fn pool(&self, size: usize, wait: Duration) -> Result<Pool, StoreError> {
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match &self.tls {
+            Tls::None => {
+                Manager::from_config(self.config.clone(), tokio_postgres::NoTls, manager_config)
+            }
+            Tls::Rustls(tls) => {
+                Manager::from_config(self.config.clone(), tls.clone(), manager_config)
+            }
+        };
+        Pool::builder(manager)
+            .max_size(size)
+            .wait_timeout(Some(wait))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))
+    }
+}
+
+/// The password: the file's first line (mode 0600 expected, like ~/.pgpass).
+fn read_password(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        StoreError::BadUrl(format!(
+            "cannot read the database password file {}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(text.lines().next().unwrap_or("").as_bytes().to_vec())
+}
+
+fn rustls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(file) = std::env::var_os("PGSSLROOTCERT") {
+        let pem = std::fs::read(&file).map_err(|e| {
+            StoreError::BadUrl(format!(
+                "cannot read PGSSLROOTCERT {}: {e}",
+                file.to_string_lossy()
+            ))
+        })?;
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let cert: rustls::pki_types::CertificateDer<'static> = cert.map_err(|e| {
+                StoreError::BadUrl(format!("PGSSLROOTCERT {}: {e}", file.to_string_lossy()))
+            })?;
+            let _ = roots.add(cert);
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::BadUrl(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// A connection for `LISTEN`: its notifications arrive on the returned
+/// channel, which closes when the connection ends.
+pub async fn listener(
+    target: &Target,
+) -> Result<
+    (
+        tokio_postgres::Client,
+        tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+    ),
+    tokio_postgres::Error,
+> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = match &target.tls {
+        Tls::None => {
+            let (client, conn) = target.config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(drive(conn, tx));
+            client
+        }
+        Tls::Rustls(tls) => {
+            let (client, conn) = target.config.connect(tls.clone()).await?;
+            tokio::spawn(drive(conn, tx));
+            client
+        }
+    };
+    Ok((client, rx))
+}
+
+/// Runs a connection, passing its notifications on, until it ends.
+async fn drive<S, T>(
+    mut conn: tokio_postgres::Connection<S, T>,
+    tx: tokio::sync::mpsc::UnboundedSender<tokio_postgres::Notification>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+        match message {
+            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                if tx.send(n).is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "the database's notification connection ended");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Rows of `tokend.credentials` to credentials and back.
+
+use super::{Sql, boxed};
+use crate::store::rows::{
+    SealedColumns, SealedRow, allowed_from_text, allowed_to_text, state_from_text, state_to_text,
+};
+use crate::store::{StoreError, StoredCredential};
+
+/// Credentials from rows read with `schema::COLUMNS`, their sealed
+/// secrets set aside unopened.
+pub(super) fn convert(
+    rows: &[tokio_postgres::Row],
+) -> Result<(Vec<StoredCredential>, SealedColumns), StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut sealed = SealedColumns::default();
+    for r in rows {
+        let bad =
+            |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
+        sealed.push([
+            r.try_get::<_, Option<&[u8]>>(6).map_err(bad)?,
+            r.try_get::<_, Option<&[u8]>>(7).map_err(bad)?,
+            r.try_get::<_, Option<&[u8]>>(8).map_err(bad)?,
+        ]);
+        let settings: &str = r.try_get(4).map_err(bad)?;
+        let last_check: Option<&str> = r.try_get(18).map_err(bad)?;
+        out.push(StoredCredential {
+            name: r.try_get(0).map_err(bad)?,
+            incarnation: r.try_get(1).map_err(bad)?,
+            description: r.try_get(2).map_err(bad)?,
+            owner_uid: u32::try_from(r.try_get::<_, i64>(3).map_err(bad)?).unwrap_or(u32::MAX),
+            spec: serde_json::from_str(settings)?,
+            allowed: allowed_from_text(r.try_get(5).map_err(bad)?),
+            client_secret: None,
+            access_token: None,
+            refresh_token: None,
+            generation: r.try_get::<_, i64>(9).map_err(bad)? as u64,
+            expires_at: r.try_get(10).map_err(bad)?,
+            state: state_from_text(r.try_get(11).map_err(bad)?),
+            reason: r.try_get(12).map_err(bad)?,
+            created_at: r.try_get(13).map_err(bad)?,
+            last_refresh_at: r.try_get(14).map_err(bad)?,
+            last_use_at: r.try_get(15).map_err(bad)?,
+            next_refresh_at: r.try_get(16).map_err(bad)?,
+            last_error: r.try_get(17).map_err(bad)?,
+            last_check: last_check.and_then(|j| serde_json::from_str(j).ok()),
+            refresh_interrupted: r.try_get(19).map_err(bad)?,
+            change: r.try_get(20).map_err(bad)?,
+        });
+    }
+    Ok((out, sealed))
+}
+
+/// The INSERT of one credential.
+pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
+    Sql::new(
+        "INSERT INTO tokend.credentials (name, incarnation, kind, description, owner_uid,
+            settings, allowed, client_secret, access_token, refresh_token, generation,
+            expires_at, state, reason, created_at, last_refresh_at, next_refresh_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        vec![
+            boxed(c.name.clone()),
+            boxed(c.incarnation),
+            boxed(c.spec.kind().to_string()),
+            boxed(c.description.clone()),
+            boxed(i64::from(c.owner_uid)),
+            boxed(sealed.settings),
+            boxed(allowed_to_text(&c.allowed)),
+            boxed(sealed.client_secret),
+            boxed(sealed.access),
+            boxed(sealed.refresh),
+            boxed(c.generation as i64),
+            boxed(c.expires_at),
+            boxed(state_to_text(c.state)),
+            boxed(c.reason.clone()),
+            boxed(c.created_at),
+            boxed(c.last_refresh_at),
+            boxed(c.next_refresh_at),
+        ],
+    )
+}
+
+/// The name in a unique violation's detail, `Key (name)=(x) already exists.`
+pub(super) fn duplicate_name(e: &tokio_postgres::Error) -> Option<String> {
+    let detail = e.as_db_error()?.detail()?;
+    let start = detail.find(")=(")? + 3;
+    let end = detail.rfind(") already exists")?;
+    detail.get(start..end).map(str::to_string)
+}

@@ -1,0 +1,85 @@
+//! The PostgreSQL schema, one migration per version, all in the `tokend`
+//! schema of the database named in the store URL.
+//!
+//! The same data as the SQLite store (`../sqlite/schema.rs`), sealed the
+//! same way, plus what a fleet needs: a change number on every row (set by
+//! a trigger from a sequence) for the periodic resync, and a notification
+//! on the `tokend_changes` channel for every change, naming the credential
+//! and the member that made it (its `application_name`), so that the other
+//! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
+
+/// The migrations; `tokend.schema_version` says how many ran. They run in
+/// one transaction under an advisory lock, so members starting together
+/// migrate once.
+pub(super) const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE tokend.meta (
+    key   TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+CREATE SEQUENCE tokend.change_seq;
+CREATE TABLE tokend.credentials (
+    name              TEXT PRIMARY KEY,
+    incarnation       BIGINT NOT NULL,
+    kind              TEXT NOT NULL,
+    description       TEXT NOT NULL DEFAULT '',
+    owner_uid         BIGINT NOT NULL,
+    settings          TEXT NOT NULL,
+    allowed           TEXT NOT NULL DEFAULT '',
+    client_secret     BYTEA,
+    access_token      BYTEA,
+    refresh_token     BYTEA,
+    generation        BIGINT NOT NULL DEFAULT 0,
+    expires_at        BIGINT,
+    state             TEXT NOT NULL,
+    reason            TEXT,
+    created_at        BIGINT NOT NULL,
+    last_refresh_at   BIGINT,
+    next_refresh_at   BIGINT,
+    last_error        TEXT,
+    last_check        TEXT,
+    refresh_in_flight BIGINT,
+    change            BIGINT NOT NULL DEFAULT 0
+);
+-- Last-use times change on every busy second: kept apart, so that
+-- writing them wakes no other member.
+CREATE TABLE tokend.uses (
+    name        TEXT PRIMARY KEY,
+    last_use_at BIGINT NOT NULL
+);
+CREATE FUNCTION tokend.stamp_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.change := nextval('tokend.change_seq');
+    RETURN NEW;
+END $$;
+CREATE FUNCTION tokend.notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed TEXT;
+BEGIN
+    IF TG_OP = 'DELETE' THEN changed := OLD.name; ELSE changed := NEW.name; END IF;
+    PERFORM pg_notify('tokend_changes',
+        json_build_object('m', current_setting('application_name'), 'n', changed)::text);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER stamp_change BEFORE INSERT OR UPDATE ON tokend.credentials
+    FOR EACH ROW EXECUTE FUNCTION tokend.stamp_change();
+CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE ON tokend.credentials
+    FOR EACH ROW EXECUTE FUNCTION tokend.notify_change();
+"#];
+
+/// Creates the schema and its version table if missing.
+pub(super) const BOOTSTRAP: &str = "
+CREATE SCHEMA IF NOT EXISTS tokend;
+CREATE TABLE IF NOT EXISTS tokend.schema_version (version INTEGER NOT NULL);
+";
+
+/// The advisory lock key under which migrations run ("tokend-m").
+pub(super) const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_2d6d;
+
+/// Every column of a credential row, in the order `row.rs` reads them.
+pub(super) const COLUMNS: &str = "c.name, c.incarnation, c.description, c.owner_uid, c.settings,
+    c.allowed, c.client_secret, c.access_token, c.refresh_token, c.generation, c.expires_at,
+    c.state, c.reason, c.created_at, c.last_refresh_at, u.last_use_at, c.next_refresh_at,
+    c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change";
+
+/// The table a row is read from: a credential and its last use.
+pub(super) const FROM: &str = "tokend.credentials c LEFT JOIN tokend.uses u ON u.name = c.name";
