@@ -132,8 +132,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Takes the credential's cross-host refresh lock and re-reads it. With
     /// `wait`, waits for another host's refresh (bounded); without, answers
-    /// [`Claim::Busy`] at once. [`StoreError::Gone`] when the credential
-    /// was removed or replaced.
+    /// [`Claim::Busy`] at once. Also busy: the journal mark is another
+    /// host's that is still running (it saves the outcome it holds as soon
+    /// as it can; only a mark whose host is gone puts the refresh token in
+    /// doubt). [`StoreError::Gone`] when the credential was removed or
+    /// replaced.
     fn lock_refresh(
         &self,
         _name: &str,

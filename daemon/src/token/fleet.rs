@@ -5,7 +5,7 @@
 //!
 //! On a single host every function here is a no-op.
 
-use super::outcome::{Pace, transient};
+use super::outcome::database_down;
 use super::plan::loaded_due;
 use super::validity::{MIN_VALID_MS, valid_for};
 use crate::error::Error;
@@ -68,10 +68,9 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
             return Entry::Done(Err(Error::UnknownCredential(cred.name.to_string())));
         }
         Err(e) => {
-            let message = format!(
-                "no refresh without the fleet's lock, and the database cannot give it: {e}"
-            );
-            return Entry::Done(transient(shared, cred, message, None, Pace::Normal).await);
+            let message =
+                format!("no refresh happens without the fleet's lock, held in the database: {e}");
+            return Entry::Done(database_down(shared, cred, message).await);
         }
     };
     if cred.with_live(|l| l.journal.unsaved().is_some()) {

@@ -126,8 +126,6 @@ pub(super) async fn transient(
         l.failures
     });
     let delay_ms = backoff_ms(&shared.config().refresh, failures, pace, retry_after);
-    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
-    let due = now + delay_ms;
     let reason = format!(
         "refresh failed, retry {failures} in {} s: {message}",
         (delay_ms + 999) / 1000
@@ -138,23 +136,55 @@ pub(super) async fn transient(
     } else {
         GrantChange::Settled
     };
+    retry_later(shared, cred, reason, delay_ms, Some(grant)).await
+}
+
+/// A fleet member cannot reach the database, so no refresh may happen (it
+/// would need the fleet's lock): look again in [`DATABASE_RETRY_MS`]. The
+/// provider did nothing wrong, so this is no failure for its backoff, and
+/// nothing is written to the unreachable store.
+pub(super) async fn database_down(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    message: String,
+) -> Result<(), Error> {
+    tracing::warn!(credential = %cred.name, "refresh waits for the database: {message}");
+    let reason = format!("refresh waits for the database: {message}");
+    retry_later(shared, cred, reason, DATABASE_RETRY_MS, None).await
+}
+
+/// How often a refresh waiting for an unreachable database looks again
+/// (the store answers at once while it knows the database is down).
+const DATABASE_RETRY_MS: i64 = 1_000;
+
+/// Puts the next attempt `delay_ms` away and says why; `grant`: the state
+/// change to record, if the store is to be told.
+async fn retry_later(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    reason: String,
+    delay_ms: i64,
+    grant: Option<GrantChange>,
+) -> Result<(), Error> {
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    let due = now + delay_ms;
     let (still_valid, update) = cred.with_live(|l| {
         l.retry_not_before_ms = mono + delay_ms;
         l.last_error = Some(reason.as_str().into());
         l.next_refresh_at = Some(due.div_euclid(1000)).into();
-        (
-            valid_for(l, now, mono, MIN_VALID_MS),
-            StateUpdate {
-                state: l.state,
-                reason: l.reason.as_deref().map(Into::into),
-                last_error: l.last_error.as_deref().map(Into::into),
-                next_refresh_at: l.next_refresh_at.get(),
-                grant,
-            },
-        )
+        let update = grant.map(|grant| StateUpdate {
+            state: l.state,
+            reason: l.reason.as_deref().map(Into::into),
+            last_error: l.last_error.as_deref().map(Into::into),
+            next_refresh_at: l.next_refresh_at.get(),
+            grant,
+        });
+        (valid_for(l, now, mono, MIN_VALID_MS), update)
     });
     shared.scheduler.schedule(&cred.name, due);
-    save_state(shared, cred, update).await;
+    if let Some(update) = update {
+        save_state(shared, cred, update).await;
+    }
     if still_valid {
         Err(Error::Provider(format!(
             "{reason}; the current token stays in use until it expires"

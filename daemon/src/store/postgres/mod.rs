@@ -515,7 +515,9 @@ impl Backend for PgStore {
         at: i64,
     ) -> Result<(), StoreError> {
         let sql = Sql::new(
-            "UPDATE tokend.credentials SET refresh_in_flight = $3 WHERE name = $1 AND incarnation = $2",
+            "UPDATE tokend.credentials SET refresh_in_flight = $3,
+                refresh_by = current_setting('application_name')
+             WHERE name = $1 AND incarnation = $2",
             vec![boxed(name.to_string()), boxed(incarnation), boxed(at)],
         );
         written(self.execute(sql)?, name)
@@ -601,6 +603,15 @@ impl Backend for PgStore {
     }
 
     fn lock_refresh(&self, name: &str, incarnation: i64, wait: bool) -> Result<Claim, StoreError> {
+        if !self.health.is_connected() {
+            // Known down: answer at once instead of one failed connection
+            // attempt per due credential (the listener keeps trying).
+            return Err(StoreError::Database(format!(
+                "PostgreSQL {} is unreachable ({})",
+                self.shown,
+                self.health.describe()
+            )));
+        }
         let (pool, db, owned) = (self.locks.clone(), self.db(), name.to_string());
         let (hold_ms, wait_ms) = (
             self.options.hold_limit.as_millis() as u64,
@@ -628,6 +639,12 @@ impl Backend for PgStore {
         if !current {
             self.handle.spawn(discard(client));
             return Err(StoreError::Gone(name.to_string()));
+        }
+        if rows[0].get::<_, bool>(schema::MARKER_ALIVE) {
+            // Another live member sent the refresh token and has not saved
+            // the outcome yet (its database connection broke): it will.
+            self.handle.spawn(discard(client));
+            return Ok(Claim::Busy);
         }
         if let Err(e) = open_all(&self.sealer, &mut creds, &sealed) {
             self.handle.spawn(discard(client));

@@ -38,6 +38,8 @@ CREATE TABLE tokend.credentials (
     last_error        TEXT,
     last_check        TEXT,
     refresh_in_flight BIGINT,
+    -- The member that set refresh_in_flight (its application_name).
+    refresh_by        TEXT,
     change            BIGINT NOT NULL DEFAULT 0
 );
 -- Last-use times change on every busy second: kept apart, so that
@@ -79,7 +81,15 @@ pub(super) const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_2d6d;
 pub(super) const COLUMNS: &str = "c.name, c.incarnation, c.description, c.owner_uid, c.settings,
     c.allowed, c.client_secret, c.access_token, c.refresh_token, c.generation, c.expires_at,
     c.state, c.reason, c.created_at, c.last_refresh_at, u.last_use_at, c.next_refresh_at,
-    c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change";
+    c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change,
+    (c.refresh_in_flight IS NOT NULL
+        AND c.refresh_by IS DISTINCT FROM current_setting('application_name')
+        AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = c.refresh_by))";
+
+/// The column of [`COLUMNS`] that says the journal mark belongs to another
+/// member still connected: its refresh is not in doubt but in its hands
+/// (it saves the outcome it holds as soon as it can).
+pub(super) const MARKER_ALIVE: usize = 21;
 
 /// The table a row is read from: a credential and its last use.
 pub(super) const FROM: &str = "tokend.credentials c LEFT JOIN tokend.uses u ON u.name = c.name";
