@@ -3,7 +3,7 @@
 //! after a bulk read, spread over the cores.
 
 use super::seal::Sealer;
-use super::{StoreError, StoredCredential};
+use super::{GrantChange, StoreError, StoredCredential, TokenUpdate};
 use tokend_proto::{CredentialState, Principal, Secret};
 
 /// A known value sealed under the key at first start: a wrong key is caught
@@ -51,6 +51,30 @@ pub fn seal_row(sealer: &Sealer, c: &StoredCredential) -> Result<SealedRow, Stor
         access: seal_opt(sealer, &c.name, "access_token", c.access_token.as_ref())?,
         refresh: seal_opt(sealer, &c.name, "refresh_token", c.refresh_token.as_ref())?,
     })
+}
+
+/// A token update's access token and refresh token, sealed for credential `name`.
+pub fn seal_tokens(
+    sealer: &Sealer,
+    name: &str,
+    t: &TokenUpdate,
+) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
+    let access = sealer.seal(name, "access_token", &t.access_token)?;
+    let refresh = seal_opt(sealer, name, "refresh_token", t.refresh_token.as_ref())?;
+    Ok((access, refresh))
+}
+
+/// What a state change does to the stored grant and journal, as the SET
+/// clause both backends' `save_state` append (same column names in both).
+pub fn grant_sql(grant: GrantChange) -> &'static str {
+    match grant {
+        GrantChange::Settled => "refresh_in_flight = NULL",
+        GrantChange::InDoubt => "refresh_in_flight = refresh_in_flight",
+        GrantChange::DropRefreshToken => "refresh_token = NULL, refresh_in_flight = NULL",
+        GrantChange::DropAll => {
+            "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL"
+        }
+    }
 }
 
 /// How a principal is written in a row: kind and id.

@@ -23,11 +23,11 @@ mod listen;
 mod row;
 mod schema;
 
-use super::rows::{KEY_CHECK, allowed_to_text, open_all, seal_opt, seal_row, state_to_text};
-use super::seal::Sealer;
-use super::{
-    Backend, Claim, GrantChange, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate,
+use super::rows::{
+    KEY_CHECK, allowed_to_text, grant_sql, open_all, seal_row, seal_tokens, state_to_text,
 };
+use super::seal::Sealer;
+use super::{Backend, Claim, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate};
 use connect::Target;
 use deadpool_postgres::{Object, Pool};
 use listen::Health;
@@ -477,13 +477,7 @@ impl Backend for PgStore {
     }
 
     fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError> {
-        let access = self.sealer.seal(name, "access_token", &t.access_token)?;
-        let refresh = seal_opt(
-            &self.sealer,
-            name,
-            "refresh_token",
-            t.refresh_token.as_ref(),
-        )?;
+        let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
         let sql = Sql::new(
             "UPDATE tokend.credentials SET access_token = $3,
                 refresh_token = CASE WHEN $9 THEN $4 ELSE COALESCE($4, refresh_token) END,
@@ -524,14 +518,7 @@ impl Backend for PgStore {
     }
 
     fn save_state(&self, name: &str, incarnation: i64, s: &StateUpdate) -> Result<(), StoreError> {
-        let grant = match s.grant {
-            GrantChange::Settled => "refresh_in_flight = NULL",
-            GrantChange::InDoubt => "refresh_in_flight = refresh_in_flight",
-            GrantChange::DropRefreshToken => "refresh_token = NULL, refresh_in_flight = NULL",
-            GrantChange::DropAll => {
-                "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL"
-            }
-        };
+        let grant = grant_sql(s.grant);
         let sql = Sql::new(
             format!(
                 "UPDATE tokend.credentials SET state = $3, reason = $4, last_error = $5,

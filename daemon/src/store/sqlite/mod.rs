@@ -5,9 +5,9 @@
 mod load;
 mod schema;
 
-use super::rows::{SealedRow, open_all, principal_parts, seal_opt, seal_row};
+use super::rows::{SealedRow, grant_sql, open_all, principal_parts, seal_row, seal_tokens};
 use super::seal::{SealError, Sealer};
-use super::{Backend, GrantChange, StateUpdate, StoreError, StoredCredential, TokenUpdate};
+use super::{Backend, StateUpdate, StoreError, StoredCredential, TokenUpdate};
 use rusqlite::{Connection, OptionalExtension, params};
 use schema::{KEY_CHECK, MIGRATIONS, state_to_sql};
 use std::path::Path;
@@ -179,13 +179,7 @@ impl Backend for SqliteStore {
 
     /// Commits a new token set and marks the credential ready, atomically.
     fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError> {
-        let access = self.sealer.seal(name, "access_token", &t.access_token)?;
-        let refresh = seal_opt(
-            &self.sealer,
-            name,
-            "refresh_token",
-            t.refresh_token.as_ref(),
-        )?;
+        let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
         let n = self.lock().execute(
             "UPDATE credentials SET access_token = ?3,
                 refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
@@ -226,14 +220,7 @@ impl Backend for SqliteStore {
 
     /// Records a state change and what it does to the grant.
     fn save_state(&self, name: &str, incarnation: i64, s: &StateUpdate) -> Result<(), StoreError> {
-        let grant = match s.grant {
-            GrantChange::Settled => "refresh_in_flight = NULL",
-            GrantChange::InDoubt => "refresh_in_flight = refresh_in_flight",
-            GrantChange::DropRefreshToken => "refresh_token = NULL, refresh_in_flight = NULL",
-            GrantChange::DropAll => {
-                "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL"
-            }
-        };
+        let grant = grant_sql(s.grant);
         let sql = format!(
             "UPDATE credentials SET state = ?3, reason = ?4, last_error = ?5, next_refresh_at = ?6,
                 {grant} WHERE name = ?1 AND incarnation = ?2"
