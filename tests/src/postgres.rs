@@ -1,5 +1,6 @@
 //! A private PostgreSQL cluster for the fleet tests: `initdb` into a short
-//! temporary directory under `/tmp`, a server listening on a Unix socket in
+//! temporary directory under `/tmp` (`/var/tmp` if `/tmp` is closed to the
+//! server's user), a server listening on a Unix socket in
 //! that directory only (`listen_addresses=''`, no TCP port), trust
 //! authentication for the superuser `postgres`, and a database `tokend`.
 //! Dropped: stopped at once (`-m immediate`) and removed.
@@ -34,15 +35,16 @@ impl PgCluster {
     /// the server's log (or advice, when PostgreSQL is not installed).
     pub fn start() -> PgCluster {
         let bin = server_bin_dir();
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
         // Short on purpose: a Unix socket path has room for ~107 bytes, and
         // the socket is `DIR/.s.PGSQL.5432`.
         let dir = tempfile::Builder::new()
             .prefix("pg")
-            .tempdir_in("/tmp")
+            .tempdir_in(base_dir(as_root))
             .expect("temp dir for PostgreSQL");
         crate::set_mode(dir.path(), 0o755);
-        // SAFETY: geteuid has no preconditions.
-        let run_as = (unsafe { libc::geteuid() } == 0).then(|| {
+        let run_as = as_root.then(|| {
             let user = "postgres";
             let (uid, gid) = user_ids(user).unwrap_or_else(|| {
                 panic!(
@@ -107,6 +109,17 @@ impl PgCluster {
 
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The postmaster's pid, from the first line of `postmaster.pid`.
+    fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn log_path(&self) -> PathBuf {
@@ -271,10 +284,18 @@ impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.running {
             let data = self.data_dir();
-            let _ = self.server_tool(
+            let postmaster = self.postmaster_pid();
+            let out = self.server_tool(
                 "pg_ctl",
                 &["-D", path_str(&data), "-m", "immediate", "-w", "stop"],
             );
+            // Never leave a server behind: if pg_ctl could not stop it,
+            // its postmaster goes the hard way.
+            if !out.status.success()
+                && let Some(pid) = postmaster
+            {
+                crate::signal(pid, libc::SIGKILL);
+            }
             self.running = false;
         }
         // The TempDir removes the directory (root may; otherwise it is ours).
@@ -329,6 +350,25 @@ pub fn server_bin_dir() -> PathBuf {
         "the fleet tests need a PostgreSQL server (initdb, pg_ctl, psql, pg_dump), found neither in \
          /usr/lib/postgresql/*/bin nor on PATH: apt-get install postgresql (.ci/run does)"
     );
+}
+
+/// Where the cluster's directory goes: `/tmp`, unless the server runs as
+/// `postgres` and `/tmp` is closed to other users (a root process with
+/// `--key-file /tmp/KEY` once made it 0700), then `/var/tmp`.
+fn base_dir(as_root: bool) -> &'static str {
+    use std::os::unix::fs::PermissionsExt;
+    let open_to_all = |dir: &str| {
+        std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o001 != 0)
+    };
+    if !as_root || open_to_all("/tmp") {
+        return "/tmp";
+    }
+    assert!(
+        open_to_all("/var/tmp"),
+        "/tmp and /var/tmp are closed to other users: the user postgres cannot reach a \
+         cluster in them (their usual mode is 1777: chmod 1777 /tmp)"
+    );
+    "/var/tmp"
 }
 
 /// The uid and gid of `user`, if it exists.
