@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod oidc;
+pub mod postgres;
 pub mod users;
 
 use std::io::Write;
@@ -41,10 +42,15 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
+    /// The SQLite store (`--db`); unused when `Options::store` names another.
     pub db: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
     env: Vec<(String, String)>,
+    /// `--db PATH`, or `--store URL` when the options name a store.
+    store_args: [String; 2],
+    /// Arguments after the config: `--key-file`, then `Options::args`.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -57,6 +63,12 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// `TOKEND_LOG` (default `debug`).
     pub log_level: Option<String>,
+    /// `--store URL` instead of `--db PATH` (the daemon refuses both).
+    pub store: Option<String>,
+    /// `--key-file PATH`: the sealing key, e.g. one shared by a fleet.
+    pub key_file: Option<PathBuf>,
+    /// More arguments for `tokend`, after all the others.
+    pub args: Vec<String>,
 }
 
 impl Daemon {
@@ -92,6 +104,15 @@ impl Daemon {
             "TOKEND_LOG".into(),
             options.log_level.clone().unwrap_or_else(|| "debug".into()),
         ));
+        let store_args = match &options.store {
+            Some(url) => ["--store".to_string(), url.clone()],
+            None => ["--db".to_string(), path_string(&db)],
+        };
+        let mut args = Vec::new();
+        if let Some(key) = &options.key_file {
+            args.extend(["--key-file".to_string(), path_string(key)]);
+        }
+        args.extend(options.args.iter().cloned());
         Daemon {
             log: dir.path().join("tokend.log"),
             dir,
@@ -99,6 +120,8 @@ impl Daemon {
             db,
             config,
             env,
+            store_args,
+            args,
             child: None,
         }
     }
@@ -114,10 +137,10 @@ impl Daemon {
         let mut cmd = Command::new(bin("tokend"));
         cmd.arg("--socket")
             .arg(&self.socket)
-            .arg("--db")
-            .arg(&self.db)
+            .args(&self.store_args)
             .arg("--config")
-            .arg(&self.config);
+            .arg(&self.config)
+            .args(&self.args);
         cmd.env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -315,6 +338,10 @@ pub fn signal(pid: u32, sig: i32) {
     unsafe {
         libc::kill(pid as i32, sig);
     }
+}
+
+fn path_string(path: &Path) -> String {
+    path.to_str().expect("UTF-8 path").to_string()
 }
 
 pub fn set_mode(path: &Path, mode: u32) {
