@@ -1,0 +1,240 @@
+//! The PostgreSQL store's fleet semantics, one level below the daemons:
+//! two `PgStore`s on one private cluster stand for two members, so each
+//! step of the locking order (docs/ARCHITECTURE.md, "The fleet store") can
+//! be taken by hand and its effect checked — who gets the lock, what the
+//! re-read shows, which journal mark survives a member's death, and who is
+//! told of a change.
+
+#![cfg(unix)]
+
+use std::time::{Duration, Instant};
+use tokend::store::postgres::{PgOptions, PgStore};
+use tokend::store::seal::Sealer;
+use tokend::store::{Backend, Claim, StoreError, StoreEvent, StoredCredential, TokenUpdate};
+use tokend_proto::{ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Secret};
+use tokend_tests::postgres::PgCluster;
+
+const KEY: [u8; 32] = [7; 32];
+
+fn member(pg: &PgCluster) -> PgStore {
+    member_with_key(pg, &KEY).expect("open the store")
+}
+
+fn member_with_key(pg: &PgCluster, key: &[u8; 32]) -> Result<PgStore, StoreError> {
+    let options = PgOptions {
+        lock_wait: Duration::from_millis(500),
+        hold_limit: Duration::from_secs(30),
+        lock_connections: 4,
+    };
+    PgStore::open(&pg.url(), None, Sealer::from_key(key), options)
+}
+
+fn oauth_row(name: &str) -> StoredCredential {
+    let spec = CredentialSpec::ClientCredentials(Box::new(ClientCredentialsSpec {
+        token_url: "https://idp.example/token".into(),
+        client_id: "c".into(),
+        scopes: vec![],
+        client_auth: ClientAuth::default(),
+        refresh_margin_secs: None,
+        endpoints: Default::default(),
+    }));
+    StoredCredential {
+        name: name.into(),
+        incarnation: 42,
+        description: String::new(),
+        spec,
+        owner_uid: 1000,
+        allowed: vec![],
+        client_secret: Some(Secret::new("client-secret-1")),
+        access_token: Some(Secret::new("access-1")),
+        refresh_token: Some(Secret::new("refresh-1")),
+        generation: 1,
+        expires_at: Some(2_000_000_000),
+        state: CredentialState::Ready,
+        reason: None,
+        created_at: 1,
+        last_refresh_at: None,
+        last_use_at: None,
+        next_refresh_at: None,
+        last_error: None,
+        last_check: None,
+        refresh_interrupted: false,
+        change: 0,
+    }
+}
+
+fn rotated(generation: u64) -> TokenUpdate {
+    TokenUpdate {
+        access_token: Secret::new(format!("access-{generation}")),
+        refresh_token: Some(Secret::new(format!("refresh-{generation}"))),
+        new_grant: false,
+        generation,
+        expires_at: Some(2_000_000_000),
+        refreshed_at: 1_900_000_000,
+        next_refresh_at: Some(1_950_000_000),
+    }
+}
+
+fn held(claim: Claim) -> Box<StoredCredential> {
+    match claim {
+        Claim::Held(row) => row,
+        other => panic!("expected the lock, got {other:?}"),
+    }
+}
+
+#[test]
+fn one_member_holds_the_lock_and_the_next_rereads_what_it_committed() {
+    let pg = PgCluster::start();
+    let (a, b) = (member(&pg), member(&pg));
+    a.insert(&oauth_row("up"), false).unwrap();
+
+    let row = held(a.lock_refresh("up", 42, false).unwrap());
+    assert_eq!(row.generation, 1);
+    assert!(matches!(
+        b.lock_refresh("up", 42, false).unwrap(),
+        Claim::Busy
+    ));
+    let waited = Instant::now();
+    assert!(
+        matches!(b.lock_refresh("up", 42, true).unwrap(), Claim::Busy),
+        "a waiting member gives up after its lock_wait"
+    );
+    assert!(waited.elapsed() >= Duration::from_millis(400));
+
+    a.mark_refresh_in_flight("up", 42, 100).unwrap();
+    a.save_tokens("up", 42, &rotated(2)).unwrap();
+    let row = held(b.lock_refresh("up", 42, false).unwrap());
+    assert_eq!(
+        row.generation, 2,
+        "the committed rotation is what the next holder reads"
+    );
+    assert_eq!(row.refresh_token.as_ref().unwrap().expose(), "refresh-2");
+    assert!(!row.refresh_interrupted, "the commit cleared the journal");
+    b.unlock_refresh("up", 42);
+    assert!(matches!(
+        a.lock_refresh("up", 42, false).unwrap(),
+        Claim::Held(_)
+    ));
+}
+
+#[test]
+fn a_journal_mark_outlives_the_member_that_died_holding_the_lock() {
+    let pg = PgCluster::start();
+    let b = member(&pg);
+    b.insert(&oauth_row("up"), false).unwrap();
+    {
+        let a = member(&pg);
+        held(a.lock_refresh("up", 42, false).unwrap());
+        a.mark_refresh_in_flight("up", 42, 100).unwrap();
+        // `a` dies here, mid-refresh: its sessions end, its transaction
+        // (and with it the lock) rolls back.
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        match b.lock_refresh("up", 42, true).unwrap() {
+            Claim::Held(row) => break row,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("the dead member's lock never went: {other:?}"),
+        }
+    };
+    assert!(
+        row.refresh_interrupted,
+        "the mark, committed apart from the lock, survived its holder: the refresh token is in doubt"
+    );
+    assert_eq!(row.refresh_token.unwrap().expose(), "refresh-1");
+}
+
+#[test]
+fn a_live_members_mark_is_left_to_it_until_it_saves_its_outcome() {
+    let pg = PgCluster::start();
+    let (a, b) = (member(&pg), member(&pg));
+    a.insert(&oauth_row("up"), false).unwrap();
+    held(a.lock_refresh("up", 42, false).unwrap());
+    a.mark_refresh_in_flight("up", 42, 100).unwrap();
+    // The lock's transaction is lost (say, the database restarted) while
+    // `a` still holds the provider's answer.
+    a.unlock_refresh("up", 42);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        matches!(b.lock_refresh("up", 42, false).unwrap(), Claim::Busy),
+        "a mark whose member is connected is that member's to settle"
+    );
+    a.save_tokens("up", 42, &rotated(2)).unwrap();
+    let row = held(b.lock_refresh("up", 42, false).unwrap());
+    assert_eq!(row.generation, 2);
+    assert!(!row.refresh_interrupted);
+}
+
+#[test]
+fn a_change_is_told_to_the_other_members_and_not_to_its_writer() {
+    let pg = PgCluster::start();
+    let (a, b) = (member(&pg), member(&pg));
+    let (mut to_a, mut to_b) = (a.take_events().unwrap(), b.take_events().unwrap());
+    assert!(a.take_events().is_none(), "one receiver per store");
+    b.insert(&oauth_row("up"), false).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        match to_a.try_recv() {
+            Ok(event) => break event,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("member a was never told: {e}"),
+        }
+    };
+    assert_eq!(event, StoreEvent::Changed("up".into()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        to_b.try_recv().is_err(),
+        "the writer is not told of its own change"
+    );
+    let versions = a.versions().unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!((versions[0].0.as_str(), versions[0].1), ("up", 42));
+    let change = versions[0].2;
+    b.save_allowed("up", &[tokend_proto::Principal::User(7)])
+        .unwrap();
+    assert!(
+        a.versions().unwrap()[0].2 > change,
+        "every write moves the change number"
+    );
+    let loaded = a.load_named(&["up".into(), "gone".into()]).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].allowed, vec![tokend_proto::Principal::User(7)]);
+    assert_eq!(
+        loaded[0].client_secret.as_ref().unwrap().expose(),
+        "client-secret-1"
+    );
+}
+
+#[test]
+fn a_member_with_another_key_cannot_open_what_the_fleet_sealed() {
+    let pg = PgCluster::start();
+    let a = member(&pg);
+    a.verify_key().unwrap();
+    a.insert(&oauth_row("up"), false).unwrap();
+    let other = member_with_key(&pg, &[9; 32]).unwrap();
+    assert!(matches!(other.verify_key(), Err(StoreError::Seal(_))));
+    assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
+    member(&pg).verify_key().unwrap();
+}
+
+#[test]
+fn writes_are_fenced_by_incarnation_and_a_duplicate_name_is_refused() {
+    let pg = PgCluster::start();
+    let a = member(&pg);
+    a.insert(&oauth_row("up"), false).unwrap();
+    assert!(matches!(
+        a.insert(&oauth_row("up"), false),
+        Err(StoreError::AlreadyExists(n)) if n == "up"
+    ));
+    assert!(matches!(
+        a.save_tokens("up", 41, &rotated(2)),
+        Err(StoreError::Gone(_))
+    ));
+    assert!(matches!(
+        a.lock_refresh("up", 41, false),
+        Err(StoreError::Gone(_))
+    ));
+    assert!(!a.remove("up", 41).unwrap());
+    assert!(a.remove("up", 42).unwrap());
+    assert!(a.load_all().unwrap().is_empty());
+}
