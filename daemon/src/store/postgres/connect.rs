@@ -184,3 +184,48 @@ async fn drive<S, T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_is_read_with_its_socket_directory_and_tls_only_when_asked() {
+        let t = Target::parse(
+            "postgresql://tokend@/fleet?host=/run/postgresql",
+            None,
+            "m1",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.config.get_dbname(), Some("fleet"));
+        assert_eq!(t.config.get_user(), Some("tokend"));
+        assert_eq!(t.config.get_application_name(), Some("m1"));
+        assert!(matches!(t.tls, Tls::None));
+        let t = Target::parse(
+            "postgres://tokend@db.internal/fleet?sslmode=require",
+            None,
+            "m1",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(t.tls, Tls::Rustls(_)));
+    }
+
+    #[test]
+    fn a_password_comes_from_its_file_never_from_the_url() {
+        let err = Target::parse("postgresql://u:hunter2@db/fleet", None, "m")
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("store_password_file"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let t = Target::parse("postgresql://u@db/fleet", Some(&file), "m")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.config.get_password(), Some(&b"s3cret"[..]));
+        assert!(
+            Target::parse("postgresql://u@db", None, "m").is_err(),
+            "no database"
+        );
+    }
+}
