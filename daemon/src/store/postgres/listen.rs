@@ -1,8 +1,8 @@
 //! Change notification: one connection per member `LISTEN`s on
 //! `tokend_changes` and passes on the names other members changed; when it
-//! is lost, it reconnects with capped backoff and asks for a full resync
-//! (a notification sent while nobody listened is gone). It also keeps the
-//! store's health, shown by `status`.
+//! is lost, it reconnects with capped backoff. On every (re)connection it
+//! asks for a full resync: a notification sent while nobody listened is
+//! gone. It also keeps the store's health, shown by `status`.
 
 use super::connect::{Target, listener};
 use crate::store::StoreEvent;
@@ -87,13 +87,14 @@ pub async fn run(
     events: UnboundedSender<StoreEvent>,
 ) {
     let mut backoff = FIRST_BACKOFF;
-    let mut first = true;
     loop {
-        match listen_once(&target, &member, &health, &events, first).await {
+        match listen_once(&target, &member, &health, &events).await {
             Ok(()) => return,
             Err(e) => {
                 if health.is_connected() {
                     tracing::warn!(database = %target.shown, error = %e, "lost the database connection; tokens still valid are served, no refresh happens until it is back");
+                    // It worked until now: the first retry comes soon.
+                    backoff = FIRST_BACKOFF;
                 }
                 health.lost(e);
             }
@@ -103,10 +104,6 @@ pub async fn run(
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        if health.is_connected() {
-            backoff = FIRST_BACKOFF;
-        }
-        first = false;
     }
 }
 
@@ -117,18 +114,19 @@ async fn listen_once(
     member: &str,
     health: &Health,
     events: &UnboundedSender<StoreEvent>,
-    first: bool,
 ) -> Result<(), String> {
     let (client, mut notifications) = listener(target).await.map_err(|e| super::describe(&e))?;
     client
         .batch_execute("LISTEN tokend_changes")
         .await
         .map_err(|e| super::describe(&e))?;
-    if !health.is_connected() && !first {
+    if !health.is_connected() {
         tracing::info!(database = %target.shown, "the database is back; resyncing");
     }
     health.mark_connected();
-    if !first && events.send(StoreEvent::Resync).is_err() {
+    // Whatever changed before LISTEN took effect (since the start-up load,
+    // or during an outage) was told to nobody: compare everything.
+    if events.send(StoreEvent::Resync).is_err() {
         return Ok(());
     }
     while let Some(n) = notifications.recv().await {
