@@ -158,7 +158,14 @@ pub fn ensure_private_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
     {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let meta = std::fs::metadata(dir)?;
-        if meta.uid() == tokend_proto::paths::current_uid() && meta.mode() & 0o7777 != mode {
+        // A shared sticky directory (/tmp, as root) is never narrowed: it
+        // serves others, and its sticky bit already keeps them from
+        // replacing what is ours.
+        let shared_sticky = meta.mode() & 0o1002 == 0o1002;
+        if meta.uid() == tokend_proto::paths::current_uid()
+            && meta.mode() & 0o7777 != mode
+            && !shared_sticky
+        {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
         }
     }
@@ -203,4 +210,29 @@ pub fn ensure_trusted_dir(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_private_dir_is_narrowed_but_a_shared_sticky_one_is_left_alone() {
+        let base = tempfile::tempdir().unwrap();
+        let own = base.path().join("own");
+        std::fs::create_dir(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&own, 0o700).unwrap();
+        assert_eq!(mode(&own), 0o700);
+        let shared = base.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        ensure_private_dir(&shared, 0o700).unwrap();
+        assert_eq!(mode(&shared), 0o1777, "like /tmp: others still need it");
+    }
 }
