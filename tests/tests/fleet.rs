@@ -503,6 +503,7 @@ fn a_hundred_and_fifty_requests_over_three_members_are_all_accepted_with_one_ref
         seen.distinct_tokens.len()
     );
     assert_eq!(seen.requests, 150);
+    assert_eq!(seen.logins, 0, "no login asked for without a kill");
     // 6-second tokens refreshed at about 4.5 s for 45 s: about 10 rotations,
     // one provider call each however many members hold the credential.
     assert!(
@@ -525,7 +526,33 @@ fn six_kill_9s_of_random_members_during_traffic_cause_no_reuse_and_leave_the_gra
     let idp = OidcServer::start(6);
     let mut fleet = fleet_logged_in(&idp, 1);
     let mut rng = Rng::from_env();
-    let seen = run_traffic(&mut fleet, &idp, 150, Duration::from_secs(45), 6, &mut rng);
+    let mut seen = run_traffic(&mut fleet, &idp, 150, Duration::from_secs(45), 6, &mut rng);
+    // A kill late in the traffic may have left the grant in doubt: let the
+    // fleet settle it (ready, or a login asked for after a real rotation).
+    for n in 1..=3 {
+        let d = fleet.member(n);
+        let mut state = String::new();
+        let settled = within(Duration::from_secs(10), || {
+            let info = show(d, "up");
+            state = info["state"].as_str().unwrap_or_default().to_string();
+            state == "ready"
+                || (state == "needs-login"
+                    && info["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("introspection says")))
+        });
+        assert!(
+            settled.is_some(),
+            "member {n} neither ready nor asking for a login after a rotation: {}{}",
+            show(d, "up"),
+            fleet.logs()
+        );
+        if state == "needs-login" {
+            eprintln!("member {n} asks for a login after the traffic; logging in again");
+            d.login(&idp, "up");
+            seen.logins += 1;
+        }
+    }
     let stats = idp.stats();
     eprintln!(
         "{} requests, {} kills, {} logins asked for; provider: {} refreshes, {} reuses, {} introspections ({} still active, {} rotated)",
