@@ -961,3 +961,125 @@ fn a_member_with_another_sealing_key_refuses_to_start_and_says_so() {
     let third = fleet.add_member();
     assert_eq!(token(third, "up").as_deref(), Ok("fleet-key-bearer-token"));
 }
+
+/// `tokenctl refresh up` through member `n`, in the background (it waits
+/// for the provider, which a fault may hold).
+fn refresh_in_background(d: &Daemon) -> std::process::Child {
+    let mut cmd = std::process::Command::new(bin("tokenctl"));
+    cmd.args(["refresh", "up"])
+        .env("TOKEND_SOCKET", &d.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd.spawn().expect("start tokenctl refresh")
+}
+
+/// Member 1 sends the refresh and dies with the answer in flight.
+fn kill_member_1_mid_refresh(fleet: &mut Fleet, idp: &OidcServer, fault: &str) {
+    idp.fault(fault);
+    let mut child = refresh_in_background(fleet.member(1));
+    assert!(
+        eventually(
+            Duration::from_secs(10),
+            || idp.stats()["token_posts_by_grant"]["refresh_token"] == 1
+        ),
+        "member 1 never sent its refresh:{}",
+        fleet.logs()
+    );
+    fleet.members[0].kill9();
+    let _ = child.wait();
+    idp.fault(r#"{"mode":"none"}"#);
+}
+
+#[test]
+fn a_member_killed_after_the_provider_rotated_leaves_the_refresh_token_in_doubt_for_the_whole_fleet()
+ {
+    let idp = OidcServer::start(60);
+    let mut fleet = fleet_logged_in(&idp, 2);
+    let before = token(fleet.member(2), "up").expect("served");
+    // The provider rotates, then holds its answer: member 1 dies without it.
+    kill_member_1_mid_refresh(
+        &mut fleet,
+        &idp,
+        r#"{"mode":"hold","delay_ms":8000,"grant_type":"refresh_token"}"#,
+    );
+    // Member 2 is asked for a fresh token: it must not send the refresh
+    // token member 1 may have spent. Introspection says it was rotated.
+    let out = fleet.member(2).tokenctl(&["refresh", "up"]);
+    assert!(!out.status.success(), "a refresh in doubt went on blindly");
+    for n in [2, 3] {
+        assert!(
+            within(
+                Duration::from_secs(5),
+                || show(fleet.member(n), "up")["state"] == "needs-login"
+            )
+            .is_some(),
+            "member {n} never asked for a login:{}",
+            fleet.logs()
+        );
+        let reason = show(fleet.member(n), "up")["reason"].to_string();
+        assert!(
+            reason.contains("introspection says"),
+            "member {n}: {reason}"
+        );
+        // The token from before is still good until it expires: still served.
+        assert_eq!(token(fleet.member(n), "up").as_deref(), Ok(before.as_str()));
+    }
+    assert!(idp.introspect(&before), "the provider still accepts it");
+    fleet.members[0].restart();
+    assert_eq!(show(fleet.member(1), "up")["state"], "needs-login");
+    let stats = idp.stats();
+    assert_eq!(stats["refresh_token_reuse"], 0, "{stats}");
+    assert_eq!(stats["grants_revoked"], 0, "{stats}");
+    assert_eq!(
+        stats["token_posts_by_grant"]["refresh_token"], 1,
+        "the refresh token was sent once, by member 1 only: {stats}"
+    );
+    assert_eq!(stats["introspected_inactive_rotated"], 1, "{stats}");
+    // A login through member 3 brings the whole fleet back.
+    fleet.member(3).login(&idp, "up");
+    for n in 1..=3 {
+        assert!(
+            within(PROPAGATION, || show(fleet.member(n), "up")["state"]
+                == "ready")
+            .is_some(),
+            "member {n} is not ready after the login:{}",
+            fleet.logs()
+        );
+    }
+}
+
+#[test]
+fn a_member_killed_before_the_provider_answered_leaves_a_grant_the_fleet_keeps_using() {
+    let idp = OidcServer::start(60);
+    let mut fleet = fleet_logged_in(&idp, 2);
+    let before = token(fleet.member(2), "up").expect("served");
+    // The provider stalls before processing: nothing rotated.
+    kill_member_1_mid_refresh(
+        &mut fleet,
+        &idp,
+        r#"{"mode":"stall","delay_ms":8000,"grant_type":"refresh_token"}"#,
+    );
+    // Member 3 finds member 1's mark, introspects (still active), and only
+    // then sends the refresh token itself.
+    assert_ok(&fleet.member(3).tokenctl(&["refresh", "up"]));
+    let stats = idp.stats();
+    assert_eq!(stats["refresh_token_reuse"], 0, "{stats}");
+    assert_eq!(
+        stats["introspected_active"], 1,
+        "member 3 asked first: {stats}"
+    );
+    assert_eq!(stats["token_success"]["refresh_token"], 1, "{stats}");
+    let fresh = token(fleet.member(3), "up").expect("served");
+    assert_ne!(fresh, before);
+    assert!(idp.introspect(&fresh));
+    assert!(
+        within(PROPAGATION, || token(fleet.member(2), "up").as_deref()
+            == Ok(fresh.as_str()))
+        .is_some(),
+        "member 2 does not serve member 3's new token:{}",
+        fleet.logs()
+    );
+    fleet.members[0].restart();
+    assert_eq!(token(fleet.member(1), "up").as_deref(), Ok(fresh.as_str()));
+    assert_eq!(idp.stats()["refresh_token_reuse"], 0);
+}
