@@ -315,6 +315,12 @@ impl Config {
             ("key_file", self.key_file != new.key_file),
             ("http.enabled", self.http.enabled != new.http.enabled),
             ("http.socket", self.http.socket != new.http.socket),
+            ("store", self.store != new.store),
+            (
+                "store_password_file",
+                self.store_password_file != new.store_password_file,
+            ),
+            ("fleet", self.fleet != new.fleet),
         ];
         keys.into_iter()
             .filter(|(_, changed)| *changed)

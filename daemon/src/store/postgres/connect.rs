@@ -95,8 +95,28 @@ impl Target {
     }
 }
 
-/// The password: the file's first line (mode 0600 expected, like ~/.pgpass).
+/// libpq's `sslmode=verify-ca` and `verify-full`, which tokio-postgres
+/// does not know, as `require`: with rustls the server's certificate and
+/// name are always verified, so `require` here already means `verify-full`.
+fn always_verified(url: &str) -> String {
+    url.replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require")
+}
+
+/// The password: the file's first line. Like libpq with ~/.pgpass, a file
+/// other users may read is refused.
 fn read_password(path: &Path) -> Result<Vec<u8>, StoreError> {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(StoreError::BadUrl(format!(
+                "the database password file {} may be read by other users (mode {mode:o}); chmod 600 it",
+                path.display()
+            )));
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(|e| {
         StoreError::BadUrl(format!(
             "cannot read the database password file {}: {e}",
@@ -220,6 +240,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pw");
         std::fs::write(&file, "s3cret\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = Target::parse("postgresql://u@db/fleet", Some(&file), "m").err();
+            assert!(err.is_some_and(|e| e.to_string().contains("chmod 600")));
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let t = Target::parse("postgresql://u@db/fleet", Some(&file), "m")
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.config.get_password(), Some(&b"s3cret"[..]));
