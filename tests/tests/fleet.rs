@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use tokend_tests::oidc::{OidcServer, curl, eventually};
+use tokend_tests::oidc::{OidcServer, eventually};
 use tokend_tests::postgres::PgCluster;
 use tokend_tests::*;
 
@@ -168,23 +168,6 @@ fn now_secs() -> f64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64()
-}
-
-/// The server's RFC 7662 answer about `token` (`active`, `exp`, …).
-fn introspection(idp: &OidcServer, token: &str) -> serde_json::Value {
-    let body = curl(&[
-        "-s",
-        "-X",
-        "POST",
-        &idp.introspection_url(),
-        "-d",
-        "client_id=tokend-test",
-        "-d",
-        "client_secret=tokend-test-secret",
-        "--data-urlencode",
-        &format!("token={token}"),
-    ]);
-    serde_json::from_str(&body).unwrap_or_else(|_| panic!("introspection answered {body}"))
 }
 
 /// A small deterministic generator, seeded from the clock (or
@@ -639,7 +622,7 @@ fn a_database_stopped_for_three_seconds_is_ridden_out_and_all_members_then_serve
     let held: Vec<(String, f64)> = (1..=3)
         .map(|n| {
             let t = token(fleet.member(n), "up").expect("served before the outage");
-            let info = introspection(&idp, &t);
+            let info = idp.introspection(&t);
             assert_eq!(info["active"], true, "member {n}: {info}");
             (t, info["exp"].as_f64().expect("exp"))
         })

@@ -35,7 +35,7 @@ impl Target {
         member: &str,
     ) -> Result<Target, StoreError> {
         let bad = |why: String| StoreError::BadUrl(why);
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+        let mut config: tokio_postgres::Config = always_verified(url).parse().map_err(|e| {
             bad(format!(
                 "{e} (expected e.g. postgresql://USER@/DBNAME?host=/run/postgresql)"
             ))
@@ -221,13 +221,11 @@ mod tests {
         assert_eq!(t.config.get_user(), Some("tokend"));
         assert_eq!(t.config.get_application_name(), Some("m1"));
         assert!(matches!(t.tls, Tls::None));
-        let t = Target::parse(
-            "postgres://tokend@db.internal/fleet?sslmode=require",
-            None,
-            "m1",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(t.tls, Tls::Rustls(_)));
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://tokend@db.internal/fleet?sslmode={mode}");
+            let t = Target::parse(&url, None, "m1").unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(t.tls, Tls::Rustls(_)), "{mode}");
+        }
     }
 
     #[test]

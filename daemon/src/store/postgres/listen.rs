@@ -115,11 +115,13 @@ async fn listen_once(
     health: &Health,
     events: &UnboundedSender<StoreEvent>,
 ) -> Result<(), String> {
-    let (client, mut notifications) = listener(target).await.map_err(|e| super::describe(&e))?;
+    let (client, mut notifications) = listener(target)
+        .await
+        .map_err(|e| super::error::describe(&e))?;
     client
         .batch_execute("LISTEN tokend_changes")
         .await
-        .map_err(|e| super::describe(&e))?;
+        .map_err(|e| super::error::describe(&e))?;
     if !health.is_connected() {
         tracing::info!(database = %target.shown, "the database is back; resyncing");
     }
@@ -139,7 +141,7 @@ async fn listen_once(
     }
     // The channel closed: the connection ended. Find out why, if it says.
     let why = match client.simple_query("SELECT 1").await {
-        Err(e) => super::describe(&e),
+        Err(e) => super::error::describe(&e),
         Ok(_) => "the notification connection closed".into(),
     };
     Err(why)

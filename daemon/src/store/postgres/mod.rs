@@ -3,7 +3,7 @@
 //!
 //! The same rows as SQLite, sealed the same way. What a fleet adds:
 //! - **Cross-member single flight**: a refresh holds a transaction-scoped
-//!   advisory lock on the credential ([`PgStore::lock_refresh`]) from before
+//!   advisory lock on the credential (`lock.rs`) from before
 //!   it re-reads the row until its outcome is committed in that same
 //!   transaction. A dead or stalled holder's lock goes with its session
 //!   (`idle_in_transaction_session_timeout` bounds a stall).
@@ -19,7 +19,9 @@
 //! workers do.
 
 mod connect;
+mod error;
 mod listen;
+mod lock;
 mod row;
 mod schema;
 
@@ -30,6 +32,7 @@ use super::seal::Sealer;
 use super::{Backend, Claim, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate};
 use connect::Target;
 use deadpool_postgres::{Object, Pool};
+use error::{Db, Failure};
 use listen::Health;
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,7 +44,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-/// Tuning of the PostgreSQL store (docs/CONFIG.md, `[store]`).
+/// Tuning of the PostgreSQL store (docs/CONFIG.md, `[fleet]`).
 #[derive(Debug, Clone)]
 pub struct PgOptions {
     /// How long an on-demand refresh waits for another member's.
@@ -59,21 +62,22 @@ pub struct PgStore {
     handle: tokio::runtime::Handle,
     /// Short autocommit statements and reads.
     work: Pool,
-    /// Connections holding a refresh lock's transaction.
+    /// Connections holding a refresh lock's transaction. Apart from `work`,
+    /// so that a holder never waits for a connection another holder has.
     locks: Pool,
     sealer: Arc<Sealer>,
     /// Locks held by this member, by credential and incarnation.
     held: Mutex<HashMap<(String, i64), Object>>,
     health: Arc<Health>,
     events: Mutex<Option<UnboundedReceiver<StoreEvent>>>,
-    shown: Arc<str>,
+    db: Db,
     options: PgOptions,
     refuse: AtomicBool,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PgStore({})", self.shown)
+        write!(f, "PgStore({})", self.db.0)
     }
 }
 
@@ -114,22 +118,14 @@ impl Sql {
     }
 }
 
-/// A database error as a sentence: the server's own message when it sent
-/// one (tokio-postgres shows only "db error"), else the cause.
-pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{}: {}", db.severity(), db.message());
-    }
-    match std::error::Error::source(e) {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
+fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Box<dyn ToSql + Sync + Send> {
+    Box::new(v)
 }
 
 impl PgStore {
     /// Connects, brings the schema up to date and starts listening for the
-    /// other members' changes. `member` names this daemon in the database
-    /// (its `application_name`).
+    /// other members' changes. This daemon goes by a member name of its own
+    /// in the database (its `application_name`, see [`member_name`]).
     pub fn open(
         url: &str,
         password_file: Option<&std::path::Path>,
@@ -162,11 +158,12 @@ impl PgStore {
             held: Mutex::default(),
             health: Arc::default(),
             events: Mutex::new(Some(rx)),
-            shown: target.shown.clone().into(),
+            db: Db(target.shown.clone().into()),
             options,
             refuse: AtomicBool::new(false),
         };
-        store.migrate()?;
+        let pool = store.work.clone();
+        store.call(async move { schema::migrate(&mut pool.get().await?).await })?;
         store.health.mark_connected();
         store
             .handle
@@ -178,77 +175,27 @@ impl PgStore {
     /// thread, async worker or not.
     fn call<T: Send + 'static>(
         &self,
-        f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+        f: impl Future<Output = Result<T, Failure>> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
             let _ = tx.send(f.await);
         });
-        let result = rx
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Task("the database task stopped".into())));
+        let result = match rx.recv() {
+            Ok(result) => result.map_err(|f| self.db.error(f)),
+            Err(_) => Err(StoreError::Task("the database task stopped".into())),
+        };
         if let Err(StoreError::Database(e)) = &result {
             self.health.note_error(e);
         }
         result
     }
 
-    fn db(&self) -> Db {
-        Db(self.shown.clone())
-    }
-
-    fn migrate(&self) -> Result<(), StoreError> {
-        let (pool, db) = (self.work.clone(), self.db());
-        self.call(async move {
-            let mut client = pool.get().await.map_err(|e| db.pool(e))?;
-            let tx = client.transaction().await.map_err(|e| db.err(&e))?;
-            // First the lock: members starting together would otherwise
-            // race on CREATE SCHEMA IF NOT EXISTS.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock($1)",
-                &[&schema::MIGRATION_LOCK],
-            )
-            .await
-            .map_err(|e| db.err(&e))?;
-            tx.batch_execute(schema::BOOTSTRAP)
-                .await
-                .map_err(|e| db.err(&e))?;
-            let version: i64 = tx
-                .query_opt("SELECT version::bigint FROM tokend.schema_version", &[])
-                .await
-                .map_err(|e| db.err(&e))?
-                .map_or(0, |r| r.get(0));
-            let known = schema::MIGRATIONS.len() as i64;
-            if version > known {
-                return Err(StoreError::TooNew {
-                    found: version,
-                    known,
-                });
-            }
-            for sql in schema::MIGRATIONS.iter().skip(version as usize) {
-                tx.batch_execute(sql).await.map_err(|e| db.err(&e))?;
-            }
-            tx.execute("DELETE FROM tokend.schema_version", &[])
-                .await
-                .map_err(|e| db.err(&e))?;
-            tx.execute(
-                "INSERT INTO tokend.schema_version (version) VALUES ($1::bigint::integer)",
-                &[&known],
-            )
-            .await
-            .map_err(|e| db.err(&e))?;
-            tx.commit().await.map_err(|e| db.err(&e))
-        })
-    }
-
     /// Runs one autocommit statement; the number of rows it touched.
     fn execute(&self, sql: Sql) -> Result<u64, StoreError> {
         self.refuse_check()?;
-        let (pool, db) = (self.work.clone(), self.db());
-        self.call(async move {
-            let client = pool.get().await.map_err(|e| db.pool(e))?;
-            sql.run(&**client).await.map_err(|e| db.err(&e))
-        })
+        let pool = self.work.clone();
+        self.call(async move { Ok(sql.run(&**pool.get().await?).await?) })
     }
 
     /// Runs a write about one credential: inside its refresh lock's
@@ -256,25 +203,20 @@ impl PgStore {
     /// the lock), else on its own.
     fn write(&self, name: &str, incarnation: i64, sql: Sql) -> Result<(), StoreError> {
         self.refuse_check()?;
-        let held = self.take_held(name, incarnation);
-        let Some(client) = held else {
+        let Some(client) = self.take_held(name, incarnation) else {
             return written(self.execute(sql)?, name);
         };
-        let db = self.db();
         let n = self.call(async move {
             let result = async {
                 let n = sql.run(&**client).await?;
-                client.batch_execute("COMMIT").await?;
-                Ok::<_, tokio_postgres::Error>(n)
+                lock::commit(&client).await?;
+                Ok(n)
             }
             .await;
-            match result {
-                Ok(n) => Ok(n),
-                Err(e) => {
-                    discard(client).await;
-                    Err(db.err(&e))
-                }
+            if result.is_err() {
+                lock::discard(client).await;
             }
+            result
         })?;
         written(n, name)
     }
@@ -286,11 +228,24 @@ impl PgStore {
             .remove(&(name.to_string(), incarnation))
     }
 
+    /// Keeps a lock this member now holds, until a write or
+    /// [`Backend::unlock_refresh`] ends it.
+    fn keep_held(&self, name: &str, incarnation: i64, client: Object) {
+        let stale = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((name.to_string(), incarnation), client);
+        if let Some(stale) = stale {
+            self.handle.spawn(lock::discard(stale));
+        }
+    }
+
     fn refuse_check(&self) -> Result<(), StoreError> {
         if self.refuse.load(Ordering::Relaxed) {
             return Err(StoreError::Database(format!(
                 "{}: writes are refused (test setting)",
-                self.shown
+                self.db.0
             )));
         }
         Ok(())
@@ -302,19 +257,79 @@ impl PgStore {
         filter: &'static str,
         names: Option<Vec<String>>,
     ) -> Result<Vec<StoredCredential>, StoreError> {
-        let (pool, db) = (self.work.clone(), self.db());
+        let pool = self.work.clone();
         let (mut creds, sealed) = self.call(async move {
-            let client = pool.get().await.map_err(|e| db.pool(e))?;
+            let client = pool.get().await?;
             let sql = format!("SELECT {} FROM {} {filter}", schema::COLUMNS, schema::FROM);
             let rows = match &names {
-                Some(names) => client.query(&sql, &[names]).await,
-                None => client.query(&sql, &[]).await,
-            }
-            .map_err(|e| db.err(&e))?;
-            row::convert(&rows)
+                Some(names) => client.query(&sql, &[names]).await?,
+                None => client.query(&sql, &[]).await?,
+            };
+            Ok(row::convert(&rows)?)
         })?;
         open_all(&self.sealer, &mut creds, &sealed)?;
         Ok(creds)
+    }
+
+    /// Inserts rows in one transaction; `replace` removes a row of the
+    /// same name first.
+    fn insert_rows(&self, creds: &[StoredCredential], replace: bool) -> Result<(), StoreError> {
+        self.refuse_check()?;
+        let mut statements = Vec::with_capacity(creds.len() * 2);
+        for c in creds {
+            let sealed = seal_row(&self.sealer, c)?;
+            if replace {
+                statements.push(Sql::new(
+                    "DELETE FROM tokend.credentials WHERE name = $1",
+                    vec![boxed(c.name.clone())],
+                ));
+            }
+            statements.push(row::insert(c, sealed));
+        }
+        let pool = self.work.clone();
+        let first_name = creds.first().map(|c| c.name.clone()).unwrap_or_default();
+        self.call(async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            for sql in &statements {
+                match sql.run(&*tx).await {
+                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                        let name = row::duplicate_name(&e).unwrap_or(first_name);
+                        return Err(StoreError::AlreadyExists(name).into());
+                    }
+                    other => other?,
+                };
+            }
+            Ok(tx.commit().await?)
+        })
+    }
+
+    /// Settles what a held lock's re-read found: the row, unless it is gone
+    /// or its journal mark belongs to a member still connected.
+    fn claim(
+        &self,
+        name: &str,
+        incarnation: i64,
+        client: Object,
+        rows: Vec<tokio_postgres::Row>,
+    ) -> Result<Claim, StoreError> {
+        let (mut creds, sealed) = row::convert(&rows)?;
+        if creds.first().is_none_or(|c| c.incarnation != incarnation) {
+            self.handle.spawn(lock::discard(client));
+            return Err(StoreError::Gone(name.to_string()));
+        }
+        if rows[0].get::<_, bool>(schema::MARKER_ALIVE) {
+            // Another live member sent the refresh token and has not saved
+            // the outcome yet (its database connection broke): it will.
+            self.handle.spawn(lock::discard(client));
+            return Ok(Claim::Busy);
+        }
+        if let Err(e) = open_all(&self.sealer, &mut creds, &sealed) {
+            self.handle.spawn(lock::discard(client));
+            return Err(e);
+        }
+        self.keep_held(name, incarnation, client);
+        Ok(Claim::Held(Box::new(creds.remove(0))))
     }
 }
 
@@ -337,32 +352,6 @@ fn member_name() -> String {
     )
 }
 
-/// Ends a lock connection's transaction; a connection that cannot say
-/// ROLLBACK is closed rather than returned to the pool mid-transaction.
-async fn discard(client: Object) {
-    if client.batch_execute("ROLLBACK").await.is_err() {
-        drop(Object::take(client));
-    }
-}
-
-/// Turns database errors into store errors naming the database.
-#[derive(Clone)]
-struct Db(Arc<str>);
-
-impl Db {
-    fn err(&self, e: &tokio_postgres::Error) -> StoreError {
-        StoreError::Database(format!("PostgreSQL {}: {}", self.0, describe(e)))
-    }
-
-    fn pool(&self, e: deadpool_postgres::PoolError) -> StoreError {
-        let detail = match &e {
-            deadpool_postgres::PoolError::Backend(e) => describe(e),
-            other => other.to_string(),
-        };
-        StoreError::Database(format!("PostgreSQL {} is unreachable: {detail}", self.0))
-    }
-}
-
 /// No row matched the name and incarnation: see [`StoreError::Gone`].
 fn written(rows: u64, name: &str) -> Result<(), StoreError> {
     if rows == 0 {
@@ -371,38 +360,21 @@ fn written(rows: u64, name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The advisory lock key of a credential's refresh: 64 bits of a hash of
-/// its name, so any name maps to one key (two names sharing a key only
-/// take turns).
-fn lock_key(name: &str) -> i64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("tokend refresh\0{name}"));
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    i64::from_le_bytes(b)
-}
-
-fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Box<dyn ToSql + Sync + Send> {
-    Box::new(v)
-}
-
 impl Backend for PgStore {
     fn verify_key(&self) -> Result<(), StoreError> {
         let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
-        let (pool, db) = (self.work.clone(), self.db());
+        let pool = self.work.clone();
         let stored: Vec<u8> = self.call(async move {
-            let client = pool.get().await.map_err(|e| db.pool(e))?;
+            let client = pool.get().await?;
             client
                 .execute(
                     "INSERT INTO tokend.meta (key, value) VALUES ('key_check', $1) ON CONFLICT (key) DO NOTHING",
                     &[&sealed],
                 )
-                .await
-                .map_err(|e| db.err(&e))?;
+                .await?;
             let row = client
                 .query_one("SELECT value FROM tokend.meta WHERE key = 'key_check'", &[])
-                .await
-                .map_err(|e| db.err(&e))?;
+                .await?;
             Ok(row.get(0))
         })?;
         let opened = self.sealer.open("", "key_check", &stored)?;
@@ -426,21 +398,19 @@ impl Backend for PgStore {
 
     fn remove(&self, name: &str, incarnation: i64) -> Result<bool, StoreError> {
         self.refuse_check()?;
-        let (pool, db, owned) = (self.work.clone(), self.db(), name.to_string());
+        let (pool, owned) = (self.work.clone(), name.to_string());
         self.call(async move {
-            let mut client = pool.get().await.map_err(|e| db.pool(e))?;
-            let tx = client.transaction().await.map_err(|e| db.err(&e))?;
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
             let n = tx
                 .execute(
                     "DELETE FROM tokend.credentials WHERE name = $1 AND incarnation = $2",
                     &[&owned, &incarnation],
                 )
-                .await
-                .map_err(|e| db.err(&e))?;
+                .await?;
             tx.execute("DELETE FROM tokend.uses WHERE name = $1", &[&owned])
-                .await
-                .map_err(|e| db.err(&e))?;
-            tx.commit().await.map_err(|e| db.err(&e))?;
+                .await?;
+            tx.commit().await?;
             Ok(n > 0)
         })
     }
@@ -459,16 +429,16 @@ impl Backend for PgStore {
     }
 
     fn versions(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let (pool, db) = (self.work.clone(), self.db());
+        let pool = self.work.clone();
         self.call(async move {
-            let client = pool.get().await.map_err(|e| db.pool(e))?;
-            let rows = client
+            let rows = pool
+                .get()
+                .await?
                 .query(
                     "SELECT name, incarnation, change FROM tokend.credentials",
                     &[],
                 )
-                .await
-                .map_err(|e| db.err(&e))?;
+                .await?;
             Ok(rows
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -595,62 +565,34 @@ impl Backend for PgStore {
             // attempt per due credential (the listener keeps trying).
             return Err(StoreError::Database(format!(
                 "PostgreSQL {} is unreachable ({})",
-                self.shown,
+                self.db.0,
                 self.health.describe()
             )));
         }
-        let (pool, db, owned) = (self.locks.clone(), self.db(), name.to_string());
+        let (pool, owned) = (self.locks.clone(), name.to_string());
         let (hold_ms, wait_ms) = (
             self.options.hold_limit.as_millis() as u64,
             self.options.lock_wait.as_millis() as u64,
         );
         let taken = self.call(async move {
-            let client = pool.get().await.map_err(|e| db.pool(e))?;
-            match take_lock(&client, &owned, wait, hold_ms, wait_ms).await {
-                Ok(Some(rows)) => Ok(Some((client, rows))),
-                Ok(None) => {
-                    discard(client).await;
-                    Ok(None)
-                }
-                Err(e) => {
-                    discard(client).await;
-                    Err(db.err(&e))
+            let client = pool.get().await?;
+            match lock::take(&client, &owned, wait, hold_ms, wait_ms).await {
+                Ok(lock::Taken::Held(rows)) => Ok(Some((client, rows))),
+                other => {
+                    lock::discard(client).await;
+                    other.map(|_| None)
                 }
             }
         })?;
-        let Some((client, rows)) = taken else {
-            return Ok(Claim::Busy);
-        };
-        let (mut creds, sealed) = row::convert(&rows)?;
-        let current = creds.first().is_some_and(|c| c.incarnation == incarnation);
-        if !current {
-            self.handle.spawn(discard(client));
-            return Err(StoreError::Gone(name.to_string()));
+        match taken {
+            Some((client, rows)) => self.claim(name, incarnation, client, rows),
+            None => Ok(Claim::Busy),
         }
-        if rows[0].get::<_, bool>(schema::MARKER_ALIVE) {
-            // Another live member sent the refresh token and has not saved
-            // the outcome yet (its database connection broke): it will.
-            self.handle.spawn(discard(client));
-            return Ok(Claim::Busy);
-        }
-        if let Err(e) = open_all(&self.sealer, &mut creds, &sealed) {
-            self.handle.spawn(discard(client));
-            return Err(e);
-        }
-        let stale = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((name.to_string(), incarnation), client);
-        if let Some(stale) = stale {
-            self.handle.spawn(discard(stale));
-        }
-        Ok(Claim::Held(Box::new(creds.remove(0))))
     }
 
     fn unlock_refresh(&self, name: &str, incarnation: i64) {
         if let Some(client) = self.take_held(name, incarnation) {
-            self.handle.spawn(discard(client));
+            self.handle.spawn(lock::discard(client));
         }
     }
 
@@ -659,83 +601,6 @@ impl Backend for PgStore {
     }
 
     fn describe(&self) -> String {
-        format!("{} ({})", self.shown, self.health.describe())
-    }
-}
-
-/// Begins the lock's transaction, takes the lock (or finds it busy: `None`)
-/// and re-reads the row under it.
-async fn take_lock(
-    client: &Object,
-    name: &str,
-    wait: bool,
-    hold_ms: u64,
-    wait_ms: u64,
-) -> Result<Option<Vec<tokio_postgres::Row>>, tokio_postgres::Error> {
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; SET LOCAL lock_timeout = {wait_ms}"
-        ))
-        .await?;
-    let key = lock_key(name);
-    if wait {
-        if let Err(e) = client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&key])
-            .await
-        {
-            return match e.code() {
-                Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE => Ok(None),
-                _ => Err(e),
-            };
-        }
-    } else {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&key])
-            .await?
-            .get(0);
-        if !got {
-            return Ok(None);
-        }
-    }
-    let sql = format!(
-        "SELECT {} FROM {} WHERE c.name = $1",
-        schema::COLUMNS,
-        schema::FROM
-    );
-    Ok(Some(client.query(&sql, &[&name]).await?))
-}
-
-impl PgStore {
-    /// Inserts rows in one transaction; `replace` removes a row of the
-    /// same name first.
-    fn insert_rows(&self, creds: &[StoredCredential], replace: bool) -> Result<(), StoreError> {
-        self.refuse_check()?;
-        let mut statements = Vec::with_capacity(creds.len() * 2);
-        for c in creds {
-            let sealed = seal_row(&self.sealer, c)?;
-            if replace {
-                statements.push(Sql::new(
-                    "DELETE FROM tokend.credentials WHERE name = $1",
-                    vec![boxed(c.name.clone())],
-                ));
-            }
-            statements.push(row::insert(c, sealed));
-        }
-        let (pool, db) = (self.work.clone(), self.db());
-        let first_name = creds.first().map(|c| c.name.clone()).unwrap_or_default();
-        self.call(async move {
-            let mut client = pool.get().await.map_err(|e| db.pool(e))?;
-            let tx = client.transaction().await.map_err(|e| db.err(&e))?;
-            for sql in &statements {
-                if let Err(e) = sql.run(&*tx).await {
-                    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-                        let name = row::duplicate_name(&e).unwrap_or(first_name);
-                        return Err(StoreError::AlreadyExists(name));
-                    }
-                    return Err(db.err(&e));
-                }
-            }
-            tx.commit().await.map_err(|e| db.err(&e))
-        })
+        format!("{} ({})", self.db.0, self.health.describe())
     }
 }

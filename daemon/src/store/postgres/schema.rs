@@ -8,6 +8,9 @@
 //! and the member that made it (its `application_name`), so that the other
 //! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
 
+use super::error::Failure;
+use crate::store::StoreError;
+
 /// The migrations; `tokend.schema_version` says how many ran. They run in
 /// one transaction under an advisory lock, so members starting together
 /// migrate once.
@@ -69,13 +72,45 @@ CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE ON tokend.credenti
 "#];
 
 /// Creates the schema and its version table if missing.
-pub(super) const BOOTSTRAP: &str = "
+const BOOTSTRAP: &str = "
 CREATE SCHEMA IF NOT EXISTS tokend;
 CREATE TABLE IF NOT EXISTS tokend.schema_version (version INTEGER NOT NULL);
 ";
 
 /// The advisory lock key under which migrations run ("tokend-m").
-pub(super) const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_2d6d;
+const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_2d6d;
+
+/// Brings the schema up to date, in one transaction.
+pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), Failure> {
+    let tx = client.transaction().await?;
+    // First the lock: members starting together would otherwise race on
+    // CREATE SCHEMA IF NOT EXISTS.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(BOOTSTRAP).await?;
+    let version: i64 = tx
+        .query_opt("SELECT version::bigint FROM tokend.schema_version", &[])
+        .await?
+        .map_or(0, |r| r.get(0));
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        }
+        .into());
+    }
+    for sql in MIGRATIONS.iter().skip(version as usize) {
+        tx.batch_execute(sql).await?;
+    }
+    tx.execute("DELETE FROM tokend.schema_version", &[]).await?;
+    tx.execute(
+        "INSERT INTO tokend.schema_version (version) VALUES ($1::bigint::integer)",
+        &[&known],
+    )
+    .await?;
+    Ok(tx.commit().await?)
+}
 
 /// Every column of a credential row, in the order `row.rs` reads them.
 pub(super) const COLUMNS: &str = "c.name, c.incarnation, c.description, c.owner_uid, c.settings,
