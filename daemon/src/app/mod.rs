@@ -122,8 +122,13 @@ fn open_store(paths: &Paths, config: &Config) -> Result<(Store, KeySource), Star
         Sealer::load(paths.credential_key.as_deref(), &paths.key_file, true).map_err(fail)?;
     let store = match &paths.store {
         StoreLocation::Sqlite(db) => crate::store::open_sqlite(db, sealer).map_err(fail)?,
-        StoreLocation::Postgres(url) => crate::store::open_postgres(url, config, sealer)
-            .map_err(|e| fail(format!("cannot open the PostgreSQL store {url}: {e}")))?,
+        StoreLocation::Postgres(url) => {
+            crate::store::open_postgres(url, config, sealer).map_err(|e| {
+                fail(format!(
+                    "cannot open the store: {e}. Check that PostgreSQL runs and that the database exists (tokend creates its tables, not the database: createdb -O USER DBNAME)"
+                ))
+            })?
+        }
     };
     store.verify_key().map_err(|e| {
         let advice = if store.is_shared() {
