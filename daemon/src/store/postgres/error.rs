@@ -45,7 +45,7 @@ impl Db {
                     deadpool_postgres::PoolError::Backend(e) => describe(e),
                     other => other.to_string(),
                 };
-                StoreError::Database(format!("PostgreSQL {} is unreachable: {detail}", self.0))
+                StoreError::Database(format!("PostgreSQL {}: cannot connect: {detail}", self.0))
             }
             Failure::Store(e) => e,
         }
