@@ -194,6 +194,11 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, locked:
         if moved {
             l.failures = 0;
             l.retry_not_before_ms = 0;
+            // Another member's attempt completed: a refresh that was
+            // started here before this was applied (spawned but not yet
+            // holding the refresh lock) takes its outcome instead of
+            // sending the refresh token this row now holds.
+            l.attempts += 1;
         }
         Some(loaded_due(&cred.spec, l, now))
     });
