@@ -141,6 +141,7 @@ fn request_path(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), S
         names: (0..n).map(fixtures::name).collect(),
         token_len: len,
     };
+    let load = procfs::load_average();
     progress!("fleet: token latency, persistent connection, member 1 against SQLite");
     let (f, s) = latency_pair(
         &endpoint(&members[0]),
@@ -166,6 +167,10 @@ fn request_path(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), S
     check_logs("the SQLite daemon", &sqlite, report);
     drop(sqlite);
     propagation(args, &members, report)?;
+    report.notes.push(format!(
+        "fleet requests and propagation: load average {load:.1} at start, {:.1} at the end",
+        procfs::load_average()
+    ));
     for (i, m) in members.iter().enumerate() {
         check_logs(&format!("member {}", i + 1), m, report);
     }
@@ -304,6 +309,8 @@ fn storm(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), String> 
         args.provider_delay_ms,
         args.max_concurrent
     );
+    let load = procfs::load_average();
+    let pg_cpu = fleet.cluster.cpu_secs()?;
     let members = fleet.start(fleet.members, &db, &config)?;
     let started = members[0].started;
     let deadline = started + Duration::from_secs_f64(args.storm_timeout);
@@ -316,6 +323,11 @@ fn storm(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), String> 
         stale = stale.max(crate::scale::wait_all_fresh(m, n, now, deadline)?);
     }
     let fresh = started.elapsed();
+    let pg_cpu = fleet.cluster.cpu_secs()? - pg_cpu;
+    let mut members_cpu = 0.0;
+    for m in &members {
+        members_cpu += procfs::cpu_secs(m.pid())?;
+    }
     // A late second call (a member that looked again after a busy lock)
     // would come within seconds: wait for it before counting.
     std::thread::sleep(Duration::from_secs(3));
@@ -347,6 +359,20 @@ fn storm(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), String> 
         Goal::AtMost(30.0),
     ));
     report.push(Row::new(
+        label("CPU time of the members until then"),
+        "s",
+        members_cpu,
+        None,
+        Goal::None,
+    ));
+    report.push(Row::new(
+        label("CPU time of PostgreSQL until then"),
+        "s",
+        pg_cpu,
+        None,
+        Goal::None,
+    ));
+    report.push(Row::new(
         label("last provider answer"),
         "s",
         answered.map_or(f64::NAN, |d| d.as_secs_f64()),
@@ -368,10 +394,11 @@ fn storm(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), String> 
         Goal::AtMost(bound as f64),
     ));
     report.notes.push(format!(
-        "fleet storm: {requests} provider requests from {clients} clients, at most {most} from one; the concurrency bound is {} members x min(max_concurrent {}, [fleet] lock_connections {})",
+        "fleet storm: {requests} provider requests from {clients} clients, at most {most} from one; the concurrency bound is {} members x min(max_concurrent {}, [fleet] lock_connections {}); load average {load:.1} before, {:.1} after",
         fleet.members,
         args.max_concurrent,
-        config.fleet.lock_connections
+        config.fleet.lock_connections,
+        procfs::load_average()
     ));
     if repeated > 0 {
         report.notes.push(format!(
@@ -406,11 +433,13 @@ fn startup(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), String
         t.elapsed().as_secs_f64()
     ));
     drop(creds);
+    let load = procfs::load_average();
     let mut member = Setup::member("", &url, &fleet.key)?.start()?;
     let ready = member.wait_ready(Duration::from_secs(120))?;
     let pid = member.pid();
     let cpu = procfs::cpu_secs(pid)?;
     let rss = procfs::rss_kib(pid)? as f64 / 1024.0;
+    let peak = procfs::peak_rss_kib(pid)? as f64 / 1024.0;
     let label = |what: &str| format!("fleet {n} creds in PostgreSQL: {what}");
     report.push(Row::new(
         label("ready after start"),
@@ -433,12 +462,22 @@ fn startup(args: &Args, fleet: &Fleet, report: &mut Report) -> Result<(), String
         None,
         Goal::None,
     ));
+    report.push(Row::new(
+        label("peak RSS (VmHWM)"),
+        "MiB",
+        peak,
+        None,
+        Goal::None,
+    ));
     let mut client = Client::connect(member.socket()).map_err(|e| e.to_string())?;
     let last = fixtures::name(n - 1);
     let token = client.token(&last).map_err(|e| format!("{last}: {e}"))?;
     if token.len() != len {
         return Err(format!("{last}: a token of {} bytes", token.len()));
     }
+    report
+        .notes
+        .push(format!("fleet start-up: load average {load:.1} at start"));
     check_logs("the start-up member", &member, report);
     Ok(())
 }

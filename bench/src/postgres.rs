@@ -154,6 +154,20 @@ impl Cluster {
         run(&mut cmd)
     }
 
+    /// CPU time used by the server so far (postmaster and its processes,
+    /// live or exited), in seconds.
+    pub fn cpu_secs(&self) -> Result<f64, String> {
+        let pid_file = self.data().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+        let pid = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| format!("{} holds no pid", pid_file.display()))?;
+        crate::procfs::tree_cpu_secs(pid)
+    }
+
     /// The end of the server's log, for an error message.
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
