@@ -620,7 +620,7 @@ impl Backend for PgStore {
         let taken = self.call(async move {
             let client = pool.get().await.map_err(|e| db.pool(e))?;
             match take_lock(&client, &owned, wait, hold_ms, wait_ms).await {
-                Ok(Some(rows)) => Ok(Some((client, rows))),
+                Ok(Some(taken)) => Ok(Some((client, taken))),
                 Ok(None) => {
                     discard(client).await;
                     Ok(None)
@@ -631,7 +631,7 @@ impl Backend for PgStore {
                 }
             }
         })?;
-        let Some((client, rows)) = taken else {
+        let Some((client, (rows, marker_alive))) = taken else {
             return Ok(Claim::Busy);
         };
         let (mut creds, sealed) = row::convert(&rows)?;
@@ -640,7 +640,7 @@ impl Backend for PgStore {
             self.handle.spawn(discard(client));
             return Err(StoreError::Gone(name.to_string()));
         }
-        if rows[0].get::<_, bool>(schema::MARKER_ALIVE) {
+        if marker_alive {
             // Another live member sent the refresh token and has not saved
             // the outcome yet (its database connection broke): it will.
             self.handle.spawn(discard(client));
@@ -677,14 +677,15 @@ impl Backend for PgStore {
 }
 
 /// Begins the lock's transaction, takes the lock (or finds it busy: `None`)
-/// and re-reads the row under it.
+/// and re-reads the row under it; with it, whether its journal mark is
+/// another live member's ([`schema::MARKER_ALIVE`]).
 async fn take_lock(
     client: &Object,
     name: &str,
     wait: bool,
     hold_ms: u64,
     wait_ms: u64,
-) -> Result<Option<Vec<tokio_postgres::Row>>, tokio_postgres::Error> {
+) -> Result<Option<(Vec<tokio_postgres::Row>, bool)>, tokio_postgres::Error> {
     client
         .batch_execute(&format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; SET LOCAL lock_timeout = {wait_ms}"
@@ -715,7 +716,18 @@ async fn take_lock(
         schema::COLUMNS,
         schema::FROM
     );
-    Ok(Some(client.query(&sql, &[&name]).await?))
+    let rows = client.query(&sql, &[&name]).await?;
+    let marked_by = match rows.first() {
+        Some(r) if r.get::<_, bool>(schema::MARKED) => {
+            r.get::<_, Option<String>>(schema::MARKED_BY)
+        }
+        _ => return Ok(Some((rows, false))),
+    };
+    let alive: bool = client
+        .query_one(schema::MARKER_ALIVE, &[&marked_by])
+        .await?
+        .get(0);
+    Ok(Some((rows, alive)))
 }
 
 impl PgStore {
