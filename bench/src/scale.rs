@@ -270,7 +270,7 @@ fn storm(args: &Args, report: &mut Report) -> Result<(), String> {
 /// Checks every credential through `show` (which never triggers a refresh)
 /// until all hold a token refreshed in this run, or `deadline`. Returns how
 /// many are still stale.
-pub fn wait_all_fresh(
+fn wait_all_fresh(
     daemon: &Daemon,
     n: usize,
     before: i64,
