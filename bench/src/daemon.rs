@@ -2,6 +2,8 @@
 //! socket, store, key and config; the store filled directly through the
 //! daemon library before start (adding thousands of credentials through
 //! `tokenctl add` would spend minutes in fsyncs); stopped with SIGTERM.
+//! A fleet member ([`Setup::member`]) has a PostgreSQL store and a key
+//! file shared with the other members instead of its own SQLite file.
 
 use crate::binaries::sibling_binary;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,10 @@ pub struct Setup {
     pub db: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// A fleet member's `--store URL` (instead of `--db`).
+    pub store: Option<String>,
+    /// A fleet member's `--key-file` (the fleet's shared key).
+    pub key_file: Option<PathBuf>,
 }
 
 impl Setup {
@@ -36,7 +42,18 @@ impl Setup {
             log: dir.path().join("tokend.log"),
             config,
             dir,
+            store: None,
+            key_file: None,
         })
+    }
+
+    /// A fleet member: the PostgreSQL store at `url`, sealed with the
+    /// shared `key_file` (see [`crate::fleet::populate`] for filling it).
+    pub fn member(config_text: &str, url: &str, key_file: &Path) -> Result<Setup, String> {
+        let mut setup = Setup::new(config_text)?;
+        setup.store = Some(url.to_string());
+        setup.key_file = Some(key_file.to_path_buf());
+        Ok(setup)
     }
 
     /// Writes `creds` into the store, sealed with the key file the daemon
@@ -74,12 +91,12 @@ impl Setup {
 
     fn command(&self) -> Result<Command, String> {
         let mut cmd = Command::new(sibling_binary("tokend")?);
-        cmd.arg("--socket")
-            .arg(&self.socket)
-            .arg("--db")
-            .arg(&self.db)
-            .arg("--config")
-            .arg(&self.config);
+        cmd.arg("--socket").arg(&self.socket);
+        match (&self.store, &self.key_file) {
+            (Some(url), Some(key)) => cmd.arg("--store").arg(url).arg("--key-file").arg(key),
+            _ => cmd.arg("--db").arg(&self.db),
+        };
+        cmd.arg("--config").arg(&self.config);
         for var in [
             "NOTIFY_SOCKET",
             "LISTEN_FDS",
@@ -87,8 +104,13 @@ impl Setup {
             "CREDENTIALS_DIRECTORY",
             "WATCHDOG_USEC",
             "TOKEND_LOG",
+            "PGPASSFILE",
         ] {
             cmd.env_remove(var);
+        }
+        // TOKEND_BENCH_LOG sets the daemons' TOKEND_LOG (e.g. `debug`).
+        if let Some(level) = std::env::var_os("TOKEND_BENCH_LOG") {
+            cmd.env("TOKEND_LOG", level);
         }
         cmd.env("XDG_RUNTIME_DIR", self.dir.path().join("xdg-run"));
         Ok(cmd)

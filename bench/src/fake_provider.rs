@@ -1,9 +1,10 @@
 //! A fake OAuth2 token endpoint on 127.0.0.1 for the refresh storm: answers
 //! every grant after a fixed delay (a real provider's latency), rotates
 //! refresh tokens like Uptempo (a used one dies; sending it again is an
-//! error), and counts requests and the peak number answered at once.
+//! error), and counts requests, requests per client (one client per
+//! credential in the fixtures) and the peak number answered at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +29,8 @@ pub struct Stats {
     pub peak_in_flight: AtomicU64,
     issued: AtomicU64,
     spent: Mutex<HashSet<String>>,
+    /// Requests per `client_id` (each fixture credential has its own).
+    per_client: Mutex<HashMap<String, u32>>,
     last_answer: Mutex<Option<Instant>>,
 }
 
@@ -38,6 +41,22 @@ impl Stats {
 
     pub fn last_answer(&self) -> Option<Instant> {
         *self.last_answer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Requests per client: (clients seen, the most from one client, the
+    /// clients that sent more than one, up to 5 of them by name).
+    pub fn per_client(&self) -> (usize, u32, usize, Vec<String>) {
+        let map = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
+        let max = map.values().copied().max().unwrap_or(0);
+        let mut repeated: Vec<String> = map
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(c, n)| format!("{c} ({n})"))
+            .collect();
+        let count = repeated.len();
+        repeated.sort();
+        repeated.truncate(5);
+        (map.len(), max, count, repeated)
     }
 }
 
@@ -137,6 +156,14 @@ fn answer(stats: &Stats, body: &str) -> (&'static str, String) {
             .map(|(_, v)| v.to_string())
     };
     let refused = |error: &str| ("400 Bad Request", format!("{{\"error\":\"{error}\"}}"));
+    if let Some(client) = field("client_id") {
+        *stats
+            .per_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(client)
+            .or_default() += 1;
+    }
     match field("grant_type").as_deref() {
         Some("refresh_token") => {
             let Some(rt) = field("refresh_token") else {

@@ -27,11 +27,15 @@ mod fake_provider;
 #[cfg(unix)]
 mod fixtures;
 #[cfg(unix)]
+mod fleet;
+#[cfg(unix)]
 mod http;
 #[cfg(unix)]
 mod ipc;
 #[cfg(unix)]
 mod measure;
+#[cfg(unix)]
+mod postgres;
 #[cfg(unix)]
 mod procfs;
 #[cfg(unix)]
@@ -51,8 +55,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Benchmarks tokend: token latency and throughput against a bare socket
-/// baseline, `tokenctl token` against `/bin/true`, and (with --scale) start-up,
-/// memory, idle cost and a refresh storm.
+/// baseline, `tokenctl token` against `/bin/true`, (with --scale) start-up,
+/// memory, idle cost and a refresh storm, and (with --fleet) daemons sharing
+/// a PostgreSQL store.
 #[cfg(unix)]
 #[derive(Parser, Debug, serde::Serialize)]
 #[command(name = "tokend-bench")]
@@ -117,7 +122,22 @@ pub struct Args {
     /// Give up waiting for the storm to finish after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     storm_timeout: f64,
-    /// A short smoke run of everything with small numbers (for CI).
+    /// Run the fleet benchmark instead: daemons sharing a PostgreSQL store
+    /// in a private cluster (needs the PostgreSQL server binaries). Its
+    /// storm and start-up use --storm-credentials and --scale-credentials.
+    #[arg(long)]
+    fleet: bool,
+    /// Members of the fleet (propagation is watched on all but the first).
+    #[arg(long, default_value_t = 3)]
+    fleet_members: usize,
+    /// Changes (an add, then a remove, each) timed from member 1 to the others.
+    #[arg(long, default_value_t = 300)]
+    fleet_samples: usize,
+    /// Which parts of the fleet benchmark to run.
+    #[arg(long, value_delimiter = ',', default_value = "requests,storm,startup")]
+    fleet_parts: Vec<FleetPart>,
+    /// A short smoke run of everything with small numbers (for CI); with
+    /// --fleet, of the fleet benchmark only.
     #[arg(long)]
     quick: bool,
     /// Print the report as JSON instead of a table.
@@ -136,6 +156,19 @@ pub enum Scenario {
     Idle,
     /// Every credential due at once against a fake provider.
     Storm,
+}
+
+/// The parts of the fleet benchmark.
+#[cfg(unix)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetPart {
+    /// Token latency on a member against SQLite, then change propagation.
+    Requests,
+    /// Every credential due at once on every member.
+    Storm,
+    /// Start-up to ready with a large store in PostgreSQL.
+    Startup,
 }
 
 #[cfg(unix)]
@@ -167,6 +200,7 @@ impl Args {
         self.idle_secs = 3.0;
         self.storm_credentials = 500;
         self.storm_timeout = 30.0;
+        self.fleet_samples = 30;
         self.all = true;
     }
 }
@@ -220,6 +254,9 @@ fn main() -> ExitCode {
 fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
     report::progress("building tokend and tokenctl if needed");
     binaries::ensure_built()?;
+    if args.fleet {
+        return fleet::run(args, report);
+    }
     if !args.scale || args.all {
         ipc::run(args, report)?;
     }

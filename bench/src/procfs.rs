@@ -66,3 +66,48 @@ pub fn thread_switches(pid: u32) -> Result<std::collections::HashMap<String, u64
     }
     Ok(out)
 }
+
+/// CPU time of a process and of its children it has waited for (user +
+/// system), and its parent's pid: fields 4, 14–17 of /proc/PID/stat.
+fn stat_times(pid: u32) -> Result<(u32, f64), String> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(ppid), Some(u), Some(s), Some(cu), Some(cs)) =
+        (num(1), num(11), num(12), num(13), num(14))
+    else {
+        return Err(format!("{path} is not in the expected format"));
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ppid as u32, (u + s + cu + cs) as f64 / hz))
+}
+
+/// CPU time of a process tree one level deep (a server and its workers):
+/// the process with the children it has reaped, plus its live children.
+pub fn tree_cpu_secs(pid: u32) -> Result<f64, String> {
+    let (_, mut total) = stat_times(pid)?;
+    let procs = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    for p in procs.flatten() {
+        let Some(child) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may exit between listing and reading: skip it.
+        if let Ok((ppid, secs)) = stat_times(child)
+            && ppid == pid
+        {
+            total += secs;
+        }
+    }
+    Ok(total)
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}

@@ -89,6 +89,15 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
         tracing::debug!(credential = %cred.name, generation, "another member of the fleet refreshed; its token is taken");
         return Entry::Done(Ok(()));
     }
+    // The schedule decided from what was in memory when the credential
+    // came due; another member's refresh may have been applied here since
+    // (so `before` already is its generation). The row read under the lock
+    // decides: a good token not yet due is left alone.
+    let due = cred.with_live(|l| loaded_due(&cred.spec, l, now));
+    if trigger == Trigger::Schedule && good && due.is_some_and(|at| at > now) {
+        tracing::debug!(credential = %cred.name, generation, "not due any more: another member of the fleet refreshed it before this one took the lock");
+        return Entry::Done(Ok(()));
+    }
     Entry::Proceed(Some(guard))
 }
 
@@ -194,6 +203,11 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, locked:
         if moved {
             l.failures = 0;
             l.retry_not_before_ms = 0;
+            // Another member's attempt completed: a refresh that was
+            // started here before this was applied (spawned but not yet
+            // holding the refresh lock) takes its outcome instead of
+            // sending the refresh token this row now holds.
+            l.attempts += 1;
         }
         Some(loaded_due(&cred.spec, l, now))
     });

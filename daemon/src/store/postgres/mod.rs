@@ -312,13 +312,14 @@ impl PgStore {
         incarnation: i64,
         client: Object,
         rows: Vec<tokio_postgres::Row>,
+        marker_alive: bool,
     ) -> Result<Claim, StoreError> {
         let (mut creds, sealed) = row::convert(&rows)?;
         if creds.first().is_none_or(|c| c.incarnation != incarnation) {
             self.handle.spawn(lock::discard(client));
             return Err(StoreError::Gone(name.to_string()));
         }
-        if rows[0].get::<_, bool>(schema::MARKER_ALIVE) {
+        if marker_alive {
             // Another live member sent the refresh token and has not saved
             // the outcome yet (its database connection broke): it will.
             self.handle.spawn(lock::discard(client));
@@ -577,7 +578,7 @@ impl Backend for PgStore {
         let taken = self.call(async move {
             let client = pool.get().await?;
             match lock::take(&client, &owned, wait, hold_ms, wait_ms).await {
-                Ok(lock::Taken::Held(rows)) => Ok(Some((client, rows))),
+                Ok(lock::Taken::Held(rows, marker_alive)) => Ok(Some((client, rows, marker_alive))),
                 other => {
                     lock::discard(client).await;
                     other.map(|_| None)
@@ -585,7 +586,9 @@ impl Backend for PgStore {
             }
         })?;
         match taken {
-            Some((client, rows)) => self.claim(name, incarnation, client, rows),
+            Some((client, rows, marker_alive)) => {
+                self.claim(name, incarnation, client, rows, marker_alive)
+            }
             None => Ok(Claim::Busy),
         }
     }
