@@ -109,14 +109,28 @@ impl Sql {
         &self,
         client: &impl tokio_postgres::GenericClient,
     ) -> Result<u64, tokio_postgres::Error> {
-        let params: Vec<&(dyn ToSql + Sync)> = self
-            .params
+        client.execute(self.text.as_str(), &self.params()).await
+    }
+
+    /// Runs it as `statement`, prepared from its text beforehand.
+    async fn run_prepared(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        statement: &tokio_postgres::Statement,
+    ) -> Result<u64, tokio_postgres::Error> {
+        client.execute(statement, &self.params()).await
+    }
+
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
             .iter()
             .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect();
-        client.execute(self.text.as_str(), &params).await
+            .collect()
     }
 }
+
+/// Statements of a bulk insert sent before the first answer is awaited.
+const PIPELINE: usize = 256;
 
 fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Box<dyn ToSql + Sync + Send> {
     Box::new(v)
@@ -258,17 +272,23 @@ impl PgStore {
         names: Option<Vec<String>>,
     ) -> Result<Vec<StoredCredential>, StoreError> {
         let pool = self.work.clone();
-        let (mut creds, sealed) = self.call(async move {
+        let mut loaded = self.call(async move {
+            use futures_util::TryStreamExt;
             let client = pool.get().await?;
             let sql = format!("SELECT {} FROM {} {filter}", schema::COLUMNS, schema::FROM);
-            let rows = match &names {
-                Some(names) => client.query(&sql, &[names]).await?,
-                None => client.query(&sql, &[]).await?,
+            let params: Vec<&(dyn ToSql + Sync)> = match &names {
+                Some(names) => vec![names],
+                None => vec![],
             };
-            Ok(row::convert(&rows)?)
+            let mut rows = std::pin::pin!(client.query_raw(&sql, params).await?);
+            let mut loaded = row::Loaded::default();
+            while let Some(r) = rows.try_next().await? {
+                loaded.push(&r)?;
+            }
+            Ok(loaded)
         })?;
-        open_all(&self.sealer, &mut creds, &sealed)?;
-        Ok(creds)
+        open_all(&self.sealer, &mut loaded.creds, &loaded.sealed)?;
+        Ok(loaded.creds)
     }
 
     /// Inserts rows in one transaction; `replace` removes a row of the
@@ -291,14 +311,28 @@ impl PgStore {
         self.call(async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
+            let mut prepared = HashMap::new();
             for sql in &statements {
-                match sql.run(&*tx).await {
-                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                        let name = row::duplicate_name(&e).unwrap_or(first_name);
-                        return Err(StoreError::AlreadyExists(name).into());
-                    }
-                    other => other?,
-                };
+                if !prepared.contains_key(&sql.text) {
+                    prepared.insert(sql.text.clone(), tx.prepare(&sql.text).await?);
+                }
+            }
+            // Pipelined: a batch's statements are sent without waiting for
+            // each answer (they still run in order), a bulk import's round
+            // trips shared.
+            for batch in statements.chunks(PIPELINE) {
+                let runs = batch
+                    .iter()
+                    .map(|sql| sql.run_prepared(&*tx, &prepared[&sql.text]));
+                for result in futures_util::future::join_all(runs).await {
+                    match result {
+                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                            let name = row::duplicate_name(&e).unwrap_or(first_name);
+                            return Err(StoreError::AlreadyExists(name).into());
+                        }
+                        other => other?,
+                    };
+                }
             }
             Ok(tx.commit().await?)
         })
@@ -314,7 +348,7 @@ impl PgStore {
         rows: Vec<tokio_postgres::Row>,
         marker_alive: bool,
     ) -> Result<Claim, StoreError> {
-        let (mut creds, sealed) = row::convert(&rows)?;
+        let row::Loaded { mut creds, sealed } = row::Loaded::from_rows(&rows)?;
         if creds.first().is_none_or(|c| c.incarnation != incarnation) {
             self.handle.spawn(lock::discard(client));
             return Err(StoreError::Gone(name.to_string()));

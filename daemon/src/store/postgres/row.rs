@@ -6,24 +6,36 @@ use crate::store::rows::{
 };
 use crate::store::{StoreError, StoredCredential};
 
-/// Credentials from rows read with `schema::COLUMNS`, their sealed
-/// secrets set aside unopened.
-pub(super) fn convert(
-    rows: &[tokio_postgres::Row],
-) -> Result<(Vec<StoredCredential>, SealedColumns), StoreError> {
-    let mut out = Vec::with_capacity(rows.len());
-    let mut sealed = SealedColumns::default();
-    for r in rows {
+/// Credentials read with `schema::COLUMNS`, their sealed secrets set
+/// aside unopened; filled a row at a time as the rows stream in, so that
+/// a large store is never held twice (as rows and as credentials).
+#[derive(Default)]
+pub(super) struct Loaded {
+    pub creds: Vec<StoredCredential>,
+    pub sealed: SealedColumns,
+}
+
+impl Loaded {
+    /// Credentials from rows already read.
+    pub fn from_rows(rows: &[tokio_postgres::Row]) -> Result<Loaded, StoreError> {
+        let mut loaded = Loaded::default();
+        for r in rows {
+            loaded.push(r)?;
+        }
+        Ok(loaded)
+    }
+
+    pub fn push(&mut self, r: &tokio_postgres::Row) -> Result<(), StoreError> {
         let bad =
             |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
-        sealed.push([
+        self.sealed.push([
             r.try_get::<_, Option<&[u8]>>(6).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(7).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(8).map_err(bad)?,
         ]);
         let settings: &str = r.try_get(4).map_err(bad)?;
         let last_check: Option<&str> = r.try_get(18).map_err(bad)?;
-        out.push(StoredCredential {
+        self.creds.push(StoredCredential {
             name: r.try_get(0).map_err(bad)?,
             incarnation: r.try_get(1).map_err(bad)?,
             description: r.try_get(2).map_err(bad)?,
@@ -46,8 +58,8 @@ pub(super) fn convert(
             refresh_interrupted: r.try_get(19).map_err(bad)?,
             change: r.try_get(20).map_err(bad)?,
         });
+        Ok(())
     }
-    Ok((out, sealed))
 }
 
 /// The INSERT of one credential.
