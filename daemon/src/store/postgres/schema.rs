@@ -65,10 +65,21 @@ BEGIN
         json_build_object('m', current_setting('application_name'), 'n', changed)::text);
     RETURN NULL;
 END $$;
-CREATE TRIGGER stamp_change BEFORE INSERT OR UPDATE ON tokend.credentials
+-- Setting a journal mark (refresh_in_flight from NULL to a time) is the
+-- one update other members have no use for: they never act on a mark
+-- outside the refresh lock, and the outcome's commit notifies them anyway.
+CREATE TRIGGER stamp_insert BEFORE INSERT ON tokend.credentials
     FOR EACH ROW EXECUTE FUNCTION tokend.stamp_change();
-CREATE TRIGGER notify_change AFTER INSERT OR UPDATE OR DELETE ON tokend.credentials
+CREATE TRIGGER stamp_update BEFORE UPDATE ON tokend.credentials
+    FOR EACH ROW
+    WHEN (NEW.refresh_in_flight IS NULL OR NEW.refresh_in_flight IS NOT DISTINCT FROM OLD.refresh_in_flight)
+    EXECUTE FUNCTION tokend.stamp_change();
+CREATE TRIGGER notify_insert_delete AFTER INSERT OR DELETE ON tokend.credentials
     FOR EACH ROW EXECUTE FUNCTION tokend.notify_change();
+CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
+    FOR EACH ROW
+    WHEN (NEW.refresh_in_flight IS NULL OR NEW.refresh_in_flight IS NOT DISTINCT FROM OLD.refresh_in_flight)
+    EXECUTE FUNCTION tokend.notify_change();
 "#];
 
 /// Creates the schema and its version table if missing.
