@@ -14,7 +14,7 @@
 //!   the other members, which re-read it.
 //!
 //! The interface is synchronous (see [`crate::store::Backend`]); each call
-//! runs its queries on the store's own small runtime and waits for them,
+//! runs its queries on the store's own thread and runtime and waits for them,
 //! so the database's connections keep being driven whatever the daemon's
 //! workers do.
 
@@ -56,9 +56,10 @@ pub struct PgOptions {
     pub lock_connections: usize,
 }
 
-/// A store in PostgreSQL. The connections live on a runtime of their own.
+/// A store in PostgreSQL. The connections live on a thread of their own.
 pub struct PgStore {
-    runtime: Option<tokio::runtime::Runtime>,
+    /// Ends the database thread's runtime when sent (or dropped).
+    _stop: tokio::sync::oneshot::Sender<()>,
     handle: tokio::runtime::Handle,
     /// Short autocommit statements and reads.
     work: Pool,
@@ -78,16 +79,6 @@ pub struct PgStore {
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PgStore({})", self.db.0)
-    }
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        // Never blocks (the store may be dropped on an async worker); the
-        // database rolls back any lock still held when its session ends.
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -148,13 +139,7 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let member = member_name();
         let target = Target::parse(url, password_file, &member)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("tokend-db")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Database(format!("cannot start the database runtime: {e}")))?;
-        let handle = runtime.handle().clone();
+        let (handle, stop) = database_thread()?;
         let (work, locks) = {
             let _enter = handle.enter();
             (
@@ -164,7 +149,7 @@ impl PgStore {
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let store = PgStore {
-            runtime: Some(runtime),
+            _stop: stop,
             handle,
             work,
             locks,
@@ -366,6 +351,33 @@ impl PgStore {
         self.keep_held(name, incarnation, client);
         Ok(Claim::Held(Box::new(creds.remove(0))))
     }
+}
+
+/// The store's runtime: one thread of its own, which drives every database
+/// connection and the listener whatever the daemon's workers do. One
+/// thread, not a pool of workers: it mostly waits, and fewer idle threads
+/// leave the token path's wake-ups alone. It ends when the sender returned
+/// is dropped (with the store: never blocking, even on an async worker);
+/// the database rolls back any lock still held when its session ends.
+fn database_thread()
+-> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), StoreError> {
+    let cannot =
+        |e: std::io::Error| StoreError::Database(format!("cannot start the database thread: {e}"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(cannot)?;
+    let handle = runtime.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("tokend-db".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })
+        .map_err(cannot)?;
+    Ok((handle, stop))
 }
 
 /// The name this member goes by in the database: host, process and a
