@@ -4,7 +4,7 @@
 
 #![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokend_tests::oidc::{OidcServer, eventually};
 use tokend_tests::*;
 
@@ -54,17 +54,7 @@ fn kill_9_at_a_hundred_random_moments_never_sends_a_refresh_token_twice() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100);
-    let seed = std::env::var("TOKEND_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("TOKEND_CRASH_SEED={seed}");
+    let seed = seed_from_env("TOKEND_CRASH_SEED");
     let mut rng = Rng(seed);
     // Two-second tokens are refreshed about every second. Each refresh is
     // held 250 ms at the provider: for half of the kills *before* it is

@@ -176,18 +176,7 @@ struct Rng(u64);
 
 impl Rng {
     fn from_env() -> Rng {
-        let seed = std::env::var("TOKEND_FLEET_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("TOKEND_FLEET_SEED={seed}");
-        Rng(seed)
+        Rng(seed_from_env("TOKEND_FLEET_SEED"))
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -761,22 +750,6 @@ const DUMP_ACCESS: &str = "fleet-dump-access-token-8b3e6d0f4a";
 const DUMP_REFRESH: &str = "fleet-dump-refresh-token-c47a19e2b6";
 /// The client secret `Daemon::add_oauth` gives the auth-code client.
 const CLIENT_SECRET: &str = "tokend-test-secret";
-
-/// Standard base64, no line breaks.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
 
 /// The strings that would betray `secret` in a dump: itself, its hex (a
 /// bytea column), and its base64 at the three alignments it could have in

@@ -65,22 +65,6 @@ fn key_file(d: &Daemon) -> PathBuf {
     state_dir(d).join("tokend.key")
 }
 
-/// Standard base64, no line breaks.
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 /// The byte strings that would betray `secret`: the plain text, its hex,
 /// and its base64 (standard and URL-safe) at each of the three alignments
 /// it could have inside a longer encoded value (the inner part only, which
