@@ -84,6 +84,7 @@ impl Harness {
                 config: Some(dir.path().join("config.toml")),
                 key_file: Some(dir.path().join("state").join("tokend.key")),
                 http_socket: None,
+                store: None,
             },
         );
         let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[7u8; 32])).expect("store");
