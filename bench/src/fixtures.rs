@@ -42,7 +42,7 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
         next_refresh_at: None,
         last_error: None,
         last_check: None,
-        refresh_interrupted: false,
+        fence: Default::default(),
         change: 0,
         incarnation: i as i64 + 1,
     }

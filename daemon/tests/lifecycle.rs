@@ -349,8 +349,59 @@ fn unanswered() -> [Fault; 5] {
         Fault::Stall(Duration::from_secs(2)),
         Fault::Lost,
         Fault::Garbage,
-        Fault::Body(200, r#"{"token_type":"Bearer","expires_in":60}"#),
+        // A gateway that lost the provider's answer.
+        Fault::Body(504, r#"{"error":"gateway_timeout"}"#),
     ]
+}
+
+#[tokio::test]
+async fn a_2xx_without_a_servable_token_spends_the_refresh_token_sent() {
+    let w = world(3600, quick_config()).await;
+    // A DPoP token and a new refresh token: the grant goes on with it.
+    let cred = w.oauth_with("dpop", 3600, true);
+    let sent = cred.live().refresh_token.unwrap();
+    w.fake.fault(Fault::Body(
+        200,
+        r#"{"access_token":"x","token_type":"DPoP","refresh_token":"rt-new","expires_in":60}"#,
+    ));
+    let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+    assert!(err.to_string().contains("DPoP"), "{err}");
+    assert_eq!(cred.live().state, CredentialState::Failing);
+    assert_eq!(cred.live().refresh_token.unwrap().expose(), "rt-new");
+    let stored = w
+        .shared
+        .store
+        .load_named(&["dpop".into()])
+        .unwrap()
+        .remove(0);
+    assert_eq!(stored.refresh_token.unwrap().expose(), "rt-new");
+    assert_eq!(stored.state, CredentialState::Failing);
+    assert!(w.token(&cred).await.is_err(), "its token is not served");
+    // Forced refreshes send the new refresh token, never the one spent.
+    let before = w.fake.refreshes();
+    let _ = token::force_refresh(&w.shared, &cred).await;
+    w.wait_out_backoff();
+    let _ = token::force_refresh(&w.shared, &cred).await;
+    assert!(w.fake.refreshes() > before);
+    assert_eq!(
+        w.fake.times_sent(sent.expose()),
+        1,
+        "the spent refresh token was sent again"
+    );
+    assert_eq!(w.fake.times_sent("rt-new"), 1, "the new one is used");
+
+    // Nothing usable and no refresh token: a login, nothing sent again.
+    let cred = w.oauth_with("empty", 3600, true);
+    let sent = cred.live().refresh_token.unwrap();
+    w.fake.fault(Fault::Body(200, r#"{"token_type":"Bearer"}"#));
+    let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+    assert!(err.to_string().contains("spent"), "{err}");
+    assert_eq!(cred.live().state, CredentialState::NeedsLogin);
+    let before = w.fake.refreshes();
+    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+    assert_eq!(w.fake.refreshes(), before, "nothing is sent after it");
+    assert_eq!(w.fake.times_sent(sent.expose()), 1);
+    assert_eq!(w.reuse(), 0);
 }
 
 #[tokio::test]
@@ -439,7 +490,15 @@ async fn a_refresh_cut_short_by_a_stop_is_settled_by_introspection_at_the_next_s
     for c in [&alive, &rotated, &blind] {
         w.shared
             .store
-            .mark_refresh_in_flight(&c.name, 1, 5)
+            .mark_refresh(
+                &c.name,
+                1,
+                0,
+                &tokend::store::NewMark {
+                    at_ms: 5_000,
+                    lease_ms: 1_000,
+                },
+            )
             .unwrap();
     }
     // The provider rotated "rotated"'s token (and "blind"'s may have been).
@@ -470,7 +529,7 @@ async fn a_refresh_cut_short_by_a_stop_is_settled_by_introspection_at_the_next_s
     assert_eq!(w2.reuse(), 0);
     let stored = w2.shared.store.load_all().unwrap();
     for s in stored {
-        assert!(!s.refresh_interrupted, "{}: the doubt is settled", s.name);
+        assert_eq!(s.fence.mark, None, "{}: the doubt is settled", s.name);
     }
 }
 
@@ -501,14 +560,56 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
         "at-2",
         "the new pair is served"
     );
-    // A restart now: the stored refresh token is the spent one, in doubt.
+    // A restart now: the stored refresh token is the spent one, in doubt,
+    // and its journal mark's lease (made by `w`'s clock, 400 s ahead of the
+    // new one's) runs out before anything happens to it.
     let w2 = w.reopen();
+    let err = token::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lease"), "{err}");
+    w2.shared.clock.advance(410_000);
     let err = token::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("introspection says"), "{err}");
     assert_eq!(w2.reuse(), 0);
-    // Writes work again: the pending save goes through on the next try.
+    // The first process's pending save, fenced by its mark's generation,
+    // finds the row moved on (the restart settled the doubt): it takes the
+    // row and never writes over it.
+    w.shared.store.refuse_writes(false).unwrap();
+    let attempts = cred.live().attempts;
+    let _ = token::refresh(
+        w.shared.clone(),
+        cred.clone(),
+        attempts,
+        token::Trigger::Demand,
+    )
+    .await;
+    assert!(cred.live().journal.unsaved().is_none());
+    assert_eq!(cred.live().state, CredentialState::NeedsLogin);
+    let stored = w.shared.store.load_all().unwrap();
+    let a = stored.iter().find(|s| s.name == "a").unwrap();
+    assert_eq!(a.state, CredentialState::NeedsLogin);
+    assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-0");
+    assert_eq!(a.fence.mark, None);
+}
+
+#[tokio::test]
+async fn a_pair_the_store_refused_is_saved_once_it_takes_writes_again() {
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth_with("a", 3600, true);
+    w.fake.fault(Fault::Slow(Duration::from_millis(300)));
+    let (shared, c) = (w.shared.clone(), cred.clone());
+    let attempts = cred.live().attempts;
+    let task = tokio::spawn(token::refresh(shared, c, attempts, token::Trigger::Demand));
+    while w.fake.refreshes() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    w.shared.store.refuse_writes(true).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(cred.live().journal.unsaved().is_some());
+    assert_eq!(w.token(&cred).await.unwrap(), "at-2");
     w.shared.store.refuse_writes(false).unwrap();
     let attempts = cred.live().attempts;
     token::refresh(
@@ -520,10 +621,11 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     .await
     .unwrap();
     assert!(cred.live().journal.unsaved().is_none());
-    let stored = w.shared.store.load_all().unwrap();
-    let a = stored.iter().find(|s| s.name == "a").unwrap();
+    let a = w.shared.store.load_named(&["a".into()]).unwrap().remove(0);
     assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-2");
-    assert!(!a.refresh_interrupted);
+    assert_eq!(a.refresh_token.as_ref().unwrap().expose(), "rt-2");
+    assert_eq!(a.fence.mark, None);
+    assert_eq!(w.reuse(), 0);
 }
 
 #[tokio::test]
@@ -562,8 +664,11 @@ async fn a_backwards_clock_step_does_not_delay_the_scheduled_refresh() {
 #[tokio::test]
 async fn a_grant_without_a_refresh_token_is_served_until_it_expires_then_needs_login() {
     let w = world(3600, quick_config()).await;
-    let cred = w.oauth("a", 20);
-    cred.with_live(|l| l.refresh_token = None);
+    let _ = w.oauth("a", 20);
+    let mut stored = w.shared.store.load_named(&["a".into()]).unwrap().remove(0);
+    stored.refresh_token = None;
+    let cred = w.register(stored);
+    token::schedule_loaded(&w.shared);
     w.shared.clock.advance(17_000);
     assert_eq!(w.token(&cred).await.unwrap(), "at-0");
     w.shared.clock.advance(4_000);

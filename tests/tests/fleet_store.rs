@@ -2,7 +2,8 @@
 //! two `PgStore`s on one private cluster stand for two members, so each
 //! step of the locking order (docs/ARCHITECTURE.md, "The fleet store") can
 //! be taken by hand and its effect checked — who gets the lock, what the
-//! re-read shows, which journal mark survives a member's death, and who is
+//! re-read shows, which journal mark survives a member's death, how long
+//! its lease keeps the others off, which fenced write wins, and who is
 //! told of a change.
 
 #![cfg(unix)]
@@ -10,7 +11,9 @@
 use std::time::{Duration, Instant};
 use tokend::store::postgres::{PgOptions, PgStore};
 use tokend::store::seal::Sealer;
-use tokend::store::{Backend, Claim, StoreError, StoreEvent, StoredCredential, TokenUpdate};
+use tokend::store::{
+    Backend, Claim, NewMark, StoreError, StoreEvent, StoredCredential, TokenUpdate,
+};
 use tokend_proto::{ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Secret};
 use tokend_tests::postgres::PgCluster;
 
@@ -58,21 +61,27 @@ fn oauth_row(name: &str) -> StoredCredential {
         next_refresh_at: None,
         last_error: None,
         last_check: None,
-        refresh_interrupted: false,
+        fence: Default::default(),
         change: 0,
     }
 }
 
 fn rotated(generation: u64) -> TokenUpdate {
     TokenUpdate {
-        access_token: Secret::new(format!("access-{generation}")),
+        access_token: Some(Secret::new(format!("access-{generation}"))),
         refresh_token: Some(Secret::new(format!("refresh-{generation}"))),
         new_grant: false,
         generation,
         expires_at: Some(2_000_000_000),
         refreshed_at: 1_900_000_000,
         next_refresh_at: Some(1_950_000_000),
+        unusable: None,
     }
+}
+
+/// A journal mark with a lease of `lease_ms` (its time is the database's).
+fn mark(lease_ms: i64) -> NewMark {
+    NewMark { at_ms: 0, lease_ms }
 }
 
 fn held(claim: Claim) -> Box<StoredCredential> {
@@ -101,15 +110,16 @@ fn one_member_holds_the_lock_and_the_next_rereads_what_it_committed() {
     );
     assert!(waited.elapsed() >= Duration::from_millis(400));
 
-    a.mark_refresh_in_flight("up", 42, 100).unwrap();
-    a.save_tokens("up", 42, &rotated(2)).unwrap();
+    assert_eq!(a.mark_refresh("up", 42, 0, &mark(10_000)).unwrap(), 1);
+    assert_eq!(a.save_tokens("up", 42, 1, &rotated(2)).unwrap(), 2);
     let row = held(b.lock_refresh("up", 42, false).unwrap());
     assert_eq!(
         row.generation, 2,
         "the committed rotation is what the next holder reads"
     );
     assert_eq!(row.refresh_token.as_ref().unwrap().expose(), "refresh-2");
-    assert!(!row.refresh_interrupted, "the commit cleared the journal");
+    assert_eq!(row.fence.mark, None, "the commit cleared the journal");
+    assert_eq!(row.fence.generation, 2);
     b.unlock_refresh("up", 42);
     // The release is sent without waiting for it: the lock frees shortly.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -127,7 +137,7 @@ fn a_journal_mark_outlives_the_member_that_died_holding_the_lock() {
     {
         let a = member(&pg);
         held(a.lock_refresh("up", 42, false).unwrap());
-        a.mark_refresh_in_flight("up", 42, 100).unwrap();
+        a.mark_refresh("up", 42, 0, &mark(10_000)).unwrap();
         // `a` dies here, mid-refresh: its sessions end, its transaction
         // (and with it the lock) rolls back.
     }
@@ -139,32 +149,81 @@ fn a_journal_mark_outlives_the_member_that_died_holding_the_lock() {
             other => panic!("the dead member's lock never went: {other:?}"),
         }
     };
+    let m = row.fence.mark.expect(
+        "the mark, committed apart from the lock, survived its holder: the refresh token is in doubt",
+    );
+    let left = m.lease_left_ms(0);
     assert!(
-        row.refresh_interrupted,
-        "the mark, committed apart from the lock, survived its holder: the refresh token is in doubt"
+        left > 5_000 && left <= 10_000,
+        "its lease runs by the database's clock, whatever this host's says: {left} ms left"
     );
     assert_eq!(row.refresh_token.unwrap().expose(), "refresh-1");
 }
 
 #[test]
-fn a_live_members_mark_is_left_to_it_until_it_saves_its_outcome() {
+fn a_mark_is_judged_by_its_lease_and_a_lost_lock_leaves_the_fenced_write_its_own() {
     let pg = PgCluster::start();
     let (a, b) = (member(&pg), member(&pg));
     a.insert(&oauth_row("up"), false).unwrap();
     held(a.lock_refresh("up", 42, false).unwrap());
-    a.mark_refresh_in_flight("up", 42, 100).unwrap();
+    assert_eq!(a.mark_refresh("up", 42, 0, &mark(1_500)).unwrap(), 1);
     // The lock's transaction is lost (say, the database restarted) while
-    // `a` still holds the provider's answer.
+    // `a` still waits for the provider's answer.
     a.unlock_refresh("up", 42);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        matches!(b.lock_refresh("up", 42, false).unwrap(), Claim::Busy),
-        "a mark whose member is connected is that member's to settle"
-    );
-    a.save_tokens("up", 42, &rotated(2)).unwrap();
     let row = held(b.lock_refresh("up", 42, false).unwrap());
-    assert_eq!(row.generation, 2);
-    assert!(!row.refresh_interrupted);
+    let m = row.fence.mark.expect("a's mark");
+    assert!(
+        m.lease_left_ms(i64::MAX) > 0,
+        "within its lease the mark is a's, whatever a's sessions look like"
+    );
+    b.unlock_refresh("up", 42);
+    // `b` read generation 1 and may not write over what comes after it.
+    assert_eq!(a.save_tokens("up", 42, 1, &rotated(2)).unwrap(), 2);
+    assert!(matches!(
+        b.mark_refresh("up", 42, 1, &mark(1_500)),
+        Err(StoreError::Moved(_))
+    ));
+    assert!(matches!(
+        b.save_tokens("up", 42, 1, &rotated(3)),
+        Err(StoreError::Moved(_))
+    ));
+    let row = a.load_named(&["up".into()]).unwrap().remove(0);
+    assert_eq!(row.refresh_token.unwrap().expose(), "refresh-2");
+    assert_eq!((row.fence.generation, row.fence.mark), (2, None));
+}
+
+#[test]
+fn a_lease_that_ran_out_is_over_for_everyone_and_one_takeover_wins() {
+    let pg = PgCluster::start();
+    let (a, b) = (member(&pg), member(&pg));
+    a.insert(&oauth_row("up"), false).unwrap();
+    a.mark_refresh("up", 42, 0, &mark(300)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let row = held(b.lock_refresh("up", 42, false).unwrap());
+    b.unlock_refresh("up", 42);
+    assert_eq!(row.fence.mark.unwrap().lease_left_ms(i64::MAX), 0);
+    // Both a and b saw generation 1 with its lapsed mark: one mark wins.
+    assert_eq!(b.mark_refresh("up", 42, 1, &mark(10_000)).unwrap(), 2);
+    assert!(matches!(
+        a.mark_refresh("up", 42, 1, &mark(10_000)),
+        Err(StoreError::Moved(_))
+    ));
+}
+
+#[test]
+fn a_commit_whose_answer_was_lost_is_found_by_its_fence() {
+    let pg = PgCluster::start();
+    let a = member(&pg);
+    a.insert(&oauth_row("up"), false).unwrap();
+    a.mark_refresh("up", 42, 0, &mark(10_000)).unwrap();
+    assert_eq!(a.save_tokens("up", 42, 1, &rotated(2)).unwrap(), 2);
+    // Said again, as after a COMMIT whose answer never came: nothing is
+    // written twice, and the writer learns the row moved.
+    assert!(matches!(
+        a.save_tokens("up", 42, 1, &rotated(2)),
+        Err(StoreError::Moved(_))
+    ));
 }
 
 #[test]
@@ -194,7 +253,7 @@ fn a_change_is_told_to_the_other_members_and_not_to_its_writer() {
     assert_eq!(versions.len(), 1);
     assert_eq!((versions[0].0.as_str(), versions[0].1), ("up", 42));
     let change = versions[0].2;
-    b.save_allowed("up", &[tokend_proto::Principal::User(7)])
+    b.change_allowed("up", 42, tokend_proto::Principal::User(7), true)
         .unwrap();
     assert!(
         a.versions().unwrap()[0].2 > change,
@@ -231,7 +290,7 @@ fn writes_are_fenced_by_incarnation_and_a_duplicate_name_is_refused() {
         Err(StoreError::AlreadyExists(n)) if n == "up"
     ));
     assert!(matches!(
-        a.save_tokens("up", 41, &rotated(2)),
+        a.save_tokens("up", 41, 0, &rotated(2)),
         Err(StoreError::Gone(_))
     ));
     assert!(matches!(

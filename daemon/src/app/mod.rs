@@ -161,13 +161,13 @@ fn load(
     } else {
         Versions::new()
     };
-    // In a fleet the mark may be another member's refresh in flight: the
-    // lock's re-read tells (token/fleet.rs).
+    // In a fleet the mark may be another member's refresh in flight: its
+    // lease, read under the lock, tells (token/claim.rs).
     for s in stored
         .iter()
-        .filter(|s| s.refresh_interrupted && !store.is_shared())
+        .filter(|s| s.fence.mark.is_some() && !store.is_shared())
     {
-        tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before introspection says it is still active");
+        tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before its lease ends and introspection says it is still active");
     }
     let shared = Shared::new(store, paths.clone(), config, policy);
     shared.registry.extend(

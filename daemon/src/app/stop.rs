@@ -1,4 +1,5 @@
-//! The graceful stop: refreshes in flight finish and commit, token sets
+//! The graceful stop: no refresh starts any more, those in flight finish
+//! and commit, token sets
 //! the store refused get a last try, last-use times are written, the WAL is
 //! folded in, and the socket file goes.
 
@@ -11,7 +12,12 @@ use std::time::Duration;
 /// Graceful stop: refreshes in flight finish and commit, last-use times are
 /// written, the WAL is folded in, and the socket file goes.
 pub(super) async fn stop(shared: &Arc<Shared>) {
-    let deadline = Duration::from_secs(shared.config().refresh.http_timeout_secs + 2);
+    shared.begin_stop();
+    // The whole of a refresh in flight: the fleet's lock wait, an
+    // introspection, the request, the commit.
+    let config = shared.config();
+    let deadline =
+        Duration::from_secs(config.fleet.lock_wait_secs + 2 * config.refresh.http_timeout_secs + 5);
     let creds = shared.registry.all();
     let mut held = Vec::new();
     for cred in &creds {

@@ -23,7 +23,7 @@ pub(super) async fn save_uses(shared: &Arc<Shared>) {
     }
     // Only the credentials used since the last flush: rewriting every
     // credential ever used would be an O(N) fsync'd transaction a minute.
-    let uses: Vec<(String, i64)> = shared
+    let uses: Vec<(String, i64, i64)> = shared
         .registry
         .unordered()
         .iter()
@@ -32,7 +32,7 @@ pub(super) async fn save_uses(shared: &Arc<Shared>) {
                 let unsaved = std::mem::take(&mut l.use_unsaved);
                 unsaved.then_some(l.last_use_at.get()).flatten()
             })
-            .map(|t| (c.name.to_string(), t))
+            .map(|t| (c.name.to_string(), c.incarnation, t))
         })
         .collect();
     if uses.is_empty() {
@@ -46,7 +46,7 @@ pub(super) async fn save_uses(shared: &Arc<Shared>) {
             tracing::warn!(error = %e, "could not save last-use times; will retry");
             for cred in uses
                 .iter()
-                .filter_map(|(name, _)| shared.registry.get(name))
+                .filter_map(|(name, _, _)| shared.registry.get(name))
             {
                 cred.with_live(|l| l.use_unsaved = true);
             }

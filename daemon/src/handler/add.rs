@@ -109,7 +109,7 @@ fn new_credential(
         next_refresh_at: None,
         last_error: None,
         last_check: None,
-        refresh_interrupted: false,
+        fence: crate::store::Fence::default(),
         change: 0,
         incarnation: crate::store::new_incarnation(),
     }

@@ -55,15 +55,10 @@ pub(super) async fn change_allowed(
     allow: bool,
 ) -> Result<Response, Error> {
     let cred = known(shared, name)?;
-    let mut list = cred.with_live(|l| l.allowed.clone());
-    list.retain(|p| *p != principal);
-    if allow {
-        list.push(principal);
-        list.sort();
-    }
     let store = shared.store.clone();
-    let (owned, saved) = (name.to_string(), list.clone());
-    blocking(move || store.save_allowed(&owned, &saved)).await?;
+    let (owned, incarnation) = (name.to_string(), cred.incarnation);
+    let list =
+        blocking(move || store.change_allowed(&owned, incarnation, principal, allow)).await?;
     cred.with_live(|l| l.allowed = list);
     let who = match principal {
         Principal::User(u) => format!("user {u}"),

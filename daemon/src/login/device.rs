@@ -286,6 +286,9 @@ fn after(answer: &ProviderError, interval: Duration, name: &str) -> Next {
                 "the device code expired (expired_token) before the login of credential {name:?} was approved; {again}"
             )))
         }
+        ProviderError::Unusable { .. } => Next::Stop(Error::Provider(format!(
+            "the device login of credential {name:?} got tokens tokend cannot serve: {answer}; {again}"
+        ))),
         ProviderError::Permanent { .. } => Next::Stop(Error::Provider(format!(
             "the device login of credential {name:?} failed: {answer}; {again}"
         ))),

@@ -60,18 +60,29 @@ pub enum ExpiresIn {
 /// Why the endpoint gave no token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// Worth retrying: no answer, 5xx, 429, 408, or an unreadable 200.
+    /// Worth retrying: nothing was sent, or the provider said it failed
+    /// (500, 503 and the other 5xx but 502 and 504, 429, 408).
     #[error("{message}")]
     Transient {
         message: String,
         retry_after: Option<Duration>,
     },
-    /// The request may have reached the provider, but no usable answer came
-    /// back: a timeout or a dropped connection after sending, or a 200 whose
-    /// body holds no token. For a refresh this means the provider may have
+    /// The request may have reached the provider, but no answer could be
+    /// read: a timeout or a dropped connection after sending, a 502 or 504
+    /// (a gateway that lost the provider's answer), or a 2xx whose body is
+    /// not a JSON object. For a refresh this means the provider may have
     /// rotated the refresh token: it is now *in doubt*.
     #[error("{message}")]
     Unknown { message: String },
+    /// A 2xx whose token response tokend cannot serve (no access token, a
+    /// type other than Bearer). For a refresh, the refresh token sent is
+    /// spent whatever the body says; `refresh_token` is the new one, if the
+    /// answer held one.
+    #[error("{message}")]
+    Unusable {
+        message: String,
+        refresh_token: Option<Secret>,
+    },
     /// The grant or the client is refused; retrying cannot help.
     #[error("{}", permanent_message(.error, .description.as_deref()))]
     Permanent {
@@ -430,8 +441,16 @@ pub fn classify(
         message,
         retry_after,
     };
-    if status == 200 {
-        return token_set(body);
+    if (200..300).contains(&status) {
+        return token_set(status, body);
+    }
+    if status == 502 || status == 504 {
+        // A gateway's answer: the provider's own may have been lost on the way.
+        return Err(ProviderError::Unknown {
+            message: format!(
+                "token endpoint answered HTTP {status} (a gateway; the provider may have processed the request)"
+            ),
+        });
     }
     if status == 408 || status == 429 || status >= 500 {
         let said = serde_json::from_slice::<RawError>(body)
@@ -458,32 +477,33 @@ pub fn classify(
     }
 }
 
-/// A 200 answer: a usable token set, or no known outcome (the provider may
-/// have rotated the refresh token and still sent nothing usable).
-fn token_set(body: &[u8]) -> Result<TokenSet, ProviderError> {
-    let unknown = |message: &str| ProviderError::Unknown {
-        message: format!("token endpoint answered 200 {message}"),
+/// A 2xx answer: a usable token set; a token response tokend cannot serve
+/// (whose new refresh token, if any, is kept); or no known outcome, when
+/// the body is not a token response at all (the provider may have rotated
+/// the refresh token all the same).
+fn token_set(status: u16, body: &[u8]) -> Result<TokenSet, ProviderError> {
+    let raw: RawTokens = serde_json::from_slice(body).map_err(|_| ProviderError::Unknown {
+        message: format!("token endpoint answered {status} without a JSON token response"),
+    })?;
+    let refresh_token = raw.refresh_token.filter(|r| !r.is_empty()).map(Secret::new);
+    let unusable = |why: String| ProviderError::Unusable {
+        message: format!("token endpoint answered {status} {why}"),
+        refresh_token: refresh_token.clone(),
     };
-    let raw: RawTokens =
-        serde_json::from_slice(body).map_err(|_| unknown("without a JSON token response"))?;
-    let access_token = raw
-        .access_token
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| unknown("without an access_token"))?;
+    let Some(access_token) = raw.access_token.filter(|t| !t.is_empty()) else {
+        return Err(unusable("without an access_token".into()));
+    };
     // RFC 6749 §5.1: the type is case-insensitive. An absent one is taken
     // as Bearer (some providers leave it out); any other is unusable here.
     if let Some(kind) = raw.token_type.filter(|t| !t.eq_ignore_ascii_case("bearer")) {
-        return Err(ProviderError::Permanent {
-            error: "unsupported_token_type".into(),
-            description: Some(format!(
-                "the provider issued a {:?} token; tokend serves bearer tokens only",
-                sanitize(&kind)
-            )),
-        });
+        return Err(unusable(format!(
+            "with a {:?} token (tokend serves bearer tokens only)",
+            sanitize(&kind)
+        )));
     }
     Ok(TokenSet {
         access_token: Secret::new(access_token),
-        refresh_token: raw.refresh_token.filter(|r| !r.is_empty()).map(Secret::new),
+        refresh_token,
         expires_in: raw
             .expires_in
             .as_ref()
@@ -598,15 +618,52 @@ mod tests {
     }
 
     #[test]
-    fn an_unusable_200_has_no_known_outcome() {
+    fn a_2xx_that_is_not_a_token_response_has_no_known_outcome() {
+        for status in [200, 201, 204] {
+            for body in [&b"<html>oops</html>"[..], b"", b"[1]"] {
+                assert!(matches!(
+                    classify(status, body, None),
+                    Err(ProviderError::Unknown { .. })
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_response_without_a_usable_access_token_keeps_its_refresh_token() {
         for body in [
-            &b"<html>oops</html>"[..],
-            br#"{"token_type":"Bearer","expires_in":60}"#,
-            br#"{"access_token":"","token_type":"Bearer"}"#,
+            &br#"{"token_type":"Bearer","expires_in":60,"refresh_token":"rt2"}"#[..],
+            br#"{"access_token":"","token_type":"Bearer","refresh_token":"rt2"}"#,
+            br#"{"access_token":"a","token_type":"DPoP","refresh_token":"rt2"}"#,
         ] {
+            match classify(200, body, None) {
+                Err(ProviderError::Unusable { refresh_token, .. }) => {
+                    assert_eq!(refresh_token.unwrap().expose(), "rt2")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            classify(200, br#"{}"#, None),
+            Err(ProviderError::Unusable {
+                refresh_token: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_gateway_error_is_in_doubt_and_a_provider_error_is_transient() {
+        for status in [502, 504] {
             assert!(matches!(
-                classify(200, body, None),
+                classify(status, b"", None),
                 Err(ProviderError::Unknown { .. })
+            ));
+        }
+        for status in [500, 503, 501] {
+            assert!(matches!(
+                classify(status, b"", None),
+                Err(ProviderError::Transient { .. })
             ));
         }
     }

@@ -70,6 +70,10 @@ pub struct Live {
     pub retry_not_before_ms: i64,
     /// Where the last refresh stands with the store's journal.
     pub journal: Journal,
+    /// The row's refresh generation as last read or written here: every
+    /// write about a refresh is a compare-and-set on it (docs/RULES.md,
+    /// "Fencing").
+    pub fence: i64,
 }
 
 /// The refresh journal of one credential (docs/RULES.md, "In-doubt
@@ -80,9 +84,11 @@ pub enum Journal {
     /// The outcome of the last refresh is known and saved.
     #[default]
     Settled,
-    /// The held refresh token may have been spent: a refresh was sent and
-    /// its outcome never learned (a stop, a timeout, a dropped connection).
-    /// It is never sent again before introspection says it is still active.
+    /// The held refresh token may have been spent: the row holds a journal
+    /// mark (a refresh was sent, or about to be, and its outcome never
+    /// learned: a stop, a timeout, a dropped connection, another member).
+    /// It is never sent again before the mark's lease has ended and
+    /// introspection says it is still active.
     InDoubt,
     /// A token set was received and is served, but the store refused to
     /// save it: the save is retried before anything else, and until it
@@ -166,11 +172,12 @@ impl Credential {
                 failures: 0,
                 attempts: 0,
                 retry_not_before_ms: 0,
-                journal: if s.refresh_interrupted {
+                journal: if s.fence.mark.is_some() {
                     Journal::InDoubt
                 } else {
                     Journal::Settled
                 },
+                fence: s.fence.generation,
             }),
             incarnation: s.incarnation,
             name: s.name.into(),

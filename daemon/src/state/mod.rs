@@ -38,6 +38,8 @@ pub struct Shared {
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
     pub clock: crate::state::clock::Clock,
+    /// A graceful stop has begun: no refresh starts any more.
+    stopping: AtomicBool,
 }
 
 impl Shared {
@@ -56,6 +58,7 @@ impl Shared {
             scheduler: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -68,6 +71,16 @@ impl Shared {
         }
         let client = crate::provider::http::client()?;
         Ok(self.http.get_or_init(|| client))
+    }
+
+    /// A graceful stop begins: from now on no refresh starts (one in
+    /// flight finishes; the stop waits for it).
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Counts an open connection (shown by `status`) until the guard drops.

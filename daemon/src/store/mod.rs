@@ -56,16 +56,15 @@ pub fn open_sqlite(path: &std::path::Path, sealer: seal::Sealer) -> Result<Store
 /// incarnation ([`StoreError::Gone`] when neither matches any more), so an
 /// operation that started for a credential never lands in its replacement.
 ///
-/// A backend shared by several hosts ([`Backend::is_shared`]) serialises
-/// refreshes across them: [`Backend::lock_refresh`] takes the credential's
-/// cross-host lock and re-reads it before anything is sent; the journal
-/// mark (`mark_refresh_in_flight`) is committed apart from the lock, so
-/// that it outlives a holder that dies; `save_tokens`, `save_state` or
-/// `save_check` commit the outcome with the lock and release it;
-/// [`Backend::unlock_refresh`] releases it when nothing was written. A
-/// single-host backend needs no more than the journal: the credential's
-/// refresh lock (`state::credential::Credential::refresh_lock`) serialises
-/// refreshes within the process.
+/// **The row decides** (docs/RULES.md, "Fencing"). Every row carries a
+/// refresh generation ([`Fence::generation`]). The journal mark, the
+/// outcome of a refresh, a state change and a login's tokens are each a
+/// compare-and-set on it: written only if the row still holds the
+/// generation the writer last read, and moving it on by one.
+/// [`StoreError::Moved`] says that someone else wrote first; the writer
+/// re-reads the row and adopts it, it never overwrites. The same code runs
+/// on one host and in a fleet: a cross-host lock ([`Backend::lock_refresh`])
+/// only makes refreshes single-flight and cheap, safety does not rest on it.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Verifies that the sealing key is the one this store was created with,
     /// recording it on first use.
@@ -90,22 +89,40 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// key) is an error: the daemon must not start on garbage.
     fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError>;
 
-    /// Commits a new token set and marks the credential ready, atomically.
-    fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError>;
-
-    /// Records, durably, that a refresh token is about to be sent. Until the
-    /// outcome is saved, the held refresh token is *in doubt*: the provider
-    /// may have rotated it. A start that finds the mark set never sends it
-    /// blindly (docs/RULES.md, "In-doubt refreshes").
-    fn mark_refresh_in_flight(
+    /// Commits a new token set, marks the credential ready and clears the
+    /// journal mark, if the row still holds generation `fence`. The new
+    /// generation.
+    fn save_tokens(
         &self,
         name: &str,
         incarnation: i64,
-        at: i64,
-    ) -> Result<(), StoreError>;
+        fence: i64,
+        t: &TokenUpdate,
+    ) -> Result<i64, StoreError>;
 
-    /// Records a state change and what it does to the grant.
-    fn save_state(&self, name: &str, incarnation: i64, s: &StateUpdate) -> Result<(), StoreError>;
+    /// Records, durably and apart from any lock, that the held refresh
+    /// token is about to be sent, if the row still holds generation
+    /// `fence` (whatever mark it holds was seen by the caller). Until the
+    /// outcome is saved the refresh token is *in doubt*, and until the
+    /// mark's lease ends nobody else sends or introspects it
+    /// (docs/RULES.md, "In-doubt refreshes"). The new generation.
+    fn mark_refresh(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+        mark: &NewMark,
+    ) -> Result<i64, StoreError>;
+
+    /// Records a state change and what it does to the grant, if the row
+    /// still holds generation `fence`. The new generation.
+    fn save_state(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+        s: &StateUpdate,
+    ) -> Result<i64, StoreError>;
 
     /// Records the result of a check, and the state it leads to.
     fn save_check(
@@ -116,11 +133,21 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         s: &StateUpdate,
     ) -> Result<(), StoreError>;
 
-    /// Replaces the allow list.
-    fn save_allowed(&self, name: &str, allowed: &[Principal]) -> Result<(), StoreError>;
+    /// Adds `principal` to the allow list (`allow`) or takes it off, in one
+    /// transaction on the list as stored (two changes made at once on two
+    /// hosts both count). The list as it is now.
+    fn change_allowed(
+        &self,
+        name: &str,
+        incarnation: i64,
+        principal: Principal,
+        allow: bool,
+    ) -> Result<Vec<Principal>, StoreError>;
 
-    /// Writes last-use times, batched: a token request must not wait on fsync.
-    fn save_last_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError>;
+    /// Writes last-use times (name, incarnation, time), batched: a token
+    /// request must not wait on fsync. A credential replaced meanwhile is
+    /// left alone.
+    fn save_last_use(&self, uses: &[(String, i64, i64)]) -> Result<(), StoreError>;
 
     /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
     fn checkpoint(&self) -> Result<(), StoreError>;
@@ -130,20 +157,17 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Takes the credential's cross-host refresh lock and re-reads it. With
-    /// `wait`, waits for another host's refresh (bounded); without, answers
-    /// [`Claim::Busy`] at once. Also busy: the journal mark is another
-    /// host's that is still running (it saves the outcome it holds as soon
-    /// as it can; only a mark whose host is gone puts the refresh token in
-    /// doubt). [`StoreError::Gone`] when the credential was removed or
-    /// replaced.
-    fn lock_refresh(
-        &self,
-        _name: &str,
-        _incarnation: i64,
-        _wait: bool,
-    ) -> Result<Claim, StoreError> {
-        Ok(Claim::Local)
+    /// Takes the credential's refresh lock across hosts (none on one
+    /// host: the process's own refresh lock serialises) and re-reads the
+    /// row. With `wait`, waits for another host's refresh (bounded);
+    /// without, answers [`Claim::Busy`] at once. [`StoreError::Gone`] when
+    /// the credential was removed or replaced.
+    fn lock_refresh(&self, name: &str, incarnation: i64, wait: bool) -> Result<Claim, StoreError> {
+        let _ = wait;
+        match self.load_named(&[name.to_string()])?.pop() {
+            Some(row) if row.incarnation == incarnation => Ok(Claim::Held(Box::new(row))),
+            _ => Err(StoreError::Gone(name.to_string())),
+        }
     }
 
     /// Releases a lock taken by [`Backend::lock_refresh`] that no write
@@ -176,12 +200,55 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 /// What [`Backend::lock_refresh`] found.
 #[derive(Debug)]
 pub enum Claim {
-    /// A single-host store: the process's own refresh lock is enough.
-    Local,
-    /// The lock is held; the credential as stored now.
+    /// The lock is held (on one host: there is none to hold); the
+    /// credential as stored now.
     Held(Box<StoredCredential>),
     /// Another host holds the lock.
     Busy,
+}
+
+/// A row's refresh generation and journal mark.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fence {
+    /// Moves on with every fenced write (the mark, the outcome of a refresh,
+    /// a state change, a login): the compare-and-set's value.
+    pub generation: i64,
+    /// The journal mark, if the row holds one: a refresh token was sent,
+    /// or was about to be, and its outcome is not saved.
+    pub mark: Option<Mark>,
+}
+
+/// A journal mark as read, with its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// When it was made (Unix ms), by the store's clock.
+    pub at_ms: i64,
+    /// How long its author may still be talking to the provider.
+    pub lease_ms: i64,
+    /// The store's own clock when the row was read (a database server's);
+    /// `None` when the store's clock is this host's (SQLite).
+    pub read_at_ms: Option<i64>,
+}
+
+impl Mark {
+    /// How much of the lease is left, in ms (0 when it is over), given
+    /// this host's wall clock now (used only for a store without a clock
+    /// of its own).
+    pub fn lease_left_ms(&self, host_now_ms: i64) -> i64 {
+        let now = self.read_at_ms.unwrap_or(host_now_ms);
+        self.at_ms
+            .saturating_add(self.lease_ms)
+            .saturating_sub(now)
+            .max(0)
+    }
+}
+
+/// A journal mark to write: its time (this host's clock, used by a store
+/// without a clock of its own; a database uses its own) and its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewMark {
+    pub at_ms: i64,
+    pub lease_ms: i64,
 }
 
 /// A change made by another host of a shared store.
@@ -213,6 +280,13 @@ pub enum StoreError {
     /// operation started (see [`StoredCredential::incarnation`]).
     #[error("credential {0:?} was removed or replaced meanwhile; the result is discarded")]
     Gone(String),
+    /// A fenced write found a newer row than the one its writer read
+    /// (another host, or a write whose reply was lost): nothing was
+    /// written; the writer re-reads and adopts the row.
+    #[error(
+        "credential {0:?} changed in the store meanwhile; nothing was written, the stored one is re-read"
+    )]
+    Moved(String),
     #[error("storage error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("stored settings are unreadable: {0}")]
@@ -256,9 +330,8 @@ pub struct StoredCredential {
     pub next_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_check: Option<CheckReport>,
-    /// A refresh was in flight when the daemon last stopped (in a shared
-    /// store: when its last holder let go of it).
-    pub refresh_interrupted: bool,
+    /// The refresh generation and the journal mark (see [`Fence`]).
+    pub fence: Fence,
     /// A shared store's change number of the row (0 in SQLite): the
     /// periodic resync re-reads the rows whose number moved.
     pub change: i64,
@@ -267,7 +340,9 @@ pub struct StoredCredential {
 /// A new token set, written in one transaction (docs/DESIGN.md §4.3).
 #[derive(Debug, Clone)]
 pub struct TokenUpdate {
-    pub access_token: Secret,
+    /// None when the provider's answer held no access token tokend can
+    /// serve (see `unusable`).
+    pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
     /// A login starts a new grant: its refresh token (or the lack of one)
     /// replaces the old grant's. A refresh response without a refresh token
@@ -277,6 +352,11 @@ pub struct TokenUpdate {
     pub expires_at: Option<i64>,
     pub refreshed_at: i64,
     pub next_refresh_at: Option<i64>,
+    /// Why the answer's access token cannot be served (a 2xx with a
+    /// `DPoP` token, or none): its refresh token is committed all the same,
+    /// so the grant goes on, and the credential is `failing` with this
+    /// reason (docs/RULES.md, "Token responses").
+    pub unusable: Option<String>,
 }
 
 /// A change of lifecycle state and its explanation.

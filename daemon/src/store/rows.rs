@@ -53,27 +53,51 @@ pub fn seal_row(sealer: &Sealer, c: &StoredCredential) -> Result<SealedRow, Stor
     })
 }
 
+/// A sealed value, or none.
+pub type Sealed = Option<Vec<u8>>;
+
 /// A token update's access token and refresh token, sealed for credential `name`.
 pub fn seal_tokens(
     sealer: &Sealer,
     name: &str,
     t: &TokenUpdate,
-) -> Result<(Vec<u8>, Option<Vec<u8>>), StoreError> {
-    let access = sealer.seal(name, "access_token", &t.access_token)?;
+) -> Result<(Sealed, Sealed), StoreError> {
+    let access = seal_opt(sealer, name, "access_token", t.access_token.as_ref())?;
     let refresh = seal_opt(sealer, name, "refresh_token", t.refresh_token.as_ref())?;
     Ok((access, refresh))
 }
 
 /// What a state change does to the stored grant and journal, as the SET
 /// clause both backends' `save_state` append (same column names in both).
+/// Every such write is fenced: it also moves the refresh generation on.
 pub fn grant_sql(grant: GrantChange) -> &'static str {
     match grant {
-        GrantChange::Settled => "refresh_in_flight = NULL",
-        GrantChange::InDoubt => "refresh_in_flight = refresh_in_flight",
-        GrantChange::DropRefreshToken => "refresh_token = NULL, refresh_in_flight = NULL",
-        GrantChange::DropAll => {
-            "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL"
+        GrantChange::Settled => {
+            "refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1"
         }
+        GrantChange::InDoubt => "refresh_gen = refresh_gen + 1",
+        GrantChange::DropRefreshToken => {
+            "refresh_token = NULL, refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1"
+        }
+        GrantChange::DropAll => {
+            "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1"
+        }
+    }
+}
+
+/// The SET clause of a token commit, after the sealed values (same column
+/// names in both backends, parameters named by the caller): the journal
+/// mark is cleared and the generation moves on.
+pub const TOKENS_SETTLE_SQL: &str =
+    "refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1";
+
+/// The state a token commit leaves: ready, or failing when the answer's
+/// access token cannot be served.
+pub fn committed_state(t: &TokenUpdate) -> &'static str {
+    if t.unusable.is_some() {
+        "failing"
+    } else {
+        "ready"
     }
 }
 

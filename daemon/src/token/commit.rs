@@ -32,16 +32,16 @@ pub async fn commit_and_publish(
     mut update: TokenUpdate,
     origin: Origin,
 ) -> Result<(), Error> {
-    let _fleet = if origin == Origin::Login {
+    let _hold = if origin == Origin::Login {
         update.new_grant = true;
-        match super::fleet::enter_for_login(shared, cred).await {
-            Ok(guard) => {
+        match super::claim::enter_for_login(shared, cred).await {
+            Ok(hold) => {
                 // Another member's refresh may have moved the count on.
                 update.generation = cred.with_live(|l| l.generation) + 1;
-                guard
+                Some(hold)
             }
             Err(why) => {
-                let e = format!("the fleet's lock could not be had: {why}");
+                let e = format!("the credential's row could not be read under its lock: {why}");
                 keep_unsaved(shared, cred, update, origin, &e);
                 return Ok(());
             }
@@ -61,9 +61,27 @@ pub async fn commit_and_publish(
             tracing::info!(credential = %cred.name, "the credential was removed or replaced during the refresh; its new tokens are discarded");
             return Err(Error::UnknownCredential(cred.name.to_string()));
         }
+        Err(StoreError::Moved(_)) => return overtaken(shared, cred).await,
         Err(e) => keep_unsaved(shared, cred, update, origin, &e.to_string()),
     }
     Ok(())
+}
+
+/// A commit found the row moved past the generation it was fenced by:
+/// someone wrote after this member's mark (a member that took over after
+/// the mark's lease ran out, a login, or this member's own commit whose
+/// answer was lost). The row is taken; the tokens in hand are dropped,
+/// never written over a newer row.
+async fn overtaken(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Error> {
+    tracing::warn!(credential = %cred.name, "the credential's row moved on while its tokens were being committed; the stored one is taken and these are dropped");
+    super::adopt::reread(shared, cred).await;
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    if cred.with_live(|l| {
+        l.state == CredentialState::Ready && super::validity::valid_for(l, now, mono, 1_000)
+    }) {
+        return Ok(());
+    }
+    Err(super::validity::not_usable(cred))
 }
 
 /// The store refused a token set the provider already issued: serve it
@@ -83,17 +101,22 @@ fn keep_unsaved(
         .schedule(&cred.name, shared.clock.now_ms() + 5_000);
 }
 
-pub(super) async fn save_tokens(
+/// The fenced write of a token set: at the generation last read or
+/// written here, which moves on when it succeeds.
+async fn save_tokens(
     shared: &Arc<Shared>,
     cred: &Credential,
     update: &TokenUpdate,
 ) -> Result<(), StoreError> {
     let store = shared.store.clone();
     let (name, incarnation) = (cred.name.clone(), cred.incarnation);
+    let fence = cred.with_live(|l| l.fence);
     // The due time in the store is in seconds; in memory it is ms.
     let mut stored = update.clone();
     stored.next_refresh_at = update.next_refresh_at.map(|ms| ms.div_euclid(1000));
-    blocking(move || store.save_tokens(&name, incarnation, &stored)).await
+    let fence = blocking(move || store.save_tokens(&name, incarnation, fence, &stored)).await?;
+    cred.with_live(|l| l.fence = fence);
+    Ok(())
 }
 
 /// Makes a new token set the one served. `unsaved` says why it is not in
@@ -110,9 +133,13 @@ pub(super) fn publish(
         .expires_at
         .map(|e| shared.clock.mono_at(e.saturating_mul(1000)));
     let generation = update.generation;
+    let state = match update.unusable {
+        Some(_) => CredentialState::Failing,
+        None => CredentialState::Ready,
+    };
     let previous = cred.with_live(|l| {
         let previous = l.state;
-        l.access_token = Some(update.access_token.clone());
+        l.access_token = update.access_token.clone();
         if update.new_grant || update.refresh_token.is_some() {
             l.refresh_token = update.refresh_token.clone();
         }
@@ -121,9 +148,12 @@ pub(super) fn publish(
         l.expires_mono = expires_mono.into();
         l.last_refresh_at = Some(update.refreshed_at).into();
         l.next_refresh_at = next_ms.map(|ms| ms.div_euclid(1000)).into();
-        l.state = CredentialState::Ready;
-        l.reason = None;
-        l.last_error = unsaved.as_deref().map(Into::into);
+        l.state = state;
+        l.reason = update.unusable.as_deref().map(Into::into);
+        l.last_error = unsaved
+            .as_deref()
+            .or(update.unusable.as_deref())
+            .map(Into::into);
         l.failures = 0;
         l.retry_not_before_ms = 0;
         l.journal = match unsaved {
@@ -137,13 +167,18 @@ pub(super) fn publish(
     {
         shared.scheduler.schedule(&cred.name, due);
     }
-    tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
-    if previous != CredentialState::Ready && origin == Origin::Refresh {
+    if let Some(why) = &update.unusable {
+        shared.scheduler.unschedule(&cred.name);
+        tracing::warn!(credential = %cred.name, generation, "{why}");
+    } else {
+        tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
+    }
+    if previous != state && (origin == Origin::Refresh || state != CredentialState::Ready) {
         crate::token::notify::transition(
             &shared.config(),
             &cred.name,
-            CredentialState::Ready,
-            None,
+            state,
+            update.unusable.as_deref(),
         );
     }
 }
@@ -170,6 +205,7 @@ pub(super) async fn save_uncommitted(
             Ok(())
         }
         Err(StoreError::Gone(_)) => Err(Error::UnknownCredential(cred.name.to_string())),
+        Err(StoreError::Moved(_)) => overtaken(shared, cred).await,
         Err(e) => {
             shared
                 .scheduler

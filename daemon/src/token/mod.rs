@@ -7,9 +7,10 @@
 //! a caller that gives up (timeout, disconnect) never cancels a refresh
 //! half-way, between the provider's answer and the commit.
 
+mod adopt;
+mod claim;
 mod commit;
 mod doubt;
-pub mod fleet;
 mod outcome;
 mod plan;
 mod refresh;
@@ -21,8 +22,8 @@ pub mod check;
 pub mod notify;
 pub mod refresher;
 
+pub use claim::Trigger;
 pub use commit::{Origin, commit_and_publish, save_before_stop};
-pub use fleet::Trigger;
 pub use plan::{
     MAX_LIFETIME_SECS, MIN_LIFETIME_SECS, plan_refresh, random_unit, schedule_loaded, token_update,
 };

@@ -36,7 +36,9 @@ pub(super) async fn set_state(
         next_refresh_at: None,
         grant,
     };
-    save_state(shared, cred, update).await;
+    if save_state(shared, cred, update).await == Saved::Overtaken {
+        return;
+    }
     let previous = cred.with_live(|l| {
         let previous = l.state;
         l.state = state;
@@ -60,15 +62,50 @@ pub(super) async fn set_state(
     }
 }
 
-/// Writes a state change, unless the credential was replaced meanwhile.
-/// A failure is logged: memory holds the truth until the next write.
-pub(super) async fn save_state(shared: &Arc<Shared>, cred: &Credential, update: StateUpdate) {
+/// What became of a fenced state write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Saved {
+    /// Written (or the credential is gone, and with it what to write).
+    Written,
+    /// The row moved past the generation it was fenced by: the row was
+    /// re-read and taken, and the change is dropped.
+    Overtaken,
+    /// The store failed: memory holds the truth until the next write, and
+    /// the row's journal mark, if any, stays (its lease lets the fleet go
+    /// on without this member).
+    Failed,
+}
+
+/// Writes a state change, fenced by the generation last read or written
+/// here, unless the credential was replaced meanwhile.
+pub(super) async fn save_state(
+    shared: &Arc<Shared>,
+    cred: &Credential,
+    update: StateUpdate,
+) -> Saved {
     let store = shared.store.clone();
     let (name, incarnation) = (cred.name.clone(), cred.incarnation);
-    match blocking(move || store.save_state(&name, incarnation, &update)).await {
-        Ok(()) | Err(StoreError::Gone(_)) => {}
+    let fence = cred.with_live(|l| l.fence);
+    let grant = update.grant;
+    match blocking(move || store.save_state(&name, incarnation, fence, &update)).await {
+        Ok(fence) => {
+            cred.with_live(|l| {
+                l.fence = fence;
+                l.journal = match grant {
+                    GrantChange::InDoubt => Journal::InDoubt,
+                    _ => Journal::Settled,
+                };
+            });
+            Saved::Written
+        }
+        Err(StoreError::Gone(_)) => Saved::Written,
+        Err(StoreError::Moved(_)) => {
+            super::adopt::reread(shared, cred).await;
+            Saved::Overtaken
+        }
         Err(e) => {
-            tracing::error!(credential = %cred.name, error = %e, "could not record the state change")
+            tracing::error!(credential = %cred.name, error = %e, "could not record the state change");
+            Saved::Failed
         }
     }
 }
@@ -85,6 +122,10 @@ pub(super) enum Pace {
     /// The refresh token is in doubt: the journal stays set, and the same
     /// pause as for an odd answer applies before it is introspected.
     InDoubt,
+    /// This host failed before anything was sent (no HTTP client, a store
+    /// that cannot record the journal): the usual backoff, and nothing is
+    /// written, so the journal stays exactly as it was.
+    Local,
 }
 
 /// How long to wait after the `failures`-th failure in a row: exponential
@@ -101,7 +142,7 @@ fn backoff_ms(
         .min_backoff_secs
         .saturating_mul(1u64 << (failures.max(1) - 1).min(20))
         .min(policy.max_backoff_secs);
-    if pace != Pace::Normal {
+    if matches!(pace, Pace::Odd | Pace::InDoubt) {
         exp = exp.max(ODD_ANSWER_BACKOFF_SECS.min(policy.max_backoff_secs));
     }
     let delay_ms = (exp as f64 * 1000.0 * (0.8 + 0.4 * random_unit())) as i64;
@@ -131,12 +172,12 @@ pub(super) async fn transient(
         (delay_ms + 999) / 1000
     );
     tracing::warn!(credential = %cred.name, failures, retry_in_ms = delay_ms, "refresh failed: {message}");
-    let grant = if pace == Pace::InDoubt {
-        GrantChange::InDoubt
-    } else {
-        GrantChange::Settled
+    let grant = match pace {
+        Pace::InDoubt => Some(GrantChange::InDoubt),
+        Pace::Local => None,
+        Pace::Normal | Pace::Odd => Some(GrantChange::Settled),
     };
-    retry_later(shared, cred, reason, delay_ms, Some(grant)).await
+    retry_later(shared, cred, reason, delay_ms, grant).await
 }
 
 /// A fleet member cannot reach the database, so no refresh may happen (it
@@ -183,7 +224,7 @@ async fn retry_later(
     });
     shared.scheduler.schedule(&cred.name, due);
     if let Some(update) = update {
-        save_state(shared, cred, update).await;
+        let _ = save_state(shared, cred, update).await;
     }
     if still_valid {
         Err(Error::Provider(format!(

@@ -53,13 +53,14 @@ pub fn token_update(
     let margin_ms = i64::try_from(margin).unwrap_or(i64::MAX / 1000) * 1000;
     let next_ms = plan_refresh(started_ms, lifetime_ms, margin_ms, policy);
     TokenUpdate {
-        access_token: set.access_token,
+        access_token: Some(set.access_token),
         refresh_token: set.refresh_token,
         new_grant: false,
         generation: cred.with_live(|l| l.generation) + 1,
         expires_at: Some(expires_ms.div_euclid(1000)),
         refreshed_at: started_ms.div_euclid(1000),
         next_refresh_at: Some(next_ms),
+        unusable: None,
     }
 }
 

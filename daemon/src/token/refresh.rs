@@ -1,24 +1,48 @@
 //! The refresh transaction: one attempt per credential at a time, under its
-//! refresh lock, from the journal mark through the provider's answer to the
-//! commit (docs/RULES.md).
+//! refresh lock, from the row re-read under the store's lock through the
+//! fenced journal mark and the provider's answer to the fenced commit
+//! (docs/RULES.md, "Fencing" and "In-doubt refreshes").
 
+use super::adopt::reread;
+use super::claim::{self, Entry, Trigger};
 use super::commit::{Origin, commit_and_publish, save_uncommitted};
-use super::doubt::{no_answer, settle_doubt, without_refresh_token};
-use super::fleet::{self, Entry, Trigger};
+use super::doubt::{no_answer, settle_doubt, spent, without_refresh_token};
 use super::outcome::{Pace, permanent, transient};
 use super::plan::token_update;
-use super::validity::{not_usable, timeout};
+use super::validity::{MIN_VALID_MS, not_usable, timeout, valid_for};
 use crate::error::Error;
 use crate::provider::{self, Endpoint, Grant, ProviderError};
 use crate::state::Shared;
-use crate::state::credential::Credential;
-use crate::store::{StoreError, TokenUpdate, blocking};
+use crate::state::credential::{Credential, Journal};
+use crate::store::{NewMark, StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
-use tokend_proto::{CredentialSpec, CredentialState};
+use tokend_proto::{CredentialSpec, CredentialState, Secret};
+
+/// The longest time between the moment a journal mark is sent to the
+/// store and the moment its refresh token leaves for the provider. A
+/// member that finds more time went by (it was paused: `SIGSTOP`, a frozen
+/// VM, a long stall) sends nothing: its lease may be running out.
+pub const SEND_BUDGET_MS: i64 = 1_000;
+
+/// What a lease adds to the send budget and the HTTP timeout: the
+/// provider's own processing after the client gave up, and clock rates.
+pub const LEASE_MARGIN_MS: i64 = 3_000;
+
+/// How long a journal mark keeps everybody else from sending or
+/// introspecting its refresh token: the send budget, the whole request,
+/// and a margin (docs/RULES.md, "Fencing").
+pub fn lease_ms(shared: &Shared) -> i64 {
+    let http_ms = i64::try_from(shared.config().refresh.http_timeout_secs)
+        .unwrap_or(i64::MAX / 2_000)
+        .saturating_mul(1000);
+    SEND_BUDGET_MS
+        .saturating_add(http_ms)
+        .saturating_add(LEASE_MARGIN_MS)
+}
 
 /// One refresh attempt, unless another attempt ran since the caller looked
-/// (`seen_attempts`). Holds the credential's refresh lock throughout, and in
-/// a fleet the cross-member lock too (`fleet.rs`).
+/// (`seen_attempts`). Holds the credential's refresh lock throughout, and
+/// the store's (across hosts in a fleet) from the re-read of the row on.
 pub async fn refresh(
     shared: Arc<Shared>,
     cred: Arc<Credential>,
@@ -28,6 +52,11 @@ pub async fn refresh(
     let _guard = cred.refresh_lock.lock().await;
     if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
+    }
+    if shared.is_stopping() {
+        return Err(Error::Busy(
+            "tokend is stopping; no refresh starts now".into(),
+        ));
     }
     let unsaved = cred.with_live(|l| l.journal.unsaved().is_some());
     let (attempts, state) = cred.with_live(|l| (l.attempts, l.state));
@@ -40,15 +69,27 @@ pub async fn refresh(
     if !unsaved && state != CredentialState::Ready {
         return Err(not_usable(&cred));
     }
+    let Some(endpoint) = cred.endpoint() else {
+        // A bearer token: nothing to refresh.
+        return Ok(());
+    };
+    // Whatever can fail on this host fails before the journal is read or
+    // written: a local failure leaves it exactly as it was.
+    let http = match shared.http() {
+        Ok(http) => http,
+        Err(e) => return transient(&shared, &cred, e.to_string(), None, Pace::Local).await,
+    };
     let _slot = shared
         .refresh_slots
         .acquire()
         .await
         .map_err(|_| Error::Busy("shutting down".into()))?;
-    let outcome = match fleet::enter(&shared, &cred, trigger).await {
+    let outcome = match claim::enter(&shared, &cred, trigger).await {
         Entry::Done(outcome) => outcome,
-        Entry::Proceed(_fleet) if unsaved => save_uncommitted(&shared, &cred).await,
-        Entry::Proceed(_fleet) => attempt(&shared, &cred).await,
+        Entry::Proceed(_hold, _) if unsaved => save_uncommitted(&shared, &cred).await,
+        Entry::Proceed(_hold, mark) => {
+            attempt(&shared, &cred, http, &endpoint, mark.is_some()).await
+        }
     };
     // Counted once the outcome is visible: anyone who looked before now
     // takes this attempt's outcome instead of starting another.
@@ -56,30 +97,31 @@ pub async fn refresh(
     outcome
 }
 
-/// One attempt at a new token, by the credential's grant.
-pub(super) async fn attempt(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Error> {
-    let http = match shared.http() {
-        Ok(http) => http,
-        Err(e) => return transient(shared, cred, e.to_string(), None, Pace::Normal).await,
-    };
-    let Some(endpoint) = cred.endpoint() else {
-        // A bearer token: nothing to refresh.
-        return Ok(());
-    };
-    let grant = match &cred.spec {
-        CredentialSpec::OAuth2(_) => return refresh_grant(shared, cred, http, &endpoint).await,
-        CredentialSpec::ClientCredentials(spec) => Grant::ClientCredentials {
-            scopes: &spec.scopes,
-        },
-        CredentialSpec::Bearer { .. } => return Ok(()),
-    };
-    let result = send(shared, cred, http, &endpoint, &grant).await;
-    conclude(shared, cred, result, None).await
+/// One attempt at a new token, by the credential's grant. `in_doubt`: the
+/// row holds a journal mark whose lease is over.
+async fn attempt(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    http: &reqwest::Client,
+    endpoint: &Endpoint<'_>,
+    in_doubt: bool,
+) -> Result<(), Error> {
+    match &cred.spec {
+        CredentialSpec::OAuth2(_) => refresh_grant(shared, cred, http, endpoint, in_doubt).await,
+        CredentialSpec::ClientCredentials(spec) => {
+            let grant = Grant::ClientCredentials {
+                scopes: &spec.scopes,
+            };
+            let result = send(shared, cred, http, endpoint, &grant).await;
+            conclude(shared, cred, result, None).await
+        }
+        CredentialSpec::Bearer { .. } => Ok(()),
+    }
 }
 
 /// Sends one grant with the `refreshing` flag up, and turns a token set
 /// into the update to commit.
-pub(super) async fn send(
+async fn send(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     http: &reqwest::Client,
@@ -95,9 +137,9 @@ pub(super) async fn send(
 
 /// What an attempt's answer leads to. `rotating` is the endpoint of a
 /// refresh-token grant, for which an answer with no known outcome puts the
-/// refresh token in doubt; in the other grants nothing rotates, and such an
-/// answer is only odd.
-pub(super) async fn conclude(
+/// refresh token in doubt, and any 2xx spends it; in the other grants
+/// nothing rotates, and such an answer is only odd.
+async fn conclude(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     result: Result<TokenUpdate, ProviderError>,
@@ -114,26 +156,77 @@ pub(super) async fn conclude(
             Some(endpoint) => no_answer(shared, cred, endpoint, message).await,
             None => transient(shared, cred, message, None, Pace::Odd).await,
         },
+        Err(ProviderError::Unusable {
+            message,
+            refresh_token,
+        }) => match rotating {
+            Some(_) => unusable_answer(shared, cred, message, refresh_token).await,
+            None => transient(shared, cred, message, None, Pace::Odd).await,
+        },
         Err(e) => permanent(shared, cred, &e).await,
     }
 }
 
+/// A 2xx to a refresh that tokend cannot serve (no access token, a
+/// non-Bearer type): the refresh token sent is spent whatever the body
+/// says. A new refresh token in it is committed like any rotation, so the
+/// grant goes on and the credential says why its token is not served;
+/// without one, a login is needed (docs/RULES.md, "Token responses").
+async fn unusable_answer(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    message: String,
+    refresh_token: Option<Secret>,
+) -> Result<(), Error> {
+    let Some(refresh_token) = refresh_token else {
+        let why = format!(
+            "{message}, and no new refresh token: the one sent is spent, so it will not be sent again; log in again"
+        );
+        return spent(shared, cred, &why).await;
+    };
+    let why = format!(
+        "{message}; its new refresh token is kept (a forced refresh uses it), but its access token cannot be served"
+    );
+    let update = TokenUpdate {
+        access_token: None,
+        refresh_token: Some(refresh_token),
+        new_grant: false,
+        generation: cred.with_live(|l| l.generation) + 1,
+        expires_at: None,
+        refreshed_at: shared.clock.now(),
+        next_refresh_at: None,
+        unusable: Some(why),
+    };
+    commit_and_publish(shared, cred, update, Origin::Refresh).await?;
+    Err(not_usable(cred))
+}
+
 /// The refresh-token grant, the one whose every step guards the promise
 /// that a refresh token is never sent twice (docs/RULES.md).
-pub(super) async fn refresh_grant(
+async fn refresh_grant(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     http: &reqwest::Client,
     endpoint: &Endpoint<'_>,
+    in_doubt: bool,
 ) -> Result<(), Error> {
     let Some(refresh_token) = cred.with_live(|l| l.refresh_token.clone()) else {
         return without_refresh_token(shared, cred).await;
     };
-    if cred.with_live(|l| l.journal.in_doubt()) {
+    if in_doubt || cred.with_live(|l| l.journal.in_doubt()) {
         settle_doubt(shared, cred, http, endpoint, &refresh_token).await?;
     }
-    if let Err(e) = mark_in_flight(shared, cred).await {
-        let message = format!("refresh not attempted, the store is not writable: {e}");
+    // The budget runs from before the mark is sent: the store's time of
+    // the mark, where its lease starts, is later than this.
+    let marked_at = shared.clock.mono_ms();
+    if let Err(e) = mark(shared, cred).await {
+        return unmarked(shared, cred, e).await;
+    }
+    let took = shared.clock.mono_ms() - marked_at;
+    if took > SEND_BUDGET_MS {
+        let message = format!(
+            "nothing was sent: {took} ms went by between the journal mark and the request (at most {SEND_BUDGET_MS} ms may, or the mark's lease could run out while the request is on its way)"
+        );
         return transient(shared, cred, message, None, Pace::Normal).await;
     }
     let grant = Grant::RefreshToken(&refresh_token);
@@ -141,9 +234,47 @@ pub(super) async fn refresh_grant(
     conclude(shared, cred, result, Some(endpoint)).await
 }
 
-/// Journals the refresh before the refresh token leaves the process.
-async fn mark_in_flight(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError> {
+/// Journals the refresh before the refresh token leaves the process: a
+/// compare-and-set on the generation the row was read at.
+async fn mark(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError> {
     let store = shared.store.clone();
-    let (name, incarnation, at) = (cred.name.clone(), cred.incarnation, shared.clock.now());
-    blocking(move || store.mark_refresh_in_flight(&name, incarnation, at)).await
+    let (name, incarnation) = (cred.name.clone(), cred.incarnation);
+    let fence = cred.with_live(|l| l.fence);
+    let mark = NewMark {
+        at_ms: shared.clock.now_ms(),
+        lease_ms: lease_ms(shared),
+    };
+    let fence = blocking(move || store.mark_refresh(&name, incarnation, fence, &mark)).await?;
+    cred.with_live(|l| {
+        l.fence = fence;
+        l.journal = Journal::InDoubt;
+    });
+    Ok(())
+}
+
+/// The journal mark could not be made, so nothing is sent. A newer row
+/// (another member refreshed, or marked) is taken.
+async fn unmarked(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    e: StoreError,
+) -> Result<(), Error> {
+    match e {
+        StoreError::Gone(_) => Err(Error::UnknownCredential(cred.name.to_string())),
+        StoreError::Moved(_) => {
+            reread(shared, cred).await;
+            let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+            if cred.with_live(|l| valid_for(l, now, mono, MIN_VALID_MS)) {
+                return Ok(());
+            }
+            Err(Error::Busy(format!(
+                "credential {:?} changed in the store while this refresh began (another member is refreshing it); nothing was sent",
+                cred.name
+            )))
+        }
+        e => {
+            let message = format!("refresh not attempted, the store is not writable: {e}");
+            transient(shared, cred, message, None, Pace::Local).await
+        }
+    }
 }

@@ -6,7 +6,7 @@
 //! held, so a row read before a local commit can never overwrite it; a
 //! credential whose lock is busy is done on its own once the lock is free.
 
-use super::fleet::adopt;
+use super::adopt::{Read, adopt};
 use crate::state::Shared;
 use crate::state::credential::Credential;
 use crate::store::{StoreError, StoredCredential, blocking};
@@ -82,13 +82,14 @@ async fn apply_when_free(shared: &Arc<Shared>, name: String) {
 
 /// Applies one row; the caller holds the credential's refresh lock if it
 /// exists here.
-fn apply_row(shared: &Arc<Shared>, mut row: StoredCredential) {
+fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
     match shared.registry.get(&row.name) {
-        Some(cred) if cred.incarnation == row.incarnation => adopt(shared, &cred, &row, false),
+        Some(cred) if cred.incarnation == row.incarnation => {
+            adopt(shared, &cred, &row, Read::Unlocked)
+        }
         existing => {
-            // Read outside the fleet's lock, a journal mark may be a live
-            // member's refresh: the lock's re-read decides (fleet.rs).
-            row.refresh_interrupted = false;
+            // A journal mark in the row may be a live member's refresh: its
+            // lease, read again under the lock, decides (claim.rs).
             let cred = Arc::new(Credential::from_stored(row.clone()));
             if let Some(old) = existing {
                 shared.logins.cancel(&old.name);
@@ -97,7 +98,7 @@ fn apply_row(shared: &Arc<Shared>, mut row: StoredCredential) {
                 tracing::info!(credential = %cred.name, "credential added by another member of the fleet");
             }
             shared.registry.insert(cred.clone());
-            adopt(shared, &cred, &row, false);
+            adopt(shared, &cred, &row, Read::Unlocked);
         }
     }
 }

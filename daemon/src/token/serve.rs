@@ -2,7 +2,7 @@
 //! none is valid, and the two ways a client asks for a new token now
 //! (`reject`, `refresh`), which respect the provider's backoff.
 
-use super::fleet::Trigger;
+use super::claim::Trigger;
 use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
@@ -118,7 +118,7 @@ pub async fn reject(
         return Ok("that token was already replaced; nothing to do".into());
     }
     respect_backoff(shared, cred)?;
-    run_now(shared, cred, attempts).await?;
+    run_now(shared, cred, attempts, Trigger::Demand).await?;
     Ok(format!("refreshed credential {:?}", cred.name))
 }
 
@@ -145,7 +145,7 @@ pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Resu
         }
         l.attempts
     });
-    run_now(shared, cred, attempts).await?;
+    run_now(shared, cred, attempts, Trigger::Force).await?;
     let expires = cred
         .with_live(|l| l.expires_at.get())
         .map(|e| {
@@ -187,14 +187,10 @@ pub(super) async fn run_now(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     attempts: u64,
+    trigger: Trigger,
 ) -> Result<(), Error> {
     let wait = Duration::from_secs(2 * shared.config().refresh.http_timeout_secs + 5);
-    let task = tokio::spawn(refresh(
-        shared.clone(),
-        cred.clone(),
-        attempts,
-        Trigger::Demand,
-    ));
+    let task = tokio::spawn(refresh(shared.clone(), cred.clone(), attempts, trigger));
     match tokio::time::timeout(wait, task).await {
         Err(_) => Err(Error::Timeout(format!(
             "the refresh of {:?} is taking too long; it goes on in the background",

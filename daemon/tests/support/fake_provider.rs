@@ -42,6 +42,8 @@ pub struct State {
     /// Introspection requests, and how many said "active".
     pub introspections: usize,
     pub introspected_active: usize,
+    /// Every refresh token sent with a refresh, in order, faulted or not.
+    pub sent_refresh: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -89,6 +91,15 @@ impl FakeProvider {
         rt
     }
 
+    /// How many times `refresh_token` was sent with a refresh.
+    pub fn times_sent(&self, refresh_token: &str) -> usize {
+        let s = self.state.lock().unwrap();
+        s.sent_refresh
+            .iter()
+            .filter(|t| *t == refresh_token)
+            .count()
+    }
+
     pub fn fault(&self, fault: Fault) {
         self.state.lock().unwrap().faults.push_back(fault);
     }
@@ -106,6 +117,15 @@ impl FakeProvider {
             return respond(&mut stream, 200, "", &reply).await;
         }
         self.requests.fetch_add(1, Ordering::SeqCst);
+        if let Some((_, rt)) =
+            url::form_urlencoded::parse(body.as_bytes()).find(|(k, _)| k == "refresh_token")
+        {
+            self.state
+                .lock()
+                .unwrap()
+                .sent_refresh
+                .push(rt.into_owned());
+        }
         let fault = self.state.lock().unwrap().faults.pop_front();
         let (status, extra, reply) = match fault {
             Some(Fault::Drop) => return,

@@ -95,7 +95,7 @@ pub fn row(name: &str, spec: CredentialSpec, state: CredentialState) -> StoredCr
         next_refresh_at: None,
         last_error: None,
         last_check: None,
-        refresh_interrupted: false,
+        fence: Default::default(),
         change: 0,
         incarnation: 1,
     }

@@ -10,6 +10,8 @@ pub(super) enum Failure {
     Pg(tokio_postgres::Error),
     Pool(deadpool_postgres::PoolError),
     Store(StoreError),
+    /// The database did not answer in time; the text says how long.
+    Stalled(String),
 }
 
 impl From<tokio_postgres::Error> for Failure {
@@ -48,6 +50,7 @@ impl Db {
                 StoreError::Database(format!("PostgreSQL {}: cannot connect: {detail}", self.0))
             }
             Failure::Store(e) => e,
+            Failure::Stalled(why) => StoreError::Database(format!("PostgreSQL {why}")),
         }
     }
 }

@@ -10,10 +10,8 @@ use tokio_postgres::error::SqlState;
 
 /// What taking the lock found.
 pub(super) enum Taken {
-    /// Held; the credential's row (none if it is gone), read under it, and
-    /// whether its journal mark is another live member's
-    /// ([`schema::MARKER_ALIVE`]).
-    Held(Vec<tokio_postgres::Row>, bool),
+    /// Held; the credential's row (none if it is gone), read under it.
+    Held(Vec<tokio_postgres::Row>),
     /// Another member holds it (past the wait, if any).
     Busy,
 }
@@ -56,18 +54,7 @@ pub(super) async fn take(
         schema::COLUMNS,
         schema::FROM
     );
-    let rows = client.query(&sql, &[&name]).await?;
-    let marked_by = match rows.first() {
-        Some(r) if r.get::<_, bool>(schema::MARKED) => {
-            r.get::<_, Option<String>>(schema::MARKED_BY)
-        }
-        _ => return Ok(Taken::Held(rows, false)),
-    };
-    let alive: bool = client
-        .query_one(schema::MARKER_ALIVE, &[&marked_by])
-        .await?
-        .get(0);
-    Ok(Taken::Held(rows, alive))
+    Ok(Taken::Held(client.query(&sql, &[&name]).await?))
 }
 
 /// Commits the lock's transaction (the writes in it, and the release).

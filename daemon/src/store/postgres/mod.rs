@@ -1,15 +1,18 @@
 //! The PostgreSQL backend: one database shared by a fleet of tokend
 //! daemons (docs/ARCHITECTURE.md, "The fleet store").
 //!
-//! The same rows as SQLite, sealed the same way. What a fleet adds:
+//! The same rows as SQLite, sealed the same way, with the same fenced
+//! writes: every write about a refresh is a compare-and-set on the row's
+//! refresh generation (docs/RULES.md, "Fencing"). What a fleet adds:
 //! - **Cross-member single flight**: a refresh holds a transaction-scoped
 //!   advisory lock on the credential (`lock.rs`) from before
 //!   it re-reads the row until its outcome is committed in that same
-//!   transaction. A dead or stalled holder's lock goes with its session
-//!   (`idle_in_transaction_session_timeout` bounds a stall).
+//!   transaction. The lock only saves work: a holder whose session died
+//!   goes on with fenced writes of its own, which need no lock.
 //! - **The journal mark outlives its holder**: it is committed on another
 //!   connection, outside the locking transaction, so that the death of the
-//!   holder (which rolls its transaction back) cannot erase it.
+//!   holder (which rolls its transaction back) cannot erase it. Its time
+//!   and lease are the database's clock.
 //! - **Change notification** (`listen.rs`): every change to a row notifies
 //!   the other members, which re-read it.
 //!
@@ -26,10 +29,13 @@ mod row;
 mod schema;
 
 use super::rows::{
-    KEY_CHECK, allowed_to_text, grant_sql, open_all, seal_row, seal_tokens, state_to_text,
+    KEY_CHECK, TOKENS_SETTLE_SQL, allowed_from_text, allowed_to_text, committed_state, grant_sql,
+    open_all, seal_row, seal_tokens, state_to_text,
 };
 use super::seal::Sealer;
-use super::{Backend, Claim, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate};
+use super::{
+    Backend, Claim, NewMark, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate,
+};
 use connect::Target;
 use deadpool_postgres::{Object, Pool};
 use error::{Db, Failure};
@@ -83,16 +89,17 @@ impl std::fmt::Debug for PgStore {
 }
 
 /// A statement with owned parameters, to run on the store's runtime.
+#[derive(Clone)]
 struct Sql {
     text: String,
-    params: Vec<Box<dyn ToSql + Sync + Send>>,
+    params: Arc<Vec<Box<dyn ToSql + Sync + Send>>>,
 }
 
 impl Sql {
     fn new(text: impl Into<String>, params: Vec<Box<dyn ToSql + Sync + Send>>) -> Sql {
         Sql {
             text: text.into(),
-            params,
+            params: Arc::new(params),
         }
     }
 
@@ -119,6 +126,10 @@ impl Sql {
             .collect()
     }
 }
+
+/// The longest any database call may take (a lock request: this plus its
+/// wait). Past it the call fails as if the database were down.
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Statements of a bulk insert sent before the first answer is awaited.
 const PIPELINE: usize = 256;
@@ -170,15 +181,35 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Runs `f` on the store's runtime and waits for it. Works from any
-    /// thread, async worker or not.
+    /// Runs `f` on the store's runtime and waits for it, at most
+    /// [`CALL_LIMIT`]. Works from any thread, async worker or not.
     fn call<T: Send + 'static>(
         &self,
         f: impl Future<Output = Result<T, Failure>> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.call_within(CALL_LIMIT, f)
+    }
+
+    /// [`PgStore::call`] with a time limit of its own: a database that
+    /// stalls (a frozen host, a black-holed network) is a database that is
+    /// down, never a caller blocked for good.
+    fn call_within<T: Send + 'static>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = Result<T, Failure>> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let db = self.db.clone();
         self.handle.spawn(async move {
-            let _ = tx.send(f.await);
+            let result = match tokio::time::timeout(limit, f).await {
+                Ok(result) => result,
+                Err(_) => Err(Failure::Stalled(format!(
+                    "{} did not answer within {} s",
+                    db.0,
+                    limit.as_secs()
+                ))),
+            };
+            let _ = tx.send(result);
         });
         let result = match rx.recv() {
             Ok(result) => result.map_err(|f| self.db.error(f)),
@@ -197,27 +228,69 @@ impl PgStore {
         self.call(async move { Ok(sql.run(&**pool.get().await?).await?) })
     }
 
-    /// Runs a write about one credential: inside its refresh lock's
-    /// transaction when this member holds it (committing it, which releases
-    /// the lock), else on its own.
-    fn write(&self, name: &str, incarnation: i64, sql: Sql) -> Result<(), StoreError> {
+    /// Runs a fenced write about one credential (a compare-and-set on
+    /// generation `fence`): inside its refresh lock's transaction when this
+    /// member holds it (committing it, which releases the lock), else on
+    /// its own. A lock transaction that failed (its session ended, the
+    /// COMMIT's answer was lost) is followed by the same write on its own:
+    /// the fence, not the lock, keeps it from overwriting a newer row
+    /// (and finds a COMMIT that did land: the row moved).
+    fn write(&self, name: &str, incarnation: i64, fence: i64, sql: Sql) -> Result<i64, StoreError> {
         self.refuse_check()?;
-        let Some(client) = self.take_held(name, incarnation) else {
-            return written(self.execute(sql)?, name);
-        };
-        let n = self.call(async move {
-            let result = async {
-                let n = sql.run(&**client).await?;
-                lock::commit(&client).await?;
-                Ok(n)
+        if let Some(client) = self.take_held(name, incarnation) {
+            let in_lock = sql.clone();
+            let held = self.call(async move {
+                let result = async {
+                    let n = in_lock.run(&**client).await?;
+                    lock::commit(&client).await?;
+                    Ok(n)
+                }
+                .await;
+                if result.is_err() {
+                    lock::discard(client).await;
+                }
+                result
+            });
+            match held {
+                Ok(n) => return self.fenced(n, name, incarnation, fence),
+                Err(e) => {
+                    tracing::info!(credential = %name, error = %e, "the refresh lock's transaction failed; the fenced write is made on its own");
+                }
             }
-            .await;
-            if result.is_err() {
-                lock::discard(client).await;
-            }
-            result
+        }
+        let n = self.execute(sql)?;
+        self.fenced(n, name, incarnation, fence)
+    }
+
+    /// The outcome of a fenced write that touched `rows` rows: the new
+    /// generation, or why nothing was written (gone, or moved past `fence`).
+    fn fenced(
+        &self,
+        rows: u64,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+    ) -> Result<i64, StoreError> {
+        if rows > 0 {
+            return Ok(fence + 1);
+        }
+        let (pool, owned) = (self.work.clone(), name.to_string());
+        let exists = self.call(async move {
+            Ok(pool
+                .get()
+                .await?
+                .query_opt(
+                    "SELECT 1 FROM tokend.credentials WHERE name = $1 AND incarnation = $2",
+                    &[&owned, &incarnation],
+                )
+                .await?
+                .is_some())
         })?;
-        written(n, name)
+        Err(if exists {
+            StoreError::Moved(name.to_string())
+        } else {
+            StoreError::Gone(name.to_string())
+        })
     }
 
     fn take_held(&self, name: &str, incarnation: i64) -> Option<Object> {
@@ -323,26 +396,27 @@ impl PgStore {
         })
     }
 
-    /// Settles what a held lock's re-read found: the row, unless it is gone
-    /// or its journal mark belongs to a member still connected.
+    /// Settles what a held lock's re-read found: the row, unless it is
+    /// gone. A journal mark in it is the lifecycle's to judge, by its lease.
     fn claim(
         &self,
         name: &str,
         incarnation: i64,
         client: Object,
         rows: Vec<tokio_postgres::Row>,
-        marker_alive: bool,
     ) -> Result<Claim, StoreError> {
-        let row::Loaded { mut creds, sealed } = row::Loaded::from_rows(&rows)?;
+        let loaded = row::Loaded::from_rows(&rows);
+        let row::Loaded { mut creds, sealed } = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Never back to the pool mid-transaction.
+                self.handle.spawn(lock::discard(client));
+                return Err(e);
+            }
+        };
         if creds.first().is_none_or(|c| c.incarnation != incarnation) {
             self.handle.spawn(lock::discard(client));
             return Err(StoreError::Gone(name.to_string()));
-        }
-        if marker_alive {
-            // Another live member sent the refresh token and has not saved
-            // the outcome yet (its database connection broke): it will.
-            self.handle.spawn(lock::discard(client));
-            return Ok(Claim::Busy);
         }
         if let Err(e) = open_all(&self.sealer, &mut creds, &sealed) {
             self.handle.spawn(lock::discard(client));
@@ -493,14 +567,22 @@ impl Backend for PgStore {
         })
     }
 
-    fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError> {
+    fn save_tokens(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+        t: &TokenUpdate,
+    ) -> Result<i64, StoreError> {
         let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
         let sql = Sql::new(
-            "UPDATE tokend.credentials SET access_token = $3,
-                refresh_token = CASE WHEN $9 THEN $4 ELSE COALESCE($4, refresh_token) END,
-                generation = $5, expires_at = $6, last_refresh_at = $7, next_refresh_at = $8,
-                state = 'ready', reason = NULL, last_error = NULL, refresh_in_flight = NULL
-             WHERE name = $1 AND incarnation = $2",
+            format!(
+                "UPDATE tokend.credentials SET access_token = $3,
+                    refresh_token = CASE WHEN $9 THEN $4 ELSE COALESCE($4, refresh_token) END,
+                    generation = $5, expires_at = $6, last_refresh_at = $7, next_refresh_at = $8,
+                    state = $11, reason = $12, last_error = $12, {TOKENS_SETTLE_SQL}
+                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $10"
+            ),
             vec![
                 boxed(name.to_string()),
                 boxed(incarnation),
@@ -511,35 +593,58 @@ impl Backend for PgStore {
                 boxed(t.refreshed_at),
                 boxed(t.next_refresh_at),
                 boxed(t.new_grant),
+                boxed(fence),
+                boxed(committed_state(t)),
+                boxed(t.unusable.clone()),
             ],
         );
-        self.write(name, incarnation, sql)
+        self.write(name, incarnation, fence, sql)
     }
 
     /// Committed on its own connection, outside the lock's transaction:
-    /// if this member dies now, the lock goes but the mark stays, and the
-    /// next member to take the lock treats the refresh token as in doubt.
-    fn mark_refresh_in_flight(
+    /// if this member dies now, the lock goes but the mark stays. Its time
+    /// is the database's (`mark.at_ms`, this host's clock, is not used).
+    fn mark_refresh(
         &self,
         name: &str,
         incarnation: i64,
-        at: i64,
-    ) -> Result<(), StoreError> {
+        fence: i64,
+        mark: &NewMark,
+    ) -> Result<i64, StoreError> {
+        self.refuse_check()?;
         let sql = Sql::new(
-            "UPDATE tokend.credentials SET refresh_in_flight = $3,
-                refresh_by = current_setting('application_name')
-             WHERE name = $1 AND incarnation = $2",
-            vec![boxed(name.to_string()), boxed(incarnation), boxed(at)],
+            format!(
+                "UPDATE tokend.credentials SET refresh_in_flight = {now} / 1000,
+                    mark_at_ms = {now}, lease_ms = $4,
+                    refresh_by = current_setting('application_name'),
+                    refresh_gen = refresh_gen + 1
+                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $3",
+                now = schema::NOW_MS
+            ),
+            vec![
+                boxed(name.to_string()),
+                boxed(incarnation),
+                boxed(fence),
+                boxed(mark.lease_ms),
+            ],
         );
-        written(self.execute(sql)?, name)
+        let n = self.execute(sql)?;
+        self.fenced(n, name, incarnation, fence)
     }
 
-    fn save_state(&self, name: &str, incarnation: i64, s: &StateUpdate) -> Result<(), StoreError> {
+    fn save_state(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+        s: &StateUpdate,
+    ) -> Result<i64, StoreError> {
         let grant = grant_sql(s.grant);
         let sql = Sql::new(
             format!(
                 "UPDATE tokend.credentials SET state = $3, reason = $4, last_error = $5,
-                    next_refresh_at = $6, {grant} WHERE name = $1 AND incarnation = $2"
+                    next_refresh_at = $6, {grant}
+                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $7"
             ),
             vec![
                 boxed(name.to_string()),
@@ -548,9 +653,10 @@ impl Backend for PgStore {
                 boxed(s.reason.clone()),
                 boxed(s.last_error.clone()),
                 boxed(s.next_refresh_at),
+                boxed(fence),
             ],
         );
-        self.write(name, incarnation, sql)
+        self.write(name, incarnation, fence, sql)
     }
 
     fn save_check(
@@ -572,28 +678,57 @@ impl Backend for PgStore {
                 boxed(s.last_error.clone()),
             ],
         );
-        self.write(name, incarnation, sql)
+        written(self.execute(sql)?, name)
     }
 
-    fn save_allowed(&self, name: &str, allowed: &[Principal]) -> Result<(), StoreError> {
-        let n = self.execute(Sql::new(
-            "UPDATE tokend.credentials SET allowed = $2 WHERE name = $1",
-            vec![boxed(name.to_string()), boxed(allowed_to_text(allowed))],
-        ))?;
-        if n == 0 {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        Ok(())
+    fn change_allowed(
+        &self,
+        name: &str,
+        incarnation: i64,
+        principal: Principal,
+        allow: bool,
+    ) -> Result<Vec<Principal>, StoreError> {
+        self.refuse_check()?;
+        let (pool, owned) = (self.work.clone(), name.to_string());
+        self.call(async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let row = tx
+                .query_opt(
+                    "SELECT allowed FROM tokend.credentials
+                     WHERE name = $1 AND incarnation = $2 FOR UPDATE",
+                    &[&owned, &incarnation],
+                )
+                .await?;
+            let Some(row) = row else {
+                return Err(StoreError::Gone(owned).into());
+            };
+            let mut list = allowed_from_text(row.get(0));
+            list.retain(|p| *p != principal);
+            if allow {
+                list.push(principal);
+                list.sort();
+            }
+            tx.execute(
+                "UPDATE tokend.credentials SET allowed = $3 WHERE name = $1 AND incarnation = $2",
+                &[&owned, &incarnation, &allowed_to_text(&list)],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(list)
+        })
     }
 
-    fn save_last_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
-        let names: Vec<String> = uses.iter().map(|(n, _)| n.clone()).collect();
-        let times: Vec<i64> = uses.iter().map(|(_, t)| *t).collect();
+    fn save_last_use(&self, uses: &[(String, i64, i64)]) -> Result<(), StoreError> {
+        let names: Vec<String> = uses.iter().map(|(n, _, _)| n.clone()).collect();
+        let incarnations: Vec<i64> = uses.iter().map(|(_, i, _)| *i).collect();
+        let times: Vec<i64> = uses.iter().map(|(_, _, t)| *t).collect();
         self.execute(Sql::new(
             "INSERT INTO tokend.uses (name, last_use_at)
-             SELECT * FROM unnest($1::text[], $2::bigint[])
+             SELECT u.n, u.t FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(n, i, t)
+             JOIN tokend.credentials c ON c.name = u.n AND c.incarnation = u.i
              ON CONFLICT (name) DO UPDATE SET last_use_at = GREATEST(tokend.uses.last_use_at, EXCLUDED.last_use_at)",
-            vec![boxed(names), boxed(times)],
+            vec![boxed(names), boxed(incarnations), boxed(times)],
         ))?;
         Ok(())
     }
@@ -621,10 +756,11 @@ impl Backend for PgStore {
             self.options.hold_limit.as_millis() as u64,
             self.options.lock_wait.as_millis() as u64,
         );
-        let taken = self.call(async move {
+        let limit = self.options.lock_wait + CALL_LIMIT;
+        let taken = self.call_within(limit, async move {
             let client = pool.get().await?;
             match lock::take(&client, &owned, wait, hold_ms, wait_ms).await {
-                Ok(lock::Taken::Held(rows, marker_alive)) => Ok(Some((client, rows, marker_alive))),
+                Ok(lock::Taken::Held(rows)) => Ok(Some((client, rows))),
                 other => {
                     lock::discard(client).await;
                     other.map(|_| None)
@@ -632,9 +768,7 @@ impl Backend for PgStore {
             }
         })?;
         match taken {
-            Some((client, rows, marker_alive)) => {
-                self.claim(name, incarnation, client, rows, marker_alive)
-            }
+            Some((client, rows)) => self.claim(name, incarnation, client, rows),
             None => Ok(Claim::Busy),
         }
     }

@@ -4,7 +4,7 @@ use super::{Sql, boxed};
 use crate::store::rows::{
     SealedColumns, SealedRow, allowed_from_text, allowed_to_text, state_from_text, state_to_text,
 };
-use crate::store::{StoreError, StoredCredential};
+use crate::store::{Fence, Mark, StoreError, StoredCredential};
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -55,7 +55,18 @@ impl Loaded {
             next_refresh_at: r.try_get(16).map_err(bad)?,
             last_error: r.try_get(17).map_err(bad)?,
             last_check: last_check.and_then(|j| serde_json::from_str(j).ok()),
-            refresh_interrupted: r.try_get(19).map_err(bad)?,
+            fence: Fence {
+                generation: r.try_get(21).map_err(bad)?,
+                mark: if r.try_get::<_, bool>(19).map_err(bad)? {
+                    Some(Mark {
+                        at_ms: r.try_get::<_, Option<i64>>(22).map_err(bad)?.unwrap_or(0),
+                        lease_ms: r.try_get(23).map_err(bad)?,
+                        read_at_ms: Some(r.try_get(24).map_err(bad)?),
+                    })
+                } else {
+                    None
+                },
+            },
             change: r.try_get(20).map_err(bad)?,
         });
         Ok(())

@@ -14,7 +14,8 @@ use crate::store::StoreError;
 /// The migrations; `tokend.schema_version` says how many ran. They run in
 /// one transaction under an advisory lock, so members starting together
 /// migrate once.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE tokend.meta (
     key   TEXT PRIMARY KEY,
     value BYTEA NOT NULL
@@ -80,7 +81,17 @@ CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
     FOR EACH ROW
     WHEN (NEW.refresh_in_flight IS NULL OR NEW.refresh_in_flight IS NOT DISTINCT FROM OLD.refresh_in_flight)
     EXECUTE FUNCTION tokend.notify_change();
-"#];
+"#,
+    // The refresh generation every fenced write compares and moves, and the
+    // journal mark's time and lease by the database's clock (docs/RULES.md,
+    // "Fencing"). A mark left by an older version has no lease: it is over.
+    r#"
+ALTER TABLE tokend.credentials
+    ADD COLUMN refresh_gen BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN mark_at_ms  BIGINT,
+    ADD COLUMN lease_ms    BIGINT;
+"#,
+];
 
 /// Creates the schema and its version table if missing.
 const BOOTSTRAP: &str = "
@@ -123,26 +134,30 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
     Ok(tx.commit().await?)
 }
 
-/// Every column of a credential row, in the order `row.rs` reads them.
-pub(super) const COLUMNS: &str = "c.name, c.incarnation, c.description, c.owner_uid, c.settings,
+/// The database's clock in Unix ms. `clock_timestamp()`, not `now()`:
+/// inside a lock's transaction `now()` is when it began, which may be a
+/// lock wait ago.
+macro_rules! now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
+
+/// See [`now_ms!`]: journal marks are made and their leases measured by
+/// the database's clock, never a member's.
+pub(super) const NOW_MS: &str = now_ms!();
+
+/// Every column of a credential row, in the order `row.rs` reads them; the
+/// last one is the database's clock as the row is read, against which a
+/// journal mark's lease is measured.
+pub(super) const COLUMNS: &str = concat!(
+    "c.name, c.incarnation, c.description, c.owner_uid, c.settings,
     c.allowed, c.client_secret, c.access_token, c.refresh_token, c.generation, c.expires_at,
     c.state, c.reason, c.created_at, c.last_refresh_at, u.last_use_at, c.next_refresh_at,
-    c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change, c.refresh_by";
-
-/// The columns of [`COLUMNS`] that say whether the journal mark is set and
-/// which member set it.
-pub(super) const MARKED: usize = 19;
-pub(super) const MARKED_BY: usize = 21;
-
-/// Whether a journal mark set by member `$1` belongs to another member
-/// still connected: its refresh is not in doubt but in its hands (it saves
-/// the outcome it holds as soon as it can). A statement of its own, run
-/// only when a mark is found: `pg_stat_activity` is a view over a function
-/// of 30 columns, and rewriting and planning it in every row read cost
-/// about as much database CPU as all the other statements of a refresh.
-pub(super) const MARKER_ALIVE: &str =
-    "SELECT $1::text IS DISTINCT FROM current_setting('application_name')
-    AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.application_name = $1::text)";
+    c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change, c.refresh_gen,
+    COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 0), ",
+    now_ms!()
+);
 
 /// The table a row is read from: a credential and its last use.
 pub(super) const FROM: &str = "tokend.credentials c LEFT JOIN tokend.uses u ON u.name = c.name";

@@ -4,26 +4,39 @@
 use super::SqliteStore;
 use super::schema::state_from_sql;
 use crate::store::rows::{SealedColumns, principal_from_parts};
-use crate::store::{StoreError, StoredCredential};
+use crate::store::{Fence, Mark, StoreError, StoredCredential};
 use rusqlite::Connection;
 use tokend_proto::Principal;
 
 impl SqliteStore {
-    /// Every row, its sealed secrets set aside unopened (opening them is
-    /// the slow part, done after the connection lock is released).
-    pub(super) fn read_all(&self) -> Result<(Vec<StoredCredential>, SealedColumns), StoreError> {
+    /// Every row (or the one named `only`), its sealed secrets set aside
+    /// unopened (opening them is the slow part, done after the connection
+    /// lock is released).
+    pub(super) fn read_rows(
+        &self,
+        only: Option<&str>,
+    ) -> Result<(Vec<StoredCredential>, SealedColumns), StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
+        let filter = if only.is_some() {
+            "WHERE name = ?1"
+        } else {
+            ""
+        };
+        let mut stmt = conn.prepare(&format!(
             "SELECT id, name, description, owner_uid, settings, client_secret, access_token,
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
-                incarnation
-             FROM credentials ORDER BY name",
-        )?;
-        let mut allowed = load_allowed(&conn)?;
+                incarnation, refresh_gen, COALESCE(mark_at_ms, refresh_in_flight * 1000),
+                COALESCE(lease_ms, 0)
+             FROM credentials {filter} ORDER BY name"
+        ))?;
+        let mut allowed = load_allowed(&conn, only)?;
         let mut out = Vec::new();
         let mut sealed = SealedColumns::default();
-        let mut rows = stmt.query([])?;
+        let mut rows = match only {
+            Some(name) => stmt.query([name])?,
+            None => stmt.query([])?,
+        };
         while let Some(r) = rows.next()? {
             sealed.push([blob(r, 5)?, blob(r, 6)?, blob(r, 7)?]);
             let settings: String = r.get(4)?;
@@ -47,7 +60,14 @@ impl SqliteStore {
                 next_refresh_at: r.get(15)?,
                 last_error: r.get(16)?,
                 last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
-                refresh_interrupted: r.get(18)?,
+                fence: Fence {
+                    generation: r.get(20)?,
+                    mark: r.get::<_, bool>(18)?.then_some(()).map(|()| Mark {
+                        at_ms: r.get::<_, i64>(21).unwrap_or(0),
+                        lease_ms: r.get::<_, i64>(22).unwrap_or(0),
+                        read_at_ms: None,
+                    }),
+                },
                 change: 0,
                 incarnation: r.get(19)?,
             });
@@ -69,18 +89,31 @@ fn blob<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a [
     }
 }
 
+/// The allow lists of every credential (or of the one named `only`), by row id.
 fn load_allowed(
     conn: &Connection,
+    only: Option<&str>,
 ) -> Result<std::collections::HashMap<i64, Vec<Principal>>, StoreError> {
-    let mut stmt = conn.prepare("SELECT credential_id, kind, id FROM allowed ORDER BY kind, id")?;
+    let filter = if only.is_some() {
+        "WHERE credential_id IN (SELECT id FROM credentials WHERE name = ?1)"
+    } else {
+        ""
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT credential_id, kind, id FROM allowed {filter} ORDER BY kind, id"
+    ))?;
     let mut map: std::collections::HashMap<i64, Vec<Principal>> = Default::default();
-    let rows = stmt.query_map([], |r| {
+    let read = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, u32>(2)?,
         ))
-    })?;
+    };
+    let rows: Vec<_> = match only {
+        Some(name) => stmt.query_map([name], read)?.collect(),
+        None => stmt.query_map([], read)?.collect(),
+    };
     for row in rows {
         let (cid, kind, id) = row?;
         map.entry(cid)

@@ -5,9 +5,12 @@
 mod load;
 mod schema;
 
-use super::rows::{SealedRow, grant_sql, open_all, principal_parts, seal_row, seal_tokens};
+use super::rows::{
+    SealedRow, TOKENS_SETTLE_SQL, committed_state, grant_sql, open_all, principal_from_parts,
+    principal_parts, seal_row, seal_tokens,
+};
 use super::seal::{SealError, Sealer};
-use super::{Backend, StateUpdate, StoreError, StoredCredential, TokenUpdate};
+use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
 use rusqlite::{Connection, OptionalExtension, params};
 use schema::{KEY_CHECK, MIGRATIONS, state_to_sql};
 use std::path::Path;
@@ -151,7 +154,6 @@ impl Backend for SqliteStore {
         Ok(())
     }
 
-    /// Removes a credential; false when there was none.
     fn remove(&self, name: &str, incarnation: i64) -> Result<bool, StoreError> {
         Ok(self.lock().execute(
             "DELETE FROM credentials WHERE name = ?1 AND incarnation = ?2",
@@ -169,7 +171,7 @@ impl Backend for SqliteStore {
     /// Every credential, secrets opened. A value that fails to open (wrong
     /// key) is an error: the daemon must not start on garbage.
     fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError> {
-        let (mut creds, sealed) = self.read_all()?;
+        let (mut creds, sealed) = self.read_rows(None)?;
         open_all(&self.sealer, &mut creds, &sealed)?;
         // Reading every row filled SQLite's page cache (up to 2 MiB); the
         // daemon serves from memory and writes a row at a time from now on.
@@ -177,15 +179,33 @@ impl Backend for SqliteStore {
         Ok(creds)
     }
 
-    /// Commits a new token set and marks the credential ready, atomically.
-    fn save_tokens(&self, name: &str, incarnation: i64, t: &TokenUpdate) -> Result<(), StoreError> {
+    fn load_named(&self, names: &[String]) -> Result<Vec<StoredCredential>, StoreError> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let (mut creds, sealed) = self.read_rows(Some(name))?;
+            open_all(&self.sealer, &mut creds, &sealed)?;
+            out.extend(creds);
+        }
+        Ok(out)
+    }
+
+    fn save_tokens(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+        t: &TokenUpdate,
+    ) -> Result<i64, StoreError> {
         let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
-        let n = self.lock().execute(
-            "UPDATE credentials SET access_token = ?3,
-                refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
-                generation = ?5, expires_at = ?6, last_refresh_at = ?7, next_refresh_at = ?8,
-                state = 'ready', reason = NULL, last_error = NULL, refresh_in_flight = NULL
-             WHERE name = ?1 AND incarnation = ?2",
+        let conn = self.lock();
+        let n = conn.execute(
+            &format!(
+                "UPDATE credentials SET access_token = ?3,
+                    refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
+                    generation = ?5, expires_at = ?6, last_refresh_at = ?7, next_refresh_at = ?8,
+                    state = ?11, reason = ?12, last_error = ?12, {TOKENS_SETTLE_SQL}
+                 WHERE name = ?1 AND incarnation = ?2 AND refresh_gen = ?10"
+            ),
             params![
                 name,
                 incarnation,
@@ -195,37 +215,47 @@ impl Backend for SqliteStore {
                 t.expires_at,
                 t.refreshed_at,
                 t.next_refresh_at,
-                t.new_grant
+                t.new_grant,
+                fence,
+                committed_state(t),
+                t.unusable,
             ],
         )?;
-        written(n, name)
+        fenced(&conn, n, name, incarnation, fence)
     }
 
-    /// Records, durably, that a refresh token is about to be sent. Until the
-    /// outcome is saved, the held refresh token is *in doubt*: the provider
-    /// may have rotated it. A start that finds the mark set never sends it
-    /// blindly (docs/RULES.md, "In-doubt refreshes").
-    fn mark_refresh_in_flight(
+    /// On one host the mark's time is this host's clock (`mark.at_ms`).
+    fn mark_refresh(
         &self,
         name: &str,
         incarnation: i64,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        let n = self.lock().execute(
-            "UPDATE credentials SET refresh_in_flight = ?3 WHERE name = ?1 AND incarnation = ?2",
-            params![name, incarnation, at],
+        fence: i64,
+        mark: &NewMark,
+    ) -> Result<i64, StoreError> {
+        let conn = self.lock();
+        let n = conn.execute(
+            "UPDATE credentials SET refresh_in_flight = ?4 / 1000, mark_at_ms = ?4, lease_ms = ?5,
+                refresh_gen = refresh_gen + 1
+             WHERE name = ?1 AND incarnation = ?2 AND refresh_gen = ?3",
+            params![name, incarnation, fence, mark.at_ms, mark.lease_ms],
         )?;
-        written(n, name)
+        fenced(&conn, n, name, incarnation, fence)
     }
 
-    /// Records a state change and what it does to the grant.
-    fn save_state(&self, name: &str, incarnation: i64, s: &StateUpdate) -> Result<(), StoreError> {
+    fn save_state(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: i64,
+        s: &StateUpdate,
+    ) -> Result<i64, StoreError> {
         let grant = grant_sql(s.grant);
         let sql = format!(
             "UPDATE credentials SET state = ?3, reason = ?4, last_error = ?5, next_refresh_at = ?6,
-                {grant} WHERE name = ?1 AND incarnation = ?2"
+                {grant} WHERE name = ?1 AND incarnation = ?2 AND refresh_gen = ?7"
         );
-        let n = self.lock().execute(
+        let conn = self.lock();
+        let n = conn.execute(
             &sql,
             params![
                 name,
@@ -233,10 +263,11 @@ impl Backend for SqliteStore {
                 state_to_sql(s.state),
                 s.reason,
                 s.last_error,
-                s.next_refresh_at
+                s.next_refresh_at,
+                fence
             ],
         )?;
-        written(n, name)
+        fenced(&conn, n, name, incarnation, fence)
     }
 
     /// Records the result of a check, and the state it leads to.
@@ -263,30 +294,46 @@ impl Backend for SqliteStore {
         written(n, name)
     }
 
-    /// Replaces the allow list.
-    fn save_allowed(&self, name: &str, allowed: &[Principal]) -> Result<(), StoreError> {
+    fn change_allowed(
+        &self,
+        name: &str,
+        incarnation: i64,
+        principal: Principal,
+        allow: bool,
+    ) -> Result<Vec<Principal>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let id: i64 = tx
-            .query_row("SELECT id FROM credentials WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT id FROM credentials WHERE name = ?1 AND incarnation = ?2",
+                params![name, incarnation],
+                |r| r.get(0),
+            )
             .optional()?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])?;
-        write_allowed(&tx, id, allowed)?;
+            .ok_or_else(|| StoreError::Gone(name.to_string()))?;
+        let (kind, pid) = principal_parts(&principal);
+        if allow {
+            write_allowed(&tx, id, &[principal])?;
+        } else {
+            tx.execute(
+                "DELETE FROM allowed WHERE credential_id = ?1 AND kind = ?2 AND id = ?3",
+                params![id, kind, pid],
+            )?;
+        }
+        let list = allowed_of(&tx, id)?;
         tx.commit()?;
-        Ok(())
+        Ok(list)
     }
 
-    /// Writes last-use times, batched: a token request must not wait on fsync.
-    fn save_last_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+    fn save_last_use(&self, uses: &[(String, i64, i64)]) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
-            let mut stmt = tx.prepare("UPDATE credentials SET last_use_at = ?2 WHERE name = ?1")?;
-            for (name, at) in uses {
-                stmt.execute(params![name, at])?;
+            let mut stmt = tx.prepare(
+                "UPDATE credentials SET last_use_at = ?3 WHERE name = ?1 AND incarnation = ?2",
+            )?;
+            for (name, incarnation, at) in uses {
+                stmt.execute(params![name, incarnation, at])?;
             }
         }
         tx.commit()?;
@@ -355,6 +402,46 @@ fn written(rows: usize, name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The outcome of a fenced write that touched `rows` rows: the new
+/// generation, or why nothing was written (the credential is gone, or its
+/// row moved past `fence`). Runs under the same connection lock as the
+/// write, so nothing came between.
+fn fenced(
+    conn: &Connection,
+    rows: usize,
+    name: &str,
+    incarnation: i64,
+    fence: i64,
+) -> Result<i64, StoreError> {
+    if rows > 0 {
+        return Ok(fence + 1);
+    }
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM credentials WHERE name = ?1 AND incarnation = ?2",
+            params![name, incarnation],
+            |_| Ok(()),
+        )
+        .optional()?;
+    Err(match exists {
+        Some(()) => StoreError::Moved(name.to_string()),
+        None => StoreError::Gone(name.to_string()),
+    })
+}
+
+/// A credential's allow list as stored, in order.
+fn allowed_of(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Vec<Principal>, StoreError> {
+    let mut stmt =
+        tx.prepare("SELECT kind, id FROM allowed WHERE credential_id = ?1 ORDER BY kind, id")?;
+    let rows = stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+    let mut list = Vec::new();
+    for row in rows {
+        let (kind, pid) = row?;
+        list.push(principal_from_parts(&kind, pid));
+    }
+    Ok(list)
+}
+
 fn write_allowed(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
@@ -407,7 +494,7 @@ pub(crate) mod tests {
             next_refresh_at: None,
             last_error: None,
             last_check: None,
-            refresh_interrupted: false,
+            fence: Default::default(),
             change: 0,
             incarnation: 7,
         }
@@ -492,15 +579,16 @@ pub(crate) mod tests {
         c.refresh_token = Some(Secret::new("r0"));
         s.insert(&c, false).unwrap();
         let update = TokenUpdate {
-            access_token: Secret::new("a1"),
+            access_token: Some(Secret::new("a1")),
             refresh_token: None,
             generation: 2,
             expires_at: Some(500),
             refreshed_at: 400,
             next_refresh_at: Some(475),
             new_grant: false,
+            unusable: None,
         };
-        s.save_tokens("o", 7, &update).unwrap();
+        assert_eq!(s.save_tokens("o", 7, 0, &update).unwrap(), 1);
         let back = &s.load_all().unwrap()[0];
         assert_eq!(back.access_token.as_ref().unwrap().expose(), "a1");
         assert_eq!(back.refresh_token.as_ref().unwrap().expose(), "r0");
@@ -525,19 +613,91 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
         s.insert(&bearer("o", "a0"), false).unwrap();
-        s.mark_refresh_in_flight("o", 7, 5).unwrap();
-        assert!(open(dir.path()).load_all().unwrap()[0].refresh_interrupted);
+        let mark = NewMark {
+            at_ms: 5_000,
+            lease_ms: 2_000,
+        };
+        assert_eq!(s.mark_refresh("o", 7, 0, &mark).unwrap(), 1);
+        let marked = open(dir.path()).load_all().unwrap()[0].fence;
+        assert_eq!(marked.generation, 1);
+        let m = marked.mark.expect("the mark outlives the store's handle");
+        assert_eq!((m.at_ms, m.lease_ms), (5_000, 2_000));
+        assert_eq!(m.lease_left_ms(6_000), 1_000);
+        assert_eq!(m.lease_left_ms(9_000), 0);
         let update = TokenUpdate {
-            access_token: Secret::new("a1"),
+            access_token: Some(Secret::new("a1")),
             refresh_token: Some(Secret::new("r1")),
             generation: 2,
             expires_at: Some(500),
             refreshed_at: 400,
             next_refresh_at: Some(475),
             new_grant: false,
+            unusable: None,
         };
-        s.save_tokens("o", 7, &update).unwrap();
-        assert!(!s.load_all().unwrap()[0].refresh_interrupted);
+        assert!(matches!(
+            s.save_tokens("o", 7, 0, &update),
+            Err(StoreError::Moved(_))
+        ));
+        assert_eq!(s.save_tokens("o", 7, 1, &update).unwrap(), 2);
+        let fence = s.load_all().unwrap()[0].fence;
+        assert_eq!((fence.generation, fence.mark), (2, None));
+    }
+
+    #[test]
+    fn every_fenced_write_is_a_compare_and_set_on_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.insert(&bearer("o", "a0"), false).unwrap();
+        let mark = NewMark {
+            at_ms: 1,
+            lease_ms: 1,
+        };
+        let state = StateUpdate {
+            state: tokend_proto::CredentialState::Failing,
+            reason: Some("r".into()),
+            last_error: None,
+            next_refresh_at: None,
+            grant: crate::store::GrantChange::Settled,
+        };
+        // Two writers read generation 0; the first to mark wins.
+        assert_eq!(s.mark_refresh("o", 7, 0, &mark).unwrap(), 1);
+        assert!(matches!(
+            s.mark_refresh("o", 7, 0, &mark),
+            Err(StoreError::Moved(_))
+        ));
+        assert!(matches!(
+            s.save_state("o", 7, 0, &state),
+            Err(StoreError::Moved(_))
+        ));
+        assert!(matches!(
+            s.save_state("o", 8, 1, &state),
+            Err(StoreError::Gone(_))
+        ));
+        assert_eq!(s.save_state("o", 7, 1, &state).unwrap(), 2);
+        let row = &s.load_all().unwrap()[0];
+        assert_eq!(row.state, tokend_proto::CredentialState::Failing);
+        assert_eq!(row.fence.mark, None, "a settled state clears the mark");
+    }
+
+    #[test]
+    fn the_allow_list_changes_in_place_and_last_uses_follow_the_incarnation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.insert(&bearer("o", "a0"), false).unwrap();
+        let list = s.change_allowed("o", 7, Principal::User(3), true).unwrap();
+        assert_eq!(list, vec![Principal::Group(5), Principal::User(3)]);
+        let list = s
+            .change_allowed("o", 7, Principal::Group(5), false)
+            .unwrap();
+        assert_eq!(list, vec![Principal::User(3)]);
+        assert!(matches!(
+            s.change_allowed("o", 8, Principal::User(4), true),
+            Err(StoreError::Gone(_))
+        ));
+        s.save_last_use(&[("o".into(), 8, 99)]).unwrap();
+        assert_eq!(s.load_all().unwrap()[0].last_use_at, None);
+        s.save_last_use(&[("o".into(), 7, 99)]).unwrap();
+        assert_eq!(s.load_all().unwrap()[0].last_use_at, Some(99));
     }
 
     #[test]

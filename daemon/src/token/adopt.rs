@@ -1,0 +1,94 @@
+//! Making the credential held in memory what its row in the store says:
+//! after the row is re-read under the refresh lock, after a fenced write
+//! found a newer row, and when another member of a fleet changed it.
+
+use super::plan::loaded_due;
+use crate::state::Shared;
+use crate::state::credential::{Credential, Journal};
+use crate::store::{StoredCredential, blocking};
+
+/// How the row was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Under the refresh lock (or after a fenced write lost): the row is
+    /// the truth, its journal mark included.
+    Locked,
+    /// By the fleet task, outside the lock: a journal mark in it may be
+    /// another member's refresh in flight, judged later under the lock.
+    Unlocked,
+}
+
+/// Makes the in-memory credential what its row says (tokens, state, allow
+/// list, refresh generation, schedule). A journal mark makes the refresh
+/// token in doubt. Tokens not yet saved here (`Journal::Unsaved`) are
+/// newer than any row a write of theirs has not yet been compared with:
+/// kept (their fenced save decides).
+pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: Read) {
+    let now = shared.clock.now_ms();
+    let expires_mono = row
+        .expires_at
+        .map(|e| shared.clock.mono_at(e.saturating_mul(1000)));
+    let due = cred.with_live(|l| {
+        if l.journal.unsaved().is_some() {
+            return None;
+        }
+        let moved = l.generation != row.generation || l.state != row.state;
+        l.access_token = row.access_token.clone();
+        l.refresh_token = row.refresh_token.clone();
+        l.generation = row.generation;
+        l.fence = row.fence.generation;
+        l.expires_at = row.expires_at.into();
+        l.expires_mono = expires_mono.into();
+        l.state = row.state;
+        l.reason = row.reason.as_deref().map(Into::into);
+        l.last_error = row.last_error.as_deref().map(Into::into);
+        l.allowed = row.allowed.clone();
+        l.last_refresh_at = row.last_refresh_at.into();
+        l.next_refresh_at = row.next_refresh_at.into();
+        l.last_check = row.last_check.clone().map(Box::new);
+        if read == Read::Locked || moved {
+            l.journal = if row.fence.mark.is_some() {
+                Journal::InDoubt
+            } else {
+                Journal::Settled
+            };
+        }
+        if moved {
+            l.failures = 0;
+            l.retry_not_before_ms = 0;
+            // Another attempt completed elsewhere: a refresh that was
+            // started here before this was applied (spawned but not yet
+            // holding the refresh lock) takes its outcome instead of
+            // starting another.
+            l.attempts += 1;
+        }
+        Some(loaded_due(&cred.spec, l, now))
+    });
+    match due {
+        Some(Some(at)) => shared.scheduler.schedule(&cred.name, at.max(now)),
+        Some(None) => shared.scheduler.unschedule(&cred.name),
+        None => {}
+    }
+}
+
+/// A fenced write found a newer row than the one it was fenced by: what
+/// this host held is dropped (unsaved tokens included: the row moved past
+/// them, so they are older or were saved already) and the row is taken.
+/// Must be called with the credential's refresh lock held.
+pub(super) async fn reread(shared: &Shared, cred: &Credential) {
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    match blocking(move || store.load_named(&names)).await {
+        Ok(rows) => {
+            let Some(row) = rows.into_iter().find(|r| r.incarnation == cred.incarnation) else {
+                return;
+            };
+            tracing::info!(credential = %cred.name, generation = row.fence.generation, "the credential changed in the store meanwhile; the stored one is taken");
+            cred.with_live(|l| l.journal = Journal::Settled);
+            adopt(shared, cred, &row, Read::Locked);
+        }
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "could not re-read a credential that changed in the store; the next refresh will");
+        }
+    }
+}
