@@ -10,6 +10,7 @@
 pub mod http;
 pub mod oidc;
 pub mod postgres;
+pub mod relay;
 pub mod users;
 
 use std::io::Write;

@@ -62,7 +62,9 @@ fn kill_9_at_a_hundred_random_moments_never_sends_a_refresh_token_twice() {
     // processed), for the other half *after* ("hold": the provider rotated,
     // and the answer dies with the daemon).
     let idp = OidcServer::start(2);
-    let config = "[refresh]\nstartup_spread_secs = 0\nwait_secs = 5\n";
+    // A 2-second HTTP timeout: a journal mark's lease (1 s + 2 s + 3 s,
+    // docs/RULES.md) keeps a restart from settling a doubt for up to 6 s.
+    let config = "[refresh]\nstartup_spread_secs = 0\nwait_secs = 5\nhttp_timeout_secs = 2\n";
     let mut d = Daemon::start_with(Options {
         config: Some(config.into()),
         log_level: Some("info".into()),

@@ -24,8 +24,16 @@ use tokend_tests::postgres::PgCluster;
 use tokend_tests::*;
 
 /// Every member's config: due credentials are refreshed at once at start
-/// (no spread), and a token request waits at most 5 s for a refresh.
-const MEMBER_CONFIG: &str = "[refresh]\nstartup_spread_secs = 0\nwait_secs = 5\n";
+/// (no spread), a token request waits at most 5 s for a refresh, and a
+/// request to the provider takes at most 2 s, so that a journal mark's
+/// lease (1 s + 2 s + 3 s, docs/RULES.md) is shorter than that wait plus
+/// what is left of a 6-second token when it is refreshed.
+const MEMBER_CONFIG: &str =
+    "[refresh]\nstartup_spread_secs = 0\nwait_secs = 5\nhttp_timeout_secs = 2\n";
+
+/// A journal mark's lease with [`MEMBER_CONFIG`]: until it ends no other
+/// member sends or introspects the refresh token it marked.
+const LEASE: Duration = Duration::from_secs(6);
 
 /// How long a change on one member may take to be served by the others.
 const PROPAGATION: Duration = Duration::from_secs(2);
@@ -959,15 +967,23 @@ fn a_member_killed_after_the_provider_rotated_leaves_the_refresh_token_in_doubt_
         r#"{"mode":"hold","delay_ms":8000,"grant_type":"refresh_token"}"#,
     );
     // Member 2 is asked for a fresh token: it must not send the refresh
-    // token member 1 may have spent. Introspection says it was rotated.
+    // token member 1 may have spent, nor introspect it while member 1's
+    // lease runs. After it, introspection says it was rotated.
     let out = fleet.member(2).tokenctl(&["refresh", "up"]);
     assert!(!out.status.success(), "a refresh in doubt went on blindly");
+    assert!(stderr(&out).contains("lease"), "{}", stderr(&out));
+    assert_eq!(
+        idp.stats()["introspections"],
+        0,
+        "introspected within the lease"
+    );
     for n in [2, 3] {
         assert!(
-            within(
-                Duration::from_secs(5),
-                || show(fleet.member(n), "up")["state"] == "needs-login"
-            )
+            within(LEASE + Duration::from_secs(5), || show(
+                fleet.member(n),
+                "up"
+            )["state"]
+                == "needs-login")
             .is_some(),
             "member {n} never asked for a login:{}",
             fleet.logs()
@@ -1015,14 +1031,27 @@ fn a_member_killed_before_the_provider_answered_leaves_a_grant_the_fleet_keeps_u
         &idp,
         r#"{"mode":"stall","delay_ms":8000,"grant_type":"refresh_token"}"#,
     );
-    // Member 3 finds member 1's mark, introspects (still active), and only
+    // Member 3 finds member 1's mark: nothing is sent or introspected
+    // while its lease runs. Then it introspects (still active), and only
     // then sends the refresh token itself.
-    assert_ok(&fleet.member(3).tokenctl(&["refresh", "up"]));
+    let out = fleet.member(3).tokenctl(&["refresh", "up"]);
+    assert!(!out.status.success(), "member 1's lease was not waited for");
+    assert!(stderr(&out).contains("lease"), "{}", stderr(&out));
+    assert!(
+        within(LEASE + Duration::from_secs(5), || token(
+            fleet.member(3),
+            "up"
+        )
+        .is_ok_and(|t| t != before))
+        .is_some(),
+        "member 3 never refreshed after member 1's lease:{}",
+        fleet.logs()
+    );
     let stats = idp.stats();
     assert_eq!(stats["refresh_token_reuse"], 0, "{stats}");
     assert_eq!(
         stats["introspected_active"], 1,
-        "member 3 asked first: {stats}"
+        "introspected once, before the refresh token was sent again: {stats}"
     );
     assert_eq!(stats["token_success"]["refresh_token"], 1, "{stats}");
     let fresh = token(fleet.member(3), "up").expect("served");

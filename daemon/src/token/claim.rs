@@ -106,7 +106,10 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
     // saves a provider call: on one host the schedule is never stale, and
     // after a backwards clock step it is ahead of the row's due time.)
     let due = cred.with_live(|l| loaded_due(&cred.spec, l, now));
-    let stale = shared.store.is_shared() && good && due.is_some_and(|at| at > now);
+    let stale = shared.store.is_shared()
+        && row.fence.mark.is_none()
+        && good
+        && due.is_some_and(|at| at > now);
     if trigger == Trigger::Schedule && stale {
         tracing::debug!(credential = %cred.name, generation, "not due any more: another member of the fleet refreshed it before this one took the lock");
         return Entry::Done(Ok(()));
@@ -173,13 +176,17 @@ fn busy(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger: Trigger) -> Resul
 /// the refresh comes back then.
 fn leased(shared: &Arc<Shared>, cred: &Arc<Credential>, left_ms: i64) -> Result<(), Error> {
     let at = shared.clock.now_ms() + left_ms + 50;
+    let mono = shared.clock.mono_ms();
     shared.scheduler.schedule(&cred.name, at);
     let secs = (left_ms + 999) / 1000;
-    cred.with_live(|l| {
-        l.next_refresh_at = Some(at.div_euclid(1000)).into();
-    });
-    Err(Error::Busy(format!(
+    let why = format!(
         "a refresh of credential {:?} was sent and its outcome is not known yet; its refresh token is not sent or introspected again before that refresh's lease ends, in {secs} s",
         cred.name
-    )))
+    );
+    cred.with_live(|l| {
+        l.next_refresh_at = Some(at.div_euclid(1000)).into();
+        l.retry_not_before_ms = l.retry_not_before_ms.max(mono + left_ms + 50);
+        l.last_error = Some(why.as_str().into());
+    });
+    Err(Error::Busy(why))
 }

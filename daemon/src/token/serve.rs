@@ -36,7 +36,9 @@ pub async fn token(
     on_demand(shared, cred, min_valid_secs).await
 }
 
-/// No valid token is held: wait for a refresh (ours or one in flight).
+/// No valid token is held: wait for a refresh (ours or one in flight),
+/// and for a retry already planned (a backoff, another refresh's lease)
+/// when it comes within `refresh.wait_secs`.
 pub(super) async fn on_demand(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
@@ -44,6 +46,7 @@ pub(super) async fn on_demand(
 ) -> Result<TokenReply, Error> {
     let deadline = Instant::now() + Duration::from_secs(shared.config().refresh.wait_secs);
     let mut refreshed = false;
+    let mut last_error = None;
     loop {
         let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
         let (reply, state, attempts, backoff_until) = cred.with_live(|l| {
@@ -60,8 +63,17 @@ pub(super) async fn on_demand(
             }
             return Ok(reply);
         }
-        if state != CredentialState::Ready || backoff_until > mono {
+        if state != CredentialState::Ready {
             return Err(not_usable(cred));
+        }
+        if backoff_until > mono {
+            // A retry is planned: wait for it if it comes in time.
+            let pause = Duration::from_millis((backoff_until - mono) as u64);
+            if Instant::now() + pause >= deadline {
+                return Err(last_error.unwrap_or_else(|| not_usable(cred)));
+            }
+            tokio::time::sleep(pause).await;
+            continue;
         }
         if refreshed {
             return Err(Error::InvalidArgument(format!(
@@ -85,7 +97,15 @@ pub(super) async fn on_demand(
                 )));
             }
             Ok(Err(e)) => return Err(Error::Internal(format!("refresh task failed: {e}"))),
-            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Ok(Err(e))) => {
+                // Looked at again above: a retry planned within the wait
+                // is waited for, anything else is the answer.
+                let planned = cred.with_live(|l| l.retry_not_before_ms) > shared.clock.mono_ms();
+                if !planned {
+                    return Err(e);
+                }
+                last_error = Some(e);
+            }
             Ok(Ok(Ok(()))) => refreshed = true,
         }
     }
@@ -178,7 +198,7 @@ pub(super) fn respect_backoff(shared: &Shared, cred: &Credential) -> Result<(), 
         .map(|e| format!(" (last error: {e})"))
         .unwrap_or_default();
     Err(Error::Provider(format!(
-        "not refreshing credential {:?} yet: the provider asked tokend to wait; the next attempt is in {wait_secs} s, at {at}{why}",
+        "not refreshing credential {:?} yet: the next attempt is in {wait_secs} s, at {at}{why}",
         cred.name
     )))
 }

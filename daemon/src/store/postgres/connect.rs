@@ -60,6 +60,7 @@ impl Target {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        bound_every_call(&mut config);
         let tls = match config.get_ssl_mode() {
             SslMode::Require => Tls::Rustls(rustls_connector()?),
             // `prefer` (the default) and `disable`: plain, as over a Unix socket.
@@ -94,6 +95,25 @@ impl Target {
             .map_err(|e| StoreError::Database(format!("cannot build the connection pool: {e}")))
     }
 }
+
+/// A database that stalls (a frozen host, a black-holed network) must look
+/// down, not hang a member: TCP keepalives notice a dead peer within about
+/// 30 s (the default is two hours), and the server cancels any statement
+/// that runs longer than the client waits for it (`STATEMENT_LIMIT_MS`,
+/// unless the URL sets `options` of its own; a lock's wait sets its own).
+fn bound_every_call(config: &mut tokio_postgres::Config) {
+    config.keepalives(true);
+    config.keepalives_idle(Duration::from_secs(15));
+    config.keepalives_interval(Duration::from_secs(5));
+    config.keepalives_retries(3);
+    if config.get_options().is_none() {
+        config.options(format!("-c statement_timeout={STATEMENT_LIMIT_MS}"));
+    }
+}
+
+/// The server's limit on one statement, in ms: the client's own limit on a
+/// call (`CALL_LIMIT` in `mod.rs`).
+pub const STATEMENT_LIMIT_MS: u64 = 10_000;
 
 /// libpq's `sslmode=verify-ca` and `verify-full`, which tokio-postgres
 /// does not know, as `require`: with rustls the server's certificate and

@@ -28,7 +28,8 @@ pub(super) async fn take(
 ) -> Result<Taken, Failure> {
     client
         .batch_execute(&format!(
-            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; SET LOCAL lock_timeout = {wait_ms}"
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; SET LOCAL lock_timeout = {wait_ms}; SET LOCAL statement_timeout = {}",
+            wait_ms + super::connect::STATEMENT_LIMIT_MS
         ))
         .await?;
     let key = key(name);
@@ -63,9 +64,14 @@ pub(super) async fn commit(client: &Object) -> Result<(), Failure> {
 }
 
 /// Ends a lock connection's transaction; a connection that cannot say
-/// ROLLBACK is closed rather than returned to the pool mid-transaction.
+/// ROLLBACK (in time: its server may be stalled) is closed rather than
+/// returned to the pool mid-transaction.
 pub(super) async fn discard(client: Object) {
-    if client.batch_execute("ROLLBACK").await.is_err() {
+    let rollback = client.batch_execute("ROLLBACK");
+    if !matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), rollback).await,
+        Ok(Ok(()))
+    ) {
         drop(Object::take(client));
     }
 }

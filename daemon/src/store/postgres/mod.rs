@@ -128,8 +128,9 @@ impl Sql {
 }
 
 /// The longest any database call may take (a lock request: this plus its
-/// wait). Past it the call fails as if the database were down.
-const CALL_LIMIT: Duration = Duration::from_secs(10);
+/// wait). Past it the call fails as if the database were down; the server
+/// gives up on the statement at the same time (`connect.rs`).
+const CALL_LIMIT: Duration = Duration::from_millis(connect::STATEMENT_LIMIT_MS);
 
 /// Statements of a bulk insert sent before the first answer is awaited.
 const PIPELINE: usize = 256;
@@ -200,14 +201,23 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let db = self.db.clone();
+        let pools = [self.work.clone(), self.locks.clone()];
         self.handle.spawn(async move {
             let result = match tokio::time::timeout(limit, f).await {
                 Ok(result) => result,
-                Err(_) => Err(Failure::Stalled(format!(
-                    "{} did not answer within {} s",
-                    db.0,
-                    limit.as_secs()
-                ))),
+                Err(_) => {
+                    // The call's connection went back to its pool with a
+                    // statement still out: close every idle connection,
+                    // that one among them, rather than hand it out again.
+                    for pool in &pools {
+                        pool.retain(|_, _| false);
+                    }
+                    Err(Failure::Stalled(format!(
+                        "{} did not answer within {} s",
+                        db.0,
+                        limit.as_secs()
+                    )))
+                }
             };
             let _ = tx.send(result);
         });
@@ -330,7 +340,13 @@ impl PgStore {
         names: Option<Vec<String>>,
     ) -> Result<Vec<StoredCredential>, StoreError> {
         let pool = self.work.clone();
-        let mut loaded = self.call(async move {
+        // A whole store streams in one statement: more time than one call.
+        let limit = if names.is_none() {
+            6 * CALL_LIMIT
+        } else {
+            CALL_LIMIT
+        };
+        let mut loaded = self.call_within(limit, async move {
             use futures_util::TryStreamExt;
             let client = pool.get().await?;
             let sql = format!("SELECT {} FROM {} {filter}", schema::COLUMNS, schema::FROM);
@@ -366,7 +382,9 @@ impl PgStore {
         }
         let pool = self.work.clone();
         let first_name = creds.first().map(|c| c.name.clone()).unwrap_or_default();
-        self.call(async move {
+        // A bulk import is many statements in one call: 2 ms more per row.
+        let limit = CALL_LIMIT + Duration::from_millis(2 * creds.len() as u64);
+        self.call_within(limit, async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
             let mut prepared = HashMap::new();

@@ -85,11 +85,24 @@ CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
     // The refresh generation every fenced write compares and moves, and the
     // journal mark's time and lease by the database's clock (docs/RULES.md,
     // "Fencing"). A mark left by an older version has no lease: it is over.
+    // Making a journal mark (a new mark_at_ms) is still the one update
+    // that notifies nobody: a re-mark within the same second as the mark
+    // it replaces leaves refresh_in_flight (seconds) as it was.
     r#"
 ALTER TABLE tokend.credentials
     ADD COLUMN refresh_gen BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN mark_at_ms  BIGINT,
     ADD COLUMN lease_ms    BIGINT;
+DROP TRIGGER stamp_update ON tokend.credentials;
+DROP TRIGGER notify_update ON tokend.credentials;
+CREATE TRIGGER stamp_update BEFORE UPDATE ON tokend.credentials
+    FOR EACH ROW
+    WHEN (NEW.mark_at_ms IS NULL OR NEW.mark_at_ms IS NOT DISTINCT FROM OLD.mark_at_ms)
+    EXECUTE FUNCTION tokend.stamp_change();
+CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
+    FOR EACH ROW
+    WHEN (NEW.mark_at_ms IS NULL OR NEW.mark_at_ms IS NOT DISTINCT FROM OLD.mark_at_ms)
+    EXECUTE FUNCTION tokend.notify_change();
 "#,
 ];
 
