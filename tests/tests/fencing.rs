@@ -1315,3 +1315,36 @@ fn a_backend_stopped_mid_save_neither_hangs_the_member_nor_loses_the_pair() {
     v.no_reuse(&idp);
     v.finish(&idp, &fleet.logs());
 }
+
+/// Item 6 of the issue: a provider's `Retry-After` holds the whole fleet.
+/// Member 1 is told to wait 600 s; member 2, asked to refresh and to
+/// reject the token right after, sends nothing either.
+#[test]
+fn a_retry_after_holds_every_member_of_the_fleet() {
+    let idp = OidcServer::start(60);
+    let fleet = Fleet::logged_in(&idp, 2);
+    let mut v = Verdict::new();
+    idp.fault(r#"{"mode":"429","retry_after":600,"count":1,"grant_type":"refresh_token"}"#);
+    let out = fleet.member(1).tokenctl(&["refresh", NAME]);
+    v.check(
+        !out.status.success() && summary(&out).contains("slow_down"),
+        || format!("the 429 was not reported: {}", summary(&out)),
+    );
+    let sent = posts(&idp);
+    let current = token(fleet.member(2)).expect("served");
+    for args in [&["refresh", NAME][..], &["reject", NAME]] {
+        let out = fleet.member(2).tokenctl(args);
+        v.check(
+            !out.status.success() && summary(&out).contains("next attempt"),
+            || format!("member 2 `{}` did not wait: {}", args[0], summary(&out)),
+        );
+    }
+    v.check(posts(&idp) == sent, || {
+        "member 2 sent a refresh within the provider's Retry-After".into()
+    });
+    v.check(token(fleet.member(2)).ok() == Some(current), || {
+        "member 2 no longer serves the held token".into()
+    });
+    v.no_reuse(&idp);
+    v.finish(&idp, &fleet.logs());
+}

@@ -216,6 +216,28 @@ pub struct Fence {
     /// The journal mark, if the row holds one: a refresh token was sent,
     /// or was about to be, and its outcome is not saved.
     pub mark: Option<Mark>,
+    /// No member sends a refresh before this: the provider's backoff or
+    /// `Retry-After`, for the whole fleet (docs/RULES.md, "Backoff").
+    pub retry: Option<Deadline>,
+}
+
+/// A time read from a row, by the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Unix ms, by the store's clock.
+    pub at_ms: i64,
+    /// The store's own clock when the row was read; `None` when the
+    /// store's clock is this host's (SQLite).
+    pub read_at_ms: Option<i64>,
+}
+
+impl Deadline {
+    /// How long until it, in ms (0 when past), given this host's wall
+    /// clock now (used only for a store without a clock of its own).
+    pub fn left_ms(&self, host_now_ms: i64) -> i64 {
+        let now = self.read_at_ms.unwrap_or(host_now_ms);
+        self.at_ms.saturating_sub(now).max(0)
+    }
 }
 
 /// A journal mark as read, with its lease.
@@ -367,6 +389,18 @@ pub struct StateUpdate {
     pub last_error: Option<String>,
     pub next_refresh_at: Option<i64>,
     pub grant: GrantChange,
+    /// No refresh before then, fleet-wide (a backoff, `Retry-After`);
+    /// none clears it.
+    pub retry: Option<RetryAt>,
+}
+
+/// A backoff deadline to write: when (this host's clock, used by a store
+/// without a clock of its own) and how far from now (a database adds it
+/// to its own clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryAt {
+    pub at_ms: i64,
+    pub in_ms: i64,
 }
 
 /// What a state change does to the held grant and the refresh journal.

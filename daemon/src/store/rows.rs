@@ -88,8 +88,7 @@ pub fn grant_sql(grant: GrantChange) -> &'static str {
 /// The SET clause of a token commit, after the sealed values (same column
 /// names in both backends, parameters named by the caller): the journal
 /// mark is cleared and the generation moves on.
-pub const TOKENS_SETTLE_SQL: &str =
-    "refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1";
+pub const TOKENS_SETTLE_SQL: &str = "refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, retry_at_ms = NULL, refresh_gen = refresh_gen + 1";
 
 /// The state a token commit leaves: ready, or failing when the answer's
 /// access token cannot be served.

@@ -24,7 +24,7 @@ pub enum Read {
 /// newer than any row a write of theirs has not yet been compared with:
 /// kept (their fenced save decides).
 pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: Read) {
-    let now = shared.clock.now_ms();
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     let expires_mono = row
         .expires_at
         .map(|e| shared.clock.mono_at(e.saturating_mul(1000)));
@@ -61,6 +61,10 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
             // holding the refresh lock) takes its outcome instead of
             // starting another.
             l.attempts += 1;
+        }
+        // A backoff set by any member holds here too.
+        if let Some(left) = row.fence.retry.map(|r| r.left_ms(now)).filter(|&l| l > 0) {
+            l.retry_not_before_ms = l.retry_not_before_ms.max(mono + left);
         }
         Some(loaded_due(&cred.spec, l, now))
     });

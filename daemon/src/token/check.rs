@@ -39,6 +39,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
         last_error: (!report.ok).then(|| report.message.clone()),
         next_refresh_at: None,
         grant: crate::store::GrantChange::Settled,
+        retry: None,
     };
     let store = shared.store.clone();
     let (name, incarnation, saved) = (cred.name.clone(), cred.incarnation, report.clone());

@@ -89,6 +89,12 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
             return Entry::Done(leased(shared, cred, left));
         }
     }
+    if let Some(retry) = row.fence.retry {
+        let left = retry.left_ms(now);
+        if left > 0 {
+            return Entry::Done(held_off(shared, cred, left));
+        }
+    }
     let (generation, state, good) =
         cred.with_live(|l| (l.generation, l.state, valid_for(l, now, mono, MIN_VALID_MS)));
     let retried = trigger == Trigger::Force && state == CredentialState::Failing;
@@ -167,6 +173,28 @@ fn busy(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger: Trigger) -> Resul
     Err(Error::Busy(format!(
         "another member of the fleet is refreshing credential {:?}; its token is served here as soon as it is saved",
         cred.name
+    )))
+}
+
+/// The row holds a backoff deadline not yet reached (a provider's
+/// `Retry-After`, or the backoff after a failure, set by any member):
+/// nothing is sent before it.
+fn held_off(shared: &Arc<Shared>, cred: &Arc<Credential>, left_ms: i64) -> Result<(), Error> {
+    let at = shared.clock.now_ms() + left_ms;
+    let mono = shared.clock.mono_ms();
+    shared.scheduler.schedule(&cred.name, at);
+    let secs = (left_ms + 999) / 1000;
+    let why = cred.with_live(|l| {
+        l.retry_not_before_ms = l.retry_not_before_ms.max(mono + left_ms);
+        l.last_error
+            .as_deref()
+            .map(|e| format!(" (last error: {e})"))
+            .unwrap_or_default()
+    });
+    Err(Error::Provider(format!(
+        "not refreshing credential {:?} yet: the next attempt is in {secs} s, at {}{why}",
+        cred.name,
+        crate::state::credential::format_time((at + 999) / 1000)
     )))
 }
 

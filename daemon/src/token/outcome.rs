@@ -8,7 +8,7 @@ use crate::error::Error;
 use crate::provider::ProviderError;
 use crate::state::Shared;
 use crate::state::credential::{Credential, Journal, Stamp};
-use crate::store::{GrantChange, StateUpdate, StoreError, blocking};
+use crate::store::{GrantChange, RetryAt, StateUpdate, StoreError, blocking};
 use std::sync::Arc;
 use std::time::Duration;
 use tokend_proto::{CredentialSpec, CredentialState};
@@ -35,6 +35,7 @@ pub(super) async fn set_state(
         last_error: Some(reason.to_string()),
         next_refresh_at: None,
         grant,
+        retry: None,
     };
     if save_state(shared, cred, update).await == Saved::Overtaken {
         return;
@@ -219,6 +220,11 @@ async fn retry_later(
             last_error: l.last_error.as_deref().map(Into::into),
             next_refresh_at: l.next_refresh_at.get(),
             grant,
+            // Every member of a fleet waits as long.
+            retry: Some(RetryAt {
+                at_ms: due,
+                in_ms: delay_ms,
+            }),
         });
         (valid_for(l, now, mono, MIN_VALID_MS), update)
     });

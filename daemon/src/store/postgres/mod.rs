@@ -661,8 +661,10 @@ impl Backend for PgStore {
         let sql = Sql::new(
             format!(
                 "UPDATE tokend.credentials SET state = $3, reason = $4, last_error = $5,
-                    next_refresh_at = $6, {grant}
-                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $7"
+                    next_refresh_at = $6, {grant},
+                    retry_at_ms = CASE WHEN $8::bigint IS NULL THEN NULL ELSE {now} + $8 END
+                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $7",
+                now = schema::NOW_MS
             ),
             vec![
                 boxed(name.to_string()),
@@ -672,6 +674,7 @@ impl Backend for PgStore {
                 boxed(s.last_error.clone()),
                 boxed(s.next_refresh_at),
                 boxed(fence),
+                boxed(s.retry.map(|r| r.in_ms)),
             ],
         );
         self.write(name, incarnation, fence, sql)

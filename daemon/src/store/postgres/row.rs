@@ -4,7 +4,7 @@ use super::{Sql, boxed};
 use crate::store::rows::{
     SealedColumns, SealedRow, allowed_from_text, allowed_to_text, state_from_text, state_to_text,
 };
-use crate::store::{Fence, Mark, StoreError, StoredCredential};
+use crate::store::{Deadline, Fence, Mark, StoreError, StoredCredential};
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -35,6 +35,7 @@ impl Loaded {
         ]);
         let settings: &str = r.try_get(4).map_err(bad)?;
         let last_check: Option<&str> = r.try_get(18).map_err(bad)?;
+        let clock: i64 = r.try_get(25).map_err(bad)?;
         self.creds.push(StoredCredential {
             name: r.try_get(0).map_err(bad)?,
             incarnation: r.try_get(1).map_err(bad)?,
@@ -61,11 +62,18 @@ impl Loaded {
                     Some(Mark {
                         at_ms: r.try_get::<_, Option<i64>>(22).map_err(bad)?.unwrap_or(0),
                         lease_ms: r.try_get(23).map_err(bad)?,
-                        read_at_ms: Some(r.try_get(24).map_err(bad)?),
+                        read_at_ms: Some(clock),
                     })
                 } else {
                     None
                 },
+                retry: r
+                    .try_get::<_, Option<i64>>(24)
+                    .map_err(bad)?
+                    .map(|at_ms| Deadline {
+                        at_ms,
+                        read_at_ms: Some(clock),
+                    }),
             },
             change: r.try_get(20).map_err(bad)?,
         });

@@ -82,9 +82,10 @@ CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
     WHEN (NEW.refresh_in_flight IS NULL OR NEW.refresh_in_flight IS NOT DISTINCT FROM OLD.refresh_in_flight)
     EXECUTE FUNCTION tokend.notify_change();
 "#,
-    // The refresh generation every fenced write compares and moves, and the
+    // The refresh generation every fenced write compares and moves, the
     // journal mark's time and lease by the database's clock (docs/RULES.md,
-    // "Fencing"). A mark left by an older version has no lease: it is over.
+    // "Fencing"), and the fleet's backoff deadline ("Backoff"). A mark left
+    // by an older version has no lease: it is over.
     // Making a journal mark (a new mark_at_ms) is still the one update
     // that notifies nobody: a re-mark within the same second as the mark
     // it replaces leaves refresh_in_flight (seconds) as it was.
@@ -92,7 +93,8 @@ CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
 ALTER TABLE tokend.credentials
     ADD COLUMN refresh_gen BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN mark_at_ms  BIGINT,
-    ADD COLUMN lease_ms    BIGINT;
+    ADD COLUMN lease_ms    BIGINT,
+    ADD COLUMN retry_at_ms BIGINT;
 DROP TRIGGER stamp_update ON tokend.credentials;
 DROP TRIGGER notify_update ON tokend.credentials;
 CREATE TRIGGER stamp_update BEFORE UPDATE ON tokend.credentials
@@ -168,7 +170,8 @@ pub(super) const COLUMNS: &str = concat!(
     c.allowed, c.client_secret, c.access_token, c.refresh_token, c.generation, c.expires_at,
     c.state, c.reason, c.created_at, c.last_refresh_at, u.last_use_at, c.next_refresh_at,
     c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change, c.refresh_gen,
-    COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 0), ",
+    COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 0),
+    c.retry_at_ms, ",
     now_ms!()
 );
 

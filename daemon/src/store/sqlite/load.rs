@@ -4,7 +4,7 @@
 use super::SqliteStore;
 use super::schema::state_from_sql;
 use crate::store::rows::{SealedColumns, principal_from_parts};
-use crate::store::{Fence, Mark, StoreError, StoredCredential};
+use crate::store::{Deadline, Fence, Mark, StoreError, StoredCredential};
 use rusqlite::Connection;
 use tokend_proto::Principal;
 
@@ -27,7 +27,7 @@ impl SqliteStore {
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
                 incarnation, refresh_gen, COALESCE(mark_at_ms, refresh_in_flight * 1000),
-                COALESCE(lease_ms, 0)
+                COALESCE(lease_ms, 0), retry_at_ms
              FROM credentials {filter} ORDER BY name"
         ))?;
         let mut allowed = load_allowed(&conn, only)?;
@@ -62,9 +62,17 @@ impl SqliteStore {
                 last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
                 fence: Fence {
                     generation: r.get(20)?,
-                    mark: r.get::<_, bool>(18)?.then_some(()).map(|()| Mark {
-                        at_ms: r.get::<_, i64>(21).unwrap_or(0),
-                        lease_ms: r.get::<_, i64>(22).unwrap_or(0),
+                    mark: if r.get::<_, bool>(18)? {
+                        Some(Mark {
+                            at_ms: r.get::<_, Option<i64>>(21)?.unwrap_or(0),
+                            lease_ms: r.get(22)?,
+                            read_at_ms: None,
+                        })
+                    } else {
+                        None
+                    },
+                    retry: r.get::<_, Option<i64>>(23)?.map(|at_ms| Deadline {
+                        at_ms,
                         read_at_ms: None,
                     }),
                 },

@@ -252,7 +252,7 @@ impl Backend for SqliteStore {
         let grant = grant_sql(s.grant);
         let sql = format!(
             "UPDATE credentials SET state = ?3, reason = ?4, last_error = ?5, next_refresh_at = ?6,
-                {grant} WHERE name = ?1 AND incarnation = ?2 AND refresh_gen = ?7"
+                retry_at_ms = ?8, {grant} WHERE name = ?1 AND incarnation = ?2 AND refresh_gen = ?7"
         );
         let conn = self.lock();
         let n = conn.execute(
@@ -264,7 +264,8 @@ impl Backend for SqliteStore {
                 s.reason,
                 s.last_error,
                 s.next_refresh_at,
-                fence
+                fence,
+                s.retry.map(|r| r.at_ms),
             ],
         )?;
         fenced(&conn, n, name, incarnation, fence)
@@ -658,6 +659,7 @@ pub(crate) mod tests {
             last_error: None,
             next_refresh_at: None,
             grant: crate::store::GrantChange::Settled,
+            retry: None,
         };
         // Two writers read generation 0; the first to mark wins.
         assert_eq!(s.mark_refresh("o", 7, 0, &mark).unwrap(), 1);

@@ -41,13 +41,15 @@ ALTER TABLE credentials ADD COLUMN refresh_in_flight INTEGER;
     r#"
 ALTER TABLE credentials ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
 "#,
-    // The refresh generation every fenced write compares and moves, and the
-    // journal mark's time (ms) and lease (docs/RULES.md, "Fencing"). A mark
+    // The refresh generation every fenced write compares and moves, the
+    // journal mark's time (ms) and lease (docs/RULES.md, "Fencing"), and
+    // the backoff deadline every refresh respects ("Backoff"). A mark
     // left by an older version has no lease: it is over.
     r#"
 ALTER TABLE credentials ADD COLUMN refresh_gen INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE credentials ADD COLUMN mark_at_ms INTEGER;
 ALTER TABLE credentials ADD COLUMN lease_ms INTEGER;
+ALTER TABLE credentials ADD COLUMN retry_at_ms INTEGER;
 "#,
 ];
 
