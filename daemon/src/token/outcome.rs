@@ -127,6 +127,30 @@ pub(super) enum Pace {
     /// that cannot record the journal): the usual backoff, and nothing is
     /// written, so the journal stays exactly as it was.
     Local,
+    /// This host made its journal mark but sent nothing (it was held up
+    /// past the send budget): the mark is cleared, and the usual backoff
+    /// applies to this member only (the provider did nothing wrong).
+    Unsent,
+}
+
+impl Pace {
+    /// What the failure does to the stored grant and journal, if anything
+    /// is written.
+    fn grant(self) -> Option<GrantChange> {
+        match self {
+            Pace::InDoubt => Some(GrantChange::InDoubt),
+            Pace::Local => None,
+            Pace::Normal | Pace::Odd | Pace::Unsent => Some(GrantChange::Settled),
+        }
+    }
+
+    /// Whether every member of a fleet waits out the backoff too: after
+    /// the provider failed or asked to wait, not after this host's own
+    /// trouble, nor for a refresh token in doubt (the mark's lease already
+    /// keeps the others off it).
+    fn fleet_wide(self) -> bool {
+        matches!(self, Pace::Normal | Pace::Odd)
+    }
 }
 
 /// How long to wait after the `failures`-th failure in a row: exponential
@@ -173,12 +197,8 @@ pub(super) async fn transient(
         (delay_ms + 999) / 1000
     );
     tracing::warn!(credential = %cred.name, failures, retry_in_ms = delay_ms, "refresh failed: {message}");
-    let grant = match pace {
-        Pace::InDoubt => Some(GrantChange::InDoubt),
-        Pace::Local => None,
-        Pace::Normal | Pace::Odd => Some(GrantChange::Settled),
-    };
-    retry_later(shared, cred, reason, delay_ms, grant).await
+    let write = pace.grant().map(|grant| (grant, pace.fleet_wide()));
+    retry_later(shared, cred, reason, delay_ms, write).await
 }
 
 /// A fleet member cannot reach the database, so no refresh may happen (it
@@ -199,14 +219,15 @@ pub(super) async fn database_down(
 /// (the store answers at once while it knows the database is down).
 const DATABASE_RETRY_MS: i64 = 1_000;
 
-/// Puts the next attempt `delay_ms` away and says why; `grant`: the state
-/// change to record, if the store is to be told.
+/// Puts the next attempt `delay_ms` away and says why; `write`: the state
+/// change to record, if the store is to be told, and whether the backoff
+/// holds every member of a fleet.
 async fn retry_later(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     reason: String,
     delay_ms: i64,
-    grant: Option<GrantChange>,
+    write: Option<(GrantChange, bool)>,
 ) -> Result<(), Error> {
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     let due = now + delay_ms;
@@ -214,14 +235,13 @@ async fn retry_later(
         l.retry_not_before_ms = mono + delay_ms;
         l.last_error = Some(reason.as_str().into());
         l.next_refresh_at = Some(due.div_euclid(1000)).into();
-        let update = grant.map(|grant| StateUpdate {
+        let update = write.map(|(grant, fleet_wide)| StateUpdate {
             state: l.state,
             reason: l.reason.as_deref().map(Into::into),
             last_error: l.last_error.as_deref().map(Into::into),
             next_refresh_at: l.next_refresh_at.get(),
             grant,
-            // Every member of a fleet waits as long.
-            retry: Some(RetryAt {
+            retry: fleet_wide.then_some(RetryAt {
                 at_ms: due,
                 in_ms: delay_ms,
             }),

@@ -227,7 +227,7 @@ async fn refresh_grant(
         let message = format!(
             "nothing was sent: {took} ms went by between the journal mark and the request (at most {SEND_BUDGET_MS} ms may, or the mark's lease could run out while the request is on its way)"
         );
-        return transient(shared, cred, message, None, Pace::Normal).await;
+        return transient(shared, cred, message, None, Pace::Unsent).await;
     }
     let grant = Grant::RefreshToken(&refresh_token);
     let result = send(shared, cred, http, endpoint, &grant).await;
