@@ -575,24 +575,28 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     assert!(err.to_string().contains("introspection says"), "{err}");
     assert_eq!(w2.reuse(), 0);
     // The first process's pending save, fenced by its mark's generation,
-    // finds the row moved on (the restart settled the doubt): it takes the
-    // row and never writes over it.
+    // finds the row moved on (the restart settled the doubt: needs-login).
+    // No pair was committed since the one it replaces and no refresh is in
+    // flight, so its pair is still the newest (and the only live one): it
+    // is written over the settled row, and the grant goes on.
     w.shared.store.refuse_writes(false).unwrap();
     let attempts = cred.live().attempts;
-    let _ = token::refresh(
+    token::refresh(
         w.shared.clone(),
         cred.clone(),
         attempts,
         token::Trigger::Demand,
     )
-    .await;
+    .await
+    .unwrap();
     assert!(cred.live().journal.unsaved().is_none());
-    assert_eq!(cred.live().state, CredentialState::NeedsLogin);
+    assert_eq!(cred.live().state, CredentialState::Ready);
     let stored = w.shared.store.load_all().unwrap();
     let a = stored.iter().find(|s| s.name == "a").unwrap();
-    assert_eq!(a.state, CredentialState::NeedsLogin);
-    assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-0");
+    assert_eq!(a.state, CredentialState::Ready);
+    assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-2");
     assert_eq!(a.fence.mark, None);
+    assert_eq!(w.reuse(), 0);
 }
 
 #[tokio::test]

@@ -87,6 +87,14 @@ impl PgRelay {
         self.arm(needle, Action::CutBefore(refuse_for));
     }
 
+    /// Cuts every connection through the relay now, and refuses new ones
+    /// for `refuse_for`: the member loses the database.
+    pub fn cut_now(&self, refuse_for: Duration) {
+        let mut r = self.lock();
+        r.refuse_until = Some(Instant::now() + refuse_for);
+        cut_all(&mut r);
+    }
+
     /// How many armed rules have fired.
     pub fn fired(&self) -> usize {
         self.lock().fired

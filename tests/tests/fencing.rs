@@ -1348,3 +1348,126 @@ fn a_retry_after_holds_every_member_of_the_fleet() {
     v.no_reuse(&idp);
     v.finish(&idp, &fleet.logs());
 }
+
+/// A pair received while the database is away outlives the mark's lease:
+/// member 1 sends its refresh, then loses the database for 12 s (its
+/// mark's lease is 8 s); the provider answers it meanwhile, and member 2,
+/// once the lease is over, introspects the old refresh token (rotated) and
+/// asks for a login. When member 1 is back, no pair was committed since
+/// the one its pair replaces and no refresh is in flight: its pair, the
+/// only live one, is written, and the whole fleet serves it.
+#[test]
+fn a_pair_saved_after_its_lease_ran_out_still_wins_when_it_is_the_newest() {
+    let idp = OidcServer::start(60);
+    let fleet = Fleet::logged_in_relayed(&idp, 2);
+    let relay = fleet.relay.as_ref().expect("member 1 is relayed");
+    let mut v = Verdict::new();
+    let sent = posts(&idp);
+    idp.fault(r#"{"mode":"slow","delay_ms":2000,"count":1,"grant_type":"refresh_token"}"#);
+    let mut child = refresh_in_background(fleet.member(1));
+    v.check(
+        wait_until(Duration::from_secs(5), || posts(&idp) > sent),
+        || "member 1 never sent its refresh".into(),
+    );
+    relay.cut_now(Duration::from_secs(12));
+    let _ = child.wait();
+    let fresh = token(fleet.member(1)).unwrap_or_default();
+    v.check(idp.introspect(&fresh), || {
+        "member 1 does not serve the pair it received".into()
+    });
+    // Member 2 settles the doubt once the lease is over: rotated.
+    v.check(
+        wait_until(Duration::from_secs(15), || {
+            let _ = fleet.member(2).tokenctl(&["refresh", NAME]);
+            state(fleet.member(2)).0 == "needs-login"
+        }),
+        || {
+            format!(
+                "member 2 never settled the doubt: {:?}",
+                state(fleet.member(2))
+            )
+        },
+    );
+    // Member 1 comes back; its pair is written; everyone serves it.
+    v.check(
+        wait_until(Duration::from_secs(20), || {
+            (1..=2).all(|m| {
+                state(fleet.member(m)).0 == "ready"
+                    && token(fleet.member(m)).as_deref() == Ok(&fresh)
+            })
+        }),
+        || {
+            format!(
+                "the newest pair was not saved: {:?} / {:?}",
+                state(fleet.member(1)),
+                state(fleet.member(2))
+            )
+        },
+    );
+    let out = fleet.member(2).tokenctl(&["refresh", NAME]);
+    v.check(out.status.success(), || {
+        format!("the saved pair does not refresh: {}", summary(&out))
+    });
+    v.no_reuse(&idp);
+    v.finish(&idp, &fleet.logs());
+}
+
+/// A journal mark whose answer is lost (the mark is made, the member never
+/// learns it) is known to this member as unsent: nothing went out under
+/// it, so it is no doubt. Without an introspection endpoint a doubt would
+/// cost a login; here the credential stays ready, and the next refresh
+/// replaces the mark and goes through.
+#[test]
+fn a_mark_whose_answer_was_lost_puts_nothing_in_doubt() {
+    let idp = OidcServer::start(60);
+    let fleet = Fleet::logged_in_relayed(&idp, 2);
+    let relay = fleet.relay.as_ref().expect("member 1 is relayed");
+    let mut v = Verdict::new();
+    // A second credential of the same provider, with no introspection.
+    assert_ok(&fleet.member(2).add_oauth(&idp, "blind", &[]));
+    fleet.member(2).login(&idp, "blind");
+    v.check(
+        wait_until(Duration::from_secs(5), || {
+            token_of(fleet.member(1), "blind").is_ok()
+        }),
+        || "member 1 never took the second credential".into(),
+    );
+    let sent = posts(&idp);
+    relay.cut_after_once("lease_ms = $4", Duration::from_secs(1));
+    let out = fleet.member(1).tokenctl(&["refresh", "blind"]);
+    v.check(!out.status.success() && relay.fired() == 1, || {
+        format!("the mark's answer was not lost: {}", summary(&out))
+    });
+    v.check(posts(&idp) == sent, || {
+        "a refresh was sent without its mark's answer".into()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refreshed = false;
+    while !refreshed && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        refreshed = fleet
+            .member(1)
+            .tokenctl(&["refresh", "blind"])
+            .status
+            .success();
+    }
+    let shown = fleet.member(1).tokenctl(&["show", "blind", "--json"]);
+    v.check(refreshed, || {
+        format!("the credential never refreshed again: {}", stdout(&shown))
+    });
+    v.check(count(&idp.stats()["introspections"]) == 0, || {
+        "the unsent mark was taken for a doubt".into()
+    });
+    v.no_reuse(&idp);
+    v.finish(&idp, &fleet.logs());
+}
+
+/// A token of credential `name` from `d`.
+fn token_of(d: &Daemon, name: &str) -> Result<String, Output> {
+    let out = d.tokenctl(&["token", name]);
+    if out.status.success() {
+        Ok(stdout(&out).trim().to_string())
+    } else {
+        Err(out)
+    }
+}

@@ -158,7 +158,7 @@ pub async fn request(
     let status = response.status();
     let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
     let body = read_limited(response).await.map_err(|message| {
-        if status.is_success() {
+        if status.is_success() || answer_may_be_lost(status.as_u16()) {
             ProviderError::Unknown { message }
         } else {
             ProviderError::Transient {
@@ -444,7 +444,7 @@ pub fn classify(
     if (200..300).contains(&status) {
         return token_set(status, body);
     }
-    if status == 502 || status == 504 {
+    if answer_may_be_lost(status) {
         // A gateway's answer: the provider's own may have been lost on the way.
         return Err(ProviderError::Unknown {
             message: format!(
@@ -475,6 +475,14 @@ pub fn classify(
             ),
         }),
     }
+}
+
+/// Whether an answer with this status comes from a gateway that may have
+/// lost the provider's own answer after the provider acted: 502 and 504,
+/// and the non-standard gateway codes (520–527 of some CDNs, 598 and 599
+/// of some proxies). 500 and 503 are taken as the provider's own failure.
+fn answer_may_be_lost(status: u16) -> bool {
+    matches!(status, 502 | 504 | 520..=527 | 598 | 599)
 }
 
 /// A 2xx answer: a usable token set; a token response tokend cannot serve
@@ -654,7 +662,7 @@ mod tests {
 
     #[test]
     fn a_gateway_error_is_in_doubt_and_a_provider_error_is_transient() {
-        for status in [502, 504] {
+        for status in [502, 504, 520, 524, 599] {
             assert!(matches!(
                 classify(status, b"", None),
                 Err(ProviderError::Unknown { .. })

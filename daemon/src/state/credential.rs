@@ -74,6 +74,11 @@ pub struct Live {
     /// write about a refresh is a compare-and-set on it (docs/RULES.md,
     /// "Fencing").
     pub fence: i64,
+    /// A journal mark this process may have made at this generation and
+    /// certainly sent nothing under (the mark's answer was lost, or the
+    /// send budget ran out and clearing the mark failed): found in the row,
+    /// it is no doubt, and is replaced without waiting for its lease.
+    pub unsent_mark: Option<i64>,
 }
 
 /// The refresh journal of one credential (docs/RULES.md, "In-doubt
@@ -178,6 +183,7 @@ impl Credential {
                     Journal::Settled
                 },
                 fence: s.fence.generation,
+                unsent_mark: None,
             }),
             incarnation: s.incarnation,
             name: s.name.into(),

@@ -234,9 +234,11 @@ pub struct Deadline {
 impl Deadline {
     /// How long until it, in ms (0 when past), given this host's wall
     /// clock now (used only for a store without a clock of its own).
+    /// At most an hour (the longest `Retry-After` honoured): a clock that
+    /// stepped back cannot stretch it further.
     pub fn left_ms(&self, host_now_ms: i64) -> i64 {
         let now = self.read_at_ms.unwrap_or(host_now_ms);
-        self.at_ms.saturating_sub(now).max(0)
+        self.at_ms.saturating_sub(now).clamp(0, 3_600_000)
     }
 }
 
@@ -250,18 +252,26 @@ pub struct Mark {
     /// The store's own clock when the row was read (a database server's);
     /// `None` when the store's clock is this host's (SQLite).
     pub read_at_ms: Option<i64>,
+    /// Made by this process (in a fleet: by this member's connection name;
+    /// on one host, every mark is).
+    pub mine: bool,
 }
+
+/// The lease of a journal mark written by a version of tokend that wrote
+/// none: as long as the longest lease that version's defaults allowed.
+pub const LEGACY_LEASE_MS: i64 = 19_000;
 
 impl Mark {
     /// How much of the lease is left, in ms (0 when it is over), given
     /// this host's wall clock now (used only for a store without a clock
-    /// of its own).
+    /// of its own). Never more than the lease itself: a clock that stepped back (this
+    /// host's, for SQLite) cannot stretch it.
     pub fn lease_left_ms(&self, host_now_ms: i64) -> i64 {
         let now = self.read_at_ms.unwrap_or(host_now_ms);
         self.at_ms
             .saturating_add(self.lease_ms)
             .saturating_sub(now)
-            .max(0)
+            .clamp(0, self.lease_ms.clamp(0, 3_600_000))
     }
 }
 

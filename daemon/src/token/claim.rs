@@ -83,7 +83,11 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
     let before = cred.with_live(|l| l.generation);
     adopt(shared, cred, &row, Read::Locked);
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
-    if let Some(mark) = row.fence.mark {
+    let mark = row
+        .fence
+        .mark
+        .filter(|m| !unsent(cred, m, row.fence.generation));
+    if let Some(mark) = mark {
         let left = mark.lease_left_ms(now);
         if left > 0 {
             return Entry::Done(leased(shared, cred, left));
@@ -112,15 +116,24 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
     // saves a provider call: on one host the schedule is never stale, and
     // after a backwards clock step it is ahead of the row's due time.)
     let due = cred.with_live(|l| loaded_due(&cred.spec, l, now));
-    let stale = shared.store.is_shared()
-        && row.fence.mark.is_none()
-        && good
-        && due.is_some_and(|at| at > now);
+    let stale =
+        shared.store.is_shared() && mark.is_none() && good && due.is_some_and(|at| at > now);
     if trigger == Trigger::Schedule && stale {
         tracing::debug!(credential = %cred.name, generation, "not due any more: another member of the fleet refreshed it before this one took the lock");
         return Entry::Done(Ok(()));
     }
-    Entry::Proceed(hold, row.fence.mark)
+    Entry::Proceed(hold, mark)
+}
+
+/// Whether the row's mark is one this process made and sent nothing
+/// under (`Live::unsent_mark`): then the refresh token is not in doubt,
+/// and the next mark replaces it.
+fn unsent(cred: &Credential, mark: &Mark, generation: i64) -> bool {
+    let unsent = mark.mine && cred.with_live(|l| l.unsent_mark) == Some(generation);
+    if unsent {
+        cred.with_live(|l| l.journal = crate::state::credential::Journal::Settled);
+    }
+    unsent
 }
 
 /// Takes the lock before a login's tokens are committed, so that they do
@@ -203,7 +216,7 @@ fn held_off(shared: &Arc<Shared>, cred: &Arc<Credential>, left_ms: i64) -> Resul
 /// the provider. Nothing is sent or introspected before the lease ends;
 /// the refresh comes back then.
 fn leased(shared: &Arc<Shared>, cred: &Arc<Credential>, left_ms: i64) -> Result<(), Error> {
-    let at = shared.clock.now_ms() + left_ms + 50;
+    let at = shared.clock.now_ms().saturating_add(left_ms + 50);
     let mono = shared.clock.mono_ms();
     shared.scheduler.schedule(&cred.name, at);
     let secs = (left_ms + 999) / 1000;
@@ -213,7 +226,7 @@ fn leased(shared: &Arc<Shared>, cred: &Arc<Credential>, left_ms: i64) -> Result<
     );
     cred.with_live(|l| {
         l.next_refresh_at = Some(at.div_euclid(1000)).into();
-        l.retry_not_before_ms = l.retry_not_before_ms.max(mono + left_ms + 50);
+        l.retry_not_before_ms = l.retry_not_before_ms.max(mono.saturating_add(left_ms + 50));
         l.last_error = Some(why.as_str().into());
     });
     Err(Error::Busy(why))

@@ -61,20 +61,83 @@ pub async fn commit_and_publish(
             tracing::info!(credential = %cred.name, "the credential was removed or replaced during the refresh; its new tokens are discarded");
             return Err(Error::UnknownCredential(cred.name.to_string()));
         }
-        Err(StoreError::Moved(_)) => return overtaken(shared, cred).await,
+        Err(StoreError::Moved(_)) => return moved(shared, cred, update, origin).await,
         Err(e) => keep_unsaved(shared, cred, update, origin, &e.to_string()),
     }
     Ok(())
 }
 
-/// A commit found the row moved past the generation it was fenced by:
-/// someone wrote after this member's mark (a member that took over after
-/// the mark's lease ran out, a login, or this member's own commit whose
-/// answer was lost). The row is taken; the tokens in hand are dropped,
-/// never written over a newer row.
-async fn overtaken(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Error> {
+/// A commit found the row moved past the generation it was fenced by.
+/// Someone wrote after this member read it: a member that settled this
+/// member's mark after its lease ran out (the database was away, the
+/// answer came late), a login, another member's refresh, or this member's
+/// own commit whose answer was lost. The row is read again:
+/// - a refresh's pair is still the newest when no pair was committed
+///   since the one it replaces and no other refresh is in flight: the
+///   refresh token it replaces is spent (the provider answered), and no
+///   one else holds the new one, so it is written at the row's generation;
+/// - a login's pair is a new grant, newer than anything of the old one:
+///   written at the row's generation too;
+/// - otherwise the row is taken and the tokens in hand are dropped, never
+///   written over a newer row.
+async fn moved(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    mut update: TokenUpdate,
+    origin: Origin,
+) -> Result<(), Error> {
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    let row = match blocking(move || store.load_named(&names)).await {
+        Ok(rows) => rows.into_iter().find(|r| r.incarnation == cred.incarnation),
+        Err(e) => {
+            keep_unsaved(shared, cred, update, origin, &e.to_string());
+            return Ok(());
+        }
+    };
+    let Some(row) = row else {
+        return Err(Error::UnknownCredential(cred.name.to_string()));
+    };
+    let now = shared.clock.now_ms();
+    let in_flight = row.fence.mark.is_some_and(|m| m.lease_left_ms(now) > 0);
+    let newest = update.new_grant || (row.generation < update.generation && !in_flight);
+    if !newest {
+        return overtaken(shared, cred, &row);
+    }
+    tracing::info!(credential = %cred.name, generation = row.fence.generation, "the credential's row moved on, but these tokens are still the newest: written over it");
+    update.generation = update.generation.max(row.generation + 1);
+    cred.with_live(|l| l.fence = row.fence.generation);
+    match save_tokens(shared, cred, &update).await {
+        Ok(()) => {
+            publish(shared, cred, update, origin, None);
+            Ok(())
+        }
+        Err(StoreError::Gone(_)) => Err(Error::UnknownCredential(cred.name.to_string())),
+        Err(StoreError::Moved(_)) => {
+            super::adopt::reread(shared, cred).await;
+            served_or_not(shared, cred)
+        }
+        Err(e) => {
+            keep_unsaved(shared, cred, update, origin, &e.to_string());
+            Ok(())
+        }
+    }
+}
+
+/// The row moved on past the tokens in hand: it is taken, they are dropped.
+fn overtaken(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    row: &crate::store::StoredCredential,
+) -> Result<(), Error> {
     tracing::warn!(credential = %cred.name, "the credential's row moved on while its tokens were being committed; the stored one is taken and these are dropped");
-    super::adopt::reread(shared, cred).await;
+    cred.with_live(|l| l.journal = Journal::Settled);
+    super::adopt::adopt(shared, cred, row, super::adopt::Read::Locked);
+    served_or_not(shared, cred)
+}
+
+/// `Ok` when the credential now serves a good token, else why not.
+fn served_or_not(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Error> {
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     if cred.with_live(|l| {
         l.state == CredentialState::Ready && super::validity::valid_for(l, now, mono, 1_000)
@@ -205,7 +268,14 @@ pub(super) async fn save_uncommitted(
             Ok(())
         }
         Err(StoreError::Gone(_)) => Err(Error::UnknownCredential(cred.name.to_string())),
-        Err(StoreError::Moved(_)) => overtaken(shared, cred).await,
+        Err(StoreError::Moved(_)) => {
+            let origin = if update.new_grant {
+                Origin::Login
+            } else {
+                Origin::Refresh
+            };
+            moved(shared, cred, update, origin).await
+        }
         Err(e) => {
             shared
                 .scheduler

@@ -216,22 +216,38 @@ async fn refresh_grant(
     if in_doubt || cred.with_live(|l| l.journal.in_doubt()) {
         settle_doubt(shared, cred, http, endpoint, &refresh_token).await?;
     }
+    if shared.is_stopping() {
+        return Err(Error::Busy(
+            "tokend is stopping; no refresh starts now".into(),
+        ));
+    }
     // The budget runs from before the mark is sent: the store's time of
-    // the mark, where its lease starts, is later than this.
-    let marked_at = shared.clock.mono_ms();
+    // the mark, where its lease starts, is later than this. Both clocks:
+    // the monotonic one stops while the host is suspended, the wall clock
+    // does not (a forward step only costs a skipped send).
+    let (wall, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     if let Err(e) = mark(shared, cred).await {
         return unmarked(shared, cred, e).await;
     }
-    let took = shared.clock.mono_ms() - marked_at;
+    let took = budget_spent(shared, wall, mono);
     if took > SEND_BUDGET_MS {
         let message = format!(
             "nothing was sent: {took} ms went by between the journal mark and the request (at most {SEND_BUDGET_MS} ms may, or the mark's lease could run out while the request is on its way)"
         );
+        // If clearing the mark fails, it is still known to be unsent.
+        cred.with_live(|l| l.unsent_mark = Some(l.fence));
         return transient(shared, cred, message, None, Pace::Unsent).await;
     }
     let grant = Grant::RefreshToken(&refresh_token);
     let result = send(shared, cred, http, endpoint, &grant).await;
     conclude(shared, cred, result, Some(endpoint)).await
+}
+
+/// How long since `wall`/`mono` were read, by whichever clock moved more.
+fn budget_spent(shared: &Shared, wall: i64, mono: i64) -> i64 {
+    let by_mono = shared.clock.mono_ms().saturating_sub(mono);
+    let by_wall = shared.clock.now_ms().saturating_sub(wall);
+    by_mono.max(by_wall)
 }
 
 /// Journals the refresh before the refresh token leaves the process: a
@@ -244,12 +260,19 @@ async fn mark(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError>
         at_ms: shared.clock.now_ms(),
         lease_ms: lease_ms(shared),
     };
-    let fence = blocking(move || store.mark_refresh(&name, incarnation, fence, &mark)).await?;
-    cred.with_live(|l| {
-        l.fence = fence;
-        l.journal = Journal::InDoubt;
+    let result = blocking(move || store.mark_refresh(&name, incarnation, fence, &mark)).await;
+    cred.with_live(|l| match &result {
+        Ok(marked) => {
+            l.fence = *marked;
+            l.journal = Journal::InDoubt;
+            l.unsent_mark = None;
+        }
+        // The mark may have been made with its answer lost: if the row
+        // shows it, nothing was sent under it.
+        Err(StoreError::Moved(_) | StoreError::Gone(_)) => {}
+        Err(_) => l.unsent_mark = Some(fence + 1),
     });
-    Ok(())
+    result.map(|_| ())
 }
 
 /// The journal mark could not be made, so nothing is sent. A newer row

@@ -63,6 +63,7 @@ impl Loaded {
                         at_ms: r.try_get::<_, Option<i64>>(22).map_err(bad)?.unwrap_or(0),
                         lease_ms: r.try_get(23).map_err(bad)?,
                         read_at_ms: Some(clock),
+                        mine: r.try_get(26).map_err(bad)?,
                     })
                 } else {
                     None

@@ -85,7 +85,10 @@ CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
     // The refresh generation every fenced write compares and moves, the
     // journal mark's time and lease by the database's clock (docs/RULES.md,
     // "Fencing"), and the fleet's backoff deadline ("Backoff"). A mark left
-    // by an older version has no lease: it is over.
+    // by an older version has the longest lease that version allowed
+    // (`store::LEGACY_LEASE_MS`). A member older than this schema that is
+    // still running moves no generation: its refresh writes are refused
+    // (require_fence), so it fails closed instead of writing unfenced.
     // Making a journal mark (a new mark_at_ms) is still the one update
     // that notifies nobody: a re-mark within the same second as the mark
     // it replaces leaves refresh_in_flight (seconds) as it was.
@@ -105,6 +108,18 @@ CREATE TRIGGER notify_update AFTER UPDATE ON tokend.credentials
     FOR EACH ROW
     WHEN (NEW.mark_at_ms IS NULL OR NEW.mark_at_ms IS NOT DISTINCT FROM OLD.mark_at_ms)
     EXECUTE FUNCTION tokend.notify_change();
+CREATE FUNCTION tokend.require_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.refresh_gen = OLD.refresh_gen AND (
+        NEW.refresh_token IS DISTINCT FROM OLD.refresh_token
+        OR NEW.access_token IS DISTINCT FROM OLD.access_token
+        OR NEW.refresh_in_flight IS DISTINCT FROM OLD.refresh_in_flight) THEN
+        RAISE EXCEPTION 'tokend: a refresh write without the refresh generation (is a tokend older than the database''s schema still running?)';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER require_fence BEFORE UPDATE ON tokend.credentials
+    FOR EACH ROW EXECUTE FUNCTION tokend.require_fence();
 "#,
 ];
 
@@ -170,9 +185,10 @@ pub(super) const COLUMNS: &str = concat!(
     c.allowed, c.client_secret, c.access_token, c.refresh_token, c.generation, c.expires_at,
     c.state, c.reason, c.created_at, c.last_refresh_at, u.last_use_at, c.next_refresh_at,
     c.last_error, c.last_check, c.refresh_in_flight IS NOT NULL, c.change, c.refresh_gen,
-    COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 0),
+    COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 19000),
     c.retry_at_ms, ",
-    now_ms!()
+    now_ms!(),
+    ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name')"
 );
 
 /// The table a row is read from: a credential and its last use.

@@ -27,7 +27,7 @@ impl SqliteStore {
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
                 incarnation, refresh_gen, COALESCE(mark_at_ms, refresh_in_flight * 1000),
-                COALESCE(lease_ms, 0), retry_at_ms
+                COALESCE(lease_ms, 19000), retry_at_ms
              FROM credentials {filter} ORDER BY name"
         ))?;
         let mut allowed = load_allowed(&conn, only)?;
@@ -67,6 +67,7 @@ impl SqliteStore {
                             at_ms: r.get::<_, Option<i64>>(21)?.unwrap_or(0),
                             lease_ms: r.get(22)?,
                             read_at_ms: None,
+                            mine: true,
                         })
                     } else {
                         None

@@ -44,7 +44,8 @@ ALTER TABLE credentials ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
     // The refresh generation every fenced write compares and moves, the
     // journal mark's time (ms) and lease (docs/RULES.md, "Fencing"), and
     // the backoff deadline every refresh respects ("Backoff"). A mark
-    // left by an older version has no lease: it is over.
+    // left by an older version has the longest lease that version allowed
+    // (`store::LEGACY_LEASE_MS`).
     r#"
 ALTER TABLE credentials ADD COLUMN refresh_gen INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE credentials ADD COLUMN mark_at_ms INTEGER;
