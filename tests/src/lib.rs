@@ -7,6 +7,7 @@
 
 #![cfg(unix)]
 
+pub mod helpers;
 pub mod http;
 pub mod oidc;
 pub mod postgres;

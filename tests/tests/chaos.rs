@@ -28,6 +28,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tokend_tests::helpers::{Rng, fleet_logs, tail, write_key};
 use tokend_tests::oidc::{OidcServer, curl};
 use tokend_tests::postgres::PgCluster;
 use tokend_tests::*;
@@ -69,29 +70,6 @@ const SETTLE: Duration = Duration::from_secs(45);
 // ---------------------------------------------------------------------------
 // Helpers
 
-/// A small deterministic generator (xorshift), seeded and printed, so that a
-/// run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-
-    /// A duration between `lo` and `hi` milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(lo + self.below(hi - lo + 1))
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 fn count(v: &serde_json::Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
@@ -101,19 +79,6 @@ fn now_epoch() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A new 256-bit key, as 64 hex digits, mode 0600.
-fn write_key(path: &Path) {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
-        &mut bytes,
-    )
-    .expect("random key");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(path, hex).expect("write key file");
-    set_mode(path, 0o600);
 }
 
 /// `tokenctl ARGS` against the daemon listening on `socket`.
@@ -285,19 +250,7 @@ impl Fleet {
 
     /// The end of every member's log and of the database's.
     fn logs(&self) -> String {
-        let mut text = String::new();
-        for (i, m) in self.members.iter().enumerate() {
-            text.push_str(&format!(
-                "\n--- member {} log (last lines) ---\n{}",
-                i + 1,
-                tail(&m.log_text(), 40)
-            ));
-        }
-        text.push_str(&format!(
-            "\n--- PostgreSQL log (last lines) ---\n{}",
-            tail(&self.pg.log_text(), 15)
-        ));
-        text
+        fleet_logs(&self.members, Some(&self.pg), 40)
     }
 }
 

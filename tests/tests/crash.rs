@@ -5,21 +5,9 @@
 #![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
 
 use std::time::{Duration, Instant};
+use tokend_tests::helpers::Rng;
 use tokend_tests::oidc::{OidcServer, eventually};
 use tokend_tests::*;
-
-/// A small deterministic generator, seeded from the clock and printed, so a
-/// failing run can be replayed by setting TOKEND_CRASH_SEED.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
-    }
-}
 
 /// The credential's state and reason, from `show --json`.
 fn state(d: &Daemon) -> (String, String) {
@@ -76,13 +64,13 @@ fn kill_9_at_a_hundred_random_moments_never_sends_a_refresh_token_twice() {
     let (mut logins, mut rotated_kills) = (0u32, 0u32);
     let started = Instant::now();
     for kill in 0..kills {
-        let rotate_first = rng.next(2) == 0;
+        let rotate_first = rng.below(2) == 0;
         rotated_kills += u32::from(rotate_first);
         let mode = if rotate_first { "hold" } else { "delay" };
         idp.fault(&format!(
             r#"{{"mode":"{mode}","delay_ms":250,"grant_type":"refresh_token"}}"#
         ));
-        std::thread::sleep(Duration::from_millis(rng.next(1500)));
+        std::thread::sleep(Duration::from_millis(rng.below(1500)));
         d.kill9();
         d.restart();
         match settled(&d) {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant, SystemTime};
+use tokend_tests::helpers::{Rng, fleet_logs, tail, write_key};
 use tokend_tests::oidc::{OidcServer, eventually};
 use tokend_tests::postgres::PgCluster;
 use tokend_tests::*;
@@ -92,44 +93,13 @@ impl Fleet {
 
     /// The end of every member's log and of the server's, for failure messages.
     fn logs(&self) -> String {
-        let mut text = member_logs(&self.members);
-        text.push_str(&format!(
-            "\n--- PostgreSQL log (last lines) ---\n{}",
-            tail(&self.pg.log_text(), 20)
-        ));
-        text
+        fleet_logs(&self.members, Some(&self.pg), 40)
     }
 }
 
 /// The end of each member's log, for failure messages.
 fn member_logs(members: &[Daemon]) -> String {
-    let mut text = String::new();
-    for (i, m) in members.iter().enumerate() {
-        text.push_str(&format!(
-            "\n--- member {} log (last lines) ---\n{}",
-            i + 1,
-            tail(&m.log_text(), 40)
-        ));
-    }
-    text
-}
-
-/// A new 256-bit key, as 64 hex digits, mode 0600.
-fn write_key(path: &Path) {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
-        &mut bytes,
-    )
-    .expect("random key");
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(path, hex).expect("write key file");
-    set_mode(path, 0o600);
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    fleet_logs(members, None, 40)
 }
 
 /// `tokenctl token NAME` on `d`: the token, or tokenctl's whole output.
@@ -178,21 +148,9 @@ fn now_secs() -> f64 {
         .as_secs_f64()
 }
 
-/// A small deterministic generator, seeded from the clock (or
-/// TOKEND_FLEET_SEED) and printed, so that a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_env() -> Rng {
-        Rng(seed_from_env("TOKEND_FLEET_SEED"))
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+/// The traffic's generator, seeded from `TOKEND_FLEET_SEED` (printed).
+fn fleet_rng() -> Rng {
+    Rng(seed_from_env("TOKEND_FLEET_SEED"))
 }
 
 /// A fleet of three with the auth-code credential `up` of `idp` (its
@@ -473,7 +431,7 @@ fn a_hundred_and_fifty_requests_over_three_members_are_all_accepted_with_one_ref
 {
     let idp = OidcServer::start(6);
     let mut fleet = fleet_logged_in(&idp, 1);
-    let mut rng = Rng::from_env();
+    let mut rng = fleet_rng();
     let before = idp.refreshes();
     let seen = run_traffic(&mut fleet, &idp, 150, Duration::from_secs(45), 0, &mut rng);
     let refreshes = idp.refreshes() - before;
@@ -505,7 +463,7 @@ fn six_kill_9s_of_random_members_during_traffic_cause_no_reuse_and_leave_the_gra
  {
     let idp = OidcServer::start(6);
     let mut fleet = fleet_logged_in(&idp, 1);
-    let mut rng = Rng::from_env();
+    let mut rng = fleet_rng();
     let mut seen = run_traffic(&mut fleet, &idp, 150, Duration::from_secs(45), 6, &mut rng);
     // A kill late in the traffic may have left the grant in doubt: let the
     // fleet settle it (ready, or a login asked for after a real rotation).
@@ -602,7 +560,7 @@ fn a_database_stopped_for_three_seconds_is_ridden_out_and_all_members_then_serve
     let idp = OidcServer::start(6);
     let mut fleet = fleet_logged_in(&idp, 2);
     // Traffic first, everything up.
-    let mut rng = Rng::from_env();
+    let mut rng = fleet_rng();
     run_traffic(&mut fleet, &idp, 15, Duration::from_secs(4), 0, &mut rng);
 
     // Stop the database 2 s after a rotation, so that the next refresh

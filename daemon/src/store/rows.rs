@@ -90,6 +90,26 @@ pub fn grant_sql(grant: GrantChange) -> &'static str {
 /// mark is cleared and the generation moves on.
 pub const TOKENS_SETTLE_SQL: &str = "refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, retry_at_ms = NULL, refresh_gen = refresh_gen + 1";
 
+/// The outcome of a fenced write that touched `rows` rows, in both
+/// backends: the new generation; or, when it touched none, why: the
+/// credential is gone (`exists` finds no row of its name and incarnation),
+/// or its row moved past `fence`.
+pub fn fence_outcome(
+    rows: u64,
+    name: &str,
+    fence: i64,
+    exists: impl FnOnce() -> Result<bool, StoreError>,
+) -> Result<i64, StoreError> {
+    if rows > 0 {
+        return Ok(fence + 1);
+    }
+    Err(if exists()? {
+        StoreError::Moved(name.to_string())
+    } else {
+        StoreError::Gone(name.to_string())
+    })
+}
+
 /// The state a token commit leaves: ready, or failing when the answer's
 /// access token cannot be served.
 pub fn committed_state(t: &TokenUpdate) -> &'static str {

@@ -29,8 +29,8 @@ mod row;
 mod schema;
 
 use super::rows::{
-    KEY_CHECK, TOKENS_SETTLE_SQL, allowed_from_text, allowed_to_text, committed_state, grant_sql,
-    open_all, seal_row, seal_tokens, state_to_text,
+    KEY_CHECK, TOKENS_SETTLE_SQL, allowed_from_text, allowed_to_text, committed_state,
+    fence_outcome, grant_sql, open_all, seal_row, seal_tokens, state_to_text,
 };
 use super::seal::Sealer;
 use super::{
@@ -281,25 +281,19 @@ impl PgStore {
         incarnation: i64,
         fence: i64,
     ) -> Result<i64, StoreError> {
-        if rows > 0 {
-            return Ok(fence + 1);
-        }
-        let (pool, owned) = (self.work.clone(), name.to_string());
-        let exists = self.call(async move {
-            Ok(pool
-                .get()
-                .await?
-                .query_opt(
-                    "SELECT 1 FROM tokend.credentials WHERE name = $1 AND incarnation = $2",
-                    &[&owned, &incarnation],
-                )
-                .await?
-                .is_some())
-        })?;
-        Err(if exists {
-            StoreError::Moved(name.to_string())
-        } else {
-            StoreError::Gone(name.to_string())
+        fence_outcome(rows, name, fence, || {
+            let (pool, owned) = (self.work.clone(), name.to_string());
+            self.call(async move {
+                Ok(pool
+                    .get()
+                    .await?
+                    .query_opt(
+                        "SELECT 1 FROM tokend.credentials WHERE name = $1 AND incarnation = $2",
+                        &[&owned, &incarnation],
+                    )
+                    .await?
+                    .is_some())
+            })
         })
     }
 

@@ -6,8 +6,8 @@ mod load;
 mod schema;
 
 use super::rows::{
-    SealedRow, TOKENS_SETTLE_SQL, committed_state, grant_sql, open_all, principal_from_parts,
-    principal_parts, seal_row, seal_tokens,
+    SealedRow, TOKENS_SETTLE_SQL, committed_state, fence_outcome, grant_sql, open_all,
+    principal_from_parts, principal_parts, seal_row, seal_tokens,
 };
 use super::seal::{SealError, Sealer};
 use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
@@ -414,19 +414,15 @@ fn fenced(
     incarnation: i64,
     fence: i64,
 ) -> Result<i64, StoreError> {
-    if rows > 0 {
-        return Ok(fence + 1);
-    }
-    let exists = conn
-        .query_row(
-            "SELECT 1 FROM credentials WHERE name = ?1 AND incarnation = ?2",
-            params![name, incarnation],
-            |_| Ok(()),
-        )
-        .optional()?;
-    Err(match exists {
-        Some(()) => StoreError::Moved(name.to_string()),
-        None => StoreError::Gone(name.to_string()),
+    fence_outcome(rows as u64, name, fence, || {
+        Ok(conn
+            .query_row(
+                "SELECT 1 FROM credentials WHERE name = ?1 AND incarnation = ?2",
+                params![name, incarnation],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     })
 }
 
