@@ -748,3 +748,45 @@ async fn a_rate_limit_holds_off_forced_refreshes_and_rejects() {
     assert!(token::force_refresh(&w.shared, &cred).await.is_err());
     assert_eq!(w.fake.refreshes(), 1);
 }
+
+#[tokio::test]
+async fn a_backwards_clock_step_stretches_no_backoff_and_no_lease_read_from_the_store() {
+    let w = world(3600, quick_config()).await;
+    // A backoff, written in the row by this host's clock.
+    let cred = w.oauth_with("backoff", 3600, true);
+    w.fake.fault(Fault::Status(503, "x"));
+    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+    w.shared.clock.shift(-7_200_000);
+    w.shared.clock.shift_mono(2_000);
+    token::force_refresh(&w.shared, &cred)
+        .await
+        .expect("the backoff ends by the monotonic clock, not two hours later");
+    // A lease left in the row by a stop, read after a backwards step: at
+    // most the lease itself, then gone by the monotonic clock.
+    let cred = w.oauth_with("lease", 3600, true);
+    w.shared
+        .store
+        .mark_refresh(
+            "lease",
+            1,
+            0,
+            &tokend::store::NewMark {
+                at_ms: w.shared.clock.now_ms() + 7_200_000,
+                lease_ms: 5_000,
+            },
+        )
+        .unwrap();
+    let w2 = w.reopen();
+    let lease = w2.shared.registry.get("lease").unwrap();
+    let err = token::force_refresh(&w2.shared, &lease).await.unwrap_err();
+    assert!(
+        err.to_string().contains("in 6 s") || err.to_string().contains("in 5 s"),
+        "{err}"
+    );
+    w2.shared.clock.shift_mono(6_000);
+    token::force_refresh(&w2.shared, &lease)
+        .await
+        .expect("the lease is over after its own length");
+    assert_eq!(w2.reuse(), 0);
+    drop(cred);
+}

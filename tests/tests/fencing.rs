@@ -1455,3 +1455,56 @@ fn token_of(d: &Daemon, name: &str) -> Result<String, Output> {
         Err(out)
     }
 }
+
+/// A login whose COMMIT lands but whose answer is lost, while another
+/// member rotates the login's pair: when the first member is back, its
+/// pending save finds a newer pair in the row and takes it; the login's
+/// (now spent) refresh token is never written back, never sent again.
+#[test]
+fn a_login_whose_commit_answer_is_lost_never_overwrites_its_rotation() {
+    let idp = OidcServer::start(60);
+    let fleet = Fleet::logged_in_relayed(&idp, 2);
+    let relay = fleet.relay.as_ref().expect("member 1 is relayed");
+    let mut v = Verdict::new();
+    relay.cut_after_once("COMMIT", Duration::from_secs(6));
+    fleet.member(1).login(&idp, NAME);
+    v.check(relay.fired() == 1, || {
+        "the login's COMMIT never went through the relay".into()
+    });
+    let login = token(fleet.member(1)).unwrap_or_default();
+    v.check(
+        wait_until(Duration::from_secs(5), || {
+            token(fleet.member(2)).as_deref() == Ok(&login)
+        }),
+        || "member 2 never took the login's pair".into(),
+    );
+    assert_ok(&fleet.member(2).tokenctl(&["refresh", NAME]));
+    let rotated = token(fleet.member(2)).expect("served after the refresh");
+    v.check(
+        wait_until(Duration::from_secs(20), || {
+            token(fleet.member(1)).as_deref() == Ok(&rotated)
+        }),
+        || {
+            format!(
+                "member 1 does not take the rotated pair: {:?}",
+                state(fleet.member(1))
+            )
+        },
+    );
+    for m in [1, 2] {
+        let mut out = fleet.member(m).tokenctl(&["refresh", NAME]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !out.status.success() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+            out = fleet.member(m).tokenctl(&["refresh", NAME]);
+        }
+        v.check(out.status.success(), || {
+            format!(
+                "member {m}: a refresh after the outage failed: {}",
+                summary(&out)
+            )
+        });
+    }
+    v.no_reuse(&idp);
+    v.finish(&idp, &fleet.logs());
+}

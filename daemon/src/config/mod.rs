@@ -368,6 +368,16 @@ impl Config {
                 "refresh.max_backoff_secs must not be below refresh.min_backoff_secs".into(),
             );
         }
+        // A refresh's lease (docs/RULES.md, "Fencing") and its backoff are
+        // kept within an hour: past that a deadline read from the store is
+        // taken as a clock gone wrong.
+        let bounded = [
+            ("refresh.http_timeout_secs", r.http_timeout_secs, 600),
+            ("refresh.max_backoff_secs", r.max_backoff_secs, 3600),
+        ];
+        if let Some((key, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {
+            return Err(format!("{key} = {v} is too long (at most {max})"));
+        }
         for (name, preset) in &self.presets {
             if tokend_proto::validate_name(name).is_err() {
                 return Err(format!(

@@ -292,6 +292,7 @@ fn after(answer: &ProviderError, interval: Duration, name: &str) -> Next {
         ProviderError::Permanent { .. } => Next::Stop(Error::Provider(format!(
             "the device login of credential {name:?} failed: {answer}; {again}"
         ))),
+        ProviderError::Unsent { .. } => Next::Poll((interval * 2).min(MAX_INTERVAL)),
         ProviderError::Transient { retry_after, .. } => {
             let doubled = (interval * 2).max(retry_after.unwrap_or_default());
             Next::Poll(doubled.min(MAX_INTERVAL))

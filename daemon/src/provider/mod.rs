@@ -60,13 +60,18 @@ pub enum ExpiresIn {
 /// Why the endpoint gave no token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// Worth retrying: nothing was sent, or the provider said it failed
-    /// (500, 503 and the other 5xx but 502 and 504, 429, 408).
+    /// Worth retrying: the provider said it failed (500, 503 and the other
+    /// 5xx but the gateways', 429, 408).
     #[error("{message}")]
     Transient {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// Nothing was sent: no connection could be made (DNS, refused, TLS,
+    /// a proxy). Worth retrying; this host's trouble as much as the
+    /// provider's, so it holds back this host only.
+    #[error("{message}")]
+    Unsent { message: String },
     /// The request may have reached the provider, but no answer could be
     /// read: a timeout or a dropped connection after sending, a 502 or 504
     /// (a gateway that lost the provider's answer), or a 2xx whose body is
@@ -147,10 +152,7 @@ pub async fn request(
         );
         if e.is_connect() {
             // Nothing was sent: plainly worth retrying.
-            ProviderError::Transient {
-                message,
-                retry_after: None,
-            }
+            ProviderError::Unsent { message }
         } else {
             ProviderError::Unknown { message }
         }

@@ -79,6 +79,40 @@ pub struct Live {
     /// send budget ran out and clearing the mark failed): found in the row,
     /// it is no doubt, and is replaced without waiting for its lease.
     pub unsent_mark: Option<i64>,
+    /// The row's journal mark and backoff deadline as first read here
+    /// (see [`Watch`]); boxed, since most credentials never have one.
+    pub lease_watch: Option<Box<Watch>>,
+    pub retry_watch: Option<Box<Watch>>,
+}
+
+/// A deadline read from a row, as this process first saw it: what was
+/// left then, and when by the monotonic clock. What is left later is never
+/// more than that less the monotonic time since, so a wall clock that
+/// steps back (SQLite's is this host's) cannot stretch a lease or a
+/// backoff (docs/RULES.md, "Two clocks").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watch {
+    /// Which deadline: its time as written in the row.
+    pub key: i64,
+    pub first_mono: i64,
+    pub left: i64,
+}
+
+impl Watch {
+    /// What is left of deadline `key`, `left` by the row's clock now.
+    pub fn bound(slot: &mut Option<Box<Watch>>, key: i64, left: i64, mono: i64) -> i64 {
+        match slot.as_deref() {
+            Some(w) if w.key == key => left.min(w.left.saturating_sub(mono - w.first_mono)).max(0),
+            _ => {
+                *slot = Some(Box::new(Watch {
+                    key,
+                    first_mono: mono,
+                    left,
+                }));
+                left
+            }
+        }
+    }
 }
 
 /// The refresh journal of one credential (docs/RULES.md, "In-doubt
@@ -184,6 +218,8 @@ impl Credential {
                 },
                 fence: s.fence.generation,
                 unsent_mark: None,
+                lease_watch: None,
+                retry_watch: None,
             }),
             incarnation: s.incarnation,
             name: s.name.into(),

@@ -4,7 +4,7 @@
 
 use super::plan::loaded_due;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal};
+use crate::state::credential::{Credential, Journal, Watch};
 use crate::store::{StoredCredential, blocking};
 
 /// How the row was read.
@@ -63,8 +63,9 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
             l.attempts += 1;
         }
         // A backoff set by any member holds here too.
-        if let Some(left) = row.fence.retry.map(|r| r.left_ms(now)).filter(|&l| l > 0) {
-            l.retry_not_before_ms = l.retry_not_before_ms.max(mono + left);
+        if let Some(retry) = row.fence.retry {
+            let left = Watch::bound(&mut l.retry_watch, retry.at_ms, retry.left_ms(now), mono);
+            l.retry_not_before_ms = l.retry_not_before_ms.max(mono.saturating_add(left));
         }
         Some(loaded_due(&cred.spec, l, now))
     });

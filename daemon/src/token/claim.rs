@@ -11,7 +11,7 @@ use super::plan::loaded_due;
 use super::validity::{MIN_VALID_MS, not_usable, valid_for};
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::Credential;
+use crate::state::credential::{Credential, Watch};
 use crate::store::{Claim, Mark, Store, StoreError, StoredCredential, blocking};
 use std::sync::Arc;
 use tokend_proto::CredentialState;
@@ -88,13 +88,21 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
         .mark
         .filter(|m| !unsent(cred, m, row.fence.generation));
     if let Some(mark) = mark {
-        let left = mark.lease_left_ms(now);
+        let left = cred.with_live(|l| {
+            Watch::bound(
+                &mut l.lease_watch,
+                mark.at_ms,
+                mark.lease_left_ms(now),
+                mono,
+            )
+        });
         if left > 0 {
             return Entry::Done(leased(shared, cred, left));
         }
     }
     if let Some(retry) = row.fence.retry {
-        let left = retry.left_ms(now);
+        let left = cred
+            .with_live(|l| Watch::bound(&mut l.retry_watch, retry.at_ms, retry.left_ms(now), mono));
         if left > 0 {
             return Entry::Done(held_off(shared, cred, left));
         }

@@ -70,59 +70,65 @@ pub async fn commit_and_publish(
 /// A commit found the row moved past the generation it was fenced by.
 /// Someone wrote after this member read it: a member that settled this
 /// member's mark after its lease ran out (the database was away, the
-/// answer came late), a login, another member's refresh, or this member's
-/// own commit whose answer was lost. The row is read again:
-/// - a refresh's pair is still the newest when no pair was committed
-///   since the one it replaces and no other refresh is in flight: the
-///   refresh token it replaces is spent (the provider answered), and no
-///   one else holds the new one, so it is written at the row's generation;
-/// - a login's pair is a new grant, newer than anything of the old one:
-///   written at the row's generation too;
-/// - otherwise the row is taken and the tokens in hand are dropped, never
-///   written over a newer row.
+/// answer came late), another member's refresh or login, or this member's
+/// own commit whose answer was lost. The row is read again; the pair in
+/// hand is still the newest when no pair was committed since the one it
+/// replaces (`generation`) and, for a refresh, no other refresh is in
+/// flight: the refresh token it replaces is spent (the provider answered),
+/// and nobody else holds the new one, so it is written at the row's
+/// generation. Otherwise the row is taken and the pair dropped, never
+/// written over a newer one: a login that lost to a refresh of the grant
+/// it replaced costs another login, never a second send.
 async fn moved(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
-    mut update: TokenUpdate,
+    update: TokenUpdate,
     origin: Origin,
 ) -> Result<(), Error> {
-    let store = shared.store.clone();
-    let names = vec![cred.name.to_string()];
-    let row = match blocking(move || store.load_named(&names)).await {
-        Ok(rows) => rows.into_iter().find(|r| r.incarnation == cred.incarnation),
-        Err(e) => {
-            keep_unsaved(shared, cred, update, origin, &e.to_string());
-            return Ok(());
+    for _ in 0..MOVED_TRIES {
+        let store = shared.store.clone();
+        let names = vec![cred.name.to_string()];
+        let row = match blocking(move || store.load_named(&names)).await {
+            Ok(rows) => rows.into_iter().find(|r| r.incarnation == cred.incarnation),
+            Err(e) => {
+                keep_unsaved(shared, cred, update, origin, &e.to_string());
+                return Ok(());
+            }
+        };
+        let Some(row) = row else {
+            return Err(Error::UnknownCredential(cred.name.to_string()));
+        };
+        let now = shared.clock.now_ms();
+        let in_flight = row.fence.mark.is_some_and(|m| m.lease_left_ms(now) > 0);
+        if row.generation >= update.generation || (in_flight && !update.new_grant) {
+            return overtaken(shared, cred, &row);
         }
-    };
-    let Some(row) = row else {
-        return Err(Error::UnknownCredential(cred.name.to_string()));
-    };
-    let now = shared.clock.now_ms();
-    let in_flight = row.fence.mark.is_some_and(|m| m.lease_left_ms(now) > 0);
-    let newest = update.new_grant || (row.generation < update.generation && !in_flight);
-    if !newest {
-        return overtaken(shared, cred, &row);
+        tracing::info!(credential = %cred.name, generation = row.fence.generation, "the credential's row moved on, but these tokens are still the newest: written over it");
+        cred.with_live(|l| l.fence = row.fence.generation);
+        match save_tokens(shared, cred, &update).await {
+            Ok(()) => {
+                publish(shared, cred, update, origin, None);
+                return Ok(());
+            }
+            Err(StoreError::Gone(_)) => {
+                return Err(Error::UnknownCredential(cred.name.to_string()));
+            }
+            // Moved again (another write came between the read and this
+            // one): judged again on the row as it is now.
+            Err(StoreError::Moved(_)) => {}
+            Err(e) => {
+                keep_unsaved(shared, cred, update, origin, &e.to_string());
+                return Ok(());
+            }
+        }
     }
-    tracing::info!(credential = %cred.name, generation = row.fence.generation, "the credential's row moved on, but these tokens are still the newest: written over it");
-    update.generation = update.generation.max(row.generation + 1);
-    cred.with_live(|l| l.fence = row.fence.generation);
-    match save_tokens(shared, cred, &update).await {
-        Ok(()) => {
-            publish(shared, cred, update, origin, None);
-            Ok(())
-        }
-        Err(StoreError::Gone(_)) => Err(Error::UnknownCredential(cred.name.to_string())),
-        Err(StoreError::Moved(_)) => {
-            super::adopt::reread(shared, cred).await;
-            served_or_not(shared, cred)
-        }
-        Err(e) => {
-            keep_unsaved(shared, cred, update, origin, &e.to_string());
-            Ok(())
-        }
-    }
+    super::adopt::reread(shared, cred).await;
+    served_or_not(shared, cred)
 }
+
+/// How many times a pair that is still the newest is tried against a row
+/// that keeps moving before it is given up.
+const MOVED_TRIES: usize = 3;
 
 /// The row moved on past the tokens in hand: it is taken, they are dropped.
 fn overtaken(

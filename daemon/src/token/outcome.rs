@@ -7,7 +7,7 @@ use crate::config::RefreshPolicy;
 use crate::error::Error;
 use crate::provider::ProviderError;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal, Stamp};
+use crate::state::credential::{Credential, Journal, Stamp, Watch};
 use crate::store::{GrantChange, RetryAt, StateUpdate, StoreError, blocking};
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,8 +128,8 @@ pub(super) enum Pace {
     /// written, so the journal stays exactly as it was.
     Local,
     /// This host made its journal mark but sent nothing (it was held up
-    /// past the send budget): the mark is cleared, and the usual backoff
-    /// applies to this member only (the provider did nothing wrong).
+    /// past the send budget, or no connection could be made): the mark is
+    /// cleared, and the usual backoff applies to this member only.
     Unsent,
 }
 
@@ -230,9 +230,19 @@ async fn retry_later(
     write: Option<(GrantChange, bool)>,
 ) -> Result<(), Error> {
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
-    let due = now + delay_ms;
+    let due = now.saturating_add(delay_ms);
+    let fleet_wide = write.is_some_and(|(_, fleet_wide)| fleet_wide);
     let (still_valid, update) = cred.with_live(|l| {
-        l.retry_not_before_ms = mono + delay_ms;
+        l.retry_not_before_ms = mono.saturating_add(delay_ms);
+        if fleet_wide {
+            // The deadline as written (this host's clock, for a store
+            // without its own), watched on the monotonic clock from now.
+            l.retry_watch = Some(Box::new(Watch {
+                key: due,
+                first_mono: mono,
+                left: delay_ms,
+            }));
+        }
         l.last_error = Some(reason.as_str().into());
         l.next_refresh_at = Some(due.div_euclid(1000)).into();
         let update = write.map(|(grant, fleet_wide)| StateUpdate {

@@ -13,7 +13,7 @@ use super::validity::{MIN_VALID_MS, not_usable, timeout, valid_for};
 use crate::error::Error;
 use crate::provider::{self, Endpoint, Grant, ProviderError};
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal};
+use crate::state::credential::{Credential, Journal, Watch};
 use crate::store::{NewMark, StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use tokend_proto::{CredentialSpec, CredentialState, Secret};
@@ -152,6 +152,9 @@ async fn conclude(
             message,
             retry_after,
         }) => transient(shared, cred, message, retry_after, Pace::Normal).await,
+        Err(ProviderError::Unsent { message }) => {
+            transient(shared, cred, message, None, Pace::Unsent).await
+        }
         Err(ProviderError::Unknown { message }) => match rotating {
             Some(endpoint) => no_answer(shared, cred, endpoint, message).await,
             None => transient(shared, cred, message, None, Pace::Odd).await,
@@ -260,12 +263,20 @@ async fn mark(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError>
         at_ms: shared.clock.now_ms(),
         lease_ms: lease_ms(shared),
     };
+    let (at_ms, lease, mono) = (mark.at_ms, mark.lease_ms, shared.clock.mono_ms());
     let result = blocking(move || store.mark_refresh(&name, incarnation, fence, &mark)).await;
     cred.with_live(|l| match &result {
         Ok(marked) => {
             l.fence = *marked;
             l.journal = Journal::InDoubt;
             l.unsent_mark = None;
+            // The lease as written (this host's clock, for a store without
+            // its own), watched on the monotonic clock from now.
+            l.lease_watch = Some(Box::new(Watch {
+                key: at_ms,
+                first_mono: mono,
+                left: lease,
+            }));
         }
         // The mark may have been made with its answer lost: if the row
         // shows it, nothing was sent under it.
