@@ -26,12 +26,18 @@ pub(super) async fn take(
     hold_ms: u64,
     wait_ms: u64,
 ) -> Result<Taken, Failure> {
-    client
-        .batch_execute(&format!(
+    // Only a lock that is waited for needs the limits of its wait (the
+    // session's statement_timeout would cut it short); a refresh storm
+    // takes every lock without waiting, and each statement saved counts.
+    let begin = if wait {
+        format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {hold_ms}; SET LOCAL lock_timeout = {wait_ms}; SET LOCAL statement_timeout = {}",
             wait_ms + super::connect::STATEMENT_LIMIT_MS
-        ))
-        .await?;
+        )
+    } else {
+        format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {hold_ms}")
+    };
+    client.batch_execute(&begin).await?;
     let key = key(name);
     if wait {
         let locked = client
