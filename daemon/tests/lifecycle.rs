@@ -82,6 +82,21 @@ impl World {
         self.shared.clock.advance(400_000);
     }
 
+    /// The next refresh of `cred`, which first saves the token set the
+    /// store refused: it must go through and leave nothing pending.
+    async fn save_pending(&self, cred: &Arc<Credential>) {
+        let attempts = cred.live().attempts;
+        token::refresh(
+            self.shared.clone(),
+            cred.clone(),
+            attempts,
+            token::Trigger::Demand,
+        )
+        .await
+        .unwrap();
+        assert!(cred.live().journal.unsaved().is_none());
+    }
+
     fn reuse(&self) -> usize {
         self.fake.state.lock().unwrap().reuse_detected
     }
@@ -580,16 +595,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     // flight, so its pair is still the newest (and the only live one): it
     // is written over the settled row, and the grant goes on.
     w.shared.store.refuse_writes(false).unwrap();
-    let attempts = cred.live().attempts;
-    token::refresh(
-        w.shared.clone(),
-        cred.clone(),
-        attempts,
-        token::Trigger::Demand,
-    )
-    .await
-    .unwrap();
-    assert!(cred.live().journal.unsaved().is_none());
+    w.save_pending(&cred).await;
     assert_eq!(cred.live().state, CredentialState::Ready);
     let stored = w.shared.store.load_all().unwrap();
     let a = stored.iter().find(|s| s.name == "a").unwrap();
@@ -615,16 +621,7 @@ async fn a_pair_the_store_refused_is_saved_once_it_takes_writes_again() {
     assert!(cred.live().journal.unsaved().is_some());
     assert_eq!(w.token(&cred).await.unwrap(), "at-2");
     w.shared.store.refuse_writes(false).unwrap();
-    let attempts = cred.live().attempts;
-    token::refresh(
-        w.shared.clone(),
-        cred.clone(),
-        attempts,
-        token::Trigger::Demand,
-    )
-    .await
-    .unwrap();
-    assert!(cred.live().journal.unsaved().is_none());
+    w.save_pending(&cred).await;
     let a = w.shared.store.load_named(&["a".into()]).unwrap().remove(0);
     assert_eq!(a.access_token.as_ref().unwrap().expose(), "at-2");
     assert_eq!(a.refresh_token.as_ref().unwrap().expose(), "rt-2");

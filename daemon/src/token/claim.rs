@@ -50,10 +50,11 @@ impl Drop for Hold {
 
 /// How a refresh goes on after [`enter`].
 pub(super) enum Entry {
-    /// Go on and talk to the provider, holding the lock. The row's journal
-    /// mark, if it has one: its lease is over, so the refresh token is in
-    /// doubt and is settled before anything is sent.
-    Proceed(Hold, Option<Mark>),
+    /// Go on and talk to the provider, holding the lock. The row was
+    /// adopted: a journal mark in it (its lease over, not this process's
+    /// unsent one) left the refresh token in doubt, to be settled before
+    /// anything is sent.
+    Proceed(Hold),
     /// Done without the provider: a result taken from the row, the lock
     /// not had, or a mark whose lease still runs.
     Done(Result<(), Error>),
@@ -78,7 +79,7 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
     };
     if cred.with_live(|l| l.journal.unsaved().is_some()) {
         // Our tokens may be newer than the row: their fenced save decides.
-        return Entry::Proceed(hold, None);
+        return Entry::Proceed(hold);
     }
     let before = cred.with_live(|l| l.generation);
     adopt(shared, cred, &row, Read::Locked);
@@ -130,7 +131,7 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
         tracing::debug!(credential = %cred.name, generation, "not due any more: another member of the fleet refreshed it before this one took the lock");
         return Entry::Done(Ok(()));
     }
-    Entry::Proceed(hold, mark)
+    Entry::Proceed(hold)
 }
 
 /// Whether the row's mark is one this process made and sent nothing

@@ -86,10 +86,8 @@ pub async fn refresh(
         .map_err(|_| Error::Busy("shutting down".into()))?;
     let outcome = match claim::enter(&shared, &cred, trigger).await {
         Entry::Done(outcome) => outcome,
-        Entry::Proceed(_hold, _) if unsaved => save_uncommitted(&shared, &cred).await,
-        Entry::Proceed(_hold, mark) => {
-            attempt(&shared, &cred, http, &endpoint, mark.is_some()).await
-        }
+        Entry::Proceed(_hold) if unsaved => save_uncommitted(&shared, &cred).await,
+        Entry::Proceed(_hold) => attempt(&shared, &cred, http, &endpoint).await,
     };
     // Counted once the outcome is visible: anyone who looked before now
     // takes this attempt's outcome instead of starting another.
@@ -97,17 +95,15 @@ pub async fn refresh(
     outcome
 }
 
-/// One attempt at a new token, by the credential's grant. `in_doubt`: the
-/// row holds a journal mark whose lease is over.
+/// One attempt at a new token, by the credential's grant.
 async fn attempt(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     http: &reqwest::Client,
     endpoint: &Endpoint<'_>,
-    in_doubt: bool,
 ) -> Result<(), Error> {
     match &cred.spec {
-        CredentialSpec::OAuth2(_) => refresh_grant(shared, cred, http, endpoint, in_doubt).await,
+        CredentialSpec::OAuth2(_) => refresh_grant(shared, cred, http, endpoint).await,
         CredentialSpec::ClientCredentials(spec) => {
             let grant = Grant::ClientCredentials {
                 scopes: &spec.scopes,
@@ -205,18 +201,19 @@ async fn unusable_answer(
 }
 
 /// The refresh-token grant, the one whose every step guards the promise
-/// that a refresh token is never sent twice (docs/RULES.md).
+/// that a refresh token is never sent twice (docs/RULES.md). The row was
+/// adopted under the lock: a journal mark in it (whose lease is over)
+/// made the refresh token in doubt.
 async fn refresh_grant(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     http: &reqwest::Client,
     endpoint: &Endpoint<'_>,
-    in_doubt: bool,
 ) -> Result<(), Error> {
     let Some(refresh_token) = cred.with_live(|l| l.refresh_token.clone()) else {
         return without_refresh_token(shared, cred).await;
     };
-    if in_doubt || cred.with_live(|l| l.journal.in_doubt()) {
+    if cred.with_live(|l| l.journal.in_doubt()) {
         settle_doubt(shared, cred, http, endpoint, &refresh_token).await?;
     }
     if shared.is_stopping() {

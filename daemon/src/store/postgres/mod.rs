@@ -21,16 +21,19 @@
 //! so the database's connections keep being driven whatever the daemon's
 //! workers do.
 
+mod bulk;
 mod connect;
 mod error;
 mod listen;
 mod lock;
 mod row;
 mod schema;
+mod statement;
+mod thread;
 
 use super::rows::{
-    KEY_CHECK, TOKENS_SETTLE_SQL, allowed_from_text, allowed_to_text, committed_state,
-    fence_outcome, grant_sql, open_all, seal_row, seal_tokens, state_to_text,
+    KEY_CHECK, allowed_from_text, allowed_to_text, fence_outcome, open_all, seal_tokens,
+    state_to_text,
 };
 use super::seal::Sealer;
 use super::{
@@ -40,15 +43,15 @@ use connect::Target;
 use deadpool_postgres::{Object, Pool};
 use error::{Db, Failure};
 use listen::Health;
+use statement::{Sql, boxed};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use thread::{database_thread, member_name};
 use tokend_proto::{CheckReport, Principal, Secret};
 use tokio::sync::mpsc::UnboundedReceiver;
-use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 
 /// Tuning of the PostgreSQL store (docs/CONFIG.md, `[fleet]`).
 #[derive(Debug, Clone)]
@@ -88,45 +91,6 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-/// A statement with owned parameters, to run on the store's runtime.
-#[derive(Clone)]
-struct Sql {
-    text: String,
-    params: Arc<Vec<Box<dyn ToSql + Sync + Send>>>,
-}
-
-impl Sql {
-    fn new(text: impl Into<String>, params: Vec<Box<dyn ToSql + Sync + Send>>) -> Sql {
-        Sql {
-            text: text.into(),
-            params: Arc::new(params),
-        }
-    }
-
-    async fn run(
-        &self,
-        client: &impl tokio_postgres::GenericClient,
-    ) -> Result<u64, tokio_postgres::Error> {
-        client.execute(self.text.as_str(), &self.params()).await
-    }
-
-    /// Runs it as `statement`, prepared from its text beforehand.
-    async fn run_prepared(
-        &self,
-        client: &impl tokio_postgres::GenericClient,
-        statement: &tokio_postgres::Statement,
-    ) -> Result<u64, tokio_postgres::Error> {
-        client.execute(statement, &self.params()).await
-    }
-
-    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params
-            .iter()
-            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
-            .collect()
-    }
-}
-
 /// The longest any database call may take (a lock request: this plus its
 /// wait). Past it the call fails as if the database were down; the server
 /// gives up on the statement at the same time (`connect.rs`).
@@ -134,10 +98,6 @@ const CALL_LIMIT: Duration = Duration::from_millis(connect::STATEMENT_LIMIT_MS);
 
 /// Statements of a bulk insert sent before the first answer is awaited.
 const PIPELINE: usize = 256;
-
-fn boxed<T: ToSql + Sync + Send + 'static>(v: T) -> Box<dyn ToSql + Sync + Send> {
-    Box::new(v)
-}
 
 impl PgStore {
     /// Connects, brings the schema up to date and starts listening for the
@@ -327,87 +287,6 @@ impl PgStore {
         Ok(())
     }
 
-    /// Reads rows (`filter` after the FROM clause) and opens their secrets.
-    fn read(
-        &self,
-        filter: &'static str,
-        names: Option<Vec<String>>,
-    ) -> Result<Vec<StoredCredential>, StoreError> {
-        let pool = self.work.clone();
-        // A whole store streams in one statement: more time than one call.
-        let limit = if names.is_none() {
-            6 * CALL_LIMIT
-        } else {
-            CALL_LIMIT
-        };
-        let mut loaded = self.call_within(limit, async move {
-            use futures_util::TryStreamExt;
-            let client = pool.get().await?;
-            let sql = format!("SELECT {} FROM {} {filter}", schema::COLUMNS, schema::FROM);
-            let params: Vec<&(dyn ToSql + Sync)> = match &names {
-                Some(names) => vec![names],
-                None => vec![],
-            };
-            let mut rows = std::pin::pin!(client.query_raw(&sql, params).await?);
-            let mut loaded = row::Loaded::default();
-            while let Some(r) = rows.try_next().await? {
-                loaded.push(&r)?;
-            }
-            Ok(loaded)
-        })?;
-        open_all(&self.sealer, &mut loaded.creds, &loaded.sealed)?;
-        Ok(loaded.creds)
-    }
-
-    /// Inserts rows in one transaction; `replace` removes a row of the
-    /// same name first.
-    fn insert_rows(&self, creds: &[StoredCredential], replace: bool) -> Result<(), StoreError> {
-        self.refuse_check()?;
-        let mut statements = Vec::with_capacity(creds.len() * 2);
-        for c in creds {
-            let sealed = seal_row(&self.sealer, c)?;
-            if replace {
-                statements.push(Sql::new(
-                    "DELETE FROM tokend.credentials WHERE name = $1",
-                    vec![boxed(c.name.clone())],
-                ));
-            }
-            statements.push(row::insert(c, sealed));
-        }
-        let pool = self.work.clone();
-        let first_name = creds.first().map(|c| c.name.clone()).unwrap_or_default();
-        // A bulk import is many statements in one call: 2 ms more per row.
-        let limit = CALL_LIMIT + Duration::from_millis(2 * creds.len() as u64);
-        self.call_within(limit, async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let mut prepared = HashMap::new();
-            for sql in &statements {
-                if !prepared.contains_key(&sql.text) {
-                    prepared.insert(sql.text.clone(), tx.prepare(&sql.text).await?);
-                }
-            }
-            // Pipelined: a batch's statements are sent without waiting for
-            // each answer (they still run in order), a bulk import's round
-            // trips shared.
-            for batch in statements.chunks(PIPELINE) {
-                let runs = batch
-                    .iter()
-                    .map(|sql| sql.run_prepared(&*tx, &prepared[&sql.text]));
-                for result in futures_util::future::join_all(runs).await {
-                    match result {
-                        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                            let name = row::duplicate_name(&e).unwrap_or(first_name);
-                            return Err(StoreError::AlreadyExists(name).into());
-                        }
-                        other => other?,
-                    };
-                }
-            }
-            Ok(tx.commit().await?)
-        })
-    }
-
     /// Settles what a held lock's re-read found: the row, unless it is
     /// gone. A journal mark in it is the lifecycle's to judge, by its lease.
     fn claim(
@@ -437,52 +316,6 @@ impl PgStore {
         self.keep_held(name, incarnation, client);
         Ok(Claim::Held(Box::new(creds.remove(0))))
     }
-}
-
-/// The store's runtime: one thread of its own, which drives every database
-/// connection and the listener whatever the daemon's workers do. One
-/// thread, not a pool of workers: it mostly waits, and fewer idle threads
-/// leave the token path's wake-ups alone. It ends when the sender returned
-/// is dropped (with the store: never blocking, even on an async worker);
-/// the database rolls back any lock still held when its session ends.
-fn database_thread()
--> Result<(tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>), StoreError> {
-    let cannot =
-        |e: std::io::Error| StoreError::Database(format!("cannot start the database thread: {e}"));
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(cannot)?;
-    let handle = runtime.handle().clone();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("tokend-db".into())
-        .spawn(move || {
-            runtime.block_on(async {
-                let _ = stopped.await;
-            });
-        })
-        .map_err(cannot)?;
-    Ok((handle, stop))
-}
-
-/// The name this member goes by in the database: host, process and a
-/// random part, so that two members never share it.
-fn member_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .ok()
-        .map(|h| h.trim().chars().take(24).collect::<String>())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".into());
-    let mut b = [0u8; 3];
-    let _ = getrandom::fill(&mut b);
-    format!(
-        "tokend:{host}:{}:{:02x}{:02x}{:02x}",
-        std::process::id(),
-        b[0],
-        b[1],
-        b[2]
-    )
 }
 
 /// No row matched the name and incarnation: see [`StoreError::Gone`].
@@ -587,29 +420,7 @@ impl Backend for PgStore {
         t: &TokenUpdate,
     ) -> Result<i64, StoreError> {
         let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
-        let sql = Sql::new(
-            format!(
-                "UPDATE tokend.credentials SET access_token = $3,
-                    refresh_token = CASE WHEN $9 THEN $4 ELSE COALESCE($4, refresh_token) END,
-                    generation = $5, expires_at = $6, last_refresh_at = $7, next_refresh_at = $8,
-                    state = $11, reason = $12, last_error = $12, {TOKENS_SETTLE_SQL}
-                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $10"
-            ),
-            vec![
-                boxed(name.to_string()),
-                boxed(incarnation),
-                boxed(access),
-                boxed(refresh),
-                boxed(t.generation as i64),
-                boxed(t.expires_at),
-                boxed(t.refreshed_at),
-                boxed(t.next_refresh_at),
-                boxed(t.new_grant),
-                boxed(fence),
-                boxed(committed_state(t)),
-                boxed(t.unusable.clone()),
-            ],
-        );
+        let sql = row::tokens_update(name, incarnation, fence, t, access, refresh);
         self.write(name, incarnation, fence, sql)
     }
 
@@ -624,22 +435,7 @@ impl Backend for PgStore {
         mark: &NewMark,
     ) -> Result<i64, StoreError> {
         self.refuse_check()?;
-        let sql = Sql::new(
-            format!(
-                "UPDATE tokend.credentials SET refresh_in_flight = {now} / 1000,
-                    mark_at_ms = {now}, lease_ms = $4,
-                    refresh_by = current_setting('application_name'),
-                    refresh_gen = refresh_gen + 1
-                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $3",
-                now = schema::NOW_MS
-            ),
-            vec![
-                boxed(name.to_string()),
-                boxed(incarnation),
-                boxed(fence),
-                boxed(mark.lease_ms),
-            ],
-        );
+        let sql = row::mark_update(name, incarnation, fence, mark);
         let n = self.execute(sql)?;
         self.fenced(n, name, incarnation, fence)
     }
@@ -651,26 +447,7 @@ impl Backend for PgStore {
         fence: i64,
         s: &StateUpdate,
     ) -> Result<i64, StoreError> {
-        let grant = grant_sql(s.grant);
-        let sql = Sql::new(
-            format!(
-                "UPDATE tokend.credentials SET state = $3, reason = $4, last_error = $5,
-                    next_refresh_at = $6, {grant},
-                    retry_at_ms = CASE WHEN $8::bigint IS NULL THEN NULL ELSE {now} + $8 END
-                 WHERE name = $1 AND incarnation = $2 AND refresh_gen = $7",
-                now = schema::NOW_MS
-            ),
-            vec![
-                boxed(name.to_string()),
-                boxed(incarnation),
-                boxed(state_to_text(s.state)),
-                boxed(s.reason.clone()),
-                boxed(s.last_error.clone()),
-                boxed(s.next_refresh_at),
-                boxed(fence),
-                boxed(s.retry.map(|r| r.in_ms)),
-            ],
-        );
+        let sql = row::state_update(name, incarnation, fence, s);
         self.write(name, incarnation, fence, sql)
     }
 

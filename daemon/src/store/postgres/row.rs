@@ -1,10 +1,14 @@
 //! Rows of `tokend.credentials` to credentials and back.
 
-use super::{Sql, boxed};
+use super::schema;
+use super::statement::{Sql, boxed};
+use crate::store::rows::{Sealed, TOKENS_SETTLE_SQL, committed_state, grant_sql};
 use crate::store::rows::{
     SealedColumns, SealedRow, allowed_from_text, allowed_to_text, state_from_text, state_to_text,
 };
-use crate::store::{Deadline, Fence, Mark, StoreError, StoredCredential};
+use crate::store::{
+    Deadline, Fence, Mark, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate,
+};
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -117,4 +121,85 @@ pub(super) fn duplicate_name(e: &tokio_postgres::Error) -> Option<String> {
     let start = detail.find(")=(")? + 3;
     let end = detail.rfind(") already exists")?;
     detail.get(start..end).map(str::to_string)
+}
+
+/// The fenced commit of a token set (its sealed tokens given): written
+/// only if the row still holds generation `fence`, which it moves on.
+pub(super) fn tokens_update(
+    name: &str,
+    incarnation: i64,
+    fence: i64,
+    t: &TokenUpdate,
+    access: Sealed,
+    refresh: Sealed,
+) -> Sql {
+    Sql::new(
+        format!(
+            "UPDATE tokend.credentials SET access_token = $3,
+                refresh_token = CASE WHEN $9 THEN $4 ELSE COALESCE($4, refresh_token) END,
+                generation = $5, expires_at = $6, last_refresh_at = $7, next_refresh_at = $8,
+                state = $11, reason = $12, last_error = $12, {TOKENS_SETTLE_SQL}
+             WHERE name = $1 AND incarnation = $2 AND refresh_gen = $10"
+        ),
+        vec![
+            boxed(name.to_string()),
+            boxed(incarnation),
+            boxed(access),
+            boxed(refresh),
+            boxed(t.generation as i64),
+            boxed(t.expires_at),
+            boxed(t.refreshed_at),
+            boxed(t.next_refresh_at),
+            boxed(t.new_grant),
+            boxed(fence),
+            boxed(committed_state(t)),
+            boxed(t.unusable.clone()),
+        ],
+    )
+}
+
+/// The journal mark, a compare-and-set on generation `fence`, with the
+/// database's time and this member's name.
+pub(super) fn mark_update(name: &str, incarnation: i64, fence: i64, mark: &NewMark) -> Sql {
+    Sql::new(
+        format!(
+            "UPDATE tokend.credentials SET refresh_in_flight = {now} / 1000,
+                mark_at_ms = {now}, lease_ms = $4,
+                refresh_by = current_setting('application_name'),
+                refresh_gen = refresh_gen + 1
+             WHERE name = $1 AND incarnation = $2 AND refresh_gen = $3",
+            now = schema::NOW_MS
+        ),
+        vec![
+            boxed(name.to_string()),
+            boxed(incarnation),
+            boxed(fence),
+            boxed(mark.lease_ms),
+        ],
+    )
+}
+
+/// A fenced state change: what it does to the grant, and the fleet's
+/// backoff deadline by the database's clock.
+pub(super) fn state_update(name: &str, incarnation: i64, fence: i64, s: &StateUpdate) -> Sql {
+    let grant = grant_sql(s.grant);
+    Sql::new(
+        format!(
+            "UPDATE tokend.credentials SET state = $3, reason = $4, last_error = $5,
+                next_refresh_at = $6, {grant},
+                retry_at_ms = CASE WHEN $8::bigint IS NULL THEN NULL ELSE {now} + $8 END
+             WHERE name = $1 AND incarnation = $2 AND refresh_gen = $7",
+            now = schema::NOW_MS
+        ),
+        vec![
+            boxed(name.to_string()),
+            boxed(incarnation),
+            boxed(state_to_text(s.state)),
+            boxed(s.reason.clone()),
+            boxed(s.last_error.clone()),
+            boxed(s.next_refresh_at),
+            boxed(fence),
+            boxed(s.retry.map(|r| r.in_ms)),
+        ],
+    )
 }
