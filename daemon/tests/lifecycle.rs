@@ -90,7 +90,7 @@ impl World {
             self.shared.clone(),
             cred.clone(),
             attempts,
-            token::Trigger::Demand,
+            token::Trigger::Demand { need_ms: 0 },
         )
         .await
         .unwrap();
@@ -563,7 +563,12 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     w.fake.fault(Fault::Slow(Duration::from_millis(300)));
     let (shared, c) = (w.shared.clone(), cred.clone());
     let attempts = cred.live().attempts;
-    let task = tokio::spawn(token::refresh(shared, c, attempts, token::Trigger::Demand));
+    let task = tokio::spawn(token::refresh(
+        shared,
+        c,
+        attempts,
+        token::Trigger::Demand { need_ms: 0 },
+    ));
     while w.fake.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -612,7 +617,12 @@ async fn a_pair_the_store_refused_is_saved_once_it_takes_writes_again() {
     w.fake.fault(Fault::Slow(Duration::from_millis(300)));
     let (shared, c) = (w.shared.clone(), cred.clone());
     let attempts = cred.live().attempts;
-    let task = tokio::spawn(token::refresh(shared, c, attempts, token::Trigger::Demand));
+    let task = tokio::spawn(token::refresh(
+        shared,
+        c,
+        attempts,
+        token::Trigger::Demand { need_ms: 0 },
+    ));
     while w.fake.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

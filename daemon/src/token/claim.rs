@@ -20,14 +20,19 @@ use tokend_proto::CredentialState;
 /// this much later (its notification usually comes first and reschedules).
 const BUSY_RETRY_MS: i64 = 2_000;
 
+/// A token another member refreshed is taken instead of refreshing again
+/// only if it stays valid this much longer than the caller needs.
+const ADOPT_SLACK_MS: i64 = 1_000;
+
 /// Who asked for a refresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// The schedule: when another member holds the lock, it is doing this
     /// very refresh; don't wait, look again later.
     Schedule,
-    /// A client waiting for a token: wait (bounded) for the other member.
-    Demand,
+    /// A client waiting for a token valid at least `need_ms` more: wait
+    /// (bounded) for the other member.
+    Demand { need_ms: i64 },
     /// `tokenctl refresh`: like `Demand`, and a `failing` credential is
     /// tried again (its cause may be fixed).
     Force,
@@ -108,8 +113,15 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
             return Entry::Done(held_off(shared, cred, left));
         }
     }
+    // Judged with room to spare: the caller looks at the token again a
+    // moment later, and one that only just passed here may not pass there.
+    let need = match trigger {
+        Trigger::Demand { need_ms } => need_ms.max(MIN_VALID_MS),
+        Trigger::Schedule | Trigger::Force => MIN_VALID_MS,
+    }
+    .saturating_add(ADOPT_SLACK_MS);
     let (generation, state, good) =
-        cred.with_live(|l| (l.generation, l.state, valid_for(l, now, mono, MIN_VALID_MS)));
+        cred.with_live(|l| (l.generation, l.state, valid_for(l, now, mono, need)));
     let retried = trigger == Trigger::Force && state == CredentialState::Failing;
     if state != CredentialState::Ready && !retried {
         return Entry::Done(Err(not_usable(cred)));

@@ -36,6 +36,9 @@ pub async fn token(
     on_demand(shared, cred, min_valid_secs).await
 }
 
+/// How many refreshes a token request starts at most.
+const MAX_ROUNDS: u32 = 3;
+
 /// No valid token is held: wait for a refresh (ours or one in flight),
 /// and for a retry already planned (a backoff, another refresh's lease)
 /// when it comes within `refresh.wait_secs`.
@@ -46,6 +49,7 @@ pub(super) async fn on_demand(
 ) -> Result<TokenReply, Error> {
     let deadline = Instant::now() + Duration::from_secs(shared.config().refresh.wait_secs);
     let mut refreshed = false;
+    let mut rounds = 0;
     let mut last_error = None;
     loop {
         let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
@@ -81,11 +85,15 @@ pub(super) async fn on_demand(
                 cred.name
             )));
         }
+        let generation = cred.with_live(|l| l.generation);
+        rounds += 1;
         let task = tokio::spawn(refresh(
             shared.clone(),
             cred.clone(),
             attempts,
-            Trigger::Demand,
+            Trigger::Demand {
+                need_ms: i64::from(min_valid_secs) * 1000,
+            },
         ));
         let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, task).await {
@@ -106,7 +114,12 @@ pub(super) async fn on_demand(
                 }
                 last_error = Some(e);
             }
-            Ok(Ok(Ok(()))) => refreshed = true,
+            // A refresh that changed nothing took the outcome of another
+            // attempt that ran meanwhile, which may have been too early to
+            // help: another round, a few at most.
+            Ok(Ok(Ok(()))) => {
+                refreshed = rounds >= MAX_ROUNDS || cred.with_live(|l| l.generation) != generation;
+            }
         }
     }
 }
@@ -138,7 +151,8 @@ pub async fn reject(
         return Ok("that token was already replaced; nothing to do".into());
     }
     respect_backoff(shared, cred)?;
-    run_now(shared, cred, attempts, Trigger::Demand).await?;
+    let need_ms = super::validity::MIN_VALID_MS;
+    run_now(shared, cred, attempts, Trigger::Demand { need_ms }).await?;
     Ok(format!("refreshed credential {:?}", cred.name))
 }
 
