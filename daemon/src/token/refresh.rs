@@ -59,14 +59,10 @@ pub async fn refresh(
         ));
     }
     let unsaved = cred.with_live(|l| l.journal.unsaved().is_some());
-    let (attempts, state) = cred.with_live(|l| (l.attempts, l.state));
-    if !unsaved && attempts != seen_attempts {
-        // Someone else's attempt ran meanwhile: its outcome is ours.
-        return cred
-            .with_live(|l| l.last_error.clone())
-            .map_or(Ok(()), |e| Err(Error::Provider(e.into())));
+    if let Some(outcome) = taken_over(&cred, seen_attempts, unsaved) {
+        return outcome;
     }
-    if !unsaved && state != CredentialState::Ready {
+    if !unsaved && cred.with_live(|l| l.state) != CredentialState::Ready {
         return Err(not_usable(&cred));
     }
     let Some(endpoint) = cred.endpoint() else {
@@ -84,6 +80,11 @@ pub async fn refresh(
         .acquire()
         .await
         .map_err(|_| Error::Busy("shutting down".into()))?;
+    // The wait for a slot can be long (a storm of due credentials): another
+    // member's refresh applied meanwhile is taken without the store's lock.
+    if let Some(outcome) = taken_over(&cred, seen_attempts, unsaved) {
+        return outcome;
+    }
     let outcome = match claim::enter(&shared, &cred, trigger).await {
         Entry::Done(outcome) => outcome,
         Entry::Proceed(_hold) if unsaved => save_uncommitted(&shared, &cred).await,
@@ -93,6 +94,20 @@ pub async fn refresh(
     // takes this attempt's outcome instead of starting another.
     cred.with_live(|l| l.attempts += 1);
     outcome
+}
+
+/// The outcome of an attempt that ran since the caller looked (here, or
+/// another member's, applied from its row), which is the caller's too;
+/// `None` if there was none. Tokens not yet saved here always go on to
+/// their fenced save.
+fn taken_over(cred: &Credential, seen_attempts: u64, unsaved: bool) -> Option<Result<(), Error>> {
+    if unsaved || cred.with_live(|l| l.attempts) == seen_attempts {
+        return None;
+    }
+    Some(
+        cred.with_live(|l| l.last_error.clone())
+            .map_or(Ok(()), |e| Err(Error::Provider(e.into()))),
+    )
 }
 
 /// One attempt at a new token, by the credential's grant.
