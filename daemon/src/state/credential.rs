@@ -150,6 +150,14 @@ impl Journal {
 }
 
 impl Live {
+    /// How long the access token held lasted from the refresh that brought
+    /// it (its expiry less the refresh's start), when both are known: what
+    /// the provider's next token can be expected to last.
+    pub fn lifetime_secs(&self) -> Option<i64> {
+        let (expires, refreshed) = (self.expires_at.get()?, self.last_refresh_at.get()?);
+        Some(expires.saturating_sub(refreshed))
+    }
+
     /// See [`Credential::note_use`].
     pub fn note_use(&mut self, now_secs: i64) -> bool {
         if self.last_use_at.get() == Some(now_secs) {

@@ -38,6 +38,21 @@ pub enum Trigger {
     Force,
 }
 
+impl Trigger {
+    /// How long a token that another attempt brought (here or on another
+    /// member) must stay valid to be taken instead of refreshing: what
+    /// the caller needs, with room to spare, because the caller looks at
+    /// the token again a moment later and one that only just passed here
+    /// may not pass there.
+    pub(super) fn adopt_ms(self) -> i64 {
+        match self {
+            Trigger::Demand { need_ms } => need_ms.max(MIN_VALID_MS),
+            Trigger::Schedule | Trigger::Force => MIN_VALID_MS,
+        }
+        .saturating_add(ADOPT_SLACK_MS)
+    }
+}
+
 /// The store's refresh lock, released when dropped (unless a write
 /// already committed and released it).
 #[derive(Debug)]
@@ -73,7 +88,7 @@ pub(super) enum Entry {
 pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger: Trigger) -> Entry {
     let (hold, row) = match lock(shared, cred, trigger != Trigger::Schedule).await {
         Ok(Some(held)) => held,
-        Ok(None) => return Entry::Done(busy(shared, cred, trigger)),
+        Ok(None) => return Entry::Done(busy(shared, cred)),
         Err(StoreError::Gone(_)) => {
             return Entry::Done(Err(Error::UnknownCredential(cred.name.to_string())));
         }
@@ -113,13 +128,7 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
             return Entry::Done(held_off(shared, cred, left));
         }
     }
-    // Judged with room to spare: the caller looks at the token again a
-    // moment later, and one that only just passed here may not pass there.
-    let need = match trigger {
-        Trigger::Demand { need_ms } => need_ms.max(MIN_VALID_MS),
-        Trigger::Schedule | Trigger::Force => MIN_VALID_MS,
-    }
-    .saturating_add(ADOPT_SLACK_MS);
+    let need = trigger.adopt_ms();
     let (generation, state, good) =
         cred.with_live(|l| (l.generation, l.state, valid_for(l, now, mono, need)));
     let retried = trigger == Trigger::Force && state == CredentialState::Failing;
@@ -197,13 +206,13 @@ async fn lock(
     })
 }
 
-/// Another member holds the lock.
-fn busy(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger: Trigger) -> Result<(), Error> {
-    if trigger == Trigger::Schedule {
-        shared
-            .scheduler
-            .schedule(&cred.name, shared.clock.now_ms() + BUSY_RETRY_MS);
-    }
+/// Another member holds the lock: looked at again later, whoever asked
+/// (the schedule's own entry may have been taken by an attempt whose
+/// outcome a client's request took over).
+fn busy(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<(), Error> {
+    shared
+        .scheduler
+        .schedule(&cred.name, shared.clock.now_ms() + BUSY_RETRY_MS);
     Err(Error::Busy(format!(
         "another member of the fleet is refreshing credential {:?}; its token is served here as soon as it is saved",
         cred.name

@@ -49,6 +49,16 @@ pub async fn refresh(
     seen_attempts: u64,
     trigger: Trigger,
 ) -> Result<(), Error> {
+    // The schedule waits for its slot first, without the refresh lock: in a
+    // storm of due credentials that wait is long, and meanwhile another
+    // member's refresh of this one can be applied (`remote.rs` waits for
+    // the lock), which `taken_over` then finds. A client's request keeps
+    // its place in line for the lock instead, and holds no slot while
+    // other requests for the same credential refresh it.
+    let early_slot = match trigger {
+        Trigger::Schedule => Some(slot(&shared).await?),
+        _ => None,
+    };
     let _guard = cred.refresh_lock.lock().await;
     if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
@@ -59,7 +69,7 @@ pub async fn refresh(
         ));
     }
     let unsaved = cred.with_live(|l| l.journal.unsaved().is_some());
-    if let Some(outcome) = taken_over(&cred, seen_attempts, unsaved) {
+    if let Some(outcome) = taken_over(&shared, &cred, seen_attempts, unsaved, trigger) {
         return outcome;
     }
     if !unsaved && cred.with_live(|l| l.state) != CredentialState::Ready {
@@ -75,16 +85,10 @@ pub async fn refresh(
         Ok(http) => http,
         Err(e) => return transient(&shared, &cred, e.to_string(), None, Pace::Local).await,
     };
-    let _slot = shared
-        .refresh_slots
-        .acquire()
-        .await
-        .map_err(|_| Error::Busy("shutting down".into()))?;
-    // The wait for a slot can be long (a storm of due credentials): another
-    // member's refresh applied meanwhile is taken without the store's lock.
-    if let Some(outcome) = taken_over(&cred, seen_attempts, unsaved) {
-        return outcome;
-    }
+    let _slot = match early_slot {
+        Some(slot) => slot,
+        None => slot(&shared).await?,
+    };
     let outcome = match claim::enter(&shared, &cred, trigger).await {
         Entry::Done(outcome) => outcome,
         Entry::Proceed(_hold) if unsaved => save_uncommitted(&shared, &cred).await,
@@ -96,18 +100,44 @@ pub async fn refresh(
     outcome
 }
 
+/// One of the `max_concurrent` places for a refresh in progress.
+async fn slot(shared: &Shared) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+    shared
+        .refresh_slots
+        .acquire()
+        .await
+        .map_err(|_| Error::Busy("shutting down".into()))
+}
+
 /// The outcome of an attempt that ran since the caller looked (here, or
-/// another member's, applied from its row), which is the caller's too;
-/// `None` if there was none. Tokens not yet saved here always go on to
-/// their fenced save.
-fn taken_over(cred: &Credential, seen_attempts: u64, unsaved: bool) -> Option<Result<(), Error>> {
+/// another member's, applied from its row), when it is the caller's too:
+/// a token good for what the caller needs, or the error that attempt
+/// failed with. An attempt that ended with neither (another member held
+/// the lock; the row moved under it) decides nothing: `None`, and the
+/// caller's own attempt judges under the lock. Tokens not yet saved here
+/// always go on to their fenced save.
+fn taken_over(
+    shared: &Shared,
+    cred: &Credential,
+    seen_attempts: u64,
+    unsaved: bool,
+    trigger: Trigger,
+) -> Option<Result<(), Error>> {
     if unsaved || cred.with_live(|l| l.attempts) == seen_attempts {
         return None;
     }
-    Some(
-        cred.with_live(|l| l.last_error.clone())
-            .map_or(Ok(()), |e| Err(Error::Provider(e.into()))),
-    )
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    let (good, last_error) = cred.with_live(|l| {
+        let ready = l.state == CredentialState::Ready;
+        (
+            ready && valid_for(l, now, mono, trigger.adopt_ms()),
+            l.last_error.clone(),
+        )
+    });
+    if good {
+        return Some(Ok(()));
+    }
+    last_error.map(|e| Err(Error::Provider(e.into())))
 }
 
 /// One attempt at a new token, by the credential's grant.

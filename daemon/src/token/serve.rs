@@ -79,6 +79,16 @@ pub(super) async fn on_demand(
             tokio::time::sleep(pause).await;
             continue;
         }
+        if let Some(life) = cred.with_live(|l| l.lifetime_secs())
+            && life < i64::from(min_valid_secs)
+        {
+            // No refresh would help: each would spend a refresh token for
+            // a token the client does not take.
+            return Err(Error::InvalidArgument(format!(
+                "tokens of credential {:?} last {life} s, less than the {min_valid_secs} s asked for; ask for less with --min-valid",
+                cred.name
+            )));
+        }
         if refreshed {
             return Err(Error::InvalidArgument(format!(
                 "a fresh token of credential {:?} is not valid for {min_valid_secs} s; ask for less with --min-valid",
