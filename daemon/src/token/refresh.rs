@@ -17,6 +17,7 @@ use crate::state::credential::{Credential, Journal, Watch};
 use crate::store::{NewMark, StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use tokend_proto::{CredentialSpec, CredentialState, Secret};
+use tokio::sync::{MutexGuard, SemaphorePermit};
 
 /// The longest time between the moment a journal mark is sent to the
 /// store and the moment its refresh token leaves for the provider. A
@@ -49,17 +50,7 @@ pub async fn refresh(
     seen_attempts: u64,
     trigger: Trigger,
 ) -> Result<(), Error> {
-    // The schedule waits for its slot first, without the refresh lock: in a
-    // storm of due credentials that wait is long, and meanwhile another
-    // member's refresh of this one can be applied (`remote.rs` waits for
-    // the lock), which `taken_over` then finds. A client's request keeps
-    // its place in line for the lock instead, and holds no slot while
-    // other requests for the same credential refresh it.
-    let early_slot = match trigger {
-        Trigger::Schedule => Some(slot(&shared).await?),
-        _ => None,
-    };
-    let _guard = cred.refresh_lock.lock().await;
+    let (_guard, early_slot) = lock_and_slot(&shared, &cred, trigger).await?;
     if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
     }
@@ -100,8 +91,31 @@ pub async fn refresh(
     outcome
 }
 
+/// The credential's refresh lock, and for the schedule a refresh slot
+/// taken first. The schedule waits for its slot without the lock: in a
+/// storm of due credentials that wait is long, and meanwhile another
+/// member's refresh of this one can be applied (`remote.rs` waits for the
+/// lock), which `taken_over` then finds instead of the store's lock. A
+/// slot holder never waits for a lock (only tries it; if a client's
+/// request holds it, the slot goes back and the lock is waited for
+/// first), so a request holding a lock while it waits for a slot can
+/// never wait on a slot holder waiting for that lock.
+async fn lock_and_slot<'a>(
+    shared: &'a Shared,
+    cred: &'a Credential,
+    trigger: Trigger,
+) -> Result<(MutexGuard<'a, ()>, Option<SemaphorePermit<'a>>), Error> {
+    if trigger == Trigger::Schedule {
+        let slot = slot(shared).await?;
+        if let Ok(guard) = cred.refresh_lock.try_lock() {
+            return Ok((guard, Some(slot)));
+        }
+    }
+    Ok((cred.refresh_lock.lock().await, None))
+}
+
 /// One of the `max_concurrent` places for a refresh in progress.
-async fn slot(shared: &Shared) -> Result<tokio::sync::SemaphorePermit<'_>, Error> {
+async fn slot(shared: &Shared) -> Result<SemaphorePermit<'_>, Error> {
     shared
         .refresh_slots
         .acquire()
