@@ -804,3 +804,61 @@ async fn a_backwards_clock_step_stretches_no_backoff_and_no_lease_read_from_the_
     assert_eq!(w2.reuse(), 0);
     drop(cred);
 }
+
+/// A scheduled refresh that holds a refresh slot never waits for a
+/// credential's lock held by a client's request that waits for a slot:
+/// with one slot, a schedule queued for it ahead of such a request would
+/// otherwise hold it forever (docs/ARCHITECTURE.md, lock order).
+#[tokio::test]
+async fn a_scheduled_refresh_holding_the_slot_never_waits_on_a_request_waiting_for_it() {
+    let mut config = quick_config();
+    config.refresh.max_concurrent = 1;
+    let w = world(3600, config).await;
+    // Another provider, so that its fetch leaves this one's grant alone.
+    let other = support::fake_provider::FakeProvider::start(3600).await;
+    let spec = CredentialSpec::ClientCredentials(Box::new(ClientCredentialsSpec {
+        token_url: other.url.clone(),
+        client_id: "cc".into(),
+        scopes: vec![],
+        client_auth: ClientAuth::Basic,
+        refresh_margin_secs: None,
+        endpoints: Default::default(),
+    }));
+    let busy = w.insert("busy", spec, None, None, None);
+    let cred = w.oauth("a", 0);
+    // The one slot is held by a slow fetch of another credential.
+    other.fault(Fault::Slow(Duration::from_millis(400)));
+    let seen = busy.live().attempts;
+    let holder = tokio::spawn(token::refresh(
+        w.shared.clone(),
+        busy.clone(),
+        seen,
+        token::Trigger::Force,
+    ));
+    while other.refreshes() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The schedule queues for the slot first, then a client's request
+    // takes the credential's lock and queues behind it.
+    let seen = cred.live().attempts;
+    let scheduled = tokio::spawn(token::refresh(
+        w.shared.clone(),
+        cred.clone(),
+        seen,
+        token::Trigger::Schedule,
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (shared, c) = (w.shared.clone(), cred.clone());
+    let request = tokio::spawn(async move { token::token(&shared, &c, 0).await });
+    let all = async {
+        holder.await.unwrap().unwrap();
+        let served = request.await.unwrap().unwrap();
+        scheduled.await.unwrap().unwrap();
+        served
+    };
+    let served = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("a slot held by the schedule while it waits for the request's lock: deadlock");
+    assert_eq!(served.token.expose(), "at-2");
+    assert_eq!(w.fake.times_sent("rt-1"), 1, "one refresh, sent once");
+}
