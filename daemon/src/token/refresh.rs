@@ -8,7 +8,7 @@ use super::claim::{self, Entry, Trigger};
 use super::commit::{Origin, commit_and_publish, save_uncommitted};
 use super::doubt::{no_answer, settle_doubt, spent, without_refresh_token};
 use super::outcome::{Pace, permanent, transient};
-use super::plan::token_update;
+use super::plan::{loaded_due, token_update};
 use super::validity::{MIN_VALID_MS, not_usable, timeout, valid_for};
 use crate::error::Error;
 use crate::provider::{self, Endpoint, Grant, ProviderError};
@@ -61,6 +61,9 @@ pub async fn refresh(
     }
     let unsaved = cred.with_live(|l| l.journal.unsaved().is_some());
     if let Some(outcome) = taken_over(&shared, &cred, seen_attempts, unsaved, trigger) {
+        if trigger == Trigger::Schedule {
+            keep_scheduled(&shared, &cred);
+        }
         return outcome;
     }
     if !unsaved && cred.with_live(|l| l.state) != CredentialState::Ready {
@@ -106,12 +109,36 @@ async fn lock_and_slot<'a>(
     trigger: Trigger,
 ) -> Result<(MutexGuard<'a, ()>, Option<SemaphorePermit<'a>>), Error> {
     if trigger == Trigger::Schedule {
-        let slot = slot(shared).await?;
-        if let Ok(guard) = cred.refresh_lock.try_lock() {
-            return Ok((guard, Some(slot)));
+        for _ in 0..SLOT_FIRST_TRIES {
+            let slot = slot(shared).await?;
+            if let Ok(guard) = cred.refresh_lock.try_lock() {
+                return Ok((guard, Some(slot)));
+            }
+            drop(slot);
+            // Whoever holds it (a request, a row being applied) is let
+            // finish, then the slot is waited for again without the lock.
+            drop(cred.refresh_lock.lock().await);
         }
     }
     Ok((cred.refresh_lock.lock().await, None))
+}
+
+/// How many times the schedule takes a slot and finds the lock busy
+/// before it waits for the lock first, as a request does.
+const SLOT_FIRST_TRIES: usize = 3;
+
+/// The schedule's entry was taken when this attempt started; the attempt
+/// whose outcome it takes normally set the next one, but not every way
+/// out does (a re-read of a moved row that failed): the credential is put
+/// back on the schedule by what it holds, if it is off it.
+fn keep_scheduled(shared: &Shared, cred: &Credential) {
+    if shared.scheduler.due_of(&cred.name).is_some() {
+        return;
+    }
+    let now = shared.clock.now_ms();
+    if let Some(at) = cred.with_live(|l| loaded_due(&cred.spec, l, now)) {
+        shared.scheduler.schedule(&cred.name, at.max(now));
+    }
 }
 
 /// One of the `max_concurrent` places for a refresh in progress.

@@ -36,6 +36,11 @@ pub async fn token(
     on_demand(shared, cred, min_valid_secs).await
 }
 
+/// What a fresh token has lost of its lifetime by the time it is served
+/// (the request's round trip, the expiry rounded down to the second), at
+/// most: a request for more than the lifetime less this is refused.
+const LIFETIME_MARGIN_SECS: i64 = 2;
+
 /// How many refreshes a token request starts at most.
 const MAX_ROUNDS: u32 = 3;
 
@@ -70,6 +75,17 @@ pub(super) async fn on_demand(
         if state != CredentialState::Ready {
             return Err(not_usable(cred));
         }
+        if let Some(life) = cred.with_live(|l| l.lifetime_secs())
+            && i64::from(min_valid_secs) + LIFETIME_MARGIN_SECS > life
+        {
+            // No refresh would help: each would spend a refresh token on
+            // a token the client does not take.
+            return Err(Error::InvalidArgument(format!(
+                "tokens of credential {:?} last {life} s: a fresh one is not valid for the {min_valid_secs} s asked for; ask for at most {} with --min-valid",
+                cred.name,
+                (life - LIFETIME_MARGIN_SECS).max(0)
+            )));
+        }
         if backoff_until > mono {
             // A retry is planned: wait for it if it comes in time.
             let pause = Duration::from_millis((backoff_until - mono) as u64);
@@ -78,16 +94,6 @@ pub(super) async fn on_demand(
             }
             tokio::time::sleep(pause).await;
             continue;
-        }
-        if let Some(life) = cred.with_live(|l| l.lifetime_secs())
-            && life < i64::from(min_valid_secs)
-        {
-            // No refresh would help: each would spend a refresh token for
-            // a token the client does not take.
-            return Err(Error::InvalidArgument(format!(
-                "tokens of credential {:?} last {life} s, less than the {min_valid_secs} s asked for; ask for less with --min-valid",
-                cred.name
-            )));
         }
         if refreshed {
             return Err(Error::InvalidArgument(format!(
