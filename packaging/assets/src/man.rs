@@ -125,8 +125,8 @@ const TOKENCTL: &[Section] = &[
                 "Add an OAuth2 app, then: tokenctl login uptempo",
             ),
             (
-                "curl -H \"$(tokenctl header uptempo)\" https://api.example/",
-                "Use a valid token.",
+                "tokenctl header uptempo | curl -H @- https://api.example/",
+                "Use a valid token (on stdin: never in curl's arguments, which any user can read).",
             ),
             (
                 "tokenctl exec uptempo -- ./sync.sh",
