@@ -301,6 +301,35 @@ class RefusingApi(_Server):
         super().__init__()
 
 
+class _RedirectHandler(http.server.BaseHTTPRequestHandler):
+    def _answer(self) -> None:
+        owner = self.server_owner  # type: ignore[attr-defined]
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        with owner.lock:
+            owner.seen.append((self.command, self.headers.get("Authorization")))
+        self.send_response(307)
+        self.send_header("Location", owner.target)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = _answer
+    do_POST = _answer
+
+
+class RedirectingApi(_Server):
+    """An API that answers every request with a 307 to ``target``."""
+
+    handler = _RedirectHandler
+
+    def __init__(self, target: str) -> None:
+        self.lock = threading.Lock()
+        self.target = target
+        self.seen: List[tuple] = []
+        super().__init__()
+
+
 def dead_socket(directory: str) -> str:
     """A socket file nobody listens on (connect gives ECONNREFUSED)."""
     path = os.path.join(directory, "dead.sock")

@@ -218,6 +218,34 @@ class DaemonTest(unittest.TestCase):
         self.assertEqual((status, history), (403, 0))
         self.assertEqual([t for _, t, _ in api.seen], [BEARER])
 
+    def _refusal_after_a_redirect_not_retried(self, name: str, send) -> None:
+        """An API that redirects to another origin, which refuses: the other
+        origin never sees a token, and nothing is rejected or refreshed."""
+        _add_client_credentials(self.daemon, name, self.provider)
+        other = _harness.RefusingApi(401, always=True)
+        self.addCleanup(other.close)
+        api = _harness.RedirectingApi(other.url("/elsewhere"))
+        self.addCleanup(api.close)
+        first = self.client.token(name)
+        issued = self.provider.issued
+        status, _, _ = send(api.url("/data"), tokend.BearerAuth(name, client=self.client))
+        self.assertEqual(status, 401)
+        self.assertEqual([a for _, a in api.seen], ["Bearer " + first])
+        self.assertTrue(other.seen, "the redirect was not followed")
+        self.assertEqual([t for _, t, _ in other.seen], [None] * len(other.seen))
+        self.assertEqual(self.provider.issued, issued, "a refresh for another origin's refusal")
+        self.assertEqual(self.client.token(name), first)
+
+    def _no_retry_in_clear_off_the_machine(self) -> None:
+        from tokend._auth import _may_retry
+
+        for url in ("https://api.example/x", "http://127.0.0.1:8/x", "http://[::1]:8/x",
+                    "http://localhost/x", "http://127.8.9.1/x"):
+            self.assertTrue(_may_retry(url, url), url)
+        for url in ("http://api.example/x", "http://10.0.0.1/x", "http://[2001:db8::1]/x"):
+            self.assertFalse(_may_retry(url, url), url)
+        self.assertFalse(_may_retry("https://a.example/x", "https://b.example/x"))
+
     @unittest.skipIf(requests is None, "requests is not installed")
     def test_bearer_auth_with_requests(self) -> None:
         def send(url, auth):
@@ -226,16 +254,19 @@ class DaemonTest(unittest.TestCase):
 
         self._bearer_auth_retries("api-requests", send)
         self._static_bearer_not_retried(send)
+        self._refusal_after_a_redirect_not_retried("redirect-requests", send)
+        self._no_retry_in_clear_off_the_machine()
 
     @unittest.skipIf(httpx is None, "httpx is not installed")
     def test_bearer_auth_with_httpx(self) -> None:
         def send(url, auth):
-            with httpx.Client(auth=auth, timeout=30) as h:
+            with httpx.Client(auth=auth, timeout=30, follow_redirects=True) as h:
                 r = h.post(url, json={"n": 1})
             return r.status_code, len(r.history), r.json()
 
         self._bearer_auth_retries("api-httpx", send)
         self._static_bearer_not_retried(send)
+        self._refusal_after_a_redirect_not_retried("redirect-httpx", send)
 
 
 @unittest.skipUnless(_harness.have_daemon(), _harness.SKIP_REASON)

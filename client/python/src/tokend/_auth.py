@@ -6,6 +6,8 @@ Both libraries are optional: each is imported here only if installed, and
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from typing import Any, Generator, Iterable, List, Optional, Tuple
 
 from ._client import Client
@@ -33,6 +35,27 @@ if not _bases:
 _RETRIED = "_tokend_retried"
 
 
+def _may_retry(first_url: str, answered_url: str) -> bool:
+    """Whether an answer from ``answered_url`` to a request sent to
+    ``first_url`` may cost the token and be sent again with a fresh one:
+    only if it is the very URL the token was attached for (an answer after
+    a redirect comes from somewhere else, which the token was not meant
+    for), and only over https or to this machine (a fresh token never
+    crosses a network in clear)."""
+    if answered_url != first_url:
+        return False
+    parts = urllib.parse.urlsplit(first_url)
+    if parts.scheme == "https":
+        return True
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class BearerAuth(*_bases):  # type: ignore[misc]
     """Sets ``Authorization: Bearer <token>`` from tokend on every request.
 
@@ -41,6 +64,9 @@ class BearerAuth(*_bases):  # type: ignore[misc]
     sent was refused (``Client.reject``), takes the new token and sends the
     request once more. If tokend has no other token (a static bearer token,
     or the refresh did not change it), the first answer is returned as is.
+    Only an answer from the URL the token was sent to counts: one that
+    came after a redirect is returned as is, and nothing is rejected or
+    sent again. A retry goes over https, or to this machine, only.
 
     Works with ``requests`` (``requests.get(url, auth=BearerAuth("x"))``) and
     ``httpx`` (``httpx.Client(auth=BearerAuth("x"))``, sync or async; the
@@ -96,6 +122,7 @@ class BearerAuth(*_bases):  # type: ignore[misc]
     # -- requests ----------------------------------------------------------
 
     def __call__(self, r: Any) -> Any:
+        first_url = r.url
         sent = self._token()
         r.headers["Authorization"] = "Bearer " + sent
         try:
@@ -106,6 +133,9 @@ class BearerAuth(*_bases):  # type: ignore[misc]
             position = None
 
         def on_response(resp: Any, **kwargs: Any) -> Any:
+            # requests runs this hook for every answer, redirects' included.
+            if not _may_retry(first_url, resp.request.url):
+                return resp
             return self._requests_retry(resp, sent, position, **kwargs)
 
         r.register_hook("response", on_response)
@@ -144,6 +174,10 @@ class BearerAuth(*_bases):  # type: ignore[misc]
         request.headers["Authorization"] = "Bearer " + sent
         response = yield request
         if response.status_code not in self.reject_on:
+            return
+        # The last answer of any redirects httpx followed: its history says.
+        answered = str(response.request.url)
+        if response.history or not _may_retry(str(request.url), answered):
             return
         fresh = self._replacement(sent)
         if fresh is None:
