@@ -82,6 +82,21 @@ impl World {
         self.shared.clock.advance(400_000);
     }
 
+    /// A refresh of `cred` in a task of its own, from the attempts seen now.
+    fn spawn_refresh(
+        &self,
+        cred: &Arc<Credential>,
+        trigger: token::Trigger,
+    ) -> tokio::task::JoinHandle<Result<(), Error>> {
+        let attempts = cred.live().attempts;
+        tokio::spawn(token::refresh(
+            self.shared.clone(),
+            cred.clone(),
+            attempts,
+            trigger,
+        ))
+    }
+
     /// The next refresh of `cred`, which first saves the token set the
     /// store refused: it must go through and leave nothing pending.
     async fn save_pending(&self, cred: &Arc<Credential>) {
@@ -568,14 +583,7 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     w.shared.store.refuse_writes(false).unwrap();
     w.wait_out_backoff();
     w.fake.fault(Fault::Slow(Duration::from_millis(300)));
-    let (shared, c) = (w.shared.clone(), cred.clone());
-    let attempts = cred.live().attempts;
-    let task = tokio::spawn(token::refresh(
-        shared,
-        c,
-        attempts,
-        token::Trigger::Demand { need_ms: 0 },
-    ));
+    let task = w.spawn_refresh(&cred, token::Trigger::Demand { need_ms: 0 });
     while w.fake.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -622,14 +630,7 @@ async fn a_pair_the_store_refused_is_saved_once_it_takes_writes_again() {
     let w = world(3600, quick_config()).await;
     let cred = w.oauth_with("a", 3600, true);
     w.fake.fault(Fault::Slow(Duration::from_millis(300)));
-    let (shared, c) = (w.shared.clone(), cred.clone());
-    let attempts = cred.live().attempts;
-    let task = tokio::spawn(token::refresh(
-        shared,
-        c,
-        attempts,
-        token::Trigger::Demand { need_ms: 0 },
-    ));
+    let task = w.spawn_refresh(&cred, token::Trigger::Demand { need_ms: 0 });
     while w.fake.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -828,25 +829,13 @@ async fn a_scheduled_refresh_holding_the_slot_never_waits_on_a_request_waiting_f
     let cred = w.oauth("a", 0);
     // The one slot is held by a slow fetch of another credential.
     other.fault(Fault::Slow(Duration::from_millis(400)));
-    let seen = busy.live().attempts;
-    let holder = tokio::spawn(token::refresh(
-        w.shared.clone(),
-        busy.clone(),
-        seen,
-        token::Trigger::Force,
-    ));
+    let holder = w.spawn_refresh(&busy, token::Trigger::Force);
     while other.refreshes() == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The schedule queues for the slot first, then a client's request
     // takes the credential's lock and queues behind it.
-    let seen = cred.live().attempts;
-    let scheduled = tokio::spawn(token::refresh(
-        w.shared.clone(),
-        cred.clone(),
-        seen,
-        token::Trigger::Schedule,
-    ));
+    let scheduled = w.spawn_refresh(&cred, token::Trigger::Schedule);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (shared, c) = (w.shared.clone(), cred.clone());
     let request = tokio::spawn(async move { token::token(&shared, &c, 0).await });
