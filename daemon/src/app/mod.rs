@@ -169,6 +169,14 @@ fn load(
     {
         tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before its lease ends and introspection says it is still active");
     }
+    for s in stored.iter().filter(|s| s.untrusted) {
+        let why = s
+            .reason
+            .as_deref()
+            .unwrap_or(crate::store::binding::TAMPERED);
+        crate::token::warn_untrusted(&s.name, why);
+        crate::token::notify::transition(&config, &s.name, s.state, Some(why));
+    }
     let shared = Shared::new(store, paths.clone(), config, policy);
     shared.registry.extend(
         stored

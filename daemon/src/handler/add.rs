@@ -111,6 +111,7 @@ fn new_credential(
         last_check: None,
         fence: crate::store::Fence::default(),
         change: 0,
+        untrusted: false,
         incarnation: crate::store::new_incarnation(),
     }
 }

@@ -38,6 +38,7 @@ pub async fn start(
     cred: &Arc<Credential>,
     uid: u32,
 ) -> Result<DeviceChallenge, Error> {
+    crate::token::trusted(cred)?;
     let CredentialSpec::OAuth2(spec) = &cred.spec else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} is {}: only oauth2 credentials log in",
@@ -223,6 +224,7 @@ async fn poll(
     cred: &Arc<Credential>,
     device_code: &Secret,
 ) -> Result<Result<String, ProviderError>, Error> {
+    crate::token::trusted(cred)?;
     let endpoint = cred
         .endpoint()
         .ok_or_else(|| Error::Internal("credential kind changed during login".into()))?;

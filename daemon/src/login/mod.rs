@@ -49,6 +49,7 @@ pub fn start(
     redirect_override: Option<String>,
     uid: u32,
 ) -> Result<LoginChallenge, Error> {
+    crate::token::trusted(cred)?;
     let CredentialSpec::OAuth2(spec) = &cred.spec else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} is {}: only oauth2 (authorization code) credentials log in",
@@ -284,6 +285,7 @@ async fn exchange(
     pending: &Pending,
     lock_deadline: tokio::time::Instant,
 ) -> Result<String, Error> {
+    crate::token::trusted(cred)?;
     let (CredentialSpec::OAuth2(_), Some(endpoint)) = (&cred.spec, cred.endpoint()) else {
         return Err(Error::Internal(
             "credential kind changed during login".into(),

@@ -83,6 +83,11 @@ pub struct Live {
     /// (see [`Watch`]); boxed, since most credentials never have one.
     pub lease_watch: Option<Box<Watch>>,
     pub retry_watch: Option<Box<Watch>>,
+    /// The row was found not vouched for by the key (`store/binding.rs`):
+    /// nothing is sent for this credential and nothing is served, until a
+    /// trusted row replaces the whole credential. Never cleared in place:
+    /// the settings held may be the untrusted row's.
+    pub untrusted: bool,
 }
 
 /// A deadline read from a row, as this process first saw it: what was
@@ -228,6 +233,7 @@ impl Credential {
                 unsent_mark: None,
                 lease_watch: None,
                 retry_watch: None,
+                untrusted: s.untrusted,
             }),
             incarnation: s.incarnation,
             name: s.name.into(),
@@ -257,6 +263,12 @@ impl Credential {
             client_secret: self.client_secret.as_ref(),
             client_auth,
         })
+    }
+
+    /// Whether the row this credential came from, or one read since, is
+    /// not vouched for by the key: then nothing may be sent for it.
+    pub fn untrusted(&self) -> bool {
+        self.with_live(|l| l.untrusted)
     }
 
     /// Runs `f` on the live state. Keep `f` short: this is the token hot path.

@@ -7,6 +7,7 @@
 //! storage and opened after they leave it; nothing else in the daemon sees a
 //! sealed blob.
 
+pub mod binding;
 pub mod postgres;
 pub mod rows;
 pub mod seal;
@@ -319,6 +320,13 @@ pub enum StoreError {
         "credential {0:?} changed in the store meanwhile; nothing was written, the stored one is re-read"
     )]
     Moved(String),
+    /// A change to a row whose plain columns the key does not vouch for
+    /// (`binding.rs`): refused, the row stays as it is.
+    #[error(
+        "credential {0:?} cannot be changed: {tampered}; add it again with --replace",
+        tampered = binding::TAMPERED
+    )]
+    Untrusted(String),
     #[error("storage error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("stored settings are unreadable: {0}")]
@@ -367,6 +375,10 @@ pub struct StoredCredential {
     /// A shared store's change number of the row (0 in SQLite): the
     /// periodic resync re-reads the rows whose number moved.
     pub change: i64,
+    /// The row is not vouched for by the key, or names an endpoint no
+    /// secret may be sent to ([`binding::distrust`]): it was loaded
+    /// `failing`, without its secrets, and nothing is sent for it.
+    pub untrusted: bool,
 }
 
 /// A new token set, written in one transaction (docs/DESIGN.md §4.3).

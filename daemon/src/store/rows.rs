@@ -2,13 +2,27 @@
 //! sealing its secrets before a write, and opening every row's secrets
 //! after a bulk read, spread over the cores.
 
+use super::binding::{Binding, distrust, quarantine};
 use super::seal::Sealer;
 use super::{GrantChange, StoreError, StoredCredential, TokenUpdate};
-use tokend_proto::{CredentialState, Principal, Secret};
+use tokend_proto::{CredentialSpec, CredentialState, Principal, Secret};
 
 /// A known value sealed under the key at first start: a wrong key is caught
 /// at start-up even when the store holds no credential yet.
 pub const KEY_CHECK: &str = "tokend key check";
+
+/// Whether `sealed` (the store's `key_check`) is [`KEY_CHECK`] sealed
+/// under this key.
+pub fn check_key(sealer: &Sealer, sealed: &[u8]) -> Result<(), StoreError> {
+    if sealer.open("", "key_check", sealed)?.expose() != KEY_CHECK {
+        return Err(super::seal::SealError::Open {
+            name: String::new(),
+            column: "key_check",
+        }
+        .into());
+    }
+    Ok(())
+}
 
 /// Below this many rows per thread, opening secrets in parallel costs more
 /// in thread start-up than it saves.
@@ -17,6 +31,8 @@ pub const ROWS_PER_THREAD: usize = 2_000;
 /// A credential's column values that need work before SQL sees them.
 pub struct SealedRow {
     pub settings: String,
+    /// The tag over the columns the key vouches for (`binding.rs`).
+    pub binding: Vec<u8>,
     pub client_secret: Option<Vec<u8>>,
     pub access: Option<Vec<u8>>,
     pub refresh: Option<Vec<u8>>,
@@ -47,6 +63,7 @@ pub fn open_opt(
 pub fn seal_row(sealer: &Sealer, c: &StoredCredential) -> Result<SealedRow, StoreError> {
     Ok(SealedRow {
         settings: serde_json::to_string(&c.spec)?,
+        binding: Binding::from(c).tag(sealer)?,
         client_secret: seal_opt(sealer, &c.name, "client_secret", c.client_secret.as_ref())?,
         access: seal_opt(sealer, &c.name, "access_token", c.access_token.as_ref())?,
         refresh: seal_opt(sealer, &c.name, "refresh_token", c.refresh_token.as_ref())?,
@@ -55,6 +72,21 @@ pub fn seal_row(sealer: &Sealer, c: &StoredCredential) -> Result<SealedRow, Stor
 
 /// A sealed value, or none.
 pub type Sealed = Option<Vec<u8>>;
+
+/// A row's settings as a spec; settings that cannot be read (a writer
+/// without the key, a newer format) make the row untrusted, with why,
+/// instead of failing the whole load.
+pub fn read_spec(settings: &str) -> (CredentialSpec, Option<String>) {
+    match serde_json::from_str(settings) {
+        Ok(spec) => (spec, None),
+        Err(e) => (
+            super::binding::unreadable_spec(),
+            Some(format!(
+                "its stored settings cannot be read ({e}); add it again with --replace"
+            )),
+        ),
+    }
+}
 
 /// A token update's access token and refresh token, sealed for credential `name`.
 pub fn seal_tokens(
@@ -137,29 +169,23 @@ pub fn principal_from_parts(kind: &str, id: u32) -> Principal {
     }
 }
 
-/// Opens every row's secrets, spread over the cores when there are many:
-/// at start-up with a large store, opening (XChaCha20-Poly1305) is half of
-/// the load time. The first failure in row order is reported, as a
-/// sequential pass would.
-pub fn open_all(
-    sealer: &Sealer,
-    creds: &mut [StoredCredential],
-    sealed: &SealedColumns,
-) -> Result<(), StoreError> {
+/// Checks every row's binding and opens its secrets, spread over the
+/// cores when there are many: at start-up with a large store, opening
+/// (XChaCha20-Poly1305) is half of the load time. A row the key does not
+/// vouch for is quarantined, its secrets left sealed, and so is one whose
+/// sealed value does not open (`binding.rs`): one bad row never keeps the
+/// others from being served. (A wrong key is refused before any row is
+/// read: `Backend::verify_key`.)
+pub fn open_all(sealer: &Sealer, creds: &mut [StoredCredential], sealed: &SealedColumns) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = creds.len().div_ceil(cores.min(8)).max(ROWS_PER_THREAD);
     if creds.len() <= chunk {
         return open_rows(sealer, creds, sealed, 0);
     }
     std::thread::scope(|scope| {
-        let workers: Vec<_> = creds
-            .chunks_mut(chunk)
-            .enumerate()
-            .map(|(i, c)| scope.spawn(move || open_rows(sealer, c, sealed, i * chunk)))
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        for (i, c) in creds.chunks_mut(chunk).enumerate() {
+            scope.spawn(move || open_rows(sealer, c, sealed, i * chunk));
+        }
     })
 }
 
@@ -169,13 +195,34 @@ fn open_rows(
     creds: &mut [StoredCredential],
     sealed: &SealedColumns,
     first: usize,
-) -> Result<(), StoreError> {
+) {
     for (i, c) in creds.iter_mut().enumerate() {
-        let [cs, at, rt] = sealed.row(first + i);
-        c.client_secret = open_opt(sealer, &c.name, "client_secret", cs)?;
-        c.access_token = open_opt(sealer, &c.name, "access_token", at)?;
-        c.refresh_token = open_opt(sealer, &c.name, "refresh_token", rt)?;
+        let [binding, cs, at, rt] = sealed.row(first + i);
+        let why = if c.untrusted {
+            c.reason.clone()
+        } else {
+            distrust(sealer, c, binding)
+        };
+        if let Some(why) = why.or_else(|| open_secrets(sealer, c, [cs, at, rt]).err()) {
+            quarantine(c, why);
+        }
     }
+}
+
+/// Opens a vouched-for row's client secret, access token and refresh
+/// token; why not, if one of them does not open.
+fn open_secrets(
+    sealer: &Sealer,
+    c: &mut StoredCredential,
+    [cs, at, rt]: [Option<&[u8]>; 3],
+) -> Result<(), String> {
+    let open = |column, b| open_opt(sealer, &c.name, column, b).map_err(|e| e.to_string());
+    let opened = (
+        open("client_secret", cs)?,
+        open("access_token", at)?,
+        open("refresh_token", rt)?,
+    );
+    (c.client_secret, c.access_token, c.refresh_token) = opened;
     Ok(())
 }
 
@@ -186,13 +233,14 @@ fn open_rows(
 #[derive(Default)]
 pub struct SealedColumns {
     bytes: Vec<u8>,
-    /// Per row: client secret, access token, refresh token, as byte ranges.
-    rows: Vec<[Option<(usize, usize)>; 3]>,
+    /// Per row: binding, client secret, access token, refresh token, as
+    /// byte ranges.
+    rows: Vec<[Option<(usize, usize)>; 4]>,
 }
 
 impl SealedColumns {
-    /// Adds a row's client secret, access token and refresh token.
-    pub fn push(&mut self, columns: [Option<&[u8]>; 3]) {
+    /// Adds a row's binding, client secret, access token and refresh token.
+    pub fn push(&mut self, columns: [Option<&[u8]>; 4]) {
         let row = columns.map(|column| {
             column.map(|b| {
                 let start = self.bytes.len();
@@ -203,7 +251,7 @@ impl SealedColumns {
         self.rows.push(row);
     }
 
-    fn row(&self, i: usize) -> [Option<&[u8]>; 3] {
+    fn row(&self, i: usize) -> [Option<&[u8]>; 4] {
         self.rows[i].map(|range| range.map(|(start, end)| &self.bytes[start..end]))
     }
 }

@@ -145,6 +145,51 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// A tag over `data` under the key: XChaCha20-Poly1305 sealing nothing,
+    /// with `data` as the associated data (the format of [`Sealer::seal`],
+    /// an empty message's 16-byte Poly1305 tag as its body). Whoever lacks
+    /// the key cannot make one that [`Sealer::verify_tag`] accepts, and a
+    /// tag made for other data fails. `data` must be domain-separated from
+    /// the associated data of sealed values (see `store/binding.rs`).
+    pub fn tag(&self, data: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+        let tag = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &[],
+                    aad: data,
+                },
+            )
+            .map_err(|_| SealError::Random("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + tag.len());
+        out.push(FORMAT_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Whether `tag` was made by [`Sealer::tag`] under this key for `data`.
+    pub fn verify_tag(&self, data: &[u8], tag: &[u8]) -> bool {
+        if tag.len() < 1 + NONCE_LEN || tag[0] != FORMAT_V1 {
+            return false;
+        }
+        let (nonce, body) = tag[1..].split_at(NONCE_LEN);
+        self.cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: body,
+                    aad: data,
+                },
+            )
+            .is_ok_and(|plain| plain.is_empty())
+    }
+}
+
 fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
     let raw = Zeroizing::new(std::fs::read(path).map_err(|source| SealError::ReadKey {
         path: path.into(),
@@ -241,6 +286,22 @@ mod tests {
             other.open("a", "access_token", &sealed),
             Err(SealError::Open { .. })
         ));
+    }
+
+    #[test]
+    fn a_tag_verifies_only_for_its_data_and_key() {
+        let s = sealer();
+        let tag = s.tag(b"tokend/row/v1 data").unwrap();
+        assert!(s.verify_tag(b"tokend/row/v1 data", &tag));
+        assert!(!s.verify_tag(b"tokend/row/v1 datA", &tag));
+        assert!(!Sealer::from_key(&[8u8; 32]).verify_tag(b"tokend/row/v1 data", &tag));
+        let mut flipped = tag.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(!s.verify_tag(b"tokend/row/v1 data", &flipped));
+        assert!(!s.verify_tag(b"tokend/row/v1 data", &tag[..10]));
+        // A sealed value is no tag: its body is not empty.
+        let sealed = s.seal("n", "c", &Secret::new("x")).unwrap();
+        assert!(!s.verify_tag(&aad("n", "c"), &sealed));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 use super::plan::loaded_due;
 use crate::state::Shared;
 use crate::state::credential::{Credential, Journal, Watch};
+use crate::store::binding::TAMPERED;
 use crate::store::{StoredCredential, blocking};
+use tokend_proto::CredentialState;
 
 /// How the row was read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,10 @@ pub enum Read {
 /// newer than any row a write of theirs has not yet been compared with:
 /// kept (their fenced save decides).
 pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: Read) {
+    if row.untrusted {
+        distrust(shared, cred, row.reason.as_deref().unwrap_or(TAMPERED));
+        return;
+    }
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     let expires_mono = row
         .expires_at
@@ -74,6 +80,43 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
         Some(None) => shared.scheduler.unschedule(&cred.name),
         None => {}
     }
+}
+
+/// Stops using a credential whose row the key does not vouch for: its
+/// tokens are dropped (unsaved ones too: the row they would be saved into
+/// is not trusted), it is `failing` with `why`, off the schedule, its
+/// login cancelled, and nothing is sent for it from now on (every path
+/// that talks to a provider checks [`Credential::untrusted`]). Logged and
+/// notified once, when it stops being trusted.
+pub fn distrust(shared: &Shared, cred: &Credential, why: &str) {
+    let first = cred.with_live(|l| {
+        let first = !l.untrusted;
+        l.untrusted = true;
+        l.access_token = None;
+        l.refresh_token = None;
+        l.journal = Journal::Settled;
+        l.state = CredentialState::Failing;
+        l.reason = Some(why.into());
+        l.last_error = Some(why.into());
+        l.next_refresh_at = None.into();
+        first
+    });
+    shared.scheduler.unschedule(&cred.name);
+    shared.logins.cancel(&cred.name);
+    if first {
+        warn_untrusted(&cred.name, why);
+        crate::token::notify::transition(
+            &shared.config(),
+            &cred.name,
+            CredentialState::Failing,
+            Some(why),
+        );
+    }
+}
+
+/// The log line for a credential found untrusted.
+pub fn warn_untrusted(name: &str, why: &str) {
+    tracing::warn!(credential = %name, "credential not used: {why}; nothing is sent or served for it until an admin adds it again with --replace");
 }
 
 /// A fenced write found a newer row than the one it was fenced by: what

@@ -15,6 +15,7 @@ use tokend_proto::{CheckReport, CredentialSpec, CredentialState, Secret};
 /// Probes the check URL, records the report, and sets the state: 2xx → ready,
 /// 401/403 → `failing: rejected by HOST`, anything else leaves the state alone.
 pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckReport, Error> {
+    crate::token::trusted(cred)?;
     let CredentialSpec::Bearer {
         check_url: Some(url),
     } = &cred.spec

@@ -97,6 +97,10 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
             return Entry::Done(database_down(shared, cred, message).await);
         }
     };
+    if row.untrusted {
+        adopt(shared, cred, &row, Read::Locked);
+        return Entry::Done(Err(not_usable(cred)));
+    }
     if cred.with_live(|l| l.journal.unsaved().is_some()) {
         // Our tokens may be newer than the row: their fenced save decides.
         return Entry::Proceed(hold);
@@ -177,6 +181,9 @@ pub(super) async fn enter_for_login(
     match lock(shared, cred, true).await {
         Ok(Some((hold, row))) => {
             adopt(shared, cred, &row, Read::Locked);
+            if cred.untrusted() {
+                return Err(crate::store::binding::TAMPERED.into());
+            }
             Ok(hold)
         }
         Ok(None) => Err("another member of the fleet held the credential too long".into()),

@@ -22,6 +22,7 @@ pub mod check;
 pub mod notify;
 pub mod refresher;
 
+pub use adopt::warn_untrusted;
 pub use claim::Trigger;
 pub use commit::{Origin, commit_and_publish, save_before_stop};
 pub use plan::{
@@ -29,3 +30,4 @@ pub use plan::{
 };
 pub use refresh::refresh;
 pub use serve::{force_refresh, reject, token};
+pub use validity::trusted;

@@ -51,6 +51,9 @@ pub async fn refresh(
     trigger: Trigger,
 ) -> Result<(), Error> {
     let (_guard, early_slot) = lock_and_slot(&shared, &cred, trigger).await?;
+    if cred.untrusted() {
+        return Err(not_usable(&cred));
+    }
     if !shared.registry.is_current(&cred) {
         return Err(Error::UnknownCredential(cred.name.to_string()));
     }

@@ -6,9 +6,10 @@
 //! held, so a row read before a local commit can never overwrite it; a
 //! credential whose lock is busy is done on its own once the lock is free.
 
-use super::adopt::{Read, adopt};
+use super::adopt::{Read, adopt, warn_untrusted};
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::store::binding::TAMPERED;
 use crate::store::{StoreError, StoredCredential, blocking};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -84,7 +85,11 @@ async fn apply_when_free(shared: &Arc<Shared>, name: String) {
 /// exists here.
 fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
     match shared.registry.get(&row.name) {
-        Some(cred) if cred.incarnation == row.incarnation => {
+        // An untrusted credential is never trusted again in place (its
+        // settings may be the untrusted row's): a trusted row replaces it.
+        Some(cred)
+            if cred.incarnation == row.incarnation && (row.untrusted || !cred.untrusted()) =>
+        {
             adopt(shared, &cred, &row, Read::Unlocked)
         }
         existing => {
@@ -96,6 +101,9 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
                 tracing::info!(credential = %cred.name, "credential replaced by another member of the fleet");
             } else {
                 tracing::info!(credential = %cred.name, "credential added by another member of the fleet");
+            }
+            if row.untrusted {
+                warn_untrusted(&cred.name, row.reason.as_deref().unwrap_or(TAMPERED));
             }
             shared.registry.insert(cred.clone());
             adopt(shared, &cred, &row, Read::Unlocked);

@@ -62,6 +62,16 @@ pub(super) fn not_usable(cred: &Credential) -> Error {
     })
 }
 
+/// Refuses to talk to any provider for a credential whose row the key does
+/// not vouch for (`store/binding.rs`): its settings may name an attacker's
+/// endpoint.
+pub fn trusted(cred: &Credential) -> Result<(), Error> {
+    if cred.untrusted() {
+        return Err(not_usable(cred));
+    }
+    Ok(())
+}
+
 pub(super) fn timeout(shared: &Shared) -> Duration {
     Duration::from_secs(shared.config().refresh.http_timeout_secs)
 }

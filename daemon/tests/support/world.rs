@@ -97,6 +97,7 @@ pub fn row(name: &str, spec: CredentialSpec, state: CredentialState) -> StoredCr
         last_check: None,
         fence: Default::default(),
         change: 0,
+        untrusted: false,
         incarnation: 1,
     }
 }

@@ -39,7 +39,7 @@ impl PgStore {
             }
             Ok(loaded)
         })?;
-        open_all(&self.sealer, &mut loaded.creds, &loaded.sealed)?;
+        open_all(&self.sealer, &mut loaded.creds, &loaded.sealed);
         Ok(loaded.creds)
     }
 

@@ -31,9 +31,9 @@ mod schema;
 mod statement;
 mod thread;
 
+use super::binding::Binding;
 use super::rows::{
-    KEY_CHECK, allowed_from_text, allowed_to_text, fence_outcome, open_all, seal_tokens,
-    state_to_text,
+    KEY_CHECK, allowed_to_text, check_key, fence_outcome, open_all, seal_tokens, state_to_text,
 };
 use super::seal::Sealer;
 use super::{
@@ -134,7 +134,8 @@ impl PgStore {
             refuse: AtomicBool::new(false),
         };
         let pool = store.work.clone();
-        store.call(async move { schema::migrate(&mut pool.get().await?).await })?;
+        let sealer = store.sealer.clone();
+        store.call(async move { schema::migrate(&mut pool.get().await?, &sealer).await })?;
         store.health.mark_connected();
         store
             .handle
@@ -309,10 +310,7 @@ impl PgStore {
             self.handle.spawn(lock::discard(client));
             return Err(StoreError::Gone(name.to_string()));
         }
-        if let Err(e) = open_all(&self.sealer, &mut creds, &sealed) {
-            self.handle.spawn(lock::discard(client));
-            return Err(e);
-        }
+        open_all(&self.sealer, &mut creds, &sealed);
         self.keep_held(name, incarnation, client);
         Ok(Claim::Held(Box::new(creds.remove(0))))
     }
@@ -343,15 +341,7 @@ impl Backend for PgStore {
                 .await?;
             Ok(row.get(0))
         })?;
-        let opened = self.sealer.open("", "key_check", &stored)?;
-        if opened.expose() != KEY_CHECK {
-            return Err(super::seal::SealError::Open {
-                name: String::new(),
-                column: "key_check",
-            }
-            .into());
-        }
-        Ok(())
+        check_key(&self.sealer, &stored)
     }
 
     fn insert(&self, c: &StoredCredential, replace: bool) -> Result<(), StoreError> {
@@ -482,28 +472,39 @@ impl Backend for PgStore {
     ) -> Result<Vec<Principal>, StoreError> {
         self.refuse_check()?;
         let (pool, owned) = (self.work.clone(), name.to_string());
+        let sealer = self.sealer.clone();
         self.call(async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
             let row = tx
                 .query_opt(
-                    "SELECT allowed FROM tokend.credentials
-                     WHERE name = $1 AND incarnation = $2 FOR UPDATE",
+                    "SELECT name, incarnation, description, owner_uid, settings, allowed, binding
+                     FROM tokend.credentials WHERE name = $1 AND incarnation = $2 FOR UPDATE",
                     &[&owned, &incarnation],
                 )
                 .await?;
             let Some(row) = row else {
                 return Err(StoreError::Gone(owned).into());
             };
-            let mut list = allowed_from_text(row.get(0));
+            let bound = row::Bound::read(&row)?;
+            if !bound.binding().verifies(&sealer, bound.tag.as_deref()) {
+                return Err(StoreError::Untrusted(owned).into());
+            }
+            let mut list = bound.allowed.clone();
             list.retain(|p| *p != principal);
             if allow {
                 list.push(principal);
                 list.sort();
             }
+            let tag = Binding {
+                allowed: &list,
+                ..bound.binding()
+            }
+            .tag(&sealer)?;
             tx.execute(
-                "UPDATE tokend.credentials SET allowed = $3 WHERE name = $1 AND incarnation = $2",
-                &[&owned, &incarnation, &allowed_to_text(&list)],
+                "UPDATE tokend.credentials SET allowed = $3, binding = $4
+                 WHERE name = $1 AND incarnation = $2",
+                &[&owned, &incarnation, &allowed_to_text(&list), &tag],
             )
             .await?;
             tx.commit().await?;

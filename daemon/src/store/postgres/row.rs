@@ -2,13 +2,16 @@
 
 use super::schema;
 use super::statement::{Sql, boxed};
+use crate::store::binding::Binding;
 use crate::store::rows::{Sealed, TOKENS_SETTLE_SQL, committed_state, grant_sql};
 use crate::store::rows::{
-    SealedColumns, SealedRow, allowed_from_text, allowed_to_text, state_from_text, state_to_text,
+    SealedColumns, SealedRow, allowed_from_text, allowed_to_text, read_spec, state_from_text,
+    state_to_text,
 };
 use crate::store::{
     Deadline, Fence, Mark, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate,
 };
+use tokend_proto::{CredentialSpec, Principal};
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -33,11 +36,12 @@ impl Loaded {
         let bad =
             |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
         self.sealed.push([
+            r.try_get::<_, Option<&[u8]>>(27).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(6).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(7).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(8).map_err(bad)?,
         ]);
-        let settings: &str = r.try_get(4).map_err(bad)?;
+        let (spec, unreadable) = read_spec(r.try_get(4).map_err(bad)?);
         let last_check: Option<&str> = r.try_get(18).map_err(bad)?;
         let clock: i64 = r.try_get(25).map_err(bad)?;
         self.creds.push(StoredCredential {
@@ -45,7 +49,7 @@ impl Loaded {
             incarnation: r.try_get(1).map_err(bad)?,
             description: r.try_get(2).map_err(bad)?,
             owner_uid: u32::try_from(r.try_get::<_, i64>(3).map_err(bad)?).unwrap_or(u32::MAX),
-            spec: serde_json::from_str(settings)?,
+            spec,
             allowed: allowed_from_text(r.try_get(5).map_err(bad)?),
             client_secret: None,
             access_token: None,
@@ -53,7 +57,7 @@ impl Loaded {
             generation: r.try_get::<_, i64>(9).map_err(bad)? as u64,
             expires_at: r.try_get(10).map_err(bad)?,
             state: state_from_text(r.try_get(11).map_err(bad)?),
-            reason: r.try_get(12).map_err(bad)?,
+            reason: unreadable.clone().or(r.try_get(12).map_err(bad)?),
             created_at: r.try_get(13).map_err(bad)?,
             last_refresh_at: r.try_get(14).map_err(bad)?,
             last_use_at: r.try_get(15).map_err(bad)?,
@@ -81,6 +85,7 @@ impl Loaded {
                     }),
             },
             change: r.try_get(20).map_err(bad)?,
+            untrusted: unreadable.is_some(),
         });
         Ok(())
     }
@@ -91,8 +96,8 @@ pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
     Sql::new(
         "INSERT INTO tokend.credentials (name, incarnation, kind, description, owner_uid,
             settings, allowed, client_secret, access_token, refresh_token, generation,
-            expires_at, state, reason, created_at, last_refresh_at, next_refresh_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            expires_at, state, reason, created_at, last_refresh_at, next_refresh_at, binding)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         vec![
             boxed(c.name.clone()),
             boxed(c.incarnation),
@@ -111,8 +116,48 @@ pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
             boxed(c.created_at),
             boxed(c.last_refresh_at),
             boxed(c.next_refresh_at),
+            boxed(sealed.binding),
         ],
     )
+}
+
+/// The columns of a row that its binding covers, as read by
+/// `SELECT name, incarnation, description, owner_uid, settings, allowed, binding`.
+pub(super) struct Bound {
+    name: String,
+    incarnation: i64,
+    description: String,
+    spec: CredentialSpec,
+    owner_uid: u32,
+    pub allowed: Vec<Principal>,
+    pub tag: Option<Vec<u8>>,
+}
+
+impl Bound {
+    pub fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
+        let bad =
+            |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
+        Ok(Bound {
+            name: r.try_get(0).map_err(bad)?,
+            incarnation: r.try_get(1).map_err(bad)?,
+            description: r.try_get(2).map_err(bad)?,
+            owner_uid: u32::try_from(r.try_get::<_, i64>(3).map_err(bad)?).unwrap_or(u32::MAX),
+            spec: serde_json::from_str(r.try_get(4).map_err(bad)?)?,
+            allowed: allowed_from_text(r.try_get(5).map_err(bad)?),
+            tag: r.try_get(6).map_err(bad)?,
+        })
+    }
+
+    pub fn binding(&self) -> Binding<'_> {
+        Binding {
+            name: &self.name,
+            incarnation: self.incarnation,
+            description: &self.description,
+            spec: &self.spec,
+            owner_uid: self.owner_uid,
+            allowed: &self.allowed,
+        }
+    }
 }
 
 /// The name in a unique violation's detail, `Key (name)=(x) already exists.`

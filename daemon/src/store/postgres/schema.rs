@@ -9,7 +9,10 @@
 //! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
 
 use super::error::Failure;
+use super::row::Bound;
 use crate::store::StoreError;
+use crate::store::rows::check_key;
+use crate::store::seal::Sealer;
 
 /// The migrations; `tokend.schema_version` says how many ran. They run in
 /// one transaction under an advisory lock, so members starting together
@@ -122,7 +125,18 @@ CREATE TRIGGER require_fence BEFORE UPDATE ON tokend.credentials
         OR NEW.refresh_in_flight IS DISTINCT FROM OLD.refresh_in_flight))
     EXECUTE FUNCTION tokend.refuse_unfenced();
 "#,
+    // The tag that binds a row's plain columns to the key (`binding.rs`);
+    // the rows already stored are tagged in the same transaction
+    // (`bind_existing`), with the key checked first. A member older than
+    // this schema still running writes rows without one: the others do
+    // not use them (upgrade every member together).
+    r#"
+ALTER TABLE tokend.credentials ADD COLUMN binding BYTEA;
+"#,
 ];
+
+/// The migration after which every row carries a binding.
+const BINDING_VERSION: usize = 3;
 
 /// Creates the schema and its version table if missing.
 const BOOTSTRAP: &str = "
@@ -134,7 +148,10 @@ CREATE TABLE IF NOT EXISTS tokend.schema_version (version INTEGER NOT NULL);
 const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_2d6d;
 
 /// Brings the schema up to date, in one transaction.
-pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<(), Failure> {
+pub(super) async fn migrate(
+    client: &mut deadpool_postgres::Object,
+    sealer: &Sealer,
+) -> Result<(), Failure> {
     let tx = client.transaction().await?;
     // First the lock: members starting together would otherwise race on
     // CREATE SCHEMA IF NOT EXISTS.
@@ -153,8 +170,11 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
         }
         .into());
     }
-    for sql in MIGRATIONS.iter().skip(version as usize) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.batch_execute(sql).await?;
+        if i + 1 == BINDING_VERSION {
+            bind_existing(&tx, sealer).await?;
+        }
     }
     tx.execute("DELETE FROM tokend.schema_version", &[]).await?;
     tx.execute(
@@ -163,6 +183,43 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<()
     )
     .await?;
     Ok(tx.commit().await?)
+}
+
+/// Tags every row of a store written before rows were bound to the key:
+/// what it holds now is taken as what the key vouches for. The key is
+/// checked first (tagging under a wrong key would make every row look
+/// tampered with under the right one). A row whose settings cannot be
+/// read is left untagged, so untrusted.
+async fn bind_existing(
+    tx: &tokio_postgres::Transaction<'_>,
+    sealer: &Sealer,
+) -> Result<(), Failure> {
+    let Some(check) = tx
+        .query_opt("SELECT value FROM tokend.meta WHERE key = 'key_check'", &[])
+        .await?
+    else {
+        return Ok(());
+    };
+    check_key(sealer, check.get(0))?;
+    let rows = tx
+        .query(
+            "SELECT name, incarnation, description, owner_uid, settings, allowed, binding
+             FROM tokend.credentials",
+            &[],
+        )
+        .await?;
+    for r in &rows {
+        let Ok(bound) = Bound::read(r) else {
+            continue;
+        };
+        let tag = bound.binding().tag(sealer)?;
+        tx.execute(
+            "UPDATE tokend.credentials SET binding = $3 WHERE name = $1 AND incarnation = $2",
+            &[&bound.binding().name, &bound.binding().incarnation, &tag],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The database's clock in Unix ms. `clock_timestamp()`, not `now()`:
@@ -189,7 +246,7 @@ pub(super) const COLUMNS: &str = concat!(
     COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 19000),
     c.retry_at_ms, ",
     now_ms!(),
-    ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name')"
+    ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name'), c.binding"
 );
 
 /// The table a row is read from: a credential and its last use.

@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use super::schema::state_from_sql;
-use crate::store::rows::{SealedColumns, principal_from_parts};
+use crate::store::rows::{SealedColumns, principal_from_parts, read_spec};
 use crate::store::{Deadline, Fence, Mark, StoreError, StoredCredential};
 use rusqlite::Connection;
 use tokend_proto::Principal;
@@ -27,7 +27,7 @@ impl SqliteStore {
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
                 incarnation, refresh_gen, COALESCE(mark_at_ms, refresh_in_flight * 1000),
-                COALESCE(lease_ms, 19000), retry_at_ms
+                COALESCE(lease_ms, 19000), retry_at_ms, binding
              FROM credentials {filter} ORDER BY name"
         ))?;
         let mut allowed = load_allowed(&conn, only)?;
@@ -38,11 +38,11 @@ impl SqliteStore {
             None => stmt.query([])?,
         };
         while let Some(r) = rows.next()? {
-            sealed.push([blob(r, 5)?, blob(r, 6)?, blob(r, 7)?]);
-            let settings: String = r.get(4)?;
+            sealed.push([blob(r, 24)?, blob(r, 5)?, blob(r, 6)?, blob(r, 7)?]);
+            let (spec, unreadable) = read_spec(&r.get::<_, String>(4)?);
             let last_check: Option<String> = r.get(17)?;
             out.push(StoredCredential {
-                spec: serde_json::from_str(&settings)?,
+                spec,
                 client_secret: None,
                 access_token: None,
                 refresh_token: None,
@@ -53,7 +53,7 @@ impl SqliteStore {
                 generation: r.get::<_, i64>(8)? as u64,
                 expires_at: r.get(9)?,
                 state: state_from_sql(&r.get::<_, String>(10)?),
-                reason: r.get(11)?,
+                reason: unreadable.clone().or(r.get(11)?),
                 created_at: r.get(12)?,
                 last_refresh_at: r.get(13)?,
                 last_use_at: r.get(14)?,
@@ -78,6 +78,7 @@ impl SqliteStore {
                     }),
                 },
                 change: 0,
+                untrusted: unreadable.is_some(),
                 incarnation: r.get(19)?,
             });
         }

@@ -9,10 +9,12 @@ use super::rows::{
     SealedRow, TOKENS_SETTLE_SQL, committed_state, fence_outcome, grant_sql, open_all,
     principal_from_parts, principal_parts, seal_row, seal_tokens,
 };
-use super::seal::{SealError, Sealer};
+use super::seal::Sealer;
 use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
+use crate::store::binding::Binding;
+use crate::store::rows::check_key;
 use rusqlite::{Connection, OptionalExtension, params};
-use schema::{KEY_CHECK, MIGRATIONS, state_to_sql};
+use schema::{BINDING_VERSION, KEY_CHECK, MIGRATIONS, state_to_sql};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokend_proto::{CheckReport, Principal, Secret};
@@ -85,6 +87,9 @@ impl SqliteStore {
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
+            if i + 1 == BINDING_VERSION {
+                bind_existing(&tx, &self.sealer)?;
+            }
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
         }
@@ -97,22 +102,8 @@ impl Backend for SqliteStore {
     /// recording it on first use.
     fn verify_key(&self) -> Result<(), StoreError> {
         let conn = self.lock();
-        let sealed: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        match sealed {
-            Some(sealed) => {
-                let opened = self.sealer.open("", "key_check", &sealed)?;
-                if opened.expose() != KEY_CHECK {
-                    return Err(SealError::Open {
-                        name: String::new(),
-                        column: "key_check",
-                    }
-                    .into());
-                }
-            }
+        match key_check(&conn)? {
+            Some(sealed) => check_key(&self.sealer, &sealed)?,
             None => {
                 let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
                 conn.execute(
@@ -172,7 +163,7 @@ impl Backend for SqliteStore {
     /// key) is an error: the daemon must not start on garbage.
     fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError> {
         let (mut creds, sealed) = self.read_rows(None)?;
-        open_all(&self.sealer, &mut creds, &sealed)?;
+        open_all(&self.sealer, &mut creds, &sealed);
         // Reading every row filled SQLite's page cache (up to 2 MiB); the
         // daemon serves from memory and writes a row at a time from now on.
         self.lock().execute_batch("PRAGMA shrink_memory;")?;
@@ -183,7 +174,7 @@ impl Backend for SqliteStore {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let (mut creds, sealed) = self.read_rows(Some(name))?;
-            open_all(&self.sealer, &mut creds, &sealed)?;
+            open_all(&self.sealer, &mut creds, &sealed);
             out.extend(creds);
         }
         Ok(out)
@@ -304,14 +295,11 @@ impl Backend for SqliteStore {
     ) -> Result<Vec<Principal>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let id: i64 = tx
-            .query_row(
-                "SELECT id FROM credentials WHERE name = ?1 AND incarnation = ?2",
-                params![name, incarnation],
-                |r| r.get(0),
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::Gone(name.to_string()))?;
+        let row = bound_row(&tx, name, incarnation)?;
+        if !row.binding().verifies(&self.sealer, row.tag.as_deref()) {
+            return Err(StoreError::Untrusted(name.to_string()));
+        }
+        let id = row.id;
         let (kind, pid) = principal_parts(&principal);
         if allow {
             write_allowed(&tx, id, &[principal])?;
@@ -322,6 +310,15 @@ impl Backend for SqliteStore {
             )?;
         }
         let list = allowed_of(&tx, id)?;
+        let tag = Binding {
+            allowed: &list,
+            ..row.binding()
+        }
+        .tag(&self.sealer)?;
+        tx.execute(
+            "UPDATE credentials SET binding = ?2 WHERE id = ?1",
+            params![id, tag],
+        )?;
         tx.commit()?;
         Ok(list)
     }
@@ -362,8 +359,8 @@ fn insert_row(
     let inserted = tx.execute(
         "INSERT INTO credentials (name, kind, description, owner_uid, settings, client_secret,
             access_token, refresh_token, generation, expires_at, state, reason, created_at,
-            last_refresh_at, next_refresh_at, incarnation)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+            last_refresh_at, next_refresh_at, incarnation, binding)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         params![
             c.name,
             c.spec.kind(),
@@ -381,6 +378,7 @@ fn insert_row(
             c.last_refresh_at,
             c.next_refresh_at,
             c.incarnation,
+            row.binding,
         ],
     );
     match inserted {
@@ -426,6 +424,103 @@ fn fenced(
     })
 }
 
+/// The sealed known value in `meta`, if the store has one yet.
+fn key_check(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| {
+            r.get(0)
+        })
+        .optional()?)
+}
+
+/// The columns of one row that its binding covers, as stored.
+struct BoundRow {
+    id: i64,
+    name: String,
+    incarnation: i64,
+    description: String,
+    spec: tokend_proto::CredentialSpec,
+    owner_uid: u32,
+    allowed: Vec<Principal>,
+    tag: Option<Vec<u8>>,
+}
+
+impl BoundRow {
+    fn binding(&self) -> Binding<'_> {
+        Binding {
+            name: &self.name,
+            incarnation: self.incarnation,
+            description: &self.description,
+            spec: &self.spec,
+            owner_uid: self.owner_uid,
+            allowed: &self.allowed,
+        }
+    }
+}
+
+/// The bound columns of the row of `name` and `incarnation`.
+fn bound_row(
+    tx: &rusqlite::Transaction<'_>,
+    name: &str,
+    incarnation: i64,
+) -> Result<BoundRow, StoreError> {
+    let row = tx
+        .query_row(
+            "SELECT id, description, owner_uid, settings, binding FROM credentials
+             WHERE name = ?1 AND incarnation = ?2",
+            params![name, incarnation],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            },
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::Gone(name.to_string()))?;
+    let (id, description, owner_uid, settings, tag) = row;
+    Ok(BoundRow {
+        id,
+        name: name.to_string(),
+        incarnation,
+        description,
+        spec: serde_json::from_str(&settings)?,
+        owner_uid,
+        allowed: allowed_of(tx, id)?,
+        tag,
+    })
+}
+
+/// Tags every row of a store written before rows were bound to the key
+/// (the migration that added the column): what it holds now is taken as
+/// what the key vouches for. The key is checked first: tagging under a
+/// wrong key would make every row look tampered with under the right one.
+/// A row whose settings cannot be read is left untagged (so untrusted).
+fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), StoreError> {
+    let Some(sealed) = key_check(tx)? else {
+        return Ok(());
+    };
+    check_key(sealer, &sealed)?;
+    let rows: Vec<(String, i64)> = tx
+        .prepare("SELECT name, incarnation FROM credentials")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (name, incarnation) in rows {
+        let Ok(row) = bound_row(tx, &name, incarnation) else {
+            continue;
+        };
+        let tag = row.binding().tag(sealer)?;
+        tx.execute(
+            "UPDATE credentials SET binding = ?2 WHERE id = ?1",
+            params![row.id, tag],
+        )?;
+    }
+    Ok(())
+}
+
 /// A credential's allow list as stored, in order.
 fn allowed_of(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Vec<Principal>, StoreError> {
     let mut stmt =
@@ -468,6 +563,7 @@ fn create_private_file(path: &Path) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::store::binding::TAMPERED;
     use crate::store::rows::ROWS_PER_THREAD;
     use tokend_proto::{CredentialSpec, CredentialState};
 
@@ -493,6 +589,7 @@ pub(crate) mod tests {
             last_check: None,
             fence: Default::default(),
             change: 0,
+            untrusted: false,
             incarnation: 7,
         }
     }
@@ -548,7 +645,13 @@ pub(crate) mod tests {
         }
         let other =
             SqliteStore::open(&dir.path().join("t.db"), Sealer::from_key(&[2u8; 32])).unwrap();
-        assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
+        // Refused by verify_key at start; a load under it serves nothing.
+        let under_other = other.load_all().unwrap();
+        assert!(
+            under_other
+                .iter()
+                .all(|c| c.untrusted && c.access_token.is_none())
+        );
     }
 
     #[test]
@@ -601,7 +704,9 @@ pub(crate) mod tests {
         let other =
             SqliteStore::open(&dir.path().join("t.db"), Sealer::from_key(&[2u8; 32])).unwrap();
         assert!(matches!(other.verify_key(), Err(StoreError::Seal(_))));
-        assert!(matches!(other.load_all(), Err(StoreError::Seal(_))));
+        let row = other.load_all().unwrap().remove(0);
+        assert!(row.untrusted && row.access_token.is_none());
+        assert_eq!(row.reason.as_deref(), Some(TAMPERED));
         open(dir.path()).verify_key().unwrap();
     }
 
@@ -677,6 +782,99 @@ pub(crate) mod tests {
         assert_eq!(row.fence.mark, None, "a settled state clears the mark");
     }
 
+    /// Runs `sql` on the store's file as a writer without the key would.
+    fn tamper(dir: &Path, sql: &str) {
+        Connection::open(dir.join("t.db"))
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_row_changed_without_the_key_is_loaded_untrusted_and_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.verify_key().unwrap();
+        for name in [
+            "url", "owner", "allow", "deny", "kind", "junk", "blob", "fine",
+        ] {
+            s.insert(&bearer(name, "tok"), false).unwrap();
+        }
+        tamper(
+            dir.path(),
+            r#"UPDATE credentials SET settings = '{"bearer":{"check_url":"https://attacker.example/"}}' WHERE name = 'url';
+               UPDATE credentials SET owner_uid = 1001 WHERE name = 'owner';
+               INSERT INTO allowed SELECT id, 'user', 1001 FROM credentials WHERE name = 'allow';
+               DELETE FROM allowed WHERE credential_id = (SELECT id FROM credentials WHERE name = 'deny');
+               UPDATE credentials SET settings = '{"oauth2":{}}' WHERE name = 'kind';
+               UPDATE credentials SET settings = 'not json' WHERE name = 'junk';
+               UPDATE credentials SET access_token = X'01020304' WHERE name = 'blob';"#,
+        );
+        let all = open(dir.path()).load_all().unwrap();
+        for c in &all {
+            if c.name == "fine" {
+                assert!(!c.untrusted);
+                assert_eq!(c.access_token.as_ref().unwrap().expose(), "tok");
+                continue;
+            }
+            assert!(c.untrusted, "{} is trusted", c.name);
+            assert!(c.access_token.is_none(), "{} holds its token", c.name);
+            assert_eq!(c.state, CredentialState::Failing);
+            let why = c.reason.as_deref().unwrap();
+            match c.name.as_str() {
+                "url" | "owner" | "allow" | "deny" => assert_eq!(why, TAMPERED),
+                "blob" => assert!(why.contains("cannot be opened"), "{why}"),
+                _ => assert!(why.contains("settings cannot be read"), "{why}"),
+            }
+        }
+        assert!(matches!(
+            s.change_allowed("url", 7, Principal::User(3), true),
+            Err(StoreError::Untrusted(_))
+        ));
+        // A replace writes a trusted row again.
+        s.insert(&bearer("url", "new"), true).unwrap();
+        assert!(!s.load_named(&["url".into()]).unwrap()[0].untrusted);
+    }
+
+    #[test]
+    fn a_store_written_before_rows_were_bound_is_bound_by_the_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::from_key(&[1u8; 32]);
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        for sql in &MIGRATIONS[..BINDING_VERSION - 1] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", BINDING_VERSION as i64 - 1)
+            .unwrap();
+        let check = sealer
+            .seal("", "key_check", &Secret::new(KEY_CHECK))
+            .unwrap();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
+            [check],
+        )
+        .unwrap();
+        let token = sealer
+            .seal("old", "access_token", &Secret::new("tok"))
+            .unwrap();
+        conn.execute_batch(
+            "INSERT INTO credentials (name, kind, owner_uid, settings, state, created_at, incarnation)
+             VALUES ('old', 'bearer', 1000, '{\"bearer\":{\"check_url\":null}}', 'ready', 1, 9);
+             INSERT INTO allowed SELECT id, 'user', 3 FROM credentials;",
+        )
+        .unwrap();
+        conn.execute("UPDATE credentials SET access_token = ?1", [token])
+            .unwrap();
+        drop(conn);
+        // A wrong key binds nothing: the migration refuses and leaves the
+        // store as it was, for the right key.
+        assert!(SqliteStore::open(&dir.path().join("t.db"), Sealer::from_key(&[2u8; 32])).is_err());
+        let row = open(dir.path()).load_all().unwrap().remove(0);
+        assert!(!row.untrusted, "{:?}", row.reason);
+        assert_eq!(row.access_token.unwrap().expose(), "tok");
+        assert_eq!(row.allowed, vec![Principal::User(3)]);
+    }
+
     #[test]
     fn the_allow_list_changes_in_place_and_last_uses_follow_the_incarnation() {
         let dir = tempfile::tempdir().unwrap();
@@ -688,6 +886,9 @@ pub(crate) mod tests {
             .change_allowed("o", 7, Principal::Group(5), false)
             .unwrap();
         assert_eq!(list, vec![Principal::User(3)]);
+        let row = s.load_all().unwrap().remove(0);
+        assert!(!row.untrusted, "a change by tokend keeps the row bound");
+        assert_eq!(row.allowed, vec![Principal::User(3)]);
         assert!(matches!(
             s.change_allowed("o", 8, Principal::User(4), true),
             Err(StoreError::Gone(_))

@@ -52,7 +52,16 @@ ALTER TABLE credentials ADD COLUMN mark_at_ms INTEGER;
 ALTER TABLE credentials ADD COLUMN lease_ms INTEGER;
 ALTER TABLE credentials ADD COLUMN retry_at_ms INTEGER;
 "#,
+    // The tag that binds a row's plain columns to the key (`binding.rs`);
+    // the rows already stored are tagged by the migration
+    // (`SqliteStore::bind_existing`), with the key checked first.
+    r#"
+ALTER TABLE credentials ADD COLUMN binding BLOB;
+"#,
 ];
+
+/// The migration after which every row carries a binding.
+pub(super) const BINDING_VERSION: usize = 5;
 
 pub(super) use crate::store::rows::{
     KEY_CHECK, state_from_text as state_from_sql, state_to_text as state_to_sql,

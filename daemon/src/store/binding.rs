@@ -1,0 +1,243 @@
+//! Binding a credential's plain columns to the key (docs/SECURITY.md,
+//! "What a writer of the store can do").
+//!
+//! The sealed columns cannot be forged without the key, but the columns
+//! that decide *where* a secret is sent (every endpoint URL, the client id
+//! and authentication: the whole spec) and *who* may read it (the owner,
+//! the allow list) are plain text. Each row therefore carries a tag made
+//! under the key over those columns, its name, incarnation and
+//! description. A row whose tag does not verify is never used: it is
+//! loaded as `failing` with [`TAMPERED`], without its secrets, and nothing
+//! is sent anywhere for it until `add --replace` writes it anew.
+
+use super::StoreError;
+use super::seal::Sealer;
+use super::{StoredCredential, rows::principal_parts};
+use tokend_proto::{CredentialSpec, CredentialState, Principal};
+
+/// Why a row is not used, as shown by status, show, the log and notify.
+pub const TAMPERED: &str = "its row in the store was changed without the sealing key";
+
+/// What the tag covers; prefixed so that it can never equal the
+/// associated data of a sealed value (`tokend/v1\0…`).
+const DOMAIN: &str = "tokend/row/v1";
+
+/// The columns of a row that the key vouches for.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    pub name: &'a str,
+    pub incarnation: i64,
+    pub description: &'a str,
+    pub spec: &'a CredentialSpec,
+    pub owner_uid: u32,
+    pub allowed: &'a [Principal],
+}
+
+impl<'a> From<&'a StoredCredential> for Binding<'a> {
+    fn from(c: &'a StoredCredential) -> Self {
+        Binding {
+            name: &c.name,
+            incarnation: c.incarnation,
+            description: &c.description,
+            spec: &c.spec,
+            owner_uid: c.owner_uid,
+            allowed: &c.allowed,
+        }
+    }
+}
+
+impl Binding<'_> {
+    /// The bytes tagged: a JSON array, so no field can run into the next,
+    /// of the parsed values (the same whatever whitespace or key order a
+    /// database keeps the settings in), the allow list in a fixed order
+    /// (one backend keeps it as a table, the other as text).
+    fn bytes(&self) -> Result<Vec<u8>, StoreError> {
+        let mut allowed: Vec<(&str, u32)> = self.allowed.iter().map(principal_parts).collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        Ok(serde_json::to_vec(&(
+            DOMAIN,
+            self.name,
+            self.incarnation,
+            self.description,
+            self.spec,
+            self.owner_uid,
+            allowed,
+        ))?)
+    }
+
+    /// The tag to store with the row.
+    pub fn tag(&self, sealer: &Sealer) -> Result<Vec<u8>, StoreError> {
+        Ok(sealer.tag(&self.bytes()?)?)
+    }
+
+    /// Whether `tag` vouches for these columns; a missing tag does not.
+    pub fn verifies(&self, sealer: &Sealer, tag: Option<&[u8]>) -> bool {
+        match (tag, self.bytes()) {
+            (Some(tag), Ok(bytes)) => sealer.verify_tag(&bytes, tag),
+            _ => false,
+        }
+    }
+}
+
+/// Why a row read from the store must not be used, if it must not: its
+/// tag does not verify, or (whatever the tag says: a store written before
+/// the rule, or by a buggy writer) an endpoint URL it holds would send a
+/// secret in clear or is no URL at all.
+pub fn distrust(sealer: &Sealer, c: &StoredCredential, tag: Option<&[u8]>) -> Option<String> {
+    if !Binding::from(c).verifies(sealer, tag) {
+        return Some(TAMPERED.to_string());
+    }
+    bad_url(&c.spec).map(|e| format!("its stored settings are not usable: {e}"))
+}
+
+/// The first endpoint URL of `spec` that fails the rules `add` applies
+/// (https unless loopback; see `provider/http.rs`).
+fn bad_url(spec: &CredentialSpec) -> Option<String> {
+    use crate::provider::http::{validate_endpoint_url, validate_url};
+    let endpoints = match spec {
+        CredentialSpec::Bearer { check_url } => {
+            return check_url
+                .as_deref()
+                .and_then(|u| validate_endpoint_url(u, "the check URL").err())
+                .map(|e| e.to_string());
+        }
+        CredentialSpec::OAuth2(s) => {
+            if let Err(e) = validate_endpoint_url(&s.auth_url, "the authorize URL") {
+                return Some(e.to_string());
+            }
+            if let Some(Err(e)) = s
+                .redirect_uri
+                .as_deref()
+                .map(|u| validate_url(u, "the redirect URI"))
+            {
+                return Some(e.to_string());
+            }
+            [(&s.token_url, "the token URL")]
+                .into_iter()
+                .map(|(u, what)| (u.as_str(), what))
+                .chain(more(&s.endpoints))
+                .collect::<Vec<_>>()
+        }
+        CredentialSpec::ClientCredentials(s) => [(s.token_url.as_str(), "the token URL")]
+            .into_iter()
+            .chain(more(&s.endpoints))
+            .collect(),
+    };
+    endpoints
+        .into_iter()
+        .find_map(|(url, what)| validate_endpoint_url(url, what).err())
+        .map(|e| e.to_string())
+}
+
+/// The optional endpoints every OAuth2 kind may have.
+fn more(e: &tokend_proto::Endpoints) -> impl Iterator<Item = (&str, &'static str)> {
+    [
+        (e.issuer.as_deref(), "the issuer"),
+        (e.introspection_url.as_deref(), "the introspection URL"),
+        (e.revocation_url.as_deref(), "the revocation URL"),
+        (
+            e.device_authorization_url.as_deref(),
+            "the device authorization URL",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(url, what)| Some((url?, what)))
+}
+
+/// Makes a row that must not be used inert: `failing` with `why`, its
+/// secrets dropped (never opened), nothing scheduled.
+pub fn quarantine(c: &mut StoredCredential, why: String) {
+    c.untrusted = true;
+    c.state = CredentialState::Failing;
+    c.last_error = Some(why.clone());
+    c.reason = Some(why);
+    c.client_secret = None;
+    c.access_token = None;
+    c.refresh_token = None;
+    c.next_refresh_at = None;
+}
+
+/// The spec a row whose settings cannot even be read is loaded with: it
+/// names no endpoint, and the row is quarantined.
+pub fn unreadable_spec() -> CredentialSpec {
+    CredentialSpec::Bearer { check_url: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::tests::bearer;
+
+    fn sealer() -> Sealer {
+        Sealer::from_key(&[3u8; 32])
+    }
+
+    #[test]
+    fn every_bound_column_is_covered() {
+        let s = sealer();
+        let c = bearer("up", "t");
+        let tag = Binding::from(&c).tag(&s).unwrap();
+        assert_eq!(distrust(&s, &c, Some(&tag)), None);
+        assert_eq!(distrust(&s, &c, None).as_deref(), Some(TAMPERED));
+        let changes: Vec<fn(&mut StoredCredential)> = vec![
+            |c| c.name = "other".into(),
+            |c| c.incarnation += 1,
+            |c| c.description = "call me".into(),
+            |c| {
+                c.spec = CredentialSpec::Bearer {
+                    check_url: Some("https://attacker.example/".into()),
+                }
+            },
+            |c| c.owner_uid = 1001,
+            |c| c.allowed.push(Principal::User(1001)),
+            |c| c.allowed.clear(),
+        ];
+        for change in changes {
+            let mut changed = c.clone();
+            change(&mut changed);
+            assert_eq!(
+                distrust(&s, &changed, Some(&tag)).as_deref(),
+                Some(TAMPERED)
+            );
+        }
+        let other_key = Binding::from(&c)
+            .tag(&Sealer::from_key(&[4u8; 32]))
+            .unwrap();
+        assert_eq!(
+            distrust(&s, &c, Some(&other_key)).as_deref(),
+            Some(TAMPERED)
+        );
+    }
+
+    #[test]
+    fn the_allow_list_is_bound_whatever_its_order() {
+        let s = sealer();
+        let mut c = bearer("up", "t");
+        c.allowed = vec![Principal::User(3), Principal::Group(5)];
+        let tag = Binding::from(&c).tag(&s).unwrap();
+        c.allowed.reverse();
+        assert_eq!(distrust(&s, &c, Some(&tag)), None);
+    }
+
+    #[test]
+    fn a_cleartext_url_is_refused_even_when_the_tag_verifies() {
+        let s = sealer();
+        let mut c = bearer("up", "t");
+        c.spec = CredentialSpec::Bearer {
+            check_url: Some("http://api.example/me".into()),
+        };
+        let tag = Binding::from(&c).tag(&s).unwrap();
+        let why = distrust(&s, &c, Some(&tag)).unwrap();
+        assert!(why.contains("the check URL"), "{why}");
+    }
+
+    #[test]
+    fn a_quarantined_row_holds_no_secret() {
+        let mut c = bearer("up", "t");
+        quarantine(&mut c, TAMPERED.into());
+        assert!(c.untrusted && c.access_token.is_none() && c.client_secret.is_none());
+        assert_eq!(c.state, CredentialState::Failing);
+        assert_eq!(c.reason.as_deref(), Some(TAMPERED));
+    }
+}
