@@ -44,6 +44,7 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
         last_check: None,
         fence: Default::default(),
         change: 0,
+        untrusted: false,
         incarnation: i as i64 + 1,
     }
 }
