@@ -38,6 +38,21 @@ pub enum Principal {
     Group(u32),
 }
 
+/// The owner of a credential or an entry of its allow list as stored: by
+/// name where the host that wrote it knew one, with the id it had there;
+/// and what it stands for on the host of the daemon that answers (the
+/// same uid number on two hosts is not the same person: docs/SECURITY.md,
+/// "Users are names").
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Grantee {
+    /// The user or group with the id it had on the host that wrote it.
+    pub written: Principal,
+    pub name: Option<String>,
+    /// Its id on this host; `None`: the name is unknown here, and the
+    /// entry grants nothing here.
+    pub here: Option<u32>,
+}
+
 /// How the client authenticates at the token endpoint.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -363,8 +378,17 @@ pub struct CredentialInfo {
     pub name: String,
     pub description: String,
     pub spec: CredentialSpec,
+    /// The owner's uid on this host (`u32::MAX` when its name is unknown
+    /// here: nobody is the owner here).
     pub owner_uid: u32,
+    /// The allow list as it applies on this host.
     pub allowed: Vec<Principal>,
+    /// The owner and the allow list as stored, names included, and what
+    /// each stands for here (absent from daemons before names).
+    #[serde(default)]
+    pub owner: Option<Grantee>,
+    #[serde(default)]
+    pub grantees: Vec<Grantee>,
     pub state: CredentialState,
     /// Why the state is not `ready` (the provider's error, the check's answer).
     pub reason: Option<String>,

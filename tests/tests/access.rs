@@ -203,3 +203,77 @@ fn a_daemon_of_another_user_on_ones_own_socket_is_refused() {
         stderr(&out)
     );
 }
+
+/// Rewrites the rows of `names` in the stopped daemon's store as a host
+/// where `who`'s uid has the name `ghost` would have written them, tagged
+/// with the store's key (a legitimate writer: another member of a fleet).
+fn written_elsewhere(d: &Daemon, names: &[&str], ghost: &str, who: Other) {
+    use tokend::store::Backend;
+    use tokend::store::binding::Binding;
+    use tokend_proto::Principal;
+    let key = d.db.with_file_name("tokend.key");
+    let (sealer, _) = tokend::store::seal::Sealer::load(None, &key, false).expect("the key");
+    let store = tokend::store::SqliteStore::open(&d.db, sealer).expect("the store");
+    let (sealer, _) = tokend::store::seal::Sealer::load(None, &key, false).expect("the key");
+    let conn = rusqlite::Connection::open(&d.db).expect("open the store");
+    for c in store
+        .load_named(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+    {
+        let mut c = c;
+        let named = c.names.as_mut().expect("names as stored");
+        for g in std::iter::once(&mut named.owner).chain(named.allowed.iter_mut()) {
+            if g.written == Principal::User(who.uid) {
+                g.name = Some(ghost.to_string());
+            }
+        }
+        let owner_name = named.owner.name.clone();
+        let allowed: Vec<_> = named.allowed.clone();
+        let tag = Binding::from(&c).tag(&sealer).expect("tag");
+        conn.execute(
+            "UPDATE credentials SET owner_name = ?2, binding = ?3 WHERE name = ?1",
+            rusqlite::params![c.name, owner_name, tag],
+        )
+        .unwrap();
+        for g in allowed {
+            conn.execute(
+                "UPDATE allowed SET name = ?3 WHERE credential_id = (SELECT id FROM credentials WHERE name = ?1) AND id = ?2",
+                rusqlite::params![c.name, who.uid, g.name],
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_uid_stored_under_a_name_unknown_here_is_granted_nothing_and_show_says_so() {
+    let Some(who) = other_user() else { return };
+    let mut d = open_daemon();
+    assert_ok(&d.tokenctl(&["allow", "up", "--user", USER]));
+    assert_ok(&as_other(&d, who, &["token", "up"], ""));
+    let shown = settings(&d, "up");
+    assert_eq!(
+        shown["grantees"][0]["name"], USER,
+        "stored by name: {shown}"
+    );
+    d.stop();
+    // Another host wrote the entry: there, this uid is someone else.
+    written_elsewhere(&d, &["up"], "ghost-of-another-host", who);
+    d.restart();
+    d.open_to_everyone();
+    let out = as_other(&d, who, &["token", "up"], "");
+    assert_code(&out, 4);
+    assert!(!stdout(&out).contains(TOKEN));
+    let shown = settings(&d, "up");
+    assert_eq!(shown["grantees"][0]["name"], "ghost-of-another-host");
+    assert!(shown["grantees"][0]["here"].is_null(), "{shown}");
+    assert_eq!(shown["allowed"], serde_json::json!([]), "{shown}");
+    let text = stdout(&d.tokenctl(&["show", "up"]));
+    assert!(
+        text.contains("ghost-of-another-host (unknown on this host: grants nothing here"),
+        "{text}"
+    );
+    // The entry is by name: allowing the user here adds it again.
+    assert_ok(&d.tokenctl(&["allow", "up", "--user", USER]));
+    assert_ok(&as_other(&d, who, &["token", "up"], ""));
+}

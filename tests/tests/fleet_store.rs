@@ -64,6 +64,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         fence: Default::default(),
         change: 0,
         untrusted: false,
+        names: None,
     }
 }
 

@@ -112,6 +112,7 @@ fn new_credential(
         fence: crate::store::Fence::default(),
         change: 0,
         untrusted: false,
+        names: None,
         incarnation: crate::store::new_incarnation(),
     }
 }

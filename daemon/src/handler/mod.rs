@@ -12,7 +12,7 @@ use crate::state::credential::Credential;
 use crate::token::check;
 use crate::{login, token};
 use std::sync::Arc;
-use tokend_proto::{DaemonStatus, Request, Response};
+use tokend_proto::{CredentialInfo, DaemonStatus, Request, Response};
 
 /// Handles one request. Never panics on client input; errors are answers.
 pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
@@ -59,9 +59,9 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
         }
         Request::Show { name } => {
             let cred = usable(shared, peer, name)?;
-            Ok(Response::Credential(Box::new(
-                cred.info(shared.clock.now()),
-            )))
+            let mut info = cred.info(shared.clock.now());
+            with_names(shared, &cred, &mut info).await;
+            Ok(Response::Credential(Box::new(info)))
         }
         Request::List => Ok(Response::List(
             visible(shared, peer)
@@ -179,5 +179,25 @@ fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
             .iter()
             .map(|c| c.summary(now))
             .collect(),
+    }
+}
+
+/// Adds the owner's and allow list's names, as stored, to what `show`
+/// tells: they are not kept in memory (100,000 credentials would carry
+/// them), so the row is read again. Without the store, `show` goes on with
+/// the ids that apply here.
+async fn with_names(shared: &Shared, cred: &Credential, info: &mut CredentialInfo) {
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    let Ok(rows) = crate::store::blocking(move || store.load_named(&names)).await else {
+        return;
+    };
+    let named = rows
+        .into_iter()
+        .find(|r| r.incarnation == cred.incarnation)
+        .and_then(|r| r.names);
+    if let Some(named) = named {
+        info.owner = Some(named.owner);
+        info.grantees = named.allowed;
     }
 }

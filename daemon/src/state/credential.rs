@@ -305,6 +305,9 @@ impl Credential {
             spec: self.spec.clone(),
             owner_uid: self.owner_uid,
             allowed: live.allowed.clone(),
+            // Not kept in memory (`show` reads them from the store).
+            owner: None,
+            grantees: Vec::new(),
             state: self.shown_state(&live, now),
             reason: live.reason.as_deref().map(Into::into),
             has_token: live.access_token.is_some(),

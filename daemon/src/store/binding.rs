@@ -11,9 +11,11 @@
 //! is sent anywhere for it until `add --replace` writes it anew.
 
 use super::StoreError;
+use super::names::Named;
 use super::seal::Sealer;
 use super::{StoredCredential, rows::principal_parts};
-use tokend_proto::{CredentialSpec, CredentialState, Principal};
+use std::borrow::Cow;
+use tokend_proto::{CredentialSpec, CredentialState, Grantee};
 
 /// Why a row is not used, as shown by status, show, the log and notify.
 pub const TAMPERED: &str = "its row in the store was changed without the sealing key";
@@ -22,28 +24,50 @@ pub const TAMPERED: &str = "its row in the store was changed without the sealing
 /// associated data of a sealed value (`tokend/v1\0…`).
 const DOMAIN: &str = "tokend/row/v1";
 
-/// The columns of a row that the key vouches for.
-#[derive(Debug, Clone, Copy)]
+/// The columns of a row that the key vouches for: the owner and the allow
+/// list as written (ids where written, and names), not as resolved here.
+#[derive(Debug, Clone)]
 pub struct Binding<'a> {
     pub name: &'a str,
     pub incarnation: i64,
     pub description: &'a str,
     pub spec: &'a CredentialSpec,
-    pub owner_uid: u32,
-    pub allowed: &'a [Principal],
+    pub named: Cow<'a, Named>,
 }
 
 impl<'a> From<&'a StoredCredential> for Binding<'a> {
+    /// A loaded row's columns (its names as read); a credential not read
+    /// from a store has its ids without names.
     fn from(c: &'a StoredCredential) -> Self {
+        let named = match &c.names {
+            Some(named) => Cow::Borrowed(&**named),
+            None => Cow::Owned(Named {
+                owner: nameless(tokend_proto::Principal::User(c.owner_uid)),
+                allowed: c.allowed.iter().map(|p| nameless(*p)).collect(),
+            }),
+        };
         Binding {
             name: &c.name,
             incarnation: c.incarnation,
             description: &c.description,
             spec: &c.spec,
-            owner_uid: c.owner_uid,
-            allowed: &c.allowed,
+            named,
         }
     }
+}
+
+fn nameless(written: tokend_proto::Principal) -> Grantee {
+    Grantee {
+        written,
+        name: None,
+        here: None,
+    }
+}
+
+/// An owner or allow-list entry as the tag covers it.
+fn written(g: &Grantee) -> (&'static str, u32, Option<&str>) {
+    let (kind, id) = principal_parts(&g.written);
+    (kind, id, g.name.as_deref())
 }
 
 impl Binding<'_> {
@@ -52,7 +76,7 @@ impl Binding<'_> {
     /// database keeps the settings in), the allow list in a fixed order
     /// (one backend keeps it as a table, the other as text).
     fn bytes(&self) -> Result<Vec<u8>, StoreError> {
-        let mut allowed: Vec<(&str, u32)> = self.allowed.iter().map(principal_parts).collect();
+        let mut allowed: Vec<_> = self.named.allowed.iter().map(written).collect();
         allowed.sort_unstable();
         allowed.dedup();
         Ok(serde_json::to_vec(&(
@@ -61,7 +85,7 @@ impl Binding<'_> {
             self.incarnation,
             self.description,
             self.spec,
-            self.owner_uid,
+            written(&self.named.owner),
             allowed,
         ))?)
     }
@@ -168,6 +192,7 @@ pub fn unreadable_spec() -> CredentialSpec {
 mod tests {
     use super::*;
     use crate::store::sqlite::tests::bearer;
+    use tokend_proto::Principal;
 
     fn sealer() -> Sealer {
         Sealer::from_key(&[3u8; 32])

@@ -8,6 +8,7 @@
 //! sealed blob.
 
 pub mod binding;
+pub mod names;
 pub mod postgres;
 pub mod rows;
 pub mod seal;
@@ -353,8 +354,17 @@ pub struct StoredCredential {
     pub incarnation: i64,
     pub description: String,
     pub spec: CredentialSpec,
+    /// The owner's uid on this host ([`names::NOBODY`] when the owner's
+    /// name is unknown here). Written with its name (see [`names`]).
     pub owner_uid: u32,
+    /// The allow list as it applies on this host (entries whose name is
+    /// unknown here left out). Written with names.
     pub allowed: Vec<Principal>,
+    /// The owner and the allow list as stored, names and what each
+    /// stands for here included; set by a load, not kept in memory after
+    /// it (`show` reads it again). Ignored by writes, which write
+    /// `owner_uid` and `allowed` with their names on this host.
+    pub names: Option<Box<names::Named>>,
     /// The client secret (OAuth2 kinds).
     pub client_secret: Option<Secret>,
     /// The access token (for bearer: the token itself).

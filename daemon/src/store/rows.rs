@@ -3,9 +3,11 @@
 //! after a bulk read, spread over the cores.
 
 use super::binding::{Binding, distrust, quarantine};
+use super::names::{Named, Names};
 use super::seal::Sealer;
 use super::{GrantChange, StoreError, StoredCredential, TokenUpdate};
-use tokend_proto::{CredentialSpec, CredentialState, Principal, Secret};
+use std::borrow::Cow;
+use tokend_proto::{CredentialSpec, CredentialState, Grantee, Principal, Secret};
 
 /// A known value sealed under the key at first start: a wrong key is caught
 /// at start-up even when the store holds no credential yet.
@@ -33,6 +35,8 @@ pub struct SealedRow {
     pub settings: String,
     /// The tag over the columns the key vouches for (`binding.rs`).
     pub binding: Vec<u8>,
+    /// The owner and the allow list with their names on this host.
+    pub named: Named,
     pub client_secret: Option<Vec<u8>>,
     pub access: Option<Vec<u8>>,
     pub refresh: Option<Vec<u8>>,
@@ -60,10 +64,22 @@ pub fn open_opt(
 
 /// Seals a credential's secrets and encodes its settings, outside any
 /// connection lock (sealing is the slow part of an insert).
-pub fn seal_row(sealer: &Sealer, c: &StoredCredential) -> Result<SealedRow, StoreError> {
+/// `names` caches the user and group look-ups of a batch.
+pub fn seal_row(
+    sealer: &Sealer,
+    c: &StoredCredential,
+    names: &mut Names,
+) -> Result<SealedRow, StoreError> {
+    let named = names.named(c.owner_uid, &c.allowed);
+    let binding = Binding {
+        named: Cow::Borrowed(&named),
+        ..Binding::from(c)
+    }
+    .tag(sealer)?;
     Ok(SealedRow {
         settings: serde_json::to_string(&c.spec)?,
-        binding: Binding::from(c).tag(sealer)?,
+        binding,
+        named,
         client_secret: seal_opt(sealer, &c.name, "client_secret", c.client_secret.as_ref())?,
         access: seal_opt(sealer, &c.name, "access_token", c.access_token.as_ref())?,
         refresh: seal_opt(sealer, &c.name, "refresh_token", c.refresh_token.as_ref())?,
@@ -176,6 +192,8 @@ pub fn principal_from_parts(kind: &str, id: u32) -> Principal {
 /// sealed value does not open (`binding.rs`): one bad row never keeps the
 /// others from being served. (A wrong key is refused before any row is
 /// read: `Backend::verify_key`.)
+///
+/// The owner and the allow list are then resolved on this host (`names.rs`).
 pub fn open_all(sealer: &Sealer, creds: &mut [StoredCredential], sealed: &SealedColumns) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = creds.len().div_ceil(cores.min(8)).max(ROWS_PER_THREAD);
@@ -196,6 +214,7 @@ fn open_rows(
     sealed: &SealedColumns,
     first: usize,
 ) {
+    let mut names = Names::default();
     for (i, c) in creds.iter_mut().enumerate() {
         let [binding, cs, at, rt] = sealed.row(first + i);
         let why = if c.untrusted {
@@ -206,7 +225,20 @@ fn open_rows(
         if let Some(why) = why.or_else(|| open_secrets(sealer, c, [cs, at, rt]).err()) {
             quarantine(c, why);
         }
+        resolve(c, &mut names);
     }
+}
+
+/// Sets the owner and allow list that apply on this host from the names
+/// read with the row.
+pub fn resolve(c: &mut StoredCredential, names: &mut Names) {
+    let Some(named) = c.names.take() else {
+        return;
+    };
+    let named = names.resolved(*named);
+    c.owner_uid = named.owner_here();
+    c.allowed = named.allowed_here();
+    c.names = Some(Box::new(named));
 }
 
 /// Opens a vouched-for row's client secret, access token and refresh
@@ -272,24 +304,34 @@ pub fn state_from_text(text: &str) -> CredentialState {
     }
 }
 
-/// An allow list as one column: `user:1000,group:5`.
-pub fn allowed_to_text(allowed: &[Principal]) -> String {
+/// An allow list as one column, with the names where written:
+/// `user:1000:alice,group:5`.
+pub fn allowed_to_text(allowed: &[Grantee]) -> String {
     allowed
         .iter()
-        .map(|p| {
-            let (kind, id) = principal_parts(p);
-            format!("{kind}:{id}")
+        .map(|g| {
+            let (kind, id) = principal_parts(&g.written);
+            match &g.name {
+                Some(name) => format!("{kind}:{id}:{name}"),
+                None => format!("{kind}:{id}"),
+            }
         })
         .collect::<Vec<_>>()
         .join(",")
 }
 
-/// The allow list of [`allowed_to_text`]; entries it cannot read are left out.
-pub fn allowed_from_text(text: &str) -> Vec<Principal> {
+/// The allow list of [`allowed_to_text`], names not yet looked up here;
+/// entries it cannot read are left out.
+pub fn allowed_from_text(text: &str) -> Vec<Grantee> {
     text.split(',')
         .filter_map(|entry| {
-            let (kind, id) = entry.split_once(':')?;
-            Some(principal_from_parts(kind, id.parse().ok()?))
+            let mut parts = entry.splitn(3, ':');
+            let (kind, id) = (parts.next()?, parts.next()?.parse().ok()?);
+            Some(Grantee {
+                written: principal_from_parts(kind, id),
+                name: parts.next().map(str::to_string),
+                here: None,
+            })
         })
         .collect()
 }
@@ -300,7 +342,19 @@ mod tests {
 
     #[test]
     fn an_allow_list_survives_its_column() {
-        let list = vec![Principal::User(1000), Principal::Group(5)];
+        let list = vec![
+            Grantee {
+                written: Principal::User(1000),
+                name: Some("alice".into()),
+                here: None,
+            },
+            Grantee {
+                written: Principal::Group(5),
+                name: None,
+                here: None,
+            },
+        ];
+        assert_eq!(allowed_to_text(&list), "user:1000:alice,group:5");
         assert_eq!(allowed_from_text(&allowed_to_text(&list)), list);
         assert!(allowed_from_text("").is_empty());
     }

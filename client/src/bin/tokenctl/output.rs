@@ -20,7 +20,8 @@ pub fn emit(line: std::fmt::Arguments) {
     }
 }
 use tokend_client::{
-    CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Endpoints, Principal, endpoint,
+    CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Endpoints, Grantee, Principal,
+    endpoint,
 };
 
 /// A Unix time as RFC 3339 (UTC) plus a relative hint.
@@ -124,6 +125,23 @@ fn principal(p: &Principal) -> String {
     }
 }
 
+/// An owner or allow-list entry as stored: by its name, and what that
+/// name is on this host, or that it is unknown here (and grants nothing).
+fn grantee(g: &Grantee) -> String {
+    let (kind, written) = match g.written {
+        Principal::User(u) => ("user", u),
+        Principal::Group(g) => ("group", g),
+    };
+    let id = if kind == "user" { "uid" } else { "gid" };
+    match (&g.name, g.here) {
+        (Some(name), Some(here)) => format!("{kind} {name} ({here})"),
+        (Some(name), None) => format!(
+            "{kind} {name} (unknown on this host: grants nothing here; {id} {written} where it was written)"
+        ),
+        (None, _) => principal(&g.written),
+    }
+}
+
 fn user_name(uid: u32) -> String {
     #[cfg(unix)]
     if let Ok(Some(u)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
@@ -148,8 +166,15 @@ pub fn show(c: &CredentialInfo) {
         row("description", &c.description);
     }
     row("state", &state_text(c));
-    row("owner", &user_name(c.owner_uid));
-    let allowed: Vec<String> = c.allowed.iter().map(principal).collect();
+    match &c.owner {
+        Some(owner) => row("owner", grantee(owner).trim_start_matches("user ")),
+        None => row("owner", &user_name(c.owner_uid)),
+    }
+    let allowed: Vec<String> = if c.owner.is_some() {
+        c.grantees.iter().map(grantee).collect()
+    } else {
+        c.allowed.iter().map(principal).collect()
+    };
     row(
         "allowed",
         if allowed.is_empty() {

@@ -3,6 +3,7 @@
 
 use super::statement::{Sql, boxed};
 use super::{CALL_LIMIT, PIPELINE, PgStore, row, schema};
+use crate::store::names::Names;
 use crate::store::rows::{open_all, seal_row};
 use crate::store::{StoreError, StoredCredential};
 use std::collections::HashMap;
@@ -52,8 +53,9 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         self.refuse_check()?;
         let mut statements = Vec::with_capacity(creds.len() * 2);
+        let mut names = Names::default();
         for c in creds {
-            let sealed = seal_row(&self.sealer, c)?;
+            let sealed = seal_row(&self.sealer, c, &mut names)?;
             if replace {
                 statements.push(Sql::new(
                     "DELETE FROM tokend.credentials WHERE name = $1",

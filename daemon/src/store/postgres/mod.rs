@@ -31,10 +31,8 @@ mod schema;
 mod statement;
 mod thread;
 
-use super::binding::Binding;
-use super::rows::{
-    KEY_CHECK, allowed_to_text, check_key, fence_outcome, open_all, seal_tokens, state_to_text,
-};
+use super::names::Names;
+use super::rows::{KEY_CHECK, check_key, fence_outcome, open_all, seal_tokens, state_to_text};
 use super::seal::Sealer;
 use super::{
     Backend, Claim, NewMark, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate,
@@ -478,35 +476,28 @@ impl Backend for PgStore {
             let tx = client.transaction().await?;
             let row = tx
                 .query_opt(
-                    "SELECT name, incarnation, description, owner_uid, settings, allowed, binding
-                     FROM tokend.credentials WHERE name = $1 AND incarnation = $2 FOR UPDATE",
+                    &format!(
+                        "SELECT {} FROM tokend.credentials
+                         WHERE name = $1 AND incarnation = $2 FOR UPDATE",
+                        row::BOUND
+                    ),
                     &[&owned, &incarnation],
                 )
                 .await?;
             let Some(row) = row else {
                 return Err(StoreError::Gone(owned).into());
             };
-            let bound = row::Bound::read(&row)?;
+            let mut bound = row::Bound::read(&row)?;
             if !bound.binding().verifies(&sealer, bound.tag.as_deref()) {
                 return Err(StoreError::Untrusted(owned).into());
             }
-            let mut list = bound.allowed.clone();
-            list.retain(|p| *p != principal);
-            if allow {
-                list.push(principal);
-                list.sort();
-            }
-            let tag = Binding {
-                allowed: &list,
-                ..bound.binding()
-            }
-            .tag(&sealer)?;
-            tx.execute(
-                "UPDATE tokend.credentials SET allowed = $3, binding = $4
-                 WHERE name = $1 AND incarnation = $2",
-                &[&owned, &incarnation, &allowed_to_text(&list), &tag],
-            )
-            .await?;
+            // Names are looked up on the database's thread: one or two
+            // look-ups for an admin's allow or deny.
+            let mut names = Names::default();
+            bound.named = names.resolved(bound.named);
+            bound.named.change(names.written(principal), allow);
+            schema::write_names(&tx, &bound, &sealer).await?;
+            let list = bound.named.allowed_here();
             tx.commit().await?;
             Ok(list)
         })

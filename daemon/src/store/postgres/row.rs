@@ -3,6 +3,7 @@
 use super::schema;
 use super::statement::{Sql, boxed};
 use crate::store::binding::Binding;
+use crate::store::names::{NOBODY, Named};
 use crate::store::rows::{Sealed, TOKENS_SETTLE_SQL, committed_state, grant_sql};
 use crate::store::rows::{
     SealedColumns, SealedRow, allowed_from_text, allowed_to_text, read_spec, state_from_text,
@@ -11,7 +12,8 @@ use crate::store::rows::{
 use crate::store::{
     Deadline, Fence, Mark, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate,
 };
-use tokend_proto::{CredentialSpec, Principal};
+use std::borrow::Cow;
+use tokend_proto::CredentialSpec;
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -48,9 +50,14 @@ impl Loaded {
             name: r.try_get(0).map_err(bad)?,
             incarnation: r.try_get(1).map_err(bad)?,
             description: r.try_get(2).map_err(bad)?,
-            owner_uid: u32::try_from(r.try_get::<_, i64>(3).map_err(bad)?).unwrap_or(u32::MAX),
+            owner_uid: NOBODY,
             spec,
-            allowed: allowed_from_text(r.try_get(5).map_err(bad)?),
+            allowed: Vec::new(),
+            names: Some(Box::new(Named::as_read(
+                uid(r.try_get(3).map_err(bad)?),
+                r.try_get(28).map_err(bad)?,
+                allowed_from_text(r.try_get(5).map_err(bad)?),
+            ))),
             client_secret: None,
             access_token: None,
             refresh_token: None,
@@ -96,8 +103,10 @@ pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
     Sql::new(
         "INSERT INTO tokend.credentials (name, incarnation, kind, description, owner_uid,
             settings, allowed, client_secret, access_token, refresh_token, generation,
-            expires_at, state, reason, created_at, last_refresh_at, next_refresh_at, binding)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            expires_at, state, reason, created_at, last_refresh_at, next_refresh_at, binding,
+            owner_name)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+            $19)",
         vec![
             boxed(c.name.clone()),
             boxed(c.incarnation),
@@ -105,7 +114,7 @@ pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
             boxed(c.description.clone()),
             boxed(i64::from(c.owner_uid)),
             boxed(sealed.settings),
-            boxed(allowed_to_text(&c.allowed)),
+            boxed(allowed_to_text(&sealed.named.allowed)),
             boxed(sealed.client_secret),
             boxed(sealed.access),
             boxed(sealed.refresh),
@@ -117,20 +126,28 @@ pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
             boxed(c.last_refresh_at),
             boxed(c.next_refresh_at),
             boxed(sealed.binding),
+            boxed(sealed.named.owner.name),
         ],
     )
 }
 
-/// The columns of a row that its binding covers, as read by
-/// `SELECT name, incarnation, description, owner_uid, settings, allowed, binding`.
+/// The columns of a row that its binding covers, as read with [`BOUND`].
 pub(super) struct Bound {
-    name: String,
-    incarnation: i64,
+    pub name: String,
+    pub incarnation: i64,
     description: String,
     spec: CredentialSpec,
-    owner_uid: u32,
-    pub allowed: Vec<Principal>,
+    pub named: Named,
     pub tag: Option<Vec<u8>>,
+}
+
+/// The columns [`Bound::read`] reads.
+pub(super) const BOUND: &str =
+    "name, incarnation, description, owner_uid, settings, allowed, binding, owner_name";
+
+/// A uid as stored in a BIGINT column.
+fn uid(stored: i64) -> u32 {
+    u32::try_from(stored).unwrap_or(NOBODY)
 }
 
 impl Bound {
@@ -141,9 +158,12 @@ impl Bound {
             name: r.try_get(0).map_err(bad)?,
             incarnation: r.try_get(1).map_err(bad)?,
             description: r.try_get(2).map_err(bad)?,
-            owner_uid: u32::try_from(r.try_get::<_, i64>(3).map_err(bad)?).unwrap_or(u32::MAX),
             spec: serde_json::from_str(r.try_get(4).map_err(bad)?)?,
-            allowed: allowed_from_text(r.try_get(5).map_err(bad)?),
+            named: Named::as_read(
+                uid(r.try_get(3).map_err(bad)?),
+                r.try_get(7).map_err(bad)?,
+                allowed_from_text(r.try_get(5).map_err(bad)?),
+            ),
             tag: r.try_get(6).map_err(bad)?,
         })
     }
@@ -154,8 +174,7 @@ impl Bound {
             incarnation: self.incarnation,
             description: &self.description,
             spec: &self.spec,
-            owner_uid: self.owner_uid,
-            allowed: &self.allowed,
+            named: Cow::Borrowed(&self.named),
         }
     }
 }

@@ -9,9 +9,10 @@
 //! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
 
 use super::error::Failure;
-use super::row::Bound;
+use super::row::{BOUND, Bound};
 use crate::store::StoreError;
-use crate::store::rows::check_key;
+use crate::store::names::Names;
+use crate::store::rows::{allowed_to_text, check_key};
 use crate::store::seal::Sealer;
 
 /// The migrations; `tokend.schema_version` says how many ran. They run in
@@ -125,13 +126,15 @@ CREATE TRIGGER require_fence BEFORE UPDATE ON tokend.credentials
         OR NEW.refresh_in_flight IS DISTINCT FROM OLD.refresh_in_flight))
     EXECUTE FUNCTION tokend.refuse_unfenced();
 "#,
-    // The tag that binds a row's plain columns to the key (`binding.rs`);
-    // the rows already stored are tagged in the same transaction
-    // (`bind_existing`), with the key checked first. A member older than
-    // this schema still running writes rows without one: the others do
-    // not use them (upgrade every member together).
+    // The tag that binds a row's plain columns to the key (`binding.rs`),
+    // and the owner's name (the allow list's names are in its text,
+    // `user:1000:alice`; `names.rs`); the rows already stored are named
+    // and tagged in the same transaction (`bind_existing`), with the key
+    // checked first. A member older than this schema still running writes
+    // rows without a tag: the others do not use them (upgrade every
+    // member together).
     r#"
-ALTER TABLE tokend.credentials ADD COLUMN binding BYTEA;
+ALTER TABLE tokend.credentials ADD COLUMN binding BYTEA, ADD COLUMN owner_name TEXT;
 "#,
 ];
 
@@ -202,23 +205,39 @@ async fn bind_existing(
     };
     check_key(sealer, check.get(0))?;
     let rows = tx
-        .query(
-            "SELECT name, incarnation, description, owner_uid, settings, allowed, binding
-             FROM tokend.credentials",
-            &[],
-        )
+        .query(&format!("SELECT {BOUND} FROM tokend.credentials"), &[])
         .await?;
+    let mut names = Names::default();
     for r in &rows {
-        let Ok(bound) = Bound::read(r) else {
+        let Ok(mut bound) = Bound::read(r) else {
             continue;
         };
-        let tag = bound.binding().tag(sealer)?;
-        tx.execute(
-            "UPDATE tokend.credentials SET binding = $3 WHERE name = $1 AND incarnation = $2",
-            &[&bound.binding().name, &bound.binding().incarnation, &tag],
-        )
-        .await?;
+        bound.named = names.name_ids(&bound.named);
+        write_names(tx, &bound, sealer).await?;
     }
+    Ok(())
+}
+
+/// Writes a row's owner name and allow list as `bound.named` says, and
+/// the tag over them.
+pub(super) async fn write_names(
+    tx: &tokio_postgres::Transaction<'_>,
+    bound: &Bound,
+    sealer: &Sealer,
+) -> Result<(), Failure> {
+    let tag = bound.binding().tag(sealer)?;
+    tx.execute(
+        "UPDATE tokend.credentials SET owner_name = $3, allowed = $4, binding = $5
+         WHERE name = $1 AND incarnation = $2",
+        &[
+            &bound.name,
+            &bound.incarnation,
+            &bound.named.owner.name,
+            &allowed_to_text(&bound.named.allowed),
+            &tag,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -246,7 +265,8 @@ pub(super) const COLUMNS: &str = concat!(
     COALESCE(c.mark_at_ms, c.refresh_in_flight * 1000), COALESCE(c.lease_ms, 19000),
     c.retry_at_ms, ",
     now_ms!(),
-    ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name'), c.binding"
+    ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name'), c.binding,
+    c.owner_name"
 );
 
 /// The table a row is read from: a credential and its last use.

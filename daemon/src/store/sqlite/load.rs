@@ -3,10 +3,11 @@
 
 use super::SqliteStore;
 use super::schema::state_from_sql;
+use crate::store::names::Named;
 use crate::store::rows::{SealedColumns, principal_from_parts, read_spec};
 use crate::store::{Deadline, Fence, Mark, StoreError, StoredCredential};
 use rusqlite::Connection;
-use tokend_proto::Principal;
+use tokend_proto::Grantee;
 
 impl SqliteStore {
     /// Every row (or the one named `only`), its sealed secrets set aside
@@ -27,7 +28,7 @@ impl SqliteStore {
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
                 incarnation, refresh_gen, COALESCE(mark_at_ms, refresh_in_flight * 1000),
-                COALESCE(lease_ms, 19000), retry_at_ms, binding
+                COALESCE(lease_ms, 19000), retry_at_ms, binding, owner_name
              FROM credentials {filter} ORDER BY name"
         ))?;
         let mut allowed = load_allowed(&conn, only)?;
@@ -46,7 +47,12 @@ impl SqliteStore {
                 client_secret: None,
                 access_token: None,
                 refresh_token: None,
-                allowed: allowed.remove(&r.get::<_, i64>(0)?).unwrap_or_default(),
+                allowed: Vec::new(),
+                names: Some(Box::new(Named::as_read(
+                    r.get(3)?,
+                    r.get(25)?,
+                    allowed.remove(&r.get::<_, i64>(0)?).unwrap_or_default(),
+                ))),
                 name: r.get(1)?,
                 description: r.get(2)?,
                 owner_uid: r.get(3)?,
@@ -99,25 +105,27 @@ fn blob<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<&'a [
     }
 }
 
-/// The allow lists of every credential (or of the one named `only`), by row id.
+/// The allow lists of every credential (or of the one named `only`), by
+/// row id, names not yet looked up here.
 fn load_allowed(
     conn: &Connection,
     only: Option<&str>,
-) -> Result<std::collections::HashMap<i64, Vec<Principal>>, StoreError> {
+) -> Result<std::collections::HashMap<i64, Vec<Grantee>>, StoreError> {
     let filter = if only.is_some() {
         "WHERE credential_id IN (SELECT id FROM credentials WHERE name = ?1)"
     } else {
         ""
     };
     let mut stmt = conn.prepare(&format!(
-        "SELECT credential_id, kind, id FROM allowed {filter} ORDER BY kind, id"
+        "SELECT credential_id, kind, id, name FROM allowed {filter} ORDER BY kind, id"
     ))?;
-    let mut map: std::collections::HashMap<i64, Vec<Principal>> = Default::default();
+    let mut map: std::collections::HashMap<i64, Vec<Grantee>> = Default::default();
     let read = |r: &rusqlite::Row<'_>| {
         Ok((
             r.get::<_, i64>(0)?,
             r.get::<_, String>(1)?,
             r.get::<_, u32>(2)?,
+            r.get::<_, Option<String>>(3)?,
         ))
     };
     let rows: Vec<_> = match only {
@@ -125,10 +133,12 @@ fn load_allowed(
         None => stmt.query_map([], read)?.collect(),
     };
     for row in rows {
-        let (cid, kind, id) = row?;
-        map.entry(cid)
-            .or_default()
-            .push(principal_from_parts(&kind, id));
+        let (cid, kind, id, name) = row?;
+        map.entry(cid).or_default().push(Grantee {
+            written: principal_from_parts(&kind, id),
+            name,
+            here: None,
+        });
     }
     Ok(map)
 }

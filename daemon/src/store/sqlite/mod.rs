@@ -12,11 +12,14 @@ use super::rows::{
 use super::seal::Sealer;
 use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
 use crate::store::binding::Binding;
+use crate::store::names::{Named, Names};
 use crate::store::rows::check_key;
 use rusqlite::{Connection, OptionalExtension, params};
 use schema::{BINDING_VERSION, KEY_CHECK, MIGRATIONS, state_to_sql};
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use tokend_proto::Grantee;
 use tokend_proto::{CheckReport, Principal, Secret};
 
 /// The SQLite store; cheap to clone. The connection sits behind a
@@ -117,7 +120,7 @@ impl Backend for SqliteStore {
 
     /// Adds a credential; with `replace`, an existing one of that name goes first.
     fn insert(&self, c: &StoredCredential, replace: bool) -> Result<(), StoreError> {
-        let row = seal_row(&self.sealer, c)?;
+        let row = seal_row(&self.sealer, c, &mut Names::default())?;
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         if replace {
@@ -132,9 +135,10 @@ impl Backend for SqliteStore {
     /// per credential): for bulk imports and for benchmarks that need a large
     /// store fast. All or nothing; a duplicate name fails the whole batch.
     fn insert_many(&self, creds: &[StoredCredential]) -> Result<(), StoreError> {
+        let mut names = Names::default();
         let rows = creds
             .iter()
-            .map(|c| seal_row(&self.sealer, c))
+            .map(|c| seal_row(&self.sealer, c, &mut names))
             .collect::<Result<Vec<_>, _>>()?;
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -293,34 +297,18 @@ impl Backend for SqliteStore {
         principal: Principal,
         allow: bool,
     ) -> Result<Vec<Principal>, StoreError> {
+        let mut names = Names::default();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let row = bound_row(&tx, name, incarnation)?;
+        let mut row = bound_row(&tx, name, incarnation)?;
         if !row.binding().verifies(&self.sealer, row.tag.as_deref()) {
             return Err(StoreError::Untrusted(name.to_string()));
         }
-        let id = row.id;
-        let (kind, pid) = principal_parts(&principal);
-        if allow {
-            write_allowed(&tx, id, &[principal])?;
-        } else {
-            tx.execute(
-                "DELETE FROM allowed WHERE credential_id = ?1 AND kind = ?2 AND id = ?3",
-                params![id, kind, pid],
-            )?;
-        }
-        let list = allowed_of(&tx, id)?;
-        let tag = Binding {
-            allowed: &list,
-            ..row.binding()
-        }
-        .tag(&self.sealer)?;
-        tx.execute(
-            "UPDATE credentials SET binding = ?2 WHERE id = ?1",
-            params![id, tag],
-        )?;
+        row.named = names.resolved(row.named);
+        row.named.change(names.written(principal), allow);
+        write_names(&tx, &row, &self.sealer)?;
         tx.commit()?;
-        Ok(list)
+        Ok(row.named.allowed_here())
     }
 
     fn save_last_use(&self, uses: &[(String, i64, i64)]) -> Result<(), StoreError> {
@@ -359,8 +347,8 @@ fn insert_row(
     let inserted = tx.execute(
         "INSERT INTO credentials (name, kind, description, owner_uid, settings, client_secret,
             access_token, refresh_token, generation, expires_at, state, reason, created_at,
-            last_refresh_at, next_refresh_at, incarnation, binding)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            last_refresh_at, next_refresh_at, incarnation, binding, owner_name)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         params![
             c.name,
             c.spec.kind(),
@@ -379,6 +367,7 @@ fn insert_row(
             c.next_refresh_at,
             c.incarnation,
             row.binding,
+            row.named.owner.name,
         ],
     );
     match inserted {
@@ -389,7 +378,7 @@ fn insert_row(
         }
         other => other?,
     };
-    write_allowed(tx, tx.last_insert_rowid(), &c.allowed)
+    write_allowed(tx, tx.last_insert_rowid(), &row.named.allowed)
 }
 
 /// No row matched the name and incarnation: the credential is gone or was
@@ -440,8 +429,7 @@ struct BoundRow {
     incarnation: i64,
     description: String,
     spec: tokend_proto::CredentialSpec,
-    owner_uid: u32,
-    allowed: Vec<Principal>,
+    named: Named,
     tag: Option<Vec<u8>>,
 }
 
@@ -452,8 +440,7 @@ impl BoundRow {
             incarnation: self.incarnation,
             description: &self.description,
             spec: &self.spec,
-            owner_uid: self.owner_uid,
-            allowed: &self.allowed,
+            named: Cow::Borrowed(&self.named),
         }
     }
 }
@@ -466,7 +453,7 @@ fn bound_row(
 ) -> Result<BoundRow, StoreError> {
     let row = tx
         .query_row(
-            "SELECT id, description, owner_uid, settings, binding FROM credentials
+            "SELECT id, description, owner_uid, owner_name, settings, binding FROM credentials
              WHERE name = ?1 AND incarnation = ?2",
             params![name, incarnation],
             |r| {
@@ -474,31 +461,48 @@ fn bound_row(
                     r.get::<_, i64>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, u32>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<Vec<u8>>>(4)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<Vec<u8>>>(5)?,
                 ))
             },
         )
         .optional()?
         .ok_or_else(|| StoreError::Gone(name.to_string()))?;
-    let (id, description, owner_uid, settings, tag) = row;
+    let (id, description, owner_uid, owner_name, settings, tag) = row;
     Ok(BoundRow {
         id,
         name: name.to_string(),
         incarnation,
         description,
         spec: serde_json::from_str(&settings)?,
-        owner_uid,
-        allowed: allowed_of(tx, id)?,
+        named: Named::as_read(owner_uid, owner_name, allowed_of(tx, id)?),
         tag,
     })
 }
 
-/// Tags every row of a store written before rows were bound to the key
-/// (the migration that added the column): what it holds now is taken as
-/// what the key vouches for. The key is checked first: tagging under a
-/// wrong key would make every row look tampered with under the right one.
-/// A row whose settings cannot be read is left untagged (so untrusted).
+/// Writes a row's owner name and allow list as `row.named` says, and the
+/// tag over them.
+fn write_names(
+    tx: &rusqlite::Transaction<'_>,
+    row: &BoundRow,
+    sealer: &Sealer,
+) -> Result<(), StoreError> {
+    let tag = row.binding().tag(sealer)?;
+    tx.execute(
+        "UPDATE credentials SET owner_name = ?2, binding = ?3 WHERE id = ?1",
+        params![row.id, row.named.owner.name, tag],
+    )?;
+    tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [row.id])?;
+    write_allowed(tx, row.id, &row.named.allowed)
+}
+
+/// Names and tags every row of a store written before rows were (the
+/// migration that added the columns): the ids it holds are named as this
+/// host knows them, and what it holds now is taken as what the key
+/// vouches for. The key is checked first: tagging under a wrong key would
+/// make every row look tampered with under the right one. A row whose
+/// settings cannot be read is left untagged (so untrusted).
 fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), StoreError> {
     let Some(sealed) = key_check(tx)? else {
         return Ok(());
@@ -508,28 +512,36 @@ fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), 
         .prepare("SELECT name, incarnation FROM credentials")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
+    let mut names = Names::default();
     for (name, incarnation) in rows {
-        let Ok(row) = bound_row(tx, &name, incarnation) else {
+        let Ok(mut row) = bound_row(tx, &name, incarnation) else {
             continue;
         };
-        let tag = row.binding().tag(sealer)?;
-        tx.execute(
-            "UPDATE credentials SET binding = ?2 WHERE id = ?1",
-            params![row.id, tag],
-        )?;
+        row.named = names.name_ids(&row.named);
+        write_names(tx, &row, sealer)?;
     }
     Ok(())
 }
 
-/// A credential's allow list as stored, in order.
-fn allowed_of(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Vec<Principal>, StoreError> {
-    let mut stmt =
-        tx.prepare("SELECT kind, id FROM allowed WHERE credential_id = ?1 ORDER BY kind, id")?;
-    let rows = stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))?;
+/// A credential's allow list as stored, in order, names not yet looked up.
+fn allowed_of(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Vec<Grantee>, StoreError> {
+    let mut stmt = tx
+        .prepare("SELECT kind, id, name FROM allowed WHERE credential_id = ?1 ORDER BY kind, id")?;
+    let rows = stmt.query_map([id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, u32>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
     let mut list = Vec::new();
     for row in rows {
-        let (kind, pid) = row?;
-        list.push(principal_from_parts(&kind, pid));
+        let (kind, pid, name) = row?;
+        list.push(Grantee {
+            written: principal_from_parts(&kind, pid),
+            name,
+            here: None,
+        });
     }
     Ok(list)
 }
@@ -537,13 +549,14 @@ fn allowed_of(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Vec<Principal>,
 fn write_allowed(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
-    allowed: &[Principal],
+    allowed: &[Grantee],
 ) -> Result<(), StoreError> {
-    let mut stmt =
-        tx.prepare("INSERT OR IGNORE INTO allowed (credential_id, kind, id) VALUES (?1, ?2, ?3)")?;
-    for p in allowed {
-        let (kind, pid) = principal_parts(p);
-        stmt.execute(params![id, kind, pid])?;
+    let mut stmt = tx.prepare(
+        "INSERT OR IGNORE INTO allowed (credential_id, kind, id, name) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for g in allowed {
+        let (kind, pid) = principal_parts(&g.written);
+        stmt.execute(params![id, kind, pid, g.name])?;
     }
     Ok(())
 }
@@ -590,6 +603,7 @@ pub(crate) mod tests {
             fence: Default::default(),
             change: 0,
             untrusted: false,
+            names: None,
             incarnation: 7,
         }
     }
@@ -804,7 +818,7 @@ pub(crate) mod tests {
             dir.path(),
             r#"UPDATE credentials SET settings = '{"bearer":{"check_url":"https://attacker.example/"}}' WHERE name = 'url';
                UPDATE credentials SET owner_uid = 1001 WHERE name = 'owner';
-               INSERT INTO allowed SELECT id, 'user', 1001 FROM credentials WHERE name = 'allow';
+               INSERT INTO allowed SELECT id, 'user', 1001, NULL FROM credentials WHERE name = 'allow';
                DELETE FROM allowed WHERE credential_id = (SELECT id FROM credentials WHERE name = 'deny');
                UPDATE credentials SET settings = '{"oauth2":{}}' WHERE name = 'kind';
                UPDATE credentials SET settings = 'not json' WHERE name = 'junk';
@@ -881,7 +895,7 @@ pub(crate) mod tests {
         let s = open(dir.path());
         s.insert(&bearer("o", "a0"), false).unwrap();
         let list = s.change_allowed("o", 7, Principal::User(3), true).unwrap();
-        assert_eq!(list, vec![Principal::Group(5), Principal::User(3)]);
+        assert_eq!(list, vec![Principal::User(3), Principal::Group(5)]);
         let list = s
             .change_allowed("o", 7, Principal::Group(5), false)
             .unwrap();

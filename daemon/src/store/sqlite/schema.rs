@@ -52,11 +52,14 @@ ALTER TABLE credentials ADD COLUMN mark_at_ms INTEGER;
 ALTER TABLE credentials ADD COLUMN lease_ms INTEGER;
 ALTER TABLE credentials ADD COLUMN retry_at_ms INTEGER;
 "#,
-    // The tag that binds a row's plain columns to the key (`binding.rs`);
-    // the rows already stored are tagged by the migration
-    // (`SqliteStore::bind_existing`), with the key checked first.
+    // The tag that binds a row's plain columns to the key (`binding.rs`),
+    // and the owner's and allow list's names (`names.rs`); the rows already
+    // stored are named and tagged by the migration (`bind_existing`), with
+    // the key checked first.
     r#"
 ALTER TABLE credentials ADD COLUMN binding BLOB;
+ALTER TABLE credentials ADD COLUMN owner_name TEXT;
+ALTER TABLE allowed ADD COLUMN name TEXT;
 "#,
 ];
 
