@@ -229,7 +229,16 @@ fn written_elsewhere(d: &Daemon, names: &[&str], ghost: &str, who: Other) {
         }
         let owner_name = named.owner.name.clone();
         let allowed: Vec<_> = named.allowed.clone();
-        let tag = Binding::from(&c).tag(&sealer).expect("tag");
+        let settings: String = conn
+            .query_row(
+                "SELECT settings FROM credentials WHERE name = ?1",
+                [&c.name],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let tag = Binding::of(&c, Some(&settings))
+            .and_then(|b| b.tag(&sealer))
+            .expect("tag");
         conn.execute(
             "UPDATE credentials SET owner_name = ?2, binding = ?3 WHERE name = ?1",
             rusqlite::params![c.name, owner_name, tag],

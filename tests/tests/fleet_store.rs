@@ -309,7 +309,8 @@ fn a_store_of_the_schema_before_bound_rows_is_bound_when_a_member_opens_it() {
     drop(a);
     // Back to schema 2, as a tokend before rows were bound left it.
     pg.psql(
-        "ALTER TABLE tokend.credentials DROP COLUMN binding;
+        "ALTER TABLE tokend.credentials DROP COLUMN binding, DROP COLUMN owner_name;
+         UPDATE tokend.credentials SET allowed = 'user:7';
          UPDATE tokend.schema_version SET version = 2;",
     );
     // A member with another key migrates nothing: it refuses.

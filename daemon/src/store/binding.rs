@@ -24,21 +24,25 @@ pub const TAMPERED: &str = "its row in the store was changed without the sealing
 /// associated data of a sealed value (`tokend/v1\0…`).
 const DOMAIN: &str = "tokend/row/v1";
 
-/// The columns of a row that the key vouches for: the owner and the allow
-/// list as written (ids where written, and names), not as resolved here.
+/// The columns of a row that the key vouches for: the settings as the
+/// very text stored (so that a later version, whose settings have more
+/// fields, still verifies what an earlier one wrote), the owner and the
+/// allow list as written (ids where written, and names), not as resolved
+/// here.
 #[derive(Debug, Clone)]
 pub struct Binding<'a> {
     pub name: &'a str,
     pub incarnation: i64,
     pub description: &'a str,
-    pub spec: &'a CredentialSpec,
+    pub settings: Cow<'a, str>,
     pub named: Cow<'a, Named>,
 }
 
-impl<'a> From<&'a StoredCredential> for Binding<'a> {
-    /// A loaded row's columns (its names as read); a credential not read
+impl<'a> Binding<'a> {
+    /// `c`'s bound columns, with `settings`, the text its row holds
+    /// (none: its spec as this version writes it). A credential not read
     /// from a store has its ids without names.
-    fn from(c: &'a StoredCredential) -> Self {
+    pub fn of(c: &'a StoredCredential, settings: Option<&'a str>) -> Result<Self, StoreError> {
         let named = match &c.names {
             Some(named) => Cow::Borrowed(&**named),
             None => Cow::Owned(Named {
@@ -46,13 +50,17 @@ impl<'a> From<&'a StoredCredential> for Binding<'a> {
                 allowed: c.allowed.iter().map(|p| nameless(*p)).collect(),
             }),
         };
-        Binding {
+        let settings = match settings {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(serde_json::to_string(&c.spec)?),
+        };
+        Ok(Binding {
             name: &c.name,
             incarnation: c.incarnation,
             description: &c.description,
-            spec: &c.spec,
+            settings,
             named,
-        }
+        })
     }
 }
 
@@ -71,10 +79,9 @@ fn written(g: &Grantee) -> (&'static str, u32, Option<&str>) {
 }
 
 impl Binding<'_> {
-    /// The bytes tagged: a JSON array, so no field can run into the next,
-    /// of the parsed values (the same whatever whitespace or key order a
-    /// database keeps the settings in), the allow list in a fixed order
-    /// (one backend keeps it as a table, the other as text).
+    /// The bytes tagged: a JSON array, so no field can run into the next;
+    /// the allow list in a fixed order (one backend keeps it as a table,
+    /// the other as text).
     fn bytes(&self) -> Result<Vec<u8>, StoreError> {
         let mut allowed: Vec<_> = self.named.allowed.iter().map(written).collect();
         allowed.sort_unstable();
@@ -84,7 +91,7 @@ impl Binding<'_> {
             self.name,
             self.incarnation,
             self.description,
-            self.spec,
+            &self.settings,
             written(&self.named.owner),
             allowed,
         ))?)
@@ -105,11 +112,17 @@ impl Binding<'_> {
 }
 
 /// Why a row read from the store must not be used, if it must not: its
-/// tag does not verify, or (whatever the tag says: a store written before
-/// the rule, or by a buggy writer) an endpoint URL it holds would send a
-/// secret in clear or is no URL at all.
-pub fn distrust(sealer: &Sealer, c: &StoredCredential, tag: Option<&[u8]>) -> Option<String> {
-    if !Binding::from(c).verifies(sealer, tag) {
+/// tag does not verify over its columns (`settings`: the text it holds),
+/// or (whatever the tag says: a store written before the rule, or by a
+/// buggy writer) an endpoint URL it holds would send a secret in clear or
+/// is no URL at all.
+pub fn distrust(
+    sealer: &Sealer,
+    c: &StoredCredential,
+    settings: Option<&str>,
+    tag: Option<&[u8]>,
+) -> Option<String> {
+    if !Binding::of(c, settings).is_ok_and(|b| b.verifies(sealer, tag)) {
         return Some(TAMPERED.to_string());
     }
     bad_url(&c.spec).map(|e| format!("its stored settings are not usable: {e}"))
@@ -170,9 +183,13 @@ fn more(e: &tokend_proto::Endpoints) -> impl Iterator<Item = (&str, &'static str
 }
 
 /// Makes a row that must not be used inert: `failing` with `why`, its
-/// secrets dropped (never opened), nothing scheduled.
+/// secrets dropped (never opened), nothing scheduled, and neither its
+/// owner nor its allow list (which may be the writer's) used: only admins
+/// may see or remove it.
 pub fn quarantine(c: &mut StoredCredential, why: String) {
     c.untrusted = true;
+    c.owner_uid = super::names::NOBODY;
+    c.allowed.clear();
     c.state = CredentialState::Failing;
     c.last_error = Some(why.clone());
     c.reason = Some(why);
@@ -202,9 +219,9 @@ mod tests {
     fn every_bound_column_is_covered() {
         let s = sealer();
         let c = bearer("up", "t");
-        let tag = Binding::from(&c).tag(&s).unwrap();
-        assert_eq!(distrust(&s, &c, Some(&tag)), None);
-        assert_eq!(distrust(&s, &c, None).as_deref(), Some(TAMPERED));
+        let tag = Binding::of(&c, None).unwrap().tag(&s).unwrap();
+        assert_eq!(distrust(&s, &c, None, Some(&tag)), None);
+        assert_eq!(distrust(&s, &c, None, None).as_deref(), Some(TAMPERED));
         let changes: Vec<fn(&mut StoredCredential)> = vec![
             |c| c.name = "other".into(),
             |c| c.incarnation += 1,
@@ -222,15 +239,30 @@ mod tests {
             let mut changed = c.clone();
             change(&mut changed);
             assert_eq!(
-                distrust(&s, &changed, Some(&tag)).as_deref(),
+                distrust(&s, &changed, None, Some(&tag)).as_deref(),
                 Some(TAMPERED)
             );
         }
-        let other_key = Binding::from(&c)
+        let other_key = Binding::of(&c, None)
+            .unwrap()
             .tag(&Sealer::from_key(&[4u8; 32]))
             .unwrap();
         assert_eq!(
-            distrust(&s, &c, Some(&other_key)).as_deref(),
+            distrust(&s, &c, None, Some(&other_key)).as_deref(),
+            Some(TAMPERED)
+        );
+    }
+
+    #[test]
+    fn the_settings_are_bound_as_the_text_stored() {
+        let s = sealer();
+        let c = bearer("up", "t");
+        let text = r#"{"bearer":{"check_url":null,"added_by_a_later_version":1}}"#;
+        let tag = Binding::of(&c, Some(text)).unwrap().tag(&s).unwrap();
+        assert_eq!(distrust(&s, &c, Some(text), Some(&tag)), None);
+        let respaced = r#"{"bearer": {"check_url":null,"added_by_a_later_version":1}}"#;
+        assert_eq!(
+            distrust(&s, &c, Some(respaced), Some(&tag)).as_deref(),
             Some(TAMPERED)
         );
     }
@@ -240,9 +272,9 @@ mod tests {
         let s = sealer();
         let mut c = bearer("up", "t");
         c.allowed = vec![Principal::User(3), Principal::Group(5)];
-        let tag = Binding::from(&c).tag(&s).unwrap();
+        let tag = Binding::of(&c, None).unwrap().tag(&s).unwrap();
         c.allowed.reverse();
-        assert_eq!(distrust(&s, &c, Some(&tag)), None);
+        assert_eq!(distrust(&s, &c, None, Some(&tag)), None);
     }
 
     #[test]
@@ -252,8 +284,8 @@ mod tests {
         c.spec = CredentialSpec::Bearer {
             check_url: Some("http://api.example/me".into()),
         };
-        let tag = Binding::from(&c).tag(&s).unwrap();
-        let why = distrust(&s, &c, Some(&tag)).unwrap();
+        let tag = Binding::of(&c, None).unwrap().tag(&s).unwrap();
+        let why = distrust(&s, &c, None, Some(&tag)).unwrap();
         assert!(why.contains("the check URL"), "{why}");
     }
 

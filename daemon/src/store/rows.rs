@@ -71,13 +71,14 @@ pub fn seal_row(
     names: &mut Names,
 ) -> Result<SealedRow, StoreError> {
     let named = names.named(c.owner_uid, &c.allowed);
+    let settings = serde_json::to_string(&c.spec)?;
     let binding = Binding {
         named: Cow::Borrowed(&named),
-        ..Binding::from(c)
+        ..Binding::of(c, Some(&settings))?
     }
     .tag(sealer)?;
     Ok(SealedRow {
-        settings: serde_json::to_string(&c.spec)?,
+        settings,
         binding,
         named,
         client_secret: seal_opt(sealer, &c.name, "client_secret", c.client_secret.as_ref())?,
@@ -216,16 +217,18 @@ fn open_rows(
 ) {
     let mut names = Names::default();
     for (i, c) in creds.iter_mut().enumerate() {
-        let [binding, cs, at, rt] = sealed.row(first + i);
+        let [binding, settings, cs, at, rt] = sealed.row(first + i);
+        let settings = settings.and_then(|b| std::str::from_utf8(b).ok());
         let why = if c.untrusted {
             c.reason.clone()
         } else {
-            distrust(sealer, c, binding)
+            distrust(sealer, c, settings, binding)
         };
-        if let Some(why) = why.or_else(|| open_secrets(sealer, c, [cs, at, rt]).err()) {
+        let why = why.or_else(|| open_secrets(sealer, c, [cs, at, rt]).err());
+        resolve(c, &mut names);
+        if let Some(why) = why {
             quarantine(c, why);
         }
-        resolve(c, &mut names);
     }
 }
 
@@ -265,14 +268,15 @@ fn open_secrets(
 #[derive(Default)]
 pub struct SealedColumns {
     bytes: Vec<u8>,
-    /// Per row: binding, client secret, access token, refresh token, as
-    /// byte ranges.
-    rows: Vec<[Option<(usize, usize)>; 4]>,
+    /// Per row: binding, settings, client secret, access token, refresh
+    /// token, as byte ranges.
+    rows: Vec<[Option<(usize, usize)>; 5]>,
 }
 
 impl SealedColumns {
-    /// Adds a row's binding, client secret, access token and refresh token.
-    pub fn push(&mut self, columns: [Option<&[u8]>; 4]) {
+    /// Adds a row's binding, settings (the text the binding covers),
+    /// client secret, access token and refresh token.
+    pub fn push(&mut self, columns: [Option<&[u8]>; 5]) {
         let row = columns.map(|column| {
             column.map(|b| {
                 let start = self.bytes.len();
@@ -283,7 +287,7 @@ impl SealedColumns {
         self.rows.push(row);
     }
 
-    fn row(&self, i: usize) -> [Option<&[u8]>; 4] {
+    fn row(&self, i: usize) -> [Option<&[u8]>; 5] {
         self.rows[i].map(|range| range.map(|(start, end)| &self.bytes[start..end]))
     }
 }

@@ -92,6 +92,8 @@ pub fn distrust(shared: &Shared, cred: &Credential, why: &str) {
     let first = cred.with_live(|l| {
         let first = !l.untrusted;
         l.untrusted = true;
+        // The row's allow list may be the writer's; the one held stops too.
+        l.allowed.clear();
         l.access_token = None;
         l.refresh_token = None;
         l.journal = Journal::Settled;

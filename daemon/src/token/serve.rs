@@ -147,6 +147,7 @@ pub async fn reject(
     cred: &Arc<Credential>,
     token: Option<&Secret>,
 ) -> Result<String, Error> {
+    crate::token::trusted(cred)?;
     if let CredentialSpec::Bearer { check_url } = &cred.spec {
         if check_url.is_some() {
             let report = crate::token::check::run(shared, cred).await?;
@@ -181,6 +182,8 @@ pub(super) fn same_secret(a: &Secret, b: &Secret) -> bool {
 /// `tokenctl refresh NAME`: one refresh now, whatever the schedule says,
 /// but never sooner than the provider allowed.
 pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<String, Error> {
+    // Before anything: a forced refresh makes a failing credential ready.
+    crate::token::trusted(cred)?;
     if let CredentialSpec::Bearer { .. } = cred.spec {
         return Err(Error::InvalidArgument(format!(
             "bearer credential {:?} has nothing to refresh (use `tokenctl check {}` to test it)",

@@ -13,7 +13,6 @@ use crate::store::{
     Deadline, Fence, Mark, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate,
 };
 use std::borrow::Cow;
-use tokend_proto::CredentialSpec;
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -37,13 +36,15 @@ impl Loaded {
     pub fn push(&mut self, r: &tokio_postgres::Row) -> Result<(), StoreError> {
         let bad =
             |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
+        let settings: &str = r.try_get(4).map_err(bad)?;
         self.sealed.push([
             r.try_get::<_, Option<&[u8]>>(27).map_err(bad)?,
+            Some(settings.as_bytes()),
             r.try_get::<_, Option<&[u8]>>(6).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(7).map_err(bad)?,
             r.try_get::<_, Option<&[u8]>>(8).map_err(bad)?,
         ]);
-        let (spec, unreadable) = read_spec(r.try_get(4).map_err(bad)?);
+        let (spec, unreadable) = read_spec(settings);
         let last_check: Option<&str> = r.try_get(18).map_err(bad)?;
         let clock: i64 = r.try_get(25).map_err(bad)?;
         self.creds.push(StoredCredential {
@@ -136,7 +137,7 @@ pub(super) struct Bound {
     pub name: String,
     pub incarnation: i64,
     description: String,
-    spec: CredentialSpec,
+    settings: String,
     pub named: Named,
     pub tag: Option<Vec<u8>>,
 }
@@ -158,7 +159,7 @@ impl Bound {
             name: r.try_get(0).map_err(bad)?,
             incarnation: r.try_get(1).map_err(bad)?,
             description: r.try_get(2).map_err(bad)?,
-            spec: serde_json::from_str(r.try_get(4).map_err(bad)?)?,
+            settings: r.try_get(4).map_err(bad)?,
             named: Named::as_read(
                 uid(r.try_get(3).map_err(bad)?),
                 r.try_get(7).map_err(bad)?,
@@ -173,7 +174,7 @@ impl Bound {
             name: &self.name,
             incarnation: self.incarnation,
             description: &self.description,
-            spec: &self.spec,
+            settings: Cow::Borrowed(&self.settings),
             named: Cow::Borrowed(&self.named),
         }
     }

@@ -39,8 +39,15 @@ impl SqliteStore {
             None => stmt.query([])?,
         };
         while let Some(r) = rows.next()? {
-            sealed.push([blob(r, 24)?, blob(r, 5)?, blob(r, 6)?, blob(r, 7)?]);
-            let (spec, unreadable) = read_spec(&r.get::<_, String>(4)?);
+            let settings: String = r.get(4)?;
+            sealed.push([
+                blob(r, 24)?,
+                Some(settings.as_bytes()),
+                blob(r, 5)?,
+                blob(r, 6)?,
+                blob(r, 7)?,
+            ]);
+            let (spec, unreadable) = read_spec(&settings);
             let last_check: Option<String> = r.get(17)?;
             out.push(StoredCredential {
                 spec,

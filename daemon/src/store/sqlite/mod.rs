@@ -428,7 +428,7 @@ struct BoundRow {
     name: String,
     incarnation: i64,
     description: String,
-    spec: tokend_proto::CredentialSpec,
+    settings: String,
     named: Named,
     tag: Option<Vec<u8>>,
 }
@@ -439,7 +439,7 @@ impl BoundRow {
             name: &self.name,
             incarnation: self.incarnation,
             description: &self.description,
-            spec: &self.spec,
+            settings: Cow::Borrowed(&self.settings),
             named: Cow::Borrowed(&self.named),
         }
     }
@@ -475,7 +475,7 @@ fn bound_row(
         name: name.to_string(),
         incarnation,
         description,
-        spec: serde_json::from_str(&settings)?,
+        settings,
         named: Named::as_read(owner_uid, owner_name, allowed_of(tx, id)?),
         tag,
     })
