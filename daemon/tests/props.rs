@@ -3,7 +3,7 @@
 //! only unaltered; the sealed bytes never carry the plaintext.
 
 use proptest::prelude::*;
-use tokend::store::seal::Sealer;
+use tokend::store::seal::{Place, Sealer};
 use tokend_proto::Secret;
 
 /// The columns the store seals (plus its key check); `open` takes a
@@ -38,13 +38,13 @@ proptest! {
         secret in ".{0,200}",
     ) {
         let sealer = Sealer::from_key(&key);
-        let sealed = sealer.seal(&name, column, &Secret::new(secret.clone())).unwrap();
-        let opened = sealer.open(&name, column, &sealed).unwrap();
+        let sealed = sealer.seal(Place::of(&name, 1, column), &Secret::new(secret.clone())).unwrap();
+        let opened = sealer.open(Place::of(&name, 1, column), &sealed).unwrap();
         prop_assert_eq!(opened.expose(), secret.as_str());
     }
 
     #[test]
-    fn a_sealed_secret_moved_to_another_name_or_column_does_not_open(
+    fn a_sealed_secret_moved_to_another_name_incarnation_or_column_does_not_open(
         key in key(),
         (name, other_name) in ("[a-z0-9][a-z0-9._-]{0,20}", "[a-z0-9][a-z0-9._-]{0,20}"),
         (col, other_col) in (column(), column()),
@@ -52,8 +52,9 @@ proptest! {
     ) {
         prop_assume!((name.as_str(), col) != (other_name.as_str(), other_col));
         let sealer = Sealer::from_key(&key);
-        let sealed = sealer.seal(&name, col, &Secret::new(secret)).unwrap();
-        prop_assert!(sealer.open(&other_name, other_col, &sealed).is_err());
+        let sealed = sealer.seal(Place::of(&name, 1, col), &Secret::new(secret)).unwrap();
+        prop_assert!(sealer.open(Place::of(&other_name, 1, other_col), &sealed).is_err());
+        prop_assert!(sealer.open(Place::of(&name, 2, col), &sealed).is_err());
     }
 
     #[test]
@@ -64,8 +65,8 @@ proptest! {
         secret in ".{0,64}",
     ) {
         prop_assume!(key != other);
-        let sealed = Sealer::from_key(&key).seal(&name, column, &Secret::new(secret)).unwrap();
-        prop_assert!(Sealer::from_key(&other).open(&name, column, &sealed).is_err());
+        let sealed = Sealer::from_key(&key).seal(Place::of(&name, 1, column), &Secret::new(secret)).unwrap();
+        prop_assert!(Sealer::from_key(&other).open(Place::of(&name, 1, column), &sealed).is_err());
     }
 
     #[test]
@@ -76,10 +77,10 @@ proptest! {
         flip in 1u8..,
     ) {
         let sealer = Sealer::from_key(&key);
-        let mut sealed = sealer.seal("n", "access_token", &Secret::new(secret)).unwrap();
+        let mut sealed = sealer.seal(Place::of("n", 1, "access_token"), &Secret::new(secret)).unwrap();
         let i = at.index(sealed.len());
         sealed[i] ^= flip;
-        prop_assert!(sealer.open("n", "access_token", &sealed).is_err());
+        prop_assert!(sealer.open(Place::of("n", 1, "access_token"), &sealed).is_err());
     }
 
     #[test]
@@ -89,7 +90,7 @@ proptest! {
     ) {
         // 1 format byte + 24 nonce bytes + 16 tag bytes is the shortest
         // sealed value; random bytes must simply fail to open.
-        prop_assert!(Sealer::from_key(&key).open("n", "access_token", &blob).is_err());
+        prop_assert!(Sealer::from_key(&key).open(Place::of("n", 1, "access_token"), &blob).is_err());
     }
 
     #[test]
@@ -98,8 +99,8 @@ proptest! {
         secret in "[ -~]{8,64}",
     ) {
         let sealer = Sealer::from_key(&key);
-        let a = sealer.seal("n", "access_token", &Secret::new(secret.clone())).unwrap();
-        let b = sealer.seal("n", "access_token", &Secret::new(secret.clone())).unwrap();
+        let a = sealer.seal(Place::of("n", 1, "access_token"), &Secret::new(secret.clone())).unwrap();
+        let b = sealer.seal(Place::of("n", 1, "access_token"), &Secret::new(secret.clone())).unwrap();
         prop_assert!(!a.windows(secret.len()).any(|w| w == secret.as_bytes()));
         prop_assert_ne!(a, b, "a fresh nonce per seal");
     }

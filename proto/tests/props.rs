@@ -310,6 +310,19 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
                 description,
                 spec,
                 owner_uid,
+                owner: allowed.first().map(|p| Grantee {
+                    written: *p,
+                    name: Some(format!("n{owner_uid}")),
+                    here: None,
+                }),
+                grantees: allowed
+                    .iter()
+                    .map(|p| Grantee {
+                        written: *p,
+                        name: None,
+                        here: Some(owner_uid),
+                    })
+                    .collect(),
                 allowed,
                 state,
                 reason,

@@ -4,7 +4,7 @@
 
 use super::binding::{Binding, distrust, quarantine};
 use super::names::{Named, Names};
-use super::seal::Sealer;
+use super::seal::{Place, Sealer};
 use super::{GrantChange, StoreError, StoredCredential, TokenUpdate};
 use std::borrow::Cow;
 use tokend_proto::{CredentialSpec, CredentialState, Grantee, Principal, Secret};
@@ -16,7 +16,7 @@ pub const KEY_CHECK: &str = "tokend key check";
 /// Whether `sealed` (the store's `key_check`) is [`KEY_CHECK`] sealed
 /// under this key.
 pub fn check_key(sealer: &Sealer, sealed: &[u8]) -> Result<(), StoreError> {
-    if sealer.open("", "key_check", sealed)?.expose() != KEY_CHECK {
+    if sealer.open(Place::key_check(), sealed)?.expose() != KEY_CHECK {
         return Err(super::seal::SealError::Open {
             name: String::new(),
             column: "key_check",
@@ -42,24 +42,50 @@ pub struct SealedRow {
     pub refresh: Option<Vec<u8>>,
 }
 
-/// Seals one optional secret of credential `name`, bound to its column.
+/// Seals one optional secret for its place (credential, incarnation, column).
 pub fn seal_opt(
     sealer: &Sealer,
-    name: &str,
-    column: &str,
+    place: Place<'_>,
     s: Option<&Secret>,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    Ok(s.map(|s| sealer.seal(name, column, s)).transpose()?)
+    Ok(s.map(|s| sealer.seal(place, s)).transpose()?)
 }
 
-/// Opens one optional sealed value of credential `name`.
+/// Opens one optional sealed value of its place.
 pub fn open_opt(
     sealer: &Sealer,
-    name: &str,
-    column: &'static str,
+    place: Place<'_>,
     b: Option<&[u8]>,
 ) -> Result<Option<Secret>, StoreError> {
-    Ok(b.map(|b| sealer.open(name, column, b)).transpose()?)
+    Ok(b.map(|b| sealer.open(place, b)).transpose()?)
+}
+
+/// The sealed columns, in the order they are read and opened.
+pub const SEALED_COLUMNS: [&str; 3] = ["client_secret", "access_token", "refresh_token"];
+
+/// A row's sealed values (in [`SEALED_COLUMNS`] order) sealed again for
+/// its incarnation, from the format of a store written before sealed
+/// values were bound to it (the migration that binds rows). A value that
+/// does not open is left as it is: its row will not be used.
+pub fn reseal_for_incarnation(
+    sealer: &Sealer,
+    name: &str,
+    incarnation: i64,
+    values: [Option<Vec<u8>>; 3],
+) -> Result<[Option<Vec<u8>>; 3], StoreError> {
+    let mut out: [Option<Vec<u8>>; 3] = Default::default();
+    for ((column, value), slot) in SEALED_COLUMNS.into_iter().zip(values).zip(&mut out) {
+        let Some(value) = value else { continue };
+        let legacy = Place {
+            incarnation: None,
+            ..Place::of(name, incarnation, column)
+        };
+        *slot = Some(match sealer.open(legacy, &value) {
+            Ok(secret) => sealer.seal(Place::of(name, incarnation, column), &secret)?,
+            Err(_) => value,
+        });
+    }
+    Ok(out)
 }
 
 /// Seals a credential's secrets and encodes its settings, outside any
@@ -70,6 +96,7 @@ pub fn seal_row(
     c: &StoredCredential,
     names: &mut Names,
 ) -> Result<SealedRow, StoreError> {
+    let place = |column| Place::of(&c.name, c.incarnation, column);
     let named = names.named(c.owner_uid, &c.allowed);
     let settings = serde_json::to_string(&c.spec)?;
     let binding = Binding {
@@ -81,9 +108,9 @@ pub fn seal_row(
         settings,
         binding,
         named,
-        client_secret: seal_opt(sealer, &c.name, "client_secret", c.client_secret.as_ref())?,
-        access: seal_opt(sealer, &c.name, "access_token", c.access_token.as_ref())?,
-        refresh: seal_opt(sealer, &c.name, "refresh_token", c.refresh_token.as_ref())?,
+        client_secret: seal_opt(sealer, place("client_secret"), c.client_secret.as_ref())?,
+        access: seal_opt(sealer, place("access_token"), c.access_token.as_ref())?,
+        refresh: seal_opt(sealer, place("refresh_token"), c.refresh_token.as_ref())?,
     })
 }
 
@@ -105,14 +132,17 @@ pub fn read_spec(settings: &str) -> (CredentialSpec, Option<String>) {
     }
 }
 
-/// A token update's access token and refresh token, sealed for credential `name`.
+/// A token update's access token and refresh token, sealed for credential
+/// `name` of incarnation `incarnation`.
 pub fn seal_tokens(
     sealer: &Sealer,
     name: &str,
+    incarnation: i64,
     t: &TokenUpdate,
 ) -> Result<(Sealed, Sealed), StoreError> {
-    let access = seal_opt(sealer, name, "access_token", t.access_token.as_ref())?;
-    let refresh = seal_opt(sealer, name, "refresh_token", t.refresh_token.as_ref())?;
+    let place = |column| Place::of(name, incarnation, column);
+    let access = seal_opt(sealer, place("access_token"), t.access_token.as_ref())?;
+    let refresh = seal_opt(sealer, place("refresh_token"), t.refresh_token.as_ref())?;
     Ok((access, refresh))
 }
 
@@ -251,7 +281,8 @@ fn open_secrets(
     c: &mut StoredCredential,
     [cs, at, rt]: [Option<&[u8]>; 3],
 ) -> Result<(), String> {
-    let open = |column, b| open_opt(sealer, &c.name, column, b).map_err(|e| e.to_string());
+    let place = |column| Place::of(&c.name, c.incarnation, column);
+    let open = |column, b| open_opt(sealer, place(column), b).map_err(|e| e.to_string());
     let opened = (
         open("client_secret", cs)?,
         open("access_token", at)?,

@@ -1,6 +1,7 @@
 //! Sealing secrets at rest: XChaCha20-Poly1305 under a 256-bit key, with the
-//! credential's name and the column bound in as associated data, so a sealed
-//! value copied to another row or column fails to open.
+//! credential's name, incarnation and the column bound in as associated
+//! data, so a sealed value copied to another row, another incarnation of
+//! the same name (a replaced credential) or another column fails to open.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -9,7 +10,11 @@ use std::path::{Path, PathBuf};
 use tokend_proto::Secret;
 use zeroize::Zeroizing;
 
+/// Values sealed for a name and column only (tokend before incarnations
+/// were bound; still the store's key check).
 const FORMAT_V1: u8 = 1;
+/// Values sealed for a name, an incarnation and a column.
+const FORMAT_V2: u8 = 2;
 const NONCE_LEN: usize = 24;
 const KEY_LEN: usize = 32;
 
@@ -59,8 +64,49 @@ impl std::fmt::Debug for Sealer {
     }
 }
 
-fn aad(name: &str, column: &str) -> Vec<u8> {
-    format!("tokend/v1\0{name}\0{column}").into_bytes()
+/// Where a sealed value belongs, which it opens nowhere else.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub name: &'a str,
+    /// The credential's incarnation; none for the store's key check and
+    /// for values written before incarnations were bound (format 1, read
+    /// only by the migration that seals them again).
+    pub incarnation: Option<i64>,
+    pub column: &'static str,
+}
+
+impl<'a> Place<'a> {
+    pub fn of(name: &'a str, incarnation: i64, column: &'static str) -> Place<'a> {
+        Place {
+            name,
+            incarnation: Some(incarnation),
+            column,
+        }
+    }
+
+    /// The store's key check (`meta.key_check`).
+    pub fn key_check() -> Place<'static> {
+        Place {
+            name: "",
+            incarnation: None,
+            column: "key_check",
+        }
+    }
+
+    /// The format byte and the associated data.
+    fn aad(&self) -> (u8, Vec<u8>) {
+        let (name, column) = (self.name, self.column);
+        match self.incarnation {
+            None => (
+                FORMAT_V1,
+                format!("tokend/v1\0{name}\0{column}").into_bytes(),
+            ),
+            Some(i) => (
+                FORMAT_V2,
+                format!("tokend/v2\0{name}\0{i}\0{column}").into_bytes(),
+            ),
+        }
+    }
 }
 
 impl Sealer {
@@ -93,8 +139,9 @@ impl Sealer {
         Ok((Sealer::from_key(&key), KeySource::Created(key_file.into())))
     }
 
-    /// Seals `secret` for `column` of credential `name`.
-    pub fn seal(&self, name: &str, column: &str, secret: &Secret) -> Result<Vec<u8>, SealError> {
+    /// Seals `secret` for `place`.
+    pub fn seal(&self, place: Place<'_>, secret: &Secret) -> Result<Vec<u8>, SealError> {
+        let (format, aad) = place.aad();
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
         let sealed = self
@@ -103,29 +150,25 @@ impl Sealer {
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: secret.expose().as_bytes(),
-                    aad: &aad(name, column),
+                    aad: &aad,
                 },
             )
             .map_err(|_| SealError::Random("encryption failed".into()))?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        out.push(FORMAT_V1);
+        out.push(format);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Ok(out)
     }
 
-    /// Opens a value sealed by [`Sealer::seal`] for the same name and column.
-    pub fn open(
-        &self,
-        name: &str,
-        column: &'static str,
-        sealed: &[u8],
-    ) -> Result<Secret, SealError> {
+    /// Opens a value sealed by [`Sealer::seal`] for the same place.
+    pub fn open(&self, place: Place<'_>, sealed: &[u8]) -> Result<Secret, SealError> {
         let fail = || SealError::Open {
-            name: name.to_string(),
-            column,
+            name: place.name.to_string(),
+            column: place.column,
         };
-        if sealed.len() < 1 + NONCE_LEN || sealed[0] != FORMAT_V1 {
+        let (format, aad) = place.aad();
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != format {
             return Err(fail());
         }
         let (nonce, body) = sealed[1..].split_at(NONCE_LEN);
@@ -135,7 +178,7 @@ impl Sealer {
                     XNonce::from_slice(nonce),
                     Payload {
                         msg: body,
-                        aad: &aad(name, column),
+                        aad: &aad,
                     },
                 )
                 .map_err(|_| fail())?,
@@ -256,22 +299,43 @@ mod tests {
     fn sealed_value_opens_only_for_its_row_and_column() {
         let s = sealer();
         let sealed = s
-            .seal("uptempo", "refresh_token", &Secret::new("rt-1"))
+            .seal(
+                Place::of("uptempo", 1, "refresh_token"),
+                &Secret::new("rt-1"),
+            )
             .unwrap();
         assert_eq!(
-            s.open("uptempo", "refresh_token", &sealed)
+            s.open(Place::of("uptempo", 1, "refresh_token"), &sealed)
                 .unwrap()
                 .expose(),
             "rt-1"
         );
-        assert!(s.open("other", "refresh_token", &sealed).is_err());
-        assert!(s.open("uptempo", "access_token", &sealed).is_err());
+        assert!(
+            s.open(Place::of("other", 1, "refresh_token"), &sealed)
+                .is_err()
+        );
+        assert!(
+            s.open(Place::of("uptempo", 1, "access_token"), &sealed)
+                .is_err()
+        );
+        assert!(
+            s.open(Place::of("uptempo", 2, "refresh_token"), &sealed)
+                .is_err()
+        );
+        let legacy = Place {
+            incarnation: None,
+            ..Place::of("uptempo", 1, "refresh_token")
+        };
+        assert!(s.open(legacy, &sealed).is_err());
     }
 
     #[test]
     fn sealed_bytes_do_not_contain_the_secret() {
         let sealed = sealer()
-            .seal("a", "access_token", &Secret::new("plain-text-token"))
+            .seal(
+                Place::of("a", 1, "access_token"),
+                &Secret::new("plain-text-token"),
+            )
             .unwrap();
         assert!(!sealed.windows(16).any(|w| w == b"plain-text-token"));
     }
@@ -279,11 +343,11 @@ mod tests {
     #[test]
     fn wrong_key_fails_to_open() {
         let sealed = sealer()
-            .seal("a", "access_token", &Secret::new("x"))
+            .seal(Place::of("a", 1, "access_token"), &Secret::new("x"))
             .unwrap();
         let other = Sealer::from_key(&[8u8; 32]);
         assert!(matches!(
-            other.open("a", "access_token", &sealed),
+            other.open(Place::of("a", 1, "access_token"), &sealed),
             Err(SealError::Open { .. })
         ));
     }
@@ -300,8 +364,9 @@ mod tests {
         assert!(!s.verify_tag(b"tokend/row/v1 data", &flipped));
         assert!(!s.verify_tag(b"tokend/row/v1 data", &tag[..10]));
         // A sealed value is no tag: its body is not empty.
-        let sealed = s.seal("n", "c", &Secret::new("x")).unwrap();
-        assert!(!s.verify_tag(&aad("n", "c"), &sealed));
+        let place = Place::of("n", 1, "c");
+        let sealed = s.seal(place, &Secret::new("x")).unwrap();
+        assert!(!s.verify_tag(&place.aad().1, &sealed));
     }
 
     #[test]
@@ -310,10 +375,10 @@ mod tests {
         let path = dir.path().join("k");
         let (a, src) = Sealer::load(None, &path, true).unwrap();
         assert!(matches!(src, KeySource::Created(_)));
-        let sealed = a.seal("n", "c", &Secret::new("v")).unwrap();
+        let sealed = a.seal(Place::key_check(), &Secret::new("v")).unwrap();
         let (b, src) = Sealer::load(None, &path, true).unwrap();
         assert!(matches!(src, KeySource::File(_)));
-        assert_eq!(b.open("n", "c", &sealed).unwrap().expose(), "v");
+        assert_eq!(b.open(Place::key_check(), &sealed).unwrap().expose(), "v");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -33,7 +33,7 @@ mod thread;
 
 use super::names::Names;
 use super::rows::{KEY_CHECK, check_key, fence_outcome, open_all, seal_tokens, state_to_text};
-use super::seal::Sealer;
+use super::seal::{Place, Sealer};
 use super::{
     Backend, Claim, NewMark, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate,
 };
@@ -324,7 +324,9 @@ fn written(rows: u64, name: &str) -> Result<(), StoreError> {
 
 impl Backend for PgStore {
     fn verify_key(&self) -> Result<(), StoreError> {
-        let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
+        let sealed = self
+            .sealer
+            .seal(Place::key_check(), &Secret::new(KEY_CHECK))?;
         let pool = self.work.clone();
         let stored: Vec<u8> = self.call(async move {
             let client = pool.get().await?;
@@ -407,7 +409,7 @@ impl Backend for PgStore {
         fence: i64,
         t: &TokenUpdate,
     ) -> Result<i64, StoreError> {
-        let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
+        let (access, refresh) = seal_tokens(&self.sealer, name, incarnation, t)?;
         let sql = row::tokens_update(name, incarnation, fence, t, access, refresh);
         self.write(name, incarnation, fence, sql)
     }

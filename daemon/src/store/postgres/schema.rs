@@ -12,7 +12,7 @@ use super::error::Failure;
 use super::row::{BOUND, Bound};
 use crate::store::StoreError;
 use crate::store::names::Names;
-use crate::store::rows::{allowed_to_text, check_key};
+use crate::store::rows::{allowed_to_text, check_key, reseal_for_incarnation};
 use crate::store::seal::Sealer;
 
 /// The migrations; `tokend.schema_version` says how many ran. They run in
@@ -214,6 +214,22 @@ async fn bind_existing(
         };
         bound.named = names.name_ids(&bound.named);
         write_names(tx, &bound, sealer).await?;
+        let sealed = tx
+            .query_one(
+                "SELECT client_secret, access_token, refresh_token FROM tokend.credentials
+                 WHERE name = $1 AND incarnation = $2",
+                &[&bound.name, &bound.incarnation],
+            )
+            .await?;
+        let sealed = [sealed.get(0), sealed.get(1), sealed.get(2)];
+        let [cs, at, rt] = reseal_for_incarnation(sealer, &bound.name, bound.incarnation, sealed)?;
+        tx.execute(
+            "UPDATE tokend.credentials SET client_secret = $3, access_token = $4,
+                refresh_token = $5, refresh_gen = refresh_gen + 1
+             WHERE name = $1 AND incarnation = $2",
+            &[&bound.name, &bound.incarnation, &cs, &at, &rt],
+        )
+        .await?;
     }
     Ok(())
 }

@@ -7,9 +7,9 @@ mod schema;
 
 use super::rows::{
     SealedRow, TOKENS_SETTLE_SQL, committed_state, fence_outcome, grant_sql, open_all,
-    principal_from_parts, principal_parts, seal_row, seal_tokens,
+    principal_from_parts, principal_parts, reseal_for_incarnation, seal_row, seal_tokens,
 };
-use super::seal::Sealer;
+use super::seal::{Place, Sealer};
 use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
 use crate::store::binding::Binding;
 use crate::store::names::{Named, Names};
@@ -108,7 +108,9 @@ impl Backend for SqliteStore {
         match key_check(&conn)? {
             Some(sealed) => check_key(&self.sealer, &sealed)?,
             None => {
-                let sealed = self.sealer.seal("", "key_check", &Secret::new(KEY_CHECK))?;
+                let sealed = self
+                    .sealer
+                    .seal(Place::key_check(), &Secret::new(KEY_CHECK))?;
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
                     [sealed],
@@ -191,7 +193,7 @@ impl Backend for SqliteStore {
         fence: i64,
         t: &TokenUpdate,
     ) -> Result<i64, StoreError> {
-        let (access, refresh) = seal_tokens(&self.sealer, name, t)?;
+        let (access, refresh) = seal_tokens(&self.sealer, name, incarnation, t)?;
         let conn = self.lock();
         let n = conn.execute(
             &format!(
@@ -497,10 +499,10 @@ fn write_names(
     write_allowed(tx, row.id, &row.named.allowed)
 }
 
-/// Names and tags every row of a store written before rows were (the
-/// migration that added the columns): the ids it holds are named as this
-/// host knows them, and what it holds now is taken as what the key
-/// vouches for. The key is checked first: tagging under a wrong key would
+/// Names and tags every row of a store written before rows were bound
+/// (the migration that added the columns), and seals its values again for
+/// its incarnation: the ids it holds are named as this host knows them,
+/// and what it holds now is taken as what the key vouches for. The key is checked first: tagging under a wrong key would
 /// make every row look tampered with under the right one. A row whose
 /// settings cannot be read is left untagged (so untrusted).
 fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), StoreError> {
@@ -519,6 +521,17 @@ fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), 
         };
         row.named = names.name_ids(&row.named);
         write_names(tx, &row, sealer)?;
+        let sealed = tx.query_row(
+            "SELECT client_secret, access_token, refresh_token FROM credentials WHERE id = ?1",
+            [row.id],
+            |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
+        )?;
+        let [cs, at, rt] = reseal_for_incarnation(sealer, &name, incarnation, sealed)?;
+        tx.execute(
+            "UPDATE credentials SET client_secret = ?2, access_token = ?3, refresh_token = ?4
+             WHERE id = ?1",
+            params![row.id, cs, at, rt],
+        )?;
     }
     Ok(())
 }
@@ -861,7 +874,7 @@ pub(crate) mod tests {
         conn.pragma_update(None, "user_version", BINDING_VERSION as i64 - 1)
             .unwrap();
         let check = sealer
-            .seal("", "key_check", &Secret::new(KEY_CHECK))
+            .seal(Place::key_check(), &Secret::new(KEY_CHECK))
             .unwrap();
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('key_check', ?1)",
@@ -869,7 +882,13 @@ pub(crate) mod tests {
         )
         .unwrap();
         let token = sealer
-            .seal("old", "access_token", &Secret::new("tok"))
+            .seal(
+                Place {
+                    incarnation: None,
+                    ..Place::of("old", 9, "access_token")
+                },
+                &Secret::new("tok"),
+            )
             .unwrap();
         conn.execute_batch(
             "INSERT INTO credentials (name, kind, owner_uid, settings, state, created_at, incarnation)
@@ -887,6 +906,37 @@ pub(crate) mod tests {
         assert!(!row.untrusted, "{:?}", row.reason);
         assert_eq!(row.access_token.unwrap().expose(), "tok");
         assert_eq!(row.allowed, vec![Principal::User(3)]);
+    }
+
+    #[test]
+    fn an_old_incarnations_columns_over_a_replacement_open_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let mut old = bearer("up", "old-token");
+        old.owner_uid = 1001;
+        s.insert(&old, false).unwrap();
+        let conn = Connection::open(dir.path().join("t.db")).unwrap();
+        let saved: (i64, u32, Option<String>, Vec<u8>) = conn
+            .query_row(
+                "SELECT incarnation, owner_uid, owner_name, binding FROM credentials",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        let mut new = bearer("up", "new-token");
+        new.incarnation = 8;
+        s.insert(&new, true).unwrap();
+        // The replaced credential's bound columns and tag put back over
+        // the replacement: the tag verifies, the new token does not open.
+        conn.execute(
+            "UPDATE credentials SET incarnation = ?1, owner_uid = ?2, owner_name = ?3, binding = ?4",
+            rusqlite::params![saved.0, saved.1, saved.2, saved.3],
+        )
+        .unwrap();
+        let row = s.load_all().unwrap().remove(0);
+        assert!(row.untrusted, "the splice is trusted");
+        assert!(row.access_token.is_none());
+        assert!(row.reason.unwrap().contains("cannot be opened"));
     }
 
     #[test]
