@@ -224,6 +224,13 @@ pub struct LoginArgs {
     #[arg(long)]
     pub device: bool,
     /// Do not try to open a browser.
+    ///
+    /// Otherwise, on a graphical session, xdg-open is given a page only you
+    /// can read (mode 0600, in a new 0700 directory in $XDG_RUNTIME_DIR, else
+    /// the temp dir) that sends the browser on to the URL, never the URL
+    /// itself: its state, PKCE challenge, port or user code would be in the
+    /// command line every local user can read. The page is removed when the
+    /// login ends, or after 60 s.
     #[arg(long)]
     pub no_browser: bool,
     /// Give up after this many seconds.

@@ -7,6 +7,7 @@
 
 #![cfg(unix)]
 
+pub mod browser;
 pub mod helpers;
 pub mod http;
 pub mod oidc;
@@ -425,10 +426,36 @@ impl Daemon {
     /// Starts `tokenctl login NAME ARGS` and returns it with the authorize URL
     /// it printed on its first line.
     pub fn start_login(&self, name: &str, args: &[&str]) -> (Child, String) {
-        let mut child = Command::new(bin("tokenctl"))
-            .args(["login", name, "--no-browser", "--timeout", "60"])
+        self.spawn_login(name, &["--no-browser"], args, None)
+    }
+
+    /// Like [`Daemon::start_login`], but tokenctl opens a browser: `browser`'s
+    /// stand-in for `xdg-open`.
+    pub fn start_login_in(
+        &self,
+        browser: &browser::FakeBrowser,
+        name: &str,
+        args: &[&str],
+    ) -> (Child, String) {
+        self.spawn_login(name, &[], args, Some(browser))
+    }
+
+    fn spawn_login(
+        &self,
+        name: &str,
+        flags: &[&str],
+        args: &[&str],
+        browser: Option<&browser::FakeBrowser>,
+    ) -> (Child, String) {
+        let mut cmd = Command::new(bin("tokenctl"));
+        cmd.args(["login", name, "--timeout", "60"])
+            .args(flags)
             .args(args)
-            .env("TOKEND_SOCKET", &self.socket)
+            .env("TOKEND_SOCKET", &self.socket);
+        if let Some(browser) = browser {
+            browser.apply(&mut cmd);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

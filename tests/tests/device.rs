@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
+use tokend_tests::browser::{self, FakeBrowser, Page, PageHome};
 use tokend_tests::oidc::{OidcServer, query_param};
 use tokend_tests::*;
 
@@ -33,17 +34,28 @@ struct DeviceLogin {
 impl DeviceLogin {
     /// Starts it, giving up after `timeout` seconds.
     fn start(d: &Daemon, name: &str, timeout: u32) -> DeviceLogin {
+        DeviceLogin::start_in(d, name, timeout, None)
+    }
+
+    /// Starts it with a browser to open (`browser`'s stand-in for
+    /// `xdg-open`), or `--no-browser` without one.
+    fn start_in(
+        d: &Daemon,
+        name: &str,
+        timeout: u32,
+        browser: Option<&FakeBrowser>,
+    ) -> DeviceLogin {
         let timeout = timeout.to_string();
-        let mut child = Command::new(bin("tokenctl"))
-            .args([
-                "login",
-                name,
-                "--device",
-                "--no-browser",
-                "--timeout",
-                &timeout,
-            ])
-            .env("TOKEND_SOCKET", &d.socket)
+        let mut cmd = Command::new(bin("tokenctl"));
+        cmd.args(["login", name, "--device", "--timeout", &timeout])
+            .env("TOKEND_SOCKET", &d.socket);
+        match browser {
+            Some(browser) => browser.apply(&mut cmd),
+            None => {
+                cmd.arg("--no-browser");
+            }
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -96,6 +108,41 @@ fn device_login_prints_the_url_then_the_code_and_the_grant_rotates_like_any_othe
     assert_eq!(stats["token_success"]["refresh_token"], 2, "{stats}");
     assert_eq!(stats["refresh_token_reuse"], 0, "{stats}");
     assert_eq!(stats["grants_revoked"], 0, "{stats}");
+}
+
+#[test]
+fn the_browser_opens_a_private_page_so_the_user_code_is_in_no_argv() {
+    let idp = server(&[]);
+    let d = Daemon::start();
+    add(&d, &idp, "dev");
+    let browser = FakeBrowser::new(PageHome::TempDir);
+    let login = DeviceLogin::start_in(&d, "dev", 60, Some(&browser));
+    let argv = browser.wait_argv();
+    let all = argv.join(" ");
+    for secret in ["user_code", "?", login.code.as_str()] {
+        assert!(
+            !all.contains(secret),
+            "{secret:?} in xdg-open's argv: {all}"
+        );
+    }
+    assert!(all.starts_with("file:///") && argv.len() == 1, "{all}");
+    let page = Page::of(&argv);
+    let dir = page.path.parent().expect("the page's directory");
+    assert_eq!(dir.parent(), Some(browser.pages().as_path()));
+    assert_eq!(browser::mode(&page.path), 0o600, "the page's mode");
+    assert_eq!(browser::mode(dir), 0o700, "its directory's mode");
+    assert_eq!(
+        page.target, login.url,
+        "the page sends the browser to the URL"
+    );
+    idp.approve_device(&page.target);
+    assert_ok(&login.wait());
+    assert!(
+        !dir.exists(),
+        "{} is still there after the login",
+        dir.display()
+    );
+    assert!(idp.introspect(stdout(&d.tokenctl(&["token", "dev"])).trim()));
 }
 
 #[test]

@@ -6,7 +6,8 @@
 
 use std::io::Write;
 use std::time::{Duration, Instant};
-use tokend_tests::oidc::{OidcServer, curl, eventually};
+use tokend_tests::browser::{self, FakeBrowser, Page, PageHome};
+use tokend_tests::oidc::{OidcServer, curl, eventually, query_param};
 use tokend_tests::*;
 
 fn token(d: &Daemon, name: &str) -> String {
@@ -47,6 +48,95 @@ fn login_through_the_loopback_listener_stores_working_tokens() {
     let access = token(&d, "uptempo");
     assert!(idp.introspect(&access), "the server accepts the token");
     assert_eq!(show(&d, "uptempo")["state"], "ready");
+}
+
+/// Asserts that nothing of the login's secrets is in what the browser's
+/// opener was started with: its arguments are the page's `file://` URL alone.
+fn assert_no_login_secret_in(argv: &[String], authorize_url: &str) {
+    let all = argv.join(" ");
+    let state = query_param(authorize_url, "state").expect("the URL has a state");
+    let challenge = query_param(authorize_url, "code_challenge").expect("PKCE is on");
+    let port = listener_port(authorize_url);
+    for secret in [
+        "state=",
+        "code_challenge",
+        "redirect_uri",
+        "?",
+        &state,
+        &challenge,
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1%3A{port}"),
+    ] {
+        assert!(
+            !all.contains(secret),
+            "{secret:?} in xdg-open's argv: {all}"
+        );
+    }
+    assert_eq!(argv.len(), 1, "one argument: {all}");
+    assert!(all.starts_with("file:///"), "{all}");
+}
+
+/// Asserts that the page was private to the user: mode 0600, in a 0700
+/// directory of its own made in `home`.
+fn assert_private_page(page: &Page, home: &std::path::Path) {
+    let dir = page.path.parent().expect("the page's directory");
+    assert_eq!(dir.parent(), Some(home), "{}", page.path.display());
+    assert_eq!(browser::mode(&page.path), 0o600, "the page's mode");
+    assert_eq!(browser::mode(dir), 0o700, "its directory's mode");
+}
+
+#[test]
+fn the_browser_opens_a_private_page_so_no_login_secret_is_in_any_argv() {
+    for home in [PageHome::RuntimeDir, PageHome::TempDir] {
+        let idp = OidcServer::start(60);
+        let d = Daemon::start();
+        assert_ok(&d.add_oauth(&idp, "up", &[]));
+        let browser = FakeBrowser::new(home);
+        let (child, url) = d.start_login_in(&browser, "up", &[]);
+        let argv = browser.wait_argv();
+        assert_no_login_secret_in(&argv, &url);
+        let page = Page::of(&argv);
+        assert_private_page(&page, &browser.pages());
+        assert_eq!(page.target, url, "the page sends the browser to the URL");
+        assert!(
+            page.html.contains("http-equiv=\"refresh\"") && page.html.contains("location.replace"),
+            "{}",
+            page.html
+        );
+        let redirect = idp.browse(&page.target);
+        let answer = curl(&["-s", &redirect]);
+        assert!(answer.contains("Logged in"), "{answer}");
+        assert_ok(&child.wait_with_output().unwrap());
+        let dir = page.path.parent().unwrap();
+        assert!(
+            !dir.exists(),
+            "{} is still there after the login",
+            dir.display()
+        );
+        assert!(idp.introspect(&token(&d, "up")));
+    }
+}
+
+#[test]
+fn a_pasted_login_removes_its_page_when_it_ends() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(
+        &idp,
+        "up",
+        &["--redirect-uri", "http://127.0.0.1/paste-callback"],
+    ));
+    let browser = FakeBrowser::new(PageHome::RuntimeDir);
+    let (mut child, url) = d.start_login_in(&browser, "up", &["--paste"]);
+    let argv = browser.wait_argv();
+    assert!(!argv.join(" ").contains("state="), "{argv:?}");
+    let page = Page::of(&argv);
+    assert_private_page(&page, &browser.pages());
+    assert_eq!(page.target, url);
+    let redirect = idp.browse(&page.target);
+    writeln!(child.stdin.as_mut().unwrap(), "{redirect}").unwrap();
+    assert_ok(&child.wait_with_output().unwrap());
+    assert!(!page.path.exists(), "the page outlived the login");
 }
 
 #[test]

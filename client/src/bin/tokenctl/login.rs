@@ -1,7 +1,8 @@
 //! `tokenctl login`: print the authorize URL, then catch the redirect on a
 //! loopback listener (RFC 8252) or read the pasted redirect URL; or, with
 //! `--device`, print the verification URL and user code (RFC 8628) and wait
-//! while the daemon polls.
+//! while the daemon polls. A browser is opened on a page that redirects to
+//! the URL, never on the URL itself (see `browser.rs`).
 //!
 //! Any local process can reach the loopback listener. Only a request that
 //! carries this login's `state` is the provider's answer and is passed on to
@@ -108,7 +109,7 @@ pub fn run(
     match plan.listen {
         None => {
             let challenge = client.login_start(name, Some(plan.uri))?;
-            announce(&challenge.authorize_url, no_browser);
+            let _page = announce(&challenge.authorize_url, no_browser);
             eprintln!(
                 "After approving, paste the full URL your browser was sent to (its address bar), then press Enter:"
             );
@@ -129,7 +130,7 @@ pub fn run(
             }
             let uri = uri.to_string();
             let challenge = client.login_start(name, Some(uri.clone()))?;
-            announce(&challenge.authorize_url, no_browser);
+            let _page = announce(&challenge.authorize_url, no_browser);
             eprintln!(
                 "Waiting for the browser to come back to {uri} (from another machine: ssh -L {port}:127.0.0.1:{port} this-host)",
                 port = bound.port()
@@ -172,7 +173,7 @@ pub fn device(
         "Open the URL above on any device, check that it shows the code {} (or enter it at {}), and approve. The code expires in {minutes} min; waiting for the approval…",
         challenge.user_code, challenge.verification_uri
     );
-    open_browser(url, no_browser);
+    let _page = crate::browser::open(url, no_browser);
     Ok(client.device_login_finish(&challenge.login_id, Duration::from_secs(timeout))?)
 }
 
@@ -182,26 +183,14 @@ fn now_secs() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Prints the URL alone on stdout's first line (scripts read it), hints on stderr.
-fn announce(url: &str, no_browser: bool) {
+/// Prints the URL alone on stdout's first line (scripts read it), hints on
+/// stderr, and opens a browser. The page the browser was given is removed
+/// when the returned value is dropped: keep it until the login ends.
+fn announce(url: &str, no_browser: bool) -> Option<crate::browser::RedirectPage> {
     crate::output::out!("{url}");
     let _ = std::io::stdout().flush();
     eprintln!("Open the URL above in a browser and approve the access.");
-    open_browser(url, no_browser);
-}
-
-/// Tries to open `url` in a browser, on a graphical session only.
-fn open_browser(url: &str, no_browser: bool) {
-    let graphical =
-        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
-    if !no_browser && graphical {
-        let _ = std::process::Command::new("xdg-open")
-            .arg(url)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn();
-    }
+    crate::browser::open(url, no_browser)
 }
 
 fn read_line_until(deadline: Instant) -> Result<String, String> {

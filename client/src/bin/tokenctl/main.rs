@@ -3,6 +3,7 @@
 //! Blocking and runtime-free so that `tokenctl token NAME` costs little more
 //! than a process spawn and one socket round trip.
 
+mod browser;
 mod countdown;
 mod exec_credential;
 mod git_credential;
