@@ -30,6 +30,7 @@ mod row;
 mod schema;
 mod statement;
 mod thread;
+mod tls;
 
 use super::rows::{
     KEY_CHECK, allowed_from_text, allowed_to_text, fence_outcome, open_all, seal_tokens,
@@ -111,6 +112,7 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let member = member_name();
         let target = Target::parse(url, password_file, &member)?;
+        target.log_transport();
         let (handle, stop) = database_thread()?;
         let (work, locks) = {
             let _enter = handle.enter();
