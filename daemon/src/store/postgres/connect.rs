@@ -246,7 +246,12 @@ mod tests {
         assert_eq!(t.config.get_application_name(), Some("m1"));
         assert!(matches!(t.tls, Tls::Local));
         assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
-        for query in ["", "?sslmode=require", "?sslmode=verify-ca", "?sslmode=verify-full"] {
+        for query in [
+            "",
+            "?sslmode=require",
+            "?sslmode=verify-ca",
+            "?sslmode=verify-full",
+        ] {
             let url = format!("postgres://tokend@db.internal/fleet{query}");
             let t = Target::parse(&url, None, "m1").unwrap_or_else(|e| panic!("{e}"));
             assert!(matches!(t.tls, Tls::Verified { .. }), "{url}");
@@ -254,8 +259,12 @@ mod tests {
             assert_eq!(t.config.get_ssl_mode(), SslMode::Require, "{url}");
             assert_eq!(t.shown, url);
         }
-        let t = Target::parse("postgres://tokend@db.internal/fleet?sslmode=disable", None, "m")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let t = Target::parse(
+            "postgres://tokend@db.internal/fleet?sslmode=disable",
+            None,
+            "m",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(t.tls, Tls::Cleartext));
         assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
     }
@@ -267,9 +276,15 @@ mod tests {
             Err(e) => e.to_string(),
         };
         let err = refusal("postgres://u@db.internal/fleet?sslmode=prefer");
-        assert!(err.contains("fall back") && err.contains("sslmode=disable"), "{err}");
+        assert!(
+            err.contains("fall back") && err.contains("sslmode=disable"),
+            "{err}"
+        );
         let err = refusal("postgres://u@/fleet?hostaddr=10.0.0.5");
-        assert!(err.contains("hostaddr=10.0.0.5") && err.contains("host=NAME"), "{err}");
+        assert!(
+            err.contains("hostaddr=10.0.0.5") && err.contains("host=NAME"),
+            "{err}"
+        );
         let err = refusal("postgres://u@db.internal/fleet?host=/run/postgresql");
         assert!(err.contains("Unix sockets and TCP hosts"), "{err}");
         let err = refusal("postgres://u@db.internal/fleet?sslrootcert=/nonexistent/ca.pem");

@@ -83,10 +83,7 @@ pub enum TlsUrlError {
     )]
     Nameless(String),
     #[error("cannot read the database's CA file ({roots}): {error}")]
-    Unreadable {
-        roots: Roots,
-        error: std::io::Error,
-    },
+    Unreadable { roots: Roots, error: std::io::Error },
     #[error(
         "the database's CA file ({roots}) holds no usable PEM certificate{why}: name a file of PEM certificates (-----BEGIN CERTIFICATE-----)"
     )]
@@ -416,7 +413,12 @@ mod tests {
 
     #[test]
     fn a_tcp_host_without_sslmode_means_tls_verified_against_the_system_roots() {
-        for mode in [None, Some("require"), Some("verify-ca"), Some("verify-full")] {
+        for mode in [
+            None,
+            Some("require"),
+            Some("verify-ca"),
+            Some("verify-full"),
+        ] {
             assert_eq!(
                 decide(&params(mode, None), TCP, None).unwrap(),
                 Transport::Verified(Roots::System),
@@ -483,7 +485,12 @@ mod tests {
             file("/env.pem", "PGSSLROOTCERT")
         );
         assert_eq!(
-            decide(&params(None, Some("/url.pem")), TCP, Some("/env.pem".into())).unwrap(),
+            decide(
+                &params(None, Some("/url.pem")),
+                TCP,
+                Some("/env.pem".into())
+            )
+            .unwrap(),
             file("/url.pem", "sslrootcert")
         );
         assert_eq!(
@@ -532,6 +539,9 @@ mod tests {
         .connector()
         .err()
         .expect("refused");
-        assert!(err.to_string().contains("no usable PEM certificate"), "{err}");
+        assert!(
+            err.to_string().contains("no usable PEM certificate"),
+            "{err}"
+        );
     }
 }
