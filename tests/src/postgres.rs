@@ -5,6 +5,11 @@
 //! authentication for the superuser `postgres`, and a database `tokend`.
 //! Dropped: stopped at once (`-m immediate`) and removed.
 //!
+//! [`PgCluster::start_tcp`] also listens on 127.0.0.1 at a free port, with
+//! TLS (`ssl = on`, the certificate and key the test made, `hostssl` in
+//! `pg_hba.conf`) and/or cleartext (`hostnossl`), for the tests of TLS to
+//! the database.
+//!
 //! The server binaries come from the highest `/usr/lib/postgresql/*/bin`
 //! (Debian's `postgresql` package; `.ci/run` installs it), else from `PATH`.
 //! `initdb` and `pg_ctl` refuse to run as root: as root, they run as the
@@ -28,12 +33,41 @@ pub struct PgCluster {
     /// The unprivileged user the server runs as when the tests run as root.
     run_as: Option<String>,
     running: bool,
+    /// The port: of the TCP listener if any, and in the socket's name.
+    port: u16,
+    /// Server options for TCP and TLS (`-c …`), empty for a socket only.
+    tcp_options: String,
+}
+
+/// How a cluster listens on 127.0.0.1, beside its Unix socket.
+pub struct Tcp {
+    /// The server's certificate chain and private key, PEM: `ssl = on` and
+    /// `hostssl` lines in `pg_hba.conf`. `None`: `ssl = off`.
+    pub tls: Option<ServerTls>,
+    /// Whether `pg_hba.conf` also admits TCP connections without TLS.
+    pub cleartext: bool,
+}
+
+/// A server certificate and its key, as PEM text.
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl PgCluster {
     /// Creates and starts a cluster with the database `tokend`; panics with
     /// the server's log (or advice, when PostgreSQL is not installed).
     pub fn start() -> PgCluster {
+        PgCluster::start_with(None)
+    }
+
+    /// A cluster that also listens on 127.0.0.1 ([`PgCluster::tcp_url`]):
+    /// with TLS, cleartext, or both, as `tcp` says.
+    pub fn start_tcp(tcp: Tcp) -> PgCluster {
+        PgCluster::start_with(Some(tcp))
+    }
+
+    fn start_with(tcp: Option<Tcp>) -> PgCluster {
         let bin = server_bin_dir();
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
@@ -61,6 +95,8 @@ impl PgCluster {
             bin,
             run_as,
             running: false,
+            port: 5432,
+            tcp_options: String::new(),
         };
         let data = cluster.data_dir();
         let out = cluster.server_tool(
@@ -83,6 +119,9 @@ impl PgCluster {
             crate::stdout(&out),
             crate::stderr(&out)
         );
+        if let Some(tcp) = tcp {
+            cluster.listen_on_tcp(tcp);
+        }
         cluster.start_again();
         let out = cluster.client("createdb", &[DATABASE]);
         assert!(
@@ -96,9 +135,77 @@ impl PgCluster {
 
     /// `postgresql://postgres@/tokend?host=SOCKDIR`: the store URL of a fleet member.
     pub fn url(&self) -> String {
+        let port = match self.port {
+            5432 => String::new(),
+            port => format!("&port={port}"),
+        };
         format!(
-            "postgresql://postgres@/{DATABASE}?host={}",
+            "postgresql://postgres@/{DATABASE}?host={}{port}",
             self.socket_dir().display()
+        )
+    }
+
+    /// `postgresql://postgres@HOST:PORT/tokend`: the store URL over TCP, for
+    /// a cluster started with [`PgCluster::start_tcp`]; `host` is the name
+    /// the member dials (and checks the certificate for): `127.0.0.1` or
+    /// `localhost`.
+    pub fn tcp_url(&self, host: &str) -> String {
+        assert!(
+            !self.tcp_options.is_empty(),
+            "the cluster listens on a Unix socket only: start it with PgCluster::start_tcp"
+        );
+        format!("postgresql://postgres@{host}:{}/{DATABASE}", self.port)
+    }
+
+    /// Sets the cluster up to listen on 127.0.0.1 at a free port: writes the
+    /// certificate and key into its directory (mode 0600, the server's
+    /// user's, as PostgreSQL demands of a key) and `pg_hba.conf`.
+    fn listen_on_tcp(&mut self, tcp: Tcp) {
+        self.port = free_port();
+        let mut options = format!("-p {} -c listen_addresses=127.0.0.1", self.port);
+        let mut hba = String::from("local all all trust\n");
+        if let Some(tls) = &tcp.tls {
+            let cert = self.server_file("server.crt", &tls.cert_pem);
+            let key = self.server_file("server.key", &tls.key_pem);
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            ));
+            hba.push_str("hostssl all all 127.0.0.1/32 trust\n");
+        }
+        if tcp.cleartext {
+            hba.push_str("hostnossl all all 127.0.0.1/32 trust\n");
+        }
+        self.server_file("data/pg_hba.conf", &hba);
+        self.tcp_options = options;
+    }
+
+    /// Writes `text` to `name` in the cluster's directory, readable by the
+    /// server's user only.
+    fn server_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write a file of the cluster");
+        crate::set_mode(&path, 0o600);
+        if let Some(user) = &self.run_as {
+            let (uid, gid) = user_ids(user).expect("the server's user");
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .expect("chown to the server's user");
+        }
+        path
+    }
+
+    /// Whether every TCP connection to the server is encrypted, and how many
+    /// there are: `pg_stat_ssl` of the sessions with a client address.
+    pub fn tcp_sessions(&self) -> (u64, u64) {
+        let counts = self.psql(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.client_addr IS NOT NULL",
+        );
+        let (tls, clear) = counts.split_once('|').expect("two counts");
+        (
+            tls.parse().expect("a count"),
+            clear.parse().expect("a count"),
         )
     }
 
@@ -139,8 +246,12 @@ impl PgCluster {
     /// returns once it accepts connections.
     pub fn start_again(&mut self) {
         assert!(!self.running, "the cluster is already running");
+        let listen = match self.tcp_options.as_str() {
+            "" => "-c listen_addresses=''",
+            tcp => tcp,
+        };
         let options = format!(
-            "-c listen_addresses='' -k {} -c fsync=off -c shared_buffers=16MB",
+            "{listen} -k {} -c fsync=off -c shared_buffers=16MB",
             self.socket_dir().display()
         );
         let (data, log) = (self.data_dir(), self.log_path());
@@ -248,6 +359,7 @@ impl PgCluster {
         let mut cmd = Command::new(self.bin.join(program));
         cmd.arg("-h")
             .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string()])
             .args(["-U", "postgres"])
             .args(args);
         for var in PG_ENV {
@@ -313,6 +425,14 @@ const PG_ENV: [&str; 8] = [
     "PGOPTIONS",
     "PGDATA",
 ];
+
+/// A TCP port on 127.0.0.1 that nobody listens on now (the kernel's pick).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("UTF-8 path")

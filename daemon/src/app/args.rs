@@ -29,8 +29,9 @@ pub struct Args {
     pub db: Option<PathBuf>,
     /// The store: sqlite:PATH, or postgresql://USER@HOST/DBNAME (a
     /// database shared by a fleet of tokend daemons; libpq-style
-    /// parameters such as ?host=/run/postgresql; never a password: see
-    /// store_password_file in the config).
+    /// parameters such as ?host=/run/postgresql; TLS, verified, to a TCP
+    /// host unless ?sslmode=disable, with ?sslrootcert=CAFILE; never a
+    /// password: see store_password_file in the config).
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
     /// The TOML config file (optional; defaults apply when it does not exist).

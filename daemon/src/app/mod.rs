@@ -123,10 +123,12 @@ fn open_store(paths: &Paths, config: &Config) -> Result<(Store, KeySource), Star
     let store = match &paths.store {
         StoreLocation::Sqlite(db) => crate::store::open_sqlite(db, sealer).map_err(fail)?,
         StoreLocation::Postgres(url) => {
-            crate::store::open_postgres(url, config, sealer).map_err(|e| {
-                fail(format!(
+            crate::store::open_postgres(url, config, sealer).map_err(|e| match e {
+                // The URL's own error says what to write instead.
+                crate::store::StoreError::BadUrl(_) => fail(format!("cannot open the store: {e}")),
+                e => fail(format!(
                     "cannot open the store: {e}. Check that PostgreSQL runs and that the database exists (tokend creates its tables, not the database: createdb -O USER DBNAME)"
-                ))
+                )),
             })?
         }
     };

@@ -54,6 +54,13 @@ const TOKEND: &[Section] = &[
                  a listening socket passed by socket activation, and the watchdog.",
             ),
             (
+                "PGSSLROOTCERT",
+                "With a postgresql:// store over TCP: the PEM file of the CA the database's \
+                 certificate must chain to, instead of the system's roots (the URL's sslrootcert= \
+                 comes first). TLS is on for every TCP host unless the URL says sslmode=disable \
+                 (see CONFIG.md, \"TLS to the database\").",
+            ),
+            (
                 "JOURNAL_STREAM",
                 "When it names stderr, log lines carry no timestamp (the journal adds its own).",
             ),

@@ -1,6 +1,8 @@
 //! Where the PostgreSQL store is and how to reach it: the store URL, the
-//! password file, TLS, and the connection pools (docs/CONFIG.md, `store`).
+//! password file, TLS (`tls.rs`), and the connection pools (docs/CONFIG.md,
+//! `store`).
 
+use super::tls::{self, Transport};
 use crate::store::StoreError;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::path::Path;
@@ -16,26 +18,33 @@ pub struct Target {
     pub tls: Tls,
 }
 
-/// TLS to the database: only when the URL asks for it (`sslmode=require`),
-/// with rustls, verifying the server against the system's roots (and the
-/// file named by `PGSSLROOTCERT`, as libpq does).
+/// TLS to the database, as `tls.rs` decided from the URL.
 #[derive(Clone)]
 pub enum Tls {
-    None,
-    Rustls(tokio_postgres_rustls::MakeRustlsConnect),
+    /// Unix sockets only: plain.
+    Local,
+    /// TCP without TLS, because the URL says `sslmode=disable`.
+    Cleartext,
+    /// TCP with TLS, certificate and host name verified against `roots`.
+    Verified {
+        connector: tokio_postgres_rustls::MakeRustlsConnect,
+        roots: tls::Roots,
+    },
 }
 
 impl Target {
     /// Parses `url` (libpq's URL form, e.g. `postgresql://tokend@/tokend?host=/run/postgresql`).
     /// A password in the URL is refused: URLs end up in argv, configs and
-    /// logs; the password comes from `password_file` instead.
+    /// logs; the password comes from `password_file` instead. A TCP host
+    /// means TLS, verified, unless the URL says `sslmode=disable`.
     pub fn parse(
         url: &str,
         password_file: Option<&Path>,
         member: &str,
     ) -> Result<Target, StoreError> {
         let bad = |why: String| StoreError::BadUrl(why);
-        let mut config: tokio_postgres::Config = always_verified(url).parse().map_err(|e| {
+        let (rest, tls_params) = tls::split_params(url);
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| {
             bad(format!(
                 "{e} (expected e.g. postgresql://USER@/DBNAME?host=/run/postgresql)"
             ))
@@ -61,16 +70,47 @@ impl Target {
             config.connect_timeout(Duration::from_secs(5));
         }
         bound_every_call(&mut config);
-        let tls = match config.get_ssl_mode() {
-            SslMode::Require => Tls::Rustls(rustls_connector()?),
-            // `prefer` (the default) and `disable`: plain, as over a Unix socket.
-            _ => Tls::None,
+        let transport = tls::decide(
+            &tls_params,
+            &tls::host_kinds(&config),
+            std::env::var_os("PGSSLROOTCERT"),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let tls = match transport {
+            Transport::Local => Tls::Local,
+            Transport::Cleartext => Tls::Cleartext,
+            Transport::Verified(roots) => Tls::Verified {
+                connector: roots.connector().map_err(|e| bad(e.to_string()))?,
+                roots,
+            },
         };
+        // `Require`: a server that answers the TLS request with "no" is an
+        // error, never a cleartext session (`Prefer` would be).
+        config.ssl_mode(match tls {
+            Tls::Verified { .. } => SslMode::Require,
+            Tls::Local | Tls::Cleartext => SslMode::Disable,
+        });
         Ok(Target {
             config,
             shown: url.to_string(),
             tls,
         })
+    }
+
+    /// Says at start how the database is reached: a warning for cleartext
+    /// over the network, which only an explicit `sslmode=disable` gives.
+    pub fn log_transport(&self) {
+        match &self.tls {
+            Tls::Local => {
+                tracing::debug!(database = %self.shown, "the database is reached over a Unix socket (no TLS: it is local)");
+            }
+            Tls::Cleartext => {
+                tracing::warn!(database = %self.shown, "sslmode=disable: the connection to the database is not encrypted, and anyone on the network path can read and change what passes between this member and the database (sealed values stay sealed); remove sslmode=disable to use TLS");
+            }
+            Tls::Verified { roots, .. } => {
+                tracing::info!(database = %self.shown, roots = %roots, "the database is reached over TLS, its certificate checked against these roots and for the host's name");
+            }
+        }
     }
 
     /// A pool of at most `size` connections.
@@ -79,11 +119,11 @@ impl Target {
             recycling_method: RecyclingMethod::Fast,
         };
         let manager = match &self.tls {
-            Tls::None => {
+            Tls::Local | Tls::Cleartext => {
                 Manager::from_config(self.config.clone(), tokio_postgres::NoTls, manager_config)
             }
-            Tls::Rustls(tls) => {
-                Manager::from_config(self.config.clone(), tls.clone(), manager_config)
+            Tls::Verified { connector, .. } => {
+                Manager::from_config(self.config.clone(), connector.clone(), manager_config)
             }
         };
         Pool::builder(manager)
@@ -115,14 +155,6 @@ fn bound_every_call(config: &mut tokio_postgres::Config) {
 /// call (`CALL_LIMIT` in `mod.rs`).
 pub const STATEMENT_LIMIT_MS: u64 = 10_000;
 
-/// libpq's `sslmode=verify-ca` and `verify-full`, which tokio-postgres
-/// does not know, as `require`: with rustls the server's certificate and
-/// name are always verified, so `require` here already means `verify-full`.
-fn always_verified(url: &str) -> String {
-    url.replace("sslmode=verify-full", "sslmode=require")
-        .replace("sslmode=verify-ca", "sslmode=require")
-}
-
 /// The password: the file's first line. Like libpq with ~/.pgpass, a file
 /// other users may read is refused.
 fn read_password(path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -146,34 +178,6 @@ fn read_password(path: &Path) -> Result<Vec<u8>, StoreError> {
     Ok(text.lines().next().unwrap_or("").as_bytes().to_vec())
 }
 
-fn rustls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(file) = std::env::var_os("PGSSLROOTCERT") {
-        let pem = std::fs::read(&file).map_err(|e| {
-            StoreError::BadUrl(format!(
-                "cannot read PGSSLROOTCERT {}: {e}",
-                file.to_string_lossy()
-            ))
-        })?;
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls::pki_types::CertificateDer<'static> = cert.map_err(|e| {
-                StoreError::BadUrl(format!("PGSSLROOTCERT {}: {e}", file.to_string_lossy()))
-            })?;
-            let _ = roots.add(cert);
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::BadUrl(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
 /// A connection for `LISTEN`: its notifications arrive on the returned
 /// channel, which closes when the connection ends.
 pub async fn listener(
@@ -187,13 +191,13 @@ pub async fn listener(
 > {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let client = match &target.tls {
-        Tls::None => {
+        Tls::Local | Tls::Cleartext => {
             let (client, conn) = target.config.connect(tokio_postgres::NoTls).await?;
             tokio::spawn(drive(conn, tx));
             client
         }
-        Tls::Rustls(tls) => {
-            let (client, conn) = target.config.connect(tls.clone()).await?;
+        Tls::Verified { connector, .. } => {
+            let (client, conn) = target.config.connect(connector.clone()).await?;
             tokio::spawn(drive(conn, tx));
             client
         }
@@ -230,7 +234,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_url_is_read_with_its_socket_directory_and_tls_only_when_asked() {
+    fn a_url_is_read_with_its_socket_directory_and_tls_for_every_tcp_host() {
         let t = Target::parse(
             "postgresql://tokend@/fleet?host=/run/postgresql",
             None,
@@ -240,12 +244,59 @@ mod tests {
         assert_eq!(t.config.get_dbname(), Some("fleet"));
         assert_eq!(t.config.get_user(), Some("tokend"));
         assert_eq!(t.config.get_application_name(), Some("m1"));
-        assert!(matches!(t.tls, Tls::None));
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let url = format!("postgres://tokend@db.internal/fleet?sslmode={mode}");
+        assert!(matches!(t.tls, Tls::Local));
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+        for query in [
+            "",
+            "?sslmode=require",
+            "?sslmode=verify-ca",
+            "?sslmode=verify-full",
+        ] {
+            let url = format!("postgres://tokend@db.internal/fleet{query}");
             let t = Target::parse(&url, None, "m1").unwrap_or_else(|e| panic!("{e}"));
-            assert!(matches!(t.tls, Tls::Rustls(_)), "{mode}");
+            assert!(matches!(t.tls, Tls::Verified { .. }), "{url}");
+            // A server that offers no TLS fails the connection: no fallback.
+            assert_eq!(t.config.get_ssl_mode(), SslMode::Require, "{url}");
+            assert_eq!(t.shown, url);
         }
+        let t = Target::parse(
+            "postgres://tokend@db.internal/fleet?sslmode=disable",
+            None,
+            "m",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(t.tls, Tls::Cleartext));
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_hold_their_promise_are_refused_with_the_fix() {
+        let refusal = |url: &str| match Target::parse(url, None, "m") {
+            Ok(_) => panic!("{url} accepted"),
+            Err(e) => e.to_string(),
+        };
+        let err = refusal("postgres://u@db.internal/fleet?sslmode=prefer");
+        assert!(
+            err.contains("fall back") && err.contains("sslmode=disable"),
+            "{err}"
+        );
+        let err = refusal("postgres://u@/fleet?hostaddr=10.0.0.5");
+        assert!(
+            err.contains("hostaddr=10.0.0.5") && err.contains("host=NAME"),
+            "{err}"
+        );
+        let err = refusal("postgres://u@db.internal/fleet?host=/run/postgresql");
+        assert!(err.contains("Unix sockets and TCP hosts"), "{err}");
+        let err = refusal("postgres://u@db.internal/fleet?sslrootcert=/nonexistent/ca.pem");
+        assert!(err.contains("sslrootcert /nonexistent/ca.pem"), "{err}");
+        // The address dialled may differ from the name checked.
+        let t = Target::parse(
+            "postgres://u@/fleet?host=db.internal&hostaddr=10.0.0.5",
+            None,
+            "m",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(t.tls, Tls::Verified { .. }));
     }
 
     #[test]

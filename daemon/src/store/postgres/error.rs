@@ -56,10 +56,14 @@ impl Db {
 }
 
 /// A database error as a sentence: the server's own message when it sent
-/// one (tokio-postgres shows only "db error"), else the cause.
+/// one (tokio-postgres shows only "db error"), why TLS failed when it did,
+/// else the cause.
 pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!("{}: {}", db.severity(), db.message());
+    }
+    if let Some(why) = super::tls::explain(e) {
+        return why;
     }
     match std::error::Error::source(e) {
         Some(cause) => format!("{e}: {cause}"),

@@ -30,6 +30,7 @@ mod row;
 mod schema;
 mod statement;
 mod thread;
+mod tls;
 
 use super::names::Names;
 use super::rows::{KEY_CHECK, check_key, fence_outcome, open_all, seal_tokens, state_to_text};
@@ -109,6 +110,7 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let member = member_name();
         let target = Target::parse(url, password_file, &member)?;
+        target.log_transport();
         let (handle, stop) = database_thread()?;
         let (work, locks) = {
             let _enter = handle.enter();
