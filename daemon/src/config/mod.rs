@@ -4,6 +4,7 @@
 //! the file, the line and the key, so a typo never silently does nothing.
 
 pub mod access;
+pub mod groups;
 pub mod paths;
 pub mod preset;
 pub mod store;

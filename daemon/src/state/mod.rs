@@ -38,6 +38,8 @@ pub struct Shared {
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
     pub clock: crate::state::clock::Clock,
+    /// Peers' supplementary groups, looked up off the async workers.
+    pub groups: crate::config::groups::GroupCache,
     /// A graceful stop has begun: no refresh starts any more.
     stopping: AtomicBool,
 }
@@ -58,6 +60,7 @@ impl Shared {
             scheduler: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
+            groups: Default::default(),
             stopping: AtomicBool::new(false),
         })
     }
