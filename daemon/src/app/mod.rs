@@ -2,6 +2,7 @@
 //! socket, start the background tasks, serve, and stop cleanly.
 
 pub mod args;
+pub mod dumps;
 mod fleet;
 pub mod logging;
 mod reload;
