@@ -226,6 +226,11 @@ fn start_tasks(
         "last-use flush",
         uses::flush_uses(shared.clone(), shutdown.clone()),
     );
+    let refusals = shared.clone();
+    let quiet = shutdown.clone();
+    tasks.spawn("refusal counts", async move {
+        refusals.refusals.report(quiet).await;
+    });
     tasks.spawn(
         "reload",
         reload::reload(shared.clone(), reload_rx, shutdown.clone()),

@@ -9,10 +9,13 @@ use crate::config::access::Peer;
 use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::state::refusals::Kind;
+use crate::state::throttle::Rate;
 use crate::token::check;
 use crate::{login, token};
 use std::sync::Arc;
-use tokend_proto::{DaemonStatus, Request, Response};
+use std::time::Duration;
+use tokend_proto::{DaemonStatus, Request, Response, logged};
 
 /// Handles one request. Never panics on client input; errors are answers.
 pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
@@ -21,14 +24,41 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Resp
     match dispatch(shared, peer, &request).await {
         Ok(response) => response,
         Err(e) => {
-            let (verb, name) = (request.verb(), request.credential());
-            if let Error::PermissionDenied(_) = e {
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, request = verb, credential = ?name, "permission denied");
-            } else {
-                tracing::debug!(uid = peer.uid, request = verb, credential = ?name, error = %e, "request failed");
-            }
+            log_refusal(shared, peer, &request, &e);
             Response::Error(e.to_remote())
         }
+    }
+}
+
+/// One line per refused request, within the peer's share of the log
+/// ([`crate::state::refusals`]); the name as sent, cut and escaped (a
+/// refused name was never validated), and so is the error's text, which
+/// may quote the name again.
+fn log_refusal(shared: &Shared, peer: &Peer, request: &Request, e: &Error) {
+    let kind = match e {
+        Error::PermissionDenied(_) => Kind::Denied,
+        _ => Kind::Failed,
+    };
+    if !shared.refusals.allow(peer.uid, kind, refusal_rate(shared)) {
+        return;
+    }
+    let (verb, name) = (request.verb(), request.credential().map(logged));
+    match kind {
+        Kind::Denied => {
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, request = verb, credential = ?name, "permission denied")
+        }
+        Kind::Failed => {
+            tracing::debug!(uid = peer.uid, request = verb, credential = ?name, error = %logged(&e.to_string()), "request failed")
+        }
+    }
+}
+
+/// How many refusals of one uid the log shows (`[log]` in the config).
+pub fn refusal_rate(shared: &Shared) -> Rate {
+    let log = &shared.config().log;
+    Rate {
+        lines: log.refusal_lines,
+        every: Duration::from_secs(log.refusal_interval_secs),
     }
 }
 
