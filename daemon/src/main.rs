@@ -7,6 +7,14 @@ use tokend::app::args::Args;
 
 fn main() -> ExitCode {
     let options = Args::parse().options();
+    // Before the config, the key or any secret is read.
+    let dumps = match app::dumps::prevent() {
+        Ok(dumps) => dumps,
+        Err(e) => {
+            eprintln!("tokend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (paths, config) = match app::load_config(&options) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -15,6 +23,7 @@ fn main() -> ExitCode {
         }
     };
     tokend::app::logging::init(config.log.format);
+    app::dumps::log(&dumps);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -6,6 +6,7 @@
 use crate::{FrameError, MAX_FRAME, MAX_RESPONSE_FRAME, codec};
 use serde::{Serialize, de::DeserializeOwned};
 use std::io::{self, Read, Write};
+use zeroize::Zeroizing;
 
 fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
     let len = len as usize;
@@ -15,9 +16,11 @@ fn check_len(len: u32, max: usize) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Prefix and body in one buffer, so a frame goes out in one write.
-fn framed<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
-    codec::encode_frame(value, MAX_RESPONSE_FRAME)
+/// Prefix and body in one buffer, so a frame goes out in one write. Wiped
+/// when dropped: a frame may carry a token or a client secret in the clear
+/// (the buffer is sized exactly, so it never grows and leaves a copy).
+fn framed<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, FrameError> {
+    codec::encode_frame(value, MAX_RESPONSE_FRAME).map(Zeroizing::new)
 }
 
 fn eof_is_closed(e: io::Error) -> FrameError {
@@ -38,11 +41,12 @@ pub fn read_response_frame<T: DeserializeOwned>(r: &mut impl Read) -> Result<T, 
     codec::decode_response(&read_body(r, MAX_RESPONSE_FRAME)?)
 }
 
-fn read_body(r: &mut impl Read, max: usize) -> Result<Vec<u8>, FrameError> {
+/// The body of one frame, in a buffer wiped when dropped (like [`framed`]'s).
+fn read_body(r: &mut impl Read, max: usize) -> Result<Zeroizing<Vec<u8>>, FrameError> {
     let mut prefix = [0u8; 4];
     r.read_exact(&mut prefix).map_err(eof_is_closed)?;
     let len = check_len(u32::from_be_bytes(prefix), max)?;
-    let mut body = vec![0u8; len];
+    let mut body = Zeroizing::new(vec![0u8; len]);
     r.read_exact(&mut body).map_err(eof_is_closed)?;
     Ok(body)
 }
@@ -76,11 +80,11 @@ mod async_io {
     async fn read_body(
         r: &mut (impl AsyncRead + Unpin),
         max: usize,
-    ) -> Result<Vec<u8>, FrameError> {
+    ) -> Result<Zeroizing<Vec<u8>>, FrameError> {
         let mut prefix = [0u8; 4];
         r.read_exact(&mut prefix).await.map_err(eof_is_closed)?;
         let len = check_len(u32::from_be_bytes(prefix), max)?;
-        let mut body = vec![0u8; len];
+        let mut body = Zeroizing::new(vec![0u8; len]);
         r.read_exact(&mut body).await.map_err(eof_is_closed)?;
         Ok(body)
     }

@@ -29,6 +29,42 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// The most of a name a log line shows, in bytes.
+pub const LOGGED_NAME_BYTES: usize = 128;
+
+/// A name as a log line shows it, whoever sent it: quoted and escaped like
+/// Rust's `Debug` (a newline or a control character cannot start a forged
+/// line), and cut at [`LOGGED_NAME_BYTES`] on a character boundary, with
+/// `…` and the real length after it, so a 60 KiB name costs a log line
+/// about 150 bytes. Valid names (64 bytes at most) are shown whole.
+#[derive(Clone, Copy)]
+pub struct Logged<'a>(&'a str);
+
+/// `name` as a log line may show it (see [`Logged`]).
+pub fn logged(name: &str) -> Logged<'_> {
+    Logged(name)
+}
+
+impl std::fmt::Display for Logged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.0;
+        if name.len() <= LOGGED_NAME_BYTES {
+            return write!(f, "{name:?}");
+        }
+        let mut cut = LOGGED_NAME_BYTES;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        write!(f, "{:?}… ({} bytes)", &name[..cut], name.len())
+    }
+}
+
+impl std::fmt::Debug for Logged<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +81,20 @@ mod tests {
         for bad in ["", "-a", ".a", "A", "a b", "a/b", "é", &"a".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_logged_name_is_escaped_and_cut_on_a_character_boundary() {
+        assert_eq!(logged("up").to_string(), "\"up\"");
+        let forged = "x\n2026-01-01T00:00:00Z  INFO credential added";
+        assert!(!logged(forged).to_string().contains('\n'));
+        // 127 ASCII bytes, then a 3-byte character across the 128th byte.
+        let long = format!("{}€{}", "a".repeat(127), "b".repeat(60 * 1024));
+        let shown = logged(&long).to_string();
+        assert_eq!(
+            shown,
+            format!("\"{}\"… ({} bytes)", "a".repeat(127), long.len())
+        );
+        assert!(shown.len() < 160, "{} bytes", shown.len());
     }
 }

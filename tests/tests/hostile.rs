@@ -137,3 +137,63 @@ fn requests_on_one_connection_keep_working() {
         assert!(matches!(answer, Response::Token(ref t) if t.token.expose() == "tok"));
     }
 }
+
+/// A second, unprivileged user loops refused requests naming credentials
+/// of 60 KiB (each starting with a forged log line) on both sockets for
+/// 10 s: the log grows by less than 1 MiB, no line is forged, the counts
+/// of the lines held back are logged, and the daemon still serves.
+#[test]
+fn a_user_looping_refused_requests_with_huge_names_cannot_flood_the_log() {
+    let Some(who) = tokend_tests::users::other_user() else {
+        return;
+    };
+    let d = Daemon::start_with(Options {
+        // Short intervals, so that 10 s see several counts.
+        config: Some("[log]\nrefusal_interval_secs = 3\n".into()),
+        ..Options::default()
+    });
+    d.add_bearer("up", "tok");
+    d.open_to_everyone();
+    let http = d.http_socket();
+    set_mode(&http, 0o666);
+    let before = std::fs::metadata(&d.log).unwrap().len();
+
+    let mut cmd = std::process::Command::new(bin("refuse-loop"));
+    cmd.arg(&d.socket).arg(&http).arg("10");
+    who.run_as(&mut cmd);
+    let out = run_with_timeout(cmd, None, Duration::from_secs(60));
+    assert_ok(&out);
+    let counts = stdout(&out);
+    let refused = |what: &str| -> u64 {
+        let field = counts.split_whitespace().find_map(|f| f.strip_prefix(what));
+        field.and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    assert!(refused("socket=") > 200, "the loop was real: {counts}");
+    assert!(refused("http=") > 20, "the loop was real: {counts}");
+
+    let grown = std::fs::metadata(&d.log).unwrap().len() - before;
+    assert!(grown < 1 << 20, "the log grew by {grown} bytes ({counts})");
+    let count_line = d.wait_for_log("suppressed=");
+    assert!(
+        count_line.contains(&format!("uid={}", who.uid)),
+        "{count_line}"
+    );
+    let log = d.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("FORGED") && !l.contains("credential=")),
+        "a forged line:\n{}",
+        tail(&log)
+    );
+    assert!(
+        log.lines().all(|l| l.len() < 2048),
+        "a line kept a whole name:\n{}",
+        tail(&log)
+    );
+    assert!(log.contains("permission denied"));
+    still_serves(&d);
+}
+
+fn tail(log: &str) -> String {
+    tokend_tests::helpers::tail(log, 20)
+}

@@ -2,6 +2,7 @@
 //! socket, start the background tasks, serve, and stop cleanly.
 
 pub mod args;
+pub mod dumps;
 mod fleet;
 pub mod logging;
 mod reload;
@@ -235,6 +236,11 @@ fn start_tasks(
         "last-use flush",
         uses::flush_uses(shared.clone(), shutdown.clone()),
     );
+    let refusals = shared.clone();
+    let quiet = shutdown.clone();
+    tasks.spawn("refusal counts", async move {
+        refusals.refusals.report(quiet).await;
+    });
     tasks.spawn(
         "reload",
         reload::reload(shared.clone(), reload_rx, shutdown.clone()),

@@ -3,20 +3,17 @@
 //! The peer's uid/gid come from the kernel (SO_PEERCRED), read once when the
 //! connection is accepted; a client cannot claim to be someone else.
 
-use std::sync::OnceLock;
+use crate::config::groups::GroupCache;
 use tokend_proto::Principal;
 
-/// The identity of a connected client.
+/// The identity of a connected client. Its supplementary groups are not
+/// part of it: they are looked up only when a decision needs them
+/// ([`Access::IfInGroup`]), off the async workers ([`GroupCache`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
     pub pid: Option<i32>,
-    /// Supplementary groups of the peer's user (from the group database),
-    /// looked up on first need: most requests come from a credential's owner
-    /// and never need them, and the lookup reads /etc/passwd and /etc/group
-    /// (or asks NSS, which may be a network service), once per connection.
-    groups: OnceLock<Vec<u32>>,
 }
 
 impl Peer {
@@ -32,7 +29,6 @@ impl Peer {
             uid,
             gid,
             pid: creds.pid(),
-            groups: OnceLock::new(),
         })
     }
 
@@ -51,22 +47,45 @@ impl Peer {
             uid: 0,
             gid: 0,
             pid: pid.and_then(|p| i32::try_from(p).ok()),
-            groups: OnceLock::from(Vec::new()),
         })
     }
+}
 
-    fn in_group(&self, gid: u32) -> bool {
-        self.gid == gid || self.groups().contains(&gid)
+/// What the peer's uid and primary gid decide about a request. Decided
+/// under the credential's lock, with no lookup; a group lookup, when one is
+/// needed, happens after the lock is released ([`Access::granted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    Granted,
+    Denied,
+    /// Granted if the peer's user is in one of these groups.
+    IfInGroup(Vec<u32>),
+}
+
+impl Access {
+    /// The decision, looking up the peer's groups only if it depends on them.
+    pub async fn granted(self, peer: &Peer, groups: &GroupCache) -> bool {
+        match self {
+            Access::Granted => true,
+            Access::Denied => false,
+            Access::IfInGroup(wanted) => {
+                let member_of = groups.groups(peer.uid, peer.gid).await;
+                wanted.iter().any(|g| member_of.contains(g))
+            }
+        }
     }
 
-    /// The supplementary groups, looked up the first time they are needed.
-    fn groups(&self) -> &[u32] {
-        #[cfg(unix)]
-        return self
-            .groups
-            .get_or_init(|| supplementary_groups(self.uid, self.gid));
-        #[cfg(not(unix))]
-        return self.groups.get_or_init(Vec::new);
+    /// Granted if the uid alone says so, else if the primary gid is one of
+    /// `wanted`, else it depends on the supplementary groups (if any are
+    /// wanted at all).
+    fn decide(uid_says_yes: bool, peer: &Peer, wanted: Vec<u32>) -> Access {
+        if uid_says_yes || wanted.contains(&peer.gid) {
+            Access::Granted
+        } else if wanted.is_empty() {
+            Access::Denied
+        } else {
+            Access::IfInGroup(wanted)
+        }
     }
 }
 
@@ -87,10 +106,9 @@ impl Policy {
     }
 
     /// Add, remove, login, allow/deny: the daemon's own user, root, the admin group.
-    pub fn is_admin(&self, peer: &Peer) -> bool {
-        peer.uid == self.daemon_uid
-            || peer.uid == 0
-            || self.admin_gid.is_some_and(|g| peer.in_group(g))
+    pub fn is_admin(&self, peer: &Peer) -> Access {
+        let wanted = self.admin_gid.into_iter().collect();
+        Access::decide(self.is_root_or_daemon(peer.uid), peer, wanted)
     }
 
     /// Root and the daemon's own user: no per-user connection cap, and the
@@ -99,33 +117,32 @@ impl Policy {
     /// lookup (NSS, possibly over the network) would stall the accept loop;
     /// `admin_group` members therefore count as other users here.
     pub fn has_reserved_connections(&self, uid: u32) -> bool {
+        self.is_root_or_daemon(uid)
+    }
+
+    fn is_root_or_daemon(&self, uid: u32) -> bool {
         uid == self.daemon_uid || uid == 0
     }
 
-    /// Reading a credential's token: its owner, an admin, or someone on its allow list.
-    pub fn may_use(&self, peer: &Peer, owner_uid: u32, allowed: &[Principal]) -> bool {
-        peer.uid == owner_uid
-            || self.is_admin(peer)
-            || allowed.iter().any(|p| match *p {
-                Principal::User(u) => u == peer.uid,
-                Principal::Group(g) => peer.in_group(g),
-            })
+    /// Reading a credential's token: its owner, an admin, or someone on its
+    /// allow list. The owner (the usual case) needs no group lookup.
+    pub fn may_use(&self, peer: &Peer, owner_uid: u32, allowed: &[Principal]) -> Access {
+        let by_uid = peer.uid == owner_uid
+            || self.is_root_or_daemon(peer.uid)
+            || allowed.contains(&Principal::User(peer.uid));
+        if by_uid {
+            return Access::Granted;
+        }
+        let groups = allowed.iter().filter_map(|p| match *p {
+            Principal::Group(g) => Some(g),
+            Principal::User(_) => None,
+        });
+        Access::decide(
+            false,
+            peer,
+            self.admin_gid.into_iter().chain(groups).collect(),
+        )
     }
-}
-
-/// The groups a user belongs to, from the group database (what `id -G` says).
-#[cfg(unix)]
-fn supplementary_groups(uid: u32, gid: u32) -> Vec<u32> {
-    use nix::unistd::{Gid, Uid, User, getgrouplist};
-    let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
-        return Vec::new();
-    };
-    let Ok(name) = std::ffi::CString::new(user.name) else {
-        return Vec::new();
-    };
-    getgrouplist(&name, Gid::from_raw(gid))
-        .map(|groups| groups.into_iter().map(|g| g.as_raw()).collect())
-        .unwrap_or_default()
 }
 
 /// Resolves a group name (or number) to a gid.
@@ -150,26 +167,49 @@ pub fn group_id(name: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+    fn peer(uid: u32, gid: u32) -> Peer {
         Peer {
             uid,
             gid,
             pid: None,
-            groups: OnceLock::from(groups.to_vec()),
         }
     }
 
-    #[test]
-    fn admins_are_the_daemon_user_root_and_the_admin_group() {
+    /// A group database in which uid 1000 is in group 42 and uid 1002 in
+    /// group 77, and the number of lookups made.
+    fn database() -> (GroupCache, Arc<AtomicUsize>) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let lookup = Arc::new(move |uid, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            match uid {
+                1000 => vec![42],
+                1002 => vec![77],
+                _ => vec![],
+            }
+        });
+        (GroupCache::new(lookup, GroupCache::TTL), calls)
+    }
+
+    #[tokio::test]
+    async fn admins_are_the_daemon_user_root_and_the_admin_group() {
         let policy = Policy {
             daemon_uid: 500,
             admin_gid: Some(42),
         };
-        assert!(policy.is_admin(&peer(500, 500, &[])));
-        assert!(policy.is_admin(&peer(0, 0, &[])));
-        assert!(policy.is_admin(&peer(1000, 1000, &[42])));
-        assert!(!policy.is_admin(&peer(1000, 1000, &[7])));
+        let (groups, _) = database();
+        let admin = |p: Peer| {
+            let (policy, groups) = (&policy, &groups);
+            async move { policy.is_admin(&p).granted(&p, groups).await }
+        };
+        assert!(admin(peer(500, 500)).await);
+        assert!(admin(peer(0, 0)).await);
+        assert!(admin(peer(1000, 1000)).await, "in group 42");
+        assert!(admin(peer(1001, 42)).await, "primary group 42");
+        assert!(!admin(peer(1002, 1002)).await);
     }
 
     #[test]
@@ -183,32 +223,46 @@ mod tests {
         assert!(!policy.has_reserved_connections(1000));
     }
 
-    #[test]
-    fn the_owner_is_allowed_without_a_group_lookup() {
+    #[tokio::test]
+    async fn the_owner_is_allowed_without_a_group_lookup() {
         let policy = Policy {
             daemon_uid: 500,
             admin_gid: Some(42),
         };
-        let owner = Peer {
-            uid: 1000,
-            gid: 1000,
-            pid: None,
-            groups: OnceLock::new(),
-        };
-        assert!(policy.may_use(&owner, 1000, &[Principal::Group(77)]));
-        assert!(owner.groups.get().is_none(), "no group lookup was needed");
+        let (groups, calls) = database();
+        let owner = peer(1000, 1000);
+        let access = policy.may_use(&owner, 1000, &[Principal::Group(77)]);
+        assert_eq!(access, Access::Granted);
+        assert!(access.granted(&owner, &groups).await);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "no group lookup was needed"
+        );
     }
 
-    #[test]
-    fn token_use_needs_owner_or_allow_list() {
+    #[tokio::test]
+    async fn token_use_needs_owner_or_allow_list() {
         let policy = Policy {
             daemon_uid: 500,
             admin_gid: None,
         };
+        let (groups, _) = database();
         let allowed = [Principal::User(1001), Principal::Group(77)];
-        assert!(policy.may_use(&peer(1000, 1000, &[]), 1000, &[]));
-        assert!(policy.may_use(&peer(1001, 1001, &[]), 1000, &allowed));
-        assert!(policy.may_use(&peer(1002, 1002, &[77]), 1000, &allowed));
-        assert!(!policy.may_use(&peer(1003, 1003, &[]), 1000, &allowed));
+        let may = |p: Peer, allowed: &'static [Principal]| {
+            let (policy, groups) = (&policy, &groups);
+            async move { policy.may_use(&p, 1000, allowed).granted(&p, groups).await }
+        };
+        let allowed: &'static [Principal] = Box::leak(Box::new(allowed));
+        assert!(may(peer(1000, 1000), &[]).await);
+        assert!(may(peer(1001, 1001), allowed).await);
+        assert!(may(peer(1002, 1002), allowed).await, "in group 77");
+        assert!(may(peer(1003, 77), allowed).await, "primary group 77");
+        assert!(!may(peer(1003, 1003), allowed).await);
+        assert_eq!(
+            policy.may_use(&peer(1003, 1003), 1000, &[]),
+            Access::Denied,
+            "no group can grant it: nothing to look up"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! the file, the line and the key, so a typo never silently does nothing.
 
 pub mod access;
+pub mod groups;
 pub mod paths;
 pub mod preset;
 pub mod store;
@@ -228,10 +229,24 @@ pub enum LogFormat {
 }
 
 #[cfg_attr(test, derive(serde::Serialize))]
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// Lines about refused requests written per peer uid per
+    /// `refusal_interval_secs`; the rest are counted in one line at its end.
+    pub refusal_lines: u32,
+    pub refusal_interval_secs: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            refusal_lines: 10,
+            refusal_interval_secs: 60,
+        }
+    }
 }
 
 /// A named set of endpoint templates; `{domain}`-style placeholders are
@@ -310,7 +325,7 @@ impl Config {
                 "refresh.max_concurrent",
                 self.refresh.max_concurrent != new.refresh.max_concurrent,
             ),
-            ("log.format", self.log != new.log),
+            ("log.format", self.log.format != new.log.format),
             ("socket_group", self.socket_group != new.socket_group),
             ("key_file", self.key_file != new.key_file),
             ("http.enabled", self.http.enabled != new.http.enabled),
@@ -355,6 +370,7 @@ impl Config {
             ("fleet.lock_wait_secs", self.fleet.lock_wait_secs),
             ("fleet.resync_secs", self.fleet.resync_secs),
             ("fleet.lock_connections", self.fleet.lock_connections as u64),
+            ("log.refusal_interval_secs", self.log.refusal_interval_secs),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{key} must be greater than 0"));
@@ -374,6 +390,11 @@ impl Config {
         let bounded = [
             ("refresh.http_timeout_secs", r.http_timeout_secs, 600),
             ("refresh.max_backoff_secs", r.max_backoff_secs, 3600),
+            (
+                "log.refusal_interval_secs",
+                self.log.refusal_interval_secs,
+                86400,
+            ),
         ];
         if let Some((key, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {
             return Err(format!("{key} = {v} is too long (at most {max})"));

@@ -9,10 +9,13 @@ use crate::config::access::Peer;
 use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::state::refusals::Kind;
+use crate::state::throttle::Rate;
 use crate::token::check;
 use crate::{login, token};
 use std::sync::Arc;
-use tokend_proto::{CredentialInfo, DaemonStatus, Request, Response};
+use std::time::Duration;
+use tokend_proto::{CredentialInfo, DaemonStatus, Request, Response, logged};
 
 /// Handles one request. Never panics on client input; errors are answers.
 pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
@@ -21,14 +24,41 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Resp
     match dispatch(shared, peer, &request).await {
         Ok(response) => response,
         Err(e) => {
-            let (verb, name) = (request.verb(), request.credential());
-            if let Error::PermissionDenied(_) = e {
-                tracing::warn!(uid = peer.uid, pid = ?peer.pid, request = verb, credential = ?name, "permission denied");
-            } else {
-                tracing::debug!(uid = peer.uid, request = verb, credential = ?name, error = %e, "request failed");
-            }
+            log_refusal(shared, peer, &request, &e);
             Response::Error(e.to_remote())
         }
+    }
+}
+
+/// One line per refused request, within the peer's share of the log
+/// ([`crate::state::refusals`]); the name as sent, cut and escaped (a
+/// refused name was never validated), and so is the error's text, which
+/// may quote the name again.
+fn log_refusal(shared: &Shared, peer: &Peer, request: &Request, e: &Error) {
+    let kind = match e {
+        Error::PermissionDenied(_) => Kind::Denied,
+        _ => Kind::Failed,
+    };
+    if !shared.refusals.allow(peer.uid, kind, refusal_rate(shared)) {
+        return;
+    }
+    let (verb, name) = (request.verb(), request.credential().map(logged));
+    match kind {
+        Kind::Denied => {
+            tracing::warn!(uid = peer.uid, pid = ?peer.pid, request = verb, credential = ?name, "permission denied")
+        }
+        Kind::Failed => {
+            tracing::debug!(uid = peer.uid, request = verb, credential = ?name, error = %logged(&e.to_string()), "request failed")
+        }
+    }
+}
+
+/// How many refusals of one uid the log shows (`[log]` in the config).
+pub fn refusal_rate(shared: &Shared) -> Rate {
+    let log = &shared.config().log;
+    Rate {
+        lines: log.refusal_lines,
+        every: Duration::from_secs(log.refusal_interval_secs),
     }
 }
 
@@ -38,40 +68,41 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
             name,
             min_valid_secs,
         } => {
-            let cred = usable(shared, peer, name)?;
+            let cred = usable(shared, peer, name).await?;
             let reply = token::token(shared, &cred, *min_valid_secs).await?;
             Ok(Response::Token(reply))
         }
         Request::Reject { name, token } => {
-            let cred = usable(shared, peer, name)?;
+            let cred = usable(shared, peer, name).await?;
             let message = token::reject(shared, &cred, token.as_ref()).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {
-            let cred = usable(shared, peer, name)?;
+            let cred = usable(shared, peer, name).await?;
             Ok(Response::Message(
                 token::force_refresh(shared, &cred).await?,
             ))
         }
         Request::Check { name } => {
-            let cred = usable(shared, peer, name)?;
+            let cred = usable(shared, peer, name).await?;
             Ok(Response::Check(check::run(shared, &cred).await?))
         }
         Request::Show { name } => {
-            let cred = usable(shared, peer, name)?;
+            let cred = usable(shared, peer, name).await?;
             let mut info = cred.info(shared.clock.now());
             with_names(shared, &cred, &mut info).await;
             Ok(Response::Credential(Box::new(info)))
         }
         Request::List => Ok(Response::List(
             visible(shared, peer)
+                .await
                 .iter()
                 .map(|c| c.info(shared.clock.now()))
                 .collect(),
         )),
-        Request::Status => Ok(Response::Status(status(shared, peer))),
+        Request::Status => Ok(Response::Status(status(shared, peer).await)),
         _ => {
-            admin(shared, peer)?;
+            admin(shared, peer).await?;
             administer(shared, peer, request).await
         }
     }
@@ -122,8 +153,9 @@ async fn administer(
     }
 }
 
-fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
-    if shared.policy().is_admin(peer) {
+async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
+    let access = shared.policy().is_admin(peer);
+    if access.granted(peer, &shared.groups).await {
         return Ok(());
     }
     Err(Error::PermissionDenied(format!(
@@ -142,10 +174,11 @@ pub(super) fn known(shared: &Shared, name: &str) -> Result<Arc<Credential>, Erro
 /// The credential, if this peer may use it. An unknown name and a forbidden
 /// one answer differently: hiding existence would only confuse admins, and
 /// names are not secrets.
-fn usable(shared: &Shared, peer: &Peer, name: &str) -> Result<Arc<Credential>, Error> {
+async fn usable(shared: &Shared, peer: &Peer, name: &str) -> Result<Arc<Credential>, Error> {
     let cred = known(shared, name)?;
-    let allowed = cred.with_live(|l| shared.policy().may_use(peer, cred.owner_uid, &l.allowed));
-    if !allowed {
+    let policy = shared.policy();
+    let access = cred.with_live(|l| policy.may_use(peer, cred.owner_uid, &l.allowed));
+    if !access.granted(peer, &shared.groups).await {
         return Err(Error::PermissionDenied(format!(
             "uid {} is not allowed to use credential {name:?} (an admin can run `tokenctl allow {name} --user USER`)",
             peer.uid
@@ -154,17 +187,19 @@ fn usable(shared: &Shared, peer: &Peer, name: &str) -> Result<Arc<Credential>, E
     Ok(cred)
 }
 
-fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
+async fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
     let policy = shared.policy();
-    shared
-        .registry
-        .all()
-        .into_iter()
-        .filter(|c| c.with_live(|l| policy.may_use(peer, c.owner_uid, &l.allowed)))
-        .collect()
+    let mut visible = Vec::new();
+    for cred in shared.registry.all() {
+        let access = cred.with_live(|l| policy.may_use(peer, cred.owner_uid, &l.allowed));
+        if access.granted(peer, &shared.groups).await {
+            visible.push(cred);
+        }
+    }
+    visible
 }
 
-fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
+async fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
     let now = shared.clock.now();
     DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -176,6 +211,7 @@ fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
             .connections
             .load(std::sync::atomic::Ordering::Relaxed),
         credentials: visible(shared, peer)
+            .await
             .iter()
             .map(|c| c.summary(now))
             .collect(),

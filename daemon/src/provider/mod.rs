@@ -8,6 +8,7 @@ use crate::provider::http::describe;
 use serde::Deserialize;
 use std::time::Duration;
 use tokend_proto::{ClientAuth, Secret};
+use zeroize::Zeroizing;
 
 /// The token endpoint and how to authenticate to it.
 pub struct Endpoint<'a> {
@@ -112,8 +113,10 @@ impl ProviderError {
 
 #[derive(Deserialize)]
 struct RawTokens {
-    access_token: Option<String>,
-    refresh_token: Option<String>,
+    // Read straight into wiped-on-drop buffers: a token the answer cannot
+    // be served with is dropped here, and must not linger in freed memory.
+    access_token: Option<Secret>,
+    refresh_token: Option<Secret>,
     expires_in: Option<serde_json::Value>,
     token_type: Option<String>,
 }
@@ -399,9 +402,12 @@ pub enum IntrospectError {
     Unreadable { host: String },
 }
 
-/// Reads a response body of at most [`MAX_BODY`] bytes.
-pub async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
+/// Reads a response body of at most [`MAX_BODY`] bytes, into a buffer
+/// that is wiped when dropped: a token response holds the new tokens in
+/// the clear. Allocated whole up front, so that growing it never leaves an
+/// unwiped copy behind in freed memory.
+pub async fn read_limited(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, String> {
+    let mut body = Zeroizing::new(Vec::with_capacity(MAX_BODY));
     while let Some(chunk) = response
         .chunk()
         .await
@@ -495,7 +501,7 @@ fn token_set(status: u16, body: &[u8]) -> Result<TokenSet, ProviderError> {
     let raw: RawTokens = serde_json::from_slice(body).map_err(|_| ProviderError::Unknown {
         message: format!("token endpoint answered {status} without a JSON token response"),
     })?;
-    let refresh_token = raw.refresh_token.filter(|r| !r.is_empty()).map(Secret::new);
+    let refresh_token = raw.refresh_token.filter(|r| !r.is_empty());
     let unusable = |why: String| ProviderError::Unusable {
         message: format!("token endpoint answered {status} {why}"),
         refresh_token: refresh_token.clone(),
@@ -512,7 +518,7 @@ fn token_set(status: u16, body: &[u8]) -> Result<TokenSet, ProviderError> {
         )));
     }
     Ok(TokenSet {
-        access_token: Secret::new(access_token),
+        access_token,
         refresh_token,
         expires_in: raw
             .expires_in

@@ -6,6 +6,7 @@
 use crate::config::access::Peer;
 use crate::server::quota::{Admitted, Quota, Refusal, Shares};
 use crate::state::Shared;
+use crate::state::throttle::{Rate, Throttle, Verdict};
 use interprocess::local_socket::tokio::Stream;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,9 +24,21 @@ const REFUSING: Shares = Shares {
     others: 256,
 };
 
-/// At most one warning per kind of refusal in this long: a user opening
-/// thousands of connections must not write thousands of log lines.
-const WARN_EVERY: Duration = Duration::from_secs(10);
+/// At most one warning per kind of refusal every ten seconds: a user
+/// opening thousands of connections must not write thousands of log lines.
+const WARN_RATE: Rate = Rate {
+    lines: 1,
+    every: Duration::from_secs(10),
+};
+
+/// The kinds of refusal at accept time, each with its own warnings: a
+/// flood of one kind does not hide the first line of another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Warn {
+    Full,
+    PerUser,
+    Others,
+}
 
 /// Decides, at accept time, whether a connection gets a place.
 pub struct Gate {
@@ -36,11 +49,8 @@ pub struct Gate {
     quota: Arc<Quota>,
     /// Refusals in flight, per uid (see [`REFUSING`]).
     refusing: Arc<Quota>,
-    /// One throttle per kind of refusal: a flood of one kind does not hide
-    /// the first line of another.
-    warn_full: Throttle,
-    warn_per_user: Throttle,
-    warn_others: Throttle,
+    /// The warnings' share of the log, per kind of refusal.
+    warnings: Throttle<Warn>,
 }
 
 /// A connection's hold on its places; dropping it gives them back.
@@ -57,9 +67,7 @@ impl Gate {
             max,
             quota: Arc::new(Quota::default()),
             refusing: Arc::new(Quota::default()),
-            warn_full: Throttle::default(),
-            warn_per_user: Throttle::default(),
-            warn_others: Throttle::default(),
+            warnings: Throttle::default(),
         }
     }
 
@@ -89,7 +97,7 @@ impl Gate {
             })?;
         let permit = self.places.clone().try_acquire_owned().map_err(|_| {
             let (uid, max) = (peer.uid, self.max);
-            if let Some(more) = self.warn_full.allow() {
+            if let Some(more) = self.warn(Warn::Full) {
                 tracing::warn!(
                     max,
                     uid,
@@ -109,10 +117,20 @@ impl Gate {
         Ok((peer, place))
     }
 
+    /// `Some(refusals of this kind not logged since its last line)` when a
+    /// line may be written now. The count comes with the next line of the
+    /// kind (a connection flood goes on long enough to get one).
+    fn warn(&mut self, kind: Warn) -> Option<u64> {
+        match self.warnings.allow(kind, WARN_RATE, Instant::now()) {
+            Verdict::Log { suppressed } => Some(suppressed),
+            Verdict::Quiet { .. } => None,
+        }
+    }
+
     fn warn_refused(&mut self, uid: u32, refusal: Refusal) {
         match refusal {
             Refusal::PerUser(limit) => {
-                if let Some(more) = self.warn_per_user.allow() {
+                if let Some(more) = self.warn(Warn::PerUser) {
                     tracing::warn!(
                         uid,
                         limit,
@@ -122,7 +140,7 @@ impl Gate {
                 }
             }
             Refusal::Others(limit) => {
-                if let Some(more) = self.warn_others.allow() {
+                if let Some(more) = self.warn(Warn::Others) {
                     tracing::warn!(
                         uid,
                         limit,
@@ -182,27 +200,6 @@ impl SharedGate {
     }
 }
 
-/// Lets one log line through per [`WARN_EVERY`] and counts the rest.
-#[derive(Default)]
-struct Throttle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    /// `Some(refusals not logged since the last line)` when a line may be
-    /// written now.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now < last + WARN_EVERY) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// Tells a client that gets no place why, instead of leaving it hanging.
 async fn refuse_busy(mut stream: Stream, message: String) {
     let t = Duration::from_millis(500);
@@ -224,17 +221,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_flood_of_refusals_logs_one_line() {
-        let mut throttle = Throttle::default();
-        assert_eq!(throttle.allow(), Some(0));
+    fn a_flood_of_refusals_logs_one_line_per_kind() {
+        let mut gate = Gate::new(4);
+        assert_eq!(gate.warn(Warn::PerUser), Some(0));
         for _ in 0..1500 {
-            assert_eq!(throttle.allow(), None);
+            assert_eq!(gate.warn(Warn::PerUser), None);
         }
-        throttle.last = Some(Instant::now() - WARN_EVERY);
         assert_eq!(
-            throttle.allow(),
-            Some(1500),
-            "the next line counts the rest"
+            gate.warn(Warn::Full),
+            Some(0),
+            "another kind has its own line"
         );
     }
 }

@@ -8,6 +8,7 @@
 use crate::config::access::Peer;
 use crate::handler;
 use crate::state::Shared;
+use crate::state::refusals::Kind;
 use interprocess::local_socket::tokio::Stream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +66,7 @@ pub async fn serve(
         let request: Request = match timeout(frame_timeout, read_frame_async(&mut conn)).await {
             Ok(Ok(request)) => request,
             Ok(Err(e)) => {
-                refuse(&mut conn, &peer, e, frame_timeout).await;
+                refuse(&mut conn, &shared, &peer, e, frame_timeout).await;
                 return;
             }
             Err(_) => {
@@ -73,7 +74,7 @@ pub async fn serve(
                 return;
             }
         };
-        tracing::trace!(uid = peer.uid, request = request.verb(), credential = ?request.credential(), "request");
+        tracing::trace!(uid = peer.uid, request = request.verb(), credential = ?request.credential().map(tokend_proto::logged), "request");
         let response = handler::handle(&shared, &peer, request).await;
         if !answer(&mut conn, &response, frame_timeout).await {
             return;
@@ -122,12 +123,21 @@ async fn hello(conn: &mut BufReader<Stream>, peer: &Peer, frame_timeout: Duratio
 }
 
 /// Answers an unreadable frame with an error before closing, when possible.
-async fn refuse(conn: &mut BufReader<Stream>, peer: &Peer, e: FrameError, frame_timeout: Duration) {
+async fn refuse(
+    conn: &mut BufReader<Stream>,
+    shared: &Shared,
+    peer: &Peer,
+    e: FrameError,
+    frame_timeout: Duration,
+) {
     let message = match &e {
         FrameError::Closed | FrameError::Io(_) => return,
         FrameError::TooLarge(_) | FrameError::Decode(_) | FrameError::Encode(_) => e.to_string(),
     };
-    tracing::debug!(uid = peer.uid, error = %message, "malformed frame; closing");
+    let rate = handler::refusal_rate(shared);
+    if shared.refusals.allow(peer.uid, Kind::Failed, rate) {
+        tracing::debug!(uid = peer.uid, error = %message, "malformed frame; closing");
+    }
     let response = Response::error(
         ErrorCode::BadRequest,
         format!("{message}; closing the connection"),

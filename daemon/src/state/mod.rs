@@ -3,8 +3,10 @@
 pub mod clock;
 pub mod credential;
 pub mod logins;
+pub mod refusals;
 pub mod registry;
 pub mod scheduler;
+pub mod throttle;
 
 use crate::config::Config;
 use crate::config::access::Policy;
@@ -38,6 +40,10 @@ pub struct Shared {
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
     pub clock: crate::state::clock::Clock,
+    /// Peers' supplementary groups, looked up off the async workers.
+    pub groups: crate::config::groups::GroupCache,
+    /// How many refused requests of each uid the log still shows.
+    pub refusals: refusals::Refusals,
     /// A graceful stop has begun: no refresh starts any more.
     stopping: AtomicBool,
 }
@@ -58,6 +64,8 @@ impl Shared {
             scheduler: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
+            groups: Default::default(),
+            refusals: Default::default(),
             stopping: AtomicBool::new(false),
         })
     }

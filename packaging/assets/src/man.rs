@@ -41,6 +41,11 @@ const TOKEND: &[Section] = &[
                 "The log level or filter: error, warn, info (default), debug, trace.",
             ),
             (
+                "TOKEND_ALLOW_CORE_DUMPS",
+                "1: keep core dumps possible, to debug a crash (logged as a warning). By default \
+                 tokend makes itself non-dumpable and sets its core size limit to 0 at start.",
+            ),
+            (
                 "RUNTIME_DIRECTORY, STATE_DIRECTORY, CONFIGURATION_DIRECTORY",
                 "Set by systemd; with --system they replace /run/tokend, /var/lib/tokend and /etc/tokend.",
             ),

@@ -28,8 +28,11 @@ pub async fn answer(
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
-    // The path names a credential, never a secret; the query is min_valid.
-    tracing::trace!(uid = peer.uid, method = %parts.method, path = parts.uri.path(), status = response.status().as_u16(), "HTTP request");
+    // The path names a credential, never a secret (cut and escaped: it may
+    // be 60 KiB long); the query is min_valid. Refusals are logged by the
+    // handler, within the peer's share of the log, as on the main socket.
+    let path = tokend_proto::logged(parts.uri.path());
+    tracing::trace!(uid = peer.uid, method = %parts.method, %path, status = response.status().as_u16(), "HTTP request");
     response
 }
 
