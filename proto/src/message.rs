@@ -379,15 +379,18 @@ pub struct CredentialInfo {
     pub last_check: Option<CheckReport>,
 }
 
-/// `status`: the daemon as a whole.
+/// `status`: the daemon as a whole. What describes the daemon's own
+/// set-up (its pid, socket, store and the store's errors, its connections)
+/// is for admins: `None` for anyone else, who is told only about the
+/// credentials it may use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub version: String,
-    pub pid: u32,
+    pub pid: Option<u32>,
     pub uptime_secs: u64,
-    pub socket: String,
-    pub database: String,
-    pub connections: u32,
+    pub socket: Option<String>,
+    pub database: Option<String>,
+    pub connections: Option<u32>,
     pub credentials: Vec<CredentialSummary>,
 }
 

@@ -366,8 +366,8 @@ fn response() -> impl Strategy<Value = Response> {
         info().prop_map(|i| Response::Credential(Box::new(i))),
         proptest::collection::vec(info(), 0..3).prop_map(Response::List),
         (
-            (text(), any::<u32>(), any::<u64>()),
-            (text(), text(), any::<u32>()),
+            (text(), any::<Option<u32>>(), any::<u64>()),
+            (opt_text(), opt_text(), any::<Option<u32>>()),
             proptest::collection::vec(summary, 0..3)
         )
             .prop_map(

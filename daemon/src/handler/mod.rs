@@ -44,13 +44,13 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
         }
         Request::Reject { name, token } => {
             let cred = usable(shared, peer, name)?;
-            let message = token::reject(shared, &cred, token.as_ref()).await?;
+            let message = token::reject(shared, &cred, token.as_ref(), forcer(shared, peer)).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {
             let cred = usable(shared, peer, name)?;
             Ok(Response::Message(
-                token::force_refresh(shared, &cred).await?,
+                token::force_refresh(shared, &cred, forcer(shared, peer)).await?,
             ))
         }
         Request::Check { name } => {
@@ -132,6 +132,15 @@ fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
     )))
 }
 
+/// How the pace of forced refreshes applies to `peer` (`token/forced.rs`).
+fn forcer(shared: &Shared, peer: &Peer) -> token::Forcer {
+    if shared.policy().is_admin(peer) {
+        token::Forcer::Admin
+    } else {
+        token::Forcer::User
+    }
+}
+
 pub(super) fn known(shared: &Shared, name: &str) -> Result<Arc<Credential>, Error> {
     shared
         .registry
@@ -164,17 +173,25 @@ fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
         .collect()
 }
 
+/// The daemon and the credentials `peer` may use. Its pid, its socket, the
+/// store (a database URL names hosts and users; its state carries the
+/// database's errors) and its connection count are for admins only: a
+/// user is told what concerns its credentials, nothing that helps map the
+/// service (docs/SECURITY.md).
 fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
     let now = shared.clock.now();
+    let admin = shared.policy().is_admin(peer);
     DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        pid: std::process::id(),
+        pid: admin.then(std::process::id),
         uptime_secs: shared.started.elapsed().as_secs(),
-        socket: shared.paths.socket.display().to_string(),
-        database: shared.store.describe(),
-        connections: shared
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed),
+        socket: admin.then(|| shared.paths.socket.display().to_string()),
+        database: admin.then(|| shared.store.describe()),
+        connections: admin.then(|| {
+            shared
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
         credentials: visible(shared, peer)
             .iter()
             .map(|c| c.summary(now))

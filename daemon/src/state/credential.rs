@@ -83,6 +83,11 @@ pub struct Live {
     /// (see [`Watch`]); boxed, since most credentials never have one.
     pub lease_watch: Option<Box<Watch>>,
     pub retry_watch: Option<Box<Watch>>,
+    /// When this process last started a call to the provider for a new
+    /// token, or let a forced refresh by a user who is not an admin go on
+    /// (monotonic ms; 0: never): such a refresh starts no call within
+    /// `refresh.min_forced_interval_secs` of it (`token/forced.rs`).
+    pub last_call_mono: i64,
 }
 
 /// A deadline read from a row, as this process first saw it: what was
@@ -228,6 +233,7 @@ impl Credential {
                 unsent_mark: None,
                 lease_watch: None,
                 retry_watch: None,
+                last_call_mono: 0,
             }),
             incarnation: s.incarnation,
             name: s.name.into(),

@@ -11,6 +11,7 @@ mod adopt;
 mod claim;
 mod commit;
 mod doubt;
+mod forced;
 mod outcome;
 mod plan;
 mod refresh;
@@ -27,5 +28,6 @@ pub use commit::{Origin, commit_and_publish, save_before_stop};
 pub use plan::{
     MAX_LIFETIME_SECS, MIN_LIFETIME_SECS, plan_refresh, random_unit, schedule_loaded, token_update,
 };
+pub use forced::Forcer;
 pub use refresh::refresh;
 pub use serve::{force_refresh, reject, token};

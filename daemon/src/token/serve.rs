@@ -3,6 +3,7 @@
 //! (`reject`, `refresh`), which respect the provider's backoff.
 
 use super::claim::Trigger;
+use super::forced::{self, Forcer};
 use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
@@ -146,6 +147,7 @@ pub async fn reject(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     token: Option<&Secret>,
+    forcer: Forcer,
 ) -> Result<String, Error> {
     if let CredentialSpec::Bearer { check_url } = &cred.spec {
         if check_url.is_some() {
@@ -166,6 +168,13 @@ pub async fn reject(
     {
         return Ok("that token was already replaced; nothing to do".into());
     }
+    // Naming the refused token is what keeps a reject from being a forced
+    // refresh; one that names none is paced like `refresh`.
+    if token.is_none()
+        && let Err(state) = forced::admit(shared, cred, forcer)
+    {
+        return Ok(state);
+    }
     respect_backoff(shared, cred)?;
     let need_ms = super::validity::MIN_VALID_MS;
     run_now(shared, cred, attempts, Trigger::Demand { need_ms }).await?;
@@ -180,12 +189,19 @@ pub(super) fn same_secret(a: &Secret, b: &Secret) -> bool {
 
 /// `tokenctl refresh NAME`: one refresh now, whatever the schedule says,
 /// but never sooner than the provider allowed.
-pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<String, Error> {
+pub async fn force_refresh(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    forcer: Forcer,
+) -> Result<String, Error> {
     if let CredentialSpec::Bearer { .. } = cred.spec {
         return Err(Error::InvalidArgument(format!(
             "bearer credential {:?} has nothing to refresh (use `tokenctl check {}` to test it)",
             cred.name, cred.name
         )));
+    }
+    if let Err(state) = forced::admit(shared, cred, forcer) {
+        return Ok(state);
     }
     respect_backoff(shared, cred)?;
     let attempts = cred.with_live(|l| {

@@ -250,15 +250,19 @@ fn with_source(e: &Endpoints, name: &str, url: Option<&str>) -> String {
 }
 
 pub fn status(s: &DaemonStatus) {
-    out!(
-        "tokend {} (pid {}) up {}, {} connection(s)\nsocket   {}\nstore    {}",
-        s.version,
-        s.pid,
-        span(s.uptime_secs as i64),
-        s.connections,
-        s.socket,
-        s.database
-    );
+    match (s.pid, s.connections, &s.socket, &s.database) {
+        (Some(pid), Some(connections), Some(socket), Some(database)) => out!(
+            "tokend {} (pid {pid}) up {}, {connections} connection(s)\nsocket   {socket}\nstore    {database}",
+            s.version,
+            span(s.uptime_secs as i64),
+        ),
+        // The daemon tells only admins about its set-up.
+        _ => out!(
+            "tokend {} up {} (its pid, socket and store are shown to admins only)",
+            s.version,
+            span(s.uptime_secs as i64),
+        ),
+    }
     if s.credentials.is_empty() {
         out!("no credentials");
         return;
