@@ -119,6 +119,12 @@ pub struct Common {
     /// Replace an existing credential of that name.
     #[arg(long)]
     pub replace: bool,
+    /// A git host (`host` or `host:port`, as in the remote's URL) that
+    /// `tokenctl git-credential` gives this token to (repeatable). Default:
+    /// the host of a bearer token's --check-url, else none (then git gets
+    /// the token for no host).
+    #[arg(long = "git-host", value_name = "HOST")]
+    pub git_hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]

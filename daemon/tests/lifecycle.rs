@@ -47,6 +47,7 @@ impl World {
             extra_params: vec![],
             refresh_margin_secs: None,
             endpoints,
+            git_hosts: Vec::new(),
         }));
         let rt = self.fake.grant();
         self.insert(
@@ -245,7 +246,7 @@ async fn a_user_forces_one_provider_call_per_interval_and_admins_are_not_held_ba
             .unwrap();
         assert!(message.contains("not refreshing"), "{message}");
         assert!(message.contains("it is ready"), "{message}");
-        let message = token::reject(&w.shared, &cred, None, Forcer::User)
+        let message = token::reject(&w.shared, &cred, None, Forcer::User, None)
             .await
             .unwrap();
         assert!(message.contains("not refreshing"), "{message}");
@@ -253,7 +254,7 @@ async fn a_user_forces_one_provider_call_per_interval_and_admins_are_not_held_ba
     assert_eq!(calls(), before + 1, "no call within the interval");
     // A reject naming the held token is not paced: it was compared first.
     let held = Secret::new(w.token(&cred).await.unwrap());
-    token::reject(&w.shared, &cred, Some(&held), Forcer::User)
+    token::reject(&w.shared, &cred, Some(&held), Forcer::User, None)
         .await
         .unwrap();
     assert_eq!(calls(), before + 2);
@@ -356,12 +357,12 @@ async fn invalid_grant_needs_login_stops_retrying_and_notifies_once() {
 async fn reject_of_a_replaced_token_is_a_no_op() {
     let w = world(3600, quick_config()).await;
     let cred = w.oauth("a", 3600);
-    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")), Forcer::Admin)
+    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")), Forcer::Admin, None)
         .await
         .unwrap();
     assert!(message.contains("refreshed"), "{message}");
     assert_eq!(w.fake.refreshes(), 1);
-    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")), Forcer::Admin)
+    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")), Forcer::Admin, None)
         .await
         .unwrap();
     assert!(message.contains("already replaced"), "{message}");
@@ -411,6 +412,7 @@ async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
         client_auth: ClientAuth::Basic,
         refresh_margin_secs: None,
         endpoints: Default::default(),
+        git_hosts: Vec::new(),
     }));
     let cred = w.insert("cc", spec, None, None, None);
     assert_eq!(w.token(&cred).await.unwrap(), "at-1");
@@ -807,7 +809,7 @@ async fn a_rate_limit_holds_off_forced_refreshes_and_rejects() {
         let err = token::force_refresh(&w.shared, &cred, Forcer::Admin).await.unwrap_err();
         assert!(err.to_string().contains("next attempt"), "{err}");
     }
-    let err = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")), Forcer::Admin)
+    let err = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")), Forcer::Admin, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("next attempt"), "{err}");
@@ -878,6 +880,7 @@ async fn a_scheduled_refresh_holding_the_slot_never_waits_on_a_request_waiting_f
         client_auth: ClientAuth::Basic,
         refresh_margin_secs: None,
         endpoints: Default::default(),
+        git_hosts: Vec::new(),
     }));
     let busy = w.insert("busy", spec, None, None, None);
     let cred = w.oauth("a", 0);

@@ -54,7 +54,14 @@ pub enum ClientAuth {
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialSpec {
     /// A static token (UpPromote): never refreshed.
-    Bearer { check_url: Option<String> },
+    Bearer {
+        check_url: Option<String>,
+        /// The git hosts `tokenctl git-credential` answers for (see
+        /// [`CredentialSpec::git_hosts`]). Absent from settings stored
+        /// before it existed, hence the default.
+        #[serde(default)]
+        git_hosts: Vec<String>,
+    },
     /// Authorization code grant with refresh tokens (Uptempo).
     ///
     /// The OAuth2 settings are boxed so that the enum, which the daemon
@@ -68,6 +75,18 @@ pub enum CredentialSpec {
 }
 
 impl CredentialSpec {
+    /// The git hosts given with `tokenctl add … --git-host` (`host` or
+    /// `host:port`, lowercase, as git names them), if any. The git helper
+    /// answers only for these; when none is given, for the host of a
+    /// bearer token's check URL, and for no host otherwise.
+    pub fn git_hosts(&self) -> &[String] {
+        match self {
+            CredentialSpec::Bearer { git_hosts, .. } => git_hosts,
+            CredentialSpec::OAuth2(s) => &s.git_hosts,
+            CredentialSpec::ClientCredentials(s) => &s.git_hosts,
+        }
+    }
+
     /// The kind as written on the command line.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -94,6 +113,9 @@ pub struct OAuth2Spec {
     /// from settings stored before discovery existed, hence the default.
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// See [`CredentialSpec::git_hosts`].
+    #[serde(default)]
+    pub git_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +127,9 @@ pub struct ClientCredentialsSpec {
     pub refresh_margin_secs: Option<u32>,
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// See [`CredentialSpec::git_hosts`].
+    #[serde(default)]
+    pub git_hosts: Vec<String>,
 }
 
 /// Where an endpoint URL came from, so `show` can say it.
@@ -214,6 +239,8 @@ pub struct AddCredential {
     pub secret: Secret,
     /// Replace an existing credential of that name instead of refusing.
     pub replace: bool,
+    /// `--git-host`: the git hosts the credential is for.
+    pub git_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +254,10 @@ pub enum Request {
     Reject {
         name: String,
         token: Option<Secret>,
+        /// The host that refused it, when the caller knows (git's `erase`):
+        /// a bearer token, which cannot be refreshed, is then marked
+        /// `failing: rejected by HOST`.
+        rejected_by: Option<String>,
     },
     /// Refresh now.
     Refresh {

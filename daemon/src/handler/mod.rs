@@ -3,6 +3,7 @@
 
 mod add;
 mod admin;
+mod git_hosts;
 pub mod endpoints;
 
 use crate::config::access::Peer;
@@ -42,9 +43,15 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
             let reply = token::token(shared, &cred, *min_valid_secs).await?;
             Ok(Response::Token(reply))
         }
-        Request::Reject { name, token } => {
+        Request::Reject {
+            name,
+            token,
+            rejected_by,
+        } => {
             let cred = usable(shared, peer, name)?;
-            let message = token::reject(shared, &cred, token.as_ref(), forcer(shared, peer)).await?;
+            let by = rejected_by.as_deref().map(git_hosts::normalize).transpose()?;
+            let forcer = forcer(shared, peer);
+            let message = token::reject(shared, &cred, token.as_ref(), forcer, by.as_deref()).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {

@@ -17,6 +17,7 @@ use tokend_proto::{CheckReport, CredentialSpec, CredentialState, Secret};
 pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckReport, Error> {
     let CredentialSpec::Bearer {
         check_url: Some(url),
+        ..
     } = &cred.spec
     else {
         return Err(Error::InvalidArgument(format!(

@@ -9,6 +9,7 @@ use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::store::GrantChange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -142,14 +143,21 @@ pub(super) async fn on_demand(
 }
 
 /// "The API refused this token": refresh, unless the token named was already
-/// replaced (docs/DESIGN.md §4.7).
+/// replaced (docs/DESIGN.md §4.7). A bearer token named with the host that
+/// refused it (`rejected_by`, git's `erase`) is marked failing.
 pub async fn reject(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     token: Option<&Secret>,
     forcer: Forcer,
+    rejected_by: Option<&str>,
 ) -> Result<String, Error> {
-    if let CredentialSpec::Bearer { check_url } = &cred.spec {
+    if let (CredentialSpec::Bearer { .. }, Some(token), Some(host)) =
+        (&cred.spec, token, rejected_by)
+    {
+        return rejected_bearer(shared, cred, token, host).await;
+    }
+    if let CredentialSpec::Bearer { check_url, .. } = &cred.spec {
         if check_url.is_some() {
             let report = crate::token::check::run(shared, cred).await?;
             return Ok(format!(
@@ -179,6 +187,36 @@ pub async fn reject(
     let need_ms = super::validity::MIN_VALID_MS;
     run_now(shared, cred, attempts, Trigger::Demand { need_ms }).await?;
     Ok(format!("refreshed credential {:?}", cred.name))
+}
+
+/// A bearer token that `host` refused (git's `erase`): it cannot be
+/// refreshed, so it is marked `failing: rejected by HOST`, and is not
+/// served until it is replaced (or a `check` finds it accepted). Only the
+/// held token can be reported: one already replaced changes nothing.
+async fn rejected_bearer(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    token: &Secret,
+    host: &str,
+) -> Result<String, Error> {
+    let held = cred.with_live(|l| l.access_token.clone());
+    if !held.as_ref().is_some_and(|h| same_secret(h, token)) {
+        return Ok("that token was already replaced; nothing to do".into());
+    }
+    let reason = format!("rejected by {host} (git reported that it refused the token)");
+    let _refresh = cred.refresh_lock.lock().await;
+    super::outcome::set_state(
+        shared,
+        cred,
+        CredentialState::Failing,
+        &reason,
+        GrantChange::Settled,
+    )
+    .await;
+    Ok(format!(
+        "bearer credential {:?} is now failing: {reason}; replace the token with `tokenctl add bearer {} --replace`",
+        cred.name, cred.name
+    ))
 }
 
 /// Compares two tokens in time that does not depend on where they differ:

@@ -6,6 +6,7 @@
 mod countdown;
 mod exec_credential;
 mod git_credential;
+mod git_hosts;
 mod login;
 mod output;
 mod secret_input;
@@ -330,5 +331,6 @@ fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
         kind,
         secret,
         replace: common.replace,
+        git_hosts: common.git_hosts,
     })
 }

@@ -162,7 +162,7 @@ pub fn show(c: &CredentialInfo) {
         row("", &a);
     }
     match &c.spec {
-        CredentialSpec::Bearer { check_url } => {
+        CredentialSpec::Bearer { check_url, .. } => {
             row("check url", check_url.as_deref().unwrap_or("-"))
         }
         CredentialSpec::OAuth2(s) => {
@@ -200,6 +200,7 @@ pub fn show(c: &CredentialInfo) {
             row("scopes", &s.scopes.join(" "));
         }
     }
+    row("git hosts", &crate::git_hosts::GitHosts::of(&c.spec).describe());
     row("token", if c.has_token { "held" } else { "none" });
     row("expires", &when(c.expires_at));
     row("next refresh", &when(c.next_refresh_at));
