@@ -51,10 +51,14 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
 /// A bearer credential: its token never expires, so every request is
 /// served from the cache (the hot path being measured).
 pub fn bearer(i: usize, token_len: usize, now: i64) -> StoredCredential {
-    let mut c = base(i, CredentialSpec::Bearer {
-                check_url: None,
-                git_hosts: Vec::new(),
-            }, now);
+    let mut c = base(
+        i,
+        CredentialSpec::Bearer {
+            check_url: None,
+            git_hosts: Vec::new(),
+        },
+        now,
+    );
     c.access_token = Some(Secret::new(token("tok", i, token_len)));
     c
 }

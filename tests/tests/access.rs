@@ -248,8 +248,7 @@ fn forced_refreshes_by_a_user_reach_the_provider_once_per_interval_and_notify_on
     d.open_to_everyone();
     // The first token is fetched at once, and refused: `failing`, notified.
     assert!(
-        tokend_tests::oidc::eventually(Duration::from_secs(20), || notified()
-            == "cc failing\n"),
+        tokend_tests::oidc::eventually(Duration::from_secs(20), || notified() == "cc failing\n"),
         "notified: {:?}\n{}",
         notified(),
         d.log_text()
@@ -326,8 +325,8 @@ fn status_tells_a_user_only_about_its_credentials() {
         .arg("http://localhost/v1/status");
     who.run_as(&mut curl);
     let out = run_with_timeout(curl, None, Duration::from_secs(30));
-    let body: serde_json::Value = serde_json::from_str(&stdout(&out))
-        .unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    let body: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
     for key in ["pid", "socket", "database", "connections"] {
         assert!(body[key].is_null(), "{key}: {body}");
     }

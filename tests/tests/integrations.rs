@@ -239,7 +239,10 @@ fn git_credential_answers_nothing_for_another_host_or_for_plain_http_to_another_
         "protocol=https\nhost=elsewhere.example\n\n",
         "is for git.example.test, not elsewhere.example",
     );
-    quiet("protocol=https\nhost=git.example.test:8443\n\n", "not git.example.test:8443");
+    quiet(
+        "protocol=https\nhost=git.example.test:8443\n\n",
+        "not git.example.test:8443",
+    );
     // Its own host over plain http: the token would cross the network.
     quiet("protocol=http\nhost=git.example.test\n\n", "unencrypted");
     quiet("host=git.example.test\n\n", "names no protocol");
@@ -247,7 +250,12 @@ fn git_credential_answers_nothing_for_another_host_or_for_plain_http_to_another_
     let fallback =
         "!f() { echo username=next; echo password=from-the-next-helper; }; f".to_string();
     let other = "protocol=https\nhost=elsewhere.example\n\n";
-    let out = git(&d, &[helper("forge"), fallback], &["credential", "fill"], other);
+    let out = git(
+        &d,
+        &[helper("forge"), fallback],
+        &["credential", "fill"],
+        other,
+    );
     assert_ok(&out);
     assert_eq!(
         field(&stdout(&out), "password").as_deref(),
@@ -260,28 +268,57 @@ fn git_credential_answers_nothing_for_another_host_or_for_plain_http_to_another_
     let request = "protocol=http\nhost=127.0.0.1:3000\n\n";
     let out = d.tokenctl_stdin(&["git-credential", "local", "get"], request);
     assert_ok(&out);
-    assert_eq!(field(&stdout(&out), "password").as_deref(), Some("local-token"));
+    assert_eq!(
+        field(&stdout(&out), "password").as_deref(),
+        Some("local-token")
+    );
 
     // Without --git-host: the check URL's host, else no host at all.
-    let args = ["add", "bearer", "api", "--check-url", "https://git.example.test/api/me"];
+    let args = [
+        "add",
+        "bearer",
+        "api",
+        "--check-url",
+        "https://git.example.test/api/me",
+    ];
     assert_ok(&d.tokenctl_stdin(&args, "api-token"));
     let out = d.tokenctl_stdin(&["git-credential", "api", "get"], REQUEST);
-    assert_eq!(field(&stdout(&out), "password").as_deref(), Some("api-token"));
+    assert_eq!(
+        field(&stdout(&out), "password").as_deref(),
+        Some("api-token")
+    );
     d.add_bearer("plain", "plain-token");
     let out = d.tokenctl_stdin(&["git-credential", "plain", "get"], REQUEST);
     assert_ok(&out);
     assert!(stdout(&out).is_empty(), "{}", stdout(&out));
-    assert!(stderr(&out).contains("names no git host"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("names no git host"),
+        "{}",
+        stderr(&out)
+    );
     let shown = stdout(&d.tokenctl(&["show", "plain"]));
-    assert!(shown.contains("git hosts") && shown.contains("none"), "{shown}");
+    assert!(
+        shown.contains("git hosts") && shown.contains("none"),
+        "{shown}"
+    );
     let shown = stdout(&d.tokenctl(&["show", "forge"]));
     assert!(shown.contains("git.example.test"), "{shown}");
 
     // A URL where a host belongs is refused, saying so.
-    let args = ["add", "bearer", "bad", "--git-host", "https://git.example.test"];
+    let args = [
+        "add",
+        "bearer",
+        "bad",
+        "--git-host",
+        "https://git.example.test",
+    ];
     let out = d.tokenctl_stdin(&args, "t");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("is a URL, not a host"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a URL, not a host"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -298,7 +335,12 @@ fn git_credential_erase_of_a_bearer_token_marks_it_rejected_by_the_host() {
     // git sends `erase` after the server refused what `fill` gave it.
     let out = git(&d, &[helper("forge")], &["credential", "fill"], REQUEST);
     assert_ok(&out);
-    let refused = git(&d, &[helper("forge")], &["credential", "reject"], &stdout(&out));
+    let refused = git(
+        &d,
+        &[helper("forge")],
+        &["credential", "reject"],
+        &stdout(&out),
+    );
     assert_ok(&refused);
     let info = show(&d);
     assert_eq!(info["state"], "failing", "{info}");
@@ -318,7 +360,14 @@ fn git_credential_erase_of_a_bearer_token_marks_it_rejected_by_the_host() {
 
 /// `forge` replaced with a new token, `forge-token-456`.
 fn add_forge_again(d: &Daemon) {
-    let args = ["add", "bearer", "forge", "--git-host", "git.example.test", "--replace"];
+    let args = [
+        "add",
+        "bearer",
+        "forge",
+        "--git-host",
+        "git.example.test",
+        "--replace",
+    ];
     assert_ok(&d.tokenctl_stdin(&args, "forge-token-456"));
     assert_eq!(show(d)["state"], "ready");
 }

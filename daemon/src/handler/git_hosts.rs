@@ -48,7 +48,8 @@ pub(super) fn normalize(given: &str) -> Result<String, Error> {
         return Err(bad("is a URL, not a host"));
     }
     let host = given.to_ascii_lowercase();
-    let (name, port) = split_port(&host).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?;
+    let (name, port) =
+        split_port(&host).ok_or_else(|| bad("has a port that is not a number from 1 to 65535"))?;
     let valid_name = if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
     } else {

@@ -3,8 +3,8 @@
 
 mod add;
 mod admin;
-mod git_hosts;
 pub mod endpoints;
+mod git_hosts;
 
 use crate::config::access::Peer;
 use crate::error::Error;
@@ -49,9 +49,13 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
             rejected_by,
         } => {
             let cred = usable(shared, peer, name)?;
-            let by = rejected_by.as_deref().map(git_hosts::normalize).transpose()?;
+            let by = rejected_by
+                .as_deref()
+                .map(git_hosts::normalize)
+                .transpose()?;
             let forcer = forcer(shared, peer);
-            let message = token::reject(shared, &cred, token.as_ref(), forcer, by.as_deref()).await?;
+            let message =
+                token::reject(shared, &cred, token.as_ref(), forcer, by.as_deref()).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {

@@ -25,9 +25,9 @@ pub mod refresher;
 
 pub use claim::Trigger;
 pub use commit::{Origin, commit_and_publish, save_before_stop};
+pub use forced::Forcer;
 pub use plan::{
     MAX_LIFETIME_SECS, MIN_LIFETIME_SECS, plan_refresh, random_unit, schedule_loaded, token_update,
 };
-pub use forced::Forcer;
 pub use refresh::refresh;
 pub use serve::{force_refresh, reject, token};

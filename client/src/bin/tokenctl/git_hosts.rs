@@ -84,7 +84,7 @@ pub fn admit(
             ));
         }
     }
-    if allowed.hosts.iter().any(|h| *h == host) {
+    if allowed.hosts.contains(&host) {
         return Ok(());
     }
     if allowed.hosts.is_empty() {
@@ -144,8 +144,16 @@ mod tests {
         assert!(admit("https", "GIT.example.com").is_ok());
         assert!(admit("http", "localhost:3000").is_ok());
         assert!(admit("https", "git.example.com:8443").is_err());
-        assert!(admit("https", "evil.example").unwrap_err().contains("not evil.example"));
-        assert!(admit("http", "git.example.com").unwrap_err().contains("unencrypted"));
+        assert!(
+            admit("https", "evil.example")
+                .unwrap_err()
+                .contains("not evil.example")
+        );
+        assert!(
+            admit("http", "git.example.com")
+                .unwrap_err()
+                .contains("unencrypted")
+        );
         assert!(admit("ftp", "git.example.com").is_err());
         let none = GitHosts::of(&bearer(None, &[]));
         let e = super::admit("forge", &none, Some("https"), Some("h")).unwrap_err();
@@ -155,7 +163,13 @@ mod tests {
 
     #[test]
     fn loopback_is_this_machine_only() {
-        for host in ["localhost", "127.0.0.1", "127.1.2.3:80", "[::1]", "[::1]:8080"] {
+        for host in [
+            "localhost",
+            "127.0.0.1",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
             assert!(is_loopback(host), "{host}");
         }
         for host in ["localhost.example", "10.0.0.1", "[::2]", "example.com:127"] {

@@ -200,7 +200,10 @@ pub fn show(c: &CredentialInfo) {
             row("scopes", &s.scopes.join(" "));
         }
     }
-    row("git hosts", &crate::git_hosts::GitHosts::of(&c.spec).describe());
+    row(
+        "git hosts",
+        &crate::git_hosts::GitHosts::of(&c.spec).describe(),
+    );
     row("token", if c.has_token { "held" } else { "none" });
     row("expires", &when(c.expires_at));
     row("next refresh", &when(c.next_refresh_at));
