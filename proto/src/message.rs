@@ -65,8 +65,9 @@ pub enum CredentialSpec {
     /// Authorization code grant with refresh tokens (Uptempo).
     ///
     /// The OAuth2 settings are boxed so that the enum, which the daemon
-    /// holds once per credential, is sized for a bearer token (32 bytes,
-    /// not 160): 100,000 credentials fit in its memory goal. The wire
+    /// holds once per credential, is sized for a bearer token (its check
+    /// URL and git hosts, 48 bytes, not 160): 100,000 credentials fit in
+    /// its memory goal. The wire
     /// format is the same.
     #[serde(rename = "oauth2")]
     OAuth2(Box<OAuth2Spec>),
