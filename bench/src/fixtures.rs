@@ -53,7 +53,14 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
 /// A bearer credential: its token never expires, so every request is
 /// served from the cache (the hot path being measured).
 pub fn bearer(i: usize, token_len: usize, now: i64) -> StoredCredential {
-    let mut c = base(i, CredentialSpec::Bearer { check_url: None }, now);
+    let mut c = base(
+        i,
+        CredentialSpec::Bearer {
+            check_url: None,
+            git_hosts: Vec::new(),
+        },
+        now,
+    );
     c.access_token = Some(Secret::new(token("tok", i, token_len)));
     c
 }
@@ -78,6 +85,7 @@ pub fn oauth2(
         extra_params: Vec::new(),
         refresh_margin_secs: None,
         endpoints: Default::default(),
+        git_hosts: Vec::new(),
     }));
     let mut c = base(i, spec, now);
     c.client_secret = Some(Secret::new("bench-client-secret"));

@@ -185,7 +185,14 @@ impl Client {
     /// Reports that the API refused `token`: the daemon refreshes unless it
     /// already replaced that token.
     pub fn reject(&mut self, name: &str, token: Option<&Secret>) -> Result<String, Error> {
-        ops::read_message(self.call(&ops::reject(name, token))?)
+        ops::read_message(self.call(&ops::reject(name, token, None))?)
+    }
+
+    /// [`Client::reject`], naming the host that refused `token`: a bearer
+    /// token, which cannot be refreshed, is marked `failing: rejected by
+    /// HOST` (git's `erase`).
+    pub fn reject_by(&mut self, name: &str, token: &Secret, host: &str) -> Result<String, Error> {
+        ops::read_message(self.call(&ops::reject(name, Some(token), Some(host)))?)
     }
 
     pub fn refresh(&mut self, name: &str) -> Result<String, Error> {

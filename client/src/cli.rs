@@ -60,10 +60,14 @@ pub enum Command {
     /// git adds the operation: `get` prints the token (as `authtype=Bearer` and
     /// `credential=` when git offers `capability[]=authtype`, otherwise as
     /// `username=` and `password=`); `erase`, which git sends after the server
-    /// refused a credential, reports that token as rejected (refreshing it, or
-    /// nothing if it was already replaced); `store` and any other operation are
-    /// ignored. On an unknown or unusable credential it exits non-zero with
-    /// the reason on stderr, and git asks its next helper.
+    /// refused a credential, reports that token as rejected (refreshing it,
+    /// marking a bearer token `failing: rejected by HOST`, or nothing if it was
+    /// already replaced); `store` and any other operation are ignored. Only the
+    /// credential's git hosts (`add --git-host`; default: the host of a bearer
+    /// token's check URL, else none) are answered, over https or http to this
+    /// machine: for any other request it prints nothing, notes why on stderr
+    /// and exits 0. On an unknown or unusable credential it exits non-zero
+    /// with the reason on stderr, and git asks its next helper.
     GitCredential(GitCredentialArgs),
     /// kubectl's exec credential plugin: print an ExecCredential with the token.
     ///
@@ -119,6 +123,12 @@ pub struct Common {
     /// Replace an existing credential of that name.
     #[arg(long)]
     pub replace: bool,
+    /// A git host (`host` or `host:port`, as in the remote's URL) that
+    /// `tokenctl git-credential` gives this token to (repeatable). Default:
+    /// the host of a bearer token's --check-url, else none (then git gets
+    /// the token for no host).
+    #[arg(long = "git-host", value_name = "HOST")]
+    pub git_hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]

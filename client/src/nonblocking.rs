@@ -66,7 +66,7 @@ impl AsyncClient {
     }
 
     pub async fn reject(&mut self, name: &str, token: Option<&Secret>) -> Result<String, Error> {
-        ops::read_message(self.call(&ops::reject(name, token)).await?)
+        ops::read_message(self.call(&ops::reject(name, token, None)).await?)
     }
 
     pub async fn show(&mut self, name: &str) -> Result<CredentialInfo, Error> {

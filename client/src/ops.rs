@@ -83,10 +83,13 @@ pub fn read_token(response: Response) -> Result<TokenReply, Error> {
     }
 }
 
-pub fn reject(name: &str, token: Option<&Secret>) -> Request {
+/// `rejected_by`: the host that refused the token, when known (git's
+/// `erase`); a bearer token is then marked as rejected by it.
+pub fn reject(name: &str, token: Option<&Secret>, rejected_by: Option<&str>) -> Request {
     Request::Reject {
         name: name.into(),
         token: token.cloned(),
+        rejected_by: rejected_by.map(Into::into),
     }
 }
 

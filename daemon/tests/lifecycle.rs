@@ -11,6 +11,7 @@ use tokend::config::Config;
 use tokend::error::Error;
 use tokend::state::credential::Credential;
 use tokend::token;
+use tokend::token::Forcer;
 use tokend_proto::{
     ClientAuth, ClientCredentialsSpec, CredentialSpec, CredentialState, Endpoints, OAuth2Spec,
     Secret,
@@ -46,6 +47,7 @@ impl World {
             extra_params: vec![],
             refresh_margin_secs: None,
             endpoints,
+            git_hosts: Vec::new(),
         }));
         let rt = self.fake.grant();
         self.insert(
@@ -162,7 +164,7 @@ async fn rotated_refresh_token_is_never_sent_twice() {
     for _ in 0..20 {
         let forced = {
             let (shared, cred) = (w.shared.clone(), cred.clone());
-            tokio::spawn(async move { token::force_refresh(&shared, &cred).await })
+            tokio::spawn(async move { token::force_refresh(&shared, &cred, Forcer::Admin).await })
         };
         let readers: Vec<_> = (0..20)
             .map(|_| {
@@ -203,7 +205,9 @@ async fn transient_errors_keep_the_valid_token_and_back_off() {
         w.wait_out_backoff();
         w.fake.fault(fault.clone());
         let now = w.shared.clock.now_ms();
-        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::Provider(_)), "{fault:?}: {err}");
         assert_eq!(
             w.token(&cred).await.unwrap(),
@@ -218,8 +222,63 @@ async fn transient_errors_keep_the_valid_token_and_back_off() {
     }
     // And it recovers on its own terms: the next attempt succeeds.
     w.wait_out_backoff();
-    token::force_refresh(&w.shared, &cred).await.unwrap();
+    token::force_refresh(&w.shared, &cred, Forcer::Admin)
+        .await
+        .unwrap();
     assert_eq!(w.token(&cred).await.unwrap(), "at-2");
+    assert_eq!(w.fake.state.lock().unwrap().reuse_detected, 0);
+}
+
+#[tokio::test]
+async fn a_user_forces_one_provider_call_per_interval_and_admins_are_not_held_back() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let w = world(3600, quick_config()).await;
+    let cred = w.oauth("a", 3600);
+    let calls = || w.fake.requests.load(SeqCst);
+    let before = calls();
+    // The first forced refresh by a user who is not an admin goes through.
+    let message = token::force_refresh(&w.shared, &cred, Forcer::User)
+        .await
+        .unwrap();
+    assert!(message.starts_with("refreshed"), "{message}");
+    assert_eq!(calls(), before + 1);
+    // Within refresh.min_forced_interval_secs (30 by default) a refresh,
+    // and a reject naming no token, answer with the state and send nothing.
+    for _ in 0..5 {
+        let message = token::force_refresh(&w.shared, &cred, Forcer::User)
+            .await
+            .unwrap();
+        assert!(message.contains("not refreshing"), "{message}");
+        assert!(message.contains("it is ready"), "{message}");
+        let message = token::reject(&w.shared, &cred, None, Forcer::User, None)
+            .await
+            .unwrap();
+        assert!(message.contains("not refreshing"), "{message}");
+    }
+    assert_eq!(calls(), before + 1, "no call within the interval");
+    // A reject naming the held token is not paced: it was compared first.
+    let held = Secret::new(w.token(&cred).await.unwrap());
+    token::reject(&w.shared, &cred, Some(&held), Forcer::User, None)
+        .await
+        .unwrap();
+    assert_eq!(calls(), before + 2);
+    // An admin is never held back, and its call counts for the users.
+    token::force_refresh(&w.shared, &cred, Forcer::Admin)
+        .await
+        .unwrap();
+    assert_eq!(calls(), before + 3);
+    let message = token::force_refresh(&w.shared, &cred, Forcer::User)
+        .await
+        .unwrap();
+    assert!(message.contains("not refreshing"), "{message}");
+    assert_eq!(calls(), before + 3);
+    // Once the interval is over, a user's refresh goes through again.
+    w.shared.clock.advance(31_000);
+    let message = token::force_refresh(&w.shared, &cred, Forcer::User)
+        .await
+        .unwrap();
+    assert!(message.starts_with("refreshed"), "{message}");
+    assert_eq!(calls(), before + 4);
     assert_eq!(w.fake.state.lock().unwrap().reuse_detected, 0);
 }
 
@@ -229,7 +288,9 @@ async fn retry_after_is_honoured() {
     let cred = w.oauth("a", 3600);
     w.fake.fault(Fault::RetryAfter(120));
     let now = w.shared.clock.now_ms();
-    token::force_refresh(&w.shared, &cred).await.unwrap_err();
+    token::force_refresh(&w.shared, &cred, Forcer::Admin)
+        .await
+        .unwrap_err();
     assert!(w.shared.scheduler.due_of("a").unwrap() >= now + 120_000);
 }
 
@@ -247,7 +308,9 @@ async fn backoff_grows_and_is_capped() {
         w.shared.clock.advance(20_000);
         w.fake.fault(Fault::Status(503, "x"));
         let before = w.shared.clock.now_ms();
-        token::force_refresh(&w.shared, &cred).await.unwrap_err();
+        token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .unwrap_err();
         let after = w.shared.clock.now_ms();
         let due = w.shared.scheduler.due_of("a").unwrap();
         delays.push((due - after, due - before));
@@ -302,14 +365,26 @@ async fn invalid_grant_needs_login_stops_retrying_and_notifies_once() {
 async fn reject_of_a_replaced_token_is_a_no_op() {
     let w = world(3600, quick_config()).await;
     let cred = w.oauth("a", 3600);
-    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
-        .await
-        .unwrap();
+    let message = token::reject(
+        &w.shared,
+        &cred,
+        Some(&Secret::new("at-0")),
+        Forcer::Admin,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(message.contains("refreshed"), "{message}");
     assert_eq!(w.fake.refreshes(), 1);
-    let message = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
-        .await
-        .unwrap();
+    let message = token::reject(
+        &w.shared,
+        &cred,
+        Some(&Secret::new("at-0")),
+        Forcer::Admin,
+        None,
+    )
+    .await
+    .unwrap();
     assert!(message.contains("already replaced"), "{message}");
     assert_eq!(w.fake.refreshes(), 1);
 }
@@ -357,6 +432,7 @@ async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
         client_auth: ClientAuth::Basic,
         refresh_margin_secs: None,
         endpoints: Default::default(),
+        git_hosts: Vec::new(),
     }));
     let cred = w.insert("cc", spec, None, None, None);
     assert_eq!(w.token(&cred).await.unwrap(), "at-1");
@@ -401,7 +477,9 @@ async fn a_2xx_without_a_servable_token_spends_the_refresh_token_sent() {
         200,
         r#"{"access_token":"x","token_type":"DPoP","refresh_token":"rt-new","expires_in":60}"#,
     ));
-    let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+    let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("DPoP"), "{err}");
     assert_eq!(cred.live().state, CredentialState::Failing);
     assert_eq!(cred.live().refresh_token.unwrap().expose(), "rt-new");
@@ -416,9 +494,9 @@ async fn a_2xx_without_a_servable_token_spends_the_refresh_token_sent() {
     assert!(w.token(&cred).await.is_err(), "its token is not served");
     // Forced refreshes send the new refresh token, never the one spent.
     let before = w.fake.refreshes();
-    let _ = token::force_refresh(&w.shared, &cred).await;
+    let _ = token::force_refresh(&w.shared, &cred, Forcer::Admin).await;
     w.wait_out_backoff();
-    let _ = token::force_refresh(&w.shared, &cred).await;
+    let _ = token::force_refresh(&w.shared, &cred, Forcer::Admin).await;
     assert!(w.fake.refreshes() > before);
     assert_eq!(
         w.fake.times_sent(sent.expose()),
@@ -431,11 +509,17 @@ async fn a_2xx_without_a_servable_token_spends_the_refresh_token_sent() {
     let cred = w.oauth_with("empty", 3600, true);
     let sent = cred.live().refresh_token.unwrap();
     w.fake.fault(Fault::Body(200, r#"{"token_type":"Bearer"}"#));
-    let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+    let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("spent"), "{err}");
     assert_eq!(cred.live().state, CredentialState::NeedsLogin);
     let before = w.fake.refreshes();
-    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+    assert!(
+        token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .is_err()
+    );
     assert_eq!(w.fake.refreshes(), before, "nothing is sent after it");
     assert_eq!(w.fake.times_sent(sent.expose()), 1);
     assert_eq!(w.reuse(), 0);
@@ -449,7 +533,9 @@ async fn without_introspection_an_unanswered_refresh_asks_for_a_login_and_keeps_
         let cred = w.oauth(&name, 3600);
         w.fake.fault(fault.clone());
         let before = w.fake.refreshes();
-        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 err,
@@ -491,16 +577,22 @@ async fn with_introspection_an_unanswered_refresh_is_retried_only_while_its_toke
         let name = format!("c{i}");
         let cred = w.oauth_with(&name, 3600, true);
         w.fake.fault(fault.clone());
-        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
+        let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("in doubt"), "{fault:?}: {err}");
         assert_eq!(cred.live().state, CredentialState::Ready);
         assert_eq!(w.token(&cred).await.unwrap(), "at-0");
         // Nothing is sent before the pause for an odd answer is over.
         let before = w.fake.refreshes();
-        assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+        assert!(
+            token::force_refresh(&w.shared, &cred, Forcer::Admin)
+                .await
+                .is_err()
+        );
         assert_eq!(w.fake.refreshes(), before);
         w.shared.clock.advance(40_000);
-        let result = token::force_refresh(&w.shared, &cred).await;
+        let result = token::force_refresh(&w.shared, &cred, Forcer::Admin).await;
         if matches!(fault, Fault::Lost) {
             // The provider had rotated: introspection says so, no reuse.
             let err = result.unwrap_err();
@@ -549,13 +641,13 @@ async fn a_refresh_cut_short_by_a_stop_is_settled_by_introspection_at_the_next_s
     assert_eq!(w2.token(&get("alive")).await.unwrap(), "at-5");
     assert_eq!(w2.fake.state.lock().unwrap().introspected_active, 1);
     // "rotated": introspection says spent: a login, the old token served.
-    let err = token::force_refresh(&w2.shared, &get("rotated"))
+    let err = token::force_refresh(&w2.shared, &get("rotated"), Forcer::Admin)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("introspection says"), "{err}");
     assert_eq!(w2.token(&get("rotated")).await.unwrap(), "at-0");
     // "blind": no introspection endpoint: never sent again.
-    let err = token::force_refresh(&w2.shared, &get("blind"))
+    let err = token::force_refresh(&w2.shared, &get("blind"), Forcer::Admin)
         .await
         .unwrap_err();
     assert!(
@@ -576,7 +668,11 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     let cred = w.oauth_with("a", 3600, true);
     w.shared.store.refuse_writes(true).unwrap();
     // The journal cannot be written either: nothing is sent.
-    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+    assert!(
+        token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .is_err()
+    );
     assert_eq!(w.fake.refreshes(), 0);
     // Writable while the journal is written, full by the time the
     // provider's (slow) answer is to be committed.
@@ -599,14 +695,22 @@ async fn a_store_that_refuses_writes_serves_the_new_pair_and_doubts_it_after_a_r
     // and its journal mark's lease (made by `w`'s clock, 400 s ahead of the
     // new one's) runs out before anything happens to it.
     let w2 = w.reopen();
-    let err = token::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
-        .await
-        .unwrap_err();
+    let err = token::force_refresh(
+        &w2.shared,
+        &w2.shared.registry.get("a").unwrap(),
+        Forcer::Admin,
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("lease"), "{err}");
     w2.shared.clock.advance(410_000);
-    let err = token::force_refresh(&w2.shared, &w2.shared.registry.get("a").unwrap())
-        .await
-        .unwrap_err();
+    let err = token::force_refresh(
+        &w2.shared,
+        &w2.shared.registry.get("a").unwrap(),
+        Forcer::Admin,
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("introspection says"), "{err}");
     assert_eq!(w2.reuse(), 0);
     // The first process's pending save, fenced by its mark's generation,
@@ -662,7 +766,9 @@ async fn a_backwards_clock_step_serves_no_expired_token() {
 async fn a_backwards_clock_step_does_not_delay_the_scheduled_refresh() {
     let w = world(3, quick_config()).await;
     let cred = w.oauth("a", 3);
-    token::force_refresh(&w.shared, &cred).await.unwrap();
+    token::force_refresh(&w.shared, &cred, Forcer::Admin)
+        .await
+        .unwrap();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tokend::token::refresher::run(w.shared.clone(), rx));
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -733,7 +839,9 @@ async fn odd_expires_in_values_are_clamped_and_never_loop() {
     ] {
         let cred = w.oauth(body, 3600);
         w.fake.fault(Fault::Body(200, body));
-        token::force_refresh(&w.shared, &cred).await.unwrap();
+        token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .unwrap();
         let now = w.shared.clock.now();
         let life = cred.live().expires_at.get().unwrap() - now;
         assert!((lo..=hi).contains(&life), "{body}: {life}");
@@ -747,20 +855,34 @@ async fn a_rate_limit_holds_off_forced_refreshes_and_rejects() {
     let w = world(3600, quick_config()).await;
     let cred = w.oauth("a", 3600);
     w.fake.fault(Fault::RetryAfter(600));
-    let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
-    assert!(err.to_string().contains("429"), "{err}");
-    for _ in 0..3 {
-        let err = token::force_refresh(&w.shared, &cred).await.unwrap_err();
-        assert!(err.to_string().contains("next attempt"), "{err}");
-    }
-    let err = token::reject(&w.shared, &cred, Some(&Secret::new("at-0")))
+    let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
         .await
         .unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+    for _ in 0..3 {
+        let err = token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("next attempt"), "{err}");
+    }
+    let err = token::reject(
+        &w.shared,
+        &cred,
+        Some(&Secret::new("at-0")),
+        Forcer::Admin,
+        None,
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("next attempt"), "{err}");
     assert_eq!(w.fake.refreshes(), 1);
     // A clock step does not shorten the wait.
     w.shared.clock.shift(3_600_000);
-    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+    assert!(
+        token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .is_err()
+    );
     assert_eq!(w.fake.refreshes(), 1);
 }
 
@@ -770,10 +892,14 @@ async fn a_backwards_clock_step_stretches_no_backoff_and_no_lease_read_from_the_
     // A backoff, written in the row by this host's clock.
     let cred = w.oauth_with("backoff", 3600, true);
     w.fake.fault(Fault::Status(503, "x"));
-    assert!(token::force_refresh(&w.shared, &cred).await.is_err());
+    assert!(
+        token::force_refresh(&w.shared, &cred, Forcer::Admin)
+            .await
+            .is_err()
+    );
     w.shared.clock.shift(-7_200_000);
     w.shared.clock.shift_mono(2_000);
-    token::force_refresh(&w.shared, &cred)
+    token::force_refresh(&w.shared, &cred, Forcer::Admin)
         .await
         .expect("the backoff ends by the monotonic clock, not two hours later");
     // A lease left in the row by a stop, read after a backwards step: at
@@ -793,13 +919,15 @@ async fn a_backwards_clock_step_stretches_no_backoff_and_no_lease_read_from_the_
         .unwrap();
     let w2 = w.reopen();
     let lease = w2.shared.registry.get("lease").unwrap();
-    let err = token::force_refresh(&w2.shared, &lease).await.unwrap_err();
+    let err = token::force_refresh(&w2.shared, &lease, Forcer::Admin)
+        .await
+        .unwrap_err();
     assert!(
         err.to_string().contains("in 6 s") || err.to_string().contains("in 5 s"),
         "{err}"
     );
     w2.shared.clock.shift_mono(6_000);
-    token::force_refresh(&w2.shared, &lease)
+    token::force_refresh(&w2.shared, &lease, Forcer::Admin)
         .await
         .expect("the lease is over after its own length");
     assert_eq!(w2.reuse(), 0);
@@ -824,6 +952,7 @@ async fn a_scheduled_refresh_holding_the_slot_never_waits_on_a_request_waiting_f
         client_auth: ClientAuth::Basic,
         refresh_margin_secs: None,
         endpoints: Default::default(),
+        git_hosts: Vec::new(),
     }));
     let busy = w.insert("busy", spec, None, None, None);
     let cred = w.oauth("a", 0);

@@ -38,6 +38,7 @@ impl World {
             extra_params: vec![],
             refresh_margin_secs: None,
             endpoints: Default::default(),
+            git_hosts: Vec::new(),
         }));
         self.register(row(name, spec, CredentialState::NeedsLogin))
     }

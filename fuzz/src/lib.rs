@@ -101,6 +101,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             kind,
             secret: Secret::new(secret),
             replace: true,
+            git_hosts: vec!["git.example.com".into()],
         }))
     };
     let name = |n: &str| n.to_string();
@@ -122,6 +123,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Request::Reject {
             name: name("c"),
             token: Some(Secret::new("old")),
+            rejected_by: Some("git.example.com".into()),
         },
         Request::Refresh { name: name("c") },
         Request::Check { name: name("b") },

@@ -69,12 +69,20 @@ pub enum ClientAuth {
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialSpec {
     /// A static token (UpPromote): never refreshed.
-    Bearer { check_url: Option<String> },
+    Bearer {
+        check_url: Option<String>,
+        /// The git hosts `tokenctl git-credential` answers for (see
+        /// [`CredentialSpec::git_hosts`]). Absent from settings stored
+        /// before it existed, hence the default.
+        #[serde(default)]
+        git_hosts: Vec<String>,
+    },
     /// Authorization code grant with refresh tokens (Uptempo).
     ///
     /// The OAuth2 settings are boxed so that the enum, which the daemon
-    /// holds once per credential, is sized for a bearer token (32 bytes,
-    /// not 160): 100,000 credentials fit in its memory goal. The wire
+    /// holds once per credential, is sized for a bearer token (its check
+    /// URL and git hosts, 48 bytes, not 160): 100,000 credentials fit in
+    /// its memory goal. The wire
     /// format is the same.
     #[serde(rename = "oauth2")]
     OAuth2(Box<OAuth2Spec>),
@@ -83,6 +91,18 @@ pub enum CredentialSpec {
 }
 
 impl CredentialSpec {
+    /// The git hosts given with `tokenctl add … --git-host` (`host` or
+    /// `host:port`, lowercase, as git names them), if any. The git helper
+    /// answers only for these; when none is given, for the host of a
+    /// bearer token's check URL, and for no host otherwise.
+    pub fn git_hosts(&self) -> &[String] {
+        match self {
+            CredentialSpec::Bearer { git_hosts, .. } => git_hosts,
+            CredentialSpec::OAuth2(s) => &s.git_hosts,
+            CredentialSpec::ClientCredentials(s) => &s.git_hosts,
+        }
+    }
+
     /// The kind as written on the command line.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -109,6 +129,9 @@ pub struct OAuth2Spec {
     /// from settings stored before discovery existed, hence the default.
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// See [`CredentialSpec::git_hosts`].
+    #[serde(default)]
+    pub git_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +143,9 @@ pub struct ClientCredentialsSpec {
     pub refresh_margin_secs: Option<u32>,
     #[serde(default)]
     pub endpoints: Endpoints,
+    /// See [`CredentialSpec::git_hosts`].
+    #[serde(default)]
+    pub git_hosts: Vec<String>,
 }
 
 /// Where an endpoint URL came from, so `show` can say it.
@@ -229,6 +255,8 @@ pub struct AddCredential {
     pub secret: Secret,
     /// Replace an existing credential of that name instead of refusing.
     pub replace: bool,
+    /// `--git-host`: the git hosts the credential is for.
+    pub git_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +270,10 @@ pub enum Request {
     Reject {
         name: String,
         token: Option<Secret>,
+        /// The host that refused it, when the caller knows (git's `erase`):
+        /// a bearer token, which cannot be refreshed, is then marked
+        /// `failing: rejected by HOST`.
+        rejected_by: Option<String>,
     },
     /// Refresh now.
     Refresh {
@@ -403,15 +435,18 @@ pub struct CredentialInfo {
     pub last_check: Option<CheckReport>,
 }
 
-/// `status`: the daemon as a whole.
+/// `status`: the daemon as a whole. What describes the daemon's own
+/// set-up (its pid, socket, store and the store's errors, its connections)
+/// is for admins: `None` for anyone else, who is told only about the
+/// credentials it may use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DaemonStatus {
     pub version: String,
-    pub pid: u32,
+    pub pid: Option<u32>,
     pub uptime_secs: u64,
-    pub socket: String,
-    pub database: String,
-    pub connections: u32,
+    pub socket: Option<String>,
+    pub database: Option<String>,
+    pub connections: Option<u32>,
     pub credentials: Vec<CredentialSummary>,
 }
 

@@ -146,8 +146,13 @@ fn request() -> impl Strategy<Value = Request> {
             name,
             min_valid_secs
         }),
-        (text(), proptest::option::of(secret()))
-            .prop_map(|(name, token)| Request::Reject { name, token }),
+        (text(), proptest::option::of(secret()), opt_text()).prop_map(
+            |(name, token, rejected_by)| Request::Reject {
+                name,
+                token,
+                rejected_by
+            }
+        ),
         text().prop_map(|name| Request::Refresh { name }),
         text().prop_map(|name| Request::Check { name }),
         text().prop_map(|name| Request::Show { name }),
@@ -161,6 +166,7 @@ fn request() -> impl Strategy<Value = Request> {
                     kind,
                     secret,
                     replace,
+                    git_hosts: vec![],
                 }))
             }
         ),
@@ -199,7 +205,10 @@ fn opt_time() -> impl Strategy<Value = Option<i64>> {
 fn spec() -> impl Strategy<Value = CredentialSpec> {
     let refresh_margin = proptest::option::of(any::<u32>());
     prop_oneof![
-        opt_text().prop_map(|check_url| CredentialSpec::Bearer { check_url }),
+        (opt_text(), texts()).prop_map(|(check_url, git_hosts)| CredentialSpec::Bearer {
+            check_url,
+            git_hosts
+        }),
         (
             (text(), text(), text(), texts()),
             (opt_text(), client_auth(), any::<bool>()),
@@ -222,6 +231,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         extra_params,
                         refresh_margin_secs,
                         endpoints,
+                        git_hosts: vec![],
                     }))
                 }
             ),
@@ -242,6 +252,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         client_auth,
                         refresh_margin_secs,
                         endpoints,
+                        git_hosts: vec![],
                     }))
                 }
             ),
@@ -379,8 +390,8 @@ fn response() -> impl Strategy<Value = Response> {
         info().prop_map(|i| Response::Credential(Box::new(i))),
         proptest::collection::vec(info(), 0..3).prop_map(Response::List),
         (
-            (text(), any::<u32>(), any::<u64>()),
-            (text(), text(), any::<u32>()),
+            (text(), any::<Option<u32>>(), any::<u64>()),
+            (opt_text(), opt_text(), any::<Option<u32>>()),
             proptest::collection::vec(summary, 0..3)
         )
             .prop_map(
@@ -603,6 +614,7 @@ fn a_huge_claimed_sequence_length_preallocates_at_most_the_bound() {
         }),
         secret: Secret::new(""),
         replace: false,
+        git_hosts: vec![],
     }));
     let body = encode(&req).unwrap();
     let at = body.windows(4).position(|w| w == b"MARK").unwrap() - 2;

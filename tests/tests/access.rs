@@ -286,3 +286,141 @@ fn a_uid_stored_under_a_name_unknown_here_is_granted_nothing_and_show_says_so() 
     assert_ok(&d.tokenctl(&["allow", "up", "--user", USER]));
     assert_ok(&as_other(&d, who, &["token", "up"], ""));
 }
+
+/// `tokenctl refresh NAME` 20 times by an allowed user who is not an admin,
+/// on a credential whose provider refuses every request (a wrong client
+/// secret: `invalid_client`, so `failing`): the provider is called at most
+/// once per `refresh.min_forced_interval_secs` (30 s by default), every
+/// answer is the current state with exit status 0, and the notify command
+/// ran once, for the one change of state. An admin is not held back, and
+/// failing again the same way notifies nobody.
+#[test]
+fn forced_refreshes_by_a_user_reach_the_provider_once_per_interval_and_notify_once() {
+    let Some(who) = other_user() else { return };
+    let idp = tokend_tests::oidc::OidcServer::start(60);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let config = format!(
+        "notify_command = \"echo $TOKEND_CREDENTIAL $TOKEND_STATE >> {}\"\n",
+        notify.path().display()
+    );
+    let d = Daemon::start_with(Options {
+        config: Some(config),
+        ..Options::default()
+    });
+    let calls = || {
+        idp.stats()["token_posts_by_grant"]["client_credentials"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let notified = || std::fs::read_to_string(notify.path()).unwrap();
+    let secret = d.dir.path().join("cc.secret");
+    std::fs::write(&secret, "not-the-client-secret").unwrap();
+    let started = std::time::Instant::now();
+    assert_ok(&d.tokenctl(&[
+        "add",
+        "client-credentials",
+        "cc",
+        "--token-url",
+        &idp.token_url(),
+        "--client-id",
+        "tokend-cc",
+        "--client-secret-file",
+        secret.to_str().unwrap(),
+    ]));
+    assert_ok(&d.tokenctl(&["allow", "cc", "--user", USER]));
+    d.open_to_everyone();
+    // The first token is fetched at once, and refused: `failing`, notified.
+    assert!(
+        tokend_tests::oidc::eventually(Duration::from_secs(20), || notified() == "cc failing\n"),
+        "notified: {:?}\n{}",
+        notified(),
+        d.log_text()
+    );
+    assert_eq!(calls(), 1);
+
+    for _ in 0..20 {
+        let out = as_other(&d, who, &["refresh", "cc"], "");
+        assert_ok(&out);
+        let answer = stderr(&out);
+        assert!(answer.contains("not refreshing"), "{answer}");
+        assert!(answer.contains("it is failing"), "{answer}");
+        assert!(answer.contains("invalid_client"), "{answer}");
+    }
+    let out = as_other(&d, who, &["reject", "cc"], "");
+    assert_ok(&out);
+    assert!(stderr(&out).contains("not refreshing"), "{}", stderr(&out));
+    // At most one call per 30 s started, counting the schedule's first.
+    let allowed = 1 + started.elapsed().as_secs() / 30;
+    assert!(calls() <= allowed, "{} calls, {allowed} allowed", calls());
+
+    // Admins are not held back: each of their refreshes is a call, and
+    // failing the same way again is no new state.
+    for n in 1..=3 {
+        let before = calls();
+        let out = d.tokenctl(&["refresh", "cc"]);
+        assert_code(&out, 5);
+        assert!(stderr(&out).contains("invalid_client"), "{}", stderr(&out));
+        assert_eq!(calls(), before + 1, "admin refresh {n}");
+    }
+    // The notify command is spawned before a refresh answers; give a
+    // stray one time to show.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(notified(), "cc failing\n", "one change, one notification");
+}
+
+/// `status` for a user who is not an admin: the credentials it may use,
+/// and nothing of the daemon's set-up (pid, socket paths, the store and
+/// its errors, connections); on the main socket and the HTTP API alike.
+/// An admin still sees everything.
+#[test]
+fn status_tells_a_user_only_about_its_credentials() {
+    let Some(who) = other_user() else { return };
+    let d = open_daemon();
+    assert_ok(&d.tokenctl(&["allow", "up", "--user", USER]));
+    let db = d.db.display().to_string();
+    let socket = d.socket.display().to_string();
+
+    let out = as_other(&d, who, &["status", "--json"], "");
+    assert_ok(&out);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    for key in ["pid", "socket", "database", "connections"] {
+        assert!(status[key].is_null(), "{key}: {status}");
+    }
+    let names: Vec<&str> = status["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["up"], "only the credential it may use");
+    let text = stdout(&as_other(&d, who, &["status"], ""));
+    for hidden in [&db, &socket, &d.pid().to_string()] {
+        assert!(!text.contains(hidden.as_str()), "{hidden} in {text}");
+    }
+    assert!(text.contains("admins only"), "{text}");
+
+    // The HTTP API's /v1/status answers the same.
+    let http = d.http_socket();
+    set_mode(&http, 0o666);
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "--max-time", "20", "--unix-socket"])
+        .arg(&http)
+        .arg("http://localhost/v1/status");
+    who.run_as(&mut curl);
+    let out = run_with_timeout(curl, None, Duration::from_secs(30));
+    let body: serde_json::Value =
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    for key in ["pid", "socket", "database", "connections"] {
+        assert!(body[key].is_null(), "{key}: {body}");
+    }
+    assert_eq!(body["credentials"].as_array().unwrap().len(), 1, "{body}");
+    assert!(!stdout(&out).contains(&db), "{body}");
+
+    // An admin sees everything, as before.
+    let out = d.tokenctl(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(status["pid"], d.pid());
+    assert_eq!(status["database"].as_str(), Some(db.as_str()));
+    assert_eq!(status["socket"].as_str(), Some(socket.as_str()));
+    assert_eq!(status["credentials"].as_array().unwrap().len(), 2);
+}

@@ -230,6 +230,7 @@ fn a_list_larger_than_a_request_frame_still_arrives() {
                 },
                 secret: tokend_client::Secret::new(format!("token-{i}")),
                 replace: false,
+                git_hosts: Vec::new(),
             })
             .unwrap();
     }

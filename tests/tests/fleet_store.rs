@@ -40,6 +40,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         client_auth: ClientAuth::default(),
         refresh_margin_secs: None,
         endpoints: Default::default(),
+        git_hosts: Vec::new(),
     }));
     StoredCredential {
         name: name.into(),

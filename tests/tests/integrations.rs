@@ -54,6 +54,24 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// The bearer credential `forge` for the git host of [`REQUEST`].
+fn add_forge(d: &Daemon, token: &str) {
+    let args = ["add", "bearer", "forge", "--git-host", "git.example.test"];
+    assert_ok(&d.tokenctl_stdin(&args, token));
+}
+
+/// `tokenctl git-credential forge OPERATION` with git's request on stdin.
+fn helper_run(d: &Daemon, operation: &str, request: &str) -> Output {
+    d.tokenctl_stdin(&["git-credential", "forge", operation], request)
+}
+
+/// `show forge --json`.
+fn show(d: &Daemon) -> serde_json::Value {
+    let out = d.tokenctl(&["show", "forge", "--json"]);
+    assert_ok(&out);
+    serde_json::from_str(&stdout(&out)).expect("show --json")
+}
+
 /// git ≥ 2.46 passes `capability[]=authtype` to helpers.
 fn git_has_authtype() -> bool {
     let out = Command::new("git").arg("--version").output().expect("git");
@@ -71,7 +89,7 @@ fn git_has_authtype() -> bool {
 #[test]
 fn git_credential_fill_through_real_git_prints_the_token() {
     let d = Daemon::start();
-    d.add_bearer("forge", "forge-token-123");
+    add_forge(&d, "forge-token-123");
     let out = git(&d, &[helper("forge")], &["credential", "fill"], REQUEST);
     assert_ok(&out);
     let text = stdout(&out);
@@ -108,7 +126,7 @@ fn git_credential_fill_through_real_git_prints_the_token() {
 #[test]
 fn git_credential_with_authtype_answers_a_bearer_credential() {
     let d = Daemon::start();
-    d.add_bearer("forge", "forge-token-123");
+    add_forge(&d, "forge-token-123");
     let request = "capability[]=authtype\nprotocol=https\nhost=git.example.test\n\n";
     let out = d.tokenctl_stdin(&["git-credential", "forge", "get"], request);
     assert_ok(&out);
@@ -143,7 +161,7 @@ fn git_credential_with_authtype_answers_a_bearer_credential() {
 fn git_credential_erase_of_the_current_token_gets_a_fresh_one_the_server_accepts() {
     let idp = OidcServer::start(60);
     let d = Daemon::start();
-    assert_ok(&d.add_oauth(&idp, "forge", &[]));
+    assert_ok(&d.add_oauth(&idp, "forge", &["--git-host", "git.example.test"]));
     d.login(&idp, "forge");
 
     let out = git(&d, &[helper("forge")], &["credential", "fill"], REQUEST);
@@ -203,6 +221,155 @@ fn git_credential_for_an_unknown_credential_fails_so_git_asks_the_next_helper() 
     // Alone, the unknown credential leaves git with nothing: it fails.
     let out = git(&d, &[helper("nosuch")], &["credential", "fill"], REQUEST);
     assert!(!out.status.success(), "{}", stdout(&out));
+}
+
+#[test]
+fn git_credential_answers_nothing_for_another_host_or_for_plain_http_to_another_machine() {
+    let d = Daemon::start();
+    add_forge(&d, "forge-token-123");
+    let quiet = |request: &str, note: &str| {
+        let out = helper_run(&d, "get", request);
+        assert_ok(&out);
+        assert!(stdout(&out).is_empty(), "{request:?}: {}", stdout(&out));
+        assert!(stderr(&out).contains(note), "{request:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("forge-token-123"));
+    };
+    // Another host: nothing, exit 0, and a note saying why.
+    quiet(
+        "protocol=https\nhost=elsewhere.example\n\n",
+        "is for git.example.test, not elsewhere.example",
+    );
+    quiet(
+        "protocol=https\nhost=git.example.test:8443\n\n",
+        "not git.example.test:8443",
+    );
+    // Its own host over plain http: the token would cross the network.
+    quiet("protocol=http\nhost=git.example.test\n\n", "unencrypted");
+    quiet("host=git.example.test\n\n", "names no protocol");
+    // Real git moves on to its next helper.
+    let fallback =
+        "!f() { echo username=next; echo password=from-the-next-helper; }; f".to_string();
+    let other = "protocol=https\nhost=elsewhere.example\n\n";
+    let out = git(
+        &d,
+        &[helper("forge"), fallback],
+        &["credential", "fill"],
+        other,
+    );
+    assert_ok(&out);
+    assert_eq!(
+        field(&stdout(&out), "password").as_deref(),
+        Some("from-the-next-helper")
+    );
+
+    // http to this machine is fine when the credential names that host.
+    let args = ["add", "bearer", "local", "--git-host", "127.0.0.1:3000"];
+    assert_ok(&d.tokenctl_stdin(&args, "local-token"));
+    let request = "protocol=http\nhost=127.0.0.1:3000\n\n";
+    let out = d.tokenctl_stdin(&["git-credential", "local", "get"], request);
+    assert_ok(&out);
+    assert_eq!(
+        field(&stdout(&out), "password").as_deref(),
+        Some("local-token")
+    );
+
+    // Without --git-host: the check URL's host, else no host at all.
+    let args = [
+        "add",
+        "bearer",
+        "api",
+        "--check-url",
+        "https://git.example.test/api/me",
+    ];
+    assert_ok(&d.tokenctl_stdin(&args, "api-token"));
+    let out = d.tokenctl_stdin(&["git-credential", "api", "get"], REQUEST);
+    assert_eq!(
+        field(&stdout(&out), "password").as_deref(),
+        Some("api-token")
+    );
+    d.add_bearer("plain", "plain-token");
+    let out = d.tokenctl_stdin(&["git-credential", "plain", "get"], REQUEST);
+    assert_ok(&out);
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("names no git host"),
+        "{}",
+        stderr(&out)
+    );
+    let shown = stdout(&d.tokenctl(&["show", "plain"]));
+    assert!(
+        shown.contains("git hosts") && shown.contains("none"),
+        "{shown}"
+    );
+    let shown = stdout(&d.tokenctl(&["show", "forge"]));
+    assert!(shown.contains("git.example.test"), "{shown}");
+
+    // A URL where a host belongs is refused, saying so.
+    let args = [
+        "add",
+        "bearer",
+        "bad",
+        "--git-host",
+        "https://git.example.test",
+    ];
+    let out = d.tokenctl_stdin(&args, "t");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("is a URL, not a host"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn git_credential_erase_of_a_bearer_token_marks_it_rejected_by_the_host() {
+    let d = Daemon::start();
+    add_forge(&d, "forge-token-123");
+    // A token that is not the held one changes nothing, nor does another host.
+    let stale = "protocol=https\nhost=git.example.test\npassword=old-token\n\n";
+    assert_ok(&helper_run(&d, "erase", stale));
+    let elsewhere = "protocol=https\nhost=elsewhere.example\npassword=forge-token-123\n\n";
+    assert_ok(&helper_run(&d, "erase", elsewhere));
+    assert_eq!(show(&d)["state"], "ready");
+
+    // git sends `erase` after the server refused what `fill` gave it.
+    let out = git(&d, &[helper("forge")], &["credential", "fill"], REQUEST);
+    assert_ok(&out);
+    let refused = git(
+        &d,
+        &[helper("forge")],
+        &["credential", "reject"],
+        &stdout(&out),
+    );
+    assert_ok(&refused);
+    let info = show(&d);
+    assert_eq!(info["state"], "failing", "{info}");
+    let reason = info["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("rejected by git.example.test"), "{info}");
+    let text = stdout(&d.tokenctl(&["show", "forge"]));
+    assert!(text.contains("rejected by git.example.test"), "{text}");
+    // The refused token is no longer handed out, to git or anyone.
+    assert_code(&d.tokenctl(&["token", "forge"]), 5);
+
+    // The helper called directly (`credential=`, git ≥ 2.46): exit 0 as well.
+    add_forge_again(&d);
+    let request = "capability[]=authtype\nprotocol=https\nhost=git.example.test\nauthtype=Bearer\ncredential=forge-token-456\n\n";
+    assert_ok(&helper_run(&d, "erase", request));
+    assert_eq!(show(&d)["state"], "failing");
+}
+
+/// `forge` replaced with a new token, `forge-token-456`.
+fn add_forge_again(d: &Daemon) {
+    let args = [
+        "add",
+        "bearer",
+        "forge",
+        "--git-host",
+        "git.example.test",
+        "--replace",
+    ];
+    assert_ok(&d.tokenctl_stdin(&args, "forge-token-456"));
+    assert_eq!(show(d)["state"], "ready");
 }
 
 #[test]

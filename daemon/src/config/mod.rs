@@ -96,6 +96,11 @@ pub struct RefreshPolicy {
     pub max_concurrent: usize,
     /// Credentials due at start-up are spread over this many seconds.
     pub startup_spread_secs: u64,
+    /// A `refresh`, or a `reject` naming no token, by a peer who is not an
+    /// admin starts a provider call only when none started for that
+    /// credential within this many seconds; within it the current state is
+    /// the answer. 0 turns the limit off.
+    pub min_forced_interval_secs: u64,
 }
 
 impl Default for RefreshPolicy {
@@ -111,6 +116,7 @@ impl Default for RefreshPolicy {
             http_timeout_secs: 15,
             max_concurrent: 32,
             startup_spread_secs: 5,
+            min_forced_interval_secs: 30,
         }
     }
 }
@@ -394,6 +400,11 @@ impl Config {
                 "log.refusal_interval_secs",
                 self.log.refusal_interval_secs,
                 86400,
+            ),
+            (
+                "refresh.min_forced_interval_secs",
+                r.min_forced_interval_secs,
+                3600,
             ),
         ];
         if let Some((key, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {

@@ -28,6 +28,7 @@ pub(super) async fn add_credential(
         ));
     }
     let spec = resolve_spec(shared, add.kind).await?;
+    let spec = super::git_hosts::with_git_hosts(spec, add.git_hosts)?;
     check_secret(&spec, &add.secret)?;
     let now = shared.clock.now();
     let stored = new_credential(add.name, add.description, spec, add.secret, peer.uid, now);
@@ -156,7 +157,10 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
             if let Some(url) = &check_url {
                 crate::provider::http::validate_endpoint_url(url, "the check URL")?;
             }
-            Ok(CredentialSpec::Bearer { check_url })
+            Ok(CredentialSpec::Bearer {
+                check_url,
+                git_hosts: Vec::new(),
+            })
         }
         AddKind::OAuth2(req) => {
             let r = resolve_oauth(shared, req, true).await?;
@@ -172,6 +176,7 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
                     client_auth: r.client_auth,
                     refresh_margin_secs: None,
                     endpoints: r.endpoints,
+                    git_hosts: Vec::new(),
                 },
             )))
         }
@@ -224,6 +229,7 @@ async fn resolve_oauth(
         extra_params,
         refresh_margin_secs: None,
         endpoints: resolved.endpoints,
+        git_hosts: Vec::new(),
     })
 }
 

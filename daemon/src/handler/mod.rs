@@ -4,6 +4,7 @@
 mod add;
 mod admin;
 pub mod endpoints;
+mod git_hosts;
 
 use crate::config::access::Peer;
 use crate::error::Error;
@@ -72,15 +73,25 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
             let reply = token::token(shared, &cred, *min_valid_secs).await?;
             Ok(Response::Token(reply))
         }
-        Request::Reject { name, token } => {
+        Request::Reject {
+            name,
+            token,
+            rejected_by,
+        } => {
             let cred = usable(shared, peer, name).await?;
-            let message = token::reject(shared, &cred, token.as_ref()).await?;
+            let by = rejected_by
+                .as_deref()
+                .map(git_hosts::normalize)
+                .transpose()?;
+            let forcer = forcer(shared, peer).await;
+            let message =
+                token::reject(shared, &cred, token.as_ref(), forcer, by.as_deref()).await?;
             Ok(Response::Message(message))
         }
         Request::Refresh { name } => {
             let cred = usable(shared, peer, name).await?;
             Ok(Response::Message(
-                token::force_refresh(shared, &cred).await?,
+                token::force_refresh(shared, &cred, forcer(shared, peer).await).await?,
             ))
         }
         Request::Check { name } => {
@@ -164,6 +175,16 @@ async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
     )))
 }
 
+/// How the pace of forced refreshes applies to `peer` (`token/forced.rs`).
+async fn forcer(shared: &Shared, peer: &Peer) -> token::Forcer {
+    let admin = shared.policy().is_admin(peer);
+    if admin.granted(peer, &shared.groups).await {
+        token::Forcer::Admin
+    } else {
+        token::Forcer::User
+    }
+}
+
 pub(super) fn known(shared: &Shared, name: &str) -> Result<Arc<Credential>, Error> {
     shared
         .registry
@@ -199,17 +220,29 @@ async fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
     visible
 }
 
+/// The daemon and the credentials `peer` may use. Its pid, its socket, the
+/// store (a database URL names hosts and users; its state carries the
+/// database's errors) and its connection count are for admins only: a
+/// user is told what concerns its credentials, nothing that helps map the
+/// service (docs/SECURITY.md).
 async fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
     let now = shared.clock.now();
+    let admin = shared
+        .policy()
+        .is_admin(peer)
+        .granted(peer, &shared.groups)
+        .await;
     DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        pid: std::process::id(),
+        pid: admin.then(std::process::id),
         uptime_secs: shared.started.elapsed().as_secs(),
-        socket: shared.paths.socket.display().to_string(),
-        database: shared.store.describe(),
-        connections: shared
-            .connections
-            .load(std::sync::atomic::Ordering::Relaxed),
+        socket: admin.then(|| shared.paths.socket.display().to_string()),
+        database: admin.then(|| shared.store.describe()),
+        connections: admin.then(|| {
+            shared
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+        }),
         credentials: visible(shared, peer)
             .await
             .iter()

@@ -88,6 +88,11 @@ pub struct Live {
     /// trusted row replaces the whole credential. Never cleared in place:
     /// the settings held may be the untrusted row's.
     pub untrusted: bool,
+    /// When this process last started a call to the provider for a new
+    /// token, or let a forced refresh by a user who is not an admin go on
+    /// (monotonic ms; 0: never): such a refresh starts no call within
+    /// `refresh.min_forced_interval_secs` of it (`token/forced.rs`).
+    pub last_call_mono: i64,
 }
 
 /// A deadline read from a row, as this process first saw it: what was
@@ -234,6 +239,7 @@ impl Credential {
                 lease_watch: None,
                 retry_watch: None,
                 untrusted: s.untrusted,
+                last_call_mono: 0,
             }),
             incarnation: s.incarnation,
             name: s.name.into(),

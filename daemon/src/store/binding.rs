@@ -133,7 +133,7 @@ pub fn distrust(
 fn bad_url(spec: &CredentialSpec) -> Option<String> {
     use crate::provider::http::{validate_endpoint_url, validate_url};
     let endpoints = match spec {
-        CredentialSpec::Bearer { check_url } => {
+        CredentialSpec::Bearer { check_url, .. } => {
             return check_url
                 .as_deref()
                 .and_then(|u| validate_endpoint_url(u, "the check URL").err())
@@ -202,7 +202,10 @@ pub fn quarantine(c: &mut StoredCredential, why: String) {
 /// The spec a row whose settings cannot even be read is loaded with: it
 /// names no endpoint, and the row is quarantined.
 pub fn unreadable_spec() -> CredentialSpec {
-    CredentialSpec::Bearer { check_url: None }
+    CredentialSpec::Bearer {
+        check_url: None,
+        git_hosts: Vec::new(),
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +232,7 @@ mod tests {
             |c| {
                 c.spec = CredentialSpec::Bearer {
                     check_url: Some("https://attacker.example/".into()),
+                    git_hosts: Vec::new(),
                 }
             },
             |c| c.owner_uid = 1001,
@@ -283,6 +287,7 @@ mod tests {
         let mut c = bearer("up", "t");
         c.spec = CredentialSpec::Bearer {
             check_url: Some("http://api.example/me".into()),
+            git_hosts: Vec::new(),
         };
         let tag = Binding::of(&c, None).unwrap().tag(&s).unwrap();
         let why = distrust(&s, &c, None, Some(&tag)).unwrap();

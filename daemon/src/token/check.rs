@@ -18,6 +18,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     crate::token::trusted(cred)?;
     let CredentialSpec::Bearer {
         check_url: Some(url),
+        ..
     } = &cred.spec
     else {
         return Err(Error::InvalidArgument(format!(

@@ -11,6 +11,7 @@ mod adopt;
 mod claim;
 mod commit;
 mod doubt;
+mod forced;
 mod outcome;
 mod plan;
 mod refresh;
@@ -25,6 +26,7 @@ pub mod refresher;
 pub use adopt::warn_untrusted;
 pub use claim::Trigger;
 pub use commit::{Origin, commit_and_publish, save_before_stop};
+pub use forced::Forcer;
 pub use plan::{
     MAX_LIFETIME_SECS, MIN_LIFETIME_SECS, plan_refresh, random_unit, schedule_loaded, token_update,
 };

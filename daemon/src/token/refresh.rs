@@ -214,6 +214,7 @@ async fn send(
     grant: &Grant<'_>,
 ) -> Result<TokenUpdate, ProviderError> {
     let started_ms = shared.clock.now_ms();
+    super::forced::note_call(shared, cred);
     cred.with_live(|l| l.refreshing = true);
     let result = provider::request(http, endpoint, grant, timeout(shared)).await;
     cred.with_live(|l| l.refreshing = false);

@@ -3,11 +3,13 @@
 //! (`reject`, `refresh`), which respect the provider's backoff.
 
 use super::claim::Trigger;
+use super::forced::{self, Forcer};
 use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::store::GrantChange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
@@ -141,14 +143,22 @@ pub(super) async fn on_demand(
 }
 
 /// "The API refused this token": refresh, unless the token named was already
-/// replaced (docs/DESIGN.md §4.7).
+/// replaced (docs/DESIGN.md §4.7). A bearer token named with the host that
+/// refused it (`rejected_by`, git's `erase`) is marked failing.
 pub async fn reject(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     token: Option<&Secret>,
+    forcer: Forcer,
+    rejected_by: Option<&str>,
 ) -> Result<String, Error> {
     crate::token::trusted(cred)?;
-    if let CredentialSpec::Bearer { check_url } = &cred.spec {
+    if let (CredentialSpec::Bearer { .. }, Some(token), Some(host)) =
+        (&cred.spec, token, rejected_by)
+    {
+        return rejected_bearer(shared, cred, token, host).await;
+    }
+    if let CredentialSpec::Bearer { check_url, .. } = &cred.spec {
         if check_url.is_some() {
             let report = crate::token::check::run(shared, cred).await?;
             return Ok(format!(
@@ -167,10 +177,47 @@ pub async fn reject(
     {
         return Ok("that token was already replaced; nothing to do".into());
     }
+    // Naming the refused token is what keeps a reject from being a forced
+    // refresh; one that names none is paced like `refresh`.
+    if token.is_none()
+        && let Err(state) = forced::admit(shared, cred, forcer)
+    {
+        return Ok(state);
+    }
     respect_backoff(shared, cred)?;
     let need_ms = super::validity::MIN_VALID_MS;
     run_now(shared, cred, attempts, Trigger::Demand { need_ms }).await?;
     Ok(format!("refreshed credential {:?}", cred.name))
+}
+
+/// A bearer token that `host` refused (git's `erase`): it cannot be
+/// refreshed, so it is marked `failing: rejected by HOST`, and is not
+/// served until it is replaced (or a `check` finds it accepted). Only the
+/// held token can be reported: one already replaced changes nothing.
+async fn rejected_bearer(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    token: &Secret,
+    host: &str,
+) -> Result<String, Error> {
+    let held = cred.with_live(|l| l.access_token.clone());
+    if !held.as_ref().is_some_and(|h| same_secret(h, token)) {
+        return Ok("that token was already replaced; nothing to do".into());
+    }
+    let reason = format!("rejected by {host} (git reported that it refused the token)");
+    let _refresh = cred.refresh_lock.lock().await;
+    super::outcome::set_state(
+        shared,
+        cred,
+        CredentialState::Failing,
+        &reason,
+        GrantChange::Settled,
+    )
+    .await;
+    Ok(format!(
+        "bearer credential {:?} is now failing: {reason}; replace the token with `tokenctl add bearer {} --replace`",
+        cred.name, cred.name
+    ))
 }
 
 /// Compares two tokens in time that does not depend on where they differ:
@@ -181,7 +228,11 @@ pub(super) fn same_secret(a: &Secret, b: &Secret) -> bool {
 
 /// `tokenctl refresh NAME`: one refresh now, whatever the schedule says,
 /// but never sooner than the provider allowed.
-pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<String, Error> {
+pub async fn force_refresh(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    forcer: Forcer,
+) -> Result<String, Error> {
     // Before anything: a forced refresh makes a failing credential ready.
     crate::token::trusted(cred)?;
     if let CredentialSpec::Bearer { .. } = cred.spec {
@@ -189,6 +240,9 @@ pub async fn force_refresh(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Resu
             "bearer credential {:?} has nothing to refresh (use `tokenctl check {}` to test it)",
             cred.name, cred.name
         )));
+    }
+    if let Err(state) = forced::admit(shared, cred, forcer) {
+        return Ok(state);
     }
     respect_backoff(shared, cred)?;
     let attempts = cred.with_live(|l| {

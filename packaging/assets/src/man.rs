@@ -145,6 +145,10 @@ const TOKENCTL: &[Section] = &[
                 "Run a program with the token in $TOKEND_TOKEN.",
             ),
             (
+                "tokenctl add bearer forge --git-host git.example.com --token-file forge.token",
+                "Add a token for the git host git.example.com (the git helper answers for no other host).",
+            ),
+            (
                 "git config --global credential.https://git.example.com.helper '!tokenctl git-credential forge'",
                 "Let git ask tokend for the token of git.example.com (see tokenctl-git-credential(1)).",
             ),

@@ -9,6 +9,7 @@
 //! its `password=`/`credential=` is only compared with the held token, by
 //! the daemon, on `erase`.
 
+use crate::git_hosts::{self, GitHosts};
 use crate::{Failure, print_text};
 use std::io::{BufRead, Read};
 use tokend_client::cli::{Cli, GitCredentialArgs};
@@ -23,11 +24,15 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const DEFAULT_USERNAME: &str = "tokend";
 
 /// What git sent, reduced to what the helper uses; every other key
-/// (`protocol`, `host`, `path`, `wwwauth[]`, `state[]`, …) is ignored.
+/// (`path`, `wwwauth[]`, `state[]`, …) is ignored.
 #[derive(Default)]
 pub struct Request {
     /// `capability[]=` values, e.g. `authtype`.
     pub capabilities: Vec<String>,
+    /// Where git is going: the token is answered only for the credential's
+    /// git hosts (`git_hosts.rs`).
+    pub protocol: Option<String>,
+    pub host: Option<String>,
     pub username: Option<String>,
     /// The credential git used (`credential=`, else `password=`): the token `erase` reports.
     pub token: Option<Secret>,
@@ -79,6 +84,8 @@ pub fn parse(input: &mut impl BufRead, limit: usize) -> Result<Request, String> 
         };
         match key {
             "capability[]" => request.capabilities.push(value.to_string()),
+            "protocol" => request.protocol = Some(value.to_string()),
+            "host" => request.host = Some(value.to_string()),
             "username" => request.username = Some(value.to_string()),
             "password" => password = Some(Secret::new(value)),
             "credential" => credential = Some(Secret::new(value)),
@@ -142,18 +149,33 @@ pub fn run(cli: &Cli, args: &GitCredentialArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let request = parse(&mut stdin.lock(), MAX_REQUEST)?;
-    match operation {
-        "get" => {
-            let reply = crate::connect(cli)?.token_reply(&args.name, 0)?;
+    // Without a token there is nothing to compare: refreshing blindly
+    // would let any caller of `git credential reject` force refreshes.
+    if operation == "erase" && request.token.is_none() {
+        return Ok(());
+    }
+    let mut client = crate::connect(cli)?;
+    let spec = client.show(&args.name)?.spec;
+    let allowed = GitHosts::of(&spec);
+    let (protocol, host) = (request.protocol.as_deref(), request.host.as_deref());
+    if let Err(note) = git_hosts::admit(&args.name, &allowed, protocol, host) {
+        // Nothing on stdout and success: git goes on to its next helper
+        // (or asks), without this token.
+        eprintln!("tokenctl: {note}");
+        return Ok(());
+    }
+    match (operation, &request.token, host) {
+        ("get", _, _) => {
+            let reply = client.token_reply(&args.name, 0)?;
             let text = answer(&request, &reply, args.username.as_deref())?;
             print_text(&text)
         }
-        "erase" => {
-            // Without a token there is nothing to compare: refreshing blindly
-            // would let any caller of `git credential reject` force refreshes.
-            if let Some(token) = &request.token {
-                crate::connect(cli)?.reject(&args.name, Some(token))?;
-            }
+        ("erase", Some(token), Some(host)) => {
+            // A refreshable token is refreshed; a bearer token is marked
+            // `failing: rejected by HOST` (git ignores a helper's answer to
+            // `erase`: `show` is where the user learns it).
+            let message = client.reject_by(&args.name, token, host)?;
+            eprintln!("tokenctl: {message}");
             Ok(())
         }
         _ => Ok(()),

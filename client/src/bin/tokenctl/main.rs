@@ -7,6 +7,7 @@ mod browser;
 mod countdown;
 mod exec_credential;
 mod git_credential;
+mod git_hosts;
 mod login;
 mod output;
 mod secret_input;
@@ -331,5 +332,6 @@ fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
         kind,
         secret,
         replace: common.replace,
+        git_hosts: common.git_hosts,
     })
 }

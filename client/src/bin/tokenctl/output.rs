@@ -187,7 +187,7 @@ pub fn show(c: &CredentialInfo) {
         row("", &a);
     }
     match &c.spec {
-        CredentialSpec::Bearer { check_url } => {
+        CredentialSpec::Bearer { check_url, .. } => {
             row("check url", check_url.as_deref().unwrap_or("-"))
         }
         CredentialSpec::OAuth2(s) => {
@@ -225,6 +225,10 @@ pub fn show(c: &CredentialInfo) {
             row("scopes", &s.scopes.join(" "));
         }
     }
+    row(
+        "git hosts",
+        &crate::git_hosts::GitHosts::of(&c.spec).describe(),
+    );
     row("token", if c.has_token { "held" } else { "none" });
     row("expires", &when(c.expires_at));
     row("next refresh", &when(c.next_refresh_at));
@@ -275,15 +279,19 @@ fn with_source(e: &Endpoints, name: &str, url: Option<&str>) -> String {
 }
 
 pub fn status(s: &DaemonStatus) {
-    out!(
-        "tokend {} (pid {}) up {}, {} connection(s)\nsocket   {}\nstore    {}",
-        s.version,
-        s.pid,
-        span(s.uptime_secs as i64),
-        s.connections,
-        s.socket,
-        s.database
-    );
+    match (s.pid, s.connections, &s.socket, &s.database) {
+        (Some(pid), Some(connections), Some(socket), Some(database)) => out!(
+            "tokend {} (pid {pid}) up {}, {connections} connection(s)\nsocket   {socket}\nstore    {database}",
+            s.version,
+            span(s.uptime_secs as i64),
+        ),
+        // The daemon tells only admins about its set-up.
+        _ => out!(
+            "tokend {} up {} (its pid, socket and store are shown to admins only)",
+            s.version,
+            span(s.uptime_secs as i64),
+        ),
+    }
     if s.credentials.is_empty() {
         out!("no credentials");
         return;

@@ -54,6 +54,7 @@ async fn respond(
             let request = Ask::Reject {
                 name: name.to_string(),
                 token,
+                rejected_by: None,
             };
             refreshed(shared, peer, name, request).await
         }

@@ -597,7 +597,10 @@ pub(crate) mod tests {
         StoredCredential {
             name: name.into(),
             description: "d".into(),
-            spec: CredentialSpec::Bearer { check_url: None },
+            spec: CredentialSpec::Bearer {
+                check_url: None,
+                git_hosts: Vec::new(),
+            },
             owner_uid: 1000,
             allowed: vec![Principal::Group(5)],
             client_secret: None,
