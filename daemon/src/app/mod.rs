@@ -170,7 +170,7 @@ fn load(
         .iter()
         .filter(|s| s.fence.mark.is_some() && !store.is_shared())
     {
-        tracing::warn!(credential = %s.name, "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before its lease ends and introspection says it is still active");
+        tracing::warn!(credential = %tokend_proto::logged(&s.name), "tokend stopped during a refresh: the held refresh token is in doubt and is not sent before its lease ends and introspection says it is still active");
     }
     for s in stored.iter().filter(|s| s.untrusted) {
         let why = s

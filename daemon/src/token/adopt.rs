@@ -118,7 +118,7 @@ pub fn distrust(shared: &Shared, cred: &Credential, why: &str) {
 
 /// The log line for a credential found untrusted.
 pub fn warn_untrusted(name: &str, why: &str) {
-    tracing::warn!(credential = %name, "credential not used: {why}; nothing is sent or served for it until an admin adds it again with --replace");
+    tracing::warn!(credential = %tokend_proto::logged(name), reason = %tokend_proto::logged(why), "credential not used; nothing is sent or served for it until an admin adds it again with --replace");
 }
 
 /// A fenced write found a newer row than the one it was fenced by: what

@@ -76,7 +76,7 @@ async fn apply_when_free(shared: &Arc<Shared>, name: String) {
             None => remove_here(shared, &name),
         },
         Err(e) => {
-            tracing::warn!(credential = %name, error = %e, "could not re-read a credential another member changed; the next resync will")
+            tracing::warn!(credential = %tokend_proto::logged(&name), error = %e, "could not re-read a credential another member changed; the next resync will")
         }
     }
 }
@@ -98,9 +98,9 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
             let cred = Arc::new(Credential::from_stored(row.clone()));
             if let Some(old) = existing {
                 shared.logins.cancel(&old.name);
-                tracing::info!(credential = %cred.name, "credential replaced by another member of the fleet");
+                tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential replaced by another member of the fleet");
             } else {
-                tracing::info!(credential = %cred.name, "credential added by another member of the fleet");
+                tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential added by another member of the fleet");
             }
             if row.untrusted {
                 warn_untrusted(&cred.name, row.reason.as_deref().unwrap_or(TAMPERED));
@@ -116,7 +116,7 @@ fn remove_here(shared: &Shared, name: &str) {
     if shared.registry.remove(name).is_some() {
         shared.scheduler.unschedule(name);
         shared.logins.cancel(name);
-        tracing::info!(credential = %name, "credential removed by another member of the fleet");
+        tracing::info!(credential = %tokend_proto::logged(&name), "credential removed by another member of the fleet");
     }
 }
 

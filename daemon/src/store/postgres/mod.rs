@@ -225,7 +225,7 @@ impl PgStore {
             match held {
                 Ok(n) => return self.fenced(n, name, incarnation, fence),
                 Err(e) => {
-                    tracing::info!(credential = %name, error = %e, "the refresh lock's transaction failed; the fenced write is made on its own");
+                    tracing::info!(credential = %tokend_proto::logged(name), error = %e, "the refresh lock's transaction failed; the fenced write is made on its own");
                 }
             }
         }

@@ -39,61 +39,21 @@ impl SqliteStore {
             None => stmt.query([])?,
         };
         while let Some(r) = rows.next()? {
-            let settings: String = r.get(4)?;
-            sealed.push([
-                blob(r, 24)?,
-                Some(settings.as_bytes()),
-                blob(r, 5)?,
-                blob(r, 6)?,
-                blob(r, 7)?,
-            ]);
-            let (spec, unreadable) = read_spec(&settings);
-            let last_check: Option<String> = r.get(17)?;
-            out.push(StoredCredential {
-                spec,
-                client_secret: None,
-                access_token: None,
-                refresh_token: None,
-                allowed: Vec::new(),
-                names: Some(Box::new(Named::as_read(
-                    r.get(3)?,
-                    r.get(25)?,
-                    allowed.remove(&r.get::<_, i64>(0)?).unwrap_or_default(),
-                ))),
-                name: r.get(1)?,
-                description: r.get(2)?,
-                owner_uid: r.get(3)?,
-                generation: r.get::<_, i64>(8)? as u64,
-                expires_at: r.get(9)?,
-                state: state_from_sql(&r.get::<_, String>(10)?),
-                reason: unreadable.clone().or(r.get(11)?),
-                created_at: r.get(12)?,
-                last_refresh_at: r.get(13)?,
-                last_use_at: r.get(14)?,
-                next_refresh_at: r.get(15)?,
-                last_error: r.get(16)?,
-                last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
-                fence: Fence {
-                    generation: r.get(20)?,
-                    mark: if r.get::<_, bool>(18)? {
-                        Some(Mark {
-                            at_ms: r.get::<_, Option<i64>>(21)?.unwrap_or(0),
-                            lease_ms: r.get(22)?,
-                            read_at_ms: None,
-                            mine: true,
-                        })
-                    } else {
-                        None
-                    },
-                    retry: r.get::<_, Option<i64>>(23)?.map(|at_ms| Deadline {
-                        at_ms,
-                        read_at_ms: None,
-                    }),
+            // SQLite keeps any value in any column: one row a writer
+            // filled with the wrong types is that row's problem only.
+            match read_row(r, &mut allowed, &mut sealed) {
+                Ok(c) => out.push(c),
+                Err(e) => match (r.get::<_, String>(1), r.get::<_, i64>(19)) {
+                    (Ok(name), Ok(incarnation)) => {
+                        let why = format!("a column of its row cannot be read ({e})");
+                        sealed.push([None; 5]);
+                        out.push(unreadable_row(name, incarnation, why));
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "a row of the store names no credential; it is left out")
+                    }
                 },
-                change: 0,
-                untrusted: unreadable.is_some(),
-                incarnation: r.get(19)?,
-            });
+            }
         }
         Ok((out, sealed))
     }
@@ -140,7 +100,12 @@ fn load_allowed(
         None => stmt.query_map([], read)?.collect(),
     };
     for row in rows {
-        let (cid, kind, id, name) = row?;
+        // An entry that cannot be read (a writer put a value of another
+        // type there) grants nothing; the rest of the row is judged by its
+        // binding as usual.
+        let Ok((cid, kind, id, name)) = row else {
+            continue;
+        };
         map.entry(cid).or_default().push(Grantee {
             written: principal_from_parts(&kind, id),
             name,
@@ -148,4 +113,95 @@ fn load_allowed(
         });
     }
     Ok(map)
+}
+
+/// One row as a credential, its sealed columns pushed onto `sealed` (only
+/// once every column was read).
+fn read_row(
+    r: &rusqlite::Row<'_>,
+    allowed: &mut std::collections::HashMap<i64, Vec<Grantee>>,
+    sealed: &mut SealedColumns,
+) -> rusqlite::Result<StoredCredential> {
+    let settings: String = r.get(4)?;
+    let columns = [blob(r, 24)?, blob(r, 5)?, blob(r, 6)?, blob(r, 7)?];
+    let (spec, unreadable) = read_spec(&settings);
+    let last_check: Option<String> = r.get(17)?;
+    let c = StoredCredential {
+        spec,
+        client_secret: None,
+        access_token: None,
+        refresh_token: None,
+        allowed: Vec::new(),
+        names: Some(Box::new(Named::as_read(
+            r.get(3)?,
+            r.get(25)?,
+            allowed.remove(&r.get::<_, i64>(0)?).unwrap_or_default(),
+        ))),
+        name: r.get(1)?,
+        description: r.get(2)?,
+        owner_uid: r.get(3)?,
+        generation: r.get::<_, i64>(8)? as u64,
+        expires_at: r.get(9)?,
+        state: state_from_sql(&r.get::<_, String>(10)?),
+        reason: unreadable.clone().or(r.get(11)?),
+        created_at: r.get(12)?,
+        last_refresh_at: r.get(13)?,
+        last_use_at: r.get(14)?,
+        next_refresh_at: r.get(15)?,
+        last_error: r.get(16)?,
+        last_check: last_check.and_then(|j| serde_json::from_str(&j).ok()),
+        fence: Fence {
+            generation: r.get(20)?,
+            mark: if r.get::<_, bool>(18)? {
+                Some(Mark {
+                    at_ms: r.get::<_, Option<i64>>(21)?.unwrap_or(0),
+                    lease_ms: r.get(22)?,
+                    read_at_ms: None,
+                    mine: true,
+                })
+            } else {
+                None
+            },
+            retry: r.get::<_, Option<i64>>(23)?.map(|at_ms| Deadline {
+                at_ms,
+                read_at_ms: None,
+            }),
+        },
+        change: 0,
+        untrusted: unreadable.is_some(),
+        incarnation: r.get(19)?,
+    };
+    let [binding, cs, at, rt] = columns;
+    sealed.push([binding, Some(settings.as_bytes()), cs, at, rt]);
+    Ok(c)
+}
+
+/// A row whose columns cannot all be read: only its name and incarnation,
+/// untrusted with `why` (an admin can see it, remove it or replace it).
+fn unreadable_row(name: String, incarnation: i64, why: String) -> StoredCredential {
+    StoredCredential {
+        name,
+        incarnation,
+        description: String::new(),
+        spec: crate::store::binding::unreadable_spec(),
+        owner_uid: crate::store::names::NOBODY,
+        allowed: Vec::new(),
+        names: None,
+        client_secret: None,
+        access_token: None,
+        refresh_token: None,
+        generation: 0,
+        expires_at: None,
+        state: tokend_proto::CredentialState::Failing,
+        reason: Some(why),
+        created_at: 0,
+        last_refresh_at: None,
+        last_use_at: None,
+        next_refresh_at: None,
+        last_error: None,
+        last_check: None,
+        fence: Fence::default(),
+        change: 0,
+        untrusted: true,
+    }
 }

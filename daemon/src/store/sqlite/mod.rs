@@ -826,7 +826,8 @@ pub(crate) mod tests {
         let s = open(dir.path());
         s.verify_key().unwrap();
         for name in [
-            "url", "owner", "allow", "deny", "kind", "junk", "blob", "fine",
+            "url", "owner", "allow", "deny", "kind", "junk", "blob", "typed", "uid", "entry",
+            "fine",
         ] {
             s.insert(&bearer(name, "tok"), false).unwrap();
         }
@@ -838,11 +839,16 @@ pub(crate) mod tests {
                DELETE FROM allowed WHERE credential_id = (SELECT id FROM credentials WHERE name = 'deny');
                UPDATE credentials SET settings = '{"oauth2":{}}' WHERE name = 'kind';
                UPDATE credentials SET settings = 'not json' WHERE name = 'junk';
-               UPDATE credentials SET access_token = X'01020304' WHERE name = 'blob';"#,
+               UPDATE credentials SET access_token = X'01020304' WHERE name = 'blob';
+               UPDATE credentials SET access_token = 'text', generation = 'x' WHERE name = 'typed';
+               UPDATE credentials SET owner_uid = -1 WHERE name = 'uid';
+               INSERT INTO allowed SELECT id, 'user', -5, NULL FROM credentials WHERE name = 'entry';"#,
         );
         let all = open(dir.path()).load_all().unwrap();
         for c in &all {
-            if c.name == "fine" {
+            // An allow-list entry that cannot be read grants nothing; the
+            // rest of the row is as tagged.
+            if c.name == "fine" || c.name == "entry" {
                 assert!(!c.untrusted);
                 assert_eq!(c.access_token.as_ref().unwrap().expose(), "tok");
                 continue;
@@ -854,6 +860,7 @@ pub(crate) mod tests {
             match c.name.as_str() {
                 "url" | "owner" | "allow" | "deny" => assert_eq!(why, TAMPERED),
                 "blob" => assert!(why.contains("cannot be opened"), "{why}"),
+                "typed" | "uid" => assert!(why.contains("cannot be read"), "{why}"),
                 _ => assert!(why.contains("settings cannot be read"), "{why}"),
             }
         }
