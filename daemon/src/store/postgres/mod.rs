@@ -21,6 +21,7 @@
 //! so the database's connections keep being driven whatever the daemon's
 //! workers do.
 
+mod bound;
 mod bulk;
 mod connect;
 mod error;
@@ -483,7 +484,7 @@ impl Backend for PgStore {
                     &format!(
                         "SELECT {} FROM tokend.credentials
                          WHERE name = $1 AND incarnation = $2 FOR UPDATE",
-                        row::BOUND
+                        bound::BOUND
                     ),
                     &[&owned, &incarnation],
                 )
@@ -491,7 +492,7 @@ impl Backend for PgStore {
             let Some(row) = row else {
                 return Err(StoreError::Gone(owned).into());
             };
-            let mut bound = row::Bound::read(&row)?;
+            let mut bound = bound::Bound::read(&row)?;
             if !bound.binding().verifies(&sealer, bound.tag.as_deref()) {
                 return Err(StoreError::Untrusted(owned).into());
             }
@@ -500,7 +501,7 @@ impl Backend for PgStore {
             let mut names = Names::default();
             bound.named = names.resolved(bound.named);
             bound.named.change(names.written(principal), allow);
-            schema::write_names(&tx, &bound, &sealer).await?;
+            bound::write_names(&tx, &bound, &sealer).await?;
             let list = bound.named.allowed_here();
             tx.commit().await?;
             Ok(list)

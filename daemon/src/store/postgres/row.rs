@@ -1,8 +1,8 @@
 //! Rows of `tokend.credentials` to credentials and back.
 
+use super::bound::uid;
 use super::schema;
 use super::statement::{Sql, boxed};
-use crate::store::binding::Binding;
 use crate::store::names::{NOBODY, Named};
 use crate::store::rows::{Sealed, TOKENS_SETTLE_SQL, committed_state, grant_sql};
 use crate::store::rows::{
@@ -12,7 +12,6 @@ use crate::store::rows::{
 use crate::store::{
     Deadline, Fence, Mark, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate,
 };
-use std::borrow::Cow;
 
 /// Credentials read with `schema::COLUMNS`, their sealed secrets set
 /// aside unopened; filled a row at a time as the rows stream in, so that
@@ -130,54 +129,6 @@ pub(super) fn insert(c: &StoredCredential, sealed: SealedRow) -> Sql {
             boxed(sealed.named.owner.name),
         ],
     )
-}
-
-/// The columns of a row that its binding covers, as read with [`BOUND`].
-pub(super) struct Bound {
-    pub name: String,
-    pub incarnation: i64,
-    description: String,
-    settings: String,
-    pub named: Named,
-    pub tag: Option<Vec<u8>>,
-}
-
-/// The columns [`Bound::read`] reads.
-pub(super) const BOUND: &str =
-    "name, incarnation, description, owner_uid, settings, allowed, binding, owner_name";
-
-/// A uid as stored in a BIGINT column.
-fn uid(stored: i64) -> u32 {
-    u32::try_from(stored).unwrap_or(NOBODY)
-}
-
-impl Bound {
-    pub fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
-        let bad =
-            |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
-        Ok(Bound {
-            name: r.try_get(0).map_err(bad)?,
-            incarnation: r.try_get(1).map_err(bad)?,
-            description: r.try_get(2).map_err(bad)?,
-            settings: r.try_get(4).map_err(bad)?,
-            named: Named::as_read(
-                uid(r.try_get(3).map_err(bad)?),
-                r.try_get(7).map_err(bad)?,
-                allowed_from_text(r.try_get(5).map_err(bad)?),
-            ),
-            tag: r.try_get(6).map_err(bad)?,
-        })
-    }
-
-    pub fn binding(&self) -> Binding<'_> {
-        Binding {
-            name: &self.name,
-            incarnation: self.incarnation,
-            description: &self.description,
-            settings: Cow::Borrowed(&self.settings),
-            named: Cow::Borrowed(&self.named),
-        }
-    }
 }
 
 /// The name in a unique violation's detail, `Key (name)=(x) already exists.`

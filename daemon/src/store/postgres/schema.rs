@@ -8,11 +8,11 @@
 //! and the member that made it (its `application_name`), so that the other
 //! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
 
+use super::bound::{BOUND, Bound, write_names};
 use super::error::Failure;
-use super::row::{BOUND, Bound};
 use crate::store::StoreError;
 use crate::store::names::Names;
-use crate::store::rows::{allowed_to_text, check_key, reseal_for_incarnation};
+use crate::store::rows::{check_key, reseal_for_incarnation};
 use crate::store::seal::Sealer;
 
 /// The migrations; `tokend.schema_version` says how many ran. They run in
@@ -231,29 +231,6 @@ async fn bind_existing(
         )
         .await?;
     }
-    Ok(())
-}
-
-/// Writes a row's owner name and allow list as `bound.named` says, and
-/// the tag over them.
-pub(super) async fn write_names(
-    tx: &tokio_postgres::Transaction<'_>,
-    bound: &Bound,
-    sealer: &Sealer,
-) -> Result<(), Failure> {
-    let tag = bound.binding().tag(sealer)?;
-    tx.execute(
-        "UPDATE tokend.credentials SET owner_name = $3, allowed = $4, binding = $5
-         WHERE name = $1 AND incarnation = $2",
-        &[
-            &bound.name,
-            &bound.incarnation,
-            &bound.named.owner.name,
-            &allowed_to_text(&bound.named.allowed),
-            &tag,
-        ],
-    )
-    .await?;
     Ok(())
 }
 

@@ -1,0 +1,82 @@
+//! The columns of a credential's row that its binding covers
+//! (`store/binding.rs`): read to check them, and written with a new tag
+//! by the migration that binds rows and by `allow` and `deny`.
+
+use super::error::Failure;
+use crate::store::StoreError;
+use crate::store::binding::Binding;
+use crate::store::names::{NOBODY, Named};
+use crate::store::rows::{allowed_from_text, allowed_to_text};
+use crate::store::seal::Sealer;
+use std::borrow::Cow;
+
+/// The columns of a row that its binding covers, as read with [`BOUND`].
+pub(super) struct Bound {
+    pub name: String,
+    pub incarnation: i64,
+    description: String,
+    settings: String,
+    pub named: Named,
+    pub tag: Option<Vec<u8>>,
+}
+
+/// The columns [`Bound::read`] reads.
+pub(super) const BOUND: &str =
+    "name, incarnation, description, owner_uid, settings, allowed, binding, owner_name";
+
+/// A uid as stored in a BIGINT column.
+pub(super) fn uid(stored: i64) -> u32 {
+    u32::try_from(stored).unwrap_or(NOBODY)
+}
+
+impl Bound {
+    pub fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
+        let bad =
+            |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
+        Ok(Bound {
+            name: r.try_get(0).map_err(bad)?,
+            incarnation: r.try_get(1).map_err(bad)?,
+            description: r.try_get(2).map_err(bad)?,
+            settings: r.try_get(4).map_err(bad)?,
+            named: Named::as_read(
+                uid(r.try_get(3).map_err(bad)?),
+                r.try_get(7).map_err(bad)?,
+                allowed_from_text(r.try_get(5).map_err(bad)?),
+            ),
+            tag: r.try_get(6).map_err(bad)?,
+        })
+    }
+
+    pub fn binding(&self) -> Binding<'_> {
+        Binding {
+            name: &self.name,
+            incarnation: self.incarnation,
+            description: &self.description,
+            settings: Cow::Borrowed(&self.settings),
+            named: Cow::Borrowed(&self.named),
+        }
+    }
+}
+
+/// Writes a row's owner name and allow list as `bound.named` says, and
+/// the tag over them.
+pub(super) async fn write_names(
+    tx: &tokio_postgres::Transaction<'_>,
+    bound: &Bound,
+    sealer: &Sealer,
+) -> Result<(), Failure> {
+    let tag = bound.binding().tag(sealer)?;
+    tx.execute(
+        "UPDATE tokend.credentials SET owner_name = $3, allowed = $4, binding = $5
+         WHERE name = $1 AND incarnation = $2",
+        &[
+            &bound.name,
+            &bound.incarnation,
+            &bound.named.owner.name,
+            &allowed_to_text(&bound.named.allowed),
+            &tag,
+        ],
+    )
+    .await?;
+    Ok(())
+}
