@@ -1,13 +1,48 @@
 //! The optional notify command, run once per state transition (docs/DESIGN.md §4.5).
 
 use crate::config::Config;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokend_proto::CredentialState;
+
+/// At most this many notify commands run at once. A burst of transitions
+/// (a database writer touching every row, which makes every credential
+/// untrusted at once; a provider outage) must not start a shell per
+/// credential: the ones beyond are logged instead.
+const MAX_RUNNING: usize = 16;
+
+/// Notify commands running now.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// One running notify command, counted until dropped.
+struct Running;
+
+impl Running {
+    fn start() -> Option<Running> {
+        RUNNING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_RUNNING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Running)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Runs the configured command (`notify_command` in `config`), if any, in
 /// the background with the credential, the new state and the reason in its
-/// environment. No secret is passed to it.
+/// environment. No secret is passed to it. With [`MAX_RUNNING`] already
+/// running, the transition is only logged.
 pub fn transition(config: &Config, name: &str, state: CredentialState, reason: Option<&str>) {
     let Some(command) = config.notify_command.as_deref() else {
+        return;
+    };
+    let Some(running) = Running::start() else {
+        tracing::warn!(credential = %tokend_proto::logged(name), state = state.as_str(), "notify command not run: {MAX_RUNNING} are running already");
         return;
     };
     let mut cmd = tokio::process::Command::new("/bin/sh");
@@ -22,17 +57,34 @@ pub fn transition(config: &Config, name: &str, state: CredentialState, reason: O
         Ok(mut child) => {
             let name = name.to_string();
             tokio::spawn(async move {
+                let _running = running;
                 match child.wait().await {
                     Ok(status) if !status.success() => {
-                        tracing::warn!(credential = %name, %status, "notify command failed")
+                        tracing::warn!(credential = %tokend_proto::logged(&name), %status, "notify command failed")
                     }
                     Err(e) => {
-                        tracing::warn!(credential = %name, error = %e, "notify command failed")
+                        tracing::warn!(credential = %tokend_proto::logged(&name), error = %e, "notify command failed")
                     }
                     Ok(_) => {}
                 }
             });
         }
-        Err(e) => tracing::warn!(credential = %name, error = %e, "cannot run the notify command"),
+        Err(e) => {
+            tracing::warn!(credential = %tokend_proto::logged(name), error = %e, "cannot run the notify command")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_more_than_the_cap_run_at_once() {
+        let held: Vec<Running> = std::iter::from_fn(Running::start).collect();
+        assert_eq!(held.len(), MAX_RUNNING);
+        assert!(Running::start().is_none());
+        drop(held);
+        assert!(Running::start().is_some());
     }
 }
