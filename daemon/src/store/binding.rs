@@ -111,6 +111,37 @@ impl Binding<'_> {
     }
 }
 
+/// A row's bound columns as read, and its tag: what `allow` and `deny`
+/// check and write again with a new tag, and what the migration that
+/// binds rows tags.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub name: String,
+    pub incarnation: i64,
+    pub description: String,
+    /// The settings as the text stored.
+    pub settings: String,
+    pub named: Named,
+    pub tag: Option<Vec<u8>>,
+}
+
+impl Bound {
+    pub fn binding(&self) -> Binding<'_> {
+        Binding {
+            name: &self.name,
+            incarnation: self.incarnation,
+            description: &self.description,
+            settings: Cow::Borrowed(&self.settings),
+            named: Cow::Borrowed(&self.named),
+        }
+    }
+
+    /// Whether the row's tag vouches for its columns.
+    pub fn verified(&self, sealer: &Sealer) -> bool {
+        self.binding().verifies(sealer, self.tag.as_deref())
+    }
+}
+
 /// Why a row read from the store must not be used, if it must not: its
 /// tag does not verify over its columns (`settings`: the text it holds),
 /// or (whatever the tag says: a store written before the rule, or by a

@@ -142,23 +142,7 @@ impl Sealer {
     /// Seals `secret` for `place`.
     pub fn seal(&self, place: Place<'_>, secret: &Secret) -> Result<Vec<u8>, SealError> {
         let (format, aad) = place.aad();
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
-        let sealed = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: secret.expose().as_bytes(),
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| SealError::Random("encryption failed".into()))?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        out.push(format);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        Ok(out)
+        self.encrypt(format, secret.expose().as_bytes(), &aad)
     }
 
     /// Opens a value sealed by [`Sealer::seal`] for the same place.
@@ -168,27 +152,11 @@ impl Sealer {
             column: place.column,
         };
         let (format, aad) = place.aad();
-        if sealed.len() < 1 + NONCE_LEN || sealed[0] != format {
-            return Err(fail());
-        }
-        let (nonce, body) = sealed[1..].split_at(NONCE_LEN);
-        let plain = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    XNonce::from_slice(nonce),
-                    Payload {
-                        msg: body,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| fail())?,
-        );
+        let plain = Zeroizing::new(self.decrypt(format, sealed, &aad).ok_or_else(fail)?);
         let text = std::str::from_utf8(&plain).map_err(|_| fail())?;
         Ok(Secret::new(text))
     }
-}
 
-impl Sealer {
     /// A tag over `data` under the key: XChaCha20-Poly1305 sealing nothing,
     /// with `data` as the associated data (the format of [`Sealer::seal`],
     /// an empty message's 16-byte Poly1305 tag as its body). Whoever lacks
@@ -196,40 +164,40 @@ impl Sealer {
     /// tag made for other data fails. `data` must be domain-separated from
     /// the associated data of sealed values (see `store/binding.rs`).
     pub fn tag(&self, data: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
-        let tag = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &[],
-                    aad: data,
-                },
-            )
-            .map_err(|_| SealError::Random("encryption failed".into()))?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + tag.len());
-        out.push(FORMAT_V1);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&tag);
-        Ok(out)
+        self.encrypt(FORMAT_V1, &[], data)
     }
 
     /// Whether `tag` was made by [`Sealer::tag`] under this key for `data`.
     pub fn verify_tag(&self, data: &[u8], tag: &[u8]) -> bool {
-        if tag.len() < 1 + NONCE_LEN || tag[0] != FORMAT_V1 {
-            return false;
+        self.decrypt(FORMAT_V1, tag, data)
+            .is_some_and(|plain| plain.is_empty())
+    }
+
+    /// `format`, a fresh random nonce, and `msg` encrypted and
+    /// authenticated with `aad`.
+    fn encrypt(&self, format: u8, msg: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
+        let body = self
+            .cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg, aad })
+            .map_err(|_| SealError::Random("encryption failed".into()))?;
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + body.len());
+        out.push(format);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// What [`Sealer::encrypt`] made, if it has `format` and opens with `aad`.
+    fn decrypt(&self, format: u8, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 1 + NONCE_LEN || sealed[0] != format {
+            return None;
         }
-        let (nonce, body) = tag[1..].split_at(NONCE_LEN);
+        let (nonce, msg) = sealed[1..].split_at(NONCE_LEN);
         self.cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: body,
-                    aad: data,
-                },
-            )
-            .is_ok_and(|plain| plain.is_empty())
+            .decrypt(XNonce::from_slice(nonce), Payload { msg, aad })
+            .ok()
     }
 }
 

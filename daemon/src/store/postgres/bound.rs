@@ -4,23 +4,12 @@
 
 use super::error::Failure;
 use crate::store::StoreError;
-use crate::store::binding::Binding;
+use crate::store::binding::Bound;
 use crate::store::names::{NOBODY, Named};
 use crate::store::rows::{allowed_from_text, allowed_to_text};
 use crate::store::seal::Sealer;
-use std::borrow::Cow;
 
-/// The columns of a row that its binding covers, as read with [`BOUND`].
-pub(super) struct Bound {
-    pub name: String,
-    pub incarnation: i64,
-    description: String,
-    settings: String,
-    pub named: Named,
-    pub tag: Option<Vec<u8>>,
-}
-
-/// The columns [`Bound::read`] reads.
+/// The columns [`read`] reads.
 pub(super) const BOUND: &str =
     "name, incarnation, description, owner_uid, settings, allowed, binding, owner_name";
 
@@ -29,33 +18,21 @@ pub(super) fn uid(stored: i64) -> u32 {
     u32::try_from(stored).unwrap_or(NOBODY)
 }
 
-impl Bound {
-    pub fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
-        let bad =
-            |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
-        Ok(Bound {
-            name: r.try_get(0).map_err(bad)?,
-            incarnation: r.try_get(1).map_err(bad)?,
-            description: r.try_get(2).map_err(bad)?,
-            settings: r.try_get(4).map_err(bad)?,
-            named: Named::as_read(
-                uid(r.try_get(3).map_err(bad)?),
-                r.try_get(7).map_err(bad)?,
-                allowed_from_text(r.try_get(5).map_err(bad)?),
-            ),
-            tag: r.try_get(6).map_err(bad)?,
-        })
-    }
-
-    pub fn binding(&self) -> Binding<'_> {
-        Binding {
-            name: &self.name,
-            incarnation: self.incarnation,
-            description: &self.description,
-            settings: Cow::Borrowed(&self.settings),
-            named: Cow::Borrowed(&self.named),
-        }
-    }
+/// A row's bound columns, read with [`BOUND`].
+pub(super) fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Database(format!("an unreadable row: {e}"));
+    Ok(Bound {
+        name: r.try_get(0).map_err(bad)?,
+        incarnation: r.try_get(1).map_err(bad)?,
+        description: r.try_get(2).map_err(bad)?,
+        settings: r.try_get(4).map_err(bad)?,
+        named: Named::as_read(
+            uid(r.try_get(3).map_err(bad)?),
+            r.try_get(7).map_err(bad)?,
+            allowed_from_text(r.try_get(5).map_err(bad)?),
+        ),
+        tag: r.try_get(6).map_err(bad)?,
+    })
 }
 
 /// Writes a row's owner name and allow list as `bound.named` says, and

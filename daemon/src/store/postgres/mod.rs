@@ -492,8 +492,8 @@ impl Backend for PgStore {
             let Some(row) = row else {
                 return Err(StoreError::Gone(owned).into());
             };
-            let mut bound = bound::Bound::read(&row)?;
-            if !bound.binding().verifies(&sealer, bound.tag.as_deref()) {
+            let mut bound = bound::read(&row)?;
+            if !bound.verified(&sealer) {
                 return Err(StoreError::Untrusted(owned).into());
             }
             // Names are looked up on the database's thread: one or two

@@ -8,7 +8,7 @@
 //! and the member that made it (its `application_name`), so that the other
 //! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
 
-use super::bound::{BOUND, Bound, write_names};
+use super::bound::{BOUND, read, write_names};
 use super::error::Failure;
 use crate::store::StoreError;
 use crate::store::names::Names;
@@ -209,7 +209,7 @@ async fn bind_existing(
         .await?;
     let mut names = Names::default();
     for r in &rows {
-        let Ok(mut bound) = Bound::read(r) else {
+        let Ok(mut bound) = read(r) else {
             continue;
         };
         bound.named = names.name_ids(&bound.named);

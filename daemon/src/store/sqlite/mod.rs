@@ -11,12 +11,11 @@ use super::rows::{
 };
 use super::seal::{Place, Sealer};
 use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
-use crate::store::binding::Binding;
+use crate::store::binding::Bound;
 use crate::store::names::{Named, Names};
 use crate::store::rows::check_key;
 use rusqlite::{Connection, OptionalExtension, params};
 use schema::{BINDING_VERSION, KEY_CHECK, MIGRATIONS, state_to_sql};
-use std::borrow::Cow;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokend_proto::Grantee;
@@ -302,13 +301,13 @@ impl Backend for SqliteStore {
         let mut names = Names::default();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let mut row = bound_row(&tx, name, incarnation)?;
-        if !row.binding().verifies(&self.sealer, row.tag.as_deref()) {
+        let (id, mut row) = bound_row(&tx, name, incarnation)?;
+        if !row.verified(&self.sealer) {
             return Err(StoreError::Untrusted(name.to_string()));
         }
         row.named = names.resolved(row.named);
         row.named.change(names.written(principal), allow);
-        write_names(&tx, &row, &self.sealer)?;
+        write_names(&tx, id, &row, &self.sealer)?;
         tx.commit()?;
         Ok(row.named.allowed_here())
     }
@@ -424,35 +423,12 @@ fn key_check(conn: &Connection) -> Result<Option<Vec<u8>>, StoreError> {
         .optional()?)
 }
 
-/// The columns of one row that its binding covers, as stored.
-struct BoundRow {
-    id: i64,
-    name: String,
-    incarnation: i64,
-    description: String,
-    settings: String,
-    named: Named,
-    tag: Option<Vec<u8>>,
-}
-
-impl BoundRow {
-    fn binding(&self) -> Binding<'_> {
-        Binding {
-            name: &self.name,
-            incarnation: self.incarnation,
-            description: &self.description,
-            settings: Cow::Borrowed(&self.settings),
-            named: Cow::Borrowed(&self.named),
-        }
-    }
-}
-
-/// The bound columns of the row of `name` and `incarnation`.
+/// The row id and the bound columns of the row of `name` and `incarnation`.
 fn bound_row(
     tx: &rusqlite::Transaction<'_>,
     name: &str,
     incarnation: i64,
-) -> Result<BoundRow, StoreError> {
+) -> Result<(i64, Bound), StoreError> {
     let row = tx
         .query_row(
             "SELECT id, description, owner_uid, owner_name, settings, binding FROM credentials
@@ -472,31 +448,32 @@ fn bound_row(
         .optional()?
         .ok_or_else(|| StoreError::Gone(name.to_string()))?;
     let (id, description, owner_uid, owner_name, settings, tag) = row;
-    Ok(BoundRow {
-        id,
+    let bound = Bound {
         name: name.to_string(),
         incarnation,
         description,
         settings,
         named: Named::as_read(owner_uid, owner_name, allowed_of(tx, id)?),
         tag,
-    })
+    };
+    Ok((id, bound))
 }
 
-/// Writes a row's owner name and allow list as `row.named` says, and the
-/// tag over them.
+/// Writes row `id`'s owner name and allow list as `row.named` says, and
+/// the tag over them.
 fn write_names(
     tx: &rusqlite::Transaction<'_>,
-    row: &BoundRow,
+    id: i64,
+    row: &Bound,
     sealer: &Sealer,
 ) -> Result<(), StoreError> {
     let tag = row.binding().tag(sealer)?;
     tx.execute(
         "UPDATE credentials SET owner_name = ?2, binding = ?3 WHERE id = ?1",
-        params![row.id, row.named.owner.name, tag],
+        params![id, row.named.owner.name, tag],
     )?;
-    tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [row.id])?;
-    write_allowed(tx, row.id, &row.named.allowed)
+    tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])?;
+    write_allowed(tx, id, &row.named.allowed)
 }
 
 /// Names and tags every row of a store written before rows were bound
@@ -516,21 +493,21 @@ fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), 
         .collect::<Result<_, _>>()?;
     let mut names = Names::default();
     for (name, incarnation) in rows {
-        let Ok(mut row) = bound_row(tx, &name, incarnation) else {
+        let Ok((id, mut row)) = bound_row(tx, &name, incarnation) else {
             continue;
         };
         row.named = names.name_ids(&row.named);
-        write_names(tx, &row, sealer)?;
+        write_names(tx, id, &row, sealer)?;
         let sealed = tx.query_row(
             "SELECT client_secret, access_token, refresh_token FROM credentials WHERE id = ?1",
-            [row.id],
+            [id],
             |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
         )?;
         let [cs, at, rt] = reseal_for_incarnation(sealer, &name, incarnation, sealed)?;
         tx.execute(
             "UPDATE credentials SET client_secret = ?2, access_token = ?3, refresh_token = ?4
              WHERE id = ?1",
-            params![row.id, cs, at, rt],
+            params![id, cs, at, rt],
         )?;
     }
     Ok(())
