@@ -63,18 +63,29 @@ impl GroupCache {
     /// The supplementary groups of `uid` (primary group `gid`): from the
     /// cache when fresh, else from one lookup on a blocking thread shared
     /// by everyone asking meanwhile. A lookup that fails grants nothing.
+    ///
+    /// The lookup is filled in by a task of its own: an asker that gives
+    /// up (a client that hangs up mid-request) does not abandon it, so the
+    /// next asker waits for it instead of starting another, and a slow NSS
+    /// costs one blocking thread per user, not one per request.
     pub async fn groups(&self, uid: u32, gid: u32) -> Arc<[u32]> {
         let entry = self.entry(uid, gid);
-        let (_, groups) = entry
-            .get_or_init(|| async {
-                let lookup = self.lookup.clone();
-                let groups = tokio::task::spawn_blocking(move || lookup(uid, gid))
-                    .await
-                    .unwrap_or_default();
-                (Instant::now(), groups.into())
-            })
-            .await;
-        groups.clone()
+        if let Some((_, groups)) = entry.get() {
+            return groups.clone();
+        }
+        let lookup = self.lookup.clone();
+        let filled = tokio::spawn(async move {
+            let (_, groups) = entry
+                .get_or_init(|| async move {
+                    let groups = tokio::task::spawn_blocking(move || lookup(uid, gid))
+                        .await
+                        .unwrap_or_default();
+                    (Instant::now(), groups.into())
+                })
+                .await;
+            groups.clone()
+        });
+        filled.await.unwrap_or_else(|_| Arc::from(Vec::new()))
     }
 
     /// The entry to read or fill: the current one if still fresh (or
@@ -203,5 +214,28 @@ mod tests {
             assert_eq!(&*asker.await.unwrap(), &[42]);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 2, "one lookup per user");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn askers_that_give_up_start_no_more_lookups() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let lookup: Lookup = Arc::new(move |_, _| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            // A slow NSS.
+            std::thread::sleep(Duration::from_millis(300));
+            vec![42]
+        });
+        let cache = Arc::new(GroupCache::new(lookup, GroupCache::TTL));
+        for _ in 0..20 {
+            let asked = tokio::time::timeout(Duration::from_millis(1), cache.groups(5, 5)).await;
+            assert!(asked.is_err(), "answered before the lookup could end");
+        }
+        assert_eq!(&*cache.groups(5, 5).await, &[42]);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one lookup, whoever gave up"
+        );
     }
 }

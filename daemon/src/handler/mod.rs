@@ -5,6 +5,7 @@ mod add;
 mod admin;
 pub mod endpoints;
 mod git_hosts;
+mod redact;
 
 use crate::config::access::Peer;
 use crate::error::Error;
@@ -22,13 +23,14 @@ use tokend_proto::{CredentialInfo, DaemonStatus, Request, Response, logged};
 pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
     // Borrowed, not consumed: the error log below names the credential
     // without a copy of the name on every (successful) request.
-    match dispatch(shared, peer, &request).await {
+    let response = match dispatch(shared, peer, &request).await {
         Ok(response) => response,
         Err(e) => {
             log_refusal(shared, peer, &request, &e);
             Response::Error(e.to_remote())
         }
-    }
+    };
+    redact::for_peer(shared, peer, response).await
 }
 
 /// One line per refused request, within the peer's share of the log
@@ -83,7 +85,7 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
                 .as_deref()
                 .map(git_hosts::normalize)
                 .transpose()?;
-            let forcer = forcer(shared, peer).await;
+            let forcer = forcer(shared, peer, &cred).await;
             let message =
                 token::reject(shared, &cred, token.as_ref(), forcer, by.as_deref()).await?;
             Ok(Response::Message(message))
@@ -91,12 +93,13 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
         Request::Refresh { name } => {
             let cred = usable(shared, peer, name).await?;
             Ok(Response::Message(
-                token::force_refresh(shared, &cred, forcer(shared, peer).await).await?,
+                token::force_refresh(shared, &cred, forcer(shared, peer, &cred).await).await?,
             ))
         }
         Request::Check { name } => {
             let cred = usable(shared, peer, name).await?;
-            Ok(Response::Check(check::run(shared, &cred).await?))
+            let forcer = forcer(shared, peer, &cred).await;
+            Ok(Response::Check(check::paced(shared, &cred, forcer).await?))
         }
         Request::Show { name } => {
             let cred = usable(shared, peer, name).await?;
@@ -176,10 +179,12 @@ async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
 }
 
 /// How the pace of forced refreshes applies to `peer` (`token/forced.rs`).
-async fn forcer(shared: &Shared, peer: &Peer) -> token::Forcer {
+async fn forcer(shared: &Shared, peer: &Peer, cred: &Credential) -> token::Forcer {
     let admin = shared.policy().is_admin(peer);
     if admin.granted(peer, &shared.groups).await {
         token::Forcer::Admin
+    } else if peer.uid == cred.owner_uid {
+        token::Forcer::Owner
     } else {
         token::Forcer::User
     }

@@ -197,6 +197,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Where the store is, and for a database its connection's state.
     fn describe(&self) -> String;
+
+    /// How the store is named in its errors, if that names more than a
+    /// user should learn (a database's URL: hosts, users, database).
+    fn name_in_errors(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What [`Backend::lock_refresh`] found.
@@ -328,6 +334,10 @@ pub enum StoreError {
         tampered = binding::TAMPERED
     )]
     Untrusted(String),
+    /// The user and group database did not answer while a name was
+    /// needed for a write (`names.rs`): nothing was written.
+    #[error("{0}; nothing was changed: try again once the user and group database answers")]
+    Names(String),
     #[error("storage error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("stored settings are unreadable: {0}")]

@@ -11,6 +11,7 @@
 //! files, LDAP, SSSD…), which can be slow: it is done only by store
 //! operations, which run off the async workers.
 
+use super::StoreError;
 use std::collections::HashMap;
 use tokend_proto::{Grantee, Principal};
 
@@ -35,17 +36,26 @@ pub struct Names {
 
 impl Names {
     /// How `p`, an id on this host, is written: with its name here.
-    pub fn written(&mut self, p: Principal) -> Grantee {
-        let name = self
-            .names
-            .entry(p)
-            .or_insert_with(|| name_of(p).filter(|n| storable(n)))
-            .clone();
-        Grantee {
+    ///
+    /// A look-up that fails (the directory does not answer) is an error,
+    /// never "no name": an entry without a name stands for its id on every
+    /// host, which is not what was meant.
+    pub fn written(&mut self, p: Principal) -> Result<Grantee, StoreError> {
+        let name = match self.names.get(&p) {
+            Some(name) => name.clone(),
+            None => {
+                let name = name_of(p)
+                    .map_err(StoreError::Names)?
+                    .filter(|n| storable(n));
+                self.names.insert(p, name.clone());
+                name
+            }
+        };
+        Ok(Grantee {
             written: p,
             name,
             here: Some(id(p)),
-        }
+        })
     }
 
     /// What a stored entry stands for on this host.
@@ -65,24 +75,27 @@ impl Names {
     }
 
     /// The owner and allow list of ids on this host, as they are written.
-    pub fn named(&mut self, owner_uid: u32, allowed: &[Principal]) -> Named {
-        Named {
-            owner: self.written(Principal::User(owner_uid)),
-            allowed: allowed.iter().map(|p| self.written(*p)).collect(),
-        }
+    pub fn named(&mut self, owner_uid: u32, allowed: &[Principal]) -> Result<Named, StoreError> {
+        Ok(Named {
+            owner: self.written(Principal::User(owner_uid))?,
+            allowed: allowed
+                .iter()
+                .map(|p| self.written(*p))
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// `named` (read from a row written before names were kept) with the
     /// names its ids have on this host.
-    pub fn name_ids(&mut self, named: &Named) -> Named {
-        Named {
-            owner: self.written(named.owner.written),
+    pub fn name_ids(&mut self, named: &Named) -> Result<Named, StoreError> {
+        Ok(Named {
+            owner: self.written(named.owner.written)?,
             allowed: named
                 .allowed
                 .iter()
                 .map(|g| self.written(g.written))
-                .collect(),
-        }
+                .collect::<Result<_, _>>()?,
+        })
     }
 
     /// `named` as read from a row, resolved on this host.
@@ -170,15 +183,20 @@ fn id(p: Principal) -> u32 {
     }
 }
 
-/// The name of a user or group on this host. A failed look-up (the
-/// directory is down) is no name: the entry is then stored by id.
+/// The name of a user or group on this host, if it has one; why not, if
+/// the look-up failed.
 #[cfg(unix)]
-fn name_of(p: Principal) -> Option<String> {
+fn name_of(p: Principal) -> Result<Option<String>, String> {
     use nix::unistd::{Gid, Group, Uid, User};
-    match p {
-        Principal::User(u) => User::from_uid(Uid::from_raw(u)).ok()??.name.into(),
-        Principal::Group(g) => Group::from_gid(Gid::from_raw(g)).ok()??.name.into(),
-    }
+    let failed = |e: nix::Error| format!("cannot look up the name of {p:?}: {e}");
+    Ok(match p {
+        Principal::User(u) => User::from_uid(Uid::from_raw(u))
+            .map_err(failed)?
+            .map(|u| u.name),
+        Principal::Group(g) => Group::from_gid(Gid::from_raw(g))
+            .map_err(failed)?
+            .map(|g| g.name),
+    })
 }
 
 /// The id of a named user or group on this host; none when unknown, or
@@ -194,8 +212,8 @@ fn id_of(kind: Principal, name: &str) -> Option<u32> {
 
 /// Windows has no such users: entries are written by id alone.
 #[cfg(not(unix))]
-fn name_of(_: Principal) -> Option<String> {
-    None
+fn name_of(_: Principal) -> Result<Option<String>, String> {
+    Ok(None)
 }
 
 #[cfg(not(unix))]
@@ -210,7 +228,7 @@ mod tests {
     #[test]
     fn a_name_is_resolved_on_this_host_and_an_unknown_one_grants_nothing() {
         let mut names = Names::default();
-        let root = names.written(Principal::User(0));
+        let root = names.written(Principal::User(0)).unwrap();
         assert_eq!(root.name.as_deref(), Some("root"));
         // Written as root with uid 1234 elsewhere: root here is uid 0.
         let there = names.resolve(Principal::User(1234), Some("root".into()));
@@ -234,13 +252,13 @@ mod tests {
     fn deny_takes_off_the_entry_of_the_same_name_whatever_its_id_there() {
         let mut names = Names::default();
         let mut named = Named {
-            owner: names.written(Principal::User(0)),
+            owner: names.written(Principal::User(0)).unwrap(),
             allowed: vec![names.resolve(Principal::User(1234), Some("root".into()))],
         };
-        named.change(names.written(Principal::User(0)), false);
+        named.change(names.written(Principal::User(0)).unwrap(), false);
         assert!(named.allowed.is_empty());
-        named.change(names.written(Principal::User(0)), true);
-        named.change(names.written(Principal::User(0)), true);
+        named.change(names.written(Principal::User(0)).unwrap(), true);
+        named.change(names.written(Principal::User(0)).unwrap(), true);
         assert_eq!(named.allowed.len(), 1, "allowed once");
     }
 }

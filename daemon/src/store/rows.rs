@@ -97,7 +97,7 @@ pub fn seal_row(
     names: &mut Names,
 ) -> Result<SealedRow, StoreError> {
     let place = |column| Place::of(&c.name, c.incarnation, column);
-    let named = names.named(c.owner_uid, &c.allowed);
+    let named = names.named(c.owner_uid, &c.allowed)?;
     let settings = serde_json::to_string(&c.spec)?;
     let binding = Binding {
         named: Cow::Borrowed(&named),
@@ -236,6 +236,21 @@ pub fn open_all(sealer: &Sealer, creds: &mut [StoredCredential], sealed: &Sealed
             scope.spawn(move || open_rows(sealer, c, sealed, i * chunk));
         }
     })
+}
+
+/// Leaves out the rows whose name is no credential name `add` accepts
+/// (a writer of the store without the key can put any text there, escape
+/// sequences and line breaks included): such a name would reach a
+/// terminal, a log line and the notify command's environment as it is.
+/// Logged, escaped; the row stays in the store for an admin to delete.
+pub fn keep_valid_names(creds: &mut Vec<StoredCredential>) {
+    creds.retain(|c| {
+        let valid = tokend_proto::validate_name(&c.name).is_ok();
+        if !valid {
+            tracing::warn!(credential = %tokend_proto::logged(&c.name), "a row of the store has a name no credential can have; it is left out (delete it with SQL)");
+        }
+        valid
+    });
 }
 
 /// Opens the secrets of `creds`, which are rows `first..` of `sealed`.

@@ -12,6 +12,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokend_proto::{CheckReport, CredentialSpec, CredentialState, Secret};
 
+/// [`run`] for `forcer`, at a user's pace (`forced.rs`): within the
+/// interval, the last report, or why there is none yet.
+pub async fn paced(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    forcer: crate::token::Forcer,
+) -> Result<CheckReport, Error> {
+    crate::token::trusted(cred)?;
+    match super::forced::admit(shared, cred, forcer) {
+        Ok(()) => run(shared, cred).await,
+        Err(state) => cred
+            .with_live(|l| l.last_check.as_deref().cloned())
+            .ok_or(Error::Busy(state)),
+    }
+}
+
 /// Probes the check URL, records the report, and sets the state: 2xx → ready,
 /// 401/403 → `failing: rejected by HOST`, anything else leaves the state alone.
 pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckReport, Error> {

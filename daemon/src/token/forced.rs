@@ -1,7 +1,9 @@
 //! The pace of forced refreshes: a local user who may use a credential but
-//! is not an admin can ask for a refresh (`tokenctl refresh`, or a `reject`
-//! naming no token) as often as it likes, and each would otherwise be a
-//! call to the provider. One call per credential per
+//! is not an admin can ask for a refresh (`tokenctl refresh`, a `reject`,
+//! whether it names a token or not: a loop of `token` then `reject` of the
+//! token just served would otherwise be a refresh per turn) or a `check`
+//! as often as it likes, and each would otherwise be a call to the
+//! provider or the API. One call per credential per
 //! `refresh.min_forced_interval_secs` is what such a user gets; within it
 //! the answer is the credential's current state, so a loop of requests
 //! costs the provider nothing (docs/SECURITY.md, "Forced refreshes").
@@ -15,6 +17,9 @@ use tokend_proto::CredentialState;
 pub enum Forcer {
     /// The daemon's user, root or the admin group: never held back.
     Admin,
+    /// The credential's owner: held back like a user, but may mark its
+    /// bearer token rejected (git's `erase`).
+    Owner,
     /// Anyone else the credential's allow list lets in.
     User,
 }

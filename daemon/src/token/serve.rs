@@ -155,15 +155,24 @@ pub async fn reject(
     crate::token::trusted(cred)?;
     if let (CredentialSpec::Bearer { .. }, Some(token), Some(host)) =
         (&cred.spec, token, rejected_by)
+        && forcer != Forcer::User
     {
         return rejected_bearer(shared, cred, token, host).await;
     }
     if let CredentialSpec::Bearer { check_url, .. } = &cred.spec {
         if check_url.is_some() {
-            let report = crate::token::check::run(shared, cred).await?;
+            // A user's word that the token was refused does not fail it
+            // for everyone: the API is asked (at the user's pace).
+            let report = crate::token::check::paced(shared, cred, forcer).await?;
             return Ok(format!(
                 "bearer tokens cannot be refreshed; checked it: {}",
                 report.message
+            ));
+        }
+        if rejected_by.is_some() {
+            return Ok(format!(
+                "noted; bearer credential {:?} has no check URL to confirm it with, and only its owner or an admin marks it rejected for everyone",
+                cred.name
             ));
         }
         return Err(Error::InvalidArgument(format!(
@@ -177,11 +186,8 @@ pub async fn reject(
     {
         return Ok("that token was already replaced; nothing to do".into());
     }
-    // Naming the refused token is what keeps a reject from being a forced
-    // refresh; one that names none is paced like `refresh`.
-    if token.is_none()
-        && let Err(state) = forced::admit(shared, cred, forcer)
-    {
+    // Paced like `refresh`, named token or not (forced.rs).
+    if let Err(state) = forced::admit(shared, cred, forcer) {
         return Ok(state);
     }
     respect_backoff(shared, cred)?;

@@ -11,6 +11,8 @@ macro_rules! out {
 pub(crate) use out;
 
 pub fn emit(line: std::fmt::Arguments) {
+    let line = line.to_string();
+    let line = printable(&line);
     if let Err(e) = writeln!(std::io::stdout(), "{line}") {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
@@ -23,6 +25,29 @@ use tokend_client::{
     CheckReport, CredentialInfo, CredentialSpec, DaemonStatus, Endpoints, Grantee, Principal,
     endpoint,
 };
+
+/// `text` with its control characters (escape sequences that would move a
+/// terminal's cursor, retitle its window or hide what follows) shown as
+/// escapes: a name, a reason or a provider's message comes from the
+/// daemon, which got it from a provider or a database, and is not trusted
+/// to be plain text. Line breaks and tabs stay.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if bad(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
 
 /// A Unix time as RFC 3339 (UTC) plus a relative hint.
 fn when(t: Option<i64>) -> String {
@@ -314,6 +339,15 @@ pub fn check(r: &CheckReport) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_shown_as_escapes() {
+        assert_eq!(super::printable("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            super::printable("up\u{1b}]0;owned\u{7}"),
+            "up\\u{1b}]0;owned\\u{7}"
+        );
+    }
+
     use super::*;
 
     #[test]

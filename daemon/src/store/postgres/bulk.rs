@@ -4,7 +4,7 @@
 use super::statement::{Sql, boxed};
 use super::{CALL_LIMIT, PIPELINE, PgStore, row, schema};
 use crate::store::names::Names;
-use crate::store::rows::{open_all, seal_row};
+use crate::store::rows::{keep_valid_names, open_all, seal_row};
 use crate::store::{StoreError, StoredCredential};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -41,6 +41,7 @@ impl PgStore {
             Ok(loaded)
         })?;
         open_all(&self.sealer, &mut loaded.creds, &loaded.sealed);
+        keep_valid_names(&mut loaded.creds);
         Ok(loaded.creds)
     }
 

@@ -500,7 +500,7 @@ impl Backend for PgStore {
             // look-ups for an admin's allow or deny.
             let mut names = Names::default();
             bound.named = names.resolved(bound.named);
-            bound.named.change(names.written(principal), allow);
+            bound.named.change(names.written(principal)?, allow);
             bound::write_names(&tx, &bound, &sealer).await?;
             let list = bound.named.allowed_here();
             tx.commit().await?;
@@ -574,5 +574,10 @@ impl Backend for PgStore {
 
     fn describe(&self) -> String {
         format!("{} ({})", self.db.0, self.health.describe())
+    }
+
+    /// As `Db::error` writes it (`error.rs`).
+    fn name_in_errors(&self) -> Option<String> {
+        Some(format!("PostgreSQL {}", self.db.0))
     }
 }

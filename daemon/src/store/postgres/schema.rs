@@ -212,7 +212,7 @@ async fn bind_existing(
         let Ok(mut bound) = read(r) else {
             continue;
         };
-        bound.named = names.name_ids(&bound.named);
+        bound.named = names.name_ids(&bound.named)?;
         write_names(tx, &bound, sealer).await?;
         let sealed = tx
             .query_one(

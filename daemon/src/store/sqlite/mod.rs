@@ -6,8 +6,8 @@ mod load;
 mod schema;
 
 use super::rows::{
-    SealedRow, TOKENS_SETTLE_SQL, committed_state, fence_outcome, grant_sql, open_all,
-    principal_from_parts, principal_parts, reseal_for_incarnation, seal_row, seal_tokens,
+    SealedRow, TOKENS_SETTLE_SQL, committed_state, fence_outcome, grant_sql, keep_valid_names,
+    open_all, principal_from_parts, principal_parts, reseal_for_incarnation, seal_row, seal_tokens,
 };
 use super::seal::{Place, Sealer};
 use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
@@ -169,6 +169,7 @@ impl Backend for SqliteStore {
     fn load_all(&self) -> Result<Vec<StoredCredential>, StoreError> {
         let (mut creds, sealed) = self.read_rows(None)?;
         open_all(&self.sealer, &mut creds, &sealed);
+        keep_valid_names(&mut creds);
         // Reading every row filled SQLite's page cache (up to 2 MiB); the
         // daemon serves from memory and writes a row at a time from now on.
         self.lock().execute_batch("PRAGMA shrink_memory;")?;
@@ -306,7 +307,7 @@ impl Backend for SqliteStore {
             return Err(StoreError::Untrusted(name.to_string()));
         }
         row.named = names.resolved(row.named);
-        row.named.change(names.written(principal), allow);
+        row.named.change(names.written(principal)?, allow);
         write_names(&tx, id, &row, &self.sealer)?;
         tx.commit()?;
         Ok(row.named.allowed_here())
@@ -496,7 +497,7 @@ fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), 
         let Ok((id, mut row)) = bound_row(tx, &name, incarnation) else {
             continue;
         };
-        row.named = names.name_ids(&row.named);
+        row.named = names.name_ids(&row.named)?;
         write_names(tx, id, &row, sealer)?;
         let sealed = tx.query_row(
             "SELECT client_secret, access_token, refresh_token FROM credentials WHERE id = ?1",
