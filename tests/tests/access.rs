@@ -204,54 +204,91 @@ fn a_daemon_of_another_user_on_ones_own_socket_is_refused() {
     );
 }
 
-/// Rewrites the rows of `names` in the stopped daemon's store as a host
-/// where `who`'s uid has the name `ghost` would have written them, tagged
-/// with the store's key (a legitimate writer: another member of a fleet).
-fn written_elsewhere(d: &Daemon, names: &[&str], ghost: &str, who: Other) {
+/// Rewrites the owner and allow list of credential `name` in the stopped
+/// daemon's store as `edit` says, tagged with the store's key: what
+/// another member of a fleet, where ids have other names, would write.
+fn written_elsewhere(d: &Daemon, name: &str, edit: impl Fn(&mut tokend::store::names::Named)) {
     use tokend::store::Backend;
     use tokend::store::binding::Binding;
-    use tokend_proto::Principal;
     let key = d.db.with_file_name("tokend.key");
-    let (sealer, _) = tokend::store::seal::Sealer::load(None, &key, false).expect("the key");
-    let store = tokend::store::SqliteStore::open(&d.db, sealer).expect("the store");
-    let (sealer, _) = tokend::store::seal::Sealer::load(None, &key, false).expect("the key");
+    let sealer = || tokend::store::seal::Sealer::load(None, &key, false).expect("the key").0;
+    let store = tokend::store::SqliteStore::open(&d.db, sealer()).expect("the store");
+    let mut c = store.load_named(&[name.to_string()]).unwrap().remove(0);
+    drop(store);
+    let named = c.names.as_mut().expect("names as stored");
+    edit(named);
     let conn = rusqlite::Connection::open(&d.db).expect("open the store");
-    for c in store
-        .load_named(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-        .unwrap()
-    {
-        let mut c = c;
-        let named = c.names.as_mut().expect("names as stored");
-        for g in std::iter::once(&mut named.owner).chain(named.allowed.iter_mut()) {
-            if g.written == Principal::User(who.uid) {
-                g.name = Some(ghost.to_string());
-            }
-        }
-        let owner_name = named.owner.name.clone();
-        let allowed: Vec<_> = named.allowed.clone();
-        let settings: String = conn
-            .query_row(
-                "SELECT settings FROM credentials WHERE name = ?1",
-                [&c.name],
-                |r| r.get(0),
-            )
-            .unwrap();
-        let tag = Binding::of(&c, Some(&settings))
-            .and_then(|b| b.tag(&sealer))
-            .expect("tag");
-        conn.execute(
-            "UPDATE credentials SET owner_name = ?2, binding = ?3 WHERE name = ?1",
-            rusqlite::params![c.name, owner_name, tag],
+    let (id, settings): (i64, String) = conn
+        .query_row(
+            "SELECT id, settings FROM credentials WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-        for g in allowed {
-            conn.execute(
-                "UPDATE allowed SET name = ?3 WHERE credential_id = (SELECT id FROM credentials WHERE name = ?1) AND id = ?2",
-                rusqlite::params![c.name, who.uid, g.name],
-            )
-            .unwrap();
-        }
+    let tag = Binding::of(&c, Some(&settings))
+        .and_then(|b| b.tag(&sealer()))
+        .expect("tag");
+    let named = c.names.as_ref().unwrap();
+    let uid = |p: &tokend_proto::Principal| match p {
+        tokend_proto::Principal::User(u) | tokend_proto::Principal::Group(u) => *u,
+    };
+    conn.execute(
+        "UPDATE credentials SET owner_uid = ?2, owner_name = ?3, binding = ?4 WHERE id = ?1",
+        rusqlite::params![id, uid(&named.owner.written), named.owner.name, tag],
+    )
+    .unwrap();
+    conn.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])
+        .unwrap();
+    for g in &named.allowed {
+        let kind = match g.written {
+            tokend_proto::Principal::User(_) => "user",
+            tokend_proto::Principal::Group(_) => "group",
+        };
+        conn.execute(
+            "INSERT INTO allowed (credential_id, kind, id, name) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![id, kind, uid(&g.written), g.name],
+        )
+        .unwrap();
     }
+}
+
+/// `who`, written by a host where its uid is called `name`.
+fn as_named(who: Other, name: &str) -> tokend_proto::Grantee {
+    tokend_proto::Grantee {
+        written: tokend_proto::Principal::User(who.uid),
+        name: Some(name.to_string()),
+        here: None,
+    }
+}
+
+#[test]
+fn an_owner_whose_name_is_unknown_here_owns_nothing_here() {
+    let Some(who) = other_user() else { return };
+    let mut d = open_daemon();
+    d.stop();
+    // Added on another host by the second user, known there by its name.
+    written_elsewhere(&d, "up", |named| named.owner = as_named(who, USER));
+    d.restart();
+    d.open_to_everyone();
+    let out = as_other(&d, who, &["token", "up"], "");
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("{TOKEN}\n"));
+    d.stop();
+    // Added on a host where that uid is someone else.
+    written_elsewhere(&d, "up", |named| {
+        named.owner = as_named(who, "ghost-of-another-host")
+    });
+    d.restart();
+    d.open_to_everyone();
+    assert_code(&as_other(&d, who, &["token", "up"], ""), 4);
+    let shown = settings(&d, "up");
+    assert_eq!(shown["owner"]["name"], "ghost-of-another-host", "{shown}");
+    assert!(shown["owner"]["here"].is_null(), "{shown}");
+    let text = stdout(&d.tokenctl(&["show", "up"]));
+    assert!(
+        text.contains("ghost-of-another-host (unknown on this host: grants nothing here"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -267,7 +304,13 @@ fn a_uid_stored_under_a_name_unknown_here_is_granted_nothing_and_show_says_so() 
     );
     d.stop();
     // Another host wrote the entry: there, this uid is someone else.
-    written_elsewhere(&d, &["up"], "ghost-of-another-host", who);
+    written_elsewhere(&d, "up", |named| {
+        for g in &mut named.allowed {
+            if g.written == tokend_proto::Principal::User(who.uid) {
+                g.name = Some("ghost-of-another-host".into());
+            }
+        }
+    });
     d.restart();
     d.open_to_everyone();
     let out = as_other(&d, who, &["token", "up"], "");
