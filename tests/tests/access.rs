@@ -211,7 +211,11 @@ fn written_elsewhere(d: &Daemon, name: &str, edit: impl Fn(&mut tokend::store::n
     use tokend::store::Backend;
     use tokend::store::binding::Binding;
     let key = d.db.with_file_name("tokend.key");
-    let sealer = || tokend::store::seal::Sealer::load(None, &key, false).expect("the key").0;
+    let sealer = || {
+        tokend::store::seal::Sealer::load(None, &key, false)
+            .expect("the key")
+            .0
+    };
     let store = tokend::store::SqliteStore::open(&d.db, sealer()).expect("the store");
     let mut c = store.load_named(&[name.to_string()]).unwrap().remove(0);
     drop(store);
