@@ -1,9 +1,11 @@
 //! The blocking client: plain socket I/O, no async runtime.
 //!
 //! Every wait is bounded: the connect, and each answer (through the socket's
-//! read and write timeouts). A daemon that accepts but never answers — hung,
-//! stopped under a debugger, or an impostor — fails the call with
-//! [`Error::Timeout`] instead of hanging the program forever.
+//! read and write timeouts on Unix; on Windows, whose named pipes have no
+//! timeouts, by running the exchange on a thread of its own and giving up
+//! on it). A daemon that accepts but never answers — hung, stopped under a
+//! debugger, or an impostor — fails the call with [`Error::Timeout`]
+//! instead of hanging the program forever.
 
 use crate::{Error, ops};
 use interprocess::ConnectWaitMode;
@@ -17,6 +19,11 @@ use tokend_proto::{
     HelloReply, LoginChallenge, Principal, Request, Response, Secret, TokenReply, read_frame,
     read_response_frame, write_frame,
 };
+
+/// The connection after an exchange that timed out took it with it.
+fn gone() -> Error {
+    Error::Connection("an earlier call on this connection timed out; connect again".into())
+}
 
 /// A socket timeout: `WouldBlock` (EAGAIN) from SO_RCVTIMEO/SO_SNDTIMEO on
 /// Unix, `TimedOut` elsewhere and from a bounded connect.
@@ -46,7 +53,8 @@ pub const DEVICE_FINISH_MARGIN: Duration = Duration::from_secs(60);
 
 /// A connection to tokend. Reuse it for many requests: each costs one round trip.
 pub struct Client {
-    reader: BufReader<Stream>,
+    /// None only after an exchange that timed out on Windows kept it.
+    reader: Option<BufReader<Stream>>,
     socket: PathBuf,
     timeout: Duration,
     /// A call failed half-way (e.g. timed out): a late answer could still
@@ -100,21 +108,17 @@ impl Client {
             .map_err(unreachable)?;
         ops::check_daemon(&socket, ops::daemon_uid(&stream))?;
         let mut client = Client {
-            reader: BufReader::new(stream),
+            reader: Some(BufReader::new(stream)),
             socket,
             timeout,
             broken: false,
         };
-        client.apply_timeout(timeout)?;
-        let hello = write_frame(
-            &mut BufWriter::new(client.reader.get_mut()),
-            &Hello::current(),
-        );
-        client.settle(hello, timeout)?;
-        // The hello reply is small; a stranger at the socket cannot make us
-        // allocate a large answer before it has shown it is tokend.
-        let reply = read_frame::<HelloReply>(&mut client.reader);
-        let reply = client.settle(reply, timeout)?;
+        let reply = client.exchange(timeout, |reader| {
+            write_frame(&mut BufWriter::new(reader.get_mut()), &Hello::current())?;
+            // The hello reply is small; a stranger at the socket cannot make
+            // us allocate a large answer before it has shown it is tokend.
+            read_frame::<HelloReply>(reader)
+        })?;
         ops::accept_hello(reply)?;
         Ok(client)
     }
@@ -142,22 +146,63 @@ impl Client {
                 "an earlier call on this connection failed half-way; connect again".into(),
             ));
         }
-        self.apply_timeout(timeout)?;
-        let sent = write_frame(self.reader.get_mut(), request);
-        self.settle(sent, timeout)?;
-        let answer = read_response_frame(&mut self.reader);
-        self.settle(answer, timeout)
+        let request = request.clone();
+        self.exchange(timeout, move |reader| {
+            write_frame(reader.get_mut(), &request)?;
+            read_response_frame(reader)
+        })
     }
 
-    /// Sets the socket's read and write timeouts (a zero `timeout` would
-    /// mean "none" to the OS, so it is raised to a millisecond).
-    fn apply_timeout(&mut self, timeout: Duration) -> Result<(), Error> {
-        let timeout = Some(timeout.max(Duration::from_millis(1)));
-        let stream = self.reader.get_ref();
+    /// Runs `io` (a request and the reading of its answer) on the
+    /// connection, within `timeout`: under the socket's read and write
+    /// timeouts (a zero `timeout` would mean "none" to the OS, so it is
+    /// raised to a millisecond).
+    #[cfg(unix)]
+    fn exchange<T: Send + 'static>(
+        &mut self,
+        timeout: Duration,
+        io: impl FnOnce(&mut BufReader<Stream>) -> Result<T, FrameError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let reader = self.reader.as_mut().ok_or_else(gone)?;
+        let bound = Some(timeout.max(Duration::from_millis(1)));
+        let stream = reader.get_ref();
         stream
-            .set_recv_timeout(timeout)
-            .and_then(|()| stream.set_send_timeout(timeout))
-            .map_err(|e| Error::Connection(format!("cannot set the socket's timeouts: {e}")))
+            .set_recv_timeout(bound)
+            .and_then(|()| stream.set_send_timeout(bound))
+            .map_err(|e| Error::Connection(format!("cannot set the socket's timeouts: {e}")))?;
+        let result = io(reader);
+        self.settle(result, timeout)
+    }
+
+    /// Runs `io` on the connection, within `timeout`. A named pipe has no
+    /// I/O timeouts, so the exchange runs on a thread of its own, which
+    /// takes the connection with it: one that does not end in time is left
+    /// to finish or fail on its own, and this connection is not used again.
+    #[cfg(windows)]
+    fn exchange<T: Send + 'static>(
+        &mut self,
+        timeout: Duration,
+        io: impl FnOnce(&mut BufReader<Stream>) -> Result<T, FrameError> + Send + 'static,
+    ) -> Result<T, Error> {
+        let mut reader = self.reader.take().ok_or_else(gone)?;
+        let (done, answer) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("tokend-call".into())
+            .spawn(move || {
+                let result = io(&mut reader);
+                let _ = done.send((reader, result));
+            })
+            .map_err(|e| Error::Connection(format!("cannot start the call's thread: {e}")))?;
+        match answer.recv_timeout(timeout) {
+            Ok((reader, result)) => {
+                self.reader = Some(reader);
+                self.settle(result, timeout)
+            }
+            Err(_) => {
+                self.broken = true;
+                Err(Error::timeout(&self.socket, timeout))
+            }
+        }
     }
 
     /// Maps a frame error to the client's error; a timeout names the
