@@ -4,6 +4,7 @@
 pub mod args;
 pub mod dumps;
 mod fleet;
+mod instance;
 pub mod logging;
 mod reload;
 pub mod service;
@@ -76,6 +77,7 @@ pub fn load_config(options: &Options) -> Result<(Paths, Config), StartError> {
 /// Runs the daemon until SIGTERM/SIGINT. Returns an error only for start-up
 /// failures; everything after start is logged and survived.
 pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
+    let _instance = instance::claim(&paths.socket).map_err(fail)?;
     raise_fd_limit();
     let policy = Policy::for_config(&config).map_err(|e| {
         fail(format!(

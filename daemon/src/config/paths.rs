@@ -66,12 +66,10 @@ impl Paths {
             .unwrap_or_else(|| db.parent().unwrap_or(Path::new(".")).join("tokend.key"));
         let socket = o.socket.clone().unwrap_or(default_socket);
         Paths {
-            http_socket: o.http_socket.clone().unwrap_or_else(|| {
-                socket
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join(HTTP_SOCKET_FILE)
-            }),
+            http_socket: o
+                .http_socket
+                .clone()
+                .unwrap_or_else(|| http_socket_beside(&socket)),
             socket,
             store: super::store::StoreLocation::Sqlite(db.clone()),
             db,
@@ -84,6 +82,23 @@ impl Paths {
             system,
         }
     }
+}
+
+/// The HTTP API's socket when none is given: `http.sock` beside the main
+/// socket on Unix (in the daemon's private directory). A named pipe has
+/// no directory of its own (`\\.\pipe\` is the whole machine's), so on
+/// Windows it is the main pipe's name with `-http`: per user, as the main
+/// one is.
+fn http_socket_beside(socket: &Path) -> PathBuf {
+    if cfg!(windows) {
+        let mut pipe = socket.as_os_str().to_owned();
+        pipe.push("-http");
+        return pipe.into();
+    }
+    socket
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(HTTP_SOCKET_FILE)
 }
 
 /// The socket, state directory and config directory when none is given:
