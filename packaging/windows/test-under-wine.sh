@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Runs the Windows build of tokend and tokenctl under Wine, as a new user
 # would, and checks what a user does with them (issue 22): status; a bearer
-# token added from stdin, then token, header and exec; a second tokend.exe
-# on the same pipe refused while the first keeps serving; Ctrl-C stopping
-# the daemon cleanly; a restart serving the token from the store.
+# token added from stdin, then token, header and exec; an oauth2 app added
+# with a Windows path for its secret, logged in through the loopback
+# listener against the real OAuth2 test server (tests/oidc), its token
+# accepted by the userinfo endpoint, two forced refreshes that rotate with
+# no reuse; a second tokend.exe on the same pipe refused while the first
+# keeps serving; Ctrl-C stopping the daemon cleanly; a restart serving the
+# bearer token from the store and refreshing the oauth2 grant.
 #
 # Usage: bash packaging/windows/test-under-wine.sh
 #   Needs wine (Debian: wine64), mingw (gcc-mingw-w64-x86-64) and the Rust
-#   target x86_64-pc-windows-gnu; builds both .exe files unless
-#   TOKEND_WIN_BIN names a directory that holds them. Makes its own
+#   target x86_64-pc-windows-gnu, node (the OAuth2 test server; its npm
+#   packages are installed if missing) and curl; builds both .exe files
+#   unless TOKEND_WIN_BIN names a directory that holds them. Makes its own
 #   WINEPREFIX and removes it. Ends with "N passed, M failed"; exit status
 #   1 if anything failed.
 #
-# Not covered yet (docs/SECURITY.md, "Windows"): the oauth2 login, client
-# credentials and device flow against the OAuth2 test server, the HTTP API.
+# Not covered yet: client credentials, the device flow and the HTTP API
+# under Wine.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -30,8 +35,10 @@ fi
 work="$(mktemp -d)"
 export WINEPREFIX="$work/prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 daemon_pid=""
+idp_pid=""
 cleanup() {
     [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
+    [ -n "$idp_pid" ] && kill "$idp_pid" 2>/dev/null
     wineserver -k 2>/dev/null
     rm -rf "$work"
 }
@@ -43,6 +50,39 @@ pass() { passed=$((passed + 1)); echo "ok:   $1"; }
 fail() { failed=$((failed + 1)); echo "FAIL: $1"; [ -n "${2:-}" ] && printf '%s\n' "$2" | sed 's/^/      /'; }
 
 wineboot -i >/dev/null 2>&1 || { echo "test-under-wine: wineboot failed" >&2; exit 2; }
+
+# The OAuth2 test server (tests/oidc), on a free loopback port.
+[ -d "$root/tests/oidc/node_modules" ] ||
+    (cd "$root/tests/oidc" && npm ci --no-audit --no-fund --loglevel=error) || exit 2
+(cd "$root/tests/oidc" && PORT=0 ACCESS_TTL=3600 exec node server.mjs >"$work/idp.log" 2>&1) &
+idp_pid=$!
+issuer=""
+for _ in $(seq 100); do
+    issuer="$(sed -n 's/^LISTENING //p' "$work/idp.log" 2>/dev/null | head -n 1)"
+    [ -n "$issuer" ] && break
+    sleep 0.1
+done
+[ -n "$issuer" ] || { echo "test-under-wine: the OAuth2 test server did not start" >&2; cat "$work/idp.log" >&2; exit 2; }
+
+# Plays the browser (as tests/src/oidc.rs does): follows redirects, with
+# cookies, from the authorize URL until one leaves for the redirect URI.
+browse() {
+    local url="$1" redirect next
+    redirect="$(python3 -c 'import sys, urllib.parse as u; print(u.parse_qs(u.urlparse(sys.argv[1]).query)["redirect_uri"][0])' "$url")"
+    for _ in $(seq 12); do
+        next="$(curl -s -o /dev/null -c "$work/jar" -b "$work/jar" -w '%{redirect_url}' "$url")"
+        [ -n "$next" ] || return 1
+        case "$next" in "$redirect"*) curl -s "$next"; return 0 ;; esac
+        url="$next"
+    done
+    return 1
+}
+
+# A refresh-token reuse the server saw (every one revokes the grant).
+reuses() { curl -s "$issuer/test/stats" | python3 -c 'import json, sys; print(json.load(sys.stdin)["refresh_token_reuse"])'; }
+
+# Whether the userinfo endpoint accepts the token (header on curl's stdin).
+accepted() { printf 'Authorization: Bearer %s' "$1" | curl -s -o /dev/null -w '%{http_code}' -H @- "$issuer/me"; }
 
 # Rust's standard library (1.78+) imports bcryptprimitives.dll, which Wine
 # has only from 8.13 on: a stand-in exporting ProcessPrng (bcryptprimitives.c).
@@ -92,6 +132,42 @@ out="$(tokenctl exec up -- cmd /c "echo %TOKEND_TOKEN%" 2>&1 | tr -d '\r')"
 if [ "$out" = "upp-wine-token-1" ]; then pass "exec puts the token in the child's environment"; else
     fail "exec puts the token in the child's environment" "$out"; fi
 
+mkdir -p "$WINEPREFIX/drive_c/tokend-test"
+printf 'tokend-test-secret' >"$WINEPREFIX/drive_c/tokend-test/app.secret"
+out="$(tokenctl add oauth2 app --auth-url "$issuer/auth" --token-url "$issuer/token" \
+    --client-id tokend-test --client-secret-file 'C:\tokend-test\app.secret' --scope openid 2>&1)"
+if grep -q 'added' <<<"$out"; then pass "add oauth2 with a Windows path for the client secret"; else
+    fail "add oauth2 with a Windows path for the client secret" "$out"; fi
+
+wine "$bin/tokenctl.exe" login app --no-browser --timeout 60 >"$work/login.out" 2>"$work/login.err" &
+login_pid=$!
+url=""
+for _ in $(seq 100); do
+    url="$(head -n 1 "$work/login.out" 2>/dev/null | tr -d '\r')"
+    [ -n "$url" ] && break
+    sleep 0.2
+done
+page="$( [ -n "$url" ] && browse "$url")"
+wait "$login_pid"
+code=$?
+if [ "$code" -eq 0 ] && grep -q "Logged in" <<<"$page"; then pass "login --no-browser through the loopback listener"; else
+    fail "login --no-browser through the loopback listener (exit $code)" "$(cat "$work/login.out" "$work/login.err")"; fi
+
+first="$(tokenctl token app 2>&1 | tr -d '\r')"
+if [ "$(accepted "$first")" = 200 ]; then pass "the oauth2 token is accepted by the provider's userinfo endpoint"; else
+    fail "the oauth2 token is accepted by the provider's userinfo endpoint" "$first"; fi
+
+seen="$first"
+rotated=yes
+for i in 1 2; do
+    out="$(tokenctl refresh app 2>&1)"
+    token="$(tokenctl token app 2>&1 | tr -d '\r')"
+    if grep -qxF -- "$token" <<<"$seen" || [ "$(accepted "$token")" != 200 ]; then rotated="refresh $i: $out / $token"; fi
+    seen="$seen"$'\n'"$token"
+done
+if [ "$rotated" = yes ] && [ "$(reuses)" = 0 ]; then pass "two forced refreshes rotate, each token accepted, no refresh token reused"; else
+    fail "two forced refreshes rotate, each token accepted, no refresh token reused" "$rotated; reuses $(reuses)"; fi
+
 out="$(timeout 30 wine "$bin/tokend.exe" 2>&1)"
 status=$?
 if [ "$status" -ne 0 ] && grep -q "another tokend is already running" <<<"$out"; then
@@ -124,6 +200,14 @@ if start_daemon 2; then pass "tokend.exe starts again"; else
 out="$(tokenctl token up 2>&1 | tr -d '\r')"
 if [ "$out" = "upp-wine-token-1" ]; then pass "the token is served from the store after a restart"; else
     fail "the token is served from the store after a restart" "$out"; fi
+
+out="$(tokenctl refresh app 2>&1)"
+token="$(tokenctl token app 2>&1 | tr -d '\r')"
+if ! grep -qxF -- "$token" <<<"$seen" && [ "$(accepted "$token")" = 200 ] && [ "$(reuses)" = 0 ]; then
+    pass "after the restart the oauth2 grant still refreshes"
+else
+    fail "after the restart the oauth2 grant still refreshes" "$out / $token; reuses $(reuses)"
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
