@@ -106,7 +106,7 @@ impl Client {
             .wait_mode(ConnectWaitMode::Timeout(timeout))
             .connect_sync()
             .map_err(unreachable)?;
-        ops::check_daemon(&socket, ops::daemon_uid(&stream))?;
+        ops::check_server(&socket, &stream)?;
         let mut client = Client {
             reader: Some(BufReader::new(stream)),
             socket,

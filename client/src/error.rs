@@ -40,6 +40,12 @@ pub enum Error {
         socket.display()
     )]
     Impostor { socket: PathBuf, uid: u32 },
+    /// Another user's process serves this user's own named pipe (Windows).
+    #[error(
+        "the pipe {} is served by another user's process (pid {pid}), not by you or the system: refusing to talk to it (another user may have created it first; start your tokend, or set TOKEND_SOCKET)",
+        socket.display()
+    )]
+    PipeImpostor { socket: PathBuf, pid: u32 },
     /// The daemon took the connection but did not answer in time.
     #[error(
         "tokend at {} did not answer within {} s",
@@ -79,7 +85,10 @@ impl Error {
     /// not answer is, to a script, as unreachable as one that is not there.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::DaemonUnreachable { .. } | Error::Impostor { .. } | Error::Timeout { .. } => 3,
+            Error::DaemonUnreachable { .. }
+            | Error::Impostor { .. }
+            | Error::PipeImpostor { .. }
+            | Error::Timeout { .. } => 3,
             Error::PermissionDenied(_) => 4,
             Error::UnknownCredential(_) | Error::NotUsable { .. } => 5,
             Error::ProtocolVersion(_) | Error::Remote(_) | Error::Connection(_) => 1,

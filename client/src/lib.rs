@@ -18,6 +18,8 @@ mod error;
 #[cfg(feature = "async")]
 mod nonblocking;
 pub mod ops;
+#[cfg(windows)]
+mod pipe_owner;
 
 pub use blocking::{Client, DEFAULT_TIMEOUT, DEVICE_FINISH_MARGIN, LOGIN_FINISH_TIMEOUT};
 pub use error::Error;

@@ -37,7 +37,7 @@ impl AsyncClient {
             .to_fs_name::<GenericFilePath>()
             .map_err(unreachable)?;
         let stream = Stream::connect(name).await.map_err(unreachable)?;
-        ops::check_daemon(&socket, ops::daemon_uid(&stream))?;
+        ops::check_server(&socket, &stream)?;
         let mut client = AsyncClient {
             reader: BufReader::new(stream),
             socket,

@@ -25,6 +25,41 @@ pub fn check_daemon(socket: &std::path::Path, daemon_uid: Option<u32>) -> Result
     }
 }
 
+/// Refuses a daemon of another user on this user's own socket, before
+/// anything is sent: on Unix by the uid the kernel reports for the peer
+/// ([`check_daemon`]); on Windows by the user SID of the process that
+/// serves the pipe, which must be this user's or LocalSystem's (a process
+/// whose user cannot even be read is refused too).
+pub fn check_server(
+    socket: &std::path::Path,
+    stream: &impl interprocess::local_socket::traits::StreamCommon,
+) -> Result<(), Error> {
+    #[cfg(unix)]
+    return check_daemon(socket, daemon_uid(stream));
+    #[cfg(windows)]
+    {
+        if socket != tokend_proto::paths::user_socket() {
+            return Ok(());
+        }
+        let pid = stream.peer_creds().ok().and_then(|c| c.pid()).unwrap_or(0);
+        let impostor = Error::PipeImpostor {
+            socket: socket.to_path_buf(),
+            pid,
+        };
+        let (Ok(server), Ok(me)) = (
+            crate::pipe_owner::of_process(pid),
+            crate::pipe_owner::of_this_process(),
+        ) else {
+            return Err(impostor);
+        };
+        if server.sid == me.sid || server.system {
+            Ok(())
+        } else {
+            Err(impostor)
+        }
+    }
+}
+
 /// The daemon's uid as the kernel reports it (`None` off Unix, where a
 /// named pipe's default ACL already admits only its owner).
 pub fn daemon_uid(stream: &impl interprocess::local_socket::traits::StreamCommon) -> Option<u32> {
