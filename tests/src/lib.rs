@@ -423,6 +423,31 @@ impl Daemon {
         self.tokenctl(&args)
     }
 
+    /// `tokenctl add client-credentials NAME` against `server`'s
+    /// client-credentials client, its secret (`secret`) from a file.
+    pub fn add_client_credentials(
+        &self,
+        server: &oidc::OidcServer,
+        name: &str,
+        secret: &str,
+    ) -> Output {
+        let file = self.dir.path().join(format!("{name}.secret"));
+        std::fs::write(&file, secret).expect("secret file");
+        let token = server.token_url();
+        let file = file.to_str().expect("utf-8").to_string();
+        self.tokenctl(&[
+            "add",
+            "client-credentials",
+            name,
+            "--token-url",
+            &token,
+            "--client-id",
+            "tokend-cc",
+            "--client-secret-file",
+            &file,
+        ])
+    }
+
     /// Starts `tokenctl login NAME ARGS` and returns it with the authorize URL
     /// it printed on its first line.
     pub fn start_login(&self, name: &str, args: &[&str]) -> (Child, String) {

@@ -360,20 +360,8 @@ fn forced_refreshes_by_a_user_reach_the_provider_once_per_interval_and_notify_on
             .unwrap_or(0)
     };
     let notified = || std::fs::read_to_string(notify.path()).unwrap();
-    let secret = d.dir.path().join("cc.secret");
-    std::fs::write(&secret, "not-the-client-secret").unwrap();
     let started = std::time::Instant::now();
-    assert_ok(&d.tokenctl(&[
-        "add",
-        "client-credentials",
-        "cc",
-        "--token-url",
-        &idp.token_url(),
-        "--client-id",
-        "tokend-cc",
-        "--client-secret-file",
-        secret.to_str().unwrap(),
-    ]));
+    assert_ok(&d.add_client_credentials(&idp, "cc", "not-the-client-secret"));
     assert_ok(&d.tokenctl(&["allow", "cc", "--user", USER]));
     d.open_to_everyone();
     // The first token is fetched at once, and refused: `failing`, notified.

@@ -25,20 +25,8 @@ fn a_user_forces_provider_calls_by_rejecting_the_token_it_was_just_served() {
             .as_u64()
             .unwrap_or(0)
     };
-    let secret = d.dir.path().join("cc.secret");
-    std::fs::write(&secret, "tokend-cc-secret\n").unwrap();
     let started = Instant::now();
-    assert_ok(&d.tokenctl(&[
-        "add",
-        "client-credentials",
-        "cc",
-        "--token-url",
-        &idp.token_url(),
-        "--client-id",
-        "tokend-cc",
-        "--client-secret-file",
-        secret.to_str().unwrap(),
-    ]));
+    assert_ok(&d.add_client_credentials(&idp, "cc", "tokend-cc-secret\n"));
     assert_ok(&d.tokenctl(&["allow", "cc", "--user", USER]));
     d.open_to_everyone();
     for _ in 0..10 {
@@ -201,19 +189,7 @@ fn a_user_reads_the_database_url_and_its_errors_in_show() {
         key_file: Some(key.clone()),
         ..Options::default()
     });
-    let secret = d.dir.path().join("cc.secret");
-    std::fs::write(&secret, "tokend-cc-secret\n").unwrap();
-    assert_ok(&d.tokenctl(&[
-        "add",
-        "client-credentials",
-        "cc",
-        "--token-url",
-        &idp.token_url(),
-        "--client-id",
-        "tokend-cc",
-        "--client-secret-file",
-        secret.to_str().unwrap(),
-    ]));
+    assert_ok(&d.add_client_credentials(&idp, "cc", "tokend-cc-secret\n"));
     assert_ok(&d.tokenctl(&["allow", "cc", "--user", USER]));
     d.open_to_everyone();
     pg.stop();

@@ -392,19 +392,7 @@ fn a_thousand_concurrent_requests_for_an_insufficient_token_cause_one_refresh() 
 fn client_credentials_tokens_are_served_and_renewed_ahead_of_expiry() {
     let idp = OidcServer::start(4);
     let d = Daemon::start();
-    let secret = d.dir.path().join("cc.secret");
-    std::fs::write(&secret, "tokend-cc-secret\n").unwrap();
-    let out = d.tokenctl(&[
-        "add",
-        "client-credentials",
-        "cc",
-        "--token-url",
-        &idp.token_url(),
-        "--client-id",
-        "tokend-cc",
-        "--client-secret-file",
-        secret.to_str().unwrap(),
-    ]);
+    let out = d.add_client_credentials(&idp, "cc", "tokend-cc-secret\n");
     assert_ok(&out);
     let first = token(&d, "cc");
     assert!(idp.introspect(&first));
