@@ -54,14 +54,21 @@ wineboot -i >/dev/null 2>&1 || { echo "test-under-wine: wineboot failed" >&2; ex
 # The OAuth2 test server (tests/oidc), on a free loopback port.
 [ -d "$root/tests/oidc/node_modules" ] ||
     (cd "$root/tests/oidc" && npm ci --no-audit --no-fund --loglevel=error) || exit 2
+# The first line that the sed script $2 prints from file $1, waited for
+# up to 20 s (a program's output as it comes).
+wait_line() {
+    local line
+    for _ in $(seq 100); do
+        line="$(sed -n "$2" "$1" 2>/dev/null | head -n 1 | tr -d '\r')"
+        [ -n "$line" ] && { printf '%s\n' "$line"; return 0; }
+        sleep 0.2
+    done
+    return 1
+}
+
 (cd "$root/tests/oidc" && PORT=0 ACCESS_TTL=3600 exec node server.mjs >"$work/idp.log" 2>&1) &
 idp_pid=$!
-issuer=""
-for _ in $(seq 100); do
-    issuer="$(sed -n 's/^LISTENING //p' "$work/idp.log" 2>/dev/null | head -n 1)"
-    [ -n "$issuer" ] && break
-    sleep 0.1
-done
+issuer="$(wait_line "$work/idp.log" 's/^LISTENING //p')"
 [ -n "$issuer" ] || { echo "test-under-wine: the OAuth2 test server did not start" >&2; cat "$work/idp.log" >&2; exit 2; }
 
 # Plays the browser (as tests/src/oidc.rs does): follows redirects, with
@@ -141,12 +148,7 @@ if grep -q 'added' <<<"$out"; then pass "add oauth2 with a Windows path for the 
 
 wine "$bin/tokenctl.exe" login app --no-browser --timeout 60 >"$work/login.out" 2>"$work/login.err" &
 login_pid=$!
-url=""
-for _ in $(seq 100); do
-    url="$(head -n 1 "$work/login.out" 2>/dev/null | tr -d '\r')"
-    [ -n "$url" ] && break
-    sleep 0.2
-done
+url="$(wait_line "$work/login.out" 1p)"
 page="$( [ -n "$url" ] && browse "$url")"
 wait "$login_pid"
 code=$?
