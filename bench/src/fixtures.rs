@@ -58,6 +58,7 @@ pub fn bearer(i: usize, token_len: usize, now: i64) -> StoredCredential {
         CredentialSpec::Bearer {
             check_url: None,
             git_hosts: Vec::new(),
+            upstream: None,
         },
         now,
     );
@@ -86,6 +87,7 @@ pub fn oauth2(
         refresh_margin_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
+        upstream: None,
     }));
     let mut c = base(i, spec, now);
     c.client_secret = Some(Secret::new("bench-client-secret"));

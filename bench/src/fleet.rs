@@ -211,6 +211,7 @@ fn propagation(args: &Args, members: &[Daemon], report: &mut Report) -> Result<(
                 secret: Secret::new(token.clone()),
                 replace: false,
                 git_hosts: Vec::new(),
+                upstream: Default::default(),
             })
             .map_err(|e| format!("add {name} on member 1: {e}"))?;
         add_call.push(t0.elapsed());

@@ -15,9 +15,9 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokend_proto::{
-    AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, FrameError, Hello,
-    HelloReply, LoginChallenge, Principal, Request, Response, Secret, TokenReply, read_frame,
-    read_response_frame, write_frame,
+    AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, EditCredential,
+    FrameError, Hello, HelloReply, LoginChallenge, Principal, Request, Response, Secret,
+    TokenReply, read_frame, read_response_frame, write_frame,
 };
 
 /// The connection after an exchange that timed out took it with it.
@@ -262,6 +262,11 @@ impl Client {
 
     pub fn add(&mut self, add: AddCredential) -> Result<String, Error> {
         ops::read_message(self.call(&ops::add(add))?)
+    }
+
+    /// Changes a credential's non-secret settings (`tokenctl edit`).
+    pub fn edit(&mut self, edit: EditCredential) -> Result<String, Error> {
+        ops::read_message(self.call(&Request::Edit(Box::new(edit)))?)
     }
 
     pub fn remove(&mut self, name: &str) -> Result<String, Error> {

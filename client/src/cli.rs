@@ -98,6 +98,11 @@ pub enum Command {
     List,
     /// The daemon and every credential's state.
     Status,
+    /// Change a credential's settings in place; its secrets, grant and tokens stay.
+    ///
+    /// Only what is given changes. The endpoints and the client id a refresh
+    /// uses are not editable: `add --replace` makes a new credential.
+    Edit(EditArgs),
     /// Let a local user or group use a credential's token.
     Allow(PrincipalArgs),
     /// Take a user or group off a credential's allow list.
@@ -129,6 +134,72 @@ pub struct Common {
     /// the token for no host).
     #[arg(long = "git-host", value_name = "HOST")]
     pub git_hosts: Vec<String>,
+    /// The API's base URL, for tokend's proxy: `/v1/proxy/NAME/PATH` on the
+    /// HTTP API goes to URL + PATH with the token added (https, or http to
+    /// this machine). `--preset uppromote` gives UpPromote's.
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+    /// The statuses after which the proxy rejects the token it sent and
+    /// retries once, e.g. `401,403` (the default), or `none`.
+    #[arg(long, value_name = "STATUSES", value_parser = parse_retry_on)]
+    pub retry_on: Option<RetryOn>,
+}
+
+/// `--retry-on`: a list of statuses, `none` (never retry) or `default`
+/// (401 and 403).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryOn(pub Option<Vec<u16>>);
+
+fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
+    match s {
+        "default" => Ok(RetryOn(None)),
+        "none" => Ok(RetryOn(Some(Vec::new()))),
+        _ => s
+            .split(',')
+            .map(|p| {
+                p.trim().parse::<u16>().map_err(|_| {
+                    format!("{p:?} is not an HTTP status; give e.g. 401,403, none or default")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|v| RetryOn(Some(v))),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EditArgs {
+    pub name: String,
+    /// A new description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// The API's base URL for tokend's proxy (see `add --api-url`).
+    #[arg(long, value_name = "URL", conflicts_with = "no_api_url")]
+    pub api_url: Option<String>,
+    /// Take the API URL away (the proxy refuses the credential).
+    #[arg(long)]
+    pub no_api_url: bool,
+    /// The statuses after which the proxy retries once: e.g. `401,403`, `none` or `default`.
+    #[arg(long, value_name = "STATUSES", value_parser = parse_retry_on)]
+    pub retry_on: Option<RetryOn>,
+    /// A bearer token's check URL.
+    #[arg(long, value_name = "URL", conflicts_with = "no_check_url")]
+    pub check_url: Option<String>,
+    /// Take a bearer token's check URL away.
+    #[arg(long)]
+    pub no_check_url: bool,
+    /// The scopes of an oauth2 or client-credentials app (repeatable; they
+    /// replace the ones it has): asked for from the next login or token.
+    #[arg(long = "scope", value_name = "SCOPE", conflicts_with = "no_scope")]
+    pub scopes: Vec<String>,
+    /// Ask for no scope.
+    #[arg(long)]
+    pub no_scope: bool,
+    /// The git hosts (repeatable; they replace the ones it has).
+    #[arg(long = "git-host", value_name = "HOST", conflicts_with = "no_git_host")]
+    pub git_hosts: Vec<String>,
+    /// No git host (the default applies again: a bearer token's check URL host).
+    #[arg(long)]
+    pub no_git_host: bool,
 }
 
 #[derive(Args, Debug)]

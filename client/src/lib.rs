@@ -28,8 +28,8 @@ pub use nonblocking::AsyncClient;
 pub use tokend_proto::validate_name;
 pub use tokend_proto::{
     AddCredential, AddKind, CheckReport, ClientAuth, CredentialInfo, CredentialSpec,
-    CredentialState, DaemonStatus, DeviceChallenge, EndpointSource, Endpoints, Grantee,
-    LoginChallenge, OAuth2Request, Principal, Secret, TokenReply, endpoint,
+    CredentialState, DaemonStatus, DeviceChallenge, EditCredential, EndpointSource, Endpoints,
+    Grantee, LoginChallenge, OAuth2Request, Principal, Secret, TokenReply, Upstream, endpoint,
 };
 
 /// The socket used when none is named: `$TOKEND_SOCKET`, the user's daemon,

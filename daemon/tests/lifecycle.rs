@@ -48,6 +48,7 @@ impl World {
             refresh_margin_secs: None,
             endpoints,
             git_hosts: Vec::new(),
+            upstream: None,
         }));
         let rt = self.fake.grant();
         self.insert(
@@ -438,6 +439,7 @@ async fn client_credentials_are_fetched_then_renewed_ahead_of_expiry() {
         refresh_margin_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
+        upstream: None,
     }));
     let cred = w.insert("cc", spec, None, None, None);
     assert_eq!(w.token(&cred).await.unwrap(), "at-1");
@@ -958,6 +960,7 @@ async fn a_scheduled_refresh_holding_the_slot_never_waits_on_a_request_waiting_f
         refresh_margin_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
+        upstream: None,
     }));
     let busy = w.insert("busy", spec, None, None, None);
     let cred = w.oauth("a", 0);

@@ -39,6 +39,7 @@ impl World {
             refresh_margin_secs: None,
             endpoints: Default::default(),
             git_hosts: Vec::new(),
+            upstream: None,
         }));
         self.register(row(name, spec, CredentialState::NeedsLogin))
     }

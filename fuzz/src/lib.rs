@@ -102,6 +102,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             secret: Secret::new(secret),
             replace: true,
             git_hosts: vec!["git.example.com".into()],
+            upstream: Default::default(),
         }))
     };
     let name = |n: &str| n.to_string();

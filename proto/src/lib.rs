@@ -24,7 +24,7 @@ pub use secret::Secret;
 
 /// The protocol version this build speaks. Bumped on any change to
 /// [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// "TKND": lets the daemon tell a tokend client from a stray writer.
 pub const MAGIC: u32 = 0x544b_4e44;

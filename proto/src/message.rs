@@ -76,12 +76,15 @@ pub enum CredentialSpec {
         /// before it existed, hence the default.
         #[serde(default)]
         git_hosts: Vec<String>,
+        /// See [`CredentialSpec::upstream`].
+        #[serde(default)]
+        upstream: Option<Box<Upstream>>,
     },
     /// Authorization code grant with refresh tokens (Uptempo).
     ///
     /// The OAuth2 settings are boxed so that the enum, which the daemon
     /// holds once per credential, is sized for a bearer token (its check
-    /// URL and git hosts, 48 bytes, not 160): 100,000 credentials fit in
+    /// URL, git hosts and upstream, 56 bytes, not 168): 100,000 credentials fit in
     /// its memory goal. The wire
     /// format is the same.
     #[serde(rename = "oauth2")]
@@ -100,6 +103,26 @@ impl CredentialSpec {
             CredentialSpec::Bearer { git_hosts, .. } => git_hosts,
             CredentialSpec::OAuth2(s) => &s.git_hosts,
             CredentialSpec::ClientCredentials(s) => &s.git_hosts,
+        }
+    }
+
+    /// The API the proxy sends this credential's requests to, and what
+    /// makes it retry (`tokenctl add … --api-url`, `tokenctl edit`); `None`
+    /// when none was given. Boxed: most credentials have none.
+    pub fn upstream(&self) -> Option<&Upstream> {
+        match self {
+            CredentialSpec::Bearer { upstream, .. } => upstream.as_deref(),
+            CredentialSpec::OAuth2(s) => s.upstream.as_deref(),
+            CredentialSpec::ClientCredentials(s) => s.upstream.as_deref(),
+        }
+    }
+
+    /// The upstream settings to change in place.
+    pub fn upstream_mut(&mut self) -> &mut Option<Box<Upstream>> {
+        match self {
+            CredentialSpec::Bearer { upstream, .. } => upstream,
+            CredentialSpec::OAuth2(s) => &mut s.upstream,
+            CredentialSpec::ClientCredentials(s) => &mut s.upstream,
         }
     }
 
@@ -132,6 +155,9 @@ pub struct OAuth2Spec {
     /// See [`CredentialSpec::git_hosts`].
     #[serde(default)]
     pub git_hosts: Vec<String>,
+    /// See [`CredentialSpec::upstream`].
+    #[serde(default)]
+    pub upstream: Option<Box<Upstream>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +172,32 @@ pub struct ClientCredentialsSpec {
     /// See [`CredentialSpec::git_hosts`].
     #[serde(default)]
     pub git_hosts: Vec<String>,
+    /// See [`CredentialSpec::upstream`].
+    #[serde(default)]
+    pub upstream: Option<Box<Upstream>>,
+}
+
+/// The statuses after which the proxy rejects the token it sent and
+/// retries once, when a credential names none: what an API answers for a
+/// token it no longer accepts (Uptempo: 403).
+pub const DEFAULT_RETRY_ON: [u16; 2] = [401, 403];
+
+/// Where tokend's proxy sends a credential's requests (docs/HTTP.md,
+/// "Proxy"): `/v1/proxy/NAME/REST` goes to `api_url` followed by `REST`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The API's base URL (https, or http to this machine).
+    pub api_url: Option<String>,
+    /// The statuses after which the proxy rejects the token it sent and
+    /// retries once; `None`: [`DEFAULT_RETRY_ON`].
+    pub retry_on: Option<Vec<u16>>,
+}
+
+impl Upstream {
+    /// The statuses that make the proxy retry.
+    pub fn retry_on(&self) -> &[u16] {
+        self.retry_on.as_deref().unwrap_or(&DEFAULT_RETRY_ON)
+    }
 }
 
 /// Where an endpoint URL came from, so `show` can say it.
@@ -257,6 +309,9 @@ pub struct AddCredential {
     pub replace: bool,
     /// `--git-host`: the git hosts the credential is for.
     pub git_hosts: Vec<String>,
+    /// `--api-url` and `--retry-on`: the proxy's upstream (a bearer preset
+    /// may fill in the API URL).
+    pub upstream: Upstream,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +378,27 @@ pub enum Request {
         login_id: String,
         timeout_secs: u32,
     },
+    /// Change a credential's non-secret settings in place: its secrets,
+    /// grant and tokens stay.
+    Edit(Box<EditCredential>),
+}
+
+/// `tokenctl edit NAME`: what to change; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditCredential {
+    pub name: String,
+    pub description: Option<String>,
+    /// `Some(None)` takes the API URL away.
+    pub api_url: Option<Option<String>>,
+    /// `Some(None)` goes back to [`DEFAULT_RETRY_ON`]; an empty list never
+    /// retries.
+    pub retry_on: Option<Option<Vec<u16>>>,
+    /// A bearer token's check URL; `Some(None)` takes it away.
+    pub check_url: Option<Option<String>>,
+    /// An OAuth2 app's scopes, asked for from the next login (an
+    /// authorization-code app) or the next token (client credentials).
+    pub scopes: Option<Vec<String>>,
+    pub git_hosts: Option<Vec<String>>,
 }
 
 impl Request {
@@ -340,6 +416,7 @@ impl Request {
             | Request::LoginStart { name, .. }
             | Request::DeviceLoginStart { name } => Some(name),
             Request::Add(add) => Some(&add.name),
+            Request::Edit(edit) => Some(&edit.name),
             Request::List
             | Request::Status
             | Request::LoginFinish { .. }
@@ -365,6 +442,7 @@ impl Request {
             Request::LoginFinish { .. } => "login-finish",
             Request::DeviceLoginStart { .. } => "login-device",
             Request::DeviceLoginFinish { .. } => "login-device-finish",
+            Request::Edit(_) => "edit",
         }
     }
 }

@@ -167,6 +167,7 @@ fn request() -> impl Strategy<Value = Request> {
                     secret,
                     replace,
                     git_hosts: vec![],
+                    upstream: Default::default(),
                 }))
             }
         ),
@@ -186,6 +187,31 @@ fn request() -> impl Strategy<Value = Request> {
                 timeout_secs,
             }
         }),
+        (
+            (text(), opt_text(), proptest::option::of(opt_text())),
+            (
+                proptest::option::of(proptest::option::of(proptest::collection::vec(
+                    any::<u16>(),
+                    0..4
+                ))),
+                proptest::option::of(opt_text()),
+                proptest::option::of(texts()),
+                proptest::option::of(texts()),
+            ),
+        )
+            .prop_map(
+                |((name, description, api_url), (retry_on, check_url, scopes, git_hosts))| {
+                    Request::Edit(Box::new(EditCredential {
+                        name,
+                        description,
+                        api_url,
+                        retry_on,
+                        check_url,
+                        scopes,
+                        git_hosts,
+                    }))
+                }
+            ),
     ]
 }
 
@@ -205,9 +231,12 @@ fn opt_time() -> impl Strategy<Value = Option<i64>> {
 fn spec() -> impl Strategy<Value = CredentialSpec> {
     let refresh_margin = proptest::option::of(any::<u32>());
     prop_oneof![
-        (opt_text(), texts()).prop_map(|(check_url, git_hosts)| CredentialSpec::Bearer {
-            check_url,
-            git_hosts
+        (opt_text(), texts(), upstream()).prop_map(|(check_url, git_hosts, upstream)| {
+            CredentialSpec::Bearer {
+                check_url,
+                git_hosts,
+                upstream,
+            }
         }),
         (
             (text(), text(), text(), texts()),
@@ -232,6 +261,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         refresh_margin_secs,
                         endpoints,
                         git_hosts: vec![],
+                        upstream: None,
                     }))
                 }
             ),
@@ -253,10 +283,21 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         refresh_margin_secs,
                         endpoints,
                         git_hosts: vec![],
+                        upstream: None,
                     }))
                 }
             ),
     ]
+}
+
+fn upstream() -> impl Strategy<Value = Option<Box<Upstream>>> {
+    proptest::option::of(
+        (
+            opt_text(),
+            proptest::option::of(proptest::collection::vec(any::<u16>(), 0..4)),
+        )
+            .prop_map(|(api_url, retry_on)| Box::new(Upstream { api_url, retry_on })),
+    )
 }
 
 fn endpoints() -> impl Strategy<Value = Endpoints> {
@@ -615,6 +656,7 @@ fn a_huge_claimed_sequence_length_preallocates_at_most_the_bound() {
         secret: Secret::new(""),
         replace: false,
         git_hosts: vec![],
+        upstream: Default::default(),
     }));
     let body = encode(&req).unwrap();
     let at = body.windows(4).position(|w| w == b"MARK").unwrap() - 2;

@@ -135,6 +135,8 @@ fn every_admin_request_from_an_unprivileged_user_is_refused() {
         (&["allow", "app", "--group", "0"], ""),
         (&["deny", "up", "--user", USER], ""),
         (&["login", "app", "--no-browser", "--timeout", "5"], ""),
+        (&["edit", "up", "--api-url", "http://127.0.0.1:9/"], ""),
+        (&["edit", "up", "--description", "mine now"], ""),
     ];
     for (args, stdin) in refused {
         let out = as_other(&d, who, args, stdin);

@@ -231,6 +231,7 @@ fn a_list_larger_than_a_request_frame_still_arrives() {
                 secret: tokend_client::Secret::new(format!("token-{i}")),
                 replace: false,
                 git_hosts: Vec::new(),
+                upstream: Default::default(),
             })
             .unwrap();
     }

@@ -41,6 +41,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         refresh_margin_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
+        upstream: None,
     }));
     StoredCredential {
         name: name.into(),

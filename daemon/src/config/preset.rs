@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 /// The UpPromote check URL: a cheap authenticated read.
 pub const UPPROMOTE_CHECK_URL: &str = "https://aff-api.uppromote.com/api/v1/affiliates";
 
+/// UpPromote's API base, which the proxy sends the credential's requests
+/// to (`/v1/proxy/NAME/affiliates` is the check URL's endpoint).
+pub const UPPROMOTE_API_URL: &str = "https://aff-api.uppromote.com/api/v1/";
+
 /// The built-in OAuth2 presets.
 fn builtin(name: &str) -> Option<PresetConfig> {
     let params = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
@@ -80,8 +84,18 @@ pub fn lookup(config: &Config, name: &str) -> Result<PresetConfig, PresetError> 
 
 /// The check URL a bearer preset gives.
 pub fn bearer_check_url(name: &str) -> Result<&'static str, PresetError> {
+    bearer_preset(name).map(|(check, _)| check)
+}
+
+/// The API URL a bearer preset gives the proxy.
+pub fn bearer_api_url(name: &str) -> Result<&'static str, PresetError> {
+    bearer_preset(name).map(|(_, api)| api)
+}
+
+/// A bearer preset's check URL and API URL.
+fn bearer_preset(name: &str) -> Result<(&'static str, &'static str), PresetError> {
     match name {
-        "uppromote" => Ok(UPPROMOTE_CHECK_URL),
+        "uppromote" => Ok((UPPROMOTE_CHECK_URL, UPPROMOTE_API_URL)),
         other => Err(PresetError::UnknownBearer(other.into())),
     }
 }

@@ -6,13 +6,13 @@ use crate::config::access::Peer;
 use crate::config::preset;
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::Credential;
+use crate::state::credential::{Credential, Kind};
 use crate::store::StoredCredential;
 use crate::store::blocking;
 use std::sync::Arc;
 use tokend_proto::{
     AddCredential, AddKind, ClientCredentialsSpec, CredentialSpec, CredentialState, OAuth2Request,
-    OAuth2Spec, Response, Secret,
+    OAuth2Spec, Response, Secret, Upstream,
 };
 
 /// Adds (or, with `replace`, replaces) a credential for `peer`, its owner.
@@ -22,31 +22,38 @@ pub(super) async fn add_credential(
     add: AddCredential,
 ) -> Result<Response, Error> {
     tokend_proto::validate_name(&add.name).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    if add.description.len() > 1024 || add.description.contains(['\n', '\r']) {
-        return Err(Error::InvalidArgument(
-            "the description must be one line of at most 1024 bytes".into(),
-        ));
-    }
+    check_description(&add.description)?;
     let spec = resolve_spec(shared, add.kind).await?;
     let spec = super::git_hosts::with_git_hosts(spec, add.git_hosts)?;
+    let spec = super::upstream::with_upstream(spec, add.upstream)?;
     check_secret(&spec, &add.secret)?;
     let now = shared.clock.now();
     let stored = new_credential(add.name, add.description, spec, add.secret, peer.uid, now);
     let cred = install(shared, stored, add.replace).await?;
-    tracing::info!(credential = %cred.name, kind = cred.spec.kind(), owner = peer.uid, "credential added");
-    if let CredentialSpec::ClientCredentials(_) = cred.spec {
+    let kind = cred.spec().kind();
+    tracing::info!(credential = %cred.name, kind, owner = peer.uid, "credential added");
+    if cred.kind == Kind::ClientCredentials {
         // Fetch the first token now, so the first `token` call is fast.
         shared.scheduler.schedule(&cred.name, now * 1000);
     }
-    let next = match cred.spec {
-        CredentialSpec::OAuth2(_) => format!("; run `tokenctl login {}` next", cred.name),
+    let next = match cred.kind {
+        Kind::OAuth2 => format!("; run `tokenctl login {}` next", cred.name),
         _ => String::new(),
     };
     Ok(Response::Message(format!(
-        "added {} credential {:?}{next}",
-        cred.spec.kind(),
+        "added {kind} credential {:?}{next}",
         cred.name
     )))
+}
+
+/// A description is one line of at most 1024 bytes.
+pub(super) fn check_description(description: &str) -> Result<(), Error> {
+    if description.len() > 1024 || description.contains(['\n', '\r']) {
+        return Err(Error::InvalidArgument(
+            "the description must be one line of at most 1024 bytes".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The secret must be the bare value, and present unless the credential is
@@ -149,17 +156,26 @@ async fn install(
 async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, Error> {
     match kind {
         AddKind::Bearer { check_url, preset } => {
-            let check_url = match (check_url, preset) {
+            let check_url = match (check_url, &preset) {
                 (Some(url), _) => Some(url),
-                (None, Some(p)) => Some(preset::bearer_check_url(&p)?.to_string()),
+                (None, Some(p)) => Some(preset::bearer_check_url(p)?.to_string()),
                 (None, None) => None,
             };
             if let Some(url) = &check_url {
                 crate::provider::http::validate_endpoint_url(url, "the check URL")?;
             }
+            // The flags' `--api-url` goes over the preset's (`with_upstream`).
+            let upstream = match preset {
+                Some(p) => Some(Box::new(Upstream {
+                    api_url: Some(preset::bearer_api_url(&p)?.to_string()),
+                    retry_on: None,
+                })),
+                None => None,
+            };
             Ok(CredentialSpec::Bearer {
                 check_url,
                 git_hosts: Vec::new(),
+                upstream,
             })
         }
         AddKind::OAuth2(req) => {
@@ -177,6 +193,7 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
                     refresh_margin_secs: None,
                     endpoints: r.endpoints,
                     git_hosts: Vec::new(),
+                    upstream: None,
                 },
             )))
         }
@@ -230,6 +247,7 @@ async fn resolve_oauth(
         refresh_margin_secs: None,
         endpoints: resolved.endpoints,
         git_hosts: Vec::new(),
+        upstream: None,
     })
 }
 

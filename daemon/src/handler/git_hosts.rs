@@ -129,6 +129,7 @@ mod tests {
         let spec = CredentialSpec::Bearer {
             check_url: None,
             git_hosts: Vec::new(),
+            upstream: None,
         };
         let hosts = vec!["A.example".into(), "a.example".into(), "b.example".into()];
         let spec = with_git_hosts(spec.clone(), hosts).unwrap();

@@ -3,9 +3,11 @@
 
 mod add;
 mod admin;
+mod edit;
 pub mod endpoints;
 mod git_hosts;
 mod redact;
+mod upstream;
 
 use crate::config::access::Peer;
 use crate::error::Error;
@@ -132,6 +134,7 @@ async fn administer(
     match request {
         Request::Add(add) => add::add_credential(shared, peer, (**add).clone()).await,
         Request::Remove { name } => admin::remove(shared, name).await,
+        Request::Edit(edit) => edit::edit_credential(shared, (**edit).clone()).await,
         Request::Allow { name, principal } => {
             admin::change_allowed(shared, name, *principal, true).await
         }

@@ -39,11 +39,12 @@ pub async fn start(
     uid: u32,
 ) -> Result<DeviceChallenge, Error> {
     crate::token::trusted(cred)?;
-    let CredentialSpec::OAuth2(spec) = &cred.spec else {
+    let settings = cred.spec();
+    let CredentialSpec::OAuth2(spec) = &settings else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} is {}: only oauth2 credentials log in",
             cred.name,
-            cred.spec.kind()
+            settings.kind()
         )));
     };
     let Some(url) = spec.endpoints.device_authorization_url.as_deref() else {
@@ -53,7 +54,7 @@ pub async fn start(
         )));
     };
     let endpoint = cred
-        .endpoint()
+        .endpoint(&settings)
         .ok_or_else(|| Error::Internal("an oauth2 credential without a token endpoint".into()))?;
     let limits = shared.config().limits.clone();
     // Said before anything is asked of the provider.
@@ -225,8 +226,9 @@ async fn poll(
     device_code: &Secret,
 ) -> Result<Result<String, ProviderError>, Error> {
     crate::token::trusted(cred)?;
+    let spec = cred.spec();
     let endpoint = cred
-        .endpoint()
+        .endpoint(&spec)
         .ok_or_else(|| Error::Internal("credential kind changed during login".into()))?;
     let Ok(_guard) = tokio::time::timeout(LOCK_WAIT, cred.refresh_lock.lock()).await else {
         // A refresh of the previous grant is slow: poll again later.

@@ -50,11 +50,12 @@ pub fn start(
     uid: u32,
 ) -> Result<LoginChallenge, Error> {
     crate::token::trusted(cred)?;
-    let CredentialSpec::OAuth2(spec) = &cred.spec else {
+    let spec = cred.spec();
+    let CredentialSpec::OAuth2(spec) = &spec else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} is {}: only oauth2 (authorization code) credentials log in",
             cred.name,
-            cred.spec.kind()
+            spec.kind()
         )));
     };
     // Better said now than after the user has been through the browser.
@@ -286,7 +287,8 @@ async fn exchange(
     lock_deadline: tokio::time::Instant,
 ) -> Result<String, Error> {
     crate::token::trusted(cred)?;
-    let (CredentialSpec::OAuth2(_), Some(endpoint)) = (&cred.spec, cred.endpoint()) else {
+    let spec = cred.spec();
+    let (CredentialSpec::OAuth2(_), Some(endpoint)) = (&spec, cred.endpoint(&spec)) else {
         return Err(Error::Internal(
             "credential kind changed during login".into(),
         ));

@@ -28,9 +28,34 @@ impl From<Option<i64>> for Stamp {
     }
 }
 
+/// The kind of a credential, which never changes (a replace makes a new
+/// credential): read without the live lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Bearer,
+    OAuth2,
+    ClientCredentials,
+}
+
+impl Kind {
+    pub fn of(spec: &CredentialSpec) -> Kind {
+        match spec {
+            CredentialSpec::Bearer { .. } => Kind::Bearer,
+            CredentialSpec::OAuth2(_) => Kind::OAuth2,
+            CredentialSpec::ClientCredentials(_) => Kind::ClientCredentials,
+        }
+    }
+}
+
 /// The parts of a credential that change while the daemon runs.
 #[derive(Debug, Clone)]
 pub struct Live {
+    /// The settings: `tokenctl edit` changes some of them in place (the
+    /// description, the proxy's upstream, a check URL, scopes, git hosts),
+    /// never the endpoints or the client a refresh uses (docs/RULES.md,
+    /// "Editing a credential").
+    pub spec: CredentialSpec,
+    pub description: Box<str>,
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
     /// Bumped on every new access token; `reject` names the one it saw.
@@ -179,12 +204,12 @@ impl Live {
     }
 }
 
-/// A credential. Settings never change after `add` (a replace makes a new one).
+/// A credential. Its name, kind, owner, client secret and incarnation never
+/// change (a replace makes a new one); its settings may (`Live::spec`).
 #[derive(Debug)]
 pub struct Credential {
     pub name: Box<str>,
-    pub description: Box<str>,
-    pub spec: CredentialSpec,
+    pub kind: Kind,
     pub owner_uid: u32,
     pub created_at: i64,
     /// Which credential of this name (see `StoredCredential::incarnation`).
@@ -210,7 +235,10 @@ pub struct Credential {
 impl Credential {
     pub fn from_stored(s: StoredCredential) -> Credential {
         Credential {
+            kind: Kind::of(&s.spec),
             live: Mutex::new(Live {
+                spec: s.spec,
+                description: s.description.into(),
                 access_token: s.access_token,
                 refresh_token: s.refresh_token,
                 generation: s.generation,
@@ -243,8 +271,6 @@ impl Credential {
             }),
             incarnation: s.incarnation,
             name: s.name.into(),
-            description: s.description.into(),
-            spec: s.spec,
             owner_uid: s.owner_uid,
             created_at: s.created_at,
             client_secret: s.client_secret,
@@ -252,10 +278,19 @@ impl Credential {
         }
     }
 
-    /// Where and how this credential asks for tokens; `None` for a bearer
-    /// token, which has no token endpoint.
-    pub fn endpoint(&self) -> Option<crate::provider::Endpoint<'_>> {
-        let (token_url, client_id, client_auth, endpoints) = match &self.spec {
+    /// The settings as they are now (a copy: `edit` may change them).
+    pub fn spec(&self) -> CredentialSpec {
+        self.with_live(|l| l.spec.clone())
+    }
+
+    /// Where and how this credential asks for tokens, from `spec` (a copy
+    /// of its settings: [`Credential::spec`]); `None` for a bearer token,
+    /// which has no token endpoint.
+    pub fn endpoint<'a>(
+        &'a self,
+        spec: &'a CredentialSpec,
+    ) -> Option<crate::provider::Endpoint<'a>> {
+        let (token_url, client_id, client_auth, endpoints) = match spec {
             CredentialSpec::OAuth2(s) => (&s.token_url, &s.client_id, s.client_auth, &s.endpoints),
             CredentialSpec::ClientCredentials(s) => {
                 (&s.token_url, &s.client_id, s.client_auth, &s.endpoints)
@@ -307,8 +342,8 @@ impl Credential {
         let live = self.live();
         CredentialInfo {
             name: self.name.to_string(),
-            description: self.description.to_string(),
-            spec: self.spec.clone(),
+            description: live.description.to_string(),
+            spec: live.spec.clone(),
             owner_uid: self.owner_uid,
             allowed: live.allowed.clone(),
             // Not kept in memory (`show` reads them from the store).
@@ -332,7 +367,7 @@ impl Credential {
         let live = self.live();
         CredentialSummary {
             name: self.name.to_string(),
-            kind: self.spec.kind().to_string(),
+            kind: live.spec.kind().to_string(),
             state: self.shown_state(&live, now),
             reason: live.reason.as_deref().map(Into::into),
             expires_at: live.expires_at.get(),

@@ -236,6 +236,7 @@ pub fn unreadable_spec() -> CredentialSpec {
     CredentialSpec::Bearer {
         check_url: None,
         git_hosts: Vec::new(),
+        upstream: None,
     }
 }
 
@@ -264,6 +265,7 @@ mod tests {
                 c.spec = CredentialSpec::Bearer {
                     check_url: Some("https://attacker.example/".into()),
                     git_hosts: Vec::new(),
+                    upstream: None,
                 }
             },
             |c| c.owner_uid = 1001,
@@ -319,6 +321,7 @@ mod tests {
         c.spec = CredentialSpec::Bearer {
             check_url: Some("http://api.example/me".into()),
             git_hosts: Vec::new(),
+            upstream: None,
         };
         let tag = Binding::of(&c, None).unwrap().tag(&s).unwrap();
         let why = distrust(&s, &c, None, Some(&tag)).unwrap();

@@ -146,6 +146,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         allow: bool,
     ) -> Result<Vec<Principal>, StoreError>;
 
+    /// Changes a credential's description and settings (`tokenctl edit`),
+    /// with a new tag, in one transaction; its secrets, tokens, allow
+    /// list and refresh generation stay as they are. A row the key does
+    /// not vouch for is not changed ([`StoreError::Untrusted`]).
+    fn change_settings(
+        &self,
+        name: &str,
+        incarnation: i64,
+        description: &str,
+        spec: &CredentialSpec,
+    ) -> Result<(), StoreError>;
+
     /// Writes last-use times (name, incarnation, time), batched: a token
     /// request must not wait on fsync. A credential replaced meanwhile is
     /// left alone.

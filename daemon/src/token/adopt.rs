@@ -20,8 +20,8 @@ pub enum Read {
     Unlocked,
 }
 
-/// Makes the in-memory credential what its row says (tokens, state, allow
-/// list, refresh generation, schedule). A journal mark makes the refresh
+/// Makes the in-memory credential what its row says (settings, tokens,
+/// state, allow list, refresh generation, schedule). A journal mark makes the refresh
 /// token in doubt. Tokens not yet saved here (`Journal::Unsaved`) are
 /// newer than any row a write of theirs has not yet been compared with:
 /// kept (their fenced save decides).
@@ -35,6 +35,13 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
         .expires_at
         .map(|e| shared.clock.mono_at(e.saturating_mul(1000)));
     let due = cred.with_live(|l| {
+        // Settings an admin edited (on any member) hold at once.
+        if l.spec != row.spec {
+            l.spec = row.spec.clone();
+        }
+        if *l.description != *row.description {
+            l.description = row.description.as_str().into();
+        }
         if l.journal.unsaved().is_some() {
             return None;
         }
@@ -73,7 +80,7 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
             let left = Watch::bound(&mut l.retry_watch, retry.at_ms, retry.left_ms(now), mono);
             l.retry_not_before_ms = l.retry_not_before_ms.max(mono.saturating_add(left));
         }
-        Some(loaded_due(&cred.spec, l, now))
+        Some(loaded_due(cred.kind, l, now))
     });
     match due {
         Some(Some(at)) => shared.scheduler.schedule(&cred.name, at.max(now)),

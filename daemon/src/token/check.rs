@@ -35,7 +35,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     let CredentialSpec::Bearer {
         check_url: Some(url),
         ..
-    } = &cred.spec
+    } = cred.spec()
     else {
         return Err(Error::InvalidArgument(format!(
             "credential {:?} has no check URL (add it with --check-url)",
@@ -45,7 +45,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
     let token = cred
         .with_live(|l| l.access_token.clone())
         .ok_or_else(|| Error::Internal("the credential holds no token".into()))?;
-    let report = probe(shared, url, &token).await?;
+    let report = probe(shared, &url, &token).await?;
     let (state, reason) = match report.status {
         Some(200..=299) => (CredentialState::Ready, None),
         Some(401 | 403) => (CredentialState::Failing, Some(report.message.clone())),

@@ -149,7 +149,7 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
     // under the lock decides: a good token not yet due is left alone. (Only
     // saves a provider call: on one host the schedule is never stale, and
     // after a backwards clock step it is ahead of the row's due time.)
-    let due = cred.with_live(|l| loaded_due(&cred.spec, l, now));
+    let due = cred.with_live(|l| loaded_due(cred.kind, l, now));
     let stale =
         shared.store.is_shared() && mark.is_none() && good && due.is_some_and(|at| at > now);
     if trigger == Trigger::Schedule && stale {

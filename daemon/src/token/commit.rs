@@ -3,11 +3,11 @@
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal};
+use crate::state::credential::{Credential, Journal, Kind};
 use crate::store::{StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use std::time::Duration;
-use tokend_proto::{CredentialSpec, CredentialState};
+use tokend_proto::CredentialState;
 
 /// Where a new token set came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub async fn commit_and_publish(
     };
     let held_after = update.refresh_token.is_some()
         || (!update.new_grant && cred.with_live(|l| l.refresh_token.is_some()));
-    if matches!(cred.spec, CredentialSpec::OAuth2(_)) && !held_after {
+    if cred.kind == Kind::OAuth2 && !held_after {
         // Nothing can renew it: come back when it expires (docs/RULES.md).
         update.next_refresh_at = update.expires_at.map(|e| e.saturating_mul(1000));
     }

@@ -7,11 +7,11 @@ use crate::config::RefreshPolicy;
 use crate::error::Error;
 use crate::provider::ProviderError;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal, Stamp, Watch};
+use crate::state::credential::{Credential, Journal, Kind, Stamp, Watch};
 use crate::store::{GrantChange, RetryAt, StateUpdate, StoreError, blocking};
 use std::sync::Arc;
 use std::time::Duration;
-use tokend_proto::{CredentialSpec, CredentialState};
+use tokend_proto::CredentialState;
 
 /// After an answer with no known outcome (a 200 without a token, a refresh
 /// token in doubt that introspection could not settle), the next attempt
@@ -281,10 +281,8 @@ pub(super) async fn permanent(
     cred: &Arc<Credential>,
     e: &ProviderError,
 ) -> Result<(), Error> {
-    let (state, grant) = match cred.spec {
-        CredentialSpec::OAuth2(_) if e.needs_login() => {
-            (CredentialState::NeedsLogin, GrantChange::DropAll)
-        }
+    let (state, grant) = match cred.kind {
+        Kind::OAuth2 if e.needs_login() => (CredentialState::NeedsLogin, GrantChange::DropAll),
         _ => (CredentialState::Failing, GrantChange::Settled),
     };
     set_state(shared, cred, state, &e.to_string(), grant).await;

@@ -5,7 +5,7 @@ use super::validity::MIN_VALID_MS;
 use crate::config::RefreshPolicy;
 use crate::provider::{ExpiresIn, TokenSet};
 use crate::state::Shared;
-use crate::state::credential::{Credential, Live};
+use crate::state::credential::{Credential, Kind, Live};
 use crate::store::TokenUpdate;
 use tokend_proto::{CredentialSpec, CredentialState};
 
@@ -65,7 +65,7 @@ pub fn token_update(
 }
 
 pub(super) fn margin_override(cred: &Credential) -> Option<u64> {
-    match &cred.spec {
+    match &cred.spec() {
         CredentialSpec::OAuth2(s) => s.refresh_margin_secs.map(u64::from),
         CredentialSpec::ClientCredentials(s) => s.refresh_margin_secs.map(u64::from),
         CredentialSpec::Bearer { .. } => None,
@@ -119,7 +119,7 @@ pub fn schedule_loaded(shared: &Shared) {
                 .get()
                 .map(|e| shared.clock.mono_at(e.saturating_mul(1000)))
                 .into();
-            loaded_due(&cred.spec, l, now)
+            loaded_due(cred.kind, l, now)
         });
         if let Some(due) = due {
             let due = if due <= now {
@@ -133,14 +133,14 @@ pub fn schedule_loaded(shared: &Shared) {
 }
 
 /// When a loaded credential is next due (Unix ms), if ever.
-pub(super) fn loaded_due(spec: &CredentialSpec, l: &Live, now: i64) -> Option<i64> {
+pub(super) fn loaded_due(kind: Kind, l: &Live, now: i64) -> Option<i64> {
     if l.state != CredentialState::Ready {
         return None;
     }
-    match spec {
-        CredentialSpec::Bearer { .. } => None,
-        CredentialSpec::OAuth2(_) if l.journal.in_doubt() => Some(now),
-        CredentialSpec::OAuth2(_) if l.refresh_token.is_none() => {
+    match kind {
+        Kind::Bearer => None,
+        Kind::OAuth2 if l.journal.in_doubt() => Some(now),
+        Kind::OAuth2 if l.refresh_token.is_none() => {
             l.expires_at.get().map(|e| e.saturating_mul(1000))
         }
         _ => match (l.next_refresh_at.get(), l.access_token.is_some()) {

@@ -72,7 +72,8 @@ pub async fn refresh(
     if !unsaved && cred.with_live(|l| l.state) != CredentialState::Ready {
         return Err(not_usable(&cred));
     }
-    let Some(endpoint) = cred.endpoint() else {
+    let spec = cred.spec();
+    let Some(endpoint) = cred.endpoint(&spec) else {
         // A bearer token: nothing to refresh.
         return Ok(());
     };
@@ -89,7 +90,7 @@ pub async fn refresh(
     let outcome = match claim::enter(&shared, &cred, trigger).await {
         Entry::Done(outcome) => outcome,
         Entry::Proceed(_hold) if unsaved => save_uncommitted(&shared, &cred).await,
-        Entry::Proceed(_hold) => attempt(&shared, &cred, http, &endpoint).await,
+        Entry::Proceed(_hold) => attempt(&shared, &cred, http, &spec, &endpoint).await,
     };
     // Counted once the outcome is visible: anyone who looked before now
     // takes this attempt's outcome instead of starting another.
@@ -139,7 +140,7 @@ fn keep_scheduled(shared: &Shared, cred: &Credential) {
         return;
     }
     let now = shared.clock.now_ms();
-    if let Some(at) = cred.with_live(|l| loaded_due(&cred.spec, l, now)) {
+    if let Some(at) = cred.with_live(|l| loaded_due(cred.kind, l, now)) {
         shared.scheduler.schedule(&cred.name, at.max(now));
     }
 }
@@ -189,9 +190,10 @@ async fn attempt(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
     http: &reqwest::Client,
+    spec: &CredentialSpec,
     endpoint: &Endpoint<'_>,
 ) -> Result<(), Error> {
-    match &cred.spec {
+    match spec {
         CredentialSpec::OAuth2(_) => refresh_grant(shared, cred, http, endpoint).await,
         CredentialSpec::ClientCredentials(spec) => {
             let grant = Grant::ClientCredentials {

@@ -8,7 +8,7 @@ use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::Credential;
+use crate::state::credential::{Credential, Kind};
 use crate::store::GrantChange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +32,7 @@ pub async fn token(
         }
         return Ok(reply);
     }
-    if let CredentialSpec::Bearer { .. } = cred.spec {
+    if cred.kind == Kind::Bearer {
         return Err(not_usable(cred));
     }
     on_demand(shared, cred, min_valid_secs).await
@@ -153,13 +153,13 @@ pub async fn reject(
     rejected_by: Option<&str>,
 ) -> Result<String, Error> {
     crate::token::trusted(cred)?;
-    if let (CredentialSpec::Bearer { .. }, Some(token), Some(host)) =
-        (&cred.spec, token, rejected_by)
+    let spec = cred.spec();
+    if let (CredentialSpec::Bearer { .. }, Some(token), Some(host)) = (&spec, token, rejected_by)
         && forcer != Forcer::User
     {
         return rejected_bearer(shared, cred, token, host).await;
     }
-    if let CredentialSpec::Bearer { check_url, .. } = &cred.spec {
+    if let CredentialSpec::Bearer { check_url, .. } = &spec {
         if check_url.is_some() {
             // A user's word that the token was refused does not fail it
             // for everyone: the API is asked (at the user's pace).
@@ -241,7 +241,7 @@ pub async fn force_refresh(
 ) -> Result<String, Error> {
     // Before anything: a forced refresh makes a failing credential ready.
     crate::token::trusted(cred)?;
-    if let CredentialSpec::Bearer { .. } = cred.spec {
+    if cred.kind == Kind::Bearer {
         return Err(Error::InvalidArgument(format!(
             "bearer credential {:?} has nothing to refresh (use `tokenctl check {}` to test it)",
             cred.name, cred.name

@@ -120,6 +120,7 @@ mod tests {
         CredentialSpec::Bearer {
             check_url: check_url.map(Into::into),
             git_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            upstream: None,
         }
     }
 

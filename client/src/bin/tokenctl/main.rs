@@ -15,8 +15,11 @@ mod secret_input;
 use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
-use tokend_client::cli::{AddCommand, Cli, ClientAuthArg, Command, OAuthCommon, Who};
-use tokend_client::{AddCredential, AddKind, Client, ClientAuth, OAuth2Request, Principal, Secret};
+use tokend_client::cli::{AddCommand, Cli, ClientAuthArg, Command, EditArgs, OAuthCommon, Who};
+use tokend_client::{
+    AddCredential, AddKind, Client, ClientAuth, EditCredential, OAuth2Request, Principal, Secret,
+    Upstream,
+};
 
 /// A failure and the exit code it maps to.
 struct Failure {
@@ -143,6 +146,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Rm { name } => say(&client.remove(&name)?),
+        Command::Edit(args) => say(&client.edit(build_edit(args))?),
         Command::List => {
             let list = client.list()?;
             if json {
@@ -333,5 +337,27 @@ fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
         secret,
         replace: common.replace,
         git_hosts: common.git_hosts,
+        upstream: Upstream {
+            api_url: common.api_url,
+            retry_on: common.retry_on.and_then(|r| r.0),
+        },
     })
+}
+
+/// The edit request: only what was given, `--no-…` as "take it away".
+fn build_edit(e: EditArgs) -> EditCredential {
+    let given_or_cleared = |value: Option<String>, cleared: bool| {
+        if cleared { Some(None) } else { value.map(Some) }
+    };
+    let list =
+        |values: Vec<String>, cleared: bool| (cleared || !values.is_empty()).then_some(values);
+    EditCredential {
+        name: e.name,
+        description: e.description,
+        api_url: given_or_cleared(e.api_url, e.no_api_url),
+        retry_on: e.retry_on.map(|r| r.0),
+        check_url: given_or_cleared(e.check_url, e.no_check_url),
+        scopes: list(e.scopes, e.no_scope),
+        git_hosts: list(e.git_hosts, e.no_git_host),
+    }
 }

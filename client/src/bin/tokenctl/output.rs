@@ -254,6 +254,30 @@ pub fn show(c: &CredentialInfo) {
         "git hosts",
         &crate::git_hosts::GitHosts::of(&c.spec).describe(),
     );
+    match c.spec.upstream() {
+        Some(u) => {
+            row(
+                "api url",
+                u.api_url.as_deref().unwrap_or("- (the proxy refuses it)"),
+            );
+            let statuses: Vec<String> = u.retry_on().iter().map(u16::to_string).collect();
+            row(
+                "retry on",
+                &if statuses.is_empty() {
+                    "never".to_string()
+                } else {
+                    statuses.join(", ")
+                },
+            );
+        }
+        None => row(
+            "api url",
+            &format!(
+                "- (for the proxy: `tokenctl edit {} --api-url URL`)",
+                c.name
+            ),
+        ),
+    }
     row("token", if c.has_token { "held" } else { "none" });
     row("expires", &when(c.expires_at));
     row("next refresh", &when(c.next_refresh_at));

@@ -1,6 +1,6 @@
 //! The columns of a credential's row that its binding covers
 //! (`store/binding.rs`): read to check them, and written with a new tag
-//! by the migration that binds rows and by `allow` and `deny`.
+//! by the migration that binds rows, by `allow` and `deny`, and by `edit`.
 
 use super::error::Failure;
 use crate::store::StoreError;
@@ -33,6 +33,51 @@ pub(super) fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
         ),
         tag: r.try_get(6).map_err(bad)?,
     })
+}
+
+/// A row's bound columns, read and locked (`FOR UPDATE`) for a change in
+/// `tx`; [`StoreError::Gone`] when that credential is no longer stored.
+pub(super) async fn locked(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+    incarnation: i64,
+) -> Result<Bound, Failure> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "SELECT {BOUND} FROM tokend.credentials
+                 WHERE name = $1 AND incarnation = $2 FOR UPDATE"
+            ),
+            &[&name, &incarnation],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(StoreError::Gone(name.to_string()).into());
+    };
+    Ok(read(&row)?)
+}
+
+/// Writes a row's description and settings as `bound` says, and the tag
+/// over them (`tokenctl edit`).
+pub(super) async fn write_settings(
+    tx: &tokio_postgres::Transaction<'_>,
+    bound: &Bound,
+    sealer: &Sealer,
+) -> Result<(), Failure> {
+    let tag = bound.binding().tag(sealer)?;
+    tx.execute(
+        "UPDATE tokend.credentials SET description = $3, settings = $4, binding = $5
+         WHERE name = $1 AND incarnation = $2",
+        &[
+            &bound.name,
+            &bound.incarnation,
+            &bound.description,
+            &bound.settings,
+            &tag,
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Writes a row's owner name and allow list as `bound.named` says, and

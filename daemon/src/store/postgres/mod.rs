@@ -479,20 +479,7 @@ impl Backend for PgStore {
         self.call(async move {
             let mut client = pool.get().await?;
             let tx = client.transaction().await?;
-            let row = tx
-                .query_opt(
-                    &format!(
-                        "SELECT {} FROM tokend.credentials
-                         WHERE name = $1 AND incarnation = $2 FOR UPDATE",
-                        bound::BOUND
-                    ),
-                    &[&owned, &incarnation],
-                )
-                .await?;
-            let Some(row) = row else {
-                return Err(StoreError::Gone(owned).into());
-            };
-            let mut bound = bound::read(&row)?;
+            let mut bound = bound::locked(&tx, &owned, incarnation).await?;
             if !bound.verified(&sealer) {
                 return Err(StoreError::Untrusted(owned).into());
             }
@@ -505,6 +492,33 @@ impl Backend for PgStore {
             let list = bound.named.allowed_here();
             tx.commit().await?;
             Ok(list)
+        })
+    }
+
+    fn change_settings(
+        &self,
+        name: &str,
+        incarnation: i64,
+        description: &str,
+        spec: &tokend_proto::CredentialSpec,
+    ) -> Result<(), StoreError> {
+        self.refuse_check()?;
+        let settings = serde_json::to_string(spec)?;
+        let (pool, owned, description) =
+            (self.work.clone(), name.to_string(), description.to_string());
+        let sealer = self.sealer.clone();
+        self.call(async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let mut bound = bound::locked(&tx, &owned, incarnation).await?;
+            if !bound.verified(&sealer) {
+                return Err(StoreError::Untrusted(owned).into());
+            }
+            bound.description = description;
+            bound.settings = settings;
+            bound::write_settings(&tx, &bound, &sealer).await?;
+            tx.commit().await?;
+            Ok(())
         })
     }
 

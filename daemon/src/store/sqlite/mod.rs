@@ -313,6 +313,31 @@ impl Backend for SqliteStore {
         Ok(row.named.allowed_here())
     }
 
+    fn change_settings(
+        &self,
+        name: &str,
+        incarnation: i64,
+        description: &str,
+        spec: &tokend_proto::CredentialSpec,
+    ) -> Result<(), StoreError> {
+        let settings = serde_json::to_string(spec)?;
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let (id, mut row) = bound_row(&tx, name, incarnation)?;
+        if !row.verified(&self.sealer) {
+            return Err(StoreError::Untrusted(name.to_string()));
+        }
+        row.description = description.to_string();
+        row.settings = settings;
+        let tag = row.binding().tag(&self.sealer)?;
+        tx.execute(
+            "UPDATE credentials SET description = ?2, settings = ?3, binding = ?4 WHERE id = ?1",
+            params![id, row.description, row.settings, tag],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn save_last_use(&self, uses: &[(String, i64, i64)]) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -578,6 +603,7 @@ pub(crate) mod tests {
             spec: CredentialSpec::Bearer {
                 check_url: None,
                 git_hosts: Vec::new(),
+                upstream: None,
             },
             owner_uid: 1000,
             allowed: vec![Principal::Group(5)],
