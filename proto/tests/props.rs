@@ -233,7 +233,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
     prop_oneof![
         (opt_text(), texts(), upstream()).prop_map(|(check_url, git_hosts, upstream)| {
             CredentialSpec::Bearer {
-                check_url,
+                check_url: check_url.map(Into::into),
                 git_hosts,
                 upstream,
             }

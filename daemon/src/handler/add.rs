@@ -173,7 +173,7 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
                 None => None,
             };
             Ok(CredentialSpec::Bearer {
-                check_url,
+                check_url: check_url.map(Into::into),
                 git_hosts: Vec::new(),
                 upstream,
             })

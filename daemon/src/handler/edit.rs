@@ -107,7 +107,7 @@ fn set_check_url(spec: &mut CredentialSpec, url: Option<String>) -> Result<(), E
     if let Some(url) = &url {
         validate_endpoint_url(url, "the check URL")?;
     }
-    *check_url = url;
+    *check_url = url.map(Into::into);
     Ok(())
 }
 
