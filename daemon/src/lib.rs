@@ -11,6 +11,8 @@
 //!   background tasks and who owns them.
 //! - [`server`]: the listening socket, admission (connection caps per user),
 //!   one task per connection: frames in, responses out.
+//! - [`proxy`]: the credential-injecting proxy: a request for an API sent
+//!   on with the credential's token, retried once after a refused token.
 //! - [`handler`]: one request from one peer: access decisions, then the
 //!   operation; credential administration (add, remove, allow).
 //! - [`login`]: the authorization-code login (authorize URL, redirect, code
@@ -31,6 +33,7 @@ pub mod error;
 pub mod handler;
 pub mod login;
 pub mod provider;
+pub mod proxy;
 pub mod server;
 pub mod state;
 pub mod store;

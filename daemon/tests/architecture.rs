@@ -10,7 +10,8 @@ use std::path::Path;
 
 /// The top-level modules, each allowed to use only those after it.
 const LAYERS: &[&str] = &[
-    "app", "server", "handler", "login", "token", "state", "error", "store", "provider", "config",
+    "app", "server", "proxy", "handler", "login", "token", "state", "error", "store", "provider",
+    "config",
 ];
 
 /// A source file as a module path: `token/check.rs` is `["token", "check"]`.

@@ -414,6 +414,84 @@ async function interaction(req, res) {
   await provider.interactionFinished(req, res, result, { mergeWithLastSubmission: true });
 }
 
+// ---- the resource API at /api/* (what tokend's proxy is tested against) ----
+// It behaves as Uptempo's API does: a request whose bearer token is not an
+// active access token of this server (expired, unknown) -- or one the test
+// told it to stop accepting, while the grant stays valid -- gets 403. It
+// records every request (token values as numbers, never the token itself).
+const apiFresh = () => ({ requests: [], mode: 'normal', delay_ms: 0, refused: new Set(), tokens: new Map() });
+let api = apiFresh();
+
+function tokenNumber(token) {
+  if (!api.tokens.has(token)) api.tokens.set(token, api.tokens.size + 1);
+  return api.tokens.get(token);
+}
+
+async function countBody(req) {
+  let bytes = 0;
+  const chunks = [];
+  for await (const chunk of req) {
+    bytes += chunk.length;
+    if (bytes <= 64 * 1024) chunks.push(chunk);
+  }
+  return { bytes, text: bytes <= 64 * 1024 ? Buffer.concat(chunks).toString('utf8') : undefined };
+}
+
+async function resourceApi(req, res, url) {
+  const auth = req.headers.authorization ?? '';
+  const token = auth.startsWith('Bearer ') ? auth.slice(7) : undefined;
+  const record = {
+    method: req.method,
+    path: url.pathname,
+    query: url.search,
+    token: token === undefined ? null : tokenNumber(token),
+    authorization_scheme: auth.split(' ')[0] || null,
+    headers: Object.fromEntries(Object.entries(req.headers).filter(([k]) => k.startsWith('x-') || k === 'content-type' || k === 'host' || k === 'proxy-authorization' || k === 'connection')),
+  };
+  api.requests.push(record);
+  const body = await countBody(req);
+  record.body_bytes = body.bytes;
+  const json = (status, obj, extra = {}) => { record.status = status; res.writeHead(status, { 'content-type': 'application/json', ...extra }); res.end(JSON.stringify(obj)); };
+  if (api.mode === 'slow') await new Promise((r) => setTimeout(r, api.delay_ms));
+  if (api.mode === 'redirect') return json(302, { moved: true }, { location: `${issuer}/api/elsewhere` });
+  if (api.mode === 'always403') return json(403, { error: 'forbidden' });
+  const found = token === undefined || api.refused.has(token) ? undefined : await provider.AccessToken.find(token);
+  if (!found || found.isExpired) return json(403, { error: 'invalid_token' });
+  if (url.pathname === '/api/download') {
+    let left = Number(url.searchParams.get('bytes') ?? '0');
+    record.status = 200;
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(left) });
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    const more = () => {
+      while (left > 0) {
+        const piece = left >= chunk.length ? chunk : chunk.subarray(0, left);
+        left -= piece.length;
+        if (!res.write(piece)) { res.once('drain', more); return; }
+      }
+      res.end();
+    };
+    return more();
+  }
+  return json(200, { ok: true, method: req.method, path: url.pathname, query: url.search, body: body.text ?? null, body_bytes: body.bytes, account: found.accountId });
+}
+
+async function testResourceApi(req, res, url, send) {
+  if (req.method === 'GET') {
+    return send(200, { requests: api.requests, mode: api.mode, tokens: api.tokens.size });
+  }
+  let f;
+  try { f = await readJson(req); } catch (e) { return send(400, { error: `bad JSON: ${e.message}` }); }
+  if (f.reset) api = apiFresh();
+  // "The API stops accepting the tokens it has seen" (an invalidated token).
+  if (f.refuse_seen) for (const t of api.tokens.keys()) api.refused.add(t);
+  if (f.mode !== undefined) {
+    if (!['normal', 'always403', 'redirect', 'slow'].includes(f.mode)) return send(400, { error: `unknown mode ${f.mode}` });
+    api.mode = f.mode;
+  }
+  if (f.delay_ms !== undefined) api.delay_ms = Number(f.delay_ms);
+  return send(200, { ok: true, mode: api.mode });
+}
+
 async function readJson(req) {
   const body = await readBody(req);
   return body.trim() ? JSON.parse(body) : {};
@@ -422,6 +500,7 @@ async function readJson(req) {
 async function testApi(req, res, url) {
   const send = (status, obj) => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(JSON.stringify(obj)); };
   if (url.pathname === '/test/stats' && req.method === 'GET') return send(200, { ...stats, fault });
+  if (url.pathname === '/test/api') return testResourceApi(req, res, url, send);
   if (url.pathname === '/test/reset' && req.method === 'POST') {
     stats = fresh();
     fault = { mode: 'none' };
@@ -457,6 +536,7 @@ const server = http.createServer(async (req, res) => {
     trace(req.method, url.pathname);
     if (url.pathname.startsWith('/test/')) return await testApi(req, res, url);
     if (url.pathname.startsWith('/interaction/')) return await interaction(req, res);
+    if (url.pathname.startsWith('/api/')) return await resourceApi(req, res, url);
     if (url.pathname === '/token' && req.method === 'POST') return await tokenEndpoint(req, res);
     if (url.pathname === '/token/introspection' && req.method === 'POST') return await introspectionEndpoint(req, res);
     if (discovery === 'rfc8414') {

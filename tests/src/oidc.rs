@@ -207,6 +207,36 @@ impl OidcServer {
         ]);
     }
 
+    /// The base URL of the server's resource API (`/api/`), which answers
+    /// 403 for a token that is not an active access token of this server,
+    /// as Uptempo's API does (tests/oidc/README.md).
+    pub fn api_url(&self) -> String {
+        format!("{}/api/", self.issuer)
+    }
+
+    /// The requests the resource API saw, oldest first (tokens as numbers).
+    pub fn api_requests(&self) -> Vec<serde_json::Value> {
+        let body = curl(&["-s", &format!("{}/test/api", self.issuer)]);
+        let seen: serde_json::Value = serde_json::from_str(&body).expect("api JSON");
+        seen["requests"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Changes how the resource API answers: `{"mode": "always403"}`,
+    /// `{"refuse_seen": true}` (the tokens seen so far are refused from
+    /// now on; the grant stays valid), `{"reset": true}`…
+    pub fn api_control(&self, json: &str) {
+        curl(&[
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json,
+            &format!("{}/test/api", self.issuer),
+        ]);
+    }
+
     pub fn refreshes(&self) -> u64 {
         self.stats()["token_requests"]["refresh_token"]
             .as_u64()

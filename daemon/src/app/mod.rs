@@ -106,6 +106,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             shared.clone(),
             shutdown_rx.clone(),
             grace,
+            Arc::new(crate::proxy::Proxy::default()),
         );
         tasks.spawn("HTTP listener", http);
     }

@@ -7,6 +7,7 @@ pub mod access;
 pub mod groups;
 pub mod paths;
 pub mod preset;
+pub mod proxy;
 pub mod store;
 
 use serde::Deserialize;
@@ -34,6 +35,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The HTTP/JSON API socket (`http.sock`, docs/HTTP.md).
     pub http: HttpConfig,
+    /// The credential-injecting proxy (docs/HTTP.md, "Proxy").
+    pub proxy: proxy::ProxyConfig,
     /// Extra presets for `tokenctl add oauth2 --preset NAME`.
     pub presets: BTreeMap<String, PresetConfig>,
     /// Where credentials are stored: `sqlite:PATH` (the default, at the
@@ -336,6 +339,7 @@ impl Config {
             ("key_file", self.key_file != new.key_file),
             ("http.enabled", self.http.enabled != new.http.enabled),
             ("http.socket", self.http.socket != new.http.socket),
+            ("proxy.listen", self.proxy.listen != new.proxy.listen),
             ("store", self.store != new.store),
             (
                 "store_password_file",
@@ -382,6 +386,7 @@ impl Config {
             return Err(format!("{key} must be greater than 0"));
         }
         self.limits.validate_connections()?;
+        self.proxy.validate()?;
         if let Some(url) = &self.store {
             store::StoreLocation::parse(url).map_err(|e| format!("store: {e}"))?;
         }
@@ -640,6 +645,13 @@ mod tests {
             http: HttpConfig {
                 enabled: true,
                 socket: Some("/h".into()),
+            },
+            proxy: proxy::ProxyConfig {
+                listen: vec!["127.0.0.1:8181".into()],
+                max_replay_bytes: 1,
+                max_request_bytes: 2,
+                upstream_timeout_secs: 3,
+                max_concurrent_per_user: 4,
             },
             presets: BTreeMap::from([(
                 "p".into(),

@@ -200,6 +200,24 @@ pub(super) fn known(shared: &Shared, name: &str) -> Result<Arc<Credential>, Erro
         .ok_or_else(|| Error::UnknownCredential(name.to_string()))
 }
 
+/// The credential, if `peer` may use it (the check `token` makes), for a
+/// caller outside this module (the proxy): a refusal is logged within the
+/// peer's share of the log, as a refused request is.
+pub async fn usable_by(
+    shared: &Shared,
+    peer: &Peer,
+    name: &str,
+) -> Result<Arc<Credential>, tokend_proto::RemoteError> {
+    usable(shared, peer, name).await.map_err(|e| {
+        let request = Request::Token {
+            name: name.to_string(),
+            min_valid_secs: 0,
+        };
+        log_refusal(shared, peer, &request, &e);
+        e.to_remote()
+    })
+}
+
 /// The credential, if this peer may use it. An unknown name and a forbidden
 /// one answer differently: hiding existence would only confuse admins, and
 /// names are not secrets.

@@ -8,6 +8,7 @@ use super::errors::ApiError;
 use super::routes::{self, Route};
 use crate::config::access::Peer;
 use crate::handler;
+use crate::proxy::{Proxy, ProxyBody};
 use crate::state::Shared;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -17,8 +18,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokend_proto::{Request as Ask, Response as Answer};
 
+/// Where proxied requests go: `/v1/proxy/NAME/PATH` (docs/HTTP.md, "Proxy").
+const PROXY: &str = "/v1/proxy/";
+
 /// Answers one request; every failure is an answer too.
 pub async fn answer(
+    shared: &Arc<Shared>,
+    proxy: &Proxy,
+    peer: &Peer,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    if let Some(rest) = request.uri().path().strip_prefix(PROXY) {
+        let rest = rest.to_string();
+        let (name, rest) = rest.split_once('/').unwrap_or((&rest, ""));
+        if !name.is_empty() {
+            return crate::proxy::forward(shared, proxy, peer, name, rest, request).await;
+        }
+    }
+    answer_api(shared, peer, request)
+        .await
+        .map(crate::proxy::boxed)
+}
+
+/// Answers one request of the API itself (all but the proxy's).
+async fn answer_api(
     shared: &Arc<Shared>,
     peer: &Peer,
     request: Request<Incoming>,

@@ -6,6 +6,7 @@
 use super::activity::{Activity, Watched};
 use super::body;
 use crate::config::access::Peer;
+use crate::proxy::{Held, Proxy};
 use crate::state::Shared;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -37,6 +38,7 @@ pub async fn serve(
     peer: Peer,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    proxy: Arc<Proxy>,
 ) {
     let _counted = shared.count_connection();
     let limits = shared.config().limits.clone();
@@ -48,11 +50,12 @@ pub async fn serve(
         let (shared, activity, peer) = (shared.clone(), activity.clone(), peer.clone());
         service_fn(move |request: Request<Incoming>| {
             let busy = activity.busy();
-            let (shared, peer) = (shared.clone(), peer.clone());
+            let (shared, peer, proxy) = (shared.clone(), peer.clone(), proxy.clone());
             async move {
-                let response = super::api::answer(&shared, &peer, request).await;
-                drop(busy);
-                Ok::<_, Infallible>(response)
+                let response = super::api::answer(&shared, &proxy, &peer, request).await;
+                // Busy until the answer's last byte: a proxied download
+                // streams long after this function returns.
+                Ok::<_, Infallible>(response.map(|body| Held::boxed(body, busy)))
             }
         })
     };

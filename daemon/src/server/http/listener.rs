@@ -3,6 +3,7 @@
 //! listeners share, and drained on shutdown like the main one.
 
 use super::connection;
+use crate::proxy::Proxy;
 use crate::server::BindError;
 use crate::server::admission::{Refused, SharedGate};
 use crate::state::Shared;
@@ -52,6 +53,7 @@ pub async fn run(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
+    proxy: Arc<Proxy>,
 ) {
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let accepted = crate::server::accept::Accepted {
@@ -61,9 +63,10 @@ pub async fn run(
         grace,
     };
     let refuse = move |stream, refused| refuse(stream, refused, &refusing);
-    accepted
-        .run("HTTP", listener, connection::serve, refuse)
-        .await;
+    let serve = move |stream, peer, shared, shutdown| {
+        connection::serve(stream, peer, shared, shutdown, proxy.clone())
+    };
+    accepted.run("HTTP", listener, serve, refuse).await;
 }
 
 /// Answers a client that gets no place with a 503 `busy`, unless too many

@@ -1,0 +1,293 @@
+//! The credential-injecting proxy end to end (issue 20): real tokend, the
+//! real OAuth2 test server, and its resource API, which answers 403 for a
+//! token that is not (or no longer) accepted, as Uptempo's API does.
+
+#![cfg(unix)] // end-to-end tests of the Unix daemon (tokend_tests is Unix only)
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokend_tests::oidc::OidcServer;
+use tokend_tests::*;
+
+/// One answer through the proxy, as curl saw it.
+struct Answer {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+}
+
+/// `curl ARGS http://localhost/v1/proxy/PATH` on the daemon's `http.sock`.
+fn proxied(d: &Daemon, path: &str, args: &[&str]) -> Answer {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let headers = d.dir.path().join(format!("headers-{n}"));
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "60", "-D"])
+        .arg(&headers)
+        .arg("--unix-socket")
+        .arg(d.http_socket())
+        .args(args)
+        .arg(format!("http://localhost/v1/proxy/{path}"))
+        .output()
+        .expect("curl");
+    // The last head: curl also writes a `100 Continue` before it.
+    let all = std::fs::read_to_string(&headers).unwrap_or_default();
+    let headers = all
+        .rfind("HTTP/")
+        .map_or(String::new(), |at| all[at..].to_string());
+    let status = headers
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Answer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }
+}
+
+/// A daemon with the oauth2 credential `ut` logged in against `server`,
+/// its API URL the server's resource API.
+fn logged_in(server: &OidcServer) -> Daemon {
+    let d = Daemon::start();
+    assert_ok(&d.add_oauth(server, "ut", &["--api-url", &server.api_url()]));
+    d.login(server, "ut");
+    d
+}
+
+#[test]
+fn get_and_post_reach_the_api_with_the_token_and_never_the_clients_credentials() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    let a = proxied(
+        &d,
+        "ut/campaigns/7?page=2&q=a%20b",
+        &[
+            "-H",
+            "Authorization: Bearer the-clients-own",
+            "-H",
+            "Proxy-Authorization: Basic eDp5",
+            "-H",
+            "X-Trace: 42",
+        ],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let body = a.json();
+    assert_eq!(body["path"], "/api/campaigns/7");
+    assert_eq!(body["query"], "?page=2&q=a%20b");
+    assert_eq!(body["method"], "GET");
+    let a = proxied(
+        &d,
+        "ut/campaigns",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"name":"launch"}"#,
+        ],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["body"], r#"{"name":"launch"}"#);
+    let seen = server.api_requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for r in &seen {
+        assert_eq!(r["authorization_scheme"], "Bearer");
+        assert_eq!(r["token"], 1, "tokend's token, the same both times: {r}");
+        assert!(r["headers"]["proxy-authorization"].is_null(), "{r}");
+    }
+    assert_eq!(seen[0]["headers"]["x-trace"], "42", "other headers pass");
+    // The client's own bearer token is not the one the API saw: the API
+    // accepted the request, which it would not with "the-clients-own".
+    assert_eq!(a.header("tokend-retried"), None);
+}
+
+#[test]
+fn a_token_the_api_stops_accepting_is_replaced_once_and_the_request_sent_again() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    assert_eq!(proxied(&d, "ut/one", &[]).status, 200);
+    let refreshes = server.refreshes();
+    // The API stops accepting that token; the grant stays valid.
+    server.api_control(r#"{"refuse_seen": true}"#);
+    let a = proxied(&d, "ut/two", &["-X", "POST", "--data", "payload"]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("tokend-retried").as_deref(), Some("1"));
+    assert_eq!(a.json()["body"], "payload", "the held body is sent again");
+    assert_eq!(server.refreshes(), refreshes + 1, "exactly one refresh");
+    let seen = server.api_requests();
+    let tokens: Vec<_> = seen.iter().map(|r| r["token"].clone()).collect();
+    assert_eq!(
+        tokens,
+        [1, 1, 2],
+        "the stale token once more, then the new one once: {seen:?}"
+    );
+    assert_eq!(server.stats()["refresh_token_reuse"], 0);
+}
+
+#[test]
+fn fifty_requests_with_a_refused_token_cost_one_refresh() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    assert_eq!(proxied(&d, "ut/warm", &[]).status, 200);
+    let refreshes = server.refreshes();
+    server.api_control(r#"{"refuse_seen": true}"#);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let d = &d;
+        let handles: Vec<_> = (0..50)
+            .map(|i| s.spawn(move || proxied(d, &format!("ut/n/{i}"), &[]).status))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        server.refreshes(),
+        refreshes + 1,
+        "one refresh for all fifty"
+    );
+    assert_eq!(server.stats()["refresh_token_reuse"], 0);
+}
+
+#[test]
+fn an_api_that_refuses_everything_gets_two_requests_and_one_refresh() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    server.api_control(r#"{"mode": "always403"}"#);
+    let refreshes = server.refreshes();
+    let a = proxied(&d, "ut/x", &[]);
+    assert_eq!(a.status, 403);
+    assert_eq!(
+        a.json()["error"],
+        "forbidden",
+        "the upstream's own answer: {}",
+        a.body
+    );
+    assert_eq!(a.header("tokend-retried").as_deref(), Some("1"));
+    assert_eq!(a.header("tokend-error"), None, "not tokend's answer");
+    assert_eq!(server.api_requests().len(), 2);
+    assert_eq!(server.refreshes(), refreshes + 1);
+}
+
+#[test]
+fn a_large_streamed_upload_refused_is_sent_once_and_not_retried() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    server.api_control(r#"{"mode": "always403"}"#);
+    let file = d.dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'x'; 5 * 1024 * 1024]).unwrap();
+    let upload = format!("@{}", file.display());
+    let a = proxied(
+        &d,
+        "ut/upload",
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &upload,
+            "-H",
+            "Transfer-Encoding: chunked",
+        ],
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(a.header("tokend-retried"), None);
+    let seen = server.api_requests();
+    assert_eq!(seen.len(), 1, "one upstream request: {seen:?}");
+    assert_eq!(seen[0]["body_bytes"], 5 * 1024 * 1024);
+    // The token was rejected for the next request all the same.
+    server.api_control(r#"{"mode": "normal"}"#);
+    let next = proxied(&d, "ut/after", &[]);
+    assert_eq!(next.status, 200);
+    assert_eq!(
+        server.api_requests().last().unwrap()["token"],
+        2,
+        "a new token"
+    );
+}
+
+#[test]
+fn a_redirect_comes_back_unfollowed() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    server.api_control(r#"{"mode": "redirect"}"#);
+    let a = proxied(&d, "ut/moved", &[]);
+    assert_eq!(a.status, 302);
+    assert!(a.header("location").unwrap().ends_with("/api/elsewhere"));
+    assert_eq!(server.api_requests().len(), 1, "not followed");
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let server = OidcServer::start(3600);
+    let d = Daemon::start_with(Options {
+        config: Some("[proxy]\nupstream_timeout_secs = 1\n".into()),
+        ..Options::default()
+    });
+    let unknown = proxied(&d, "nope/x", &[]);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.header("tokend-error").as_deref(),
+        Some("unknown_credential")
+    );
+
+    d.add_bearer("plain", "plain-token");
+    let no_url = proxied(&d, "plain/x", &[]);
+    assert_eq!(no_url.status, 404);
+    assert_eq!(no_url.header("tokend-error").as_deref(), Some("no_api_url"));
+    assert!(
+        no_url.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokenctl edit plain --api-url")
+    );
+
+    assert_ok(&d.add_oauth(&server, "ut", &["--api-url", &server.api_url()]));
+    let login = proxied(&d, "ut/x", &[]);
+    assert_eq!(login.status, 503, "{}", login.body);
+    assert_eq!(login.json()["state"], "needs-login");
+    assert!(
+        login.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("tokenctl login ut")
+    );
+
+    d.login(&server, "ut");
+    assert_ok(&d.tokenctl(&["edit", "ut", "--api-url", "http://127.0.0.1:9/"]));
+    let down = proxied(&d, "ut/x", &[]);
+    assert_eq!(down.status, 502, "{}", down.body);
+    assert_eq!(
+        down.header("tokend-error").as_deref(),
+        Some("upstream_unreachable")
+    );
+
+    assert_ok(&d.tokenctl(&["edit", "ut", "--api-url", &server.api_url()]));
+    server.api_control(r#"{"mode": "slow", "delay_ms": 3000}"#);
+    let slow = proxied(&d, "ut/x", &[]);
+    assert_eq!(slow.status, 504, "{}", slow.body);
+    assert_eq!(
+        slow.header("tokend-error").as_deref(),
+        Some("upstream_timeout")
+    );
+
+    server.api_control(r#"{"mode": "normal"}"#);
+    let climb = proxied(&d, "ut/a/%2e%2e/%2e%2e/test/stats", &[]);
+    assert_eq!(climb.status, 400, "{}", climb.body);
+    // A malformed request gets 400 and the connection survives.
+    assert_eq!(proxied(&d, "ut/ok", &[]).status, 200);
+}
