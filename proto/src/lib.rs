@@ -12,6 +12,8 @@ mod message;
 mod name;
 pub mod paths;
 mod secret;
+#[cfg(windows)]
+pub mod sid;
 
 pub use codec::{decode, decode_response, encode};
 pub use error::{ErrorCode, FrameError, RemoteError};
@@ -24,7 +26,7 @@ pub use secret::Secret;
 
 /// The protocol version this build speaks. Bumped on any change to
 /// [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// "TKND": lets the daemon tell a tokend client from a stray writer.
 pub const MAGIC: u32 = 0x544b_4e44;
