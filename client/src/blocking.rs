@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokend_proto::{
     AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, EditCredential,
-    FrameError, Hello, HelloReply, LoginChallenge, Principal, Request, Response, Secret,
-    TokenReply, read_frame, read_response_frame, write_frame,
+    FrameError, Hello, HelloReply, LoginChallenge, NamedPrincipal, Principal, Request, Response,
+    Secret, TokenReply, read_frame, read_response_frame, write_frame,
 };
 
 /// The connection after an exchange that timed out took it with it.
@@ -281,6 +281,18 @@ impl Client {
         allow: bool,
     ) -> Result<String, Error> {
         ops::read_message(self.call(&ops::allow(name, principal, allow))?)
+    }
+
+    /// [`Client::set_allowed`] naming the user or group, which the daemon
+    /// resolves on its host: how Windows clients name users (a SID, or an
+    /// account name), whose ids only the daemon knows.
+    pub fn set_allowed_named(
+        &mut self,
+        name: &str,
+        principal: NamedPrincipal,
+        allow: bool,
+    ) -> Result<String, Error> {
+        ops::read_message(self.call(&ops::allow_named(name, principal, allow))?)
     }
 
     pub fn login_start(

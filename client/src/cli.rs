@@ -335,10 +335,11 @@ pub struct GitCredentialArgs {
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct Who {
-    /// A user name or uid.
+    /// A user name or uid (on Windows: a SID, S-1-5-21-…, or an account
+    /// name, DOMAIN\user).
     #[arg(long)]
     pub user: Option<String>,
-    /// A group name or gid.
+    /// A group name or gid (not supported on Windows).
     #[arg(long)]
     pub group: Option<String>,
 }

@@ -18,8 +18,6 @@ mod error;
 #[cfg(feature = "async")]
 mod nonblocking;
 pub mod ops;
-#[cfg(windows)]
-mod pipe_owner;
 
 pub use blocking::{Client, DEFAULT_TIMEOUT, DEVICE_FINISH_MARGIN, LOGIN_FINISH_TIMEOUT};
 pub use error::Error;
@@ -29,7 +27,8 @@ pub use tokend_proto::validate_name;
 pub use tokend_proto::{
     AddCredential, AddKind, CheckReport, ClientAuth, CredentialInfo, CredentialSpec,
     CredentialState, DaemonStatus, DeviceChallenge, EditCredential, EndpointSource, Endpoints,
-    Grantee, LoginChallenge, OAuth2Request, Principal, Secret, TokenReply, Upstream, endpoint,
+    Grantee, LoginChallenge, NamedPrincipal, OAuth2Request, Principal, Secret, TokenReply,
+    Upstream, endpoint,
 };
 
 /// The socket used when none is named: `$TOKEND_SOCKET`, the user's daemon,

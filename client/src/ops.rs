@@ -4,7 +4,7 @@
 use crate::Error;
 use tokend_proto::{
     AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, HelloReply,
-    LoginChallenge, Principal, Request, Response, Secret, TokenReply,
+    LoginChallenge, NamedPrincipal, Principal, Request, Response, Secret, TokenReply,
 };
 
 /// Refuses a stranger on the user's own socket before anything is sent. The
@@ -47,12 +47,12 @@ pub fn check_server(
             pid,
         };
         let (Ok(server), Ok(me)) = (
-            crate::pipe_owner::of_process(pid),
-            crate::pipe_owner::of_this_process(),
+            tokend_proto::sid::user_of_process(pid),
+            tokend_proto::sid::user_of_this_process(),
         ) else {
             return Err(impostor);
         };
-        if server.sid == me.sid || server.system {
+        if server == me || server == tokend_proto::sid::LOCAL_SYSTEM {
             Ok(())
         } else {
             Err(impostor)
@@ -189,5 +189,15 @@ pub fn allow(name: &str, principal: Principal, allow: bool) -> Request {
         Request::Allow { name, principal }
     } else {
         Request::Deny { name, principal }
+    }
+}
+
+/// `allow`/`deny` naming the user or group, for the daemon to resolve.
+pub fn allow_named(name: &str, principal: NamedPrincipal, allow: bool) -> Request {
+    let name = name.to_string();
+    if allow {
+        Request::AllowNamed { name, principal }
+    } else {
+        Request::DenyNamed { name, principal }
     }
 }

@@ -156,6 +156,8 @@ impl Harness {
                 | Request::Remove { .. }
                 | Request::Allow { .. }
                 | Request::Deny { .. }
+                | Request::AllowNamed { .. }
+                | Request::DenyNamed { .. }
                 | Request::LoginStart { .. }
                 | Request::LoginFinish { .. }
                 | Request::DeviceLoginStart { .. }

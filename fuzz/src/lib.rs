@@ -4,7 +4,8 @@
 
 use tokend::config::Config;
 use tokend_proto::{
-    AddCredential, AddKind, ClientAuth, OAuth2Request, Principal, Request, Secret, write_frame,
+    AddCredential, AddKind, ClientAuth, NamedPrincipal, OAuth2Request, Principal, Request, Secret,
+    write_frame,
 };
 
 /// Where every URL the daemon might contact is pointed: the discard port on
@@ -138,6 +139,14 @@ pub fn seeds() -> Vec<Vec<u8>> {
         Request::Deny {
             name: name("b"),
             principal: Principal::Group(65534),
+        },
+        Request::AllowNamed {
+            name: name("b"),
+            principal: NamedPrincipal::User("root".into()),
+        },
+        Request::DenyNamed {
+            name: name("b"),
+            principal: NamedPrincipal::Group("no-such-group".into()),
         },
         Request::LoginStart {
             name: name("o"),

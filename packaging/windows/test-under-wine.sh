@@ -181,6 +181,40 @@ out="$(tokenctl token up 2>&1 | tr -d '\r')"
 if [ "$out" = "upp-wine-token-1" ]; then pass "the first one still serves"; else
     fail "the first one still serves" "$out"; fi
 
+# A peer is its SID (issue 22): every Wine process runs as one user, so
+# only what needs no second user can be shown here — the owner named by
+# the user's SID, allow/deny by a SID string round-tripping through the
+# store, an account name resolved to its SID, a group refused. Access lists and refusals of another user are
+# unit-tested (daemon/src/config/sids.rs) and need a real Windows.
+out="$(tokenctl show up 2>&1 | tr -d '\r')"
+if grep -Eq '^owner +S-1-5-[0-9-]+ \([0-9]+\)$' <<<"$out"; then pass "show names the owner by the user's SID"; else
+    fail "show names the owner by the user's SID" "$out"; fi
+other='S-1-5-21-111-222-333-1001'
+out="$(tokenctl allow up --user "$other" 2>&1; tokenctl show up 2>&1)"
+if grep -q "user $other may now use" <<<"$out" && grep -q "user $other (" <<<"$out"; then
+    pass "allow by a SID is kept and shown"
+else
+    fail "allow by a SID is kept and shown" "$out"
+fi
+out="$(tokenctl deny up --user "${other,,}" 2>&1; tokenctl show up 2>&1)"
+if grep -q "may no longer use" <<<"$out" && grep -Eq '^allowed +owner and admins only' <<<"$out"; then
+    pass "deny by the same SID (any case) takes it off"
+else
+    fail "deny by the same SID (any case) takes it off" "$out"
+fi
+me="$(tokenctl show up 2>&1 | sed -nE 's/^owner +(S-1-[0-9-]+) .*/\1/p')"
+account="$(wine cmd /c 'echo %USERNAME%' 2>/dev/null | tr -d '\r')"
+out="$(tokenctl allow up --user "$account" 2>&1; tokenctl deny up --user "$me" 2>&1)"
+if [ -n "$me" ] && grep -q "user $me may now use" <<<"$out" && grep -q "user $me may no longer use" <<<"$out"; then
+    pass "allow by the account name resolves to the user's SID"
+else
+    fail "allow by the account name resolves to the user's SID ($account, $me)" "$out"
+fi
+out="$(tokenctl allow up --group Users 2>&1)"
+code=$?
+if [ "$code" -eq 2 ] && grep -q "groups are not supported on Windows" <<<"$out"; then pass "a group is refused on Windows"; else
+    fail "a group is refused on Windows (exit $code)" "$out"; fi
+
 # Ctrl-C: Wine turns SIGINT into a console control event for the program.
 kill -INT "$daemon_pid"
 stopped=""

@@ -12,6 +12,8 @@ mod message;
 mod name;
 pub mod paths;
 mod secret;
+#[cfg(windows)]
+pub mod sid;
 
 pub use codec::{decode, decode_response, encode};
 pub use error::{ErrorCode, FrameError, RemoteError};

@@ -38,6 +38,16 @@ pub enum Principal {
     Group(u32),
 }
 
+/// A local user or group by name, for the daemon to resolve on its own
+/// host. A Windows client sends this (a SID's string form `S-1-5-21-…`,
+/// or an account name): the daemon's ids for users there are its own,
+/// and a client cannot know them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NamedPrincipal {
+    User(String),
+    Group(String),
+}
+
 /// The owner of a credential or an entry of its allow list as stored: by
 /// name where the host that wrote it knew one, with the id it had there;
 /// and what it stands for on the host of the daemon that answers (the
@@ -380,6 +390,17 @@ pub enum Request {
         login_id: String,
         timeout_secs: u32,
     },
+    /// [`Request::Allow`] naming the user or group, resolved by the
+    /// daemon (protocol 5; what Windows clients send).
+    AllowNamed {
+        name: String,
+        principal: NamedPrincipal,
+    },
+    /// [`Request::Deny`] naming the user or group (protocol 5).
+    DenyNamed {
+        name: String,
+        principal: NamedPrincipal,
+    },
     /// Change a credential's non-secret settings in place: its secrets,
     /// grant and tokens stay.
     Edit(Box<EditCredential>),
@@ -415,6 +436,8 @@ impl Request {
             | Request::Remove { name }
             | Request::Allow { name, .. }
             | Request::Deny { name, .. }
+            | Request::AllowNamed { name, .. }
+            | Request::DenyNamed { name, .. }
             | Request::LoginStart { name, .. }
             | Request::DeviceLoginStart { name } => Some(name),
             Request::Add(add) => Some(&add.name),
@@ -438,8 +461,8 @@ impl Request {
             Request::Status => "status",
             Request::Add(_) => "add",
             Request::Remove { .. } => "rm",
-            Request::Allow { .. } => "allow",
-            Request::Deny { .. } => "deny",
+            Request::Allow { .. } | Request::AllowNamed { .. } => "allow",
+            Request::Deny { .. } | Request::DenyNamed { .. } => "deny",
             Request::LoginStart { .. } => "login",
             Request::LoginFinish { .. } => "login-finish",
             Request::DeviceLoginStart { .. } => "login-device",

@@ -93,6 +93,13 @@ fn texts() -> impl Strategy<Value = Vec<String>> {
     proptest::collection::vec(text(), 0..4)
 }
 
+fn named_principal() -> impl Strategy<Value = NamedPrincipal> {
+    prop_oneof![
+        text().prop_map(NamedPrincipal::User),
+        text().prop_map(NamedPrincipal::Group)
+    ]
+}
+
 fn principal() -> impl Strategy<Value = Principal> {
     prop_oneof![
         any::<u32>().prop_map(Principal::User),
@@ -187,6 +194,10 @@ fn request() -> impl Strategy<Value = Request> {
                 timeout_secs,
             }
         }),
+        (text(), named_principal())
+            .prop_map(|(name, principal)| Request::AllowNamed { name, principal }),
+        (text(), named_principal())
+            .prop_map(|(name, principal)| Request::DenyNamed { name, principal }),
         (
             (text(), opt_text(), proptest::option::of(opt_text())),
             (

@@ -1,7 +1,8 @@
 //! Who is on the other end of a connection, and what they may do (docs/DESIGN.md §5).
 //!
 //! The peer's uid/gid come from the kernel (SO_PEERCRED), read once when the
-//! connection is accepted; a client cannot claim to be someone else.
+//! connection is accepted; a client cannot claim to be someone else. On
+//! Windows the "uid" is the id of the client's user SID (`config/sids.rs`).
 
 use crate::config::groups::GroupCache;
 use tokend_proto::Principal;
@@ -32,22 +33,53 @@ impl Peer {
         })
     }
 
-    /// Off Unix there are no uids: every peer is uid 0, which is also the
-    /// daemon's own uid there (`current_uid`), so every client is the
-    /// daemon's user and an admin. That holds because the named pipe's
-    /// default ACL lets only the daemon's user, administrators and
-    /// LocalSystem write to it (docs/SECURITY.md, "Windows"); allow lists
-    /// and `admin_group` decide nothing. The client's process id is kept
-    /// (`None` if Windows cannot tell it); its user's SID is not read.
-    #[cfg(not(unix))]
+    /// On Windows a peer is its user SID: the client's process id
+    /// (`GetNamedPipeClientProcessId`), that process's token, its user SID,
+    /// and the SID's id in this run (`config/sids.rs`), on which the owner,
+    /// allow list and admin rules decide as they do on uids. A client whose
+    /// SID cannot be read is refused (the error closes the connection): it
+    /// never becomes someone by default. Groups are not supported there:
+    /// the gid is one no group has.
+    #[cfg(windows)]
     pub fn of(stream: &interprocess::local_socket::tokio::Stream) -> std::io::Result<Peer> {
         use interprocess::local_socket::traits::StreamCommon;
-        let pid = stream.peer_creds().ok().and_then(|c| c.pid());
+        let pid = stream
+            .peer_creds()?
+            .pid()
+            .ok_or_else(|| std::io::Error::other("Windows did not tell the client's process"))?;
+        let sid = tokend_proto::sid::user_of_process(pid)?;
+        let uid = crate::config::sids::id_of(&sid)
+            .ok_or_else(|| std::io::Error::other(format!("no id for the client's SID {sid}")))?;
         Ok(Peer {
-            uid: 0,
-            gid: 0,
-            pid: pid.and_then(|p| i32::try_from(p).ok()),
+            uid,
+            gid: NO_GROUP,
+            pid: i32::try_from(pid).ok(),
         })
+    }
+
+    /// Who the peer is, for messages: `uid N` on Unix, `user S-1-5-…` on
+    /// Windows.
+    pub fn who(&self) -> String {
+        match user_sid(self.uid) {
+            Some(sid) => format!("user {sid}"),
+            None => format!("uid {}", self.uid),
+        }
+    }
+}
+
+/// The gid of a Windows peer: one no group has (groups are not supported there).
+#[cfg(windows)]
+const NO_GROUP: u32 = u32::MAX;
+
+/// The SID a user id stands for in this run, on Windows (whose ids mean
+/// nothing outside it); `None` on Unix, where the id is the uid.
+pub fn user_sid(uid: u32) -> Option<String> {
+    #[cfg(windows)]
+    return crate::config::sids::sid_of(uid);
+    #[cfg(not(windows))]
+    {
+        let _ = uid;
+        None
     }
 }
 
@@ -100,7 +132,7 @@ impl Policy {
     /// The policy of a daemon running as this process's user with `config`.
     pub fn for_config(config: &crate::config::Config) -> Result<Policy, String> {
         Ok(Policy {
-            daemon_uid: tokend_proto::paths::current_uid(),
+            daemon_uid: daemon_uid()?,
             admin_gid: config.admin_group.as_deref().map(group_id).transpose()?,
         })
     }
@@ -145,6 +177,20 @@ impl Policy {
     }
 }
 
+/// The daemon's own user: its uid on Unix; on Windows its process's user
+/// SID, as an id of this run (`config/sids.rs`).
+#[cfg(unix)]
+fn daemon_uid() -> Result<u32, String> {
+    Ok(tokend_proto::paths::current_uid())
+}
+
+#[cfg(windows)]
+fn daemon_uid() -> Result<u32, String> {
+    let sid = tokend_proto::sid::user_of_this_process()
+        .map_err(|e| format!("cannot read this process's user SID: {e}"))?;
+    crate::config::sids::id_of(&sid).ok_or_else(|| format!("no id for this process's SID {sid}"))
+}
+
 /// Resolves a group name (or number) to a gid.
 #[cfg(unix)]
 pub fn group_id(name: &str) -> Result<u32, String> {
@@ -158,10 +204,14 @@ pub fn group_id(name: &str) -> Result<u32, String> {
     }
 }
 
+/// Windows: groups are not supported (`admin_group`, `socket_group`, a
+/// group on an allow list): refused rather than ignored, so that nobody
+/// believes a group grants or restricts anything there.
 #[cfg(not(unix))]
 pub fn group_id(name: &str) -> Result<u32, String> {
-    name.parse::<u32>()
-        .map_err(|_| format!("groups are not supported on this platform: {name:?}"))
+    Err(format!(
+        "groups are not supported on Windows ({name:?}); name users by SID or account instead"
+    ))
 }
 
 #[cfg(test)]

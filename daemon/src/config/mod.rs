@@ -4,10 +4,12 @@
 //! the file, the line and the key, so a typo never silently does nothing.
 
 pub mod access;
+pub mod acl;
 pub mod groups;
 pub mod paths;
 pub mod preset;
 pub mod proxy;
+pub mod sids;
 pub mod store;
 
 use serde::Deserialize;

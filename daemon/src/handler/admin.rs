@@ -1,13 +1,14 @@
 //! Removing credentials and changing who may use them.
 
 use super::known;
+use crate::config::access::user_sid;
 use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
-use crate::store::blocking;
+use crate::store::{blocking, names};
 use std::sync::Arc;
 use std::time::Duration;
-use tokend_proto::{Principal, Response};
+use tokend_proto::{NamedPrincipal, Principal, Response};
 
 /// Waits (bounded) for a refresh of `cred` in flight to end, and keeps
 /// others out while the guard lives. Past the wait the caller goes on:
@@ -48,6 +49,15 @@ pub(super) async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response,
     Ok(Response::Message(format!("removed credential {name:?}")))
 }
 
+/// The user or group a client named, as this host knows it (a look-up
+/// that may be slow: off the async workers).
+pub(super) async fn resolve(named: NamedPrincipal) -> Result<Principal, Error> {
+    tokio::task::spawn_blocking(move || names::principal_named(&named))
+        .await
+        .map_err(|e| Error::Internal(format!("the name look-up failed: {e}")))?
+        .map_err(Error::InvalidArgument)
+}
+
 pub(super) async fn change_allowed(
     shared: &Arc<Shared>,
     name: &str,
@@ -55,13 +65,16 @@ pub(super) async fn change_allowed(
     allow: bool,
 ) -> Result<Response, Error> {
     let cred = known(shared, name)?;
+    if allow {
+        names::check_allowable(principal).map_err(Error::InvalidArgument)?;
+    }
     let store = shared.store.clone();
     let (owned, incarnation) = (name.to_string(), cred.incarnation);
     let list =
         blocking(move || store.change_allowed(&owned, incarnation, principal, allow)).await?;
     cred.with_live(|l| l.allowed = list);
     let who = match principal {
-        Principal::User(u) => format!("user {u}"),
+        Principal::User(u) => format!("user {}", user_sid(u).unwrap_or(u.to_string())),
         Principal::Group(g) => format!("group {g}"),
     };
     tracing::info!(credential = %name, principal = %who, allow, "allow list changed");

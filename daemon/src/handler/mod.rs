@@ -141,6 +141,14 @@ async fn administer(
         Request::Deny { name, principal } => {
             admin::change_allowed(shared, name, *principal, false).await
         }
+        Request::AllowNamed { name, principal } => {
+            let principal = admin::resolve(principal.clone()).await?;
+            admin::change_allowed(shared, name, principal, true).await
+        }
+        Request::DenyNamed { name, principal } => {
+            let principal = admin::resolve(principal.clone()).await?;
+            admin::change_allowed(shared, name, principal, false).await
+        }
         Request::LoginStart { name, redirect_uri } => {
             let cred = known(shared, name)?;
             let challenge = login::start(shared, &cred, redirect_uri.clone(), peer.uid)?;
@@ -176,8 +184,8 @@ async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
         return Ok(());
     }
     Err(Error::PermissionDenied(format!(
-        "uid {} may not change credentials (only the daemon's user, root or the admin group may)",
-        peer.uid
+        "{} may not change credentials (only the daemon's user, root or the admin group may)",
+        peer.who()
     )))
 }
 
@@ -227,8 +235,8 @@ async fn usable(shared: &Shared, peer: &Peer, name: &str) -> Result<Arc<Credenti
     let access = cred.with_live(|l| policy.may_use(peer, cred.owner_uid, &l.allowed));
     if !access.granted(peer, &shared.groups).await {
         return Err(Error::PermissionDenied(format!(
-            "uid {} is not allowed to use credential {name:?} (an admin can run `tokenctl allow {name} --user USER`)",
-            peer.uid
+            "{} is not allowed to use credential {name:?} (an admin can run `tokenctl allow {name} --user USER`)",
+            peer.who()
         )));
     }
     Ok(cred)

@@ -87,22 +87,31 @@ fn set_socket_access(path: &Path, mode: u32, group: Option<u32>) -> std::io::Res
 }
 
 /// Creates the named pipe `path` (`\\.\pipe\…`). `mode` and `group` mean
-/// nothing for a pipe: its default ACL gives the creating user,
-/// administrators and LocalSystem full access and everyone else read-only
-/// access, which is not enough to send a request (docs/SECURITY.md,
-/// "Windows"). The first instance is created with
-/// `FILE_FLAG_FIRST_PIPE_INSTANCE` (interprocess does) and remote clients
-/// are rejected, so a name already held by anyone — a running tokend, or
-/// another user who took it first — is refused here rather than shared.
+/// nothing for a pipe; its access list is its own: full access for the
+/// daemon's user, LocalSystem and Administrators, and none at all for
+/// anyone else (`config/acl.rs` `pipe_sddl`). Remote clients are rejected
+/// (`PIPE_REJECT_REMOTE_CLIENTS`: interprocess sets it on every instance
+/// unless `accept_remote` is asked for, which tokend never does; its
+/// `named_pipe/listener/create_instance.rs`, `pipe_mode`). The first
+/// instance is created with `FILE_FLAG_FIRST_PIPE_INSTANCE` (interprocess
+/// does), so a name already held by anyone — a running tokend, or another
+/// user who took it first — is refused here rather than shared
+/// (docs/SECURITY.md, "Windows").
 #[cfg(windows)]
 pub fn bind(path: &Path, _mode: u32, _group: Option<u32>) -> Result<Listener, BindError> {
+    use interprocess::os::windows::local_socket::ListenerOptionsExt;
     let io = |source| BindError::Io {
         path: path.display().to_string(),
         source,
     };
     let name = path.to_fs_name::<GenericFilePath>().map_err(io)?;
+    let own = tokend_proto::sid::user_of_this_process().map_err(io)?;
+    let access = crate::config::acl::Descriptor::parse(&crate::config::acl::pipe_sddl(&own))
+        .and_then(|sd| sd.to_pipe_descriptor())
+        .map_err(io)?;
     ListenerOptions::new()
         .name(name)
+        .security_descriptor(access)
         .create_tokio()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => {

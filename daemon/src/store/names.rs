@@ -13,7 +13,7 @@
 
 use super::StoreError;
 use std::collections::HashMap;
-use tokend_proto::{Grantee, Principal};
+use tokend_proto::{Grantee, NamedPrincipal, Principal};
 
 /// The uid nobody has (`(uid_t) -1`): the owner, on a host where the
 /// owner's name is unknown.
@@ -61,7 +61,7 @@ impl Names {
     /// What a stored entry stands for on this host.
     pub fn resolve(&mut self, written: Principal, name: Option<String>) -> Grantee {
         let here = match &name {
-            None => Some(id(written)),
+            None => nameless_here(written),
             Some(n) => *self
                 .ids
                 .entry((is_user(written), n.clone()))
@@ -151,11 +151,7 @@ impl Named {
 
 /// What an entry stands for here, if anything.
 pub fn here(g: &Grantee) -> Option<Principal> {
-    let id = g.here?;
-    Some(match g.written {
-        Principal::User(_) => Principal::User(id),
-        Principal::Group(_) => Principal::Group(id),
-    })
+    Some(with_id(g.written, g.here?))
 }
 
 /// Whether two entries stand for the same user or group.
@@ -175,6 +171,39 @@ fn storable(name: &str) -> bool {
 
 fn is_user(p: Principal) -> bool {
     matches!(p, Principal::User(_))
+}
+
+/// What an entry stored without a name stands for here: its id, on Unix.
+/// On Windows ids belong to one run of the daemon, so such an entry (an
+/// id from before SIDs were kept) grants nothing — except LocalSystem,
+/// id 0 in every run.
+fn nameless_here(p: Principal) -> Option<u32> {
+    #[cfg(windows)]
+    if p != Principal::User(0) {
+        return None;
+    }
+    Some(id(p))
+}
+
+/// Refuses, on Windows, an allow-list entry that would grant nothing: a
+/// group (groups are not supported there) or a user id no SID has in this
+/// run (ids are not users there; a client names users by SID or account,
+/// `Request::AllowNamed`). Anything goes on Unix.
+pub fn check_allowable(p: Principal) -> Result<(), String> {
+    #[cfg(windows)]
+    match p {
+        Principal::Group(g) => {
+            return Err(format!("groups are not supported on Windows (group {g})"));
+        }
+        Principal::User(u) if crate::config::sids::sid_of(u).is_none() => {
+            return Err(format!(
+                "user id {u} is nobody on Windows: name the user by SID or account"
+            ));
+        }
+        Principal::User(_) => {}
+    }
+    let _ = p;
+    Ok(())
 }
 
 fn id(p: Principal) -> u32 {
@@ -210,15 +239,58 @@ fn id_of(kind: Principal, name: &str) -> Option<u32> {
     }
 }
 
-/// Windows has no such users: entries are written by id alone.
-#[cfg(not(unix))]
-fn name_of(_: Principal) -> Result<Option<String>, String> {
-    Ok(None)
+/// Windows: a user's name is its SID's string form (`S-1-5-21-…`), which
+/// is exact where an account name can be renamed or mean another account
+/// on another host; its id is the SID's id in this run
+/// (`config/sids.rs`). Groups have no names there: they are not supported
+/// (`config::access::group_id`), and an entry for one grants nothing.
+#[cfg(windows)]
+fn name_of(p: Principal) -> Result<Option<String>, String> {
+    Ok(match p {
+        Principal::User(u) => crate::config::sids::sid_of(u),
+        Principal::Group(_) => None,
+    })
 }
 
-#[cfg(not(unix))]
-fn id_of(_: Principal, _: &str) -> Option<u32> {
-    None
+/// Windows: a SID as it is, or an account name (`user`, `DOMAIN\user`)
+/// looked up to its SID.
+#[cfg(windows)]
+fn id_of(kind: Principal, name: &str) -> Option<u32> {
+    match kind {
+        Principal::User(_) => crate::config::sids::user_id(name, |account| {
+            tokend_proto::sid::user_named(account).ok().flatten()
+        }),
+        Principal::Group(_) => None,
+    }
+}
+
+/// The id of the user or group `name` names on this host, for an allow or
+/// deny by name (`Request::AllowNamed`): a number is taken as an id on
+/// Unix; on Windows the name is a SID or an account. Looks the name up:
+/// call it off async workers.
+pub fn principal_named(named: &NamedPrincipal) -> Result<Principal, String> {
+    let (kind, name, what) = match named {
+        NamedPrincipal::User(n) => (Principal::User(0), n, "user"),
+        NamedPrincipal::Group(n) => (Principal::Group(0), n, "group"),
+    };
+    #[cfg(unix)]
+    if let Ok(number) = name.parse::<u32>() {
+        return Ok(with_id(kind, number));
+    }
+    #[cfg(windows)]
+    if matches!(kind, Principal::Group(_)) {
+        return Err(format!("groups are not supported on Windows ({name:?})"));
+    }
+    id_of(kind, name)
+        .map(|id| with_id(kind, id))
+        .ok_or_else(|| format!("there is no {what} named {name:?} on the daemon's host"))
+}
+
+fn with_id(kind: Principal, id: u32) -> Principal {
+    match kind {
+        Principal::User(_) => Principal::User(id),
+        Principal::Group(_) => Principal::Group(id),
+    }
 }
 
 #[cfg(all(test, unix))]

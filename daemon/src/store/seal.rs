@@ -249,10 +249,29 @@ fn create_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    #[cfg(windows)]
+    std::os::windows::fs::OpenOptionsExt::access_mode(
+        &mut options,
+        windows_sys::Win32::Foundation::GENERIC_WRITE
+            | windows_sys::Win32::Storage::FileSystem::WRITE_DAC,
+    );
     let mut file = options.open(path).map_err(err)?;
+    #[cfg(windows)]
+    restrict_to_user(&file).map_err(err)?;
     file.write_all(key.as_ref()).map_err(err)?;
     file.sync_all().map_err(err)?;
     Ok(key)
+}
+
+/// Windows: the new, still empty, key file gets a protected DACL that
+/// admits this process's user only (`config/acl.rs` `key_file_sddl`),
+/// before the key is written, instead of the access list it would inherit
+/// from its directory.
+#[cfg(windows)]
+fn restrict_to_user(file: &std::fs::File) -> std::io::Result<()> {
+    use crate::config::acl;
+    let own = tokend_proto::sid::user_of_this_process()?;
+    acl::set_file_dacl(file, &acl::Descriptor::parse(&acl::key_file_sddl(&own))?)
 }
 
 #[cfg(test)]

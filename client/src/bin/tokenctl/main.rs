@@ -15,10 +15,15 @@ mod secret_input;
 use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
-use tokend_client::cli::{AddCommand, Cli, ClientAuthArg, Command, EditArgs, OAuthCommon, Who};
+#[cfg(unix)]
+use tokend_client::Principal;
+#[cfg(unix)]
+use tokend_client::cli::Who;
+use tokend_client::cli::{
+    AddCommand, Cli, ClientAuthArg, Command, EditArgs, OAuthCommon, PrincipalArgs,
+};
 use tokend_client::{
-    AddCredential, AddKind, Client, ClientAuth, EditCredential, OAuth2Request, Principal, Secret,
-    Upstream,
+    AddCredential, AddKind, Client, ClientAuth, EditCredential, OAuth2Request, Secret, Upstream,
 };
 
 /// A failure and the exit code it maps to.
@@ -164,8 +169,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::GitCredential(_) | Command::ExecCredential { .. } => unreachable!("run above"),
-        Command::Allow(p) => say(&client.set_allowed(&p.name, principal(&p.who)?, true)?),
-        Command::Deny(p) => say(&client.set_allowed(&p.name, principal(&p.who)?, false)?),
+        Command::Allow(p) => say(&set_allowed(&mut client, &p, true)?),
+        Command::Deny(p) => say(&set_allowed(&mut client, &p, false)?),
     }
     Ok(())
 }
@@ -216,6 +221,31 @@ fn exec(client: &mut Client, name: &str, var: &str, command: &[String]) -> Resul
     }
 }
 
+/// `allow`/`deny`: on Unix the user or group is resolved here and sent
+/// by id, as it always was.
+#[cfg(unix)]
+fn set_allowed(client: &mut Client, p: &PrincipalArgs, allow: bool) -> Result<String, Failure> {
+    Ok(client.set_allowed(&p.name, principal(&p.who)?, allow)?)
+}
+
+/// On Windows the user is sent by name (a SID or an account name), which
+/// the daemon resolves: its ids for users are its own. Groups are not
+/// supported there.
+#[cfg(windows)]
+fn set_allowed(client: &mut Client, p: &PrincipalArgs, allow: bool) -> Result<String, Failure> {
+    let Some(user) = &p.who.user else {
+        return Err(Failure {
+            code: 2,
+            message:
+                "groups are not supported on Windows: name a user (--user SID or --user ACCOUNT)"
+                    .into(),
+        });
+    };
+    let who = tokend_client::NamedPrincipal::User(user.clone());
+    Ok(client.set_allowed_named(&p.name, who, allow)?)
+}
+
+#[cfg(unix)]
 fn principal(who: &Who) -> Result<Principal, Failure> {
     let usage = |message: String| Failure { code: 2, message };
     if let Some(user) = &who.user {
@@ -245,19 +275,6 @@ fn resolve_group(group: &str) -> Result<u32, String> {
         Ok(Some(g)) => Ok(g.gid.as_raw()),
         _ => Err(format!("there is no group named {group:?}")),
     }
-}
-
-#[cfg(not(unix))]
-fn resolve_user(user: &str) -> Result<u32, String> {
-    user.parse()
-        .map_err(|_| format!("give a numeric user id, not {user:?}"))
-}
-
-#[cfg(not(unix))]
-fn resolve_group(group: &str) -> Result<u32, String> {
-    group
-        .parse()
-        .map_err(|_| format!("give a numeric group id, not {group:?}"))
 }
 
 fn oauth_request(o: OAuthCommon) -> OAuth2Request {
