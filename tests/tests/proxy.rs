@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokend_tests::oidc::OidcServer;
+use tokend_tests::users;
 use tokend_tests::*;
 
 /// One answer through the proxy, as curl saw it.
@@ -290,4 +291,157 @@ fn errors_say_what_to_do() {
     assert_eq!(climb.status, 400, "{}", climb.body);
     // A malformed request gets 400 and the connection survives.
     assert_eq!(proxied(&d, "ut/ok", &[]).status, 200);
+}
+
+/// A free loopback port (bound, then let go).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `curl ARGS http://127.0.0.1:PORT/PATH`, as `who` when given.
+fn over_tcp(port: u16, path: &str, args: &[&str], who: Option<users::Other>) -> Answer {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "--max-time", "60", "-i"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{port}/{path}"));
+    if let Some(who) = who {
+        who.run_as(&mut cmd);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Answer {
+        status,
+        headers: headers.to_string(),
+        body: body.to_string(),
+    }
+}
+
+/// A daemon with `ut` logged in and a proxy listener on a loopback port.
+fn with_listener(server: &OidcServer) -> (Daemon, u16) {
+    let port = free_port();
+    let d = Daemon::start_with(Options {
+        config: Some(format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n")),
+        ..Options::default()
+    });
+    assert_ok(&d.add_oauth(server, "ut", &["--api-url", &server.api_url()]));
+    d.login(server, "ut");
+    (d, port)
+}
+
+#[test]
+fn the_tcp_listener_serves_name_and_path_with_the_token() {
+    let server = OidcServer::start(3600);
+    let (d, port) = with_listener(&server);
+    let a = over_tcp(
+        port,
+        "ut/campaigns?x=1",
+        &["-H", "Authorization: Bearer mine"],
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["path"], "/api/campaigns");
+    assert_eq!(a.json()["query"], "?x=1");
+    let a = over_tcp(
+        port,
+        "ut/campaigns",
+        &["--data", "{}", "-H", "Content-Type: application/json"],
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["method"], "POST");
+    assert!(server.api_requests().iter().all(|r| r["token"] == 1));
+    // Only the proxy is there: the API's routes are not.
+    assert_eq!(over_tcp(port, "v1/status", &[], None).status, 404);
+    assert_eq!(over_tcp(port, "", &[], None).status, 404);
+    drop(d);
+}
+
+#[test]
+fn another_user_is_refused_on_both_routes_until_allowed() {
+    let Some(who) = users::other_user() else {
+        return;
+    };
+    let server = OidcServer::start(3600);
+    let (d, port) = with_listener(&server);
+    d.open_to_everyone();
+    set_mode(&d.http_socket(), 0o666);
+    let by_socket = |who| {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(d.http_socket())
+        .arg("http://localhost/v1/proxy/ut/secret-data");
+        if let Some(who) = who {
+            users::Other::run_as(&who, &mut cmd);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+    };
+    assert_eq!(by_socket(Some(who)), "403");
+    let tcp = over_tcp(port, "ut/secret-data", &[], Some(who));
+    assert_eq!(tcp.status, 403, "{}", tcp.body);
+    assert_eq!(
+        tcp.header("tokend-error").as_deref(),
+        Some("permission_denied")
+    );
+    assert!(server.api_requests().is_empty(), "the upstream saw nothing");
+
+    assert_ok(&d.tokenctl(&["allow", "ut", "--user", users::USER]));
+    assert_eq!(by_socket(Some(who)), "200");
+    assert_eq!(over_tcp(port, "ut/secret-data", &[], Some(who)).status, 200);
+    assert_eq!(server.api_requests().len(), 2);
+}
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {text}"))
+}
+
+#[test]
+fn a_200_mib_download_streams_through_without_being_held() {
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    assert_eq!(proxied(&d, "ut/warm", &[]).status, 200);
+    let pid = d.pid();
+    let before = status_kib(pid, "VmRSS");
+    let size = 200 * 1024 * 1024;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "120",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "--unix-socket",
+        ])
+        .arg(d.http_socket())
+        .arg(format!(
+            "http://localhost/v1/proxy/ut/download?bytes={size}"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("200 {size}"));
+    let peak = status_kib(pid, "VmHWM");
+    assert!(
+        peak < before + 32 * 1024,
+        "the daemon's RSS grew from {before} KiB to a peak of {peak} KiB"
+    );
 }

@@ -88,6 +88,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     let (store, key_source) = open_store(&paths, &config)?;
     let (shared, versions) = load(store, &paths, config, policy)?;
     let (listener, http_listener) = listen(&shared)?;
+    let proxy_listeners = server::http::tcp::bind(&shared).await.map_err(fail)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = start_tasks(&shared, shutdown_tx, &shutdown_rx)?;
     if let Some(events) = shared.store.take_events() {
@@ -99,6 +100,9 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     // One gate for both listeners: the connection caps count them together.
     let gate = SharedGate::new(shared.config().limits.max_connections);
     let grace = Duration::from_secs(5);
+    // One proxy for every listener: one pool of upstream connections, one
+    // count of each user's requests in flight.
+    let proxy = Arc::new(crate::proxy::Proxy::default());
     if let Some(http) = http_listener {
         let http = server::http::run(
             http,
@@ -106,9 +110,20 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             shared.clone(),
             shutdown_rx.clone(),
             grace,
-            Arc::new(crate::proxy::Proxy::default()),
+            proxy.clone(),
         );
         tasks.spawn("HTTP listener", http);
+    }
+    for listener in proxy_listeners {
+        let tcp = server::http::tcp::run(
+            listener,
+            gate.clone(),
+            shared.clone(),
+            shutdown_rx.clone(),
+            grace,
+            proxy.clone(),
+        );
+        tasks.spawn("proxy listener", tcp);
     }
     server::run(listener, gate, shared.clone(), shutdown_rx, grace).await;
     stop::stop(&shared).await;

@@ -83,6 +83,16 @@ impl Gate {
             tracing::debug!(error = %e, "cannot read peer credentials; closing");
             None
         })?;
+        self.admit_peer(peer, shared)
+    }
+
+    /// [`Gate::admit`] for a peer identified otherwise (the proxy's TCP
+    /// listener reads it from the kernel's socket table).
+    pub fn admit_peer(
+        &mut self,
+        peer: Peer,
+        shared: &Shared,
+    ) -> Result<(Peer, Place), Option<Refused>> {
         let shares = Shares::new(&shared.config().limits, self.max);
         let reserved = shared.policy().has_reserved_connections(peer.uid);
         let share = self

@@ -21,23 +21,46 @@ use tokend_proto::{Request as Ask, Response as Answer};
 /// Where proxied requests go: `/v1/proxy/NAME/PATH` (docs/HTTP.md, "Proxy").
 const PROXY: &str = "/v1/proxy/";
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `http.sock`: the API, and the proxy under `/v1/proxy/`.
+    Api,
+    /// A `[proxy] listen` address: the proxy alone, at `/NAME/PATH`.
+    Proxy,
+}
+
 /// Answers one request; every failure is an answer too.
 pub async fn answer(
     shared: &Arc<Shared>,
     proxy: &Proxy,
     peer: &Peer,
+    surface: Surface,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if let Some(rest) = request.uri().path().strip_prefix(PROXY) {
-        let rest = rest.to_string();
-        let (name, rest) = rest.split_once('/').unwrap_or((&rest, ""));
-        if !name.is_empty() {
-            return crate::proxy::forward(shared, proxy, peer, name, rest, request).await;
-        }
+    let path = request.uri().path();
+    let proxied = match surface {
+        Surface::Api => path.strip_prefix(PROXY),
+        Surface::Proxy => Some(path.strip_prefix('/').unwrap_or(path)),
+    };
+    let Some(rest) = proxied else {
+        return answer_api(shared, peer, request)
+            .await
+            .map(crate::proxy::boxed);
+    };
+    let rest = rest.to_string();
+    match rest.split_once('/').unwrap_or((&rest, "")) {
+        ("", _) if surface == Surface::Api => answer_api(shared, peer, request)
+            .await
+            .map(crate::proxy::boxed),
+        ("", _) => ApiError::NotFound(
+            "/ (the proxy's listener serves /NAME/PATH: NAME a credential, PATH below its API URL)"
+                .into(),
+        )
+        .into_response()
+        .map(crate::proxy::boxed),
+        (name, rest) => crate::proxy::forward(shared, proxy, peer, name, rest, request).await,
     }
-    answer_api(shared, peer, request)
-        .await
-        .map(crate::proxy::boxed)
 }
 
 /// Answers one request of the API itself (all but the proxy's).

@@ -4,6 +4,7 @@
 //! request in progress is answered) when the daemon stops.
 
 use super::activity::{Activity, Watched};
+use super::api::Surface;
 use super::body;
 use crate::config::access::Peer;
 use crate::proxy::{Held, Proxy};
@@ -17,6 +18,7 @@ use interprocess::local_socket::tokio::Stream;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -33,13 +35,16 @@ fn builder() -> http1::Builder {
 }
 
 /// Serves one admitted connection to the end. Errors end it only.
-pub async fn serve(
-    stream: Stream,
+pub async fn serve<S>(
+    stream: S,
     peer: Peer,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
     proxy: Arc<Proxy>,
-) {
+    surface: Surface,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _counted = shared.count_connection();
     let limits = shared.config().limits.clone();
     let head = Duration::from_secs(limits.frame_timeout_secs);
@@ -52,7 +57,7 @@ pub async fn serve(
             let busy = activity.busy();
             let (shared, peer, proxy) = (shared.clone(), peer.clone(), proxy.clone());
             async move {
-                let response = super::api::answer(&shared, &proxy, &peer, request).await;
+                let response = super::api::answer(&shared, &proxy, &peer, surface, request).await;
                 // Busy until the answer's last byte: a proxied download
                 // streams long after this function returns.
                 Ok::<_, Infallible>(response.map(|body| Held::boxed(body, busy)))

@@ -2,6 +2,7 @@
 //! the same checks (or taken from systemd), admitted through the gate both
 //! listeners share, and drained on shutdown like the main one.
 
+use super::api::Surface;
 use super::connection;
 use crate::proxy::Proxy;
 use crate::server::BindError;
@@ -64,7 +65,7 @@ pub async fn run(
     };
     let refuse = move |stream, refused| refuse(stream, refused, &refusing);
     let serve = move |stream, peer, shared, shutdown| {
-        connection::serve(stream, peer, shared, shutdown, proxy.clone())
+        connection::serve(stream, peer, shared, shutdown, proxy.clone(), Surface::Api)
     };
     accepted.run("HTTP", listener, serve, refuse).await;
 }

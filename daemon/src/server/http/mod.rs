@@ -14,6 +14,8 @@
 //! - `routes.rs`: method and path → route, or 404/405.
 //! - `api.rs`: route → request → handler → HTTP response.
 //! - `body.rs`: the JSON bodies; `errors.rs`: errors as status and JSON.
+//! - `tcp.rs`: the proxy's loopback TCP listeners (`[proxy] listen`);
+//!   `tcp_peer.rs`: a TCP peer's uid from the kernel's socket table.
 
 mod activity;
 mod api;
@@ -22,6 +24,8 @@ mod connection;
 mod errors;
 mod listener;
 mod routes;
+pub mod tcp;
+mod tcp_peer;
 
 pub use listener::{listener, run};
 pub use routes::{ROUTES, Route};
