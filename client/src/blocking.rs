@@ -264,6 +264,22 @@ impl Client {
         ops::read_message(self.call(&ops::add(add))?)
     }
 
+    /// The base URL of credential `name` through tokend's proxy, if this
+    /// user may use it and it has an API URL (`None`: it has none).
+    pub fn proxy_url(&mut self, name: &str) -> Result<Option<crate::ProxyUrl>, Error> {
+        let info = self.show(name)?;
+        if info
+            .spec
+            .upstream()
+            .and_then(|u| u.api_url.as_ref())
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let status = self.status()?;
+        Ok(Some(crate::proxy_url(&status, &self.socket, name)))
+    }
+
     /// Changes a credential's non-secret settings (`tokenctl edit`).
     pub fn edit(&mut self, edit: EditCredential) -> Result<String, Error> {
         ops::read_message(self.call(&Request::Edit(Box::new(edit)))?)

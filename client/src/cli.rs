@@ -103,6 +103,14 @@ pub enum Command {
     /// Only what is given changes. The endpoints and the client id a refresh
     /// uses are not editable: `add --replace` makes a new credential.
     Edit(EditArgs),
+    /// Print the base URL that sends a program's requests through tokend's proxy.
+    ///
+    /// The proxy adds the credential's token and, when the API refuses it,
+    /// gets a new one and sends the request once more. The URL is the
+    /// loopback TCP one when the daemon has `[proxy] listen`; else the HTTP
+    /// API socket's, to use with `curl --unix-socket SOCKET URL` (the socket
+    /// is printed on stderr). Append the API's path to it.
+    ProxyUrl { name: String },
     /// Let a local user or group use a credential's token.
     Allow(PrincipalArgs),
     /// Take a user or group off a credential's allow list.

@@ -18,11 +18,13 @@ mod error;
 #[cfg(feature = "async")]
 mod nonblocking;
 pub mod ops;
+mod proxy_url;
 
 pub use blocking::{Client, DEFAULT_TIMEOUT, DEVICE_FINISH_MARGIN, LOGIN_FINISH_TIMEOUT};
 pub use error::Error;
 #[cfg(feature = "async")]
 pub use nonblocking::AsyncClient;
+pub use proxy_url::{ProxyUrl, proxy_url};
 pub use tokend_proto::validate_name;
 pub use tokend_proto::{
     AddCredential, AddKind, CheckReport, ClientAuth, CredentialInfo, CredentialSpec,

@@ -551,6 +551,13 @@ pub struct DaemonStatus {
     pub database: Option<String>,
     pub connections: Option<u32>,
     pub credentials: Vec<CredentialSummary>,
+    /// The HTTP API's socket, where the proxy is (admins only, like
+    /// `socket`; `None` too when the HTTP API is off).
+    #[serde(default)]
+    pub http_socket: Option<String>,
+    /// The proxy's loopback TCP addresses (`[proxy] listen`).
+    #[serde(default)]
+    pub proxy_listen: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -95,3 +95,23 @@ pub fn current_uid() -> u32 {
         0
     }
 }
+
+/// The HTTP API socket's file name beside the main socket (Unix).
+pub const HTTP_SOCKET_FILE: &str = "http.sock";
+
+/// The HTTP API's socket when none is given: `http.sock` beside the main
+/// socket on Unix (in the daemon's private directory). A named pipe has
+/// no directory of its own (`\\.\pipe\` is the whole machine's), so on
+/// Windows it is the main pipe's name with `-http`: per user, as the main
+/// one is. The daemon binds it there and clients look for it there.
+pub fn http_socket_beside(socket: &std::path::Path) -> PathBuf {
+    if cfg!(windows) {
+        let mut pipe = socket.as_os_str().to_owned();
+        pipe.push("-http");
+        return pipe.into();
+    }
+    socket
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(HTTP_SOCKET_FILE)
+}

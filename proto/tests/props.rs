@@ -444,10 +444,16 @@ fn response() -> impl Strategy<Value = Response> {
         (
             (text(), any::<Option<u32>>(), any::<u64>()),
             (opt_text(), opt_text(), any::<Option<u32>>()),
-            proptest::collection::vec(summary, 0..3)
+            proptest::collection::vec(summary, 0..3),
+            (opt_text(), texts()),
         )
             .prop_map(
-                |((version, pid, uptime_secs), (socket, database, connections), credentials)| {
+                |(
+                    (version, pid, uptime_secs),
+                    (socket, database, connections),
+                    credentials,
+                    (http_socket, proxy_listen),
+                )| {
                     Response::Status(DaemonStatus {
                         version,
                         pid,
@@ -456,6 +462,8 @@ fn response() -> impl Strategy<Value = Response> {
                         database,
                         connections,
                         credentials,
+                        http_socket,
+                        proxy_listen,
                     })
                 }
             ),

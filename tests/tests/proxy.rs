@@ -289,8 +289,22 @@ fn errors_say_what_to_do() {
     server.api_control(r#"{"mode": "normal"}"#);
     let climb = proxied(&d, "ut/a/%2e%2e/%2e%2e/test/stats", &[]);
     assert_eq!(climb.status, 400, "{}", climb.body);
-    // A malformed request gets 400 and the connection survives.
-    assert_eq!(proxied(&d, "ut/ok", &[]).status, 200);
+    // A malformed request gets 400 and its connection serves the next one:
+    // two requests on one connection (curl reuses it: 0 new connections).
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--path-as-is",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            "--unix-socket",
+        ])
+        .arg(d.http_socket())
+        .args(["-o", "/dev/null", "http://localhost/v1/proxy/ut/a/../b"])
+        .args(["-o", "/dev/null", "http://localhost/v1/proxy/ut/ok"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400 1\n200 0\n");
 }
 
 /// A free loopback port (bound, then let go).

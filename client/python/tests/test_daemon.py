@@ -246,6 +246,35 @@ class DaemonTest(unittest.TestCase):
             self.assertFalse(_may_retry(url, url), url)
         self.assertFalse(_may_retry("https://a.example/x", "https://b.example/x"))
 
+    def test_proxy_session_adds_the_token_and_retries_once(self) -> None:
+        api = _harness.RefusingApi()
+        self.addCleanup(api.close)
+        _add_client_credentials(self.daemon, "proxied", self.provider)
+        self.daemon.tokenctl_ok("edit", "proxied", "--api-url", api.url("/v2/"))
+        with tokend.proxy_session("proxied", self.daemon.http_socket) as session:
+            answer = session.post("items?x=1", body='{"n": 1}', headers={"Authorization": "Bearer mine"})
+            self.assertEqual(answer.status, 200)
+            self.assertEqual(answer.getheader("Tokend-Retried"), "1")
+            self.assertEqual(json.loads(answer.read()), {"ok": True})
+            again = session.get("items")
+            self.assertEqual(again.status, 200)
+            self.assertIsNone(again.getheader("Tokend-Retried"))
+            again.read()
+        methods = [m for (m, _t, _b) in api.seen]
+        tokens = [t for (_m, t, _b) in api.seen]
+        self.assertEqual(methods, ["POST", "POST", "GET"])
+        self.assertEqual([b for (_m, _t, b) in api.seen][:2], [b'{"n": 1}', b'{"n": 1}'])
+        self.assertNotIn("mine", tokens)
+        self.assertEqual(tokens[1], tokens[2])
+        self.assertNotEqual(tokens[0], tokens[1])
+        with tokend.proxy_session("static", self.daemon.http_socket) as session:
+            with self.assertRaises(tokend.Error) as cm:
+                session.get("x")
+            self.assertEqual(cm.exception.code, "no_api_url")
+        with tokend.proxy_session("no-such", self.daemon.http_socket) as session:
+            with self.assertRaises(tokend.UnknownCredential):
+                session.get("x")
+
     @unittest.skipIf(requests is None, "requests is not installed")
     def test_bearer_auth_with_requests(self) -> None:
         def send(url, auth):

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tokend_proto::paths::{SOCKET_FILE, user_runtime_dir};
 
 /// The HTTP API socket's file name, beside the main socket.
-pub const HTTP_SOCKET_FILE: &str = "http.sock";
+pub use tokend_proto::paths::HTTP_SOCKET_FILE;
 
 /// Resolved locations for one daemon instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Paths {
             http_socket: o
                 .http_socket
                 .clone()
-                .unwrap_or_else(|| http_socket_beside(&socket)),
+                .unwrap_or_else(|| tokend_proto::paths::http_socket_beside(&socket)),
             socket,
             store: super::store::StoreLocation::Sqlite(db.clone()),
             db,
@@ -82,23 +82,6 @@ impl Paths {
             system,
         }
     }
-}
-
-/// The HTTP API's socket when none is given: `http.sock` beside the main
-/// socket on Unix (in the daemon's private directory). A named pipe has
-/// no directory of its own (`\\.\pipe\` is the whole machine's), so on
-/// Windows it is the main pipe's name with `-http`: per user, as the main
-/// one is.
-fn http_socket_beside(socket: &Path) -> PathBuf {
-    if cfg!(windows) {
-        let mut pipe = socket.as_os_str().to_owned();
-        pipe.push("-http");
-        return pipe.into();
-    }
-    socket
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(HTTP_SOCKET_FILE)
 }
 
 /// The socket, state directory and config directory when none is given:

@@ -282,6 +282,9 @@ async fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
             .iter()
             .map(|c| c.summary(now))
             .collect(),
+        http_socket: (admin && shared.config().http.enabled)
+            .then(|| shared.paths.http_socket.display().to_string()),
+        proxy_listen: shared.config().proxy.listen.clone(),
     }
 }
 

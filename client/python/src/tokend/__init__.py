@@ -10,6 +10,9 @@
     import requests
     requests.get(url, auth=tokend.BearerAuth("uptempo"))
 
+    with tokend.proxy_session("uptempo") as api:   # no token handling at all
+        answer = api.get("campaigns?page=2")       # tokend adds it, retries once
+
 Standard library only; ``BearerAuth`` works with ``requests`` and ``httpx``
 when they are installed.
 """
@@ -28,6 +31,7 @@ from ._client import (
     user_http_socket,
 )
 from ._errors import Error, NotUsable, PermissionDenied, UnknownCredential, Unreachable
+from ._proxy import ProxySession, proxy_session
 
 if TYPE_CHECKING:  # pragma: no cover
     from ._auth import BearerAuth
@@ -41,12 +45,14 @@ __all__ = [
     "Error",
     "NotUsable",
     "PermissionDenied",
+    "ProxySession",
     "REFRESH_TIMEOUT",
     "SYSTEM_HTTP_SOCKET",
     "UnknownCredential",
     "Unreachable",
     "default_client",
     "default_socket",
+    "proxy_session",
     "token",
     "user_http_socket",
 ]

@@ -152,6 +152,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Rm { name } => say(&client.remove(&name)?),
         Command::Edit(args) => say(&client.edit(build_edit(args))?),
+        Command::ProxyUrl { name } => proxy_url(&mut client, &name, json)?,
         Command::List => {
             let list = client.list()?;
             if json {
@@ -359,6 +360,35 @@ fn build_add(add: AddCommand) -> Result<AddCredential, Failure> {
             retry_on: common.retry_on.and_then(|r| r.0),
         },
     })
+}
+
+/// `tokenctl proxy-url NAME`: the URL on stdout, how to reach a socket on
+/// stderr (or both as JSON).
+fn proxy_url(client: &mut Client, name: &str, json: bool) -> Result<(), Failure> {
+    let Some(url) = client.proxy_url(name)? else {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "credential {name:?} has no API URL for the proxy; an admin can set one with `tokenctl edit {name} --api-url URL`"
+            ),
+        });
+    };
+    if json {
+        output::json(&serde_json::json!({
+            "url": url.url,
+            "unix_socket": url.unix_socket.as_ref().map(|s| s.display().to_string()),
+        }));
+        return Ok(());
+    }
+    print_line(&url.url)?;
+    if let Some(socket) = &url.unix_socket {
+        say(&format!(
+            "over the HTTP API's socket: curl --unix-socket {} {}PATH",
+            socket.display(),
+            url.url
+        ));
+    }
+    Ok(())
 }
 
 /// The edit request: only what was given, `--no-…` as "take it away".
