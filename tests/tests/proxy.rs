@@ -459,3 +459,30 @@ fn a_200_mib_download_streams_through_without_being_held() {
         "the daemon's RSS grew from {before} KiB to a peak of {peak} KiB"
     );
 }
+
+#[test]
+fn proxy_url_names_the_tcp_listener_else_the_http_socket() {
+    let server = OidcServer::start(3600);
+    let (d, port) = with_listener(&server);
+    let out = d.tokenctl(&["proxy-url", "ut"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), format!("http://127.0.0.1:{port}/ut/\n"));
+
+    let plain = logged_in(&server);
+    let out = plain.tokenctl(&["proxy-url", "ut"]);
+    assert_ok(&out);
+    assert_eq!(stdout(&out), "http://localhost/v1/proxy/ut/\n");
+    let hint = stderr(&out);
+    assert!(
+        hint.contains(&format!("--unix-socket {}", plain.http_socket().display())),
+        "{hint}"
+    );
+    // What it prints works.
+    let a = proxied(&plain, "ut/via-url", &[]);
+    assert_eq!(a.status, 200);
+
+    plain.add_bearer("bare", "bare-token");
+    let out = plain.tokenctl(&["proxy-url", "bare"]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("tokenctl edit bare --api-url"), "{}", stderr(&out));
+}
