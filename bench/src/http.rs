@@ -195,9 +195,25 @@ impl Drop for BareServer {
     }
 }
 
-/// An HTTP server on a Unix socket, asked for tokens by the minimal client.
+/// Where an HTTP server listens.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Unix(PathBuf),
+    Tcp(std::net::SocketAddr),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "{}", path.display()),
+            Target::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// An HTTP server asked by the minimal client.
 pub struct HttpEndpoint {
-    pub socket: PathBuf,
+    pub target: Target,
     /// One request per credential, cycled through.
     pub requests: Vec<Vec<u8>>,
     /// Every answer must be a 200 with a body of this length.
@@ -205,18 +221,73 @@ pub struct HttpEndpoint {
 }
 
 impl HttpEndpoint {
+    /// Token requests for `names` on the HTTP API at `socket`.
     pub fn new(socket: &Path, names: &[String], body_len: usize) -> HttpEndpoint {
         HttpEndpoint {
-            socket: socket.to_path_buf(),
+            target: Target::Unix(socket.to_path_buf()),
             requests: names.iter().map(|n| request_bytes(n)).collect(),
             body_len,
+        }
+    }
+
+    /// `GET path` at `target`, over and over.
+    pub fn get(target: Target, path: &str, body_len: usize) -> HttpEndpoint {
+        HttpEndpoint {
+            target,
+            requests: vec![format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()],
+            body_len,
+        }
+    }
+}
+
+/// A connected stream of either kind.
+pub enum Stream {
+    Unix(UnixStream),
+    Tcp(std::net::TcpStream),
+}
+
+impl Stream {
+    pub fn connect(target: &Target) -> Result<Stream, String> {
+        let fail = |e: std::io::Error| format!("{target}: {e}");
+        Ok(match target {
+            Target::Unix(path) => Stream::Unix(UnixStream::connect(path).map_err(fail)?),
+            Target::Tcp(addr) => {
+                let stream = std::net::TcpStream::connect(addr).map_err(fail)?;
+                stream.set_nodelay(true).map_err(fail)?;
+                Stream::Tcp(stream)
+            }
+        })
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
         }
     }
 }
 
 /// A kept-alive connection and its reused read buffer.
 pub struct HttpConn {
-    stream: UnixStream,
+    stream: Stream,
     buf: Vec<u8>,
     /// How much of `buf` holds the response being read.
     len: usize,
@@ -224,10 +295,12 @@ pub struct HttpConn {
 
 impl HttpConn {
     fn connect(socket: &Path) -> Result<HttpConn, String> {
-        let stream =
-            UnixStream::connect(socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+        HttpConn::to(&Target::Unix(socket.to_path_buf()))
+    }
+
+    fn to(target: &Target) -> Result<HttpConn, String> {
         Ok(HttpConn {
-            stream,
+            stream: Stream::connect(target)?,
             buf: vec![0; 32 * 1024],
             len: 0,
         })
@@ -302,20 +375,21 @@ impl Endpoint for HttpEndpoint {
     type Conn = HttpConn;
 
     fn connect(&self) -> Result<HttpConn, String> {
-        HttpConn::connect(&self.socket)
+        HttpConn::to(&self.target)
     }
 
     fn request(&self, conn: &mut HttpConn, i: usize) -> Result<(), String> {
         let request = &self.requests[i % self.requests.len()];
         conn.stream
             .write_all(request)
-            .map_err(|e| format!("{}: {e}", self.socket.display()))?;
-        let (status, _, body_len) = conn.read_response()?;
+            .map_err(|e| format!("{}: {e}", self.target))?;
+        let (status, head_len, body_len) = conn.read_response()?;
         if status != 200 || body_len != self.body_len {
             return Err(format!(
-                "{}: answered {status} with {body_len} bytes, expected 200 with {}",
-                self.socket.display(),
-                self.body_len
+                "{}: answered {status} with {body_len} bytes, expected 200 with {}: {}",
+                self.target,
+                self.body_len,
+                String::from_utf8_lossy(&conn.buf[head_len..head_len + body_len.min(300)])
             ));
         }
         Ok(())

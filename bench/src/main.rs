@@ -39,6 +39,8 @@ mod postgres;
 #[cfg(unix)]
 mod procfs;
 #[cfg(unix)]
+mod proxy;
+#[cfg(unix)]
 mod python;
 #[cfg(unix)]
 mod report;
@@ -46,6 +48,8 @@ mod report;
 mod scale;
 #[cfg(unix)]
 mod spawn;
+#[cfg(unix)]
+mod upstream;
 
 #[cfg(unix)]
 use clap::{Parser, Subcommand};
@@ -136,6 +140,13 @@ pub struct Args {
     /// Which parts of the fleet benchmark to run.
     #[arg(long, value_delimiter = ',', default_value = "requests,storm,startup")]
     fleet_parts: Vec<FleetPart>,
+    /// Run only the proxy benchmark (it also runs with the request
+    /// benchmarks): an upstream answering 1 KiB, straight and through tokend.
+    #[arg(long)]
+    proxy: bool,
+    /// Slow downloads in flight at once for the proxy's memory figure.
+    #[arg(long, default_value_t = 1_000)]
+    slow_downloads: usize,
     /// A short smoke run of everything with small numbers (for CI); with
     /// --fleet, of the fleet benchmark only.
     #[arg(long)]
@@ -184,6 +195,9 @@ enum Mode {
     /// The bare HTTP server (started by the benchmark itself).
     #[command(hide = true)]
     HttpServer { socket: PathBuf, answer: PathBuf },
+    /// The proxy benchmark's upstream (started by the benchmark itself).
+    #[command(hide = true)]
+    UpstreamServer { port_file: PathBuf },
 }
 
 #[cfg(unix)]
@@ -201,6 +215,7 @@ impl Args {
         self.storm_credentials = 500;
         self.storm_timeout = 30.0;
         self.fleet_samples = 30;
+        self.slow_downloads = 100;
         self.all = true;
     }
 }
@@ -231,6 +246,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Some(Mode::UpstreamServer { port_file }) = &args.mode {
+        return match upstream::serve(port_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("upstream server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if args.quick {
         args.make_quick();
     }
@@ -257,8 +281,12 @@ fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
     if args.fleet {
         return fleet::run(args, report);
     }
+    if args.proxy {
+        return proxy::run(args, report);
+    }
     if !args.scale || args.all {
         ipc::run(args, report)?;
+        proxy::run(args, report)?;
     }
     if args.scale || args.all {
         scale::run(args, report)?;

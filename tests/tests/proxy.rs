@@ -484,5 +484,9 @@ fn proxy_url_names_the_tcp_listener_else_the_http_socket() {
     plain.add_bearer("bare", "bare-token");
     let out = plain.tokenctl(&["proxy-url", "bare"]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("tokenctl edit bare --api-url"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokenctl edit bare --api-url"),
+        "{}",
+        stderr(&out)
+    );
 }

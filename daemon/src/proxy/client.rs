@@ -13,8 +13,10 @@ use std::time::Duration;
 
 pub type Upstream = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
-/// Idle connections kept per upstream host, and for how long.
-const IDLE_PER_HOST: usize = 32;
+/// Idle connections kept per upstream host, and for how long: as many as
+/// a busy client keeps in flight, so a burst does not end in a churn of
+/// new connections (and sockets in TIME_WAIT) at the next one.
+const IDLE_PER_HOST: usize = 256;
 const IDLE_FOR: Duration = Duration::from_secs(90);
 
 /// The client could not be built (the platform's certificate store could
