@@ -182,8 +182,11 @@ pub enum FleetPart {
     Startup,
 }
 
+/// The hidden helper processes; each is a server, and its name is the
+/// subcommand the benchmark starts it with.
 #[cfg(unix)]
 #[derive(Subcommand, Debug)]
+#[allow(clippy::enum_variant_names)]
 enum Mode {
     /// The baseline server (started by the benchmark itself).
     #[command(hide = true)]
