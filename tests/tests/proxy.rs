@@ -484,5 +484,33 @@ fn proxy_url_names_the_tcp_listener_else_the_http_socket() {
     plain.add_bearer("bare", "bare-token");
     let out = plain.tokenctl(&["proxy-url", "bare"]);
     assert_code(&out, 1);
-    assert!(stderr(&out).contains("tokenctl edit bare --api-url"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokenctl edit bare --api-url"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_path_never_climbs_out_by_backslashes_or_other_spellings() {
+    // The test server parses URLs as browsers and Node do (WHATWG), where
+    // `\` is `/`: `/api/..\test\api` is `/test/api`, outside the API URL.
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    for path in [
+        r"ut/..\test\api",
+        r"ut/a/..%5C..%5Ctest%5Capi",
+        "ut/..%2Ftest%2Fapi",
+        "ut/..;/test/api",
+    ] {
+        let a = proxied(&d, path, &["--path-as-is"]);
+        assert_eq!(a.status, 400, "{path}: {}", a.body);
+        assert_eq!(a.header("tokend-error").as_deref(), Some("bad_request"));
+    }
+    assert!(server.api_requests().is_empty(), "the upstream saw nothing");
+    assert_eq!(
+        proxied(&d, r"ut/a%5Cb/c..d", &[]).status,
+        200,
+        "not a climb"
+    );
 }
