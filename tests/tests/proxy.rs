@@ -490,3 +490,93 @@ fn proxy_url_names_the_tcp_listener_else_the_http_socket() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_web_page_cannot_use_the_tcp_listener() {
+    // A browser runs as the user, so its sockets are the user's: a page of
+    // another site must not reach the API through the listener, neither by
+    // a cross-site request (CSRF) nor by a name rebound to 127.0.0.1.
+    let server = OidcServer::start(3600);
+    let (d, port) = with_listener(&server);
+    let rebound = format!("Host: evil.example:{port}");
+    let other_port = format!("Host: 127.0.0.1:{}", port.wrapping_add(1));
+    for (why, header, status, code) in [
+        (
+            "a rebound name",
+            rebound.as_str(),
+            421,
+            "misdirected_request",
+        ),
+        (
+            "another port",
+            other_port.as_str(),
+            421,
+            "misdirected_request",
+        ),
+        (
+            "a page's request",
+            "Origin: https://evil.example",
+            403,
+            "cross_origin",
+        ),
+        (
+            "a page's fetch",
+            "Sec-Fetch-Site: cross-site",
+            403,
+            "cross_origin",
+        ),
+        (
+            "a page on this host",
+            "Sec-Fetch-Site: same-site",
+            403,
+            "cross_origin",
+        ),
+    ] {
+        let a = over_tcp(port, "ut/campaigns", &["-H", header, "--data", "a=1"], None);
+        assert_eq!(a.status, status, "{why}: {}", a.body);
+        assert_eq!(a.header("tokend-error").as_deref(), Some(code), "{why}");
+    }
+    assert!(server.api_requests().is_empty(), "the upstream saw nothing");
+    // Clients that name the listener as they reach it are served.
+    let by_name = format!("Host: localhost:{port}");
+    assert_eq!(over_tcp(port, "ut/x", &["-H", &by_name], None).status, 200);
+    assert_eq!(over_tcp(port, "ut/x", &[], None).status, 200);
+    assert_eq!(
+        over_tcp(port, "ut/x", &["-H", "Sec-Fetch-Site: none"], None).status,
+        200,
+        "typed in the address bar"
+    );
+    drop(d);
+}
+
+#[test]
+fn a_path_never_climbs_out_by_backslashes_or_other_spellings() {
+    // The test server parses URLs as browsers and Node do (WHATWG), where
+    // `\` is `/`: `/api/..\test\api` is `/test/api`, outside the API URL.
+    let server = OidcServer::start(3600);
+    let d = logged_in(&server);
+    for path in [
+        r"ut/..\test\api",
+        r"ut/a/..%5C..%5Ctest%5Capi",
+        "ut/..%2Ftest%2Fapi",
+        "ut/..;/test/api",
+    ] {
+        let a = proxied(&d, path, &["--path-as-is"]);
+        assert_eq!(a.status, 400, "{path}: {}", a.body);
+        assert_eq!(a.header("tokend-error").as_deref(), Some("bad_request"));
+    }
+    for method in ["TRACE", "CONNECT"] {
+        let a = proxied(&d, "ut/x", &["-X", method]);
+        assert_eq!(a.status, 405, "{method}: {}", a.body);
+        assert_eq!(
+            a.header("tokend-error").as_deref(),
+            Some("method_not_allowed")
+        );
+    }
+    assert!(server.api_requests().is_empty(), "the upstream saw nothing");
+    assert_eq!(
+        proxied(&d, r"ut/a%5Cb/c..d", &[]).status,
+        200,
+        "not a climb"
+    );
+}

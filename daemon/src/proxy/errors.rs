@@ -34,6 +34,18 @@ pub enum ProxyError {
     Timeout { host: String, secs: u64 },
     #[error("{0}")]
     Client(String),
+    #[error(
+        "the proxy does not send {0} requests: their target is not a path below the API URL, or the API would echo the token back"
+    )]
+    Method(String),
+    #[error(
+        "this request names another host than the proxy's listener (Host must be 127.0.0.1, [::1] or localhost with port {0}): a web page's request through a rebound name is refused"
+    )]
+    Misdirected(u16),
+    #[error(
+        "this request comes from a web page (it carries Origin or Sec-Fetch-Site): the proxy's listener serves programs, not pages a browser opened"
+    )]
+    CrossOrigin,
 }
 
 impl ProxyError {
@@ -60,6 +72,9 @@ impl ProxyError {
                 (StatusCode::BAD_GATEWAY, "upstream_unreachable")
             }
             ProxyError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
+            ProxyError::Method(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ProxyError::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "misdirected_request"),
+            ProxyError::CrossOrigin => (StatusCode::FORBIDDEN, "cross_origin"),
         }
     }
 

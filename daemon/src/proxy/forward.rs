@@ -53,6 +53,14 @@ async fn proxied(
     rest: &str,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // CONNECT's target is the API's host and port, not a path below its
+    // URL; TRACE has the API echo the request, the token with it.
+    if matches!(
+        request.method(),
+        &hyper::Method::CONNECT | &hyper::Method::TRACE
+    ) {
+        return Err(ProxyError::Method(request.method().to_string()));
+    }
     let cred = handler::usable_by(shared, peer, name)
         .await
         .map_err(ProxyError::Daemon)?;

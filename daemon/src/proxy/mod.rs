@@ -15,9 +15,11 @@
 //! - `outgoing.rs`: the request body, held (replayable) or streamed.
 //! - `target.rs`: the upstream URL; `headers.rs`: what changes in headers.
 //! - `client.rs`: the pooled upstream client; `body.rs`: body types.
+//! - `browser.rs`: the TCP listeners refuse what web pages send.
 //! - `places.rs`: the per-user cap; `errors.rs`: the proxy's own answers.
 
 mod body;
+mod browser;
 mod client;
 mod errors;
 mod forward;
@@ -28,6 +30,15 @@ mod target;
 
 pub use body::{Held, ProxyBody, boxed, full};
 pub use forward::forward;
+
+/// The answer to a request on a TCP listener (on `port`) that a web page
+/// made or that names another host, if it is one (`browser.rs`).
+pub fn refuse_browser<B>(
+    request: &hyper::Request<B>,
+    port: u16,
+) -> Option<hyper::Response<ProxyBody>> {
+    browser::refused(request, port).map(errors::ProxyError::into_response)
+}
 
 /// What every proxied request shares: the upstream connections and the
 /// count of each user's requests in flight.

@@ -9,7 +9,7 @@ use hyper::Uri;
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     #[error(
-        "the path has a \".\" or \"..\" segment; the proxy sends requests below the credential's API URL only"
+        "the path has a \".\" or \"..\" segment (also written %2e, or split by \\, %2f or %5c, or followed by ;); the proxy sends requests below the credential's API URL only"
     )]
     DotSegment,
     #[error("the upstream URL {0:?} is not a valid URL")]
@@ -19,7 +19,7 @@ pub enum TargetError {
 /// `api_url` + `rest` (the path after `/v1/proxy/NAME/`, as sent, still
 /// percent-encoded) + `?query`.
 pub fn upstream_uri(api_url: &str, rest: &str, query: Option<&str>) -> Result<Uri, TargetError> {
-    if rest.split('/').any(is_dot_segment) {
+    if climbs(rest) {
         return Err(TargetError::DotSegment);
     }
     let mut url = String::with_capacity(api_url.len() + rest.len() + 1);
@@ -37,10 +37,23 @@ pub fn upstream_uri(api_url: &str, rest: &str, query: Option<&str>) -> Result<Ur
     url.parse::<Uri>().map_err(|_| TargetError::Invalid(url))
 }
 
-/// `.` or `..`, however its dots are written (`%2e`, `%2E`).
-fn is_dot_segment(segment: &str) -> bool {
-    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-    decoded == "." || decoded == ".."
+/// Whether `rest` has a `.` or `..` segment as any server may read it:
+/// dots percent-encoded (`%2e`), segments split at `\` too (WHATWG URL
+/// parsers, so Node and browsers, and Windows servers read `\` as `/`)
+/// and at an encoded `/` or `\` (`%2f`, `%5c`: some servers decode before
+/// they resolve dots), a segment's `;parameters` cut off (`..;` is `..` to
+/// Tomcat and Spring).
+fn climbs(rest: &str) -> bool {
+    let read = rest
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    read.split('/').any(|segment| {
+        let segment = segment.split(';').next().unwrap_or("");
+        segment == "." || segment == ".."
+    })
 }
 
 #[cfg(test)]
@@ -81,6 +94,22 @@ mod tests {
                 "{rest}"
             );
         }
+        for rest in [
+            r"..\admin",
+            r"a\..\..\b",
+            "..%5cadmin",
+            "..%2Fadmin",
+            "a%2f%2e%2e%2fb",
+            "..;/admin",
+            ".;x/a",
+        ] {
+            assert_eq!(
+                upstream_uri("https://api.example.com/v1/", rest, None),
+                Err(TargetError::DotSegment),
+                "{rest}"
+            );
+        }
         assert!(upstream_uri("https://api.example.com/v1/", "a..b/c.d", None).is_ok());
+        assert!(upstream_uri("https://api.example.com/v1/", "g%2Fp/...;v=1", None).is_ok());
     }
 }

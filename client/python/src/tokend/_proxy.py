@@ -13,6 +13,9 @@ from ._client import _STALE, DEFAULT_TIMEOUT, UnixHTTPConnection, _error_from, d
 
 Body = Union[bytes, str, None]
 
+# Methods whose request may be sent again after a connection failed under it.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
 
 class ProxySession:
     """Requests to credential ``name``'s API, its token added by tokend.
@@ -72,12 +75,14 @@ class ProxySession:
                 self._conn.request(method, target, body=data, headers=dict(headers or {}))
                 answer = self._conn.getresponse()
             except _STALE:
-                # Only a kept-alive connection the daemon had closed (idle,
-                # restart) before reading the request is tried once more on
-                # a new one: anything else may have reached the API.
+                # A kept-alive connection the daemon had closed (idle,
+                # restart) is tried once more on a new one. The same reset
+                # comes from a daemon that read the request, sent it on and
+                # then stopped: only a request that may be sent twice
+                # (RFC 9110 §9.2.2) is, so a POST never reaches the API twice.
                 self._conn.close()
                 self._conn = None
-                if not reused:
+                if not reused or method.upper() not in _IDEMPOTENT:
                     raise
                 self._conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout)
                 self._conn.request(method, target, body=data, headers=dict(headers or {}))

@@ -26,8 +26,9 @@ const PROXY: &str = "/v1/proxy/";
 pub enum Surface {
     /// `http.sock`: the API, and the proxy under `/v1/proxy/`.
     Api,
-    /// A `[proxy] listen` address: the proxy alone, at `/NAME/PATH`.
-    Proxy,
+    /// A `[proxy] listen` address (its port): the proxy alone, at
+    /// `/NAME/PATH`, for programs only (`proxy/browser.rs`).
+    Proxy(u16),
 }
 
 /// Answers one request; every failure is an answer too.
@@ -38,10 +39,15 @@ pub async fn answer(
     surface: Surface,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if let Surface::Proxy(port) = surface
+        && let Some(refused) = crate::proxy::refuse_browser(&request, port)
+    {
+        return refused;
+    }
     let path = request.uri().path();
     let proxied = match surface {
         Surface::Api => path.strip_prefix(PROXY),
-        Surface::Proxy => Some(path.strip_prefix('/').unwrap_or(path)),
+        Surface::Proxy(_) => Some(path.strip_prefix('/').unwrap_or(path)),
     };
     let Some(rest) = proxied else {
         return answer_api(shared, peer, request)

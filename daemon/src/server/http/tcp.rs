@@ -109,7 +109,7 @@ impl Connection {
             self.shared,
             self.shutdown,
             self.proxy,
-            Surface::Proxy,
+            Surface::Proxy(local.port()),
         )
         .await;
         drop(place);

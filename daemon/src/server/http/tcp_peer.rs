@@ -29,12 +29,24 @@ pub enum PeerError {
 /// The peer of the connection from `client` to our `local` address.
 #[cfg(target_os = "linux")]
 pub fn of(client: SocketAddr, local: SocketAddr) -> Result<Peer, PeerError> {
-    let table = match client {
-        SocketAddr::V4(_) => "/proc/net/tcp",
-        SocketAddr::V6(_) => "/proc/net/tcp6",
+    let uid = match (client, local) {
+        // An IPv4 client's socket is in tcp, unless it is an IPv6 socket
+        // that reached the IPv4 address (Java, any AF_INET6 client): then
+        // it is in tcp6, both ends written IPv4-mapped. One 4-tuple has
+        // one socket, whichever table holds it.
+        (SocketAddr::V4(c), SocketAddr::V4(l)) => {
+            let text = std::fs::read_to_string("/proc/net/tcp")?;
+            match owner(&text, client, local) {
+                Some(uid) => Some(uid),
+                None => {
+                    let text = std::fs::read_to_string("/proc/net/tcp6")?;
+                    owner(&text, mapped(c), mapped(l))
+                }
+            }
+        }
+        _ => owner(&std::fs::read_to_string("/proc/net/tcp6")?, client, local),
     };
-    let text = std::fs::read_to_string(table)?;
-    let uid = owner(&text, client, local).ok_or(PeerError::NotFound { client, local })?;
+    let uid = uid.ok_or(PeerError::NotFound { client, local })?;
     let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
         .ok()
         .flatten()
@@ -49,6 +61,12 @@ pub fn of(client: SocketAddr, local: SocketAddr) -> Result<Peer, PeerError> {
 #[cfg(not(target_os = "linux"))]
 pub fn of(_client: SocketAddr, _local: SocketAddr) -> Result<Peer, PeerError> {
     Err(PeerError::Unsupported)
+}
+
+/// `addr` as an IPv6 socket sees it (`::ffff:a.b.c.d`).
+#[cfg(target_os = "linux")]
+fn mapped(addr: std::net::SocketAddrV4) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_ipv6_mapped().into(), addr.port())
 }
 
 /// The uid of the established socket whose local end is `client` and
@@ -128,6 +146,23 @@ mod tests {
         let client = std::net::TcpStream::connect(server).unwrap();
         let (_accepted, from) = listener.accept().unwrap();
         assert_eq!(from, client.local_addr().unwrap());
+        let peer = of(from, server).unwrap();
+        assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_dual_stack_client_of_an_ipv4_listener_is_found_in_the_ipv6_table() {
+        // Java, and any client on an AF_INET6 socket, reaches 127.0.0.1 as
+        // ::ffff:127.0.0.1: its socket is in tcp6, the accepted one in tcp.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = listener.local_addr().unwrap();
+        let mapped = format!("[::ffff:127.0.0.1]:{}", server.port());
+        let Ok(client) = std::net::TcpStream::connect(mapped) else {
+            return; // no IPv6 here
+        };
+        let (_accepted, from) = listener.accept().unwrap();
+        assert_eq!(from.port(), client.local_addr().unwrap().port());
         let peer = of(from, server).unwrap();
         assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
     }
