@@ -1,6 +1,6 @@
 /* Runs a program in a console of its own and sends it console control
- * events on request, as Windows does when a user presses Ctrl-Break or
- * closes the console window; for test-under-wine.sh, which cannot press
+ * events on request, as Windows does when a user presses Ctrl-Break; for
+ * test-under-wine.sh, which cannot press
  * keys (Wine turns SIGINT into Ctrl-C, and no Unix signal into the others).
  *
  *   console-events.exe PROGRAM [ARGS...]
@@ -8,10 +8,11 @@
  * Starts PROGRAM in a new process group on this process's console (made
  * here if there is none), its output on this process's stdout and stderr,
  * and prints "started PID". Then reads commands from stdin, one a line:
- *   break   GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, PID)
- *   close   the console goes away: FreeConsole here, and WM_CLOSE to its
- *           window when it has one (Windows then sends CTRL_CLOSE_EVENT)
+ *   break   GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, PID) ("break: error
+ *           N" when it fails, as it does on Wine 8.0)
  * and prints "exit CODE" when PROGRAM ends (end of stdin: waits for it).
+ * The console closing (CTRL_CLOSE_EVENT) has no command: no API sends it,
+ * and Wine's console never does.
  *
  * Build: x86_64-w64-mingw32-gcc -O2 -o console-events.exe console-events.c
  */
@@ -84,11 +85,6 @@ int main(void)
         if (strncmp(line, "break", 5) == 0) {
             if (!GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pi.dwProcessId))
                 printf("break: error %lu\n", GetLastError());
-        } else if (strncmp(line, "close", 5) == 0) {
-            HWND window = GetConsoleWindow();
-            if (window) PostMessageW(window, WM_CLOSE, 0, 0);
-            else FreeConsole();
-            printf("close: %s\n", window ? "WM_CLOSE to the console window" : "no console window; FreeConsole");
         } else {
             printf("unknown command: %s\n", line);
         }
