@@ -459,6 +459,14 @@ async function resourceApi(req, res, url) {
   if (!found || found.isExpired) return json(403, { error: 'invalid_token' });
   if (url.pathname === '/api/download') {
     let left = Number(url.searchParams.get('bytes') ?? '0');
+    // stall_after=N: send N bytes, then nothing more, never ending.
+    const stallAfter = url.searchParams.get('stall_after');
+    if (stallAfter !== null) {
+      record.status = 200;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(left) });
+      res.write(Buffer.alloc(Number(stallAfter), 0x61));
+      return;
+    }
     record.status = 200;
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(left) });
     const chunk = Buffer.alloc(64 * 1024, 0x61);

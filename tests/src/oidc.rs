@@ -195,6 +195,11 @@ impl OidcServer {
 
     /// Sets a token-endpoint fault (see tests/oidc/README.md).
     pub fn fault(&self, json: &str) {
+        self.post_test("fault", json);
+    }
+
+    /// POSTs `json` to the server's test-only `/test/WHAT`.
+    fn post_test(&self, what: &str, json: &str) {
         curl(&[
             "-s",
             "-X",
@@ -203,7 +208,7 @@ impl OidcServer {
             "content-type: application/json",
             "-d",
             json,
-            &format!("{}/test/fault", self.issuer),
+            &format!("{}/test/{what}", self.issuer),
         ]);
     }
 
@@ -225,16 +230,7 @@ impl OidcServer {
     /// `{"refuse_seen": true}` (the tokens seen so far are refused from
     /// now on; the grant stays valid), `{"reset": true}`…
     pub fn api_control(&self, json: &str) {
-        curl(&[
-            "-s",
-            "-X",
-            "POST",
-            "-H",
-            "content-type: application/json",
-            "-d",
-            json,
-            &format!("{}/test/api", self.issuer),
-        ]);
+        self.post_test("api", json);
     }
 
     pub fn refreshes(&self) -> u64 {

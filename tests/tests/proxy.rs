@@ -580,3 +580,39 @@ fn a_path_never_climbs_out_by_backslashes_or_other_spellings() {
         "not a climb"
     );
 }
+
+#[test]
+fn an_upstream_that_stops_mid_answer_is_cut_off_and_frees_its_place() {
+    let server = OidcServer::start(3600);
+    let d = Daemon::start_with(Options {
+        config: Some("[proxy]\nupstream_timeout_secs = 1\nmax_concurrent_per_user = 1\n".into()),
+        ..Options::default()
+    });
+    assert_ok(&d.add_oauth(&server, "ut", &["--api-url", &server.api_url()]));
+    d.login(&server, "ut");
+    let started = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "--unix-socket",
+        ])
+        .arg(d.http_socket())
+        .arg("http://localhost/v1/proxy/ut/download?bytes=1000000&stall_after=1000")
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "cut off after the idle limit, not at curl's own timeout: {:?}",
+        started.elapsed()
+    );
+    assert!(!out.status.success(), "the answer ended short, as an error");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 1000");
+    // Its place came back: the user's one place serves the next request.
+    assert_eq!(proxied(&d, "ut/after", &[]).status, 200);
+}

@@ -5,8 +5,10 @@
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, SizeHint};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -60,6 +62,60 @@ impl<G: Unpin> Body for Held<G> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// `body`, ended with an error when it has been asked for its next piece
+/// and nothing came for `limit`: an upstream that stops mid-answer does
+/// not hold the connection, the user's place and an upstream connection
+/// for ever. (A client that stops reading holds only its own.)
+pub fn idle_limited(body: ProxyBody, limit: Duration) -> ProxyBody {
+    Idle {
+        body,
+        limit,
+        timer: Box::pin(tokio::time::sleep(limit)),
+    }
+    .boxed_unsync()
+}
+
+struct Idle {
+    body: ProxyBody,
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The upstream went quiet in the middle of its answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the API sent nothing more of its answer for {0} s")]
+struct Stalled(u64);
+
+impl Body for Idle {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(self.limit.as_secs()))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 
     fn is_end_stream(&self) -> bool {

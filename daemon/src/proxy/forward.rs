@@ -4,7 +4,7 @@
 //! sent once more with the new one (docs/HTTP.md, "Proxy").
 
 use super::Proxy;
-use super::body::{Held, ProxyBody, boxed};
+use super::body::{Held, ProxyBody, boxed, idle_limited};
 use super::client::Upstream;
 use super::errors::ProxyError;
 use super::headers;
@@ -155,8 +155,8 @@ impl Sender<'_> {
             Ok(Ok(answer)) => answer,
         };
         let (mut parts, body) = answer.into_parts();
-        headers::drop_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, boxed(body)))
+        headers::from_upstream(&mut parts.headers);
+        Ok(Response::from_parts(parts, idle_limited(boxed(body), wait)))
     }
 }
 

@@ -49,6 +49,21 @@ pub fn for_upstream(headers: &mut HeaderMap, token: &Secret) -> Result<(), Inval
     Ok(())
 }
 
+/// The answer's headers as the client gets them: without hop-by-hop
+/// fields, and without any `Tokend-*` field, which only tokend sets (an
+/// API cannot pass its answer off as tokend's refusal, or as a retry).
+pub fn from_upstream(headers: &mut HeaderMap) {
+    drop_hop_by_hop(headers);
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("tokend-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
 /// The token has characters a header cannot carry.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -84,6 +99,22 @@ mod tests {
         assert_eq!(left, ["accept", "authorization", "x-request-id"]);
         assert_eq!(h[header::AUTHORIZATION], "Bearer tok-1");
         assert!(h[header::AUTHORIZATION].is_sensitive());
+    }
+
+    #[test]
+    fn an_api_cannot_set_tokends_own_fields() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("tokend-error", "not_usable"),
+            ("tokend-retried", "1"),
+            ("content-type", "application/json"),
+            ("connection", "close"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        from_upstream(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
     }
 
     #[test]

@@ -57,43 +57,23 @@ pub(super) async fn locked(
     Ok(read(&row)?)
 }
 
-/// Writes a row's description and settings as `bound` says, and the tag
-/// over them (`tokenctl edit`).
-pub(super) async fn write_settings(
+/// Writes a row's bound columns as `bound` says (its description and
+/// settings, its owner's name and allow list), and the tag over them.
+pub(super) async fn write(
     tx: &tokio_postgres::Transaction<'_>,
     bound: &Bound,
     sealer: &Sealer,
 ) -> Result<(), Failure> {
     let tag = bound.binding().tag(sealer)?;
     tx.execute(
-        "UPDATE tokend.credentials SET description = $3, settings = $4, binding = $5
+        "UPDATE tokend.credentials
+         SET description = $3, settings = $4, owner_name = $5, allowed = $6, binding = $7
          WHERE name = $1 AND incarnation = $2",
         &[
             &bound.name,
             &bound.incarnation,
             &bound.description,
             &bound.settings,
-            &tag,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Writes a row's owner name and allow list as `bound.named` says, and
-/// the tag over them.
-pub(super) async fn write_names(
-    tx: &tokio_postgres::Transaction<'_>,
-    bound: &Bound,
-    sealer: &Sealer,
-) -> Result<(), Failure> {
-    let tag = bound.binding().tag(sealer)?;
-    tx.execute(
-        "UPDATE tokend.credentials SET owner_name = $3, allowed = $4, binding = $5
-         WHERE name = $1 AND incarnation = $2",
-        &[
-            &bound.name,
-            &bound.incarnation,
             &bound.named.owner.name,
             &allowed_to_text(&bound.named.allowed),
             &tag,

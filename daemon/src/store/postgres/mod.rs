@@ -33,6 +33,7 @@ mod statement;
 mod thread;
 mod tls;
 
+use super::binding::Bound;
 use super::names::Names;
 use super::rows::{KEY_CHECK, check_key, fence_outcome, open_all, seal_tokens, state_to_text};
 use super::seal::{Place, Sealer};
@@ -289,6 +290,32 @@ impl PgStore {
         Ok(())
     }
 
+    /// Changes a row's bound columns with `change`, in one transaction on
+    /// the row as stored (locked), and tags it again: `allow`, `deny` and
+    /// `edit`. A row the key does not vouch for is not changed.
+    fn rebind<T: Send + 'static>(
+        &self,
+        name: &str,
+        incarnation: i64,
+        change: impl FnOnce(&mut Bound) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.refuse_check()?;
+        let (pool, owned) = (self.work.clone(), name.to_string());
+        let sealer = self.sealer.clone();
+        self.call(async move {
+            let mut client = pool.get().await?;
+            let tx = client.transaction().await?;
+            let mut bound = bound::locked(&tx, &owned, incarnation).await?;
+            if !bound.verified(&sealer) {
+                return Err(StoreError::Untrusted(owned).into());
+            }
+            let answer = change(&mut bound)?;
+            bound::write(&tx, &bound, &sealer).await?;
+            tx.commit().await?;
+            Ok(answer)
+        })
+    }
+
     /// Settles what a held lock's re-read found: the row, unless it is
     /// gone. A journal mark in it is the lifecycle's to judge, by its lease.
     fn claim(
@@ -473,25 +500,13 @@ impl Backend for PgStore {
         principal: Principal,
         allow: bool,
     ) -> Result<Vec<Principal>, StoreError> {
-        self.refuse_check()?;
-        let (pool, owned) = (self.work.clone(), name.to_string());
-        let sealer = self.sealer.clone();
-        self.call(async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let mut bound = bound::locked(&tx, &owned, incarnation).await?;
-            if !bound.verified(&sealer) {
-                return Err(StoreError::Untrusted(owned).into());
-            }
-            // Names are looked up on the database's thread: one or two
-            // look-ups for an admin's allow or deny.
+        // Names are looked up on the database's thread: one or two
+        // look-ups for an admin's allow or deny.
+        self.rebind(name, incarnation, move |bound| {
             let mut names = Names::default();
-            bound.named = names.resolved(bound.named);
+            bound.named = names.resolved(bound.named.clone());
             bound.named.change(names.written(principal)?, allow);
-            bound::write_names(&tx, &bound, &sealer).await?;
-            let list = bound.named.allowed_here();
-            tx.commit().await?;
-            Ok(list)
+            Ok(bound.named.allowed_here())
         })
     }
 
@@ -502,22 +517,11 @@ impl Backend for PgStore {
         description: &str,
         spec: &tokend_proto::CredentialSpec,
     ) -> Result<(), StoreError> {
-        self.refuse_check()?;
         let settings = serde_json::to_string(spec)?;
-        let (pool, owned, description) =
-            (self.work.clone(), name.to_string(), description.to_string());
-        let sealer = self.sealer.clone();
-        self.call(async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let mut bound = bound::locked(&tx, &owned, incarnation).await?;
-            if !bound.verified(&sealer) {
-                return Err(StoreError::Untrusted(owned).into());
-            }
+        let description = description.to_string();
+        self.rebind(name, incarnation, move |bound| {
             bound.description = description;
             bound.settings = settings;
-            bound::write_settings(&tx, &bound, &sealer).await?;
-            tx.commit().await?;
             Ok(())
         })
     }

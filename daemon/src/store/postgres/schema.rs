@@ -8,7 +8,7 @@
 //! and the member that made it (its `application_name`), so that the other
 //! members re-read it (docs/ARCHITECTURE.md, "The fleet store").
 
-use super::bound::{BOUND, read, write_names};
+use super::bound::{BOUND, read, write};
 use super::error::Failure;
 use crate::store::StoreError;
 use crate::store::names::Names;
@@ -213,7 +213,7 @@ async fn bind_existing(
             continue;
         };
         bound.named = names.name_ids(&bound.named)?;
-        write_names(tx, &bound, sealer).await?;
+        write(tx, &bound, sealer).await?;
         let sealed = tx
             .query_one(
                 "SELECT client_secret, access_token, refresh_token FROM tokend.credentials

@@ -70,6 +70,27 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Changes a row's bound columns with `change`, in one transaction,
+    /// and tags it again: `allow`, `deny` and `edit`. A row the key does
+    /// not vouch for is not changed.
+    fn rebind<T>(
+        &self,
+        name: &str,
+        incarnation: i64,
+        change: impl FnOnce(&mut Bound) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let (id, mut row) = bound_row(&tx, name, incarnation)?;
+        if !row.verified(&self.sealer) {
+            return Err(StoreError::Untrusted(name.to_string()));
+        }
+        let answer = change(&mut row)?;
+        write_bound(&tx, id, &row, &self.sealer)?;
+        tx.commit()?;
+        Ok(answer)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the
         // transaction rolls back), so a poisoned lock is still usable.
@@ -299,18 +320,12 @@ impl Backend for SqliteStore {
         principal: Principal,
         allow: bool,
     ) -> Result<Vec<Principal>, StoreError> {
-        let mut names = Names::default();
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let (id, mut row) = bound_row(&tx, name, incarnation)?;
-        if !row.verified(&self.sealer) {
-            return Err(StoreError::Untrusted(name.to_string()));
-        }
-        row.named = names.resolved(row.named);
-        row.named.change(names.written(principal)?, allow);
-        write_names(&tx, id, &row, &self.sealer)?;
-        tx.commit()?;
-        Ok(row.named.allowed_here())
+        self.rebind(name, incarnation, |row| {
+            let mut names = Names::default();
+            row.named = names.resolved(row.named.clone());
+            row.named.change(names.written(principal)?, allow);
+            Ok(row.named.allowed_here())
+        })
     }
 
     fn change_settings(
@@ -321,21 +336,11 @@ impl Backend for SqliteStore {
         spec: &tokend_proto::CredentialSpec,
     ) -> Result<(), StoreError> {
         let settings = serde_json::to_string(spec)?;
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let (id, mut row) = bound_row(&tx, name, incarnation)?;
-        if !row.verified(&self.sealer) {
-            return Err(StoreError::Untrusted(name.to_string()));
-        }
-        row.description = description.to_string();
-        row.settings = settings;
-        let tag = row.binding().tag(&self.sealer)?;
-        tx.execute(
-            "UPDATE credentials SET description = ?2, settings = ?3, binding = ?4 WHERE id = ?1",
-            params![id, row.description, row.settings, tag],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.rebind(name, incarnation, |row| {
+            row.description = description.to_string();
+            row.settings = settings;
+            Ok(())
+        })
     }
 
     fn save_last_use(&self, uses: &[(String, i64, i64)]) -> Result<(), StoreError> {
@@ -485,9 +490,9 @@ fn bound_row(
     Ok((id, bound))
 }
 
-/// Writes row `id`'s owner name and allow list as `row.named` says, and
-/// the tag over them.
-fn write_names(
+/// Writes row `id`'s bound columns as `row` says (its description and
+/// settings, its owner's name and allow list), and the tag over them.
+fn write_bound(
     tx: &rusqlite::Transaction<'_>,
     id: i64,
     row: &Bound,
@@ -495,8 +500,9 @@ fn write_names(
 ) -> Result<(), StoreError> {
     let tag = row.binding().tag(sealer)?;
     tx.execute(
-        "UPDATE credentials SET owner_name = ?2, binding = ?3 WHERE id = ?1",
-        params![id, row.named.owner.name, tag],
+        "UPDATE credentials SET description = ?2, settings = ?3, owner_name = ?4, binding = ?5
+         WHERE id = ?1",
+        params![id, row.description, row.settings, row.named.owner.name, tag],
     )?;
     tx.execute("DELETE FROM allowed WHERE credential_id = ?1", [id])?;
     write_allowed(tx, id, &row.named.allowed)
@@ -523,7 +529,7 @@ fn bind_existing(tx: &rusqlite::Transaction<'_>, sealer: &Sealer) -> Result<(), 
             continue;
         };
         row.named = names.name_ids(&row.named)?;
-        write_names(tx, id, &row, sealer)?;
+        write_bound(tx, id, &row, sealer)?;
         let sealed = tx.query_row(
             "SELECT client_secret, access_token, refresh_token FROM credentials WHERE id = ?1",
             [id],
