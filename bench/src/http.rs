@@ -230,11 +230,16 @@ impl HttpEndpoint {
         }
     }
 
-    /// `GET path` at `target`, over and over.
+    /// `GET path` at `target`, over and over (`Host` as a client that was
+    /// given the target's URL sends it).
     pub fn get(target: Target, path: &str, body_len: usize) -> HttpEndpoint {
+        let host = match &target {
+            Target::Unix(_) => "localhost".to_string(),
+            Target::Tcp(addr) => addr.to_string(),
+        };
         HttpEndpoint {
             target,
-            requests: vec![format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes()],
+            requests: vec![format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()],
             body_len,
         }
     }

@@ -138,7 +138,7 @@ fn slow_downloads(
     let mut streams = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = Stream::connect(&Target::Tcp(listen))?;
-        s.write_all(format!("GET /{NAME}/slow HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        s.write_all(format!("GET /{NAME}/slow HTTP/1.1\r\nHost: {listen}\r\n\r\n").as_bytes())
             .map_err(|e| format!("slow download: {e}"))?;
         if let Stream::Tcp(t) = &s {
             t.set_read_timeout(Some(Duration::from_millis(200)))

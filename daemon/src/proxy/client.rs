@@ -13,12 +13,13 @@ use std::time::Duration;
 
 pub type Upstream = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
-/// The most an upstream connection's read buffer may grow to (hyper's
-/// default is about 400 KiB): a download the client reads slowly holds
-/// this much at most here, the rest waits in the kernel's socket buffers
-/// and at the upstream (1,000 slow downloads cost 340 KiB each with the
-/// default; docs/BENCHMARKS.md).
-const READ_BUFFER: usize = 64 * 1024;
+/// An upstream connection's read buffer, fixed (hyper's grows to about
+/// 400 KiB): every piece of an answer on its way to a slow client keeps
+/// the buffer it was read into alive, so this bounds what a download the
+/// client reads slowly holds here; the rest waits in the kernel's socket
+/// buffers and at the upstream (1,000 slow downloads cost 340 KiB each
+/// with hyper's default, 150 KiB with 64 KiB; docs/BENCHMARKS.md).
+const READ_BUFFER: usize = 16 * 1024;
 
 /// Idle connections kept per upstream host, and for how long: as many as
 /// a busy client keeps in flight, so a burst does not end in a churn of
@@ -65,6 +66,6 @@ fn build() -> Result<Upstream, ClientError> {
     Ok(Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(IDLE_PER_HOST)
         .pool_idle_timeout(IDLE_FOR)
-        .http1_max_buf_size(READ_BUFFER)
+        .http1_read_buf_exact_size(READ_BUFFER)
         .build(https))
 }
