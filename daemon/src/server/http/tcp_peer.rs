@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 /// Why no uid was found.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
+    #[cfg(target_os = "linux")]
     #[error(
         "no socket of {client} connected to {local} in the kernel's table (the client is gone, or in another network namespace)"
     )]
@@ -19,6 +20,7 @@ pub enum PeerError {
         client: SocketAddr,
         local: SocketAddr,
     },
+    #[cfg(target_os = "linux")]
     #[error("cannot read the kernel's socket table: {0}")]
     Table(#[from] std::io::Error),
     #[cfg(not(target_os = "linux"))]
@@ -71,6 +73,7 @@ fn mapped(addr: std::net::SocketAddrV4) -> SocketAddr {
 
 /// The uid of the established socket whose local end is `client` and
 /// remote end is `local`, in a `/proc/net/tcp{,6}` table.
+#[cfg(any(target_os = "linux", test))]
 fn owner(table: &str, client: SocketAddr, local: SocketAddr) -> Option<u32> {
     let (want_local, want_remote) = (proc_addr(client), proc_addr(local));
     table.lines().skip(1).find_map(|line| {
@@ -93,6 +96,7 @@ fn owner(table: &str, client: SocketAddr, local: SocketAddr) -> Option<u32> {
 
 /// An address as the table writes it: each 32-bit word of the address in
 /// the host's byte order, in hex, then the port in hex.
+#[cfg(any(target_os = "linux", test))]
 fn proc_addr(addr: SocketAddr) -> String {
     let words: String = match addr {
         SocketAddr::V4(a) => format!("{:08X}", u32::from_ne_bytes(a.ip().octets())),
