@@ -102,6 +102,46 @@ fn string_of(sid: PSID) -> io::Result<String> {
     Ok(string)
 }
 
+/// The owner SID of the file or directory `path`.
+pub fn owner_of_file(path: &std::path::Path) -> io::Result<String> {
+    use std::os::windows::ffi::OsStrExt;
+    use windows_sys::Win32::Security::Authorization::{GetNamedSecurityInfoW, SE_FILE_OBJECT};
+    use windows_sys::Win32::Security::{OWNER_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR};
+    let wide: Vec<u16> = path
+        .as_os_str()
+        .encode_wide()
+        .chain(std::iter::once(0))
+        .collect();
+    let mut owner: PSID = std::ptr::null_mut();
+    let mut sd: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: `wide` is NUL-terminated; valid out-pointers; the others null
+    // (not asked for).
+    let error = unsafe {
+        GetNamedSecurityInfoW(
+            wide.as_ptr(),
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION,
+            &mut owner,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if error != 0 {
+        return Err(io::Error::from_raw_os_error(error as i32));
+    }
+    let result = if owner.is_null() {
+        Err(io::Error::other("the file has no owner"))
+    } else {
+        string_of(owner)
+    };
+    // SAFETY: allocated by GetNamedSecurityInfoW with LocalAlloc (`owner`
+    // points into it), freed once, after its last use.
+    unsafe { LocalFree(sd) };
+    result
+}
+
 /// The SID of the user account `name` (`user`, `DOMAIN\user`,
 /// `user@domain`), as Windows resolves it on this machine; `None` when no
 /// such user exists, or `name` is a group or another kind of account. May

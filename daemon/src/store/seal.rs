@@ -38,6 +38,10 @@ pub enum SealError {
     #[error("the sealing key {path} is readable by other users (mode {mode:o}); chmod 600 it")]
     KeyTooOpen { path: PathBuf, mode: u32 },
     #[error(
+        "the sealing key {path} belongs to {owner}, not to this daemon's user, LocalSystem or Administrators: another user may have made it (and know it); remove it or take ownership after checking"
+    )]
+    KeyNotOurs { path: PathBuf, owner: String },
+    #[error(
         "the {column} of credential {name:?} cannot be opened: wrong sealing key, or the store was tampered with"
     )]
     Open { name: String, column: &'static str },
@@ -233,9 +237,35 @@ fn check_key_mode(path: &Path) -> Result<(), SealError> {
             });
         }
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    if std::fs::metadata(path).is_ok() {
+        let err = |source| SealError::ReadKey {
+            path: path.into(),
+            source,
+        };
+        let owner = tokend_proto::sid::owner_of_file(path).map_err(err)?;
+        let own = tokend_proto::sid::user_of_this_process().map_err(err)?;
+        if !trusted_key_owner(&owner, &own) {
+            return Err(SealError::KeyNotOurs {
+                path: path.into(),
+                owner,
+            });
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
     let _ = path;
     Ok(())
+}
+
+/// Windows: whose key file the daemon uses — its own user's, LocalSystem's
+/// or the Administrators group's (an elevated administrator's files may be
+/// owned by the group). In a directory other users may write to
+/// (`%ProgramData%` lets every local user create files in its
+/// subdirectories), another user could make the key file before the
+/// daemon first starts, with a key they know; its owner gives it away.
+#[cfg(any(windows, test))]
+fn trusted_key_owner(owner: &str, own: &str) -> bool {
+    owner == own || owner == "S-1-5-18" || owner == "S-1-5-32-544"
 }
 
 fn create_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
@@ -250,17 +280,31 @@ fn create_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, SealError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     #[cfg(windows)]
-    std::os::windows::fs::OpenOptionsExt::access_mode(
-        &mut options,
-        windows_sys::Win32::Foundation::GENERIC_WRITE
-            | windows_sys::Win32::Storage::FileSystem::WRITE_DAC,
-    );
+    windows_key_options(&mut options);
     let mut file = options.open(path).map_err(err)?;
     #[cfg(windows)]
     restrict_to_user(&file).map_err(err)?;
     file.write_all(key.as_ref()).map_err(err)?;
     file.sync_all().map_err(err)?;
     Ok(key)
+}
+
+/// Windows: the key file is created for writing and changing its DACL,
+/// and **shared with nobody** while it is open (share mode 0). Between
+/// its creation and `restrict_to_user` the file has the access list it
+/// inherits from its directory (in `%ProgramData%`, read for every local
+/// user); a handle opened then would keep its access after the DACL
+/// changes and read the key once written. With no sharing, no one else
+/// can open it until it is closed, by which time only its user may.
+#[cfg(windows)]
+fn windows_key_options(options: &mut std::fs::OpenOptions) {
+    use std::os::windows::fs::OpenOptionsExt;
+    options
+        .access_mode(
+            windows_sys::Win32::Foundation::GENERIC_WRITE
+                | windows_sys::Win32::Storage::FileSystem::WRITE_DAC,
+        )
+        .share_mode(0);
 }
 
 /// Windows: the new, still empty, key file gets a protected DACL that
@@ -277,6 +321,35 @@ fn restrict_to_user(file: &std::fs::File) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_file_made_by_another_user_is_not_used() {
+        const ALICE: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+        const BOB: &str = "S-1-5-21-1004336348-1177238915-682003330-1002";
+        assert!(trusted_key_owner(ALICE, ALICE));
+        assert!(trusted_key_owner("S-1-5-18", ALICE));
+        assert!(trusted_key_owner("S-1-5-32-544", ALICE));
+        assert!(!trusted_key_owner(BOB, ALICE));
+        assert!(!trusted_key_owner("S-1-5-32-545", ALICE), "not Users");
+        assert!(!trusted_key_owner("S-1-1-0", ALICE), "not Everyone");
+    }
+
+    /// While the daemon writes a new key, nobody else can open the file:
+    /// a handle opened in the moment before its DACL is set would keep
+    /// reading it after (ERROR_SHARING_VIOLATION is 32).
+    #[cfg(windows)]
+    #[test]
+    fn a_new_key_file_cannot_be_opened_by_anyone_else_while_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        windows_key_options(&mut options);
+        let held = options.open(&path).unwrap();
+        let other = std::fs::File::open(&path);
+        assert_eq!(other.err().and_then(|e| e.raw_os_error()), Some(32));
+        drop(held);
+    }
 
     fn sealer() -> Sealer {
         Sealer::from_key(&[7u8; 32])
