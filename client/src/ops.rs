@@ -28,8 +28,8 @@ pub fn check_daemon(socket: &std::path::Path, daemon_uid: Option<u32>) -> Result
 /// Refuses a daemon of another user on this user's own socket, before
 /// anything is sent: on Unix by the uid the kernel reports for the peer
 /// ([`check_daemon`]); on Windows by the user SID of the process that
-/// serves the pipe, which must be this user's or LocalSystem's (a process
-/// whose user cannot even be read is refused too).
+/// serves the pipe ([`trusted_server`]; a process whose user cannot even
+/// be read is refused too).
 pub fn check_server(
     socket: &std::path::Path,
     stream: &impl interprocess::local_socket::traits::StreamCommon,
@@ -38,7 +38,8 @@ pub fn check_server(
     return check_daemon(socket, daemon_uid(stream));
     #[cfg(windows)]
     {
-        if socket != tokend_proto::paths::user_socket() {
+        let user_pipe = tokend_proto::paths::user_socket();
+        if !is_well_known_pipe(socket, &user_pipe) {
             return Ok(());
         }
         let pid = stream.peer_creds().ok().and_then(|c| c.pid()).unwrap_or(0);
@@ -52,12 +53,39 @@ pub fn check_server(
         ) else {
             return Err(impostor);
         };
-        if server == me || server == tokend_proto::sid::LOCAL_SYSTEM {
+        if trusted_server(&server, &me) {
             Ok(())
         } else {
             Err(impostor)
         }
     }
+}
+
+/// Windows: the pipes whose server is checked — the user's own and the
+/// system daemon's (`\\.\pipe\tokend`). Unlike a Unix socket in a
+/// directory only root writes, a pipe name is the whole machine's: any
+/// local user can create `\\.\pipe\tokend` while the system daemon is
+/// not running, and would then receive what an administrator sends it
+/// (`add`'s secrets). Pipe names are case-insensitive, so compared so.
+/// Any other pipe, named explicitly, is exempt.
+#[cfg(any(windows, test))]
+fn is_well_known_pipe(socket: &std::path::Path, user_pipe: &std::path::Path) -> bool {
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        a.to_string_lossy()
+            .eq_ignore_ascii_case(&b.to_string_lossy())
+    };
+    same(socket, user_pipe) || same(socket, std::path::Path::new(WINDOWS_SYSTEM_PIPE))
+}
+
+/// The system daemon's pipe on Windows (`tokend_proto::paths::SYSTEM_SOCKET` there).
+#[cfg(any(windows, test))]
+const WINDOWS_SYSTEM_PIPE: &str = r"\\.\pipe\tokend";
+
+/// Windows: a well-known pipe may be served by this user's process or
+/// LocalSystem's (the system daemon), by nobody else.
+#[cfg(any(windows, test))]
+fn trusted_server(server_sid: &str, my_sid: &str) -> bool {
+    server_sid == my_sid || server_sid == "S-1-5-18"
 }
 
 /// The daemon's uid as the kernel reports it (`None` off Unix, where a
@@ -199,5 +227,42 @@ pub fn allow_named(name: &str, principal: NamedPrincipal, allow: bool) -> Reques
         Request::AllowNamed { name, principal }
     } else {
         Request::DenyNamed { name, principal }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const ALICE: &str = "S-1-5-21-1004336348-1177238915-682003330-1001";
+    const BOB: &str = "S-1-5-21-1004336348-1177238915-682003330-1002";
+
+    #[test]
+    fn the_system_pipe_is_checked_as_the_users_own_is_in_any_case() {
+        let mine = Path::new(r"\\.\pipe\tokend-alice");
+        assert!(is_well_known_pipe(mine, mine));
+        assert!(is_well_known_pipe(
+            Path::new(r"\\.\PIPE\TOKEND-ALICE"),
+            mine
+        ));
+        assert!(
+            is_well_known_pipe(Path::new(r"\\.\pipe\tokend"), mine),
+            "any user can create the system pipe while its daemon is down"
+        );
+        assert!(is_well_known_pipe(Path::new(r"\\.\pipe\TOKEND"), mine));
+        assert!(!is_well_known_pipe(Path::new(r"\\.\pipe\elsewhere"), mine));
+    }
+
+    #[test]
+    fn a_well_known_pipe_is_served_by_its_user_or_local_system_only() {
+        assert!(trusted_server(ALICE, ALICE));
+        assert!(trusted_server("S-1-5-18", ALICE));
+        assert!(!trusted_server(BOB, ALICE));
+        assert!(
+            !trusted_server("S-1-5-19", ALICE),
+            "LocalService is not LocalSystem"
+        );
+        assert!(!trusted_server("S-1-5-20", ALICE), "nor NetworkService");
     }
 }
