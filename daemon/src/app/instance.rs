@@ -25,10 +25,16 @@ unsafe impl Sync for Instance {}
 
 /// The mutex's name for the pipe `socket`: in the session's namespace,
 /// the pipe's name with its backslashes (which a mutex name may not hold)
-/// replaced.
+/// replaced, in lower case: pipe names are case-insensitive and mutex
+/// names are not, so `\\.\pipe\TOKEND-alice` is the same pipe and must be
+/// the same mutex.
 #[cfg(any(windows, test))]
 fn mutex_name(socket: &Path) -> String {
-    let pipe = socket.display().to_string().replace('\\', "_");
+    let pipe = socket
+        .display()
+        .to_string()
+        .replace('\\', "_")
+        .to_lowercase();
     format!("Local\\tokend-instance-{pipe}")
 }
 
@@ -87,5 +93,13 @@ mod tests {
         let name = mutex_name(Path::new(r"\\.\pipe\tokend-alice"));
         assert_eq!(name, r"Local\tokend-instance-__._pipe_tokend-alice");
         assert_eq!(name.matches('\\').count(), 1, "only the namespace's");
+    }
+
+    #[test]
+    fn one_pipe_in_any_case_is_one_mutex() {
+        assert_eq!(
+            mutex_name(Path::new(r"\\.\PIPE\TOKEND-Alice")),
+            mutex_name(Path::new(r"\\.\pipe\tokend-alice")),
+        );
     }
 }
