@@ -17,11 +17,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::{Arc, LazyLock};
-use tokend::config::access::{Peer, Policy};
 use tokend::config::Config;
+use tokend::config::access::{Peer, Policy};
 use tokend::config::paths::{Overrides, Paths};
-use tokend::store::seal::Sealer;
 use tokend::state::Shared;
+use tokend::store::seal::Sealer;
 use tokend_proto::{ErrorCode, FrameError, Principal, Request, Response, read_frame};
 
 /// The uid/gid the unprivileged peer runs as (nobody/nogroup).
@@ -87,7 +87,8 @@ impl Harness {
                 store: None,
             },
         );
-        let store = tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[7u8; 32])).expect("store");
+        let store =
+            tokend::store::open_sqlite(&paths.db, Sealer::from_key(&[7u8; 32])).expect("store");
         store.verify_key().expect("key check");
         let mut config = Config::default();
         // Bounded waits: nothing listens on 127.0.0.1:9, but be sure.
@@ -158,6 +159,7 @@ impl Harness {
                 | Request::Deny { .. }
                 | Request::AllowNamed { .. }
                 | Request::DenyNamed { .. }
+                | Request::Edit(_)
                 | Request::LoginStart { .. }
                 | Request::LoginFinish { .. }
                 | Request::DeviceLoginStart { .. }

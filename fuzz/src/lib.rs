@@ -4,8 +4,8 @@
 
 use tokend::config::Config;
 use tokend_proto::{
-    AddCredential, AddKind, ClientAuth, NamedPrincipal, OAuth2Request, Principal, Request, Secret,
-    write_frame,
+    AddCredential, AddKind, ClientAuth, EditCredential, NamedPrincipal, OAuth2Request, Principal,
+    Request, Secret, write_frame,
 };
 
 /// Where every URL the daemon might contact is pointed: the discard port on
@@ -148,6 +148,15 @@ pub fn seeds() -> Vec<Vec<u8>> {
             name: name("b"),
             principal: NamedPrincipal::Group("no-such-group".into()),
         },
+        Request::Edit(Box::new(EditCredential {
+            name: name("b"),
+            description: Some("edited".into()),
+            api_url: Some(Some(CLOSED_URL.into())),
+            retry_on: Some(Some(vec![401, 403])),
+            check_url: Some(None),
+            scopes: None,
+            git_hosts: Some(vec!["git.example.com".into()]),
+        })),
         Request::LoginStart {
             name: name("o"),
             redirect_uri: None,
