@@ -616,3 +616,40 @@ fn an_upstream_that_stops_mid_answer_is_cut_off_and_frees_its_place() {
     // Its place came back: the user's one place serves the next request.
     assert_eq!(proxied(&d, "ut/after", &[]).status, 200);
 }
+
+#[test]
+fn a_streamed_body_past_the_limit_is_cut_off_with_413() {
+    let server = OidcServer::start(3600);
+    let d = Daemon::start_with(Options {
+        config: Some("[proxy]\nmax_request_bytes = 1048576\n".into()),
+        ..Options::default()
+    });
+    assert_ok(&d.add_oauth(&server, "ut", &["--api-url", &server.api_url()]));
+    d.login(&server, "ut");
+    let file = d.dir.path().join("big.bin");
+    std::fs::write(&file, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+    let upload = format!("@{}", file.display());
+    // Chunked: the length is not known before, so it is streamed and cut.
+    let a = proxied(
+        &d,
+        "ut/upload",
+        &[
+            "-X",
+            "POST",
+            "--data-binary",
+            &upload,
+            "-H",
+            "Transfer-Encoding: chunked",
+        ],
+    );
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(
+        a.header("tokend-error").as_deref(),
+        Some("payload_too_large")
+    );
+    // With its length said up front, it is refused before anything is sent.
+    let before = server.api_requests().len();
+    let a = proxied(&d, "ut/upload", &["-X", "POST", "--data-binary", &upload]);
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(server.api_requests().len(), before, "nothing sent");
+}

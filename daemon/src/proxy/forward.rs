@@ -85,6 +85,7 @@ async fn proxied(
         parts: &parts,
         uri: &uri,
         timeout_secs: config.proxy.upstream_timeout_secs,
+        max_request_bytes: config.proxy.max_request_bytes,
     };
     let read_for = Duration::from_secs(config.proxy.upstream_timeout_secs);
     let mut outgoing = Outgoing::read(body, &config.proxy, read_for).await?;
@@ -121,6 +122,7 @@ struct Sender<'a> {
     parts: &'a Parts,
     uri: &'a Uri,
     timeout_secs: u64,
+    max_request_bytes: u64,
 }
 
 impl Sender<'_> {
@@ -146,6 +148,11 @@ impl Sender<'_> {
                     secs: self.timeout_secs,
                 });
             }
+            // A streamed body that grew past max_request_bytes: the
+            // request was cut off on its way, the client's fault.
+            Ok(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => {
+                return Err(ProxyError::TooLarge(self.max_request_bytes));
+            }
             Ok(Err(e)) => {
                 return Err(ProxyError::Unreachable {
                     host,
@@ -158,6 +165,18 @@ impl Sender<'_> {
         headers::from_upstream(&mut parts.headers);
         Ok(Response::from_parts(parts, idle_limited(boxed(body), wait)))
     }
+}
+
+/// Whether `E` is somewhere in `e`'s chain of causes.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<E>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The innermost cause: "connection refused", not "client error (Connect)".
