@@ -65,10 +65,31 @@ fn proxied(d: &Daemon, path: &str, args: &[&str]) -> Answer {
 /// A daemon with the oauth2 credential `ut` logged in against `server`,
 /// its API URL the server's resource API.
 fn logged_in(server: &OidcServer) -> Daemon {
-    let d = Daemon::start();
+    logged_in_with(server, "")
+}
+
+/// [`logged_in`], the daemon started with `config` as its config file.
+fn logged_in_with(server: &OidcServer, config: &str) -> Daemon {
+    let d = Daemon::start_with(Options {
+        config: Some(config.into()),
+        ..Options::default()
+    });
     assert_ok(&d.add_oauth(server, "ut", &["--api-url", &server.api_url()]));
     d.login(server, "ut");
     d
+}
+
+/// POSTs `bytes` bytes to `ut/upload` through `http.sock`, chunked (its
+/// length not said up front, so the proxy streams it) or not.
+fn upload(d: &Daemon, bytes: usize, chunked: bool) -> Answer {
+    let file = d.dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'x'; bytes]).unwrap();
+    let data = format!("@{}", file.display());
+    let mut args = vec!["-X", "POST", "--data-binary", &data];
+    if chunked {
+        args.extend(["-H", "Transfer-Encoding: chunked"]);
+    }
+    proxied(d, "ut/upload", &args)
 }
 
 #[test]
@@ -190,21 +211,7 @@ fn a_large_streamed_upload_refused_is_sent_once_and_not_retried() {
     let server = OidcServer::start(3600);
     let d = logged_in(&server);
     server.api_control(r#"{"mode": "always403"}"#);
-    let file = d.dir.path().join("upload.bin");
-    std::fs::write(&file, vec![b'x'; 5 * 1024 * 1024]).unwrap();
-    let upload = format!("@{}", file.display());
-    let a = proxied(
-        &d,
-        "ut/upload",
-        &[
-            "-X",
-            "POST",
-            "--data-binary",
-            &upload,
-            "-H",
-            "Transfer-Encoding: chunked",
-        ],
-    );
+    let a = upload(&d, 5 * 1024 * 1024, true);
     assert_eq!(a.status, 403, "{}", a.body);
     assert_eq!(a.header("tokend-retried"), None);
     let seen = server.api_requests();
@@ -340,12 +347,10 @@ fn over_tcp(port: u16, path: &str, args: &[&str], who: Option<users::Other>) -> 
 /// A daemon with `ut` logged in and a proxy listener on a loopback port.
 fn with_listener(server: &OidcServer) -> (Daemon, u16) {
     let port = free_port();
-    let d = Daemon::start_with(Options {
-        config: Some(format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n")),
-        ..Options::default()
-    });
-    assert_ok(&d.add_oauth(server, "ut", &["--api-url", &server.api_url()]));
-    d.login(server, "ut");
+    let d = logged_in_with(
+        server,
+        &format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n"),
+    );
     (d, port)
 }
 
@@ -584,12 +589,10 @@ fn a_path_never_climbs_out_by_backslashes_or_other_spellings() {
 #[test]
 fn an_upstream_that_stops_mid_answer_is_cut_off_and_frees_its_place() {
     let server = OidcServer::start(3600);
-    let d = Daemon::start_with(Options {
-        config: Some("[proxy]\nupstream_timeout_secs = 1\nmax_concurrent_per_user = 1\n".into()),
-        ..Options::default()
-    });
-    assert_ok(&d.add_oauth(&server, "ut", &["--api-url", &server.api_url()]));
-    d.login(&server, "ut");
+    let d = logged_in_with(
+        &server,
+        "[proxy]\nupstream_timeout_secs = 1\nmax_concurrent_per_user = 1\n",
+    );
     let started = std::time::Instant::now();
     let out = Command::new("curl")
         .args([
@@ -620,28 +623,9 @@ fn an_upstream_that_stops_mid_answer_is_cut_off_and_frees_its_place() {
 #[test]
 fn a_streamed_body_past_the_limit_is_cut_off_with_413() {
     let server = OidcServer::start(3600);
-    let d = Daemon::start_with(Options {
-        config: Some("[proxy]\nmax_request_bytes = 1048576\n".into()),
-        ..Options::default()
-    });
-    assert_ok(&d.add_oauth(&server, "ut", &["--api-url", &server.api_url()]));
-    d.login(&server, "ut");
-    let file = d.dir.path().join("big.bin");
-    std::fs::write(&file, vec![b'x'; 2 * 1024 * 1024]).unwrap();
-    let upload = format!("@{}", file.display());
+    let d = logged_in_with(&server, "[proxy]\nmax_request_bytes = 1048576\n");
     // Chunked: the length is not known before, so it is streamed and cut.
-    let a = proxied(
-        &d,
-        "ut/upload",
-        &[
-            "-X",
-            "POST",
-            "--data-binary",
-            &upload,
-            "-H",
-            "Transfer-Encoding: chunked",
-        ],
-    );
+    let a = upload(&d, 2 * 1024 * 1024, true);
     assert_eq!(a.status, 413, "{}", a.body);
     assert_eq!(
         a.header("tokend-error").as_deref(),
@@ -649,7 +633,7 @@ fn a_streamed_body_past_the_limit_is_cut_off_with_413() {
     );
     // With its length said up front, it is refused before anything is sent.
     let before = server.api_requests().len();
-    let a = proxied(&d, "ut/upload", &["-X", "POST", "--data-binary", &upload]);
+    let a = upload(&d, 2 * 1024 * 1024, false);
     assert_eq!(a.status, 413, "{}", a.body);
     assert_eq!(server.api_requests().len(), before, "nothing sent");
 }
