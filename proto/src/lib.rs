@@ -14,6 +14,7 @@ pub mod paths;
 mod secret;
 #[cfg(windows)]
 pub mod sid;
+mod spec;
 
 pub use codec::{decode, decode_response, encode};
 pub use error::{ErrorCode, FrameError, RemoteError};
@@ -23,6 +24,7 @@ pub use frame::{read_frame_async, read_response_frame_async, write_frame_async};
 pub use message::*;
 pub use name::{LOGGED_NAME_BYTES, Logged, NameError, logged, validate_name};
 pub use secret::Secret;
+pub use spec::*;
 
 /// The protocol version this build speaks. Bumped on any change to
 /// [`Request`] or [`Response`].

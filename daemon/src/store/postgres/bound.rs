@@ -35,9 +35,31 @@ pub(super) fn read(r: &tokio_postgres::Row) -> Result<Bound, StoreError> {
     })
 }
 
+/// Changes a row's bound columns with `change` in one transaction on the
+/// row as stored (locked), and tags it again; a row the key does not vouch
+/// for is not changed ([`StoreError::Untrusted`]).
+pub(super) async fn rebind<T>(
+    pool: deadpool_postgres::Pool,
+    sealer: std::sync::Arc<Sealer>,
+    name: String,
+    incarnation: i64,
+    change: impl FnOnce(&mut Bound) -> Result<T, StoreError>,
+) -> Result<T, Failure> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut bound = locked(&tx, &name, incarnation).await?;
+    if !bound.verified(&sealer) {
+        return Err(StoreError::Untrusted(name).into());
+    }
+    let answer = change(&mut bound)?;
+    write(&tx, &bound, &sealer).await?;
+    tx.commit().await?;
+    Ok(answer)
+}
+
 /// A row's bound columns, read and locked (`FOR UPDATE`) for a change in
 /// `tx`; [`StoreError::Gone`] when that credential is no longer stored.
-pub(super) async fn locked(
+async fn locked(
     tx: &tokio_postgres::Transaction<'_>,
     name: &str,
     incarnation: i64,

@@ -300,20 +300,9 @@ impl PgStore {
         change: impl FnOnce(&mut Bound) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.refuse_check()?;
-        let (pool, owned) = (self.work.clone(), name.to_string());
-        let sealer = self.sealer.clone();
-        self.call(async move {
-            let mut client = pool.get().await?;
-            let tx = client.transaction().await?;
-            let mut bound = bound::locked(&tx, &owned, incarnation).await?;
-            if !bound.verified(&sealer) {
-                return Err(StoreError::Untrusted(owned).into());
-            }
-            let answer = change(&mut bound)?;
-            bound::write(&tx, &bound, &sealer).await?;
-            tx.commit().await?;
-            Ok(answer)
-        })
+        let (pool, sealer) = (self.work.clone(), self.sealer.clone());
+        let name = name.to_string();
+        self.call(bound::rebind(pool, sealer, name, incarnation, change))
     }
 
     /// Settles what a held lock's re-read found: the row, unless it is
