@@ -64,7 +64,10 @@ async fn proxied(
     let cred = handler::usable_by(shared, peer, name)
         .await
         .map_err(ProxyError::Daemon)?;
-    let upstream = cred.spec().upstream().cloned().unwrap_or_default();
+    // Only the upstream is copied out of the settings, not the whole spec.
+    let upstream = cred
+        .with_live(|l| l.spec.upstream().cloned())
+        .unwrap_or_default();
     let api_url = upstream
         .api_url
         .clone()
