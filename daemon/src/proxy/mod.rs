@@ -28,7 +28,7 @@ mod outgoing;
 mod places;
 mod target;
 
-pub use body::{Held, ProxyBody, boxed, full};
+pub use body::{Held, ProxyBody, boxed};
 pub use forward::forward;
 
 /// The answer to a request on a TCP listener (on `port`) that a web page
