@@ -45,6 +45,7 @@ pub(super) async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response,
     }
     shared.scheduler.unschedule(name);
     shared.logins.cancel(name);
+    shared.metrics.forget(name);
     tracing::info!(credential = %name, "credential removed");
     Ok(Response::Message(format!("removed credential {name:?}")))
 }

@@ -5,7 +5,10 @@ mod add;
 mod admin;
 mod edit;
 pub mod endpoints;
+mod exposition;
 mod git_hosts;
+pub mod metrics;
+mod process;
 mod redact;
 mod upstream;
 

@@ -338,6 +338,12 @@ impl Credential {
         }
     }
 
+    /// The state as shown and the access token's expiry, for a metrics
+    /// scrape: no copy of the live state (nor of its secrets) is made.
+    pub fn state_and_expiry(&self, now: i64) -> (CredentialState, Option<i64>) {
+        self.with_live(|l| (self.shown_state(l, now), l.expires_at.get()))
+    }
+
     pub fn info(&self, now: i64) -> CredentialInfo {
         let live = self.live();
         CredentialInfo {

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod credential;
 pub mod logins;
+pub mod metrics;
 pub mod refusals;
 pub mod registry;
 pub mod scheduler;
@@ -44,6 +45,8 @@ pub struct Shared {
     pub groups: crate::config::groups::GroupCache,
     /// How many refused requests of each uid the log still shows.
     pub refusals: refusals::Refusals,
+    /// Tokens served and refreshes ended, per credential, for `/v1/metrics`.
+    pub metrics: metrics::Metrics,
     /// A graceful stop has begun: no refresh starts any more.
     stopping: AtomicBool,
 }
@@ -66,6 +69,7 @@ impl Shared {
             clock: Default::default(),
             groups: Default::default(),
             refusals: Default::default(),
+            metrics: Default::default(),
             stopping: AtomicBool::new(false),
         })
     }

@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::provider::{self, Endpoint, Grant, ProviderError};
 use crate::state::Shared;
 use crate::state::credential::{Credential, Journal, Watch};
+use crate::state::metrics::RefreshResult;
 use crate::store::{NewMark, StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use tokend_proto::{CredentialSpec, CredentialState, Secret};
@@ -233,6 +234,9 @@ async fn conclude(
     result: Result<TokenUpdate, ProviderError>,
     rotating: Option<&Endpoint<'_>>,
 ) -> Result<(), Error> {
+    shared
+        .metrics
+        .refreshed(&cred.name, result_of(&result, rotating.is_some()));
     match result {
         Ok(update) => commit_and_publish(shared, cred, update, Origin::Refresh).await,
         // The provider answered with an error, or nothing was sent: nothing rotated.
@@ -255,6 +259,22 @@ async fn conclude(
             None => transient(shared, cred, message, None, Pace::Odd).await,
         },
         Err(e) => permanent(shared, cred, &e).await,
+    }
+}
+
+/// How an attempt's answer counts in `tokend_refreshes_total`: the same
+/// split as [`conclude`] makes.
+fn result_of(result: &Result<TokenUpdate, ProviderError>, rotating: bool) -> RefreshResult {
+    match result {
+        Ok(_) => RefreshResult::Ok,
+        Err(ProviderError::Transient { .. }) => RefreshResult::Transient,
+        Err(ProviderError::Unsent { .. }) => RefreshResult::Unsent,
+        Err(ProviderError::Unknown { .. }) if rotating => RefreshResult::InDoubt,
+        Err(ProviderError::Unknown { .. } | ProviderError::Unusable { .. }) => {
+            RefreshResult::Unusable
+        }
+        Err(e) if e.needs_login() => RefreshResult::InvalidGrant,
+        Err(ProviderError::Permanent { .. }) => RefreshResult::ClientError,
     }
 }
 

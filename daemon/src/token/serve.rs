@@ -30,12 +30,15 @@ pub async fn token(
         if first_use_this_second {
             shared.note_use();
         }
+        shared.metrics.served(&cred.name);
         return Ok(reply);
     }
     if cred.kind == Kind::Bearer {
         return Err(not_usable(cred));
     }
-    on_demand(shared, cred, min_valid_secs).await
+    let reply = on_demand(shared, cred, min_valid_secs).await?;
+    shared.metrics.served(&cred.name);
+    Ok(reply)
 }
 
 /// What a fresh token has lost of its lifetime by the time it is served

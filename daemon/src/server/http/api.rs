@@ -150,7 +150,21 @@ async fn respond(
                 version: env!("CARGO_PKG_VERSION"),
             },
         )),
+        Route::Metrics => metrics(shared, peer).await,
     }
+}
+
+/// `GET /v1/metrics`: the text a Prometheus scrape reads, of what `peer`
+/// may see ([`handler::metrics`]).
+async fn metrics(shared: &Arc<Shared>, peer: &Peer) -> Result<Response<Full<Bytes>>, ApiError> {
+    let text = handler::metrics::scrape(shared, peer)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(body::with_type(
+        StatusCode::OK,
+        handler::metrics::CONTENT_TYPE,
+        text.into_bytes(),
+    ))
 }
 
 /// `GET …/token`: JSON, or the bare token for `Accept: text/plain`.

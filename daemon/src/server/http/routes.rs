@@ -13,6 +13,7 @@ pub enum Route<'a> {
     List,
     Status,
     Health,
+    Metrics,
 }
 
 /// Every route as (method, path template), as docs/openapi.yaml lists them.
@@ -24,6 +25,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/credentials"),
     ("GET", "/v1/status"),
     ("GET", "/v1/health"),
+    ("GET", "/v1/metrics"),
 ];
 
 /// Why a request matched no route.
@@ -52,6 +54,7 @@ fn by_path(path: &str) -> Option<(&'static str, Route<'_>)> {
     let found = match segments.as_slice() {
         ["health"] => ("GET", Route::Health),
         ["status"] => ("GET", Route::Status),
+        ["metrics"] => ("GET", Route::Metrics),
         ["credentials"] => ("GET", Route::List),
         ["credentials", name] if !name.is_empty() => ("GET", Route::Show(name)),
         ["credentials", name, action] if !name.is_empty() => match *action {
