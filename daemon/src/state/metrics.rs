@@ -137,6 +137,36 @@ mod tests {
         assert_eq!(m.counts("a"), Counts::default());
     }
 
+    /// The token hot path's added cost: two threads (this machine's
+    /// cores) serving tokens of 1,000 credentials through the one lock.
+    /// Run with `cargo test -p tokend --release --lib metrics_served_cost
+    /// -- --ignored --nocapture`; it prints the time per call.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn metrics_served_cost_per_call_under_contention() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let names: Vec<String> = (0..1000).map(|i| format!("cred-{i}")).collect();
+        let calls = 1_000_000;
+        let started = std::time::Instant::now();
+        let threads: Vec<_> = (0..2)
+            .map(|t| {
+                let (m, names) = (m.clone(), names.clone());
+                std::thread::spawn(move || {
+                    for i in 0..calls {
+                        m.served(&names[(i * 7 + t) % names.len()]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let per_call = started.elapsed() / (2 * calls as u32);
+        println!("Metrics::served: {per_call:?} per call, 2 threads");
+        let total: u64 = names.iter().map(|n| m.counts(n).served).sum();
+        assert_eq!(total, 2 * calls as u64);
+    }
+
     #[test]
     fn metrics_results_are_listed_in_index_order_with_distinct_labels() {
         for (i, r) in RefreshResult::ALL.iter().enumerate() {
