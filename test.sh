@@ -13,6 +13,7 @@
 #   node and npm (the OAuth2 test server, tests/oidc)                      nodejs npm
 #   curl, git (the end-to-end tests call them)                             curl git ca-certificates
 #   python3 (the Python client), requests and httpx (optional)             python3 python3-requests python3-httpx
+#   Prometheus's Python parser (the metrics tests read with it)            python3-prometheus-client
 #   wine and mingw (tokend.exe and tokenctl.exe under Wine)                wine wine64 gcc-mingw-w64-x86-64
 #   the Rust target x86_64-pc-windows-gnu                                  rustup target add
 # On Debian or Ubuntu the missing ones are installed with apt-get (through
@@ -42,7 +43,7 @@ have_initdb() {
 have_initdb || need postgresql
 command -v node >/dev/null || need nodejs
 command -v npm >/dev/null || need npm
-command -v python3 >/dev/null || need python3 python3-requests python3-httpx
+command -v python3 >/dev/null || need python3 python3-requests python3-httpx python3-prometheus-client
 command -v wine >/dev/null && command -v wineserver >/dev/null || need wine wine64
 command -v x86_64-w64-mingw32-gcc >/dev/null || need gcc-mingw-w64-x86-64
 # requests and httpx: only the Debian python3 takes them from apt.
@@ -50,6 +51,11 @@ python_libs() { python3 -c 'import requests, httpx' 2>/dev/null; }
 if command -v python3 >/dev/null && ! python_libs &&
     [ "$(command -v python3)" = /usr/bin/python3 ]; then
     need python3-requests python3-httpx
+fi
+prometheus_parser() { python3 -c 'import prometheus_client.parser' 2>/dev/null; }
+if command -v python3 >/dev/null && ! prometheus_parser &&
+    [ "$(command -v python3)" = /usr/bin/python3 ]; then
+    need python3-prometheus-client
 fi
 
 if [ "${#packages[@]}" -gt 0 ]; then
@@ -73,6 +79,11 @@ if [ "${#packages[@]}" -gt 0 ]; then
     have_initdb || die "postgresql is installed but no initdb was found in /usr/lib/postgresql/*/bin"
 else
     echo "all there"
+fi
+if ! prometheus_parser; then
+    # Not a Debian python3 (or its package is missing): pip, into it.
+    python3 -m pip install --quiet --disable-pip-version-check prometheus_client ||
+        die "the metrics tests need Python's prometheus_client: python3 -m pip install prometheus_client (or apt-get install python3-prometheus-client)"
 fi
 if command -v python3 >/dev/null && ! python_libs; then
     echo "note: $(command -v python3) lacks requests or httpx: the Python client's BearerAuth tests will be skipped" \

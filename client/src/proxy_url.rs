@@ -53,6 +53,7 @@ mod tests {
             credentials: Vec::new(),
             http_socket: http_socket.map(Into::into),
             proxy_listen: listen.iter().map(|s| s.to_string()).collect(),
+            connections_by_user: Vec::new(),
         }
     }
 

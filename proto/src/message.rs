@@ -352,6 +352,17 @@ pub struct DaemonStatus {
     /// The proxy's loopback TCP addresses (`[proxy] listen`).
     #[serde(default)]
     pub proxy_listen: Vec<String>,
+    /// Open connections per user, by uid (admins only, like `connections`;
+    /// empty for anyone else).
+    #[serde(default)]
+    pub connections_by_user: Vec<UserConnections>,
+}
+
+/// One user's open connections, as `status` shows them to admins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserConnections {
+    pub uid: u32,
+    pub connections: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

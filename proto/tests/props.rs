@@ -445,14 +445,18 @@ fn response() -> impl Strategy<Value = Response> {
             (text(), any::<Option<u32>>(), any::<u64>()),
             (opt_text(), opt_text(), any::<Option<u32>>()),
             proptest::collection::vec(summary, 0..3),
-            (opt_text(), texts()),
+            (
+                opt_text(),
+                texts(),
+                proptest::collection::vec(any::<(u32, u32)>(), 0..3),
+            ),
         )
             .prop_map(
                 |(
                     (version, pid, uptime_secs),
                     (socket, database, connections),
                     credentials,
-                    (http_socket, proxy_listen),
+                    (http_socket, proxy_listen, by_user),
                 )| {
                     Response::Status(DaemonStatus {
                         version,
@@ -464,6 +468,10 @@ fn response() -> impl Strategy<Value = Response> {
                         credentials,
                         http_socket,
                         proxy_listen,
+                        connections_by_user: by_user
+                            .into_iter()
+                            .map(|(uid, connections)| UserConnections { uid, connections })
+                            .collect(),
                     })
                 }
             ),

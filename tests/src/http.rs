@@ -112,17 +112,47 @@ impl HttpClient {
             let (name, value) = l.split_once(':').ok_or_else(|| bad(l))?;
             headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
         }
-        let len: usize = headers
+        let chunked = headers
             .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; len];
-        self.reader.read_exact(&mut body)?;
+            .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            self.read_chunks()?
+        } else {
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            self.reader.read_exact(&mut body)?;
+            body
+        };
         Ok(HttpResponse {
             status,
             headers,
             body,
         })
+    }
+
+    /// A chunked body (a streamed answer: `/v1/metrics`), to its last chunk.
+    fn read_chunks(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim_end().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, line.clone())
+            })?;
+            let mut chunk = vec![0; size + 2];
+            if size == 0 {
+                // No trailers: the empty line after the last chunk.
+                self.reader.read_line(&mut line)?;
+                return Ok(body);
+            }
+            self.reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..size]);
+        }
     }
 }

@@ -88,7 +88,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     let (store, key_source) = open_store(&paths, &config)?;
     let (shared, versions) = load(store, &paths, config, policy)?;
     let (listener, http_listener) = listen(&shared)?;
-    let proxy_listeners = server::http::tcp::bind(&shared).await.map_err(fail)?;
+    let tcp_listeners = server::http::tcp::bind(&shared).await.map_err(fail)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = start_tasks(&shared, shutdown_tx, &shutdown_rx)?;
     if let Some(events) = shared.store.take_events() {
@@ -114,7 +114,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
         );
         tasks.spawn("HTTP listener", http);
     }
-    for listener in proxy_listeners {
+    for listener in tcp_listeners {
         let tcp = server::http::tcp::run(
             listener,
             gate.clone(),
@@ -123,7 +123,7 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
             grace,
             proxy.clone(),
         );
-        tasks.spawn("proxy listener", tcp);
+        tasks.spawn("TCP listener", tcp);
     }
     server::run(listener, gate, shared.clone(), shutdown_rx, grace).await;
     stop::stop(&shared).await;

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod acl;
 pub mod groups;
+pub mod metrics;
 pub mod paths;
 pub mod preset;
 pub mod proxy;
@@ -39,6 +40,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The credential-injecting proxy (docs/HTTP.md, "Proxy").
     pub proxy: proxy::ProxyConfig,
+    /// The opt-in metrics listener (docs/HTTP.md, "Metrics").
+    pub metrics: metrics::MetricsConfig,
     /// Extra presets for `tokenctl add oauth2 --preset NAME`.
     pub presets: BTreeMap<String, PresetConfig>,
     /// Where credentials are stored: `sqlite:PATH` (the default, at the
@@ -342,6 +345,7 @@ impl Config {
             ("http.enabled", self.http.enabled != new.http.enabled),
             ("http.socket", self.http.socket != new.http.socket),
             ("proxy.listen", self.proxy.listen != new.proxy.listen),
+            ("metrics.listen", self.metrics.listen != new.metrics.listen),
             ("store", self.store != new.store),
             (
                 "store_password_file",
@@ -389,6 +393,7 @@ impl Config {
         }
         self.limits.validate_connections()?;
         self.proxy.validate()?;
+        self.metrics.addresses()?;
         if let Some(url) = &self.store {
             store::StoreLocation::parse(url).map_err(|e| format!("store: {e}"))?;
         }
@@ -654,6 +659,10 @@ mod tests {
                 max_request_bytes: 2,
                 upstream_timeout_secs: 3,
                 max_concurrent_per_user: 4,
+            },
+            metrics: metrics::MetricsConfig {
+                listen: vec!["127.0.0.1:9464".into()],
+                credential_labels: true,
             },
             presets: BTreeMap::from([(
                 "p".into(),

@@ -40,20 +40,7 @@ impl ProxyConfig {
     /// The listen addresses, each checked to be this machine's loopback:
     /// another machine must never reach a listener that hands out tokens.
     pub fn addresses(&self) -> Result<Vec<SocketAddr>, String> {
-        self.listen
-            .iter()
-            .map(|text| {
-                let addr: SocketAddr = text.parse().map_err(|_| {
-                    format!("proxy.listen: {text:?} is not an address with a port, e.g. \"127.0.0.1:8181\" or \"[::1]:8181\"")
-                })?;
-                if !addr.ip().is_loopback() {
-                    return Err(format!(
-                        "proxy.listen: {text:?} is not a loopback address; the proxy listens on 127.0.0.1 or ::1 only (another machine must never reach it)"
-                    ));
-                }
-                Ok(addr)
-            })
-            .collect()
+        loopback_addresses("proxy.listen", &self.listen)
     }
 
     pub fn validate(&self) -> Result<(), String> {
@@ -82,6 +69,26 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+/// The addresses of the config key `key`, each checked to be this
+/// machine's loopback: another machine must never reach a listener of
+/// tokend's.
+pub fn loopback_addresses(key: &str, listen: &[String]) -> Result<Vec<SocketAddr>, String> {
+    listen
+        .iter()
+        .map(|text| {
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                format!("{key}: {text:?} is not an address with a port, e.g. \"127.0.0.1:8181\" or \"[::1]:8181\"")
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "{key}: {text:?} is not a loopback address; tokend listens on 127.0.0.1 or ::1 only (another machine must never reach it)"
+                ));
+            }
+            Ok(addr)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::config::access::Peer;
 use crate::error::Error;
 use crate::state::Shared;
 use crate::state::credential::Credential;
+use crate::state::metrics::Refused;
 use crate::state::refusals::Kind;
 use crate::state::throttle::Rate;
 use crate::token::check;
@@ -43,6 +44,7 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Resp
 /// refused name was never validated), and so is the error's text, which
 /// may quote the name again.
 fn log_refusal(shared: &Shared, peer: &Peer, request: &Request, e: &Error) {
+    shared.metrics.refused(reason_of(e));
     let kind = match e {
         Error::PermissionDenied(_) => Kind::Denied,
         _ => Kind::Failed,
@@ -58,6 +60,20 @@ fn log_refusal(shared: &Shared, peer: &Peer, request: &Request, e: &Error) {
         Kind::Failed => {
             tracing::debug!(uid = peer.uid, request = verb, credential = ?name, error = %logged(&e.to_string()), "request failed")
         }
+    }
+}
+
+/// The `reason` label of `tokend_requests_refused_total` for an error answer.
+fn reason_of(e: &Error) -> Refused {
+    match e {
+        Error::PermissionDenied(_) => Refused::PermissionDenied,
+        Error::UnknownCredential(_) => Refused::UnknownCredential,
+        Error::NotUsable { .. } => Refused::NotUsable,
+        Error::InvalidArgument(_) | Error::AlreadyExists(_) | Error::Url(_) | Error::Preset(_) => {
+            Refused::InvalidArgument
+        }
+        Error::Busy(_) | Error::Timeout(_) => Refused::Busy,
+        Error::Provider(_) | Error::Internal(_) | Error::HttpClient(_) => Refused::Other,
     }
 }
 
@@ -275,11 +291,17 @@ async fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
         uptime_secs: shared.started.elapsed().as_secs(),
         socket: admin.then(|| shared.paths.socket.display().to_string()),
         database: admin.then(|| shared.store.describe()),
-        connections: admin.then(|| {
+        connections: admin.then(|| shared.connections.total()),
+        connections_by_user: if admin {
             shared
                 .connections
-                .load(std::sync::atomic::Ordering::Relaxed)
-        }),
+                .by_uid()
+                .into_iter()
+                .map(|(uid, connections)| tokend_proto::UserConnections { uid, connections })
+                .collect()
+        } else {
+            Vec::new()
+        },
         credentials: visible(shared, peer)
             .await
             .iter()

@@ -40,8 +40,13 @@ pub async fn forward(
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    let (status, retried) = (
+        response.status().as_u16(),
+        response.headers().contains_key(RETRIED),
+    );
+    shared.metrics.proxied(status, retried);
     // Never the query, the headers or the body: they are the client's.
-    tracing::debug!(uid = peer.uid, credential = %logged(name), %method, status = response.status().as_u16(), retried = response.headers().contains_key(RETRIED), "proxied");
+    tracing::debug!(uid = peer.uid, credential = %logged(name), %method, status, retried, "proxied");
     response
 }
 

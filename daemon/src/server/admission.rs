@@ -6,6 +6,7 @@
 use crate::config::access::Peer;
 use crate::server::quota::{Admitted, Quota, Refusal, Shares};
 use crate::state::Shared;
+use crate::state::metrics::Refused as Reason;
 use crate::state::throttle::{Rate, Throttle, Verdict};
 use interprocess::local_socket::tokio::Stream;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -93,6 +94,14 @@ impl Gate {
         peer: Peer,
         shared: &Shared,
     ) -> Result<(Peer, Place), Option<Refused>> {
+        let admitted = self.place_for(peer, shared);
+        if admitted.is_err() {
+            shared.metrics.refused(Reason::ConnectionLimit);
+        }
+        admitted
+    }
+
+    fn place_for(&mut self, peer: Peer, shared: &Shared) -> Result<(Peer, Place), Option<Refused>> {
         let shares = Shares::new(&shared.config().limits, self.max);
         let reserved = shared.policy().has_reserved_connections(peer.uid);
         let share = self

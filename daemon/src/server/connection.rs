@@ -28,7 +28,9 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _counted = shared.count_connection();
+    let _counted = shared
+        .connections
+        .open(crate::state::connections::Listener::Socket, peer.uid);
     let limits = shared.config().limits.clone();
     let frame_timeout = Duration::from_secs(limits.frame_timeout_secs);
     let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);

@@ -1,13 +1,16 @@
 //! The counters `GET /v1/metrics` reports (tokens served, refreshes by
-//! result), kept beside the credentials rather than in them.
+//! result, doubts settled, refusals, lock waits, proxied requests), kept
+//! beside the credentials rather than in them.
 //!
 //! 100,000 credentials must fit the daemon's memory goal, which leaves no
 //! room for counters in every [`crate::state::credential::Live`]. Here a
 //! credential costs nothing until a token of it is served or a refresh of
 //! it ends, and the one lock is held for a hash look-up and an addition.
 
-use std::collections::HashMap;
+use prometheus_client::metrics::histogram::Histogram;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How one refresh attempt that reached the provider (or meant to) ended:
 /// the `result` label of `tokend_refreshes_total`.
@@ -28,11 +31,14 @@ pub enum RefreshResult {
     InvalidGrant,
     /// Any other refusal of the client or the request (`invalid_client`, …).
     ClientError,
+    /// Not attempted: this host could not (no HTTP client, the store not
+    /// writable for the journal mark).
+    Local,
 }
 
 impl RefreshResult {
     /// Every result, in the order of [`Counts::refreshes`].
-    pub const ALL: [RefreshResult; 7] = [
+    pub const ALL: [RefreshResult; 8] = [
         RefreshResult::Ok,
         RefreshResult::Transient,
         RefreshResult::Unsent,
@@ -40,6 +46,7 @@ impl RefreshResult {
         RefreshResult::Unusable,
         RefreshResult::InvalidGrant,
         RefreshResult::ClientError,
+        RefreshResult::Local,
     ];
 
     /// The label value.
@@ -52,6 +59,7 @@ impl RefreshResult {
             RefreshResult::Unusable => "unusable",
             RefreshResult::InvalidGrant => "invalid_grant",
             RefreshResult::ClientError => "client_error",
+            RefreshResult::Local => "local",
         }
     }
 
@@ -60,24 +68,149 @@ impl RefreshResult {
     }
 }
 
-/// One credential's counters since the daemon started.
+/// How a refresh token in doubt was settled: the `outcome` label of
+/// `tokend_in_doubt_resolutions_total` (docs/RULES.md, "In-doubt refreshes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doubt {
+    /// Introspection says it is still active: the refresh goes on.
+    Active,
+    /// Introspection says it is no longer active: it was rotated, a login
+    /// is needed.
+    Rotated,
+    /// The provider offers no introspection: it is never sent again.
+    NoIntrospection,
+    /// Introspection failed: still in doubt, asked again later.
+    Unanswered,
+}
+
+impl Doubt {
+    pub const ALL: [Doubt; 4] = [
+        Doubt::Active,
+        Doubt::Rotated,
+        Doubt::NoIntrospection,
+        Doubt::Unanswered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Doubt::Active => "active",
+            Doubt::Rotated => "rotated",
+            Doubt::NoIntrospection => "no_introspection",
+            Doubt::Unanswered => "unanswered",
+        }
+    }
+}
+
+/// Why a request or a connection was refused: the `reason` label of
+/// `tokend_requests_refused_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The peer may not use the credential, or is not an admin.
+    PermissionDenied,
+    UnknownCredential,
+    /// The credential needs a login, or is failing.
+    NotUsable,
+    /// A malformed request or a bad argument.
+    InvalidArgument,
+    /// Busy or timed out: try again.
+    Busy,
+    /// A connection over a connection limit (global or the user's share).
+    ConnectionLimit,
+    /// Anything else (the provider's error on a forced refresh, …).
+    Other,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 7] = [
+        Refused::PermissionDenied,
+        Refused::UnknownCredential,
+        Refused::NotUsable,
+        Refused::InvalidArgument,
+        Refused::Busy,
+        Refused::ConnectionLimit,
+        Refused::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::PermissionDenied => "permission_denied",
+            Refused::UnknownCredential => "unknown_credential",
+            Refused::NotUsable => "not_usable",
+            Refused::InvalidArgument => "invalid_argument",
+            Refused::Busy => "busy",
+            Refused::ConnectionLimit => "connection_limit",
+            Refused::Other => "other",
+        }
+    }
+}
+
+/// One credential's counters since the daemon started (or the sum of
+/// all credentials', for a scrape without credential names).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub served: u64,
     /// Indexed like [`RefreshResult::ALL`].
     pub refreshes: [u64; RefreshResult::ALL.len()],
+    /// Indexed like [`Doubt::ALL`].
+    pub doubts: [u64; Doubt::ALL.len()],
 }
 
 impl Counts {
     pub fn refreshes(&self, result: RefreshResult) -> u64 {
         self.refreshes[result.index()]
     }
+
+    pub fn doubts(&self, outcome: Doubt) -> u64 {
+        self.doubts[outcome as usize]
+    }
 }
 
-/// The counters of every credential that has any, by name.
-#[derive(Debug, Default)]
+/// Buckets of `tokend_refresh_duration_seconds` and
+/// `tokend_store_lock_wait_seconds`: from 5 ms (a local provider, an
+/// uncontended lock) to a minute (a provider at its HTTP timeout).
+const SECONDS_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+
+/// Every counter a scrape reports. The per-credential ones live in one
+/// map with one short lock; the rest are atomics or the crate's own
+/// histograms, which need no lock of ours.
+#[derive(Debug)]
 pub struct Metrics {
-    counts: Mutex<HashMap<Box<str>, Counts>>,
+    counts: Mutex<Tally>,
+    refused: [AtomicU64; Refused::ALL.len()],
+    /// How long the provider took to answer a refresh (or fail to).
+    pub refresh_seconds: Histogram,
+    /// How long taking the store's refresh lock took (in a fleet, the
+    /// wait for another member's refresh).
+    pub lock_wait_seconds: Histogram,
+    /// Refreshes that found another member holding the lock.
+    lock_busy: AtomicU64,
+    /// Proxied requests by the status answered, and those retried.
+    proxied: Mutex<BTreeMap<u16, u64>>,
+    proxy_retries: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            counts: Default::default(),
+            refused: Default::default(),
+            refresh_seconds: Histogram::new(SECONDS_BUCKETS),
+            lock_wait_seconds: Histogram::new(SECONDS_BUCKETS),
+            lock_busy: Default::default(),
+            proxied: Default::default(),
+            proxy_retries: Default::default(),
+        }
+    }
+}
+
+/// The per-credential counters and their running sum (which a removed
+/// credential does not take back: a counter never goes down).
+#[derive(Debug, Default)]
+struct Tally {
+    by_name: HashMap<Box<str>, Counts>,
+    all: Counts,
 }
 
 impl Metrics {
@@ -91,27 +224,78 @@ impl Metrics {
         self.bump(name, |c| c.refreshes[result.index()] += 1);
     }
 
+    /// A refresh token of `name` in doubt was settled (or not) so.
+    pub fn doubt(&self, name: &str, outcome: Doubt) {
+        self.bump(name, |c| c.doubts[outcome as usize] += 1);
+    }
+
+    /// A request or connection was refused for `reason`.
+    pub fn refused(&self, reason: Refused) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refusals(&self, reason: Refused) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// A refresh found the store's lock held by another member.
+    pub fn lock_busy(&self) {
+        self.lock_busy.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lock_busy_total(&self) -> u64 {
+        self.lock_busy.load(Ordering::Relaxed)
+    }
+
+    /// A proxied request was answered with `status`, after a retry or not.
+    pub fn proxied(&self, status: u16, retried: bool) {
+        *self
+            .proxied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status)
+            .or_insert(0) += 1;
+        if retried {
+            self.proxy_retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Proxied requests by status, and how many were retried.
+    pub fn proxy_counts(&self) -> (Vec<(u16, u64)>, u64) {
+        let by_status = self.proxied.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            by_status.iter().map(|(&s, &n)| (s, n)).collect(),
+            self.proxy_retries.load(Ordering::Relaxed),
+        )
+    }
+
     /// `name`'s counters (all zero if it has none).
     pub fn counts(&self, name: &str) -> Counts {
-        self.lock().get(name).copied().unwrap_or_default()
+        self.lock().by_name.get(name).copied().unwrap_or_default()
+    }
+
+    /// Every credential's counters summed, removed ones included.
+    pub fn totals(&self) -> Counts {
+        self.lock().all
     }
 
     /// Drops a removed credential's counters: a name that is gone must
     /// not keep memory for good.
     pub fn forget(&self, name: &str) {
-        self.lock().remove(name);
+        self.lock().by_name.remove(name);
     }
 
     /// The name is copied only the first time: every later call finds it.
-    fn bump(&self, name: &str, change: impl FnOnce(&mut Counts)) {
-        let mut counts = self.lock();
-        match counts.get_mut(name) {
+    fn bump(&self, name: &str, change: impl Fn(&mut Counts)) {
+        let mut tally = self.lock();
+        change(&mut tally.all);
+        match tally.by_name.get_mut(name) {
             Some(c) => change(c),
-            None => change(counts.entry(name.into()).or_default()),
+            None => change(tally.by_name.entry(name.into()).or_default()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Counts>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tally> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

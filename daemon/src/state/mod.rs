@@ -1,6 +1,7 @@
 //! The state every connection and background task shares.
 
 pub mod clock;
+pub mod connections;
 pub mod credential;
 pub mod logins;
 pub mod metrics;
@@ -14,7 +15,7 @@ use crate::config::access::Policy;
 use crate::config::paths::Paths;
 use crate::state::registry::Registry;
 use crate::store::Store;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -32,7 +33,8 @@ pub struct Shared {
     /// Built on first use: see [`crate::provider::http::client`].
     http: OnceLock<reqwest::Client>,
     pub started: Instant,
-    pub connections: AtomicU32,
+    /// Open connections, by listener and by user.
+    pub connections: connections::Connections,
     /// Some credential's last-use time changed since the last flush.
     pub uses_dirty: AtomicBool,
     pub logins: logins::Logins,
@@ -61,7 +63,7 @@ impl Shared {
             config: RwLock::new(Arc::new(config.clone())),
             policy: RwLock::new(policy),
             started: Instant::now(),
-            connections: AtomicU32::new(0),
+            connections: Default::default(),
             uses_dirty: AtomicBool::new(false),
             logins: Default::default(),
             scheduler: Default::default(),
@@ -95,12 +97,6 @@ impl Shared {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Counts an open connection (shown by `status`) until the guard drops.
-    pub fn count_connection(&self) -> Counted<'_> {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        Counted(self)
-    }
-
     /// Some credential's last-use time changed: the next flush has work.
     pub fn note_use(&self) {
         self.uses_dirty.store(true, Ordering::Relaxed);
@@ -124,14 +120,5 @@ impl Shared {
     pub fn replace_config(&self, config: Config, policy: Policy) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
-    }
-}
-
-/// An open connection, counted in [`Shared::connections`] while it lives.
-pub struct Counted<'a>(&'a Shared);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

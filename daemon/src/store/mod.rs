@@ -210,6 +210,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Where the store is, and for a database its connection's state.
     fn describe(&self) -> String;
 
+    /// Whether the store is reachable now (`tokend_store_up`): a database
+    /// whose connection is lost is not; a file on this host always is.
+    fn is_up(&self) -> bool {
+        true
+    }
+
     /// How the store is named in its errors, if that names more than a
     /// user should learn (a database's URL: hosts, users, database).
     fn name_in_errors(&self) -> Option<String> {

@@ -199,7 +199,12 @@ async fn lock(
 ) -> Result<Option<(Hold, Box<StoredCredential>)>, StoreError> {
     let store = shared.store.clone();
     let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
+    let took = std::time::Instant::now();
     let claim = blocking(move || store.lock_refresh(&name, incarnation, wait)).await?;
+    shared
+        .metrics
+        .lock_wait_seconds
+        .observe(took.elapsed().as_secs_f64());
     Ok(match claim {
         Claim::Held(row) => {
             let hold = Hold {
@@ -209,7 +214,10 @@ async fn lock(
             };
             Some((hold, row))
         }
-        Claim::Busy => None,
+        Claim::Busy => {
+            shared.metrics.lock_busy();
+            None
+        }
     })
 }
 

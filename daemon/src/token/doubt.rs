@@ -7,6 +7,7 @@ use crate::error::Error;
 use crate::provider::{self, Endpoint};
 use crate::state::Shared;
 use crate::state::credential::{Credential, Journal};
+use crate::state::metrics::Doubt;
 use crate::store::GrantChange;
 use std::sync::Arc;
 use tokend_proto::{CredentialState, Secret};
@@ -30,6 +31,7 @@ pub(super) async fn no_answer(
     cred.with_live(|l| l.journal = Journal::InDoubt);
     tracing::warn!(credential = %cred.name, "a refresh ended without an answer: {message}");
     if endpoint.introspection_url.is_none() {
+        shared.metrics.doubt(&cred.name, Doubt::NoIntrospection);
         let reason = format!(
             "a refresh ended without a usable answer ({message}); the provider may have rotated the refresh token, so it will not be sent again"
         );
@@ -53,9 +55,17 @@ pub(super) async fn settle_doubt(
     refresh_token: &Secret,
 ) -> Result<(), Error> {
     if endpoint.introspection_url.is_none() {
+        shared.metrics.doubt(&cred.name, Doubt::NoIntrospection);
         return spent(shared, cred, STOPPED_IN_DOUBT).await;
     }
-    match provider::introspect(http, endpoint, refresh_token, timeout(shared)).await {
+    let answer = provider::introspect(http, endpoint, refresh_token, timeout(shared)).await;
+    let outcome = match answer {
+        Ok(true) => Doubt::Active,
+        Ok(false) => Doubt::Rotated,
+        Err(_) => Doubt::Unanswered,
+    };
+    shared.metrics.doubt(&cred.name, outcome);
+    match answer {
         Ok(true) => {
             tracing::info!(credential = %cred.name, "introspection: the refresh token in doubt is still active; refreshing");
             cred.with_live(|l| l.journal = Journal::Settled);

@@ -82,7 +82,10 @@ pub async fn refresh(
     // written: a local failure leaves it exactly as it was.
     let http = match shared.http() {
         Ok(http) => http,
-        Err(e) => return transient(&shared, &cred, e.to_string(), None, Pace::Local).await,
+        Err(e) => {
+            shared.metrics.refreshed(&cred.name, RefreshResult::Local);
+            return transient(&shared, &cred, e.to_string(), None, Pace::Local).await;
+        }
     };
     let _slot = match early_slot {
         Some(slot) => slot,
@@ -219,7 +222,12 @@ async fn send(
     let started_ms = shared.clock.now_ms();
     super::forced::note_call(shared, cred);
     cred.with_live(|l| l.refreshing = true);
+    let took = std::time::Instant::now();
     let result = provider::request(http, endpoint, grant, timeout(shared)).await;
+    shared
+        .metrics
+        .refresh_seconds
+        .observe(took.elapsed().as_secs_f64());
     cred.with_live(|l| l.refreshing = false);
     result.map(|set| token_update(cred, set, started_ms, &shared.config().refresh))
 }
@@ -348,6 +356,7 @@ async fn refresh_grant(
         );
         // If clearing the mark fails, it is still known to be unsent.
         cred.with_live(|l| l.unsent_mark = Some(l.fence));
+        shared.metrics.refreshed(&cred.name, RefreshResult::Unsent);
         return transient(shared, cred, message, None, Pace::Unsent).await;
     }
     let grant = Grant::RefreshToken(&refresh_token);
@@ -416,6 +425,7 @@ async fn unmarked(
             )))
         }
         e => {
+            shared.metrics.refreshed(&cred.name, RefreshResult::Local);
             let message = format!("refresh not attempted, the store is not writable: {e}");
             transient(shared, cred, message, None, Pace::Local).await
         }

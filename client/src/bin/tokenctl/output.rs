@@ -341,6 +341,14 @@ pub fn status(s: &DaemonStatus) {
             span(s.uptime_secs as i64),
         ),
     }
+    if !s.connections_by_user.is_empty() {
+        let each: Vec<String> = s
+            .connections_by_user
+            .iter()
+            .map(|u| format!("{} {}", user_name(u.uid), u.connections))
+            .collect();
+        out!("by user  {}", each.join(", "));
+    }
     if s.credentials.is_empty() {
         out!("no credentials");
         return;

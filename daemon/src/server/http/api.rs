@@ -8,9 +8,12 @@ use super::errors::ApiError;
 use super::routes::{self, Route};
 use crate::config::access::Peer;
 use crate::handler;
+use crate::handler::metrics::Scraper;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::state::Shared;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use crate::state::connections::Listener;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::http::request::Parts;
 use hyper::{HeaderMap, Request, Response, StatusCode, header};
@@ -29,6 +32,19 @@ pub enum Surface {
     /// A `[proxy] listen` address (its port): the proxy alone, at
     /// `/NAME/PATH`, for programs only (`proxy/browser.rs`).
     Proxy(u16),
+    /// A `[metrics] listen` address (its port): `GET /metrics` alone.
+    Metrics(u16),
+}
+
+impl Surface {
+    /// The listener its connections are counted on.
+    pub fn listener(self) -> Listener {
+        match self {
+            Surface::Api => Listener::Http,
+            Surface::Proxy(_) => Listener::ProxyTcp,
+            Surface::Metrics(_) => Listener::MetricsTcp,
+        }
+    }
 }
 
 /// Answers one request; every failure is an answer too.
@@ -39,15 +55,22 @@ pub async fn answer(
     surface: Surface,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    if let Surface::Proxy(port) = surface
+    if let Surface::Proxy(port) | Surface::Metrics(port) = surface
         && let Some(refused) = crate::proxy::refuse_browser(&request, port)
     {
         return refused;
     }
     let path = request.uri().path();
+    match surface {
+        Surface::Api if routes::route(request.method(), path) == Ok(Route::Metrics) => {
+            return scrape(shared, Scraper::Peer(peer)).await;
+        }
+        Surface::Metrics(_) => return on_metrics_listener(shared, &request).await,
+        _ => {}
+    }
     let proxied = match surface {
         Surface::Api => path.strip_prefix(PROXY),
-        Surface::Proxy(_) => Some(path.strip_prefix('/').unwrap_or(path)),
+        Surface::Proxy(_) | Surface::Metrics(_) => Some(path.strip_prefix('/').unwrap_or(path)),
     };
     let Some(rest) = proxied else {
         return answer_api(shared, peer, request)
@@ -67,6 +90,46 @@ pub async fn answer(
         .map(crate::proxy::boxed),
         (name, rest) => crate::proxy::forward(shared, proxy, peer, name, rest, request).await,
     }
+}
+
+/// A `[metrics] listen` address answers `GET /metrics` and nothing else.
+async fn on_metrics_listener(
+    shared: &Arc<Shared>,
+    request: &Request<Incoming>,
+) -> Response<ProxyBody> {
+    let path = request.uri().path();
+    let refused = if path != "/metrics" {
+        ApiError::NotFound(format!(
+            "{} (this listener serves GET /metrics only)",
+            tokend_proto::logged(path)
+        ))
+    } else if request.method() != hyper::Method::GET {
+        ApiError::MethodNotAllowed {
+            path: path.to_string(),
+            method: request.method().to_string(),
+            allow: "GET",
+        }
+    } else {
+        let credential_labels = shared.config().metrics.credential_labels;
+        return scrape(shared, Scraper::Listener { credential_labels }).await;
+    };
+    refused.into_response().map(crate::proxy::boxed)
+}
+
+/// The metrics as Prometheus text, streamed as it is written
+/// ([`handler::metrics`]).
+async fn scrape(shared: &Arc<Shared>, scraper: Scraper<'_>) -> Response<ProxyBody> {
+    let scrape = handler::metrics::scrape(shared, scraper).await;
+    let chunks = futures_util::stream::unfold(scrape, |mut scrape| async move {
+        let chunk = scrape.next().await?;
+        Some((chunk.map(Frame::data), scrape))
+    });
+    let mut response = Response::new(crate::proxy::boxed(StreamBody::new(chunks)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(handler::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 /// Answers one request of the API itself (all but the proxy's).
@@ -143,6 +206,10 @@ async fn respond(
             Answer::Status(status) => Ok(body::json(StatusCode::OK, &status)),
             other => Err(unexpected(&other)),
         },
+        // Streamed, so answered before the routes that answer in one piece.
+        Route::Metrics => Err(ApiError::Internal(
+            "GET /v1/metrics is answered as a stream, not here".into(),
+        )),
         Route::Health => Ok(body::json(
             StatusCode::OK,
             &body::Health {
@@ -150,21 +217,7 @@ async fn respond(
                 version: env!("CARGO_PKG_VERSION"),
             },
         )),
-        Route::Metrics => metrics(shared, peer).await,
     }
-}
-
-/// `GET /v1/metrics`: the text a Prometheus scrape reads, of what `peer`
-/// may see ([`handler::metrics`]).
-async fn metrics(shared: &Arc<Shared>, peer: &Peer) -> Result<Response<Full<Bytes>>, ApiError> {
-    let text = handler::metrics::scrape(shared, peer)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(body::with_type(
-        StatusCode::OK,
-        handler::metrics::CONTENT_TYPE,
-        text.into_bytes(),
-    ))
 }
 
 /// `GET …/token`: JSON, or the bare token for `Accept: text/plain`.

@@ -45,7 +45,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _counted = shared.count_connection();
+    let _counted = shared.connections.open(surface.listener(), peer.uid);
     let limits = shared.config().limits.clone();
     let head = Duration::from_secs(limits.frame_timeout_secs);
     let idle = Duration::from_secs(limits.idle_timeout_secs);

@@ -1,8 +1,9 @@
-//! The proxy's opt-in loopback TCP listeners (`[proxy] listen`): `/NAME/PATH`
-//! for clients that cannot use a Unix socket (most HTTP clients given a
-//! base URL). Each connection's peer is the uid that owns the client's
-//! socket in the kernel's table (`tcp_peer.rs`), admitted through the same
-//! gate as the sockets' connections, and held to the same rules.
+//! The opt-in loopback TCP listeners: the proxy's (`[proxy] listen`),
+//! `/NAME/PATH` for clients that cannot use a Unix socket (most HTTP
+//! clients given a base URL), and the metrics' (`[metrics] listen`), for a
+//! Prometheus server. Each connection's peer is the uid that owns the
+//! client's socket in the kernel's table (`tcp_peer.rs`), admitted through
+//! the same gate as the sockets' connections, and held to the same rules.
 
 use super::api::Surface;
 use super::{connection, tcp_peer};
@@ -15,20 +16,53 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-/// Binds every `[proxy] listen` address (checked loopback by the config);
-/// an address that cannot be bound stops the start, saying which.
-pub async fn bind(shared: &Shared) -> Result<Vec<TcpListener>, String> {
-    let addresses = shared.config().proxy.addresses()?;
-    if !addresses.is_empty() && !cfg!(target_os = "linux") {
-        return Err("proxy.listen: on this platform a TCP client cannot be told from another user's (tokend reads the owner of a connection from Linux's socket table); use the proxy on the HTTP API's socket instead".into());
+/// What a TCP listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serves {
+    Proxy,
+    Metrics,
+}
+
+impl Serves {
+    fn surface(self, port: u16) -> Surface {
+        match self {
+            Serves::Proxy => Surface::Proxy(port),
+            Serves::Metrics => Surface::Metrics(port),
+        }
     }
-    let mut listeners = Vec::with_capacity(addresses.len());
-    for addr in addresses {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for the proxy (proxy.listen): {e}"))?;
-        tracing::info!(address = %addr, "proxy listening");
-        listeners.push(listener);
+
+    fn key(self) -> &'static str {
+        match self {
+            Serves::Proxy => "proxy.listen",
+            Serves::Metrics => "metrics.listen",
+        }
+    }
+}
+
+/// Binds every `[proxy] listen` and `[metrics] listen` address (checked
+/// loopback by the config); an address that cannot be bound stops the
+/// start, saying which.
+pub async fn bind(shared: &Shared) -> Result<Vec<(TcpListener, Serves)>, String> {
+    let config = shared.config();
+    let wanted = [
+        (Serves::Proxy, config.proxy.addresses()?),
+        (Serves::Metrics, config.metrics.addresses()?),
+    ];
+    let mut listeners = Vec::new();
+    for (serves, addresses) in wanted {
+        if !addresses.is_empty() && !cfg!(target_os = "linux") {
+            return Err(format!(
+                "{}: on this platform a TCP client cannot be told from another user's (tokend reads the owner of a connection from Linux's socket table); use the HTTP API's socket instead",
+                serves.key()
+            ));
+        }
+        for addr in addresses {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr} ({}): {e}", serves.key()))?;
+            tracing::info!(address = %addr, listener = serves.key(), "listening on TCP");
+            listeners.push((listener, serves));
+        }
     }
     Ok(listeners)
 }
@@ -36,7 +70,7 @@ pub async fn bind(shared: &Shared) -> Result<Vec<TcpListener>, String> {
 /// Accepts on `listener` until shutdown, then waits (up to `grace`) for
 /// the connections in flight.
 pub async fn run(
-    listener: TcpListener,
+    (listener, serves): (TcpListener, Serves),
     gate: SharedGate,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -49,6 +83,7 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
                     let connection = Connection {
+                        serves,
                         gate: gate.clone(),
                         shared: shared.clone(),
                         shutdown: shutdown.clone(),
@@ -61,7 +96,7 @@ pub async fn run(
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
+                    tracing::warn!(listener = serves.key(), error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -75,6 +110,7 @@ pub async fn run(
 
 /// What one accepted connection needs.
 struct Connection {
+    serves: Serves,
     gate: SharedGate,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -92,14 +128,14 @@ impl Connection {
         let peer = match found {
             Ok(Ok(peer)) => peer,
             Ok(Err(e)) => {
-                tracing::debug!(%client, error = %e, "proxy client not identified; closed");
+                tracing::debug!(%client, error = %e, "TCP client not identified; closed");
                 return;
             }
             Err(_) => return,
         };
         let admitted = self.gate.lock().admit_peer(peer, &self.shared);
         let Ok((peer, place)) = admitted else {
-            tracing::debug!(%client, "proxy client over a connection limit; closed");
+            tracing::debug!(%client, "TCP client over a connection limit; closed");
             return;
         };
         let _ = stream.set_nodelay(true);
@@ -109,7 +145,7 @@ impl Connection {
             self.shared,
             self.shutdown,
             self.proxy,
-            Surface::Proxy(local.port()),
+            self.serves.surface(local.port()),
         )
         .await;
         drop(place);

@@ -583,6 +583,10 @@ impl Backend for PgStore {
         format!("{} ({})", self.db.0, self.health.describe())
     }
 
+    fn is_up(&self) -> bool {
+        self.health.is_connected()
+    }
+
     /// As `Db::error` writes it (`error.rs`).
     fn name_in_errors(&self) -> Option<String> {
         Some(format!("PostgreSQL {}", self.db.0))
