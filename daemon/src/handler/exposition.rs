@@ -106,7 +106,7 @@ impl Exposition {
             MetricType::Counter,
         )?;
         for cred in creds {
-            let served = metrics.counts(&cred.name).served;
+            let served = metrics.served_by(&cred.name, cred.with_live(|l| l.served));
             family
                 .encode_family(&[("credential", &*cred.name)])?
                 .encode_counter::<NoLabelSet, _, u64>(&served, None)?;
@@ -174,7 +174,7 @@ impl Exposition {
             None,
             MetricType::Counter,
         )?;
-        counter(family, totals.served)?;
+        counter(family, self.shared.metrics.served_total())?;
         let mut family = encoder.encode_descriptor(
             "tokend_refreshes",
             "Refresh attempts this daemon made, by result",

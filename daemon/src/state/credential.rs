@@ -86,8 +86,14 @@ pub struct Live {
     /// Refresh attempts completed. A waiter that looked when N had completed
     /// does not start another once N+1 has: it takes that attempt's outcome
     /// (one refresh serves every concurrent caller; a failing endpoint is
-    /// not hammered).
-    pub attempts: u64,
+    /// not hammered). Only compared for equality, so it wraps: four
+    /// billion attempts between a look and the check are not possible.
+    pub attempts: u32,
+    /// Tokens of this credential handed out since the daemon started,
+    /// modulo 2³² (each wrap is counted in [`crate::state::metrics`]).
+    /// With `attempts` it fills eight bytes: `Live` stays 280 bytes (a
+    /// test pins it), as the 100,000-credential memory goal needs.
+    pub served: u32,
     /// No new attempt before this time (monotonic ms, see
     /// `Clock::mono_ms` in `clock.rs`): backoff after a transient error
     /// or a provider's `Retry-After`. Monotonic, so a clock step can neither
@@ -194,14 +200,33 @@ impl Live {
     }
 
     /// See [`Credential::note_use`].
-    pub fn note_use(&mut self, now_secs: i64) -> bool {
+    pub fn note_use(&mut self, now_secs: i64) -> Use {
+        self.served = self.served.wrapping_add(1);
+        let served_wrapped = self.served == 0;
         if self.last_use_at.get() == Some(now_secs) {
-            return false;
+            return Use {
+                dirty: false,
+                served_wrapped,
+            };
         }
         self.last_use_at = Some(now_secs).into();
         self.use_unsaved = true;
-        true
+        Use {
+            dirty: true,
+            served_wrapped,
+        }
     }
+}
+
+/// What handing out a token changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Use {
+    /// The last-use time changed, and waits for the next flush to the
+    /// store: a busy credential dirties it at most once a second.
+    pub dirty: bool,
+    /// [`Live::served`] went round to zero.
+    pub served_wrapped: bool,
 }
 
 /// A credential. Its name, kind, owner, client secret and incarnation never
@@ -255,6 +280,7 @@ impl Credential {
                 last_check: s.last_check.map(Box::new),
                 refreshing: false,
                 failures: 0,
+                served: 0,
                 attempts: 0,
                 retry_not_before_ms: 0,
                 journal: if s.fence.mark.is_some() {
@@ -317,10 +343,9 @@ impl Credential {
         f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Notes a token handed out at `now_secs`. True when that changed the
-    /// last-use time, which then waits for the next flush to the store: a
-    /// busy credential dirties it at most once a second.
-    pub fn note_use(&self, now_secs: i64) -> bool {
+    /// Notes a token handed out at `now_secs`: counted, and its last-use
+    /// time (see [`Use`]).
+    pub fn note_use(&self, now_secs: i64) -> Use {
         self.with_live(|l| l.note_use(now_secs))
     }
 
@@ -408,16 +433,34 @@ mod tests {
         assert_eq!(std::mem::size_of::<Stamp>(), 8);
     }
 
+    /// 100,000 credentials must fit in 64 MB (docs/BENCHMARKS.md): a
+    /// field added to every credential must find room, not grow it.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_credentials_live_state_keeps_its_size() {
+        assert_eq!(std::mem::size_of::<Live>(), 280);
+    }
+
+    #[test]
+    fn the_served_count_wraps_and_says_so() {
+        let mut l = live();
+        l.served = u32::MAX - 1;
+        assert!(!l.note_use(1).served_wrapped);
+        assert!(l.note_use(1).served_wrapped);
+        assert_eq!(l.served, 0);
+    }
+
     #[test]
     fn a_use_dirties_the_last_use_time_once_a_second() {
         let mut l = live();
         assert!(!l.use_unsaved);
-        assert!(l.note_use(100));
+        assert!(l.note_use(100).dirty);
         assert!(l.use_unsaved);
         l.use_unsaved = false;
-        assert!(!l.note_use(100), "same second: nothing new to write");
+        assert!(!l.note_use(100).dirty, "same second: nothing new to write");
         assert!(!l.use_unsaved);
-        assert!(l.note_use(101));
+        assert!(l.note_use(101).dirty);
+        assert_eq!(l.served, 3);
         assert_eq!(l.last_use_at.get(), Some(101));
     }
 }

@@ -73,7 +73,7 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
             // started here before this was applied (spawned but not yet
             // holding the refresh lock) takes its outcome instead of
             // starting another.
-            l.attempts += 1;
+            l.attempts = l.attempts.wrapping_add(1);
         }
         // A backoff set by any member holds here too.
         if let Some(retry) = row.fence.retry {

@@ -48,7 +48,7 @@ pub fn lease_ms(shared: &Shared) -> i64 {
 pub async fn refresh(
     shared: Arc<Shared>,
     cred: Arc<Credential>,
-    seen_attempts: u64,
+    seen_attempts: u32,
     trigger: Trigger,
 ) -> Result<(), Error> {
     let (_guard, early_slot) = lock_and_slot(&shared, &cred, trigger).await?;
@@ -98,7 +98,7 @@ pub async fn refresh(
     };
     // Counted once the outcome is visible: anyone who looked before now
     // takes this attempt's outcome instead of starting another.
-    cred.with_live(|l| l.attempts += 1);
+    cred.with_live(|l| l.attempts = l.attempts.wrapping_add(1));
     outcome
 }
 
@@ -168,7 +168,7 @@ async fn slot(shared: &Shared) -> Result<SemaphorePermit<'_>, Error> {
 fn taken_over(
     shared: &Shared,
     cred: &Credential,
-    seen_attempts: u64,
+    seen_attempts: u32,
     unsaved: bool,
     trigger: Trigger,
 ) -> Option<Result<(), Error>> {

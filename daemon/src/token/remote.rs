@@ -116,6 +116,7 @@ fn remove_here(shared: &Shared, name: &str) {
     if shared.registry.remove(name).is_some() {
         shared.scheduler.unschedule(name);
         shared.logins.cancel(name);
+        shared.metrics.forget(name);
         tracing::info!(credential = %tokend_proto::logged(name), "credential removed by another member of the fleet");
     }
 }

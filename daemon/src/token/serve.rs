@@ -8,7 +8,7 @@ use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Kind};
+use crate::state::credential::{Credential, Kind, Use};
 use crate::store::GrantChange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,19 +26,26 @@ pub async fn token(
         let reply = valid_reply(l, now, mono, min_valid_secs)?;
         Some((reply, l.note_use(now / 1000)))
     });
-    if let Some((reply, first_use_this_second)) = fast {
-        if first_use_this_second {
-            shared.note_use();
-        }
-        shared.metrics.served(&cred.name);
+    if let Some((reply, used)) = fast {
+        handed_out(shared, cred, used);
         return Ok(reply);
     }
     if cred.kind == Kind::Bearer {
         return Err(not_usable(cred));
     }
-    let reply = on_demand(shared, cred, min_valid_secs).await?;
-    shared.metrics.served(&cred.name);
-    Ok(reply)
+    on_demand(shared, cred, min_valid_secs).await
+}
+
+/// A token of `cred` was handed out: its last-use time waits for the
+/// next flush, and the metrics count it.
+fn handed_out(shared: &Shared, cred: &Credential, used: Use) {
+    if used.dirty {
+        shared.note_use();
+    }
+    shared.metrics.served();
+    if used.served_wrapped {
+        shared.metrics.served_wrapped(&cred.name);
+    }
 }
 
 /// What a fresh token has lost of its lifetime by the time it is served
@@ -72,9 +79,7 @@ pub(super) async fn on_demand(
             )
         });
         if let Some(reply) = reply {
-            if cred.note_use(now / 1000) {
-                shared.note_use();
-            }
+            handed_out(shared, cred, cred.note_use(now / 1000));
             return Ok(reply);
         }
         if state != CredentialState::Ready {
@@ -302,7 +307,7 @@ pub(super) fn respect_backoff(shared: &Shared, cred: &Credential) -> Result<(), 
 pub(super) async fn run_now(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
-    attempts: u64,
+    attempts: u32,
     trigger: Trigger,
 ) -> Result<(), Error> {
     let wait = Duration::from_secs(2 * shared.config().refresh.http_timeout_secs + 5);
