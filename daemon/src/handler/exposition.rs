@@ -9,8 +9,9 @@ use crate::state::connections::Listener;
 use crate::state::credential::{Credential, Kind};
 use crate::state::metrics::{Counts, Doubt, RefreshResult, Refused};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::histogram::Histogram;
 use std::sync::Arc;
 use tokend_proto::CredentialState;
 
@@ -70,80 +71,58 @@ impl Exposition {
     fn by_credential(&self, encoder: &mut Encoder) -> Written {
         let now = self.shared.clock.now();
         let creds = &self.view.credentials;
-        let mut family = encoder.encode_descriptor(
-            "tokend_credential_state",
-            "The credential's state: 1 for the one it is in, 0 for the others",
-            None,
-            MetricType::Gauge,
-        )?;
-        for cred in creds {
-            let (shown, _) = cred.state_and_expiry(now);
-            for state in STATES {
-                let labels = [("credential", &*cred.name), ("state", state.as_str())];
-                family
-                    .encode_family(&labels)?
-                    .encode_gauge(&i64::from(shown == state))?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "tokend_access_token_expiry_timestamp_seconds",
-            "When the access token held expires (Unix seconds); absent when it does not",
-            None,
-            MetricType::Gauge,
-        )?;
-        for cred in creds {
-            if let (_, Some(at)) = cred.state_and_expiry(now) {
-                family
-                    .encode_family(&[("credential", &*cred.name)])?
-                    .encode_gauge(&at)?;
-            }
-        }
         let metrics = &self.shared.metrics;
-        let mut family = encoder.encode_descriptor(
-            "tokend_tokens_served",
-            "Tokens handed out since the daemon started",
-            None,
-            MetricType::Counter,
+        gauges(
+            encoder,
+            STATE,
+            creds.iter().flat_map(|cred| {
+                let (shown, _) = cred.state_and_expiry(now);
+                STATES.map(|state| {
+                    let labels = [("credential", &*cred.name), ("state", state.as_str())];
+                    (labels, i64::from(shown == state))
+                })
+            }),
         )?;
-        for cred in creds {
-            let served = metrics.served_by(&cred.name, cred.with_live(|l| l.served));
-            family
-                .encode_family(&[("credential", &*cred.name)])?
-                .encode_counter::<NoLabelSet, _, u64>(&served, None)?;
-        }
+        gauges(
+            encoder,
+            ACCESS_EXPIRY,
+            creds.iter().filter_map(|cred| {
+                let (_, at) = cred.state_and_expiry(now);
+                Some(([("credential", &*cred.name)], at?))
+            }),
+        )?;
+        counters(
+            encoder,
+            SERVED,
+            creds.iter().map(|cred| {
+                let served = metrics.served_by(&cred.name, cred.with_live(|l| l.served));
+                ([("credential", &*cred.name)], served)
+            }),
+        )?;
         // A bearer token never refreshes: no refresh series of its own.
         let refreshing = || creds.iter().filter(|c| c.kind != Kind::Bearer);
-        let mut family = encoder.encode_descriptor(
-            "tokend_refreshes",
-            "Refresh attempts this daemon made, by result",
-            None,
-            MetricType::Counter,
+        counters(
+            encoder,
+            REFRESHES,
+            refreshing().flat_map(|cred| {
+                let counts = metrics.counts(&cred.name);
+                RefreshResult::ALL.map(|result| {
+                    let labels = [("credential", &*cred.name), ("result", result.as_str())];
+                    (labels, counts.refreshes(result))
+                })
+            }),
         )?;
-        for cred in refreshing() {
-            let counts = metrics.counts(&cred.name);
-            for result in RefreshResult::ALL {
-                let labels = [("credential", &*cred.name), ("result", result.as_str())];
-                family
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&counts.refreshes(result), None)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "tokend_in_doubt_resolutions",
-            "Refresh tokens in doubt (a refresh's answer lost), by how they were settled",
-            None,
-            MetricType::Counter,
-        )?;
-        for cred in refreshing() {
-            let counts = metrics.counts(&cred.name);
-            for outcome in Doubt::ALL {
-                let labels = [("credential", &*cred.name), ("outcome", outcome.as_str())];
-                family
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&counts.doubts(outcome), None)?;
-            }
-        }
-        Ok(())
+        counters(
+            encoder,
+            DOUBTS,
+            refreshing().flat_map(|cred| {
+                let counts = metrics.counts(&cred.name);
+                Doubt::ALL.map(|outcome| {
+                    let labels = [("credential", &*cred.name), ("outcome", outcome.as_str())];
+                    (labels, counts.doubts(outcome))
+                })
+            }),
+        )
     }
 
     /// Counts over every credential, with no name in any label.
@@ -156,190 +135,189 @@ impl Exposition {
                 by_state[i] += 1;
             }
         }
-        let mut family = encoder.encode_descriptor(
-            "tokend_credentials",
-            "Credentials in each state",
-            None,
-            MetricType::Gauge,
+        gauges(
+            encoder,
+            CREDENTIALS,
+            STATES
+                .iter()
+                .zip(by_state)
+                .map(|(state, count)| ([("state", state.as_str())], count)),
         )?;
-        for (state, count) in STATES.iter().zip(by_state) {
-            family
-                .encode_family(&[("state", state.as_str())])?
-                .encode_gauge(&count)?;
-        }
-        let totals: Counts = self.shared.metrics.totals();
-        let family = encoder.encode_descriptor(
-            "tokend_tokens_served",
-            "Tokens handed out since the daemon started",
-            None,
-            MetricType::Counter,
+        let metrics = &self.shared.metrics;
+        let totals: Counts = metrics.totals();
+        counters(encoder, SERVED, [(NONE, metrics.served_total())])?;
+        counters(
+            encoder,
+            REFRESHES,
+            RefreshResult::ALL.map(|r| ([("result", r.as_str())], totals.refreshes(r))),
         )?;
-        counter(family, self.shared.metrics.served_total())?;
-        let mut family = encoder.encode_descriptor(
-            "tokend_refreshes",
-            "Refresh attempts this daemon made, by result",
-            None,
-            MetricType::Counter,
-        )?;
-        for result in RefreshResult::ALL {
-            family
-                .encode_family(&[("result", result.as_str())])?
-                .encode_counter::<NoLabelSet, _, u64>(&totals.refreshes(result), None)?;
-        }
-        let mut family = encoder.encode_descriptor(
-            "tokend_in_doubt_resolutions",
-            "Refresh tokens in doubt (a refresh's answer lost), by how they were settled",
-            None,
-            MetricType::Counter,
-        )?;
-        for outcome in Doubt::ALL {
-            family
-                .encode_family(&[("outcome", outcome.as_str())])?
-                .encode_counter::<NoLabelSet, _, u64>(&totals.doubts(outcome), None)?;
-        }
-        Ok(())
+        counters(
+            encoder,
+            DOUBTS,
+            Doubt::ALL.map(|o| ([("outcome", o.as_str())], totals.doubts(o))),
+        )
     }
 
     /// The daemon's own series: no credential in any of them.
     fn daemon(&self, encoder: &mut Encoder) -> Written {
         let shared = &self.shared;
         let metrics = &shared.metrics;
-        shared
-            .metrics
-            .refresh_seconds
-            .encode(encoder.encode_descriptor(
-                "tokend_refresh_duration_seconds",
-                "How long the provider took to answer a refresh (or to fail)",
-                None,
-                MetricType::Histogram,
-            )?)?;
-        let mut family = encoder.encode_descriptor(
-            "tokend_requests_refused",
-            "Requests and connections refused, by reason",
-            None,
-            MetricType::Counter,
+        histogram(encoder, REFRESH_SECONDS, &metrics.refresh_seconds)?;
+        counters(
+            encoder,
+            REFUSED,
+            Refused::ALL.map(|r| ([("reason", r.as_str())], metrics.refusals(r))),
         )?;
-        for reason in Refused::ALL {
-            family
-                .encode_family(&[("reason", reason.as_str())])?
-                .encode_counter::<NoLabelSet, _, u64>(&metrics.refusals(reason), None)?;
-        }
-        let family = encoder.encode_descriptor(
-            "tokend_store_up",
-            "1 when the store is reachable (a fleet's database connected), else 0",
-            None,
-            MetricType::Gauge,
+        gauges(encoder, STORE_UP, [(NONE, i64::from(shared.store.is_up()))])?;
+        histogram(encoder, LOCK_WAIT, &metrics.lock_wait_seconds)?;
+        counters(encoder, LOCK_BUSY, [(NONE, metrics.lock_busy_total())])?;
+        let (by_status, retries) = metrics.proxy_counts();
+        counters(
+            encoder,
+            PROXIED,
+            by_status
+                .into_iter()
+                .map(|(status, count)| ([("status", status.to_string())], count)),
         )?;
-        gauge(family, i64::from(shared.store.is_up()))?;
-        metrics.lock_wait_seconds.encode(encoder.encode_descriptor(
-            "tokend_store_lock_wait_seconds",
-            "How long a refresh waited for the store's refresh lock (in a fleet, for another member)",
-            None,
-            MetricType::Histogram,
-        )?)?;
-        let family = encoder.encode_descriptor(
-            "tokend_store_lock_busy",
-            "Refreshes that found another member of the fleet holding the lock",
-            None,
-            MetricType::Counter,
+        counters(encoder, RETRIES, [(NONE, retries)])?;
+        let census = &shared.connections;
+        gauges(
+            encoder,
+            CONNECTIONS,
+            Listener::ALL.map(|l| ([("listener", l.as_str())], i64::from(census.on(l)))),
         )?;
-        counter(family, metrics.lock_busy_total())?;
-        self.proxy(encoder)?;
-        self.connections(encoder)?;
         process_series(shared, encoder)
     }
 
-    /// Proxied requests by the status answered, and the retried ones.
-    fn proxy(&self, encoder: &mut Encoder) -> Written {
-        let (by_status, retries) = self.shared.metrics.proxy_counts();
-        let mut family = encoder.encode_descriptor(
-            "tokend_proxy_requests",
-            "Requests through the proxy, by the status answered",
-            None,
-            MetricType::Counter,
-        )?;
-        for (status, count) in by_status {
-            family
-                .encode_family(&[("status", status.to_string())])?
-                .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
-        }
-        let family = encoder.encode_descriptor(
-            "tokend_proxy_retries",
-            "Proxied requests sent again with a new token after the API refused the first",
-            None,
-            MetricType::Counter,
-        )?;
-        counter(family, retries)
-    }
-
-    fn connections(&self, encoder: &mut Encoder) -> Written {
-        let census = &self.shared.connections;
-        let mut family = encoder.encode_descriptor(
-            "tokend_connections",
-            "Connections open, by listener",
-            None,
-            MetricType::Gauge,
-        )?;
-        for listener in Listener::ALL {
-            family
-                .encode_family(&[("listener", listener.as_str())])?
-                .encode_gauge(&i64::from(census.on(listener)))?;
-        }
-        Ok(())
-    }
-
     fn per_user(&self, encoder: &mut Encoder) -> Written {
-        let mut family = encoder.encode_descriptor(
-            "tokend_user_connections",
-            "Connections open, by the peer's uid",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (uid, open) in self.shared.connections.by_uid() {
-            family
-                .encode_family(&[("uid", uid.to_string())])?
-                .encode_gauge(&i64::from(open))?;
-        }
-        Ok(())
+        gauges(
+            encoder,
+            USER_CONNECTIONS,
+            self.shared
+                .connections
+                .by_uid()
+                .into_iter()
+                .map(|(uid, open)| ([("uid", uid.to_string())], i64::from(open))),
+        )
     }
+}
+
+/// A family's name and help. A counter's name is written with `_total`.
+type Family = (&'static str, &'static str);
+
+/// No labels.
+const NONE: [(&str, &str); 0] = [];
+
+const STATE: Family = (
+    "tokend_credential_state",
+    "The credential's state: 1 for the one it is in, 0 for the others",
+);
+const ACCESS_EXPIRY: Family = (
+    "tokend_access_token_expiry_timestamp_seconds",
+    "When the access token held expires (Unix seconds); absent when it does not",
+);
+const SERVED: Family = (
+    "tokend_tokens_served",
+    "Tokens handed out since the daemon started",
+);
+const REFRESHES: Family = (
+    "tokend_refreshes",
+    "Refresh attempts this daemon made, by result",
+);
+const DOUBTS: Family = (
+    "tokend_in_doubt_resolutions",
+    "Refresh tokens in doubt (a refresh's answer lost), by how they were settled",
+);
+const CREDENTIALS: Family = ("tokend_credentials", "Credentials in each state");
+const REFRESH_SECONDS: Family = (
+    "tokend_refresh_duration_seconds",
+    "How long the provider took to answer a refresh (or to fail)",
+);
+const REFUSED: Family = (
+    "tokend_requests_refused",
+    "Requests and connections refused, by reason",
+);
+const STORE_UP: Family = (
+    "tokend_store_up",
+    "1 when the store is reachable (a fleet's database connected), else 0",
+);
+const LOCK_WAIT: Family = (
+    "tokend_store_lock_wait_seconds",
+    "How long a refresh waited for the store's refresh lock (in a fleet, for another member)",
+);
+const LOCK_BUSY: Family = (
+    "tokend_store_lock_busy",
+    "Refreshes that found another member of the fleet holding the lock",
+);
+const PROXIED: Family = (
+    "tokend_proxy_requests",
+    "Requests through the proxy, by the status answered",
+);
+const RETRIES: Family = (
+    "tokend_proxy_retries",
+    "Proxied requests sent again with a new token after the API refused the first",
+);
+const CONNECTIONS: Family = ("tokend_connections", "Connections open, by listener");
+const USER_CONNECTIONS: Family = (
+    "tokend_user_connections",
+    "Connections open, by the peer's uid",
+);
+
+/// A gauge family and its series.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut Encoder,
+    (name, help): Family,
+    series: impl IntoIterator<Item = (L, i64)>,
+) -> Written {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+/// A counter family and its series.
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut Encoder,
+    (name, help): Family,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> Written {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        family
+            .encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
+}
+
+fn histogram(encoder: &mut Encoder, (name, help): Family, histogram: &Histogram) -> Written {
+    histogram.encode(encoder.encode_descriptor(name, help, None, MetricType::Histogram)?)
 }
 
 /// The process's start, resident memory and open descriptors (the last
 /// two where the platform tells them).
 fn process_series(shared: &Shared, encoder: &mut Encoder) -> Written {
     let started = shared.clock.now() - shared.started.elapsed().as_secs() as i64;
-    let family = encoder.encode_descriptor(
-        "process_start_time_seconds",
-        "When the daemon started (Unix seconds)",
-        None,
-        MetricType::Gauge,
+    let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauges(
+        encoder,
+        (
+            "process_start_time_seconds",
+            "When the daemon started (Unix seconds)",
+        ),
+        [(NONE, started)],
     )?;
-    gauge(family, started)?;
     if let Some(bytes) = process::resident_memory_bytes() {
-        let family = encoder.encode_descriptor(
+        let family = (
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
-            None,
-            MetricType::Gauge,
-        )?;
-        gauge(family, i64::try_from(bytes).unwrap_or(i64::MAX))?;
+        );
+        gauges(encoder, family, [(NONE, as_gauge(bytes))])?;
     }
     if let Some(fds) = process::open_fds() {
-        let family = encoder.encode_descriptor(
-            "process_open_fds",
-            "Open file descriptors",
-            None,
-            MetricType::Gauge,
-        )?;
-        gauge(family, i64::try_from(fds).unwrap_or(i64::MAX))?;
+        let family = ("process_open_fds", "Open file descriptors");
+        gauges(encoder, family, [(NONE, as_gauge(fds))])?;
     }
     Ok(())
-}
-
-fn gauge(mut family: prometheus_client::encoding::MetricEncoder, value: i64) -> Written {
-    family.encode_gauge(&value)
-}
-
-fn counter(mut family: prometheus_client::encoding::MetricEncoder, value: u64) -> Written {
-    family.encode_counter::<NoLabelSet, _, u64>(&value, None)
 }

@@ -69,11 +69,7 @@ pub enum Scraper<'a> {
 pub async fn scrape(shared: &Arc<Shared>, scraper: Scraper<'_>) -> Scrape {
     let view = match scraper {
         Scraper::Peer(peer) => {
-            let admin = shared
-                .policy()
-                .is_admin(peer)
-                .granted(peer, &shared.groups)
-                .await;
+            let admin = super::is_admin(shared, peer).await;
             View {
                 credentials: super::visible(shared, peer).await,
                 names: true,

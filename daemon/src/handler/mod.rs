@@ -197,9 +197,14 @@ async fn administer(
     }
 }
 
-async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
+/// Whether `peer` is an admin (its groups looked up off the workers).
+pub(crate) async fn is_admin(shared: &Shared, peer: &Peer) -> bool {
     let access = shared.policy().is_admin(peer);
-    if access.granted(peer, &shared.groups).await {
+    access.granted(peer, &shared.groups).await
+}
+
+async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
+    if is_admin(shared, peer).await {
         return Ok(());
     }
     Err(Error::PermissionDenied(format!(
@@ -210,8 +215,7 @@ async fn admin(shared: &Shared, peer: &Peer) -> Result<(), Error> {
 
 /// How the pace of forced refreshes applies to `peer` (`token/forced.rs`).
 async fn forcer(shared: &Shared, peer: &Peer, cred: &Credential) -> token::Forcer {
-    let admin = shared.policy().is_admin(peer);
-    if admin.granted(peer, &shared.groups).await {
+    if is_admin(shared, peer).await {
         token::Forcer::Admin
     } else if peer.uid == cred.owner_uid {
         token::Forcer::Owner
@@ -280,11 +284,7 @@ async fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
 /// service (docs/SECURITY.md).
 async fn status(shared: &Shared, peer: &Peer) -> DaemonStatus {
     let now = shared.clock.now();
-    let admin = shared
-        .policy()
-        .is_admin(peer)
-        .granted(peer, &shared.groups)
-        .await;
+    let admin = is_admin(shared, peer).await;
     DaemonStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
         pid: admin.then(std::process::id),

@@ -90,7 +90,7 @@ pub struct Live {
     /// billion attempts between a look and the check are not possible.
     pub attempts: u32,
     /// Tokens of this credential handed out since the daemon started,
-    /// modulo 2³² (each wrap is counted in [`crate::state::metrics`]).
+    /// modulo 2³² (each wrap is counted beside, in `state/metrics.rs`).
     /// With `attempts` it fills eight bytes: `Live` stays 280 bytes (a
     /// test pins it), as the 100,000-credential memory goal needs.
     pub served: u32,
