@@ -637,3 +637,39 @@ fn a_streamed_body_past_the_limit_is_cut_off_with_413() {
     assert_eq!(a.status, 413, "{}", a.body);
     assert_eq!(server.api_requests().len(), before, "nothing sent");
 }
+
+/// A client that asks for a large download and stops reading is closed
+/// after `limits.idle_timeout_secs` without progress: it does not hold
+/// its place, the upstream connection and their buffers for ever.
+#[test]
+fn a_client_that_stops_reading_its_answer_is_closed_after_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let server = OidcServer::start(3600);
+    let d = logged_in_with(
+        &server,
+        "[limits]\nidle_timeout_secs = 2\nframe_timeout_secs = 1\n",
+    );
+    let mut stream = std::os::unix::net::UnixStream::connect(d.http_socket()).unwrap();
+    let size = 200 * 1024 * 1024;
+    write!(
+        stream,
+        "GET /v1/proxy/ut/download?bytes={size} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
+    .unwrap();
+    // Read nothing while the daemon's writes fill the socket, then drain.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("still open after the idle timeout ({got} bytes read): {e}"),
+        }
+    }
+    assert!(got < size, "the answer was cut short: {got} bytes\n{}", d.log_text());
+}

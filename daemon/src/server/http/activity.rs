@@ -1,10 +1,12 @@
-//! What an HTTP connection is doing, so that it can be held to two
+//! What an HTTP connection is doing, so that it can be held to three
 //! deadlines hyper does not enforce the way we need: the request head must
-//! arrive within `limits.frame_timeout_secs` of its first byte, and a
+//! arrive within `limits.frame_timeout_secs` of its first byte, a
 //! kept-alive connection with no request for `limits.idle_timeout_secs` is
-//! closed. (hyper's own `header_read_timeout` starts at the end of the
-//! previous response, so it would close idle kept-alive connections after
-//! a few seconds.)
+//! closed, and so is one whose client stops reading its answer for as long
+//! (a streamed download or scrape would otherwise hold its buffers and its
+//! place for ever). (hyper's own `header_read_timeout` starts at the end
+//! of the previous response, so it would close idle kept-alive connections
+//! after a few seconds.)
 
 use std::io;
 use std::pin::Pin;
@@ -20,8 +22,10 @@ enum Phase {
     Idle(Instant),
     /// The first bytes of a request head arrived at this instant.
     Head(Instant),
-    /// A request is being answered (its body read, the handler run).
-    Busy,
+    /// A request is being answered (its body read, the handler run, its
+    /// answer written); since when the client has not taken any of the
+    /// answer waiting to be written, if it has not.
+    Busy { stalled: Option<Instant> },
 }
 
 /// The phase of one connection, shared by its reader, its service and its
@@ -64,17 +68,34 @@ impl Activity {
     /// guard marks the connection idle again when the answer is done (or
     /// abandoned).
     pub fn busy(self: &Arc<Self>) -> BusyGuard {
-        *self.phase() = Phase::Busy;
+        *self.phase() = Phase::Busy { stalled: None };
         BusyGuard(self.clone())
     }
 
+    /// A write found the client's socket full (or went through).
+    fn write_blocked(&self, blocked: bool) {
+        if let Phase::Busy { stalled } = &mut *self.phase() {
+            match (blocked, *stalled) {
+                (true, None) => *stalled = Some(Instant::now()),
+                (false, Some(_)) => *stalled = None,
+                _ => {}
+            }
+        }
+    }
+
     /// When the connection must be closed if nothing changes, and why;
-    /// `None` while a request is being answered.
+    /// `None` while a request is being answered and its client reads.
     pub fn deadline(&self, head: Duration, idle: Duration) -> Option<(Instant, &'static str)> {
         match *self.phase() {
             Phase::Idle(since) => Some((since + idle, "idle connection closed")),
             Phase::Head(since) => Some((since + head, "request head not received in time; closed")),
-            Phase::Busy => None,
+            Phase::Busy { stalled: None } => None,
+            Phase::Busy {
+                stalled: Some(since),
+            } => Some((
+                since + idle,
+                "the client stopped reading its answer; closed",
+            )),
         }
     }
 }
@@ -123,7 +144,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn poll_write_vectored(
@@ -131,7 +154,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.write_blocked(polled.is_pending());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -172,5 +197,24 @@ mod tests {
         drop(busy);
         let (_, why) = activity.deadline(HEAD, IDLE).unwrap();
         assert_eq!(why, "idle connection closed");
+    }
+
+    #[test]
+    fn an_answer_its_client_stops_reading_gets_the_idle_deadline() {
+        let activity = Activity::new();
+        let _busy = activity.busy();
+        activity.write_blocked(false);
+        assert_eq!(activity.deadline(HEAD, IDLE), None, "writes go through");
+        activity.write_blocked(true);
+        let (first, why) = activity.deadline(HEAD, IDLE).unwrap();
+        assert_eq!(why, "the client stopped reading its answer; closed");
+        activity.write_blocked(true);
+        assert_eq!(
+            activity.deadline(HEAD, IDLE).unwrap().0,
+            first,
+            "the stall counts from its start"
+        );
+        activity.write_blocked(false);
+        assert_eq!(activity.deadline(HEAD, IDLE), None, "the client read");
     }
 }
