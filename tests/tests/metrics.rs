@@ -33,6 +33,7 @@ fn daemon(idp: &OidcServer) -> Daemon {
 fn scrape(d: &Daemon) -> (String, String) {
     let r = d.http().get("/v1/metrics").unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
     let kind = r.header("content-type").unwrap_or("").to_string();
     (kind, r.text())
 }
@@ -127,6 +128,11 @@ fn metrics_report_each_credentials_state_expiry_and_counts_with_their_types() {
 
     let start = value(&text, "process_start_time_seconds");
     assert!(start <= now() && start > now() - 600.0, "{start}");
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let (_, again) = scrape(&d);
+        assert_eq!(value(&again, "process_start_time_seconds"), start);
+    }
     assert!(value(&text, "process_resident_memory_bytes") > 1_000_000.0);
     assert!(value(&text, "process_open_fds") >= 3.0);
     assert_eq!(

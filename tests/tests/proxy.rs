@@ -671,5 +671,9 @@ fn a_client_that_stops_reading_its_answer_is_closed_after_the_idle_timeout() {
             Err(e) => panic!("still open after the idle timeout ({got} bytes read): {e}"),
         }
     }
-    assert!(got < size, "the answer was cut short: {got} bytes\n{}", d.log_text());
+    assert!(
+        got < size,
+        "the answer was cut short: {got} bytes\n{}",
+        d.log_text()
+    );
 }

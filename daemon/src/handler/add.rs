@@ -148,6 +148,7 @@ async fn install(
     if let Some(old) = shared.registry.remove(&cred.name) {
         shared.scheduler.unschedule(&old.name);
         shared.logins.cancel(&old.name);
+        shared.metrics.forget(&old);
     }
     shared.registry.insert(cred.clone());
     Ok(cred)

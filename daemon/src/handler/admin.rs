@@ -38,14 +38,15 @@ pub(super) async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response,
             "credential {name:?} was replaced meanwhile; nothing was removed (run `tokenctl rm {name}` again to remove the new one)"
         )));
     }
-    if let Some(current) = shared.registry.remove(name)
-        && !Arc::ptr_eq(&current, &cred)
-    {
-        shared.registry.insert(current);
+    if let Some(current) = shared.registry.remove(name) {
+        if Arc::ptr_eq(&current, &cred) {
+            shared.metrics.forget(&cred);
+        } else {
+            shared.registry.insert(current);
+        }
     }
     shared.scheduler.unschedule(name);
     shared.logins.cancel(name);
-    shared.metrics.forget(name);
     tracing::info!(credential = %name, "credential removed");
     Ok(Response::Message(format!("removed credential {name:?}")))
 }

@@ -7,7 +7,7 @@ use super::process;
 use crate::state::Shared;
 use crate::state::connections::Listener;
 use crate::state::credential::{Credential, Kind};
-use crate::state::metrics::{Counts, Doubt, RefreshResult, Refused};
+use crate::state::metrics::{Doubt, RefreshResult, Refused};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -95,7 +95,8 @@ impl Exposition {
             encoder,
             SERVED,
             creds.iter().map(|cred| {
-                let served = metrics.served_by(&cred.name, cred.with_live(|l| l.served));
+                // Under the credential's lock, as a wrap is counted.
+                let served = cred.with_live(|l| metrics.served_by(&cred.name, l.served));
                 ([("credential", &*cred.name)], served)
             }),
         )?;
@@ -144,8 +145,18 @@ impl Exposition {
                 .map(|(state, count)| ([("state", state.as_str())], count)),
         )?;
         let metrics = &self.shared.metrics;
-        let totals: Counts = metrics.totals();
-        counters(encoder, SERVED, [(NONE, metrics.served_total())])?;
+        let totals = metrics.totals();
+        let served: u64 = self
+            .view
+            .credentials
+            .iter()
+            .map(|c| c.with_live(|l| metrics.served_by(&c.name, l.served)))
+            .sum();
+        counters(
+            encoder,
+            SERVED,
+            [(NONE, served + metrics.served_by_removed())],
+        )?;
         counters(
             encoder,
             REFRESHES,
@@ -298,7 +309,7 @@ fn histogram(encoder: &mut Encoder, (name, help): Family, histogram: &Histogram)
 /// The process's start, resident memory and open descriptors (the last
 /// two where the platform tells them).
 fn process_series(shared: &Shared, encoder: &mut Encoder) -> Written {
-    let started = shared.clock.now() - shared.started.elapsed().as_secs() as i64;
+    let started = shared.metrics.started_at;
     let as_gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     gauges(
         encoder,

@@ -9,6 +9,7 @@
 
 use super::exposition::{Exposition, View};
 use crate::config::access::Peer;
+use crate::error::Error;
 use crate::state::Shared;
 use hyper::body::Bytes;
 use prometheus_client::registry::Registry;
@@ -24,8 +25,11 @@ pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Chunks written ahead of the reader. A scraper that stops reading
-/// stops the writing: it waits, holding its chunks, for at most the
-/// idle deadline (`limits.idle_timeout_secs`), then the scrape is cut.
+/// stops the writing: it waits, holding its chunks, and the whole scrape
+/// must be written within the idle deadline (`limits.idle_timeout_secs`),
+/// or it is cut. With at most four scrapes at once, one per uid
+/// (`state/metrics.rs`), slow scrapers hold at most four threads, each
+/// for that long.
 const CHUNKS_AHEAD: usize = 4;
 
 /// A scrape's text, chunk by chunk.
@@ -53,22 +57,29 @@ impl Scrape {
     }
 }
 
-/// Who scrapes, which decides what the scrape shows.
-#[derive(Debug, Clone, Copy)]
-pub enum Scraper<'a> {
-    /// A peer of `http.sock`: the credentials it may use (as `list` shows
+/// Where a scrape comes in, which decides what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// `http.sock`: the credentials the peer may use (as `list` shows
     /// them; an admin sees all), and for an admin the daemon's own series.
-    Peer(&'a Peer),
+    Socket,
     /// A `[metrics] listen` address: every credential, labelled by name
     /// only if the operator said so (`credential_labels`), and the
     /// daemon's series without anything per user.
     Listener { credential_labels: bool },
 }
 
-/// Starts writing the scrape; its text arrives in chunks.
-pub async fn scrape(shared: &Arc<Shared>, scraper: Scraper<'_>) -> Scrape {
-    let view = match scraper {
-        Scraper::Peer(peer) => {
+/// Starts writing the scrape `peer` asked for on `surface`; its text
+/// arrives in chunks. Busy when four scrapes are being written, or one of
+/// this peer's uid.
+pub async fn scrape(shared: &Arc<Shared>, peer: &Peer, surface: Surface) -> Result<Scrape, Error> {
+    let slot = shared.metrics.begin_scrape(peer.uid).ok_or_else(|| {
+        Error::Busy(
+            "a metrics scrape is already being written for this user (or four in all); try again when it ends".into(),
+        )
+    })?;
+    let view = match surface {
+        Surface::Socket => {
             let admin = super::is_admin(shared, peer).await;
             View {
                 credentials: super::visible(shared, peer).await,
@@ -77,7 +88,7 @@ pub async fn scrape(shared: &Arc<Shared>, scraper: Scraper<'_>) -> Scrape {
                 per_user: admin,
             }
         }
-        Scraper::Listener { credential_labels } => View {
+        Surface::Listener { credential_labels } => View {
             credentials: shared.registry.all(),
             names: credential_labels,
             daemon: true,
@@ -85,19 +96,23 @@ pub async fn scrape(shared: &Arc<Shared>, scraper: Scraper<'_>) -> Scrape {
         },
     };
     let (tx, rx) = mpsc::channel(CHUNKS_AHEAD);
+    let patience = Duration::from_secs(shared.config().limits.idle_timeout_secs);
     let chunks = Chunks {
         text: String::with_capacity(CHUNK_BYTES),
         tx,
         runtime: tokio::runtime::Handle::current(),
-        patience: Duration::from_secs(shared.config().limits.idle_timeout_secs),
+        deadline: tokio::time::Instant::now() + patience,
     };
     let exposition = Exposition {
         shared: shared.clone(),
         view,
     };
     // 100,000 credentials take a while to write out: off the async workers.
-    tokio::task::spawn_blocking(move || write(exposition, chunks));
-    Scrape { rx }
+    tokio::task::spawn_blocking(move || {
+        write(exposition, chunks);
+        drop(slot);
+    });
+    Ok(Scrape { rx })
 }
 
 /// Writes the whole text, then the end marker. It stops early when the
@@ -116,8 +131,8 @@ struct Chunks {
     text: String,
     tx: mpsc::Sender<Bytes>,
     runtime: tokio::runtime::Handle,
-    /// How long one chunk may wait for the reader.
-    patience: Duration,
+    /// When the whole scrape must have been handed to the reader.
+    deadline: tokio::time::Instant,
 }
 
 impl Chunks {
@@ -129,11 +144,11 @@ impl Chunks {
         self.deliver(Bytes::from(full))
     }
 
-    /// Hands one chunk to the reader, waiting at most `patience` for room.
+    /// Hands one chunk to the reader, waiting for room until the deadline.
     fn deliver(&self, chunk: Bytes) -> std::fmt::Result {
         let sent = self
             .runtime
-            .block_on(tokio::time::timeout(self.patience, self.tx.send(chunk)));
+            .block_on(tokio::time::timeout_at(self.deadline, self.tx.send(chunk)));
         match sent {
             Ok(Ok(())) => Ok(()),
             _ => Err(std::fmt::Error),
@@ -162,7 +177,7 @@ mod tests {
             text: String::new(),
             tx,
             runtime: tokio::runtime::Handle::current(),
-            patience,
+            deadline: tokio::time::Instant::now() + patience,
         };
         (chunks, rx)
     }
@@ -191,9 +206,9 @@ mod tests {
         assert!(sizes.iter().all(|&s| s <= CHUNK_BYTES + 1001), "{sizes:?}");
     }
 
-    /// A reader that stops reading cuts the scrape after the patience:
-    /// the writing thread is not held for ever, and the answer does not
-    /// look complete.
+    /// A reader too slow for the scrape's deadline has it cut: the
+    /// writing thread is not held for ever, and the answer does not look
+    /// complete.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn metrics_scrape_is_cut_when_the_reader_stalls() {
         let (mut chunks, rx) = chunks(1, Duration::from_millis(100));

@@ -199,7 +199,8 @@ impl Live {
         Some(expires.saturating_sub(refreshed))
     }
 
-    /// See [`Credential::note_use`].
+    /// Notes a token handed out at `now_secs`: counted, and its last-use
+    /// time (see [`Use`]).
     pub fn note_use(&mut self, now_secs: i64) -> Use {
         self.served = self.served.wrapping_add(1);
         let served_wrapped = self.served == 0;
@@ -341,12 +342,6 @@ impl Credential {
     /// Runs `f` on the live state. Keep `f` short: this is the token hot path.
     pub fn with_live<T>(&self, f: impl FnOnce(&mut Live) -> T) -> T {
         f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Notes a token handed out at `now_secs`: counted, and its last-use
-    /// time (see [`Use`]).
-    pub fn note_use(&self, now_secs: i64) -> Use {
-        self.with_live(|l| l.note_use(now_secs))
     }
 
     pub fn live(&self) -> Live {

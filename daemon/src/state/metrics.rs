@@ -7,10 +7,11 @@
 //! credential costs nothing until a token of it is served or a refresh of
 //! it ends, and the one lock is held for a hash look-up and an addition.
 
+use crate::state::credential::Credential;
 use prometheus_client::metrics::histogram::Histogram;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How one refresh attempt that reached the provider (or meant to) ended:
 /// the `result` label of `tokend_refreshes_total`.
@@ -144,29 +145,50 @@ impl Refused {
     }
 }
 
-/// One credential's refresh counters since the daemon started (or the
-/// sum of all credentials', for a scrape without credential names). The
-/// tokens it served are counted in the credential itself
+/// One credential's counters since the daemon started (or all
+/// credentials' summed, removed ones included). The tokens it served are
+/// counted in the credential itself
 /// ([`crate::state::credential::Live::served`]): every credential serves,
 /// and an entry here for each would break the memory goal; only a
-/// credential that refreshes, or whose count wraps, has one.
+/// credential that has refreshed, or whose count wrapped, has one.
+/// `u32` each for a credential (52 bytes an entry: four billion refreshes
+/// of one credential do not happen), `u64` for the sums.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub struct Counts<N = u32> {
     /// How many times the credential's `served` went round (2³² each).
-    pub served_wraps: u64,
+    pub served_wraps: N,
     /// Indexed like [`RefreshResult::ALL`].
-    pub refreshes: [u64; RefreshResult::ALL.len()],
+    pub refreshes: [N; RefreshResult::ALL.len()],
     /// Indexed like [`Doubt::ALL`].
-    pub doubts: [u64; Doubt::ALL.len()],
+    pub doubts: [N; Doubt::ALL.len()],
 }
 
-impl Counts {
+impl<N: Copy + Into<u64>> Counts<N> {
     pub fn refreshes(&self, result: RefreshResult) -> u64 {
-        self.refreshes[result.index()]
+        self.refreshes[result.index()].into()
     }
 
     pub fn doubts(&self, outcome: Doubt) -> u64 {
-        self.doubts[outcome as usize]
+        self.doubts[outcome as usize].into()
+    }
+}
+
+/// What one counter of [`Counts`] counts.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Wrap,
+    Refresh(RefreshResult),
+    Doubt(Doubt),
+}
+
+impl<N: Copy + std::ops::AddAssign + From<u8>> Counts<N> {
+    fn add(&mut self, event: Event) {
+        let counter = match event {
+            Event::Wrap => &mut self.served_wraps,
+            Event::Refresh(r) => &mut self.refreshes[r.index()],
+            Event::Doubt(d) => &mut self.doubts[d as usize],
+        };
+        *counter += N::from(1);
     }
 }
 
@@ -177,14 +199,16 @@ const SECONDS_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 
+/// The statuses a proxied answer can have (100 to 599), each counted.
+const STATUSES: usize = 500;
+
 /// Every counter a scrape reports. The per-credential ones live in one
 /// map with one short lock; the rest are atomics or the crate's own
-/// histograms, which need no lock of ours.
+/// histograms, which need no lock of ours. Nothing here is touched on the
+/// token path: a credential counts the tokens it serves itself.
 #[derive(Debug)]
 pub struct Metrics {
     counts: Mutex<Tally>,
-    /// Tokens served by all credentials, removed ones included.
-    served_all: AtomicU64,
     refused: [AtomicU64; Refused::ALL.len()],
     /// How long the provider took to answer a refresh (or fail to).
     pub refresh_seconds: Histogram,
@@ -193,64 +217,96 @@ pub struct Metrics {
     pub lock_wait_seconds: Histogram,
     /// Refreshes that found another member holding the lock.
     lock_busy: AtomicU64,
-    /// Proxied requests by the status answered, and those retried.
-    proxied: Mutex<BTreeMap<u16, u64>>,
+    /// Proxied requests by the status answered (index: status − 100).
+    proxied: Box<[AtomicU64; STATUSES]>,
     proxy_retries: AtomicU64,
+    /// When the daemon started (Unix seconds), read once: a value
+    /// computed at each scrape from two clocks would wobble by a second.
+    pub started_at: i64,
+    /// Scrapes being written now, in all and by uid (see [`Metrics::begin_scrape`]).
+    scrapes: Arc<Mutex<HashMap<u32, usize>>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             counts: Default::default(),
-            served_all: Default::default(),
             refused: Default::default(),
             refresh_seconds: Histogram::new(SECONDS_BUCKETS),
             lock_wait_seconds: Histogram::new(SECONDS_BUCKETS),
             lock_busy: Default::default(),
-            proxied: Default::default(),
+            proxied: Box::new(std::array::from_fn(|_| AtomicU64::new(0))),
             proxy_retries: Default::default(),
+            started_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+            scrapes: Default::default(),
         }
     }
 }
 
-/// The per-credential counters and their running sum (which a removed
-/// credential does not take back: a counter never goes down).
+/// The per-credential counters, their running sums (which a removed
+/// credential does not take back: a counter never goes down), and the
+/// tokens served by credentials since removed.
 #[derive(Debug, Default)]
 struct Tally {
     by_name: HashMap<Box<str>, Counts>,
-    all: Counts,
+    all: Counts<u64>,
+    gone_served: u64,
+}
+
+/// Scrapes written at once, in all and by one uid: each holds a thread
+/// that writes it (from the pool the store's writes use too) for as long
+/// as its reader takes, at most `limits.idle_timeout_secs`.
+const MAX_SCRAPES: usize = 4;
+const MAX_SCRAPES_PER_UID: usize = 1;
+
+/// A scrape being written; its place is given back when dropped (by the
+/// thread that writes it, when it ends in any way).
+#[derive(Debug)]
+pub struct ScrapeSlot {
+    running: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for ScrapeSlot {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = running.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                running.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Metrics {
-    /// A token was handed out (the token hot path: one atomic addition;
-    /// the credential counts its own).
-    pub fn served(&self) {
-        self.served_all.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// `name`'s own count of tokens served went round to zero.
+    /// `name`'s own count of tokens served went round to zero. Called
+    /// under the credential's lock, as [`Metrics::served_by`] is, so a
+    /// scrape never sees the count wrapped but the wrap not yet counted.
     pub fn served_wrapped(&self, name: &str) {
-        self.bump(name, |c| c.served_wraps += 1);
+        self.bump(name, Event::Wrap);
     }
 
     /// Tokens `name` served, from the credential's own count `low`.
     pub fn served_by(&self, name: &str, low: u32) -> u64 {
-        (self.counts(name).served_wraps << 32) + u64::from(low)
+        (u64::from(self.counts(name).served_wraps) << 32) + u64::from(low)
     }
 
-    /// Tokens served by all credentials, removed ones included.
-    pub fn served_total(&self) -> u64 {
-        self.served_all.load(Ordering::Relaxed)
+    /// Tokens served by credentials since removed.
+    pub fn served_by_removed(&self) -> u64 {
+        self.lock().gone_served
     }
 
     /// A refresh of `name` ended with `result`.
     pub fn refreshed(&self, name: &str, result: RefreshResult) {
-        self.bump(name, |c| c.refreshes[result.index()] += 1);
+        self.bump(name, Event::Refresh(result));
     }
 
     /// A refresh token of `name` in doubt was settled (or not) so.
     pub fn doubt(&self, name: &str, outcome: Doubt) {
-        self.bump(name, |c| c.doubts[outcome as usize] += 1);
+        self.bump(name, Event::Doubt(outcome));
     }
 
     /// A request or connection was refused for `reason`.
@@ -273,24 +329,25 @@ impl Metrics {
 
     /// A proxied request was answered with `status`, after a retry or not.
     pub fn proxied(&self, status: u16, retried: bool) {
-        *self
-            .proxied
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(status)
-            .or_insert(0) += 1;
+        if let Some(count) = usize::from(status)
+            .checked_sub(100)
+            .and_then(|i| self.proxied.get(i))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         if retried {
             self.proxy_retries.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Proxied requests by status, and how many were retried.
+    /// Proxied requests by status (those seen), and how many were retried.
     pub fn proxy_counts(&self) -> (Vec<(u16, u64)>, u64) {
-        let by_status = self.proxied.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            by_status.iter().map(|(&s, &n)| (s, n)).collect(),
-            self.proxy_retries.load(Ordering::Relaxed),
-        )
+        let by_status = (100u16..)
+            .zip(self.proxied.iter())
+            .map(|(status, n)| (status, n.load(Ordering::Relaxed)))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        (by_status, self.proxy_retries.load(Ordering::Relaxed))
     }
 
     /// `name`'s counters (all zero if it has none).
@@ -299,23 +356,51 @@ impl Metrics {
     }
 
     /// Every credential's counters summed, removed ones included.
-    pub fn totals(&self) -> Counts {
+    pub fn totals(&self) -> Counts<u64> {
         self.lock().all
     }
 
-    /// Drops a removed credential's counters: a name that is gone must
-    /// not keep memory for good.
-    pub fn forget(&self, name: &str) {
-        self.lock().by_name.remove(name);
+    /// Drops the counters of a credential removed or replaced (a name
+    /// that is gone must not keep memory for good, and a replacement
+    /// starts from zero), keeping the tokens it served in the sum.
+    pub fn forget(&self, gone: &Credential) {
+        gone.with_live(|l| {
+            let mut tally = self.lock();
+            let wraps = tally
+                .by_name
+                .remove(&gone.name)
+                .map_or(0, |c| c.served_wraps);
+            tally.gone_served += (u64::from(wraps) << 32) + u64::from(l.served);
+        });
+    }
+
+    /// A place for one more scrape by `uid`, unless [`MAX_SCRAPES`] run
+    /// already, or [`MAX_SCRAPES_PER_UID`] of this uid's.
+    pub fn begin_scrape(&self, uid: u32) -> Option<ScrapeSlot> {
+        let mut running = self.scrapes();
+        let total: usize = running.values().sum();
+        let mine = running.get(&uid).copied().unwrap_or(0);
+        if total >= MAX_SCRAPES || mine >= MAX_SCRAPES_PER_UID {
+            return None;
+        }
+        *running.entry(uid).or_insert(0) += 1;
+        Some(ScrapeSlot {
+            running: self.scrapes.clone(),
+            uid,
+        })
+    }
+
+    fn scrapes(&self) -> std::sync::MutexGuard<'_, HashMap<u32, usize>> {
+        self.scrapes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The name is copied only the first time: every later call finds it.
-    fn bump(&self, name: &str, change: impl Fn(&mut Counts)) {
+    fn bump(&self, name: &str, event: Event) {
         let mut tally = self.lock();
-        change(&mut tally.all);
+        tally.all.add(event);
         match tally.by_name.get_mut(name) {
-            Some(c) => change(c),
-            None => change(tally.by_name.entry(name.into()).or_default()),
+            Some(c) => c.add(event),
+            None => tally.by_name.entry(name.into()).or_default().add(event),
         }
     }
 
@@ -332,8 +417,6 @@ mod tests {
     fn metrics_count_per_credential_and_result_and_forget_removed_names() {
         let m = Metrics::default();
         assert_eq!(m.counts("a"), Counts::default());
-        m.served();
-        m.served();
         m.refreshed("a", RefreshResult::Ok);
         m.refreshed("b", RefreshResult::InvalidGrant);
         m.doubt("b", Doubt::Rotated);
@@ -342,11 +425,14 @@ mod tests {
         assert_eq!(a.refreshes(RefreshResult::InvalidGrant), 0);
         assert_eq!(m.counts("b").refreshes(RefreshResult::InvalidGrant), 1);
         assert_eq!(m.counts("b").doubts(Doubt::Rotated), 1);
-        m.forget("a");
+        m.served_wrapped("a");
+        let a = Credential::from_stored(crate::store::sqlite::tests::bearer("a", "t"));
+        a.with_live(|l| l.served = 2);
+        m.forget(&a);
         assert_eq!(m.counts("a"), Counts::default());
         // The sums keep what a removed credential did: counters never fall.
         assert_eq!(m.totals().refreshes(RefreshResult::Ok), 1);
-        assert_eq!(m.served_total(), 2);
+        assert_eq!(m.served_by_removed(), (1 << 32) + 2);
     }
 
     #[test]
@@ -357,6 +443,33 @@ mod tests {
         m.served_wrapped("a");
         assert_eq!(m.served_by("a", 7), (2 << 32) + 7);
         assert_eq!(m.served_by("b", 7), 7);
+    }
+
+    #[test]
+    fn metrics_scrapes_are_limited_in_all_and_per_uid() {
+        let m = Metrics::default();
+        let first = m.begin_scrape(1000).unwrap();
+        assert!(m.begin_scrape(1000).is_none(), "one at a time per uid");
+        let others: Vec<_> = (0..3).map(|u| m.begin_scrape(u).unwrap()).collect();
+        assert!(m.begin_scrape(2000).is_none(), "four in all");
+        drop(first);
+        assert!(
+            m.begin_scrape(1000).is_some(),
+            "a finished scrape frees its place"
+        );
+        drop(others);
+        assert!(m.scrapes().is_empty());
+    }
+
+    #[test]
+    fn metrics_proxied_statuses_are_counted_and_odd_ones_ignored() {
+        let m = Metrics::default();
+        m.proxied(200, false);
+        m.proxied(200, true);
+        m.proxied(503, false);
+        m.proxied(99, false);
+        m.proxied(600, false);
+        assert_eq!(m.proxy_counts(), (vec![(200, 2), (503, 1)], 1));
     }
 
     #[test]

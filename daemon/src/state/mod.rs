@@ -13,6 +13,7 @@ pub mod throttle;
 use crate::config::Config;
 use crate::config::access::Policy;
 use crate::config::paths::Paths;
+use crate::state::credential::Credential;
 use crate::state::registry::Registry;
 use crate::store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,6 +96,23 @@ impl Shared {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A refresh of `cred` ended with `result`: counted unless `cred` was
+    /// removed or replaced meanwhile (its counters are gone, and must not
+    /// come back for a name nothing holds).
+    pub fn count_refresh(&self, cred: &Arc<Credential>, result: metrics::RefreshResult) {
+        if self.registry.is_current(cred) {
+            self.metrics.refreshed(&cred.name, result);
+        }
+    }
+
+    /// A refresh token of `cred` in doubt was settled (or not) so; as
+    /// [`Shared::count_refresh`].
+    pub fn count_doubt(&self, cred: &Arc<Credential>, outcome: metrics::Doubt) {
+        if self.registry.is_current(cred) {
+            self.metrics.doubt(&cred.name, outcome);
+        }
     }
 
     /// Some credential's last-use time changed: the next flush has work.

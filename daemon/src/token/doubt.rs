@@ -31,7 +31,7 @@ pub(super) async fn no_answer(
     cred.with_live(|l| l.journal = Journal::InDoubt);
     tracing::warn!(credential = %cred.name, "a refresh ended without an answer: {message}");
     if endpoint.introspection_url.is_none() {
-        shared.metrics.doubt(&cred.name, Doubt::NoIntrospection);
+        shared.count_doubt(cred, Doubt::NoIntrospection);
         let reason = format!(
             "a refresh ended without a usable answer ({message}); the provider may have rotated the refresh token, so it will not be sent again"
         );
@@ -55,7 +55,7 @@ pub(super) async fn settle_doubt(
     refresh_token: &Secret,
 ) -> Result<(), Error> {
     if endpoint.introspection_url.is_none() {
-        shared.metrics.doubt(&cred.name, Doubt::NoIntrospection);
+        shared.count_doubt(cred, Doubt::NoIntrospection);
         return spent(shared, cred, STOPPED_IN_DOUBT).await;
     }
     let answer = provider::introspect(http, endpoint, refresh_token, timeout(shared)).await;
@@ -64,7 +64,7 @@ pub(super) async fn settle_doubt(
         Ok(false) => Doubt::Rotated,
         Err(_) => Doubt::Unanswered,
     };
-    shared.metrics.doubt(&cred.name, outcome);
+    shared.count_doubt(cred, outcome);
     match answer {
         Ok(true) => {
             tracing::info!(credential = %cred.name, "introspection: the refresh token in doubt is still active; refreshing");

@@ -83,7 +83,7 @@ pub async fn refresh(
     let http = match shared.http() {
         Ok(http) => http,
         Err(e) => {
-            shared.metrics.refreshed(&cred.name, RefreshResult::Local);
+            shared.count_refresh(&cred, RefreshResult::Local);
             return transient(&shared, &cred, e.to_string(), None, Pace::Local).await;
         }
     };
@@ -242,9 +242,7 @@ async fn conclude(
     result: Result<TokenUpdate, ProviderError>,
     rotating: Option<&Endpoint<'_>>,
 ) -> Result<(), Error> {
-    shared
-        .metrics
-        .refreshed(&cred.name, result_of(&result, rotating.is_some()));
+    shared.count_refresh(cred, result_of(&result, rotating.is_some()));
     match result {
         Ok(update) => commit_and_publish(shared, cred, update, Origin::Refresh).await,
         // The provider answered with an error, or nothing was sent: nothing rotated.
@@ -356,7 +354,7 @@ async fn refresh_grant(
         );
         // If clearing the mark fails, it is still known to be unsent.
         cred.with_live(|l| l.unsent_mark = Some(l.fence));
-        shared.metrics.refreshed(&cred.name, RefreshResult::Unsent);
+        shared.count_refresh(cred, RefreshResult::Unsent);
         return transient(shared, cred, message, None, Pace::Unsent).await;
     }
     let grant = Grant::RefreshToken(&refresh_token);
@@ -425,7 +423,7 @@ async fn unmarked(
             )))
         }
         e => {
-            shared.metrics.refreshed(&cred.name, RefreshResult::Local);
+            shared.count_refresh(cred, RefreshResult::Local);
             let message = format!("refresh not attempted, the store is not writable: {e}");
             transient(shared, cred, message, None, Pace::Local).await
         }

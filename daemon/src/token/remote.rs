@@ -98,6 +98,7 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
             let cred = Arc::new(Credential::from_stored(row.clone()));
             if let Some(old) = existing {
                 shared.logins.cancel(&old.name);
+                shared.metrics.forget(&old);
                 tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential replaced by another member of the fleet");
             } else {
                 tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential added by another member of the fleet");
@@ -113,10 +114,10 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
 
 /// Another member removed the credential.
 fn remove_here(shared: &Shared, name: &str) {
-    if shared.registry.remove(name).is_some() {
+    if let Some(gone) = shared.registry.remove(name) {
         shared.scheduler.unschedule(name);
         shared.logins.cancel(name);
-        shared.metrics.forget(name);
+        shared.metrics.forget(&gone);
         tracing::info!(credential = %tokend_proto::logged(name), "credential removed by another member of the fleet");
     }
 }

@@ -8,7 +8,7 @@ use super::refresh::refresh;
 use super::validity::{not_usable, valid_reply};
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Kind, Use};
+use crate::state::credential::{Credential, Kind, Live};
 use crate::store::GrantChange;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +24,12 @@ pub async fn token(
     let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
     let fast = cred.with_live(|l| {
         let reply = valid_reply(l, now, mono, min_valid_secs)?;
-        Some((reply, l.note_use(now / 1000)))
+        Some((reply, handed_out(shared, &cred.name, l, now / 1000)))
     });
-    if let Some((reply, used)) = fast {
-        handed_out(shared, cred, used);
+    if let Some((reply, dirty)) = fast {
+        if dirty {
+            shared.note_use();
+        }
         return Ok(reply);
     }
     if cred.kind == Kind::Bearer {
@@ -36,16 +38,16 @@ pub async fn token(
     on_demand(shared, cred, min_valid_secs).await
 }
 
-/// A token of `cred` was handed out: its last-use time waits for the
-/// next flush, and the metrics count it.
-fn handed_out(shared: &Shared, cred: &Credential, used: Use) {
-    if used.dirty {
-        shared.note_use();
-    }
-    shared.metrics.served();
+/// A token of credential `name` is handed out (under its lock, `l`): it
+/// is counted, and true says its last-use time now waits for the next
+/// flush. A wrap of its count is counted under the same lock, so a scrape
+/// never sees the one without the other.
+fn handed_out(shared: &Shared, name: &str, l: &mut Live, now_secs: i64) -> bool {
+    let used = l.note_use(now_secs);
     if used.served_wrapped {
-        shared.metrics.served_wrapped(&cred.name);
+        shared.metrics.served_wrapped(name);
     }
+    used.dirty
 }
 
 /// What a fresh token has lost of its lifetime by the time it is served
@@ -79,7 +81,9 @@ pub(super) async fn on_demand(
             )
         });
         if let Some(reply) = reply {
-            handed_out(shared, cred, cred.note_use(now / 1000));
+            if cred.with_live(|l| handed_out(shared, &cred.name, l, now / 1000)) {
+                shared.note_use();
+            }
             return Ok(reply);
         }
         if state != CredentialState::Ready {

@@ -8,10 +8,11 @@ use super::errors::ApiError;
 use super::routes::{self, Route};
 use crate::config::access::Peer;
 use crate::handler;
-use crate::handler::metrics::Scraper;
+use crate::handler::metrics::Surface as Scraped;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::state::Shared;
 use crate::state::connections::Listener;
+use crate::state::metrics::Refused as Reason;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited, StreamBody};
 use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
@@ -58,14 +59,15 @@ pub async fn answer(
     if let Surface::Proxy(port) | Surface::Metrics(port) = surface
         && let Some(refused) = crate::proxy::refuse_browser(&request, port)
     {
+        shared.metrics.refused(Reason::PermissionDenied);
         return refused;
     }
     let path = request.uri().path();
     match surface {
         Surface::Api if routes::route(request.method(), path) == Ok(Route::Metrics) => {
-            return scrape(shared, Scraper::Peer(peer)).await;
+            return scrape(shared, peer, Scraped::Socket).await;
         }
-        Surface::Metrics(_) => return on_metrics_listener(shared, &request).await,
+        Surface::Metrics(_) => return on_metrics_listener(shared, peer, &request).await,
         _ => {}
     }
     let proxied = match surface {
@@ -82,11 +84,13 @@ pub async fn answer(
         ("", _) if surface == Surface::Api => answer_api(shared, peer, request)
             .await
             .map(crate::proxy::boxed),
-        ("", _) => ApiError::NotFound(
-            "/ (the proxy's listener serves /NAME/PATH: NAME a credential, PATH below its API URL)"
-                .into(),
+        ("", _) => refused(
+            shared,
+            ApiError::NotFound(
+                "/ (the proxy's listener serves /NAME/PATH: NAME a credential, PATH below its API URL)"
+                    .into(),
+            ),
         )
-        .into_response()
         .map(crate::proxy::boxed),
         (name, rest) => crate::proxy::forward(shared, proxy, peer, name, rest, request).await,
     }
@@ -95,10 +99,11 @@ pub async fn answer(
 /// A `[metrics] listen` address answers `GET /metrics` and nothing else.
 async fn on_metrics_listener(
     shared: &Arc<Shared>,
+    peer: &Peer,
     request: &Request<Incoming>,
 ) -> Response<ProxyBody> {
     let path = request.uri().path();
-    let refused = if path != "/metrics" {
+    let error = if path != "/metrics" {
         ApiError::NotFound(format!(
             "{} (this listener serves GET /metrics only)",
             tokend_proto::logged(path)
@@ -111,25 +116,52 @@ async fn on_metrics_listener(
         }
     } else {
         let credential_labels = shared.config().metrics.credential_labels;
-        return scrape(shared, Scraper::Listener { credential_labels }).await;
+        return scrape(shared, peer, Scraped::Listener { credential_labels }).await;
     };
-    refused.into_response().map(crate::proxy::boxed)
+    refused(shared, error).map(crate::proxy::boxed)
 }
 
 /// The metrics as Prometheus text, streamed as it is written
 /// ([`handler::metrics`]).
-async fn scrape(shared: &Arc<Shared>, scraper: Scraper<'_>) -> Response<ProxyBody> {
-    let scrape = handler::metrics::scrape(shared, scraper).await;
+async fn scrape(shared: &Arc<Shared>, peer: &Peer, surface: Scraped) -> Response<ProxyBody> {
+    let scrape = match handler::metrics::scrape(shared, peer, surface).await {
+        Ok(scrape) => scrape,
+        Err(e) => {
+            shared.metrics.refused(Reason::Busy);
+            return ApiError::Daemon(e.to_remote())
+                .into_response()
+                .map(crate::proxy::boxed);
+        }
+    };
     let chunks = futures_util::stream::unfold(scrape, |mut scrape| async move {
         let chunk = scrape.next().await?;
         Some((chunk.map(Frame::data), scrape))
     });
     let mut response = Response::new(crate::proxy::boxed(StreamBody::new(chunks)));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(handler::metrics::CONTENT_TYPE),
     );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     response
+}
+
+/// The answer to a request refused before it reached the handler (which
+/// counts its own): counted in `tokend_requests_refused_total`.
+fn refused(shared: &Shared, error: ApiError) -> Response<Full<Bytes>> {
+    let reason = match &error {
+        ApiError::Daemon(_) | ApiError::Internal(_) => Reason::Other,
+        ApiError::NotFound(_)
+        | ApiError::MethodNotAllowed { .. }
+        | ApiError::PayloadTooLarge
+        | ApiError::BadRequest(_) => Reason::InvalidArgument,
+    };
+    shared.metrics.refused(reason);
+    error.into_response()
 }
 
 /// Answers one request of the API itself (all but the proxy's).
@@ -141,7 +173,9 @@ async fn answer_api(
     let (parts, body) = request.into_parts();
     let response = match respond(shared, peer, &parts, body).await {
         Ok(response) => response,
-        Err(e) => e.into_response(),
+        // The handler counted its refusal.
+        Err(e @ ApiError::Daemon(_)) => e.into_response(),
+        Err(e) => refused(shared, e),
     };
     // The path names a credential, never a secret (cut and escaped: it may
     // be 60 KiB long); the query is min_valid. Refusals are logged by the
