@@ -1,7 +1,9 @@
 //! The API the proxy benchmark fronts: a bare hyper HTTP/1.1 server on a
 //! loopback port, its own process (the bench's hidden `upstream-server`
-//! mode), answering every request with 1 KiB — or, at `/slow`, a 2 MiB
-//! body in 16 KiB pieces every 50 ms, for the slow-download figure.
+//! mode), answering every request with 1 KiB at once — or, at `/work`,
+//! after [`WORK`] (an API that does something, as real ones do), or, at
+//! `/slow`, a 2 MiB body in 16 KiB pieces every 50 ms, for the
+//! slow-download figure.
 
 use http_body_util::Full;
 use hyper::body::{Body, Bytes, Frame};
@@ -16,6 +18,8 @@ pub const BODY_LEN: usize = 1024;
 const PIECES: usize = 128;
 const PIECE: usize = 16 * 1024;
 const EVERY: Duration = Duration::from_millis(50);
+/// What `/work` takes before it answers: a fast real API's time.
+pub const WORK: Duration = Duration::from_millis(1);
 
 /// Runs the server until killed (the child-process side): binds
 /// 127.0.0.1:0 and writes the port it got to `port_file`.
@@ -44,12 +48,18 @@ pub fn serve(port_file: &std::path::Path) -> Result<(), String> {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |request: hyper::Request<hyper::body::Incoming>| {
+                        let work = request.uri().path() == "/work";
                         let body = if request.uri().path() == "/slow" {
                             Either::Slow(Slow::new())
                         } else {
                             Either::Fast(Full::new(fast.clone()))
                         };
-                        async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+                        async move {
+                            if work {
+                                tokio::time::sleep(WORK).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                        }
                     },
                 );
                 let _ = hyper::server::conn::http1::Builder::new()
