@@ -2,6 +2,7 @@
 //! committed token pair survives `kill -9` and power loss; versioned
 //! migrations (`schema.rs`); a bulk loader for start-up (`load.rs`).
 
+mod audit;
 mod load;
 mod schema;
 
@@ -363,6 +364,21 @@ impl Backend for SqliteStore {
         self.lock()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
+    }
+
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError> {
+        audit::append(&mut self.lock(), entries)
+    }
+
+    fn read_audit(
+        &self,
+        filter: &crate::store::audit::AuditFilter,
+    ) -> Result<Vec<tokend_proto::AuditEntry>, StoreError> {
+        audit::read(&self.lock(), filter)
+    }
+
+    fn prune_audit(&self, keep: &crate::store::audit::Retention) -> Result<u64, StoreError> {
+        audit::prune(&mut self.lock(), keep)
     }
 
     fn describe(&self) -> String {
