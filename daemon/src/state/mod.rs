@@ -1,5 +1,6 @@
 //! The state every connection and background task shares.
 
+pub mod audit;
 pub mod clock;
 pub mod credential;
 pub mod logins;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub refusals: refusals::Refusals,
     /// A graceful stop has begun: no refresh starts any more.
     stopping: AtomicBool,
+    /// The audit trail's entries on their way to the store.
+    pub audit: audit::AuditLog,
 }
 
 impl Shared {
@@ -67,6 +70,7 @@ impl Shared {
             groups: Default::default(),
             refusals: Default::default(),
             stopping: AtomicBool::new(false),
+            audit: audit::AuditLog::new(config.audit.enabled),
         })
     }
 
@@ -118,6 +122,7 @@ impl Shared {
 
     /// Swaps in a reloaded config and the access policy derived from it.
     pub fn replace_config(&self, config: Config, policy: Policy) {
+        self.audit.set_enabled(config.audit.enabled);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
