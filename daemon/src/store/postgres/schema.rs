@@ -140,7 +140,7 @@ ALTER TABLE tokend.credentials ADD COLUMN binding BYTEA, ADD COLUMN owner_name T
     // one table for the fleet, each entry naming the member that answered.
     // Nothing triggers on it: writing it wakes no other member.
     r#"
-CREATE TABLE tokend.audit (
+CREATE TABLE IF NOT EXISTS tokend.audit (
     id         BIGSERIAL PRIMARY KEY,
     at_ms      BIGINT NOT NULL,
     member     TEXT NOT NULL,
@@ -153,8 +153,8 @@ CREATE TABLE tokend.audit (
     pid        INTEGER,
     exe        TEXT
 );
-CREATE INDEX audit_at ON tokend.audit (at_ms);
-CREATE INDEX audit_credential ON tokend.audit (credential, at_ms);
+CREATE INDEX IF NOT EXISTS audit_at ON tokend.audit (at_ms);
+CREATE INDEX IF NOT EXISTS audit_credential ON tokend.audit (credential, at_ms);
 "#,
 ];
 

@@ -64,7 +64,7 @@ ALTER TABLE allowed ADD COLUMN name TEXT;
     // The audit trail (`audit.rs`; docs/SECURITY.md, "The audit trail"):
     // who asked for what and how it ended, never a token or a secret.
     r#"
-CREATE TABLE audit (
+CREATE TABLE IF NOT EXISTS audit (
     id         INTEGER PRIMARY KEY,
     at_ms      INTEGER NOT NULL,
     credential TEXT,
@@ -76,8 +76,8 @@ CREATE TABLE audit (
     pid        INTEGER,
     exe        TEXT
 );
-CREATE INDEX audit_at ON audit (at_ms);
-CREATE INDEX audit_credential ON audit (credential, at_ms);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
+CREATE INDEX IF NOT EXISTS audit_credential ON audit (credential, at_ms);
 "#,
 ];
 
