@@ -16,8 +16,10 @@ use tokend_proto::AuditEntry;
 /// few MiB.
 pub const QUEUE_CAP: usize = 65_536;
 
-/// A queue this long is written at once rather than at the next tick.
-pub const BATCH: usize = 512;
+/// A queue this long is written at once rather than at the next tick:
+/// large enough that a busy daemon commits (and fsyncs) a few times a
+/// second, not hundreds.
+pub const BATCH: usize = 4096;
 
 /// How a request ended, as the audit trail says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
