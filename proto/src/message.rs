@@ -279,6 +279,10 @@ pub struct AuditEntry {
     pub exe: Option<String>,
     /// The fleet member that answered (PostgreSQL stores only).
     pub member: Option<String>,
+    /// How many identical requests (same process, operation, credential
+    /// and outcome) this entry stands for, from `at_ms` to the daemon's
+    /// next write of the trail (about a second).
+    pub count: u32,
 }
 
 /// `tokenctl edit NAME`: what to change; `None` leaves a setting as it is.

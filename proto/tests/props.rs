@@ -260,10 +260,11 @@ fn audit_entry() -> impl Strategy<Value = AuditEntry> {
             proptest::option::of(any::<i32>()),
             opt_text(),
             opt_text(),
+            any::<u32>(),
         ),
     )
         .prop_map(
-            |((at_ms, credential, op, outcome, reason), (uid, user, pid, exe, member))| {
+            |((at_ms, credential, op, outcome, reason), (uid, user, pid, exe, member, count))| {
                 AuditEntry {
                     at_ms,
                     credential,
@@ -275,6 +276,7 @@ fn audit_entry() -> impl Strategy<Value = AuditEntry> {
                     pid,
                     exe,
                     member,
+                    count,
                 }
             },
         )

@@ -197,6 +197,21 @@ fn each_way_to_a_token_is_named_and_filters_narrow_the_trail() {
         .arg("http://localhost/v1/proxy/up/x");
     run_with_timeout(cmd, None, Duration::from_secs(60));
     assert_ok(&d.tokenctl(&["rm", "other"]));
+    // One process asking twice: one entry, counted twice.
+    let mut cmd = Command::new("curl");
+    let url = "http://localhost/v1/credentials/up/token";
+    cmd.arg("--unix-socket").arg(d.http_socket()).args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "30",
+        url,
+        url,
+    ]);
+    assert_ok(&run_with_timeout(cmd, None, Duration::from_secs(60)));
 
     let ops: Vec<String> = audit_json(&d, &["up"])
         .iter()
@@ -216,10 +231,21 @@ fn each_way_to_a_token_is_named_and_filters_narrow_the_trail() {
             "exec ok",
             "kube ok",
             "edit ok",
-            "proxy ok"
+            "proxy ok",
+            "http ok"
         ],
         "the credential's own entries, oldest first"
     );
+    let entries = audit_json(&d, &["up"]);
+    assert_eq!(of(&entries, "http")[0]["count"], 2);
+    assert_eq!(of(&entries, "header")[0]["count"], 1);
+    let out = d.tokenctl(&["audit", "up"]);
+    assert!(
+        stdout(&out).contains(" up http ok uid=0(root) "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains(" count=2"), "{}", stdout(&out));
     let all = audit_json(&d, &[]);
     let nope = all
         .iter()

@@ -22,7 +22,7 @@ pub const QUEUE_CAP: usize = 65_536;
 pub const BATCH: usize = 4096;
 
 /// How a request ended, as the audit trail says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Ok,
     /// The peer may not do it.
@@ -47,7 +47,7 @@ impl Outcome {
 /// What one request asked, of which credential, and how it ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a> {
-    pub op: &'a str,
+    pub op: &'static str,
     pub credential: Option<&'a str>,
     pub outcome: Outcome,
     /// Why it was refused or failed: an error's sentence, never a secret
@@ -59,11 +59,47 @@ pub struct Event<'a> {
 /// 60 KiB name quoted in it.
 const REASON_BYTES: usize = 240;
 
+/// Who asked what, and how it ended: the part of an entry that, with the
+/// credential, decides whether two requests fold into one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Asker {
+    uid: u32,
+    pid: Option<i32>,
+    op: &'static str,
+    outcome: Outcome,
+    /// The request named a credential (its name is the inner key; "" when
+    /// this is false).
+    named: bool,
+}
+
+/// An entry waiting to be written: the first of `count` identical
+/// requests.
+#[derive(Debug)]
+struct Pending {
+    at_ms: i64,
+    count: u32,
+    reason: Option<String>,
+    exe: Option<String>,
+}
+
+/// What is queued: identical requests of one process (same uid, pid,
+/// operation, outcome and credential) since the last write are one entry
+/// with a count, so a process asking a thousand times a second costs one
+/// row, one `readlink` and no allocation after its first request.
+#[derive(Debug, Default)]
+struct Queue {
+    folded: HashMap<Asker, HashMap<Box<str>, Pending>>,
+    /// Entries (not requests) queued.
+    len: usize,
+    /// Entries a failed write could not store, written first next time.
+    retry: Vec<AuditEntry>,
+}
+
 /// The entries waiting to be written, and what could not wait.
 #[derive(Debug)]
 pub struct AuditLog {
     enabled: AtomicBool,
-    queue: Mutex<Vec<AuditEntry>>,
+    queue: Mutex<Queue>,
     /// Entries dropped because the queue was full, since the last report.
     dropped: AtomicU64,
     /// Wakes the writer when a batch is ready.
@@ -74,7 +110,7 @@ impl AuditLog {
     pub fn new(enabled: bool) -> AuditLog {
         AuditLog {
             enabled: AtomicBool::new(enabled),
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             dropped: AtomicU64::new(0),
             ready: tokio::sync::Notify::new(),
         }
@@ -89,69 +125,119 @@ impl AuditLog {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Queues what `peer` asked and how it ended, with the peer's
-    /// executable as it is now (the process may be gone by the time the
-    /// batch is written). The user's name is looked up by the writer, off
-    /// the request path.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues what `peer` asked and how it ended. The peer's executable is
+    /// read now, at its first such request since the last write (the
+    /// process may be gone by the time the batch is written); a request
+    /// identical to one already queued only counts. The user's name is
+    /// looked up by the writer, off the request path.
     pub fn record(&self, peer: &Peer, event: Event<'_>) {
         if !self.is_enabled() {
             return;
         }
-        self.push(AuditEntry {
-            at_ms: now_ms(),
-            credential: event
-                .credential
-                .map(|c| cut(c, tokend_proto::LOGGED_NAME_BYTES)),
-            op: event.op.to_string(),
-            outcome: event.outcome.as_str().to_string(),
-            reason: event.reason.map(|r| cut(r, REASON_BYTES)),
+        let asker = Asker {
             uid: peer.uid,
-            user: None,
             pid: peer.pid,
+            op: event.op,
+            outcome: event.outcome,
+            named: event.credential.is_some(),
+        };
+        let name = event.credential.unwrap_or("");
+        let name = cut(name, tokend_proto::LOGGED_NAME_BYTES);
+        if self.count_again(&asker, &name) {
+            return;
+        }
+        let pending = Pending {
+            at_ms: now_ms(),
+            count: 1,
+            reason: event.reason.map(|r| cut(r, REASON_BYTES).into_owned()),
             exe: executable(peer.pid),
-            member: None,
-        });
+        };
+        self.insert(asker, name.into(), pending);
     }
 
-    /// Queues `entry`, or counts it as dropped when the queue is full.
-    pub fn push(&self, entry: AuditEntry) {
+    /// Counts one more request like a queued entry, if there is one.
+    fn count_again(&self, asker: &Asker, name: &str) -> bool {
+        let mut queue = self.lock();
+        match queue.folded.get_mut(asker).and_then(|m| m.get_mut(name)) {
+            Some(pending) => {
+                pending.count = pending.count.saturating_add(1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Queues a new entry, or counts it as dropped when the queue is full.
+    fn insert(&self, asker: Asker, name: Box<str>, pending: Pending) {
         let len = {
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.len() >= QUEUE_CAP {
+            let mut queue = self.lock();
+            if queue.len >= QUEUE_CAP {
                 drop(queue);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            queue.push(entry);
-            queue.len()
+            let by_name = queue.folded.entry(asker).or_default();
+            match by_name.entry(name) {
+                // Queued by another request meanwhile (the executable is
+                // read outside the lock).
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    e.get_mut().count = e.get().count.saturating_add(1);
+                    return;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(pending);
+                }
+            }
+            queue.len += 1;
+            queue.len
         };
         if len == BATCH {
             self.ready.notify_one();
         }
     }
 
-    /// Everything queued, oldest first; the queue is left empty.
+    /// Everything queued, oldest first (entries a failed write left
+    /// first); the queue is left empty.
     pub fn take(&self) -> Vec<AuditEntry> {
-        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()))
+        let queue = std::mem::take(&mut *self.lock());
+        let mut entries = queue.retry;
+        for (asker, by_name) in queue.folded {
+            for (name, p) in by_name {
+                entries.push(AuditEntry {
+                    at_ms: p.at_ms,
+                    credential: asker.named.then(|| name.into_string()),
+                    op: asker.op.to_string(),
+                    outcome: asker.outcome.as_str().to_string(),
+                    reason: p.reason,
+                    uid: asker.uid,
+                    user: None,
+                    pid: asker.pid,
+                    exe: p.exe,
+                    member: None,
+                    count: p.count,
+                });
+            }
+        }
+        entries.sort_by_key(|e| e.at_ms);
+        entries
     }
 
-    /// Puts back entries a failed write could not store, ahead of those
-    /// queued meanwhile, within the cap (the oldest beyond it are dropped
-    /// and counted).
+    /// Keeps entries a failed write could not store, for the next write,
+    /// within the cap (the oldest beyond it are dropped and counted).
     pub fn put_back(&self, mut entries: Vec<AuditEntry>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        entries.append(&mut queue);
-        let over = entries.len().saturating_sub(QUEUE_CAP);
+        let mut queue = self.lock();
+        let room = QUEUE_CAP.saturating_sub(queue.len);
+        let over = entries.len().saturating_sub(room);
         if over > 0 {
             entries.drain(..over);
             self.dropped.fetch_add(over as u64, Ordering::Relaxed);
         }
-        *queue = entries;
-    }
-
-    /// How many entries were dropped since the last call.
-    pub fn take_dropped(&self) -> u64 {
-        self.dropped.swap(0, Ordering::Relaxed)
+        queue.len += entries.len();
+        queue.retry = entries;
     }
 
     /// Writes everything queued to `store` in one transaction, with each
@@ -180,6 +266,11 @@ impl AuditLog {
         }
     }
 
+    /// How many entries were dropped since the last call.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+
     /// Waits until a batch is ready (see [`BATCH`]).
     pub async fn batch_ready(&self) {
         self.ready.notified().await
@@ -192,17 +283,18 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// `text` cut to `bytes` at a character boundary (a refused name was
-/// never validated: it may be 60 KiB long).
-fn cut(text: &str, bytes: usize) -> String {
+/// `text` cut to `bytes` at a character boundary, marked with `…` (a
+/// refused name was never validated: it may be 60 KiB long); borrowed when
+/// it fits.
+fn cut(text: &str, bytes: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= bytes {
-        return text.to_string();
+        return text.into();
     }
     let mut end = bytes;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    format!("{}…", &text[..end]).into()
 }
 
 /// What `gone` stands for: the peer's process exited before its request
@@ -291,8 +383,8 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
         let log = AuditLog::new(true);
-        for _ in 0..QUEUE_CAP + 3 {
-            log.record(&peer(), event("up"));
+        for i in 0..QUEUE_CAP + 3 {
+            log.record(&peer(), event(&format!("c{i}")));
         }
         assert_eq!(log.take_dropped(), 3);
         assert_eq!(log.take_dropped(), 0, "counted once");
@@ -304,6 +396,52 @@ mod tests {
         assert_eq!(again.len(), QUEUE_CAP, "the cap holds after a put-back");
         assert_eq!(again.last().unwrap().credential.as_deref(), Some("new"));
         assert_eq!(log.take_dropped(), 1, "the oldest went");
+    }
+
+    #[test]
+    fn identical_requests_of_one_process_fold_into_one_entry_until_written() {
+        let log = AuditLog::new(true);
+        for _ in 0..1000 {
+            log.record(&peer(), event("up"));
+        }
+        log.record(&peer(), event("other"));
+        let refused = Event {
+            outcome: Outcome::Refused,
+            reason: Some("no"),
+            ..event("up")
+        };
+        log.record(&peer(), refused);
+        let nameless = Event {
+            credential: None,
+            ..event("")
+        };
+        log.record(&peer(), nameless);
+        log.record(&peer(), event(""));
+        let another = Peer {
+            pid: Some(1),
+            ..peer()
+        };
+        log.record(&another, event("up"));
+        let mut seen: Vec<_> = log
+            .take()
+            .into_iter()
+            .map(|e| (e.credential, e.outcome, e.pid == Some(1), e.count))
+            .collect();
+        seen.sort();
+        let name = |n: &str| Some(n.to_string());
+        assert_eq!(
+            seen,
+            [
+                (None, "ok".into(), false, 1),
+                (name(""), "ok".into(), false, 1),
+                (name("other"), "ok".into(), false, 1),
+                (name("up"), "ok".into(), false, 1000),
+                (name("up"), "ok".into(), true, 1),
+                (name("up"), "refused".into(), false, 1),
+            ]
+        );
+        log.record(&peer(), event("up"));
+        assert_eq!(log.take()[0].count, 1, "a new entry after the write");
     }
 
     #[test]

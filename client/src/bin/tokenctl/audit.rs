@@ -68,6 +68,9 @@ fn line(e: &AuditEntry) -> String {
         e.outcome,
         e.exe.as_deref().unwrap_or("-"),
     );
+    if e.count > 1 {
+        line += &format!(" count={}", e.count);
+    }
     if let Some(member) = &e.member {
         line += &format!(" member={member}");
     }
@@ -113,6 +116,7 @@ mod tests {
             pid: Some(42),
             exe: Some("/usr/bin/tokenctl".into()),
             member: None,
+            count: 1,
         };
         assert_eq!(
             line(&e),

@@ -16,16 +16,18 @@ pub(super) async fn append(
     let at: Vec<i64> = entries.iter().map(|e| e.at_ms).collect();
     let uid: Vec<i64> = entries.iter().map(|e| i64::from(e.uid)).collect();
     let pid: Vec<Option<i32>> = entries.iter().map(|e| e.pid).collect();
+    let count: Vec<i64> = entries.iter().map(|e| i64::from(e.count)).collect();
     let op = column(|e| Some(e.op.clone()));
     let outcome = column(|e| Some(e.outcome.clone()));
     client
         .execute(
             "INSERT INTO tokend.audit
-                (at_ms, member, credential, op, outcome, reason, uid, user_name, pid, exe)
-             SELECT a.at, current_setting('application_name'), a.c, a.op, a.o, a.r, a.u, a.n, a.p, a.x
+                (at_ms, member, credential, op, outcome, reason, uid, user_name, pid, exe, count)
+             SELECT a.at, current_setting('application_name'), a.c, a.op, a.o, a.r, a.u, a.n, a.p,
+                    a.x, a.k
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::bigint[], $7::text[], $8::integer[], $9::text[])
-                  AS a(at, c, op, o, r, u, n, p, x)",
+                         $6::bigint[], $7::text[], $8::integer[], $9::text[], $10::bigint[])
+                  AS a(at, c, op, o, r, u, n, p, x, k)",
             &[
                 &at,
                 &column(|e| e.credential.clone()),
@@ -36,6 +38,7 @@ pub(super) async fn append(
                 &column(|e| e.user.clone()),
                 &pid,
                 &column(|e| e.exe.clone()),
+                &count,
             ],
         )
         .await?;
@@ -50,7 +53,7 @@ pub(super) async fn read(
     let user = filter.user.as_ref();
     let rows = client
         .query(
-            "SELECT at_ms, credential, op, outcome, reason, uid, user_name, pid, exe, member
+            "SELECT at_ms, credential, op, outcome, reason, uid, user_name, pid, exe, member, count
              FROM tokend.audit
              WHERE ($1::text[] IS NULL OR credential = ANY($1))
                AND ($2::bigint IS NULL OR at_ms >= $2)
@@ -79,6 +82,7 @@ pub(super) async fn read(
             pid: r.get(7),
             exe: r.get(8),
             member: r.get(9),
+            count: u32::try_from(r.get::<_, i64>(10)).unwrap_or(u32::MAX),
         })
         .collect::<Vec<_>>();
     entries.reverse();

@@ -151,7 +151,8 @@ CREATE TABLE IF NOT EXISTS tokend.audit (
     uid        BIGINT NOT NULL,
     user_name  TEXT,
     pid        INTEGER,
-    exe        TEXT
+    exe        TEXT,
+    count      BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS audit_at ON tokend.audit (at_ms);
 CREATE INDEX IF NOT EXISTS audit_credential ON tokend.audit (credential, at_ms);

@@ -12,8 +12,8 @@ pub(super) fn append(conn: &mut Connection, entries: &[AuditEntry]) -> Result<()
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT INTO audit (at_ms, credential, op, outcome, reason, uid, user_name, pid, exe)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO audit (at_ms, credential, op, outcome, reason, uid, user_name, pid, exe, count)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         for e in entries {
             insert.execute(params![
@@ -25,7 +25,8 @@ pub(super) fn append(conn: &mut Connection, entries: &[AuditEntry]) -> Result<()
                 e.uid,
                 e.user,
                 e.pid,
-                e.exe
+                e.exe,
+                e.count
             ])?;
         }
     }
@@ -42,7 +43,7 @@ pub(super) fn read(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditE
         .transpose()?;
     let user = filter.user.as_ref();
     let mut select = conn.prepare_cached(
-        "SELECT at_ms, credential, op, outcome, reason, uid, user_name, pid, exe FROM audit
+        "SELECT at_ms, credential, op, outcome, reason, uid, user_name, pid, exe, count FROM audit
          WHERE (?1 IS NULL OR credential IN (SELECT value FROM json_each(?1)))
            AND (?2 IS NULL OR at_ms >= ?2)
            AND (?3 IS NULL OR uid = ?3)
@@ -69,6 +70,7 @@ pub(super) fn read(conn: &Connection, filter: &AuditFilter) -> Result<Vec<AuditE
                 pid: r.get(7)?,
                 exe: r.get(8)?,
                 member: None,
+                count: r.get(9)?,
             })
         },
     )?;
@@ -110,6 +112,7 @@ mod tests {
             pid: Some(7),
             exe: Some("/usr/bin/tokenctl".into()),
             member: None,
+            count: 1,
         }
     }
 

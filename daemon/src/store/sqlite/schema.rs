@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS audit (
     uid        INTEGER NOT NULL,
     user_name  TEXT,
     pid        INTEGER,
-    exe        TEXT
+    exe        TEXT,
+    count      INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 CREATE INDEX IF NOT EXISTS audit_credential ON audit (credential, at_ms);
