@@ -383,3 +383,93 @@ fn a_fleets_trail_is_one_table_naming_the_member_that_answered() {
     assert!(table.contains("tokenctl"), "{table}");
     assert!(!table.contains(TOKEN), "{table}");
 }
+
+/// An entry as the request path would queue it, for the store-level test.
+fn entry(at_ms: i64, credential: &str, uid: u32, user: &str) -> tokend_proto::AuditEntry {
+    tokend_proto::AuditEntry {
+        at_ms,
+        credential: Some(credential.into()),
+        op: "token".into(),
+        outcome: "ok".into(),
+        reason: None,
+        uid,
+        user: Some(user.into()),
+        pid: Some(7),
+        exe: Some("/usr/bin/tokenctl".into()),
+        member: None,
+        count: 3,
+    }
+}
+
+#[test]
+fn the_postgresql_table_is_read_filtered_and_pruned_like_sqlites() {
+    use tokend::store::Backend;
+    use tokend::store::audit::{AuditFilter, Retention, UserFilter};
+    use tokend::store::postgres::{PgOptions, PgStore};
+    use tokend::store::seal::Sealer;
+    let pg = PgCluster::start();
+    let open = || {
+        let options = PgOptions {
+            lock_wait: Duration::from_millis(500),
+            hold_limit: Duration::from_secs(30),
+            lock_connections: 2,
+        };
+        PgStore::open(&pg.url(), None, Sealer::from_key(&[7; 32]), options).expect("open")
+    };
+    let (a, b) = (open(), open());
+    a.append_audit(&[entry(1000, "x", 0, "root"), entry(2000, "y", 1001, "alice")])
+        .unwrap();
+    b.append_audit(&[entry(3000, "x", 1001, "alice")]).unwrap();
+    let all = AuditFilter {
+        limit: 100,
+        ..Default::default()
+    };
+    let read = |f: &AuditFilter| a.read_audit(f).unwrap();
+    let entries = read(&all);
+    assert_eq!(
+        entries.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+        [1000, 2000, 3000]
+    );
+    assert_eq!(entries[0].count, 3);
+    assert_eq!(entries[0].exe.as_deref(), Some("/usr/bin/tokenctl"));
+    let (ma, mb) = (&entries[0].member, &entries[2].member);
+    assert!(ma.as_deref().is_some_and(|m| m.starts_with("tokend:")));
+    assert_ne!(ma, mb, "each member's name");
+    let only = |f: AuditFilter| read(&f).iter().map(|e| e.at_ms).collect::<Vec<_>>();
+    let x = AuditFilter {
+        credentials: Some(vec!["x".into()]),
+        ..all.clone()
+    };
+    assert_eq!(only(x), [1000, 3000]);
+    let nothing = AuditFilter {
+        credentials: Some(vec![]),
+        ..all.clone()
+    };
+    assert!(only(nothing).is_empty());
+    let alice = AuditFilter {
+        user: Some(UserFilter::parse("alice")),
+        since_ms: Some(2500),
+        ..all.clone()
+    };
+    assert_eq!(only(alice), [3000]);
+    let root = AuditFilter {
+        user: Some(UserFilter::parse("0")),
+        ..all.clone()
+    };
+    assert_eq!(only(root), [1000]);
+    assert_eq!(
+        only(AuditFilter {
+            limit: 1,
+            ..all.clone()
+        }),
+        [3000]
+    );
+    let gone = b
+        .prune_audit(&Retention {
+            since_ms: 1500,
+            max_rows: 1,
+        })
+        .unwrap();
+    assert_eq!(gone, 2);
+    assert_eq!(only(all), [3000]);
+}
