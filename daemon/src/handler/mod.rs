@@ -34,8 +34,8 @@ pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Resp
 /// proxy, and records it in the audit trail (`audit.rs`): every request
 /// passes here, so every hand-out and change is recorded once.
 pub async fn handle_via(shared: &Arc<Shared>, peer: &Peer, via: Via, request: Request) -> Response {
-    // Borrowed, not consumed: the error log below names the credential
-    // without a copy of the name on every (successful) request.
+    // Borrowed, not consumed: the audit entry and the error log below
+    // name the credential without a copy of the name on every request.
     let subject = audit::subject(shared, via, &request);
     let result = dispatch(shared, peer, &request).await;
     if let Some(subject) = &subject {
