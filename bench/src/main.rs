@@ -15,6 +15,8 @@ macro_rules! progress {
 }
 
 #[cfg(unix)]
+mod audit;
+#[cfg(unix)]
 mod baseline;
 #[cfg(unix)]
 mod binaries;
@@ -144,6 +146,10 @@ pub struct Args {
     /// benchmarks): an upstream answering 1 KiB, straight and through tokend.
     #[arg(long)]
     proxy: bool,
+    /// Run only the audit trail's benchmark (it also runs with the request
+    /// benchmarks): token throughput with `[audit]` on and off.
+    #[arg(long)]
+    audit: bool,
     /// Slow downloads in flight at once for the proxy's memory figure.
     #[arg(long, default_value_t = 1_000)]
     slow_downloads: usize,
@@ -287,8 +293,12 @@ fn run(args: &Args, report: &mut report::Report) -> Result<(), String> {
     if args.proxy {
         return proxy::run(args, report);
     }
+    if args.audit {
+        return audit::run(args, report);
+    }
     if !args.scale || args.all {
         ipc::run(args, report)?;
+        audit::run(args, report)?;
         proxy::run(args, report)?;
     }
     if args.scale || args.all {

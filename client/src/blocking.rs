@@ -227,6 +227,27 @@ impl Client {
         ops::read_token(self.call(&ops::token(name, min_valid_secs))?)
     }
 
+    /// [`Client::token_reply`] saying what the token is for: the audit
+    /// trail records `header`, `exec`, `git` or `kube` rather than `token`.
+    pub fn token_for(
+        &mut self,
+        name: &str,
+        min_valid_secs: u32,
+        purpose: tokend_proto::TokenUse,
+    ) -> Result<TokenReply, Error> {
+        ops::read_token(self.call(&ops::token_for(name, min_valid_secs, purpose))?)
+    }
+
+    /// The audit trail's entries `query` asks for, oldest first: all of
+    /// them for an admin, those about the caller's own credentials for
+    /// anyone else.
+    pub fn audit(
+        &mut self,
+        query: tokend_proto::AuditQuery,
+    ) -> Result<Vec<tokend_proto::AuditEntry>, Error> {
+        ops::read_audit(self.call(&Request::Audit(query))?)
+    }
+
     /// Reports that the API refused `token`: the daemon refreshes unless it
     /// already replaced that token.
     pub fn reject(&mut self, name: &str, token: Option<&Secret>) -> Result<String, Error> {

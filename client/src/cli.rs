@@ -98,6 +98,15 @@ pub enum Command {
     List,
     /// The daemon and every credential's state.
     Status,
+    /// The audit trail: every token handed out and every change, oldest first.
+    ///
+    /// One line per entry: the time (UTC), the credential, the operation (token,
+    /// header, exec, git, kube, http, proxy, add, replace, rm, edit, login,
+    /// allow, deny, refresh, reject), the outcome (ok, refused, not_found,
+    /// failed), the peer's uid and user, its pid and executable ("gone" if it
+    /// had exited). Admins read every entry; anyone else only the entries
+    /// about the credentials it owns.
+    Audit(AuditArgs),
     /// Change a credential's settings in place; its secrets, grant and tokens stay.
     ///
     /// Only what is given changes. The endpoints and the client id a refresh
@@ -325,6 +334,22 @@ pub struct LoginArgs {
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     pub timeout: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only this credential's entries.
+    pub name: Option<String>,
+    /// Only entries since then: a time back from now (`30m`, `1h`, `2d`) or an
+    /// RFC 3339 time (`2026-12-07T09:00:00Z`).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Only this user's entries: a user name or a uid.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// At most this many entries, the newest (the daemon gives at most 10000).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub limit: u32,
 }
 
 #[derive(Args, Debug)]

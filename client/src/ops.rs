@@ -3,8 +3,9 @@
 
 use crate::Error;
 use tokend_proto::{
-    AddCredential, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge, HelloReply,
-    LoginChallenge, NamedPrincipal, Principal, Request, Response, Secret, TokenReply,
+    AddCredential, AuditEntry, CheckReport, CredentialInfo, DaemonStatus, DeviceChallenge,
+    HelloReply, LoginChallenge, NamedPrincipal, Principal, Request, Response, Secret, TokenReply,
+    TokenUse,
 };
 
 /// Refuses a stranger on the user's own socket before anything is sent. The
@@ -120,6 +121,7 @@ fn unexpected(what: &str, got: &Response) -> Error {
         Response::Login(_) => "a login challenge",
         Response::DeviceLogin(_) => "a device login challenge",
         Response::Error(_) => "an error",
+        Response::Audit(_) => "audit entries",
     };
     Error::Connection(format!("expected {what} from tokend, got {kind}"))
 }
@@ -136,6 +138,23 @@ pub fn token(name: &str, min_valid_secs: u32) -> Request {
     Request::Token {
         name: name.into(),
         min_valid_secs,
+    }
+}
+
+/// A token request that says what the token is for (the audit trail
+/// records it).
+pub fn token_for(name: &str, min_valid_secs: u32, purpose: TokenUse) -> Request {
+    Request::TokenFor {
+        name: name.into(),
+        min_valid_secs,
+        purpose,
+    }
+}
+
+pub fn read_audit(response: Response) -> Result<Vec<AuditEntry>, Error> {
+    match check(response)? {
+        Response::Audit(entries) => Ok(entries),
+        other => Err(unexpected("audit entries", &other)),
     }
 }
 

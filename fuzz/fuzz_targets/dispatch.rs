@@ -166,7 +166,7 @@ impl Harness {
                 | Request::DeviceLoginFinish { .. }
         );
         let token_of = match &request {
-            Request::Token { name, .. } => Some(name.clone()),
+            Request::Token { name, .. } | Request::TokenFor { name, .. } => Some(name.clone()),
             _ => None,
         };
         let listing = matches!(request, Request::List);
@@ -188,6 +188,19 @@ impl Harness {
                 "uid {} got the token of {name:?}",
                 peer.uid
             );
+        }
+        if let Response::Audit(entries) = &response {
+            for e in entries {
+                let owned = e
+                    .credential
+                    .as_deref()
+                    .and_then(|n| self.shared.registry.get(n));
+                assert!(
+                    owned.is_some_and(|c| c.owner_uid == peer.uid),
+                    "uid {} read the audit entry {e:?} of a credential it does not own",
+                    peer.uid
+                );
+            }
         }
         if let (true, Response::List(list)) = (listing, &response) {
             for info in list {

@@ -4,8 +4,8 @@
 
 use tokend::config::Config;
 use tokend_proto::{
-    AddCredential, AddKind, ClientAuth, EditCredential, NamedPrincipal, OAuth2Request, Principal,
-    Request, Secret, write_frame,
+    AddCredential, AddKind, AuditQuery, ClientAuth, EditCredential, NamedPrincipal, OAuth2Request,
+    Principal, Request, Secret, TokenUse, write_frame,
 };
 
 /// Where every URL the daemon might contact is pointed: the discard port on
@@ -127,6 +127,18 @@ pub fn seeds() -> Vec<Vec<u8>> {
             token: Some(Secret::new("old")),
             rejected_by: Some("git.example.com".into()),
         },
+        Request::TokenFor {
+            name: name("b"),
+            min_valid_secs: 0,
+            purpose: TokenUse::Git,
+        },
+        Request::Audit(AuditQuery {
+            credential: Some(name("b")),
+            since: Some(0),
+            user: Some("0".into()),
+            limit: 10,
+        }),
+        Request::Audit(AuditQuery::default()),
         Request::Refresh { name: name("c") },
         Request::Check { name: name("b") },
         Request::Show { name: name("o") },

@@ -198,6 +198,91 @@ pub enum Request {
     /// Change a credential's non-secret settings in place: its secrets,
     /// grant and tokens stay.
     Edit(Box<EditCredential>),
+    /// [`Request::Token`] saying what the token is for (protocol 6), so
+    /// that the audit trail tells `tokenctl header` from `exec`, `git`
+    /// and kubectl's plugin.
+    TokenFor {
+        name: String,
+        min_valid_secs: u32,
+        purpose: TokenUse,
+    },
+    /// The audit trail: admins read all of it, anyone else the entries
+    /// about the credentials it owns (protocol 6).
+    Audit(AuditQuery),
+}
+
+/// What a token was asked for, as the audit trail records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenUse {
+    /// `tokenctl token` (and any client that says nothing more).
+    Token,
+    /// `tokenctl header`.
+    Header,
+    /// `tokenctl exec`.
+    Exec,
+    /// `tokenctl git-credential`.
+    Git,
+    /// kubectl's exec credential plugin (`tokenctl exec-credential`).
+    Kube,
+}
+
+impl TokenUse {
+    /// The operation's name in the audit trail.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenUse::Token => "token",
+            TokenUse::Header => "header",
+            TokenUse::Exec => "exec",
+            TokenUse::Git => "git",
+            TokenUse::Kube => "kube",
+        }
+    }
+}
+
+/// `tokenctl audit`: which entries, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// Only this credential's entries.
+    pub credential: Option<String>,
+    /// Only entries at or after this time (Unix seconds).
+    pub since: Option<i64>,
+    /// Only this user's entries: a user name, or a uid in decimal.
+    pub user: Option<String>,
+    /// At most this many entries (the daemon caps it too).
+    pub limit: u32,
+}
+
+/// One entry of the audit trail: who asked for what, when, and how it
+/// ended. Never a token or a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the request was answered (Unix ms, the daemon's clock).
+    pub at_ms: i64,
+    /// The credential the request named (cut to a loggable length), if any.
+    pub credential: Option<String>,
+    /// What was asked: `token`, `header`, `exec`, `git`, `kube`, `http`,
+    /// `proxy`, `add`, `replace`, `rm`, `edit`, `login`, `allow`, `deny`,
+    /// `refresh`, `reject`.
+    pub op: String,
+    /// `ok`, `refused` (not allowed), `not_found` or `failed`.
+    pub outcome: String,
+    /// Why it was refused or failed, in short (never a secret).
+    pub reason: Option<String>,
+    /// The peer's uid as the kernel reported it.
+    pub uid: u32,
+    /// The peer's user name, where this host knows one.
+    pub user: Option<String>,
+    /// The peer's process id, where the kernel reported it.
+    pub pid: Option<i32>,
+    /// The peer's executable as read when the request came (`gone` if the
+    /// process had exited; `None` where it cannot be read at all).
+    pub exe: Option<String>,
+    /// The fleet member that answered (PostgreSQL stores only).
+    pub member: Option<String>,
+    /// How many identical requests (same process, operation, credential
+    /// and outcome) this entry stands for, from `at_ms` to the daemon's
+    /// next write of the trail (about a second).
+    pub count: u32,
 }
 
 /// `tokenctl edit NAME`: what to change; `None` leaves a setting as it is.
@@ -223,6 +308,7 @@ impl Request {
     pub fn credential(&self) -> Option<&str> {
         match self {
             Request::Token { name, .. }
+            | Request::TokenFor { name, .. }
             | Request::Reject { name, .. }
             | Request::Refresh { name }
             | Request::Check { name }
@@ -236,6 +322,7 @@ impl Request {
             | Request::DeviceLoginStart { name } => Some(name),
             Request::Add(add) => Some(&add.name),
             Request::Edit(edit) => Some(&edit.name),
+            Request::Audit(query) => query.credential.as_deref(),
             Request::List
             | Request::Status
             | Request::LoginFinish { .. }
@@ -247,6 +334,7 @@ impl Request {
     pub fn verb(&self) -> &'static str {
         match self {
             Request::Token { .. } => "token",
+            Request::TokenFor { purpose, .. } => purpose.as_str(),
             Request::Reject { .. } => "reject",
             Request::Refresh { .. } => "refresh",
             Request::Check { .. } => "check",
@@ -262,6 +350,7 @@ impl Request {
             Request::DeviceLoginStart { .. } => "login-device",
             Request::DeviceLoginFinish { .. } => "login-device-finish",
             Request::Edit(_) => "edit",
+            Request::Audit(_) => "audit",
         }
     }
 }
@@ -421,6 +510,8 @@ pub enum Response {
     Login(LoginChallenge),
     DeviceLogin(DeviceChallenge),
     Error(RemoteError),
+    /// The audit trail's entries asked for, newest first (protocol 6).
+    Audit(Vec<AuditEntry>),
 }
 
 impl Response {

@@ -223,7 +223,63 @@ fn request() -> impl Strategy<Value = Request> {
                     }))
                 }
             ),
+        (text(), any::<u32>(), token_use()).prop_map(|(name, min_valid_secs, purpose)| {
+            Request::TokenFor {
+                name,
+                min_valid_secs,
+                purpose,
+            }
+        }),
+        (opt_text(), opt_time(), opt_text(), any::<u32>()).prop_map(
+            |(credential, since, user, limit)| Request::Audit(AuditQuery {
+                credential,
+                since,
+                user,
+                limit,
+            })
+        ),
     ]
+}
+
+fn token_use() -> impl Strategy<Value = TokenUse> {
+    prop_oneof![
+        Just(TokenUse::Token),
+        Just(TokenUse::Header),
+        Just(TokenUse::Exec),
+        Just(TokenUse::Git),
+        Just(TokenUse::Kube),
+    ]
+}
+
+fn audit_entry() -> impl Strategy<Value = AuditEntry> {
+    (
+        (any::<i64>(), opt_text(), text(), text(), opt_text()),
+        (
+            any::<u32>(),
+            opt_text(),
+            proptest::option::of(any::<i32>()),
+            opt_text(),
+            opt_text(),
+            any::<u32>(),
+        ),
+    )
+        .prop_map(
+            |((at_ms, credential, op, outcome, reason), (uid, user, pid, exe, member, count))| {
+                AuditEntry {
+                    at_ms,
+                    credential,
+                    op,
+                    outcome,
+                    reason,
+                    uid,
+                    user,
+                    pid,
+                    exe,
+                    member,
+                    count,
+                }
+            },
+        )
 }
 
 fn state() -> impl Strategy<Value = CredentialState> {
@@ -512,6 +568,7 @@ fn response() -> impl Strategy<Value = Response> {
                 state,
             })
         }),
+        proptest::collection::vec(audit_entry(), 0..3).prop_map(Response::Audit),
     ]
 }
 

@@ -2,6 +2,7 @@
 //! socket, start the background tasks, serve, and stop cleanly.
 
 pub mod args;
+mod audit;
 pub mod dumps;
 mod fleet;
 mod instance;
@@ -253,6 +254,10 @@ fn start_tasks(
     tasks.spawn(
         "last-use flush",
         uses::flush_uses(shared.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        "audit writer",
+        audit::write_audit(shared.clone(), shutdown.clone()),
     );
     let refusals = shared.clone();
     let quiet = shutdown.clone();

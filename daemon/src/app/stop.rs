@@ -1,8 +1,10 @@
 //! The graceful stop: no refresh starts any more, those in flight finish
 //! and commit, token sets
-//! the store refused get a last try, last-use times are written, the WAL is
+//! the store refused get a last try, last-use times and the audit trail's
+//! queue are written, the WAL is
 //! folded in, and the socket file goes.
 
+use super::audit::save_audit;
 use super::uses::save_uses;
 use crate::state::Shared;
 use crate::token;
@@ -30,6 +32,7 @@ pub(super) async fn stop(shared: &Arc<Shared>) {
     }
     token::save_before_stop(shared).await;
     save_uses(shared).await;
+    save_audit(shared).await;
     if let Err(e) = shared.store.checkpoint() {
         tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
     }

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod acl;
+pub mod audit;
 pub mod groups;
 pub mod metrics;
 pub mod paths;
@@ -52,6 +53,8 @@ pub struct Config {
     pub store_password_file: Option<std::path::PathBuf>,
     /// How the members of a fleet share a PostgreSQL store.
     pub fleet: FleetConfig,
+    /// The audit trail (docs/SECURITY.md, "The audit trail").
+    pub audit: audit::AuditConfig,
 }
 
 /// Tuning of a fleet on a shared PostgreSQL store (docs/CONFIG.md).
@@ -394,6 +397,7 @@ impl Config {
         self.limits.validate_connections()?;
         self.proxy.validate()?;
         self.metrics.addresses()?;
+        self.audit.validate()?;
         if let Some(url) = &self.store {
             store::StoreLocation::parse(url).map_err(|e| format!("store: {e}"))?;
         }
@@ -648,6 +652,7 @@ mod tests {
             store: Some("postgresql://tokend@/tokend?host=/run/postgresql".into()),
             store_password_file: Some("/p".into()),
             fleet: FleetConfig::default(),
+            audit: audit::AuditConfig::default(),
             log: LogConfig::default(),
             http: HttpConfig {
                 enabled: true,

@@ -3,12 +3,14 @@
 
 mod add;
 mod admin;
+pub mod audit;
 mod edit;
 pub mod endpoints;
 mod exposition;
 mod git_hosts;
 pub mod metrics;
 mod process;
+mod read_audit;
 mod redact;
 mod upstream;
 
@@ -21,15 +23,29 @@ use crate::state::refusals::Kind;
 use crate::state::throttle::Rate;
 use crate::token::check;
 use crate::{login, token};
+pub use audit::Via;
 use std::sync::Arc;
 use std::time::Duration;
 use tokend_proto::{CredentialInfo, DaemonStatus, Request, Response, logged};
 
-/// Handles one request. Never panics on client input; errors are answers.
+/// Handles one request from the main socket. Never panics on client
+/// input; errors are answers.
 pub async fn handle(shared: &Arc<Shared>, peer: &Peer, request: Request) -> Response {
-    // Borrowed, not consumed: the error log below names the credential
-    // without a copy of the name on every (successful) request.
-    let response = match dispatch(shared, peer, &request).await {
+    handle_via(shared, peer, Via::Socket, request).await
+}
+
+/// Handles one request that came `via` a socket, the HTTP API or the
+/// proxy, and records it in the audit trail (`audit.rs`): every request
+/// passes here, so every hand-out and change is recorded once.
+pub async fn handle_via(shared: &Arc<Shared>, peer: &Peer, via: Via, request: Request) -> Response {
+    // Borrowed, not consumed: the audit entry and the error log below
+    // name the credential without a copy of the name on every request.
+    let subject = audit::subject(shared, via, &request);
+    let result = dispatch(shared, peer, &request).await;
+    if let Some(subject) = &subject {
+        audit::record(shared, peer, subject, &result);
+    }
+    let response = match result {
         Ok(response) => response,
         Err(e) => {
             log_refusal(shared, peer, &request, &e);
@@ -91,6 +107,11 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
         Request::Token {
             name,
             min_valid_secs,
+        }
+        | Request::TokenFor {
+            name,
+            min_valid_secs,
+            ..
         } => {
             let cred = usable(shared, peer, name).await?;
             let reply = token::token(shared, &cred, *min_valid_secs).await?;
@@ -136,6 +157,7 @@ async fn dispatch(shared: &Arc<Shared>, peer: &Peer, request: &Request) -> Resul
                 .collect(),
         )),
         Request::Status => Ok(Response::Status(status(shared, peer).await)),
+        Request::Audit(query) => read_audit::read(shared, peer, query).await,
         _ => {
             admin(shared, peer).await?;
             administer(shared, peer, request).await
@@ -239,7 +261,15 @@ pub async fn usable_by(
     peer: &Peer,
     name: &str,
 ) -> Result<Arc<Credential>, tokend_proto::RemoteError> {
-    usable(shared, peer, name).await.map_err(|e| {
+    let result = usable(shared, peer, name).await;
+    if result.is_err() {
+        let subject = audit::Subject {
+            op: "proxy",
+            credential: Some(name.into()),
+        };
+        audit::record(shared, peer, &subject, &result);
+    }
+    result.map_err(|e| {
         let request = Request::Token {
             name: name.to_string(),
             min_valid_secs: 0,

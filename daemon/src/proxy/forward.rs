@@ -203,7 +203,7 @@ async fn token_for(shared: &Arc<Shared>, peer: &Peer, name: &str) -> Result<Secr
         name: name.to_string(),
         min_valid_secs: 0,
     };
-    match handler::handle(shared, peer, request).await {
+    match handler::handle_via(shared, peer, handler::Via::Proxy, request).await {
         Answer::Token(reply) => Ok(reply.token),
         Answer::Error(e) => Err(ProxyError::Daemon(e)),
         _ => Err(ProxyError::Client(
@@ -220,7 +220,8 @@ async fn reject(shared: &Arc<Shared>, peer: &Peer, name: &str, sent: &Secret) {
         token: Some(sent.clone()),
         rejected_by: None,
     };
-    if let Answer::Error(e) = handler::handle(shared, peer, request).await {
+    if let Answer::Error(e) = handler::handle_via(shared, peer, handler::Via::Proxy, request).await
+    {
         tracing::debug!(credential = %logged(name), error = %logged(&e.message), "the refused token could not be replaced");
     }
 }

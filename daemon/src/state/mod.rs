@@ -1,5 +1,6 @@
 //! The state every connection and background task shares.
 
+pub mod audit;
 pub mod clock;
 pub mod connections;
 pub mod credential;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub metrics: metrics::Metrics,
     /// A graceful stop has begun: no refresh starts any more.
     stopping: AtomicBool,
+    /// The audit trail's entries on their way to the store.
+    pub audit: audit::AuditLog,
 }
 
 impl Shared {
@@ -74,6 +77,7 @@ impl Shared {
             refusals: Default::default(),
             metrics: Default::default(),
             stopping: AtomicBool::new(false),
+            audit: audit::AuditLog::new(config.audit.enabled),
         })
     }
 
@@ -136,6 +140,7 @@ impl Shared {
 
     /// Swaps in a reloaded config and the access policy derived from it.
     pub fn replace_config(&self, config: Config, policy: Policy) {
+        self.audit.set_enabled(config.audit.enabled);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }

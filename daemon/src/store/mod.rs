@@ -7,6 +7,7 @@
 //! storage and opened after they leave it; nothing else in the daemon sees a
 //! sealed blob.
 
+pub mod audit;
 pub mod binding;
 pub mod names;
 pub mod postgres;
@@ -165,6 +166,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Runs a WAL checkpoint, so a clean stop leaves one self-contained file.
     fn checkpoint(&self) -> Result<(), StoreError>;
+
+    /// Appends audit entries, in one transaction (`app/audit.rs` batches
+    /// them: a token request never waits on this).
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError>;
+
+    /// The newest audit entries `filter` matches (at most its limit),
+    /// oldest first.
+    fn read_audit(
+        &self,
+        filter: &audit::AuditFilter,
+    ) -> Result<Vec<tokend_proto::AuditEntry>, StoreError>;
+
+    /// Deletes the audit entries `keep` does not keep; how many went.
+    fn prune_audit(&self, keep: &audit::Retention) -> Result<u64, StoreError>;
 
     /// Whether other hosts share this store (a fleet).
     fn is_shared(&self) -> bool {

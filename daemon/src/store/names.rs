@@ -228,6 +228,13 @@ fn name_of(p: Principal) -> Result<Option<String>, String> {
     })
 }
 
+/// The name of user `uid` on this host (on Windows its SID), if it has
+/// one and the look-up answers: for the audit trail, which records it with
+/// the uid. Looks the name up: call it off async workers.
+pub fn user_name(uid: u32) -> Option<String> {
+    name_of(Principal::User(uid)).ok().flatten()
+}
+
 /// The id of a named user or group on this host; none when unknown, or
 /// when the look-up fails (a name that cannot be checked grants nothing).
 #[cfg(unix)]

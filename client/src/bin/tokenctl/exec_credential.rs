@@ -67,7 +67,7 @@ pub fn run(cli: &Cli, name: &str) -> Result<(), Failure> {
     // Checked before the daemon is asked, so a bad kubeconfig fails the same
     // way whatever the credential's state.
     let version = api_version(info.as_deref())?;
-    let reply = crate::connect(cli)?.token_reply(name, 0)?;
+    let reply = crate::connect(cli)?.token_for(name, 0, tokend_proto::TokenUse::Kube)?;
     let mut text = zeroize::Zeroizing::new(render(&version, &reply));
     text.push('\n');
     print_text(&text)

@@ -166,7 +166,7 @@ pub fn run(cli: &Cli, args: &GitCredentialArgs) -> Result<(), Failure> {
     }
     match (operation, &request.token, host) {
         ("get", _, _) => {
-            let reply = client.token_reply(&args.name, 0)?;
+            let reply = client.token_for(&args.name, 0, tokend_proto::TokenUse::Git)?;
             let text = answer(&request, &reply, args.username.as_deref())?;
             print_text(&text)
         }

@@ -3,6 +3,7 @@
 //! Blocking and runtime-free so that `tokenctl token NAME` costs little more
 //! than a process spawn and one socket round trip.
 
+mod audit;
 mod browser;
 mod countdown;
 mod exec_credential;
@@ -25,6 +26,7 @@ use tokend_client::cli::{
 use tokend_client::{
     AddCredential, AddKind, Client, ClientAuth, EditCredential, OAuth2Request, Secret, Upstream,
 };
+use tokend_proto::TokenUse;
 
 /// A failure and the exit code it maps to.
 struct Failure {
@@ -117,7 +119,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Header { name, min_valid } => {
-            let reply = client.token_reply(&name, min_valid)?;
+            let reply = client.token_for(&name, min_valid, TokenUse::Header)?;
             print_line(&format!("Authorization: Bearer {}", reply.token.expose()))?;
         }
         Command::Exec { name, env, command } => return exec(&mut client, &name, &env, &command),
@@ -161,6 +163,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 output::list(&list)
             }
         }
+        Command::Audit(args) => audit::run(&mut client, args, json)?,
         Command::Status => {
             let status = client.status()?;
             if json {
@@ -200,7 +203,7 @@ fn exec(client: &mut Client, name: &str, var: &str, command: &[String]) -> Resul
             message: format!("--env {var:?} is not a valid variable name"),
         });
     }
-    let token = client.token(name)?;
+    let token = client.token_for(name, 0, TokenUse::Exec)?.token;
     let mut cmd = std::process::Command::new(&command[0]);
     cmd.args(&command[1..]).env(var, token.expose());
     #[cfg(unix)]

@@ -322,7 +322,7 @@ async fn refreshed(
 
 /// The daemon's answer to `request`, its errors as [`ApiError::Daemon`].
 async fn ask(shared: &Arc<Shared>, peer: &Peer, request: Ask) -> Result<Answer, ApiError> {
-    match handler::handle(shared, peer, request).await {
+    match handler::handle_via(shared, peer, handler::Via::Http, request).await {
         Answer::Error(e) => Err(ApiError::Daemon(e)),
         answer => Ok(answer),
     }

@@ -21,6 +21,7 @@
 //! so the database's connections keep being driven whatever the daemon's
 //! workers do.
 
+mod audit;
 mod bound;
 mod bulk;
 mod connect;
@@ -531,6 +532,29 @@ impl Backend for PgStore {
 
     fn checkpoint(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError> {
+        self.refuse_check()?;
+        let pool = self.work.clone();
+        let entries = entries.to_vec();
+        self.call(async move { audit::append(&**pool.get().await?, &entries).await })
+    }
+
+    fn read_audit(
+        &self,
+        filter: &crate::store::audit::AuditFilter,
+    ) -> Result<Vec<tokend_proto::AuditEntry>, StoreError> {
+        let pool = self.work.clone();
+        let filter = filter.clone();
+        self.call(async move { audit::read(&**pool.get().await?, &filter).await })
+    }
+
+    fn prune_audit(&self, keep: &crate::store::audit::Retention) -> Result<u64, StoreError> {
+        self.refuse_check()?;
+        let pool = self.work.clone();
+        let keep = *keep;
+        self.call(async move { audit::prune(&**pool.get().await?, &keep).await })
     }
 
     fn is_shared(&self) -> bool {

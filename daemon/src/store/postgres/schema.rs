@@ -136,6 +136,27 @@ CREATE TRIGGER require_fence BEFORE UPDATE ON tokend.credentials
     r#"
 ALTER TABLE tokend.credentials ADD COLUMN binding BYTEA, ADD COLUMN owner_name TEXT;
 "#,
+    // The audit trail (`audit.rs`; docs/SECURITY.md, "The audit trail"),
+    // one table for the fleet, each entry naming the member that answered.
+    // Nothing triggers on it: writing it wakes no other member.
+    r#"
+CREATE TABLE IF NOT EXISTS tokend.audit (
+    id         BIGSERIAL PRIMARY KEY,
+    at_ms      BIGINT NOT NULL,
+    member     TEXT NOT NULL,
+    credential TEXT,
+    op         TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    reason     TEXT,
+    uid        BIGINT NOT NULL,
+    user_name  TEXT,
+    pid        INTEGER,
+    exe        TEXT,
+    count      BIGINT NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS audit_at ON tokend.audit (at_ms);
+CREATE INDEX IF NOT EXISTS audit_credential ON tokend.audit (credential, at_ms);
+"#,
 ];
 
 /// The migration after which every row carries a binding.

@@ -2,6 +2,7 @@
 //! committed token pair survives `kill -9` and power loss; versioned
 //! migrations (`schema.rs`); a bulk loader for start-up (`load.rs`).
 
+mod audit;
 mod load;
 mod schema;
 
@@ -29,6 +30,8 @@ pub struct SqliteStore {
     sealer: Arc<Sealer>,
     /// The file, as `status` shows it.
     path: String,
+    /// The file, for connections of its own (`read_audit`).
+    file: Arc<Path>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -65,6 +68,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             sealer: Arc::new(sealer),
             path: path.display().to_string(),
+            file: path.into(),
         };
         store.migrate()?;
         Ok(store)
@@ -363,6 +367,29 @@ impl Backend for SqliteStore {
         self.lock()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         Ok(())
+    }
+
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError> {
+        audit::append(&mut self.lock(), entries)
+    }
+
+    fn read_audit(
+        &self,
+        filter: &crate::store::audit::AuditFilter,
+    ) -> Result<Vec<tokend_proto::AuditEntry>, StoreError> {
+        // A connection of its own, read-only: a long read of a large trail
+        // (WAL readers never block the writer) holds up no commit of a
+        // refresh, which waits for the shared connection.
+        let conn = Connection::open_with_flags(
+            &self.file,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        audit::read(&conn, filter)
+    }
+
+    fn prune_audit(&self, keep: &crate::store::audit::Retention) -> Result<u64, StoreError> {
+        audit::prune(&mut self.lock(), keep)
     }
 
     fn describe(&self) -> String {

@@ -61,6 +61,25 @@ ALTER TABLE credentials ADD COLUMN binding BLOB;
 ALTER TABLE credentials ADD COLUMN owner_name TEXT;
 ALTER TABLE allowed ADD COLUMN name TEXT;
 "#,
+    // The audit trail (`audit.rs`; docs/SECURITY.md, "The audit trail"):
+    // who asked for what and how it ended, never a token or a secret.
+    r#"
+CREATE TABLE IF NOT EXISTS audit (
+    id         INTEGER PRIMARY KEY,
+    at_ms      INTEGER NOT NULL,
+    credential TEXT,
+    op         TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    reason     TEXT,
+    uid        INTEGER NOT NULL,
+    user_name  TEXT,
+    pid        INTEGER,
+    exe        TEXT,
+    count      INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
+CREATE INDEX IF NOT EXISTS audit_credential ON audit (credential, at_ms);
+"#,
 ];
 
 /// The migration after which every row carries a binding.
