@@ -28,7 +28,7 @@ pub use spec::*;
 
 /// The protocol version this build speaks. Bumped on any change to
 /// [`Request`] or [`Response`].
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// "TKND": lets the daemon tell a tokend client from a stray writer.
 pub const MAGIC: u32 = 0x544b_4e44;

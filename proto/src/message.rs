@@ -330,6 +330,11 @@ pub struct CredentialInfo {
     pub next_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_check: Option<CheckReport>,
+    /// When the refresh token is expected to stop working (Unix seconds):
+    /// the provider's `refresh_expires_in`, else its introspection's
+    /// `exp`; `None` when unknown or unlimited. A login is needed before.
+    #[serde(default)]
+    pub refresh_expires_at: Option<i64>,
 }
 
 /// `status`: the daemon as a whole. What describes the daemon's own
@@ -362,6 +367,9 @@ pub struct CredentialSummary {
     pub reason: Option<String>,
     pub expires_at: Option<i64>,
     pub next_refresh_at: Option<i64>,
+    /// See [`CredentialInfo::refresh_expires_at`].
+    #[serde(default)]
+    pub refresh_expires_at: Option<i64>,
 }
 
 /// A token handed out. `generation` identifies the token for `reject`.

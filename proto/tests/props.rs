@@ -359,7 +359,7 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
         ),
         (any::<bool>(), any::<bool>(), any::<i64>(), opt_time()),
         (opt_time(), opt_time(), opt_time(), opt_text()),
-        proptest::option::of(check_report()),
+        (proptest::option::of(check_report()), opt_time()),
     )
         .prop_map(
             |(
@@ -367,7 +367,7 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
                 (allowed, state, reason),
                 (has_token, has_refresh_token, created_at, expires_at),
                 (last_refresh_at, last_use_at, next_refresh_at, last_error),
-                last_check,
+                (last_check, refresh_expires_at),
             )| CredentialInfo {
                 name,
                 description,
@@ -398,6 +398,7 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
                 next_refresh_at,
                 last_error,
                 last_check,
+                refresh_expires_at,
             },
         )
 }
@@ -419,16 +420,28 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn response() -> impl Strategy<Value = Response> {
-    let summary = (text(), text(), state(), opt_text(), opt_time(), opt_time()).prop_map(
-        |(name, kind, state, reason, expires_at, next_refresh_at)| CredentialSummary {
-            name,
-            kind,
-            state,
-            reason,
-            expires_at,
-            next_refresh_at,
-        },
-    );
+    let summary = (
+        text(),
+        text(),
+        state(),
+        opt_text(),
+        opt_time(),
+        opt_time(),
+        opt_time(),
+    )
+        .prop_map(
+            |(name, kind, state, reason, expires_at, next_refresh_at, refresh_expires_at)| {
+                CredentialSummary {
+                    name,
+                    kind,
+                    state,
+                    reason,
+                    expires_at,
+                    next_refresh_at,
+                    refresh_expires_at,
+                }
+            },
+        );
     prop_oneof![
         (secret(), opt_time(), any::<u64>()).prop_map(|(token, expires_at, generation)| {
             Response::Token(TokenReply {

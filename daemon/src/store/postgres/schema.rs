@@ -136,6 +136,14 @@ CREATE TRIGGER require_fence BEFORE UPDATE ON tokend.credentials
     r#"
 ALTER TABLE tokend.credentials ADD COLUMN binding BYTEA, ADD COLUMN owner_name TEXT;
 "#,
+    // The refresh token's forecast and whether `expiring` was notified
+    // for it (`store::Forecast`). Not bound to the key: it decides no
+    // access and sends nothing, only when a notification comes.
+    r#"
+ALTER TABLE tokend.credentials
+    ADD COLUMN refresh_expires_at BIGINT,
+    ADD COLUMN refresh_warned BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// The migration after which every row carries a binding.
@@ -259,7 +267,7 @@ pub(super) const COLUMNS: &str = concat!(
     c.retry_at_ms, ",
     now_ms!(),
     ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name'), c.binding,
-    c.owner_name"
+    c.owner_name, c.refresh_expires_at, c.refresh_warned"
 );
 
 /// The table a row is read from: a credential and its last use.

@@ -61,6 +61,12 @@ ALTER TABLE credentials ADD COLUMN binding BLOB;
 ALTER TABLE credentials ADD COLUMN owner_name TEXT;
 ALTER TABLE allowed ADD COLUMN name TEXT;
 "#,
+    // The refresh token's forecast and whether `expiring` was notified
+    // for it (`store::Forecast`).
+    r#"
+ALTER TABLE credentials ADD COLUMN refresh_expires_at INTEGER;
+ALTER TABLE credentials ADD COLUMN refresh_warned INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The migration after which every row carries a binding.
