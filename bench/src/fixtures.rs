@@ -45,6 +45,7 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
         fence: Default::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
         incarnation: i as i64 + 1,
     }

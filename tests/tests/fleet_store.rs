@@ -66,6 +66,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         fence: Default::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
     }
 }
@@ -80,6 +81,8 @@ fn rotated(generation: u64) -> TokenUpdate {
         refreshed_at: 1_900_000_000,
         next_refresh_at: Some(1_950_000_000),
         unusable: None,
+        forecast: Default::default(),
+        ask_introspection: false,
     }
 }
 

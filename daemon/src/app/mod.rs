@@ -251,6 +251,10 @@ fn start_tasks(
         token::refresher::run(shared.clone(), shutdown.clone()),
     );
     tasks.spawn(
+        "forecast warnings",
+        token::forecast::run(shared.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
         "last-use flush",
         uses::flush_uses(shared.clone(), shutdown.clone()),
     );

@@ -120,6 +120,7 @@ fn new_credential(
         fence: crate::store::Fence::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
         incarnation: crate::store::new_incarnation(),
     }

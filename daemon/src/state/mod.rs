@@ -36,6 +36,10 @@ pub struct Shared {
     pub uses_dirty: AtomicBool,
     pub logins: logins::Logins,
     pub scheduler: crate::state::scheduler::Scheduler,
+    /// When each refresh token forecast not yet warned of comes within
+    /// `refresh.warn_before_secs` (`token/forecast.rs`): only credentials
+    /// with a forecast have an entry.
+    pub warnings: crate::state::scheduler::Scheduler,
     /// Bounds refreshes in flight across all credentials (a refresh storm
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
@@ -62,6 +66,7 @@ impl Shared {
             uses_dirty: AtomicBool::new(false),
             logins: Default::default(),
             scheduler: Default::default(),
+            warnings: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
             groups: Default::default(),

@@ -59,6 +59,7 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
         l.last_refresh_at = row.last_refresh_at.into();
         l.next_refresh_at = row.next_refresh_at.into();
         l.last_check = row.last_check.clone().map(Box::new);
+        l.forecast = row.forecast.into();
         if read == Read::Locked || moved {
             l.journal = if row.fence.mark.is_some() {
                 Journal::InDoubt
@@ -87,6 +88,7 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
         Some(None) => shared.scheduler.unschedule(&cred.name),
         None => {}
     }
+    super::forecast::watch_warning(shared, cred);
 }
 
 /// Stops using a credential whose row the key does not vouch for: its

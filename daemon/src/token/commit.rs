@@ -49,6 +49,7 @@ pub async fn commit_and_publish(
     } else {
         None
     };
+    super::forecast::settle(shared, cred, &mut update);
     let held_after = update.refresh_token.is_some()
         || (!update.new_grant && cred.with_live(|l| l.refresh_token.is_some()));
     if cred.kind == Kind::OAuth2 && !held_after {
@@ -225,6 +226,7 @@ pub(super) fn publish(
             .map(Into::into);
         l.failures = 0;
         l.retry_not_before_ms = 0;
+        l.forecast = update.forecast.into();
         l.journal = match unsaved {
             Some(_) => Journal::Unsaved(Box::new(update.clone())),
             None => Journal::Settled,
@@ -236,6 +238,7 @@ pub(super) fn publish(
     {
         shared.scheduler.schedule(&cred.name, due);
     }
+    super::forecast::after_commit(shared, cred, &update);
     if let Some(why) = &update.unusable {
         shared.scheduler.unschedule(&cred.name);
         tracing::warn!(credential = %cred.name, generation, "{why}");

@@ -56,12 +56,12 @@ pub(super) async fn settle_doubt(
         return spent(shared, cred, STOPPED_IN_DOUBT).await;
     }
     match provider::introspect(http, endpoint, refresh_token, timeout(shared)).await {
-        Ok(true) => {
+        Ok(i) if i.active => {
             tracing::info!(credential = %cred.name, "introspection: the refresh token in doubt is still active; refreshing");
             cred.with_live(|l| l.journal = Journal::Settled);
             Ok(())
         }
-        Ok(false) => spent(shared, cred, ROTATED_IN_DOUBT).await,
+        Ok(_) => spent(shared, cred, ROTATED_IN_DOUBT).await,
         Err(message) => {
             let message =
                 format!("the refresh token is in doubt and could not be introspected: {message}");

@@ -12,6 +12,7 @@ mod claim;
 mod commit;
 mod doubt;
 mod forced;
+pub mod forecast;
 mod outcome;
 mod plan;
 mod refresh;
