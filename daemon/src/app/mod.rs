@@ -196,7 +196,7 @@ fn load(
             .as_deref()
             .unwrap_or(crate::store::binding::TAMPERED);
         crate::token::warn_untrusted(&s.name, why);
-        crate::token::notify::transition(&config, &s.name, s.state, Some(why));
+        crate::token::notify::at_start(&config, &s.name, s.state, Some(why));
     }
     let shared = Shared::new(store, paths.clone(), config, policy);
     shared.registry.extend(

@@ -149,8 +149,12 @@ async fn install(
     if let Some(old) = shared.registry.remove(&cred.name) {
         shared.scheduler.unschedule(&old.name);
         shared.logins.cancel(&old.name);
+        shared.announce_removed(&old);
     }
     shared.registry.insert(cred.clone());
+    shared
+        .events
+        .publish(&cred.name, crate::state::events::Kind::Added);
     Ok(cred)
 }
 

@@ -2,6 +2,7 @@
 
 pub mod clock;
 pub mod credential;
+pub mod events;
 pub mod logins;
 pub mod refusals;
 pub mod registry;
@@ -40,6 +41,8 @@ pub struct Shared {
     /// `refresh.warn_before_secs` (`token/forecast.rs`): only credentials
     /// with a forecast have an entry.
     pub warnings: crate::state::scheduler::Scheduler,
+    /// What happens to credentials, for `GET /v1/events`.
+    pub events: events::Events,
     /// Bounds refreshes in flight across all credentials (a refresh storm
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
@@ -67,6 +70,7 @@ impl Shared {
             logins: Default::default(),
             scheduler: Default::default(),
             warnings: Default::default(),
+            events: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
             groups: Default::default(),
@@ -94,6 +98,19 @@ impl Shared {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Announces that credential `cred` is gone (removed or replaced), with
+    /// who could use it: the streams that may see it are told.
+    pub fn announce_removed(&self, cred: &credential::Credential) {
+        let allowed = cred.with_live(|l| l.allowed.clone());
+        self.events.publish(
+            &cred.name,
+            events::Kind::Removed {
+                owner_uid: cred.owner_uid,
+                allowed,
+            },
+        );
     }
 
     /// Counts an open connection (shown by `status`) until the guard drops.

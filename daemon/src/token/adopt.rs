@@ -5,6 +5,7 @@
 use super::plan::loaded_due;
 use crate::state::Shared;
 use crate::state::credential::{Credential, Journal, Watch};
+use crate::state::events::Kind;
 use crate::store::binding::TAMPERED;
 use crate::store::{StoredCredential, blocking};
 use tokend_proto::CredentialState;
@@ -46,6 +47,14 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
             return None;
         }
         let moved = l.generation != row.generation || l.state != row.state;
+        // Another member's refresh or state change: this member's event
+        // streams hear of it too.
+        if l.generation != row.generation && row.access_token.is_some() {
+            shared.events.publish(&cred.name, Kind::Refreshed);
+        }
+        if l.state != row.state {
+            shared.events.publish(&cred.name, Kind::State);
+        }
         l.access_token = row.access_token.clone();
         l.refresh_token = row.refresh_token.clone();
         l.generation = row.generation;
@@ -116,12 +125,7 @@ pub fn distrust(shared: &Shared, cred: &Credential, why: &str) {
     shared.logins.cancel(&cred.name);
     if first {
         warn_untrusted(&cred.name, why);
-        crate::token::notify::transition(
-            &shared.config(),
-            &cred.name,
-            CredentialState::Failing,
-            Some(why),
-        );
+        crate::token::notify::transition(shared, &cred.name, CredentialState::Failing, Some(why));
     }
 }
 

@@ -3,7 +3,8 @@
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal, Kind};
+use crate::state::credential::{Credential, Journal, Kind as CredKind};
+use crate::state::events::Kind;
 use crate::store::{StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +53,7 @@ pub async fn commit_and_publish(
     super::forecast::settle(shared, cred, &mut update);
     let held_after = update.refresh_token.is_some()
         || (!update.new_grant && cred.with_live(|l| l.refresh_token.is_some()));
-    if cred.kind == Kind::OAuth2 && !held_after {
+    if cred.kind == CredKind::OAuth2 && !held_after {
         // Nothing can renew it: come back when it expires (docs/RULES.md).
         update.next_refresh_at = update.expires_at.map(|e| e.saturating_mul(1000));
     }
@@ -244,14 +245,16 @@ pub(super) fn publish(
         tracing::warn!(credential = %cred.name, generation, "{why}");
     } else {
         tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
+        shared.events.publish(&cred.name, Kind::Refreshed);
     }
-    if previous != state && (origin == Origin::Refresh || state != CredentialState::Ready) {
-        crate::token::notify::transition(
-            &shared.config(),
-            &cred.name,
-            state,
-            update.unusable.as_deref(),
-        );
+    if previous == state {
+        return;
+    }
+    if origin == Origin::Refresh || state != CredentialState::Ready {
+        crate::token::notify::transition(shared, &cred.name, state, update.unusable.as_deref());
+    } else {
+        // A login the user watches: no notify command, but the streams hear.
+        shared.events.publish(&cred.name, Kind::State);
     }
 }
 

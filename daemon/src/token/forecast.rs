@@ -288,12 +288,16 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
             true
         }
     };
+    // Every member's event streams hear of it; one member runs the command.
+    shared
+        .events
+        .publish(&cred.name, crate::state::events::Kind::Expiring);
     if !mine {
         return;
     }
     let reason = expiring_reason(at, now);
     tracing::warn!(credential = %cred.name, refresh_expires_at = at, "{reason}");
-    super::notify::expiring(&shared.config(), &cred.name, &reason);
+    super::notify::expiring(shared, &cred.name, &reason);
 }
 
 /// The notify command's `TOKEND_REASON` for a forecast at `at`.

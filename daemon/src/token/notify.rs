@@ -1,6 +1,8 @@
 //! The optional notify command, run once per state transition (docs/DESIGN.md §4.5).
 
 use crate::config::Config;
+use crate::state::Shared;
+use crate::state::events::Kind;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokend_proto::CredentialState;
 
@@ -37,15 +39,22 @@ impl Drop for Running {
 /// the background with the credential, the new state and the reason in its
 /// environment. No secret is passed to it. With [`MAX_RUNNING`] already
 /// running, the transition is only logged.
-pub fn transition(config: &Config, name: &str, state: CredentialState, reason: Option<&str>) {
+pub fn transition(shared: &Shared, name: &str, state: CredentialState, reason: Option<&str>) {
+    shared.events.publish(name, Kind::State);
+    run(&shared.config(), name, state.as_str(), reason);
+}
+
+/// The notify command for a state found at start-up, before any event
+/// stream can listen.
+pub fn at_start(config: &Config, name: &str, state: CredentialState, reason: Option<&str>) {
     run(config, name, state.as_str(), reason);
 }
 
 /// Runs the notify command with `TOKEND_STATE=expiring`: the refresh
 /// token's forecast came within `refresh.warn_before_secs`
 /// (`token/forecast.rs`). Not a state of the credential, which still works.
-pub fn expiring(config: &Config, name: &str, reason: &str) {
-    run(config, name, EXPIRING, Some(reason));
+pub fn expiring(shared: &Shared, name: &str, reason: &str) {
+    run(&shared.config(), name, EXPIRING, Some(reason));
 }
 
 /// `TOKEND_STATE` of [`expiring`].

@@ -98,6 +98,7 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
             let cred = Arc::new(Credential::from_stored(row.clone()));
             if let Some(old) = existing {
                 shared.logins.cancel(&old.name);
+                shared.announce_removed(&old);
                 tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential replaced by another member of the fleet");
             } else {
                 tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential added by another member of the fleet");
@@ -106,6 +107,9 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
                 warn_untrusted(&cred.name, row.reason.as_deref().unwrap_or(TAMPERED));
             }
             shared.registry.insert(cred.clone());
+            shared
+                .events
+                .publish(&cred.name, crate::state::events::Kind::Added);
             adopt(shared, &cred, &row, Read::Unlocked);
         }
     }
@@ -113,7 +117,8 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
 
 /// Another member removed the credential.
 fn remove_here(shared: &Shared, name: &str) {
-    if shared.registry.remove(name).is_some() {
+    if let Some(old) = shared.registry.remove(name) {
+        shared.announce_removed(&old);
         shared.scheduler.unschedule(name);
         shared.logins.cancel(name);
         tracing::info!(credential = %tokend_proto::logged(name), "credential removed by another member of the fleet");
