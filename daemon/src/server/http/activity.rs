@@ -22,7 +22,15 @@ enum Phase {
     Head(Instant),
     /// A request is being answered (its body read, the handler run).
     Busy,
+    /// A long-lived answer (`GET /v1/events`) is streaming; its peer last
+    /// took bytes at this instant. A peer that stops reading is cut off
+    /// [`STALLED`] later, whatever the idle deadline says.
+    Streaming(Instant),
 }
+
+/// How long a streaming answer may go without its peer taking a byte: the
+/// stream sends a heartbeat every 15 s, so three missed heartbeats.
+pub const STALLED: Duration = Duration::from_secs(45);
 
 /// The phase of one connection, shared by its reader, its service and its
 /// watchdog. A `std::sync::Mutex`: each section is a few assignments.
@@ -68,6 +76,27 @@ impl Activity {
         BusyGuard(self.clone())
     }
 
+    /// The answer in progress streams for as long as its peer reads
+    /// (see [`Phase::Streaming`]).
+    pub fn streaming(&self) {
+        let mut phase = self.phase();
+        if *phase == Phase::Busy {
+            *phase = Phase::Streaming(Instant::now());
+        }
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        matches!(*self.phase(), Phase::Streaming(_))
+    }
+
+    /// The peer took bytes: a streaming answer's deadline moves on.
+    fn bytes_sent(&self) {
+        let mut phase = self.phase();
+        if let Phase::Streaming(_) = *phase {
+            *phase = Phase::Streaming(Instant::now());
+        }
+    }
+
     /// When the connection must be closed if nothing changes, and why;
     /// `None` while a request is being answered.
     pub fn deadline(&self, head: Duration, idle: Duration) -> Option<(Instant, &'static str)> {
@@ -75,6 +104,10 @@ impl Activity {
             Phase::Idle(since) => Some((since + idle, "idle connection closed")),
             Phase::Head(since) => Some((since + head, "request head not received in time; closed")),
             Phase::Busy => None,
+            Phase::Streaming(since) => Some((
+                since + STALLED,
+                "the client stopped reading its event stream; closed",
+            )),
         }
     }
 }
@@ -123,7 +156,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.activity.bytes_sent();
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -131,7 +170,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled
+            && n > 0
+        {
+            self.activity.bytes_sent();
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -172,5 +217,24 @@ mod tests {
         drop(busy);
         let (_, why) = activity.deadline(HEAD, IDLE).unwrap();
         assert_eq!(why, "idle connection closed");
+    }
+
+    /// An event stream is not closed for being idle (it answers a request
+    /// for as long as it lasts), but it is when its peer stops reading.
+    #[test]
+    fn a_stream_whose_peer_stops_reading_has_a_deadline_that_sending_moves() {
+        let activity = Activity::new();
+        let busy = activity.busy();
+        activity.streaming();
+        assert!(activity.is_streaming());
+        let (first, why) = activity.deadline(HEAD, IDLE).unwrap();
+        assert!(why.contains("stopped reading"), "{why}");
+        assert!(first <= Instant::now() + STALLED);
+        std::thread::sleep(Duration::from_millis(5));
+        activity.bytes_sent();
+        let (later, _) = activity.deadline(HEAD, IDLE).unwrap();
+        assert!(later > first, "a byte taken moves the deadline");
+        drop(busy);
+        assert!(!activity.is_streaming());
     }
 }

@@ -50,15 +50,11 @@ pub async fn answer(
         Surface::Proxy(_) => Some(path.strip_prefix('/').unwrap_or(path)),
     };
     let Some(rest) = proxied else {
-        return answer_api(shared, peer, request)
-            .await
-            .map(crate::proxy::boxed);
+        return answer_api(shared, peer, request).await;
     };
     let rest = rest.to_string();
     match rest.split_once('/').unwrap_or((&rest, "")) {
-        ("", _) if surface == Surface::Api => answer_api(shared, peer, request)
-            .await
-            .map(crate::proxy::boxed),
+        ("", _) if surface == Surface::Api => answer_api(shared, peer, request).await,
         ("", _) => ApiError::NotFound(
             "/ (the proxy's listener serves /NAME/PATH: NAME a credential, PATH below its API URL)"
                 .into(),
@@ -74,11 +70,20 @@ async fn answer_api(
     shared: &Arc<Shared>,
     peer: &Peer,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let response = match respond(shared, peer, &parts, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
+    let response = if routes::route(&parts.method, parts.uri.path()) == Ok(Route::Events) {
+        // A stream, not one JSON answer; it has no body to read.
+        match super::events::answer(shared, peer, &parts).await {
+            Ok(response) => response,
+            Err(e) => e.into_response().map(crate::proxy::boxed),
+        }
+    } else {
+        match respond(shared, peer, &parts, body).await {
+            Ok(response) => response,
+            Err(e) => e.into_response(),
+        }
+        .map(crate::proxy::boxed)
     };
     // The path names a credential, never a secret (cut and escaped: it may
     // be 60 KiB long); the query is min_valid. Refusals are logged by the
@@ -143,6 +148,9 @@ async fn respond(
             Answer::Status(status) => Ok(body::json(StatusCode::OK, &status)),
             other => Err(unexpected(&other)),
         },
+        Route::Events => Err(ApiError::Internal(
+            "the event stream was answered as a JSON request; this is a bug in tokend".into(),
+        )),
         Route::Health => Ok(body::json(
             StatusCode::OK,
             &body::Health {

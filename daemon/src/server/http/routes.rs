@@ -13,6 +13,8 @@ pub enum Route<'a> {
     List,
     Status,
     Health,
+    /// `GET /v1/events`: the live event stream (`events.rs`).
+    Events,
 }
 
 /// Every route as (method, path template), as docs/openapi.yaml lists them.
@@ -24,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/credentials"),
     ("GET", "/v1/status"),
     ("GET", "/v1/health"),
+    ("GET", "/v1/events"),
 ];
 
 /// Why a request matched no route.
@@ -52,6 +55,7 @@ fn by_path(path: &str) -> Option<(&'static str, Route<'_>)> {
     let found = match segments.as_slice() {
         ["health"] => ("GET", Route::Health),
         ["status"] => ("GET", Route::Status),
+        ["events"] => ("GET", Route::Events),
         ["credentials"] => ("GET", Route::List),
         ["credentials", name] if !name.is_empty() => ("GET", Route::Show(name)),
         ["credentials", name, action] if !name.is_empty() => match *action {
