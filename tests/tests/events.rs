@@ -191,3 +191,38 @@ fn another_users_stream_never_shows_a_credential_it_may_not_use() {
         "a named stream of another's credential: {refused:?}"
     );
 }
+
+#[test]
+fn the_rust_client_watches_with_the_current_state_first() {
+    let idp = OidcServer::start(60);
+    let d = logged_in(&idp);
+    let client = d.client();
+    let mut watch = client.watch(Some("up")).expect("a watch");
+    let current = watch.next().unwrap().expect("the current state");
+    assert_eq!(
+        (current.kind.as_str(), current.name()),
+        ("current", Some("up"))
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for event in watch {
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    assert_ok(&d.tokenctl(&["refresh", "up"]));
+    let refreshed = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("an event")
+        .expect("not an error");
+    assert_eq!(refreshed.kind, "refreshed");
+    assert!(refreshed.data.get("access_token").is_none());
+    // A refusal is an error, not a stream.
+    let mut unknown = client.watch(Some("nope")).unwrap();
+    assert!(matches!(
+        unknown.next(),
+        Some(Err(tokend_client::Error::UnknownCredential(_)))
+    ));
+    assert!(unknown.next().is_none());
+}
