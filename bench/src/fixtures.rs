@@ -86,6 +86,7 @@ pub fn oauth2(
         pkce: false,
         extra_params: Vec::new(),
         refresh_margin_secs: None,
+        refresh_warn_before_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
         upstream: None,

@@ -216,6 +216,10 @@ pub struct EditCredential {
     /// authorization-code app) or the next token (client credentials).
     pub scopes: Option<Vec<String>>,
     pub git_hosts: Option<Vec<String>>,
+    /// How long before the refresh token's forecast `expiring` is
+    /// notified (seconds); `Some(None)` follows `refresh.warn_before_secs`
+    /// again.
+    pub warn_before_secs: Option<Option<u32>>,
 }
 
 impl Request {

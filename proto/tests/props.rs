@@ -220,6 +220,7 @@ fn request() -> impl Strategy<Value = Request> {
                         check_url,
                         scopes,
                         git_hosts,
+                        warn_before_secs: None,
                     }))
                 }
             ),
@@ -270,6 +271,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         pkce,
                         extra_params,
                         refresh_margin_secs,
+                        refresh_warn_before_secs: refresh_margin_secs,
                         endpoints,
                         git_hosts: vec![],
                         upstream: None,
@@ -292,6 +294,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         scopes,
                         client_auth,
                         refresh_margin_secs,
+                        refresh_warn_before_secs: refresh_margin_secs,
                         endpoints,
                         git_hosts: vec![],
                         upstream: None,

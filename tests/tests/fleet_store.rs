@@ -39,6 +39,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         scopes: vec![],
         client_auth: ClientAuth::default(),
         refresh_margin_secs: None,
+        refresh_warn_before_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
         upstream: None,

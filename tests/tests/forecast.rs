@@ -127,6 +127,23 @@ fn without_refresh_expires_in_the_forecast_comes_from_introspection() {
     assert_eq!(forecast(&d, "blind"), None);
     let text = stdout(&d.tokenctl(&["show", "blind"]));
     assert!(text.contains("unknown"), "{text}");
+    // A warning of its own: `edit --warn-before`, an app's only.
+    assert_ok(&d.tokenctl(&["edit", "up", "--warn-before", "3d"]));
+    let out = d.tokenctl(&["show", "up", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        show["spec"]["oauth2"]["refresh_warn_before_secs"], 259_200,
+        "{show}"
+    );
+    assert_ok(&d.tokenctl(&["edit", "up", "--no-warn-before"]));
+    d.add_bearer("static", "tok");
+    let refused = d.tokenctl(&["edit", "static", "--warn-before", "1h"]);
+    assert!(
+        stderr(&refused).contains("--warn-before"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!refused.status.success());
     // The default warning (3 days) is far beyond a 120 s grant: notified
     // once, at once.
     assert!(eventually(Duration::from_secs(10), || expiring_lines(

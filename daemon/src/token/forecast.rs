@@ -77,20 +77,25 @@ pub(super) fn settle(shared: &Shared, cred: &Credential, update: &mut TokenUpdat
     }
     let policy = shared.config().refresh.clone();
     let now = shared.clock.now();
-    let warn = warn_secs(&policy);
+    let warn = warn_secs(cred, &policy);
     update.forecast.warned =
         !update.new_grant && carries_warning(old, update.forecast.at, now, warn);
     if let (Some(at), Some(next)) = (update.forecast.at, update.next_refresh_at) {
         let moved = update.new_grant || old.at.is_none_or(|o| (o - at).abs() > SAME_FORECAST_SECS);
-        if let Some(due) = keep_alive_due(&policy, at, now, moved) {
+        if let Some(due) = keep_alive_due(&policy, warn, at, now, moved) {
             update.next_refresh_at = Some(next.min(due));
         }
     }
 }
 
-/// `refresh.warn_before_secs` as signed seconds.
-fn warn_secs(policy: &RefreshPolicy) -> i64 {
-    i64::try_from(policy.warn_before_secs).unwrap_or(MAX_SECS)
+/// How long before the forecast the credential warns: its own
+/// (`tokenctl edit --warn-before`), else `refresh.warn_before_secs`.
+fn warn_secs(cred: &Credential, policy: &RefreshPolicy) -> i64 {
+    let own = cred.with_live(|l| l.spec.warn_before_secs());
+    own.map_or_else(
+        || i64::try_from(policy.warn_before_secs).unwrap_or(MAX_SECS),
+        i64::from,
+    )
 }
 
 /// With `keep_alive`, when to refresh (Unix ms) so that a grant whose
@@ -101,7 +106,13 @@ fn warn_secs(policy: &RefreshPolicy) -> i64 {
 /// that `moved` with the last refresh: one that stays put is an absolute
 /// limit no refresh extends, and refreshing for it would only spend
 /// refresh tokens faster and faster.
-pub fn keep_alive_due(policy: &RefreshPolicy, at: i64, now: i64, moved: bool) -> Option<i64> {
+pub fn keep_alive_due(
+    policy: &RefreshPolicy,
+    warn: i64,
+    at: i64,
+    now: i64,
+    moved: bool,
+) -> Option<i64> {
     if !policy.keep_alive || !moved {
         return None;
     }
@@ -109,7 +120,7 @@ pub fn keep_alive_due(policy: &RefreshPolicy, at: i64, now: i64, moved: bool) ->
     if left <= 0 {
         return None;
     }
-    let lead = warn_secs(policy).max(left / 10).min(left / 2);
+    let lead = warn.max(left / 10).min(left / 2);
     Some(
         at.saturating_sub(lead)
             .saturating_mul(1000)
@@ -182,6 +193,7 @@ async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u6
 async fn record(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64, exp: i64) {
     let _lock = cred.refresh_lock.lock().await;
     let policy = shared.config().refresh.clone();
+    let warn = warn_secs(cred, &policy);
     let now = shared.clock.now();
     let found = cred.with_live(|l| {
         if l.generation != generation {
@@ -190,7 +202,7 @@ async fn record(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64, e
         let old = l.forecast.get();
         let f = Forecast {
             at: Some(exp),
-            warned: carries_warning(old, Some(exp), now, warn_secs(&policy)),
+            warned: carries_warning(old, Some(exp), now, warn),
         };
         l.forecast = f.into();
         Some((f, l.fence, old))
@@ -207,7 +219,7 @@ async fn record(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64, e
         tracing::warn!(credential = %cred.name, error = %e, "the refresh token's expiry could not be saved; it is kept in memory");
     }
     let moved = old.at.is_none_or(|o| (o - exp).abs() > SAME_FORECAST_SECS);
-    if let Some(due) = keep_alive_due(&policy, exp, now, moved) {
+    if let Some(due) = keep_alive_due(&policy, warn, exp, now, moved) {
         let sooner = shared.scheduler.due_of(&cred.name).is_none_or(|d| due < d);
         if sooner {
             shared.scheduler.schedule(&cred.name, due);
@@ -226,7 +238,7 @@ pub fn watch_warning(shared: &Shared, cred: &Credential) {
         shared.warnings.unschedule(&cred.name);
         return;
     };
-    let warn = warn_secs(&shared.config().refresh);
+    let warn = warn_secs(cred, &shared.config().refresh);
     let due_ms = at.saturating_sub(warn).saturating_mul(1000);
     shared.warnings.schedule(&cred.name, due_ms);
 }
@@ -260,7 +272,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
 /// answer does not silence the warning (this member notifies: once more
 /// rather than never).
 async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
-    let warn = warn_secs(&shared.config().refresh);
+    let warn = warn_secs(cred, &shared.config().refresh);
     let now = shared.clock.now();
     let Some(at) = cred.with_live(|l| {
         let f = l.forecast.get();
@@ -313,10 +325,9 @@ fn expiring_reason(at: i64, now: i64) -> String {
 mod tests {
     use super::*;
 
-    fn policy(keep_alive: bool, warn: u64) -> RefreshPolicy {
+    fn policy(keep_alive: bool) -> RefreshPolicy {
         RefreshPolicy {
             keep_alive,
-            warn_before_secs: warn,
             ..RefreshPolicy::default()
         }
     }
@@ -350,23 +361,23 @@ mod tests {
     #[test]
     fn keep_alive_refreshes_before_a_forecast_that_moves() {
         // Off by default.
-        assert_eq!(keep_alive_due(&policy(false, 10), 1_000, 0, true), None);
+        assert_eq!(keep_alive_due(&policy(false), 10, 1_000, 0, true), None);
         // A tenth of what is left when that is more than the warning.
         assert_eq!(
-            keep_alive_due(&policy(true, 10), 1_000, 0, true),
+            keep_alive_due(&policy(true), 10, 1_000, 0, true),
             Some(900_000)
         );
         // The warning when longer, but no sooner than halfway.
         assert_eq!(
-            keep_alive_due(&policy(true, 300), 1_000, 0, true),
+            keep_alive_due(&policy(true), 300, 1_000, 0, true),
             Some(700_000)
         );
         assert_eq!(
-            keep_alive_due(&policy(true, 259_200), 1_000, 0, true),
+            keep_alive_due(&policy(true), 259_200, 1_000, 0, true),
             Some(500_000)
         );
         // An absolute limit (it did not move), or one already past: nothing.
-        assert_eq!(keep_alive_due(&policy(true, 10), 1_000, 0, false), None);
-        assert_eq!(keep_alive_due(&policy(true, 10), 1_000, 1_000, true), None);
+        assert_eq!(keep_alive_due(&policy(true), 10, 1_000, 0, false), None);
+        assert_eq!(keep_alive_due(&policy(true), 10, 1_000, 1_000, true), None);
     }
 }
