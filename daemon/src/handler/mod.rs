@@ -256,6 +256,14 @@ pub async fn shown_to(shared: &Shared, peer: &Peer, name: &str) -> Option<Creden
     }
 }
 
+/// The token held for `name`, if `peer` may use it and it is valid now;
+/// never a refresh (see [`token::held`]). Nothing logged, as for
+/// [`shown_to`].
+pub async fn held_token(shared: &Shared, peer: &Peer, name: &str) -> Option<tokend_proto::Secret> {
+    let cred = usable(shared, peer, name).await.ok()?;
+    token::held(shared, &cred).map(|reply| reply.token)
+}
+
 /// Whether `peer` could use a credential owned by `owner_uid` with the
 /// allow list `allowed`: for one that is gone (an event stream tells only
 /// those who could use it that it was removed).

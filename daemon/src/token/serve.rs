@@ -38,6 +38,21 @@ pub async fn token(
     on_demand(shared, cred, min_valid_secs).await
 }
 
+/// The held token, if it may be handed out now, and nothing more: never
+/// a refresh or a wait. For an event stream passing on the token a refresh
+/// just brought (`GET /v1/events?include_token=true`); counted as a use.
+pub fn held(shared: &Shared, cred: &Credential) -> Option<TokenReply> {
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    let (reply, first_use_this_second) = cred.with_live(|l| {
+        let reply = valid_reply(l, now, mono, 0)?;
+        Some((reply, l.note_use(now / 1000)))
+    })?;
+    if first_use_this_second {
+        shared.note_use();
+    }
+    Some(reply)
+}
+
 /// What a fresh token has lost of its lifetime by the time it is served
 /// (the request's round trip, the expiry rounded down to the second), at
 /// most: a request for more than the lifetime less this is refused.

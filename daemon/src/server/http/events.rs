@@ -250,18 +250,11 @@ impl Feed {
         })
     }
 
-    /// The access token held, asked as `GET …/token` asks it: for a peer
-    /// that may read it, while it is valid (just after a refresh it is;
-    /// nothing is refreshed for a stream).
+    /// The access token held, for a peer that may use the credential (the
+    /// check `GET …/token` makes), while it is valid; nothing is refreshed
+    /// for a stream.
     async fn token(&self, name: &str) -> Option<tokend_proto::Secret> {
-        let request = Ask::Token {
-            name: name.to_string(),
-            min_valid_secs: 0,
-        };
-        match handler::handle(&self.shared, &self.peer, request).await {
-            Answer::Token(reply) => Some(reply.token),
-            _ => None,
-        }
+        handler::held_token(&self.shared, &self.peer, name).await
     }
 }
 
