@@ -226,3 +226,22 @@ fn the_rust_client_watches_with_the_current_state_first() {
     ));
     assert!(unknown.next().is_none());
 }
+
+#[test]
+fn a_stream_outlives_the_idle_timeout_of_a_connection() {
+    let idp = OidcServer::start(60);
+    let d = Daemon::start_with(Options {
+        config: Some("[limits]\nidle_timeout_secs = 1\nframe_timeout_secs = 1\n".into()),
+        ..Options::default()
+    });
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    d.login(&idp, "up");
+    let stream = Stream::open(&d, "?credential=up", None);
+    stream.next("current", Duration::from_secs(5)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_ok(&d.tokenctl(&["refresh", "up"]));
+    assert!(
+        stream.next("refreshed", Duration::from_secs(5)).is_some(),
+        "the stream was closed as idle"
+    );
+}
