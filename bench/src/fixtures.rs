@@ -45,6 +45,7 @@ fn base(i: usize, spec: CredentialSpec, now: i64) -> StoredCredential {
         fence: Default::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
         incarnation: i as i64 + 1,
     }
@@ -85,6 +86,7 @@ pub fn oauth2(
         pkce: false,
         extra_params: Vec::new(),
         refresh_margin_secs: None,
+        refresh_warn_before_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
         upstream: None,

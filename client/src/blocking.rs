@@ -130,6 +130,11 @@ impl Client {
         self.timeout = timeout;
     }
 
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// The timeout set by [`Client::connect_with_timeout`] or [`Client::set_timeout`].
     pub fn timeout(&self) -> Duration {
         self.timeout

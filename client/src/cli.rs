@@ -183,6 +183,22 @@ fn parse_retry_on(s: &str) -> Result<RetryOn, String> {
     }
 }
 
+/// A warning ahead of a refresh token's expiry: `3d`, `12h`, `100s` or
+/// seconds, at most a year.
+fn parse_warn_before(s: &str) -> Result<u32, String> {
+    let secs = match s.trim().parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration ({e}); give e.g. 3d, 12h or 100s"))?
+            .as_secs(),
+    };
+    const YEAR: u64 = 365 * 24 * 3600;
+    if secs > YEAR {
+        return Err(format!("{s:?} is more than a year"));
+    }
+    Ok(secs as u32)
+}
+
 #[derive(Args, Debug)]
 pub struct EditArgs {
     pub name: String,
@@ -217,6 +233,13 @@ pub struct EditArgs {
     /// No git host (the default applies again: a bearer token's check URL host).
     #[arg(long)]
     pub no_git_host: bool,
+    /// How long before its refresh token expires the notify command is
+    /// told `expiring` (e.g. `3d`, `12h`): overrides `refresh.warn_before_secs`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_warn_before, conflicts_with = "no_warn_before")]
+    pub warn_before: Option<u32>,
+    /// Follow `refresh.warn_before_secs` again.
+    #[arg(long)]
+    pub no_warn_before: bool,
 }
 
 #[derive(Args, Debug)]

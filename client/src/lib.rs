@@ -19,6 +19,7 @@ mod error;
 mod nonblocking;
 pub mod ops;
 mod proxy_url;
+mod watch;
 
 pub use blocking::{Client, DEFAULT_TIMEOUT, DEVICE_FINISH_MARGIN, LOGIN_FINISH_TIMEOUT};
 pub use error::Error;
@@ -32,6 +33,7 @@ pub use tokend_proto::{
     Grantee, LoginChallenge, NamedPrincipal, OAuth2Request, Principal, Secret, TokenReply,
     Upstream, endpoint,
 };
+pub use watch::{Event, WATCH_SILENCE, Watch};
 
 /// The socket used when none is named: `$TOKEND_SOCKET`, the user's daemon,
 /// then the system daemon.

@@ -37,6 +37,7 @@ impl World {
             pkce: true,
             extra_params: vec![],
             refresh_margin_secs: None,
+            refresh_warn_before_secs: None,
             endpoints: Default::default(),
             git_hosts: Vec::new(),
             upstream: None,

@@ -168,6 +168,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             check_url: Some(None),
             scopes: None,
             git_hosts: Some(vec!["git.example.com".into()]),
+            warn_before_secs: None,
         })),
         Request::LoginStart {
             name: name("o"),

@@ -301,6 +301,10 @@ pub struct EditCredential {
     /// authorization-code app) or the next token (client credentials).
     pub scopes: Option<Vec<String>>,
     pub git_hosts: Option<Vec<String>>,
+    /// How long before the refresh token's forecast `expiring` is
+    /// notified (seconds); `Some(None)` follows `refresh.warn_before_secs`
+    /// again.
+    pub warn_before_secs: Option<Option<u32>>,
 }
 
 impl Request {
@@ -419,6 +423,11 @@ pub struct CredentialInfo {
     pub next_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub last_check: Option<CheckReport>,
+    /// When the refresh token is expected to stop working (Unix seconds):
+    /// the provider's `refresh_expires_in`, else its introspection's
+    /// `exp`; `None` when unknown or unlimited. A login is needed before.
+    #[serde(default)]
+    pub refresh_expires_at: Option<i64>,
 }
 
 /// `status`: the daemon as a whole. What describes the daemon's own
@@ -462,6 +471,9 @@ pub struct CredentialSummary {
     pub reason: Option<String>,
     pub expires_at: Option<i64>,
     pub next_refresh_at: Option<i64>,
+    /// See [`CredentialInfo::refresh_expires_at`].
+    #[serde(default)]
+    pub refresh_expires_at: Option<i64>,
 }
 
 /// A token handed out. `generation` identifies the token for `reject`.

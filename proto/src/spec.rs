@@ -80,6 +80,28 @@ impl CredentialSpec {
         }
     }
 
+    /// How long before its refresh token's forecast the notify command
+    /// is told `expiring`, overriding `refresh.warn_before_secs`
+    /// (`tokenctl edit NAME --warn-before 3d`); `None` for a bearer token,
+    /// or one that follows the config.
+    pub fn warn_before_secs(&self) -> Option<u32> {
+        match self {
+            CredentialSpec::Bearer { .. } => None,
+            CredentialSpec::OAuth2(s) => s.refresh_warn_before_secs,
+            CredentialSpec::ClientCredentials(s) => s.refresh_warn_before_secs,
+        }
+    }
+
+    /// The warning to change in place; `None` for a bearer token, which
+    /// has no refresh token.
+    pub fn warn_before_mut(&mut self) -> Option<&mut Option<u32>> {
+        match self {
+            CredentialSpec::Bearer { .. } => None,
+            CredentialSpec::OAuth2(s) => Some(&mut s.refresh_warn_before_secs),
+            CredentialSpec::ClientCredentials(s) => Some(&mut s.refresh_warn_before_secs),
+        }
+    }
+
     /// The kind as written on the command line.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -102,6 +124,9 @@ pub struct OAuth2Spec {
     pub extra_params: Vec<(String, String)>,
     /// Seconds before expiry to refresh, overriding the daemon's policy.
     pub refresh_margin_secs: Option<u32>,
+    /// See [`CredentialSpec::warn_before_secs`].
+    #[serde(default)]
+    pub refresh_warn_before_secs: Option<u32>,
     /// The endpoints beyond these two, and where each came from. Absent
     /// from settings stored before discovery existed, hence the default.
     #[serde(default)]
@@ -121,6 +146,9 @@ pub struct ClientCredentialsSpec {
     pub scopes: Vec<String>,
     pub client_auth: ClientAuth,
     pub refresh_margin_secs: Option<u32>,
+    /// See [`CredentialSpec::warn_before_secs`].
+    #[serde(default)]
+    pub refresh_warn_before_secs: Option<u32>,
     #[serde(default)]
     pub endpoints: Endpoints,
     /// See [`CredentialSpec::git_hosts`].

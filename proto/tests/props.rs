@@ -220,6 +220,7 @@ fn request() -> impl Strategy<Value = Request> {
                         check_url,
                         scopes,
                         git_hosts,
+                        warn_before_secs: None,
                     }))
                 }
             ),
@@ -326,6 +327,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         pkce,
                         extra_params,
                         refresh_margin_secs,
+                        refresh_warn_before_secs: refresh_margin_secs,
                         endpoints,
                         git_hosts: vec![],
                         upstream: None,
@@ -348,6 +350,7 @@ fn spec() -> impl Strategy<Value = CredentialSpec> {
                         scopes,
                         client_auth,
                         refresh_margin_secs,
+                        refresh_warn_before_secs: refresh_margin_secs,
                         endpoints,
                         git_hosts: vec![],
                         upstream: None,
@@ -415,7 +418,7 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
         ),
         (any::<bool>(), any::<bool>(), any::<i64>(), opt_time()),
         (opt_time(), opt_time(), opt_time(), opt_text()),
-        proptest::option::of(check_report()),
+        (proptest::option::of(check_report()), opt_time()),
     )
         .prop_map(
             |(
@@ -423,7 +426,7 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
                 (allowed, state, reason),
                 (has_token, has_refresh_token, created_at, expires_at),
                 (last_refresh_at, last_use_at, next_refresh_at, last_error),
-                last_check,
+                (last_check, refresh_expires_at),
             )| CredentialInfo {
                 name,
                 description,
@@ -454,6 +457,7 @@ fn info() -> impl Strategy<Value = CredentialInfo> {
                 next_refresh_at,
                 last_error,
                 last_check,
+                refresh_expires_at,
             },
         )
 }
@@ -475,16 +479,28 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
 }
 
 fn response() -> impl Strategy<Value = Response> {
-    let summary = (text(), text(), state(), opt_text(), opt_time(), opt_time()).prop_map(
-        |(name, kind, state, reason, expires_at, next_refresh_at)| CredentialSummary {
-            name,
-            kind,
-            state,
-            reason,
-            expires_at,
-            next_refresh_at,
-        },
-    );
+    let summary = (
+        text(),
+        text(),
+        state(),
+        opt_text(),
+        opt_time(),
+        opt_time(),
+        opt_time(),
+    )
+        .prop_map(
+            |(name, kind, state, reason, expires_at, next_refresh_at, refresh_expires_at)| {
+                CredentialSummary {
+                    name,
+                    kind,
+                    state,
+                    reason,
+                    expires_at,
+                    next_refresh_at,
+                    refresh_expires_at,
+                }
+            },
+        );
     prop_oneof![
         (secret(), opt_time(), any::<u64>()).prop_map(|(token, expires_at, generation)| {
             Response::Token(TokenReply {

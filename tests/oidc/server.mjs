@@ -38,6 +38,9 @@ function nonNegativeInt(name, value) {
 const port = nonNegativeInt('PORT', setting('port', 'PORT', '0'));
 const accessTtl = Math.max(1, nonNegativeInt('ACCESS_TTL', setting('access-ttl', 'ACCESS_TTL', '5')));
 const refreshTtl = Math.max(1, nonNegativeInt('REFRESH_TTL', setting('refresh-ttl', 'REFRESH_TTL', String(14 * 24 * 3600))));
+// Keycloak's refresh_expires_in in token answers (1, the default), or not
+// (0: a client must introspect the refresh token for its exp).
+const sendRefreshExpiresIn = !['0', 'false', 'no'].includes(String(setting('refresh-expires-in', 'REFRESH_EXPIRES_IN', '1')).toLowerCase());
 // The device authorization grant (RFC 8628): how long a device code lives,
 // and the polling interval announced in the device authorization response
 // (oidc-provider announces none, which means 5 s to a client).
@@ -359,7 +362,39 @@ async function tokenEndpoint(req, res) {
   stats.token_requests[gt ?? 'unknown'] = (stats.token_requests[gt ?? 'unknown'] ?? 0) + 1;
   req.body = raw;
   res.once('finish', () => log(`token ${gt}: ${res.statusCode}`));
+  if (sendRefreshExpiresIn) withRefreshExpiresIn(res);
   return callback(req, res);
+}
+
+// When a refresh token stops working (Unix seconds): its own expiry or its
+// grant's, whichever comes first (a rotated refresh token gets a fresh
+// REFRESH_TTL, but the grant it belongs to does not: the grant's end is when
+// a login is needed again). Undefined for an unknown token.
+async function refreshTokenEnd(value) {
+  const rt = await provider.RefreshToken.find(value);
+  if (!rt) return undefined;
+  const grant = await provider.Grant.find(rt.grantId);
+  return Math.min(rt.exp, grant?.exp ?? Infinity);
+}
+
+// Adds Keycloak's refresh_expires_in (seconds until refreshTokenEnd) to a
+// token answer that carries a refresh token. The answer waits for the look-up.
+function withRefreshExpiresIn(res) {
+  const end = res.end.bind(res);
+  res.end = (body, ...rest) => {
+    let parsed;
+    try { parsed = JSON.parse(String(body ?? '')); } catch { return end(body, ...rest); }
+    if (!parsed || typeof parsed.refresh_token !== 'string') return end(body, ...rest);
+    refreshTokenEnd(parsed.refresh_token).then((exp) => {
+      if (exp !== undefined && Number.isFinite(exp)) {
+        parsed.refresh_expires_in = Math.max(1, exp - Math.floor(Date.now() / 1000));
+      }
+      const out = JSON.stringify(parsed);
+      if (!res.headersSent) res.setHeader('content-length', Buffer.byteLength(out));
+      end(out, ...rest);
+    }, () => end(body, ...rest));
+    return res;
+  };
 }
 
 // Counts introspections and what they answered, and whether an inactive
@@ -372,10 +407,19 @@ async function introspectionEndpoint(req, res) {
   try { form = querystring.parse(raw); } catch { form = {}; }
   const wasRotated = typeof form.token === 'string' && rotated.has(form.token);
   stats.introspections += 1;
+  // A refresh token's exp is when it stops working, its grant's end included
+  // (see refreshTokenEnd), as Keycloak reports it.
+  const refreshEnd = typeof form.token === 'string' ? await refreshTokenEnd(form.token).catch(() => undefined) : undefined;
   const end = res.end.bind(res);
   res.end = (body, ...rest) => {
     let active;
-    try { active = JSON.parse(String(body ?? '')).active; } catch { active = undefined; }
+    let parsed;
+    try { parsed = JSON.parse(String(body ?? '')); active = parsed.active; } catch { active = undefined; }
+    if (active === true && refreshEnd !== undefined && Number.isFinite(refreshEnd)) {
+      parsed.exp = refreshEnd;
+      body = JSON.stringify(parsed);
+      if (!res.headersSent) res.setHeader('content-length', Buffer.byteLength(body));
+    }
     if (active === true) stats.introspected_active += 1;
     else if (active === false && wasRotated) stats.introspected_inactive_rotated += 1;
     else if (active === false) stats.introspected_inactive_other += 1;

@@ -39,6 +39,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         scopes: vec![],
         client_auth: ClientAuth::default(),
         refresh_margin_secs: None,
+        refresh_warn_before_secs: None,
         endpoints: Default::default(),
         git_hosts: Vec::new(),
         upstream: None,
@@ -66,6 +67,7 @@ fn oauth_row(name: &str) -> StoredCredential {
         fence: Default::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
     }
 }
@@ -80,6 +82,8 @@ fn rotated(generation: u64) -> TokenUpdate {
         refreshed_at: 1_900_000_000,
         next_refresh_at: Some(1_950_000_000),
         unusable: None,
+        forecast: Default::default(),
+        ask_introspection: false,
     }
 }
 
@@ -311,7 +315,8 @@ fn a_store_of_the_schema_before_bound_rows_is_bound_when_a_member_opens_it() {
     drop(a);
     // Back to schema 2, as a tokend before rows were bound left it.
     pg.psql(
-        "ALTER TABLE tokend.credentials DROP COLUMN binding, DROP COLUMN owner_name;
+        "ALTER TABLE tokend.credentials DROP COLUMN binding, DROP COLUMN owner_name,
+            DROP COLUMN refresh_expires_at, DROP COLUMN refresh_warned;
          UPDATE tokend.credentials SET allowed = 'user:7';
          UPDATE tokend.schema_version SET version = 2;",
     );
@@ -348,4 +353,38 @@ fn writes_are_fenced_by_incarnation_and_a_duplicate_name_is_refused() {
     assert!(!a.remove("up", 41).unwrap());
     assert!(a.remove("up", 42).unwrap());
     assert!(a.load_all().unwrap().is_empty());
+}
+
+/// The refresh token's forecast is written with the tokens and read by
+/// every member with the row; of two members whose warnings come due
+/// together, one notes it (and so notifies).
+#[test]
+fn a_forecast_travels_with_the_row_and_one_member_notes_its_warning() {
+    let pg = PgCluster::start();
+    let (a, b) = (member(&pg), member(&pg));
+    a.insert(&oauth_row("up"), false).unwrap();
+    let mut update = rotated(2);
+    update.forecast = tokend::store::Forecast {
+        at: Some(2_100_000_000),
+        warned: false,
+    };
+    let fence = a.save_tokens("up", 42, 0, &update).unwrap();
+    assert_eq!(b.load_all().unwrap()[0].forecast, update.forecast);
+    assert!(
+        !a.note_warned("up", 42, 1).unwrap(),
+        "not the row's forecast"
+    );
+    assert!(b.note_warned("up", 42, 2_100_000_000).unwrap());
+    assert!(
+        !a.note_warned("up", 42, 2_100_000_000).unwrap(),
+        "noted once"
+    );
+    let later = tokend::store::Forecast {
+        at: Some(2_100_000_500),
+        warned: false,
+    };
+    assert!(a.save_forecast("up", 42, Some(fence + 1), later).is_err());
+    a.save_forecast("up", 42, Some(fence), later).unwrap();
+    let row = b.load_all().unwrap().remove(0);
+    assert_eq!((row.forecast, row.fence.generation), (later, fence));
 }

@@ -212,6 +212,7 @@ fn metrics_parse_with_prometheus_clients_parser_with_every_family_typed() {
     for family in [
         "tokend_credential_state gauge",
         "tokend_access_token_expiry_timestamp_seconds gauge",
+        "tokend_refresh_token_expiry_timestamp_seconds gauge",
         "tokend_tokens_served counter",
         "tokend_refreshes counter",
         "tokend_in_doubt_resolutions counter",

@@ -385,3 +385,75 @@ class VenvInstallTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+@unittest.skipUnless(_harness.have_daemon(), _harness.SKIP_REASON)
+class WatchTest(unittest.TestCase):
+    """``watch``: the current state first, then what happens, and again
+    after the daemon restarts."""
+
+    def setUp(self) -> None:
+        self.daemon = _harness.Daemon()
+        self.addCleanup(self.daemon.cleanup)
+        self.daemon.start()
+        self.provider = _harness.Provider()
+        self.addCleanup(self.provider.close)
+        _add_client_credentials(self.daemon, "cc", self.provider)
+        self.daemon.add_bearer("static", BEARER)
+
+    def _events(self, name, **kw):
+        """Events of ``watch`` read on a thread, handed over a queue."""
+        import queue
+
+        events: "queue.Queue" = queue.Queue()
+        client = self.daemon.client()
+        self.addCleanup(client.close)
+        stream = client.watch(name, **kw)
+
+        def pump() -> None:
+            try:
+                for event in stream:
+                    events.put(event)
+            except Exception as e:  # pragma: no cover - shown by the test
+                events.put({"event": "error", "data": repr(e)})
+
+        threading.Thread(target=pump, daemon=True).start()
+        return events
+
+    def _next(self, events, kind: str, limit: float = 10.0):
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            try:
+                event = events.get(timeout=max(0.01, end - time.monotonic()))
+            except Exception:
+                break
+            if event["event"] == kind:
+                return event
+        self.fail(f"no {kind} event within {limit} s\n{self.daemon.log_text()[-3000:]}")
+
+    def test_current_state_then_refreshed_and_removed(self) -> None:
+        events = self._events("cc", include_token=True)
+        current = self._next(events, "current")
+        self.assertEqual(current["data"]["name"], "cc")
+        with self.daemon.client() as c:
+            c.refresh("cc")
+            refreshed = self._next(events, "refreshed")
+            self.assertEqual(refreshed["data"]["access_token"], c.token("cc"))
+        self.daemon.tokenctl_ok("rm", "cc")
+        self.assertEqual(self._next(events, "removed")["data"], {"name": "cc"})
+
+    def test_a_restart_reconnects_with_the_current_state_first(self) -> None:
+        events = self._events(None)
+        names = {self._next(events, "current")["data"]["name"] for _ in range(2)}
+        self.assertEqual(names, {"cc", "static"})
+        self.daemon.stop()
+        self.daemon.start()
+        again = self._next(events, "current", limit=20.0)
+        self.assertIn(again["data"]["name"], {"cc", "static"})
+
+    def test_refusals_are_raised_not_retried(self) -> None:
+        with self.daemon.client() as c:
+            with self.assertRaises(tokend.UnknownCredential):
+                next(c.watch("nope"))
+            with self.assertRaises(ValueError):
+                next(c.watch(""))

@@ -197,7 +197,7 @@ fn load(
             .as_deref()
             .unwrap_or(crate::store::binding::TAMPERED);
         crate::token::warn_untrusted(&s.name, why);
-        crate::token::notify::transition(&config, &s.name, s.state, Some(why));
+        crate::token::notify::at_start(&config, &s.name, s.state, Some(why));
     }
     let shared = Shared::new(store, paths.clone(), config, policy);
     shared.registry.extend(
@@ -250,6 +250,10 @@ fn start_tasks(
     tasks.spawn(
         "refresher",
         token::refresher::run(shared.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        "forecast warnings",
+        token::forecast::run(shared.clone(), shutdown.clone()),
     );
     tasks.spawn(
         "last-use flush",

@@ -112,6 +112,12 @@ pub struct RefreshPolicy {
     /// credential within this many seconds; within it the current state is
     /// the answer. 0 turns the limit off.
     pub min_forced_interval_secs: u64,
+    /// The notify command runs with `TOKEND_STATE=expiring` once a
+    /// refresh token's forecast comes within this many seconds.
+    pub warn_before_secs: u64,
+    /// Refresh before a refresh token's forecast, so a grant with an
+    /// inactivity limit does not die while its tokens are not used.
+    pub keep_alive: bool,
 }
 
 impl Default for RefreshPolicy {
@@ -128,6 +134,8 @@ impl Default for RefreshPolicy {
             max_concurrent: 32,
             startup_spread_secs: 5,
             min_forced_interval_secs: 30,
+            warn_before_secs: 3 * 24 * 3600,
+            keep_alive: false,
         }
     }
 }
@@ -422,6 +430,8 @@ impl Config {
                 r.min_forced_interval_secs,
                 3600,
             ),
+            // A year: no refresh token forecast reaches further.
+            ("refresh.warn_before_secs", r.warn_before_secs, 31_536_000),
         ];
         if let Some((key, v, max)) = bounded.iter().find(|(_, v, max)| v > max) {
             return Err(format!("{key} = {v} is too long (at most {max})"));

@@ -120,6 +120,7 @@ fn new_credential(
         fence: crate::store::Fence::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
         incarnation: crate::store::new_incarnation(),
     }
@@ -149,8 +150,12 @@ async fn install(
         shared.scheduler.unschedule(&old.name);
         shared.logins.cancel(&old.name);
         shared.metrics.forget(&old);
+        shared.announce_removed(&old);
     }
     shared.registry.insert(cred.clone());
+    shared
+        .events
+        .publish(&cred.name, crate::state::events::Kind::Added);
     Ok(cred)
 }
 
@@ -192,6 +197,7 @@ async fn resolve_spec(shared: &Shared, kind: AddKind) -> Result<CredentialSpec, 
                     scopes: r.scopes,
                     client_auth: r.client_auth,
                     refresh_margin_secs: None,
+                    refresh_warn_before_secs: None,
                     endpoints: r.endpoints,
                     git_hosts: Vec::new(),
                     upstream: None,
@@ -246,6 +252,7 @@ async fn resolve_oauth(
         pkce: req.pkce,
         extra_params,
         refresh_margin_secs: None,
+        refresh_warn_before_secs: None,
         endpoints: resolved.endpoints,
         git_hosts: Vec::new(),
         upstream: None,

@@ -45,6 +45,7 @@ pub(super) async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response,
             shared.registry.insert(current);
         }
     }
+    shared.announce_removed(&cred);
     shared.scheduler.unschedule(name);
     shared.logins.cancel(name);
     tracing::info!(credential = %name, "credential removed");

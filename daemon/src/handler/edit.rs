@@ -35,7 +35,7 @@ pub(super) async fn edit_credential(
     let (description, spec, changed) = edited(description, spec, edit)?;
     if changed.is_empty() {
         return Err(Error::InvalidArgument(
-            "nothing to change: give at least one of --description, --api-url, --retry-on, --check-url, --scope, --git-host".into(),
+            "nothing to change: give at least one of --description, --api-url, --retry-on, --check-url, --scope, --git-host, --warn-before".into(),
         ));
     }
     let store = shared.store.clone();
@@ -46,6 +46,8 @@ pub(super) async fn edit_credential(
         l.spec = spec;
         l.description = description.into();
     });
+    // A new warning moves the `expiring` notification with it.
+    crate::token::forecast::watch_warning(shared, &cred);
     tracing::info!(credential = %cred.name, changed = %changed.join(", "), "credential edited");
     Ok(Response::Message(format!(
         "edited credential {:?}: {}",
@@ -79,6 +81,16 @@ fn edited(
     if let Some(hosts) = edit.git_hosts {
         spec = super::git_hosts::with_git_hosts(spec, hosts)?;
         changed.push("git hosts");
+    }
+    if let Some(secs) = edit.warn_before_secs {
+        let Some(warn) = spec.warn_before_mut() else {
+            return Err(Error::InvalidArgument(format!(
+                "--warn-before is for oauth2 and client-credentials apps (a refresh token's expiry); this one is {}",
+                spec.kind()
+            )));
+        };
+        *warn = secs;
+        changed.push("warning before the refresh token expires");
     }
     if edit.api_url.is_some() || edit.retry_on.is_some() {
         let mut upstream = spec.upstream().cloned().unwrap_or_default();
@@ -230,5 +242,40 @@ mod tests {
             ..edit()
         };
         assert!(edited(String::new(), bearer(), multi_line).is_err());
+        let warn = EditCredential {
+            warn_before_secs: Some(Some(60)),
+            ..edit()
+        };
+        let e = edited(String::new(), bearer(), warn).unwrap_err();
+        assert!(e.to_string().contains("--warn-before"), "{e}");
+    }
+
+    #[test]
+    fn an_app_gets_its_own_warning_and_can_give_it_back() {
+        let app =
+            CredentialSpec::ClientCredentials(Box::new(tokend_proto::ClientCredentialsSpec {
+                token_url: "https://idp.example.com/token".into(),
+                client_id: "c".into(),
+                scopes: Vec::new(),
+                client_auth: tokend_proto::ClientAuth::Post,
+                refresh_margin_secs: None,
+                refresh_warn_before_secs: None,
+                endpoints: Default::default(),
+                git_hosts: Vec::new(),
+                upstream: None,
+            }));
+        let set = EditCredential {
+            warn_before_secs: Some(Some(86_400)),
+            ..edit()
+        };
+        let (_, spec, changed) = edited(String::new(), app, set).unwrap();
+        assert_eq!(spec.warn_before_secs(), Some(86_400));
+        assert_eq!(changed, ["warning before the refresh token expires"]);
+        let back = EditCredential {
+            warn_before_secs: Some(None),
+            ..edit()
+        };
+        let (_, spec, _) = edited(String::new(), spec, back).unwrap();
+        assert_eq!(spec.warn_before_secs(), None);
     }
 }

@@ -91,6 +91,13 @@ impl Exposition {
                 Some(([("credential", &*cred.name)], at?))
             }),
         )?;
+        gauges(
+            encoder,
+            REFRESH_EXPIRY,
+            creds.iter().filter_map(|cred| {
+                Some(([("credential", &*cred.name)], cred.refresh_expires_at()?))
+            }),
+        )?;
         counters(
             encoder,
             SERVED,
@@ -226,6 +233,10 @@ const STATE: Family = (
 const ACCESS_EXPIRY: Family = (
     "tokend_access_token_expiry_timestamp_seconds",
     "When the access token held expires (Unix seconds); absent when it does not",
+);
+const REFRESH_EXPIRY: Family = (
+    "tokend_refresh_token_expiry_timestamp_seconds",
+    "When the refresh token (its grant) is forecast to expire, so a login is needed (Unix seconds); absent when unknown",
 );
 const SERVED: Family = (
     "tokend_tokens_served",

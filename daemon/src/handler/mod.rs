@@ -295,6 +295,41 @@ async fn usable(shared: &Shared, peer: &Peer, name: &str) -> Result<Arc<Credenti
     Ok(cred)
 }
 
+/// The credential as `show` tells it (without the names, which need the
+/// store), if `peer` may use it now; `None` otherwise, and nothing logged:
+/// an event stream asks this for every event it might pass on (docs/HTTP.md,
+/// "Events"), so an `allow` or `deny` in between counts at once, and a
+/// credential the peer may not use is no refused request.
+pub async fn shown_to(shared: &Shared, peer: &Peer, name: &str) -> Option<CredentialInfo> {
+    let cred = usable(shared, peer, name).await.ok()?;
+    let info = cred.info(shared.clock.now());
+    match redact::for_peer(shared, peer, Response::Credential(Box::new(info))).await {
+        Response::Credential(info) => Some(*info),
+        _ => None,
+    }
+}
+
+/// The token held for `name`, if `peer` may use it and it is valid now;
+/// never a refresh (see [`token::held`]). Nothing logged, as for
+/// [`shown_to`].
+pub async fn held_token(shared: &Shared, peer: &Peer, name: &str) -> Option<tokend_proto::Secret> {
+    let cred = usable(shared, peer, name).await.ok()?;
+    token::held(shared, &cred).map(|reply| reply.token)
+}
+
+/// Whether `peer` could use a credential owned by `owner_uid` with the
+/// allow list `allowed`: for one that is gone (an event stream tells only
+/// those who could use it that it was removed).
+pub async fn could_use(
+    shared: &Shared,
+    peer: &Peer,
+    owner_uid: u32,
+    allowed: &[tokend_proto::Principal],
+) -> bool {
+    let access = shared.policy().may_use(peer, owner_uid, allowed);
+    access.granted(peer, &shared.groups).await
+}
+
 async fn visible(shared: &Shared, peer: &Peer) -> Vec<Arc<Credential>> {
     let policy = shared.policy();
     let mut visible = Vec::new();

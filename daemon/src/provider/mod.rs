@@ -45,6 +45,21 @@ pub struct TokenSet {
     pub access_token: Secret,
     pub refresh_token: Option<Secret>,
     pub expires_in: ExpiresIn,
+    /// How long the refresh token lives, as the provider said (Keycloak's
+    /// `refresh_expires_in`; most providers say nothing).
+    pub refresh_expires_in: RefreshLifetime,
+}
+
+/// A token response's `refresh_expires_in` (Keycloak's name): when the
+/// grant will need a human again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshLifetime {
+    /// Not in the answer, or not a number: ask introspection.
+    Unsaid,
+    /// `0`: the refresh token has no limit (Keycloak's offline tokens).
+    Unlimited,
+    /// Seconds from the answer (positive).
+    Secs(i64),
 }
 
 /// The `expires_in` of a token response, as sent. The lifecycle turns it
@@ -118,6 +133,7 @@ struct RawTokens {
     access_token: Option<Secret>,
     refresh_token: Option<Secret>,
     expires_in: Option<serde_json::Value>,
+    refresh_expires_in: Option<serde_json::Value>,
     token_type: Option<String>,
 }
 
@@ -340,16 +356,26 @@ fn authenticated<'a>(
     }
 }
 
+/// What introspection says of a refresh token (RFC 7662 §2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Introspected {
+    /// `false`: the provider no longer accepts it (rotated, revoked or
+    /// expired).
+    pub active: bool,
+    /// When it expires (Unix seconds), if the provider said.
+    pub exp: Option<i64>,
+}
+
 /// Asks the provider whether `refresh_token` is still active (RFC 7662),
-/// authenticated as at the token endpoint. `Ok(false)` means the provider no
-/// longer accepts it: rotated, revoked or expired. An error means no answer
-/// could be had; the token stays in doubt.
+/// authenticated as at the token endpoint, and until when. An inactive
+/// answer means the provider no longer accepts it: rotated, revoked or
+/// expired. An error means no answer could be had; the token stays in doubt.
 pub async fn introspect(
     http: &reqwest::Client,
     endpoint: &Endpoint<'_>,
     refresh_token: &Secret,
     timeout: Duration,
-) -> Result<bool, IntrospectError> {
+) -> Result<Introspected, IntrospectError> {
     let url = endpoint
         .introspection_url
         .ok_or(IntrospectError::NoEndpoint)?;
@@ -383,9 +409,16 @@ pub async fn introspect(
     #[derive(Deserialize)]
     struct Introspection {
         active: bool,
+        exp: Option<serde_json::Value>,
     }
     serde_json::from_slice::<Introspection>(&body)
-        .map(|i| i.active)
+        .map(|i| Introspected {
+            active: i.active,
+            exp: match i.exp.as_ref().map(parse_expires_in) {
+                Some(ExpiresIn::Secs(at)) if at > 0 => Some(at),
+                _ => None,
+            },
+        })
         .map_err(|_| IntrospectError::Unreadable { host })
 }
 
@@ -524,6 +557,11 @@ fn token_set(status: u16, body: &[u8]) -> Result<TokenSet, ProviderError> {
             .expires_in
             .as_ref()
             .map_or(ExpiresIn::Missing, parse_expires_in),
+        refresh_expires_in: match raw.refresh_expires_in.as_ref().map(parse_expires_in) {
+            Some(ExpiresIn::Secs(0)) => RefreshLifetime::Unlimited,
+            Some(ExpiresIn::Secs(s)) if s > 0 => RefreshLifetime::Secs(s),
+            _ => RefreshLifetime::Unsaid,
+        },
     })
 }
 

@@ -1,7 +1,7 @@
 //! One credential as the running daemon holds it: fixed settings, plus the
 //! live token state behind a short `std::sync::Mutex`.
 
-use crate::store::StoredCredential;
+use crate::store::{Forecast, StoredCredential};
 use std::num::NonZeroI64;
 use std::sync::Mutex;
 use tokend_proto::{
@@ -25,6 +25,60 @@ impl Stamp {
 impl From<Option<i64>> for Stamp {
     fn from(secs: Option<i64>) -> Self {
         Stamp(secs.and_then(NonZeroI64::new))
+    }
+}
+
+/// A refresh generation or none, in 8 bytes where an `Option<i64>` takes
+/// 16 (with `Stamp` and `Packed`, this is what keeps [`Live`] from growing
+/// when the forecast came). Generations are never negative: -1 is none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeGen(i64);
+
+impl Default for MaybeGen {
+    fn default() -> Self {
+        MaybeGen(-1)
+    }
+}
+
+impl MaybeGen {
+    pub fn get(self) -> Option<i64> {
+        (self.0 >= 0).then_some(self.0)
+    }
+}
+
+impl From<Option<i64>> for MaybeGen {
+    fn from(generation: Option<i64>) -> Self {
+        MaybeGen(generation.filter(|g| *g >= 0).unwrap_or(-1))
+    }
+}
+
+/// A refresh token's [`Forecast`] in 8 bytes, where the time and the flag
+/// would take 16 with padding: 0 is none, `t` a forecast of `t` not yet
+/// warned of, `-t` one warned of. Forecasts are Unix times after 1970.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Packed(i64);
+
+impl Packed {
+    pub fn get(self) -> Forecast {
+        Forecast {
+            at: (self.0 != 0).then(|| self.0.saturating_abs()),
+            warned: self.0 < 0,
+        }
+    }
+
+    /// The forecast's time alone: cheap, for `show`, `list` and metrics.
+    pub fn at(self) -> Option<i64> {
+        (self.0 != 0).then(|| self.0.saturating_abs())
+    }
+}
+
+impl From<Forecast> for Packed {
+    fn from(f: Forecast) -> Self {
+        match f.at.filter(|at| *at > 0) {
+            Some(at) if f.warned => Packed(-at),
+            Some(at) => Packed(at),
+            None => Packed(0),
+        }
     }
 }
 
@@ -109,7 +163,7 @@ pub struct Live {
     /// certainly sent nothing under (the mark's answer was lost, or the
     /// send budget ran out and clearing the mark failed): found in the row,
     /// it is no doubt, and is replaced without waiting for its lease.
-    pub unsent_mark: Option<i64>,
+    pub unsent_mark: MaybeGen,
     /// The row's journal mark and backoff deadline as first read here
     /// (see [`Watch`]); boxed, since most credentials never have one.
     pub lease_watch: Option<Box<Watch>>,
@@ -124,6 +178,9 @@ pub struct Live {
     /// (monotonic ms; 0: never): such a refresh starts no call within
     /// `refresh.min_forced_interval_secs` of it (`token/forced.rs`).
     pub last_call_mono: i64,
+    /// When the refresh token is expected to stop working, and whether
+    /// `expiring` was notified (`token/forecast.rs`).
+    pub forecast: Packed,
 }
 
 /// A deadline read from a row, as this process first saw it: what was
@@ -290,11 +347,12 @@ impl Credential {
                     Journal::Settled
                 },
                 fence: s.fence.generation,
-                unsent_mark: None,
+                unsent_mark: MaybeGen::default(),
                 lease_watch: None,
                 retry_watch: None,
                 untrusted: s.untrusted,
                 last_call_mono: 0,
+                forecast: s.forecast.into(),
             }),
             incarnation: s.incarnation,
             name: s.name.into(),
@@ -331,6 +389,12 @@ impl Credential {
             client_secret: self.client_secret.as_ref(),
             client_auth,
         })
+    }
+
+    /// When the refresh token is expected to stop working (Unix seconds),
+    /// if known: one short lock, for metrics and listings.
+    pub fn refresh_expires_at(&self) -> Option<i64> {
+        self.with_live(|l| l.forecast.at())
     }
 
     /// Whether the row this credential came from, or one read since, is
@@ -386,6 +450,7 @@ impl Credential {
             next_refresh_at: live.next_refresh_at.get(),
             last_error: live.last_error.as_deref().map(Into::into),
             last_check: live.last_check.as_deref().cloned(),
+            refresh_expires_at: live.forecast.at(),
         }
     }
 
@@ -398,6 +463,7 @@ impl Credential {
             reason: live.reason.as_deref().map(Into::into),
             expires_at: live.expires_at.get(),
             next_refresh_at: live.next_refresh_at.get(),
+            refresh_expires_at: live.forecast.at(),
         }
     }
 }
@@ -443,6 +509,30 @@ mod tests {
         assert!(!l.note_use(1).served_wrapped);
         assert!(l.note_use(1).served_wrapped);
         assert_eq!(l.served, 0);
+    }
+
+    #[test]
+    fn a_packed_forecast_keeps_its_time_and_its_warning() {
+        for at in [None, Some(1), Some(1_796_166_596), Some(i64::MAX)] {
+            for warned in [false, true] {
+                let f = Forecast { at, warned };
+                let back = Packed::from(f).get();
+                assert_eq!(back.at, at);
+                assert_eq!(back.warned, warned && at.is_some());
+            }
+        }
+        for g in [None, Some(0), Some(7), Some(i64::MAX)] {
+            assert_eq!(MaybeGen::from(g).get(), g);
+        }
+    }
+
+    /// 100,000 credentials must fit the memory goal (docs/BENCHMARKS.md):
+    /// the forecast came in 8 bytes that `unsent_mark` gave up, so the
+    /// live state did not grow. A new field finds room the same way, or
+    /// goes in a side table for the credentials that have it.
+    #[test]
+    fn the_live_state_stays_280_bytes() {
+        assert_eq!(std::mem::size_of::<Live>(), 280);
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod clock;
 pub mod connections;
 pub mod credential;
+pub mod events;
 pub mod logins;
 pub mod metrics;
 pub mod refusals;
@@ -41,6 +42,12 @@ pub struct Shared {
     pub uses_dirty: AtomicBool,
     pub logins: logins::Logins,
     pub scheduler: crate::state::scheduler::Scheduler,
+    /// When each refresh token forecast not yet warned of comes within
+    /// `refresh.warn_before_secs` (`token/forecast.rs`): only credentials
+    /// with a forecast have an entry.
+    pub warnings: crate::state::scheduler::Scheduler,
+    /// What happens to credentials, for `GET /v1/events`.
+    pub events: events::Events,
     /// Bounds refreshes in flight across all credentials (a refresh storm
     /// must not open thousands of connections to one provider).
     pub refresh_slots: tokio::sync::Semaphore,
@@ -71,6 +78,8 @@ impl Shared {
             uses_dirty: AtomicBool::new(false),
             logins: Default::default(),
             scheduler: Default::default(),
+            warnings: Default::default(),
+            events: Default::default(),
             refresh_slots: tokio::sync::Semaphore::new(config.refresh.max_concurrent),
             clock: Default::default(),
             groups: Default::default(),
@@ -117,6 +126,19 @@ impl Shared {
         if self.registry.is_current(cred) {
             self.metrics.doubt(&cred.name, outcome);
         }
+    }
+
+    /// Announces that credential `cred` is gone (removed or replaced), with
+    /// who could use it: the streams that may see it are told.
+    pub fn announce_removed(&self, cred: &credential::Credential) {
+        let allowed = cred.with_live(|l| l.allowed.clone());
+        self.events.publish(
+            &cred.name,
+            events::Kind::Removed {
+                owner_uid: cred.owner_uid,
+                allowed,
+            },
+        );
     }
 
     /// Some credential's last-use time changed: the next flush has work.

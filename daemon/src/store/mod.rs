@@ -159,6 +159,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         spec: &CredentialSpec,
     ) -> Result<(), StoreError>;
 
+    /// Writes a refresh token's forecast found after its commit
+    /// (introspection), or that `expiring` was notified for it. With
+    /// `fence`, only if the row still holds that generation (the forecast
+    /// is about the refresh token committed at it); the generation does not
+    /// move: no refresh token or journal mark changes.
+    fn save_forecast(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: Option<i64>,
+        forecast: Forecast,
+    ) -> Result<(), StoreError>;
+
+    /// Notes that `expiring` was notified for the forecast `at`, if it is
+    /// still the row's and no one noted it yet: a compare-and-set, so that
+    /// of the members of a fleet whose warnings come due together, one
+    /// notifies. True when this call noted it.
+    fn note_warned(&self, name: &str, incarnation: i64, at: i64) -> Result<bool, StoreError>;
+
     /// Writes last-use times (name, incarnation, time), batched: a token
     /// request must not wait on fsync. A credential replaced meanwhile is
     /// left alone.
@@ -432,6 +451,21 @@ pub struct StoredCredential {
     /// secret may be sent to ([`binding::distrust`]): it was loaded
     /// `failing`, without its secrets, and nothing is sent for it.
     pub untrusted: bool,
+    /// When the refresh token is expected to stop working, and whether the
+    /// notify command was told (see [`Forecast`]).
+    pub forecast: Forecast,
+}
+
+/// When a grant will need a human again: the refresh token's expiry as the
+/// provider said it (`refresh_expires_in`, else introspection's `exp`),
+/// and whether `expiring` was notified for it (kept in the row, so a
+/// restart does not notify the same forecast again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forecast {
+    /// Unix seconds; `None`: unknown or unlimited.
+    pub at: Option<i64>,
+    /// The notify command ran with `TOKEND_STATE=expiring` for it.
+    pub warned: bool,
 }
 
 /// A new token set, written in one transaction (docs/DESIGN.md §4.3).
@@ -454,6 +488,11 @@ pub struct TokenUpdate {
     /// so the grant goes on, and the credential is `failing` with this
     /// reason (docs/RULES.md, "Token responses").
     pub unusable: Option<String>,
+    /// The refresh token's forecast, written with the tokens it is about.
+    pub forecast: Forecast,
+    /// The answer said nothing of its refresh token's lifetime: it is
+    /// introspected after the commit (`token/forecast.rs`). Not stored.
+    pub ask_introspection: bool,
 }
 
 /// A change of lifecycle state and its explanation.

@@ -156,10 +156,10 @@ pub fn grant_sql(grant: GrantChange) -> &'static str {
         }
         GrantChange::InDoubt => "refresh_gen = refresh_gen + 1",
         GrantChange::DropRefreshToken => {
-            "refresh_token = NULL, refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1"
+            "refresh_token = NULL, refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_expires_at = NULL, refresh_warned = FALSE, refresh_gen = refresh_gen + 1"
         }
         GrantChange::DropAll => {
-            "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_gen = refresh_gen + 1"
+            "refresh_token = NULL, access_token = NULL, expires_at = NULL, refresh_in_flight = NULL, mark_at_ms = NULL, lease_ms = NULL, refresh_expires_at = NULL, refresh_warned = FALSE, refresh_gen = refresh_gen + 1"
         }
     }
 }

@@ -5,6 +5,7 @@
 use super::plan::loaded_due;
 use crate::state::Shared;
 use crate::state::credential::{Credential, Journal, Watch};
+use crate::state::events::Kind;
 use crate::store::binding::TAMPERED;
 use crate::store::{StoredCredential, blocking};
 use tokend_proto::CredentialState;
@@ -46,6 +47,14 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
             return None;
         }
         let moved = l.generation != row.generation || l.state != row.state;
+        // Another member's refresh or state change: this member's event
+        // streams hear of it too.
+        if l.generation != row.generation && row.access_token.is_some() {
+            shared.events.publish(&cred.name, Kind::Refreshed);
+        }
+        if l.state != row.state {
+            shared.events.publish(&cred.name, Kind::State);
+        }
         l.access_token = row.access_token.clone();
         l.refresh_token = row.refresh_token.clone();
         l.generation = row.generation;
@@ -59,6 +68,7 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
         l.last_refresh_at = row.last_refresh_at.into();
         l.next_refresh_at = row.next_refresh_at.into();
         l.last_check = row.last_check.clone().map(Box::new);
+        l.forecast = row.forecast.into();
         if read == Read::Locked || moved {
             l.journal = if row.fence.mark.is_some() {
                 Journal::InDoubt
@@ -87,6 +97,7 @@ pub fn adopt(shared: &Shared, cred: &Credential, row: &StoredCredential, read: R
         Some(None) => shared.scheduler.unschedule(&cred.name),
         None => {}
     }
+    super::forecast::watch_warning(shared, cred);
 }
 
 /// Stops using a credential whose row the key does not vouch for: its
@@ -114,12 +125,7 @@ pub fn distrust(shared: &Shared, cred: &Credential, why: &str) {
     shared.logins.cancel(&cred.name);
     if first {
         warn_untrusted(&cred.name, why);
-        crate::token::notify::transition(
-            &shared.config(),
-            &cred.name,
-            CredentialState::Failing,
-            Some(why),
-        );
+        crate::token::notify::transition(shared, &cred.name, CredentialState::Failing, Some(why));
     }
 }
 

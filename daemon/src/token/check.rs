@@ -71,7 +71,7 @@ pub async fn run(shared: &Arc<Shared>, cred: &Arc<Credential>) -> Result<CheckRe
         previous
     });
     if previous != state {
-        crate::token::notify::transition(&shared.config(), &cred.name, state, reason.as_deref());
+        crate::token::notify::transition(shared, &cred.name, state, reason.as_deref());
     }
     tracing::info!(credential = %cred.name, status = ?report.status, "check: {}", report.message);
     Ok(report)

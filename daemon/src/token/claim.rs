@@ -163,7 +163,7 @@ pub(super) async fn enter(shared: &Arc<Shared>, cred: &Arc<Credential>, trigger:
 /// under (`Live::unsent_mark`): then the refresh token is not in doubt,
 /// and the next mark replaces it.
 fn unsent(cred: &Credential, mark: &Mark, generation: i64) -> bool {
-    let unsent = mark.mine && cred.with_live(|l| l.unsent_mark) == Some(generation);
+    let unsent = mark.mine && cred.with_live(|l| l.unsent_mark.get()) == Some(generation);
     if unsent {
         cred.with_live(|l| l.journal = crate::state::credential::Journal::Settled);
     }

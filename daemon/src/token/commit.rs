@@ -3,7 +3,8 @@
 
 use crate::error::Error;
 use crate::state::Shared;
-use crate::state::credential::{Credential, Journal, Kind};
+use crate::state::credential::{Credential, Journal, Kind as CredKind};
+use crate::state::events::Kind;
 use crate::store::{StoreError, TokenUpdate, blocking};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,10 @@ pub async fn commit_and_publish(
     } else {
         None
     };
+    super::forecast::settle(shared, cred, &mut update);
     let held_after = update.refresh_token.is_some()
         || (!update.new_grant && cred.with_live(|l| l.refresh_token.is_some()));
-    if cred.kind == Kind::OAuth2 && !held_after {
+    if cred.kind == CredKind::OAuth2 && !held_after {
         // Nothing can renew it: come back when it expires (docs/RULES.md).
         update.next_refresh_at = update.expires_at.map(|e| e.saturating_mul(1000));
     }
@@ -225,6 +227,7 @@ pub(super) fn publish(
             .map(Into::into);
         l.failures = 0;
         l.retry_not_before_ms = 0;
+        l.forecast = update.forecast.into();
         l.journal = match unsaved {
             Some(_) => Journal::Unsaved(Box::new(update.clone())),
             None => Journal::Settled,
@@ -236,19 +239,22 @@ pub(super) fn publish(
     {
         shared.scheduler.schedule(&cred.name, due);
     }
+    super::forecast::after_commit(shared, cred, &update);
     if let Some(why) = &update.unusable {
         shared.scheduler.unschedule(&cred.name);
         tracing::warn!(credential = %cred.name, generation, "{why}");
     } else {
         tracing::info!(credential = %cred.name, generation, expires_at = ?update.expires_at, "new token");
+        shared.events.publish(&cred.name, Kind::Refreshed);
     }
-    if previous != state && (origin == Origin::Refresh || state != CredentialState::Ready) {
-        crate::token::notify::transition(
-            &shared.config(),
-            &cred.name,
-            state,
-            update.unusable.as_deref(),
-        );
+    if previous == state {
+        return;
+    }
+    if origin == Origin::Refresh || state != CredentialState::Ready {
+        crate::token::notify::transition(shared, &cred.name, state, update.unusable.as_deref());
+    } else {
+        // A login the user watches: no notify command, but the streams hear.
+        shared.events.publish(&cred.name, Kind::State);
     }
 }
 

@@ -59,19 +59,19 @@ pub(super) async fn settle_doubt(
         return spent(shared, cred, STOPPED_IN_DOUBT).await;
     }
     let answer = provider::introspect(http, endpoint, refresh_token, timeout(shared)).await;
-    let outcome = match answer {
-        Ok(true) => Doubt::Active,
-        Ok(false) => Doubt::Rotated,
+    let outcome = match &answer {
+        Ok(i) if i.active => Doubt::Active,
+        Ok(_) => Doubt::Rotated,
         Err(_) => Doubt::Unanswered,
     };
     shared.count_doubt(cred, outcome);
     match answer {
-        Ok(true) => {
+        Ok(i) if i.active => {
             tracing::info!(credential = %cred.name, "introspection: the refresh token in doubt is still active; refreshing");
             cred.with_live(|l| l.journal = Journal::Settled);
             Ok(())
         }
-        Ok(false) => spent(shared, cred, ROTATED_IN_DOUBT).await,
+        Ok(_) => spent(shared, cred, ROTATED_IN_DOUBT).await,
         Err(message) => {
             let message =
                 format!("the refresh token is in doubt and could not be introspected: {message}");

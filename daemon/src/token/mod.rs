@@ -12,6 +12,7 @@ mod claim;
 mod commit;
 mod doubt;
 mod forced;
+pub mod forecast;
 mod outcome;
 mod plan;
 mod refresh;
@@ -31,5 +32,5 @@ pub use plan::{
     MAX_LIFETIME_SECS, MIN_LIFETIME_SECS, plan_refresh, random_unit, schedule_loaded, token_update,
 };
 pub use refresh::refresh;
-pub use serve::{force_refresh, reject, token};
+pub use serve::{force_refresh, held, reject, token};
 pub use validity::trusted;

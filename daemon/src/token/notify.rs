@@ -1,6 +1,8 @@
 //! The optional notify command, run once per state transition (docs/DESIGN.md §4.5).
 
 use crate::config::Config;
+use crate::state::Shared;
+use crate::state::events::Kind;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokend_proto::CredentialState;
 
@@ -37,19 +39,40 @@ impl Drop for Running {
 /// the background with the credential, the new state and the reason in its
 /// environment. No secret is passed to it. With [`MAX_RUNNING`] already
 /// running, the transition is only logged.
-pub fn transition(config: &Config, name: &str, state: CredentialState, reason: Option<&str>) {
+pub fn transition(shared: &Shared, name: &str, state: CredentialState, reason: Option<&str>) {
+    shared.events.publish(name, Kind::State);
+    run(&shared.config(), name, state.as_str(), reason);
+}
+
+/// The notify command for a state found at start-up, before any event
+/// stream can listen.
+pub fn at_start(config: &Config, name: &str, state: CredentialState, reason: Option<&str>) {
+    run(config, name, state.as_str(), reason);
+}
+
+/// Runs the notify command with `TOKEND_STATE=expiring`: the refresh
+/// token's forecast came within `refresh.warn_before_secs`
+/// (`token/forecast.rs`). Not a state of the credential, which still works.
+pub fn expiring(shared: &Shared, name: &str, reason: &str) {
+    run(&shared.config(), name, EXPIRING, Some(reason));
+}
+
+/// `TOKEND_STATE` of [`expiring`].
+pub const EXPIRING: &str = "expiring";
+
+fn run(config: &Config, name: &str, state: &str, reason: Option<&str>) {
     let Some(command) = config.notify_command.as_deref() else {
         return;
     };
     let Some(running) = Running::start() else {
-        tracing::warn!(credential = %tokend_proto::logged(name), state = state.as_str(), "notify command not run: {MAX_RUNNING} are running already");
+        tracing::warn!(credential = %tokend_proto::logged(name), state, "notify command not run: {MAX_RUNNING} are running already");
         return;
     };
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)
         .env("TOKEND_CREDENTIAL", name)
-        .env("TOKEND_STATE", state.as_str())
+        .env("TOKEND_STATE", state)
         .env("TOKEND_REASON", reason.unwrap_or(""))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(false);

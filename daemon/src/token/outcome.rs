@@ -59,7 +59,7 @@ pub(super) async fn set_state(
     });
     shared.scheduler.unschedule(&cred.name);
     if previous != state {
-        crate::token::notify::transition(&shared.config(), &cred.name, state, Some(reason));
+        crate::token::notify::transition(shared, &cred.name, state, Some(reason));
     }
 }
 

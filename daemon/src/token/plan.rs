@@ -52,6 +52,8 @@ pub fn token_update(
     let margin = margin_override(cred).unwrap_or(policy.margin_secs);
     let margin_ms = i64::try_from(margin).unwrap_or(i64::MAX / 1000) * 1000;
     let next_ms = plan_refresh(started_ms, lifetime_ms, margin_ms, policy);
+    let (forecast_at, ask_introspection) =
+        super::forecast::from_answer(set.refresh_expires_in, started_ms);
     TokenUpdate {
         access_token: Some(set.access_token),
         refresh_token: set.refresh_token,
@@ -61,6 +63,11 @@ pub fn token_update(
         refreshed_at: started_ms.div_euclid(1000),
         next_refresh_at: Some(next_ms),
         unusable: None,
+        forecast: crate::store::Forecast {
+            at: forecast_at,
+            warned: false,
+        },
+        ask_introspection,
     }
 }
 
@@ -129,6 +136,7 @@ pub fn schedule_loaded(shared: &Shared) {
             };
             shared.scheduler.schedule(&cred.name, due);
         }
+        super::forecast::watch_warning(shared, &cred);
     }
 }
 

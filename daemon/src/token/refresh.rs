@@ -313,6 +313,10 @@ async fn unusable_answer(
         refreshed_at: shared.clock.now(),
         next_refresh_at: None,
         unusable: Some(why),
+        // An answer tokend cannot serve is not introspected either: the
+        // forecast stays unknown until a good answer.
+        forecast: Default::default(),
+        ask_introspection: false,
     };
     commit_and_publish(shared, cred, update, Origin::Refresh).await?;
     Err(not_usable(cred))
@@ -353,7 +357,7 @@ async fn refresh_grant(
             "nothing was sent: {took} ms went by between the journal mark and the request (at most {SEND_BUDGET_MS} ms may, or the mark's lease could run out while the request is on its way)"
         );
         // If clearing the mark fails, it is still known to be unsent.
-        cred.with_live(|l| l.unsent_mark = Some(l.fence));
+        cred.with_live(|l| l.unsent_mark = Some(l.fence).into());
         shared.count_refresh(cred, RefreshResult::Unsent);
         return transient(shared, cred, message, None, Pace::Unsent).await;
     }
@@ -385,7 +389,7 @@ async fn mark(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError>
         Ok(marked) => {
             l.fence = *marked;
             l.journal = Journal::InDoubt;
-            l.unsent_mark = None;
+            l.unsent_mark = None.into();
             // The lease as written (this host's clock, for a store without
             // its own), watched on the monotonic clock from now.
             l.lease_watch = Some(Box::new(Watch {
@@ -397,7 +401,7 @@ async fn mark(shared: &Arc<Shared>, cred: &Credential) -> Result<(), StoreError>
         // The mark may have been made with its answer lost: if the row
         // shows it, nothing was sent under it.
         Err(StoreError::Moved(_) | StoreError::Gone(_)) => {}
-        Err(_) => l.unsent_mark = Some(fence + 1),
+        Err(_) => l.unsent_mark = Some(fence + 1).into(),
     });
     result.map(|_| ())
 }

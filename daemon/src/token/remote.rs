@@ -99,6 +99,7 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
             if let Some(old) = existing {
                 shared.logins.cancel(&old.name);
                 shared.metrics.forget(&old);
+                shared.announce_removed(&old);
                 tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential replaced by another member of the fleet");
             } else {
                 tracing::info!(credential = %tokend_proto::logged(&cred.name), "credential added by another member of the fleet");
@@ -107,6 +108,9 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
                 warn_untrusted(&cred.name, row.reason.as_deref().unwrap_or(TAMPERED));
             }
             shared.registry.insert(cred.clone());
+            shared
+                .events
+                .publish(&cred.name, crate::state::events::Kind::Added);
             adopt(shared, &cred, &row, Read::Unlocked);
         }
     }
@@ -115,6 +119,7 @@ fn apply_row(shared: &Arc<Shared>, row: StoredCredential) {
 /// Another member removed the credential.
 fn remove_here(shared: &Shared, name: &str) {
     if let Some(gone) = shared.registry.remove(name) {
+        shared.announce_removed(&gone);
         shared.scheduler.unschedule(name);
         shared.logins.cancel(name);
         shared.metrics.forget(&gone);

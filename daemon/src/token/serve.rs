@@ -50,6 +50,21 @@ fn handed_out(shared: &Shared, name: &str, l: &mut Live, now_secs: i64) -> bool 
     used.dirty
 }
 
+/// The held token, if it may be handed out now, and nothing more: never
+/// a refresh or a wait. For an event stream passing on the token a refresh
+/// just brought (`GET /v1/events?include_token=true`); counted as a use.
+pub fn held(shared: &Shared, cred: &Credential) -> Option<TokenReply> {
+    let (now, mono) = (shared.clock.now_ms(), shared.clock.mono_ms());
+    let (reply, dirty) = cred.with_live(|l| {
+        let reply = valid_reply(l, now, mono, 0)?;
+        Some((reply, handed_out(shared, &cred.name, l, now / 1000)))
+    })?;
+    if dirty {
+        shared.note_use();
+    }
+    Some(reply)
+}
+
 /// What a fresh token has lost of its lifetime by the time it is served
 /// (the request's round trip, the expiry rounded down to the second), at
 /// most: a request for more than the lifetime less this is refused.

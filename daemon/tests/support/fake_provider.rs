@@ -209,8 +209,11 @@ impl FakeProvider {
         let n = s.issued;
         let rt = format!("rt-{n}");
         s.live_refresh = Some(rt.clone());
+        // `refresh_expires_in: 0`, as Keycloak says of an offline token: no
+        // limit, so no forecast and no introspection after the commit (the
+        // introspections these tests count are the doubts settled).
         let reply = format!(
-            "{{\"access_token\":\"at-{n}\",\"refresh_token\":\"{rt}\",\"expires_in\":{},\"token_type\":\"Bearer\"}}",
+            "{{\"access_token\":\"at-{n}\",\"refresh_token\":\"{rt}\",\"expires_in\":{},\"refresh_expires_in\":0,\"token_type\":\"Bearer\"}}",
             s.lifetime_secs
         );
         (200, String::new(), reply)

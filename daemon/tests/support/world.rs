@@ -98,6 +98,7 @@ pub fn row(name: &str, spec: CredentialSpec, state: CredentialState) -> StoredCr
         fence: Default::default(),
         change: 0,
         untrusted: false,
+        forecast: Default::default(),
         names: None,
         incarnation: 1,
     }

@@ -13,6 +13,9 @@
     with tokend.proxy_session("uptempo") as api:   # no token handling at all
         answer = api.get("campaigns?page=2")       # tokend adds it, retries once
 
+    for event in tokend.watch("uptempo"):          # live: current, refreshed, …
+        print(event["event"], event["data"])
+
 Standard library only; ``BearerAuth`` works with ``requests`` and ``httpx``
 when they are installed.
 """
@@ -20,7 +23,7 @@ when they are installed.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional
 
 from ._client import (
     DEFAULT_TIMEOUT,
@@ -55,6 +58,7 @@ __all__ = [
     "proxy_session",
     "token",
     "user_http_socket",
+    "watch",
 ]
 
 _default: Optional[Client] = None
@@ -75,6 +79,13 @@ def token(name: str, min_valid: int = 0) -> str:
     """A valid access token for credential ``name`` from the default daemon,
     valid for at least ``min_valid`` more seconds."""
     return default_client().token(name, min_valid)
+
+
+def watch(name: Optional[str] = None, **kw: Any) -> Iterator[Dict[str, Any]]:
+    """The default daemon's events for credential ``name`` (every credential
+    this user may use when ``None``): see :meth:`Client.watch`. The stream
+    has a connection of its own; the default client is not held."""
+    return Client().watch(name, **kw)
 
 
 def __getattr__(attr: str) -> Any:

@@ -8,9 +8,10 @@ import os
 import socket as _socket
 import struct
 import threading
+import time
 import weakref
-from typing import Any, Dict, List, Optional, Tuple, Union
-from urllib.parse import quote
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+from urllib.parse import quote, urlencode
 
 from ._errors import Error, NotUsable, PermissionDenied, UnknownCredential, Unreachable
 
@@ -38,6 +39,15 @@ REFRESH_TIMEOUT = 30.0
 SYSTEM_HTTP_SOCKET = "/run/tokend/http.sock"
 
 HTTP_SOCKET_FILE = "http.sock"
+
+#: Seconds an event stream may stay silent before it is taken as dead and
+#: opened again: the daemon sends a heartbeat every 15 s.
+WATCH_SILENCE = 45.0
+
+#: Pause before the first reconnection of an event stream; it doubles up to
+#: :data:`WATCH_MAX_PAUSE`.
+WATCH_FIRST_PAUSE = 0.25
+WATCH_MAX_PAUSE = 5.0
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -238,6 +248,98 @@ class Client:
     def health(self) -> Dict[str, Any]:
         """``{"status": "ok", "version": …}`` when the daemon answers."""
         return self._call("GET", "/v1/health")
+
+    def watch(
+        self,
+        name: Optional[str] = None,
+        *,
+        include_token: bool = False,
+        reconnect: bool = True,
+    ) -> Iterator[Dict[str, Any]]:
+        """The daemon's events for credential ``name`` (every credential this
+        user may use when ``None``), as they happen: a generator of
+        ``{"event": KIND, "data": {...}}`` with KIND one of ``current`` (first,
+        the state of each credential, as :meth:`credential` gives it),
+        ``refreshed``, ``state``, ``expiring``, ``added``, ``removed``
+        (docs/HTTP.md, "Events"). With ``include_token``, ``refreshed``
+        carries the new ``access_token``.
+
+        The stream has a connection of its own (the client's other calls go
+        on meanwhile). When it ends — the daemon restarted, the stream fell
+        behind, nothing came for :data:`WATCH_SILENCE` seconds — it is
+        opened again after a short pause (``reconnect=False``: the generator
+        ends instead), and starts again with ``current``: a consumer always
+        learns the state it may have missed. A refusal (unknown credential,
+        permission denied, a bad argument) is raised, never retried; so is
+        a daemon that cannot be reached on the first connection."""
+        query: Dict[str, str] = {}
+        if name is not None:
+            _cred(name)
+            query["credential"] = name
+        if include_token:
+            query["include_token"] = "true"
+        path = "/v1/events" + ("?" + urlencode(query) if query else "")
+        pause = WATCH_FIRST_PAUSE
+        first = True
+        while True:
+            stream = self._stream(path)
+            try:
+                for event in stream:
+                    pause = WATCH_FIRST_PAUSE
+                    first = False
+                    if event["event"] == "dropped":
+                        break  # fell behind: open again for the current state
+                    yield event
+            except Unreachable:
+                if first or not reconnect:
+                    raise
+            finally:
+                stream.close()
+            if not reconnect:
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, WATCH_MAX_PAUSE)
+
+    def _stream(self, path: str) -> Iterator[Dict[str, Any]]:
+        """One event stream, to its end: its events parsed. Errors of the
+        answer are raised as the other calls raise them; a connection lost
+        or silent ends the stream (:class:`Unreachable`)."""
+        conn = self._connect()
+        try:
+            conn.sock.settimeout(WATCH_SILENCE)
+            try:
+                conn.request("GET", path, headers={"Accept": "text/event-stream"})
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as e:
+                raise Unreachable(
+                    f"tokend at {self.socket_path} did not start the event stream: {_describe(e)}"
+                ) from None
+            if response.status != 200:
+                raise _error_from(response.status, response.read())
+            kind, data = "message", ""
+            while True:
+                try:
+                    raw = response.readline()
+                except (OSError, http.client.HTTPException) as e:
+                    raise Unreachable(
+                        f"the event stream from {self.socket_path} ended: {_describe(e)}"
+                    ) from None
+                if not raw:
+                    return
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].lstrip(" ")
+                elif not line and data:
+                    try:
+                        parsed = json.loads(data)
+                    except ValueError:
+                        raise Error("tokend sent an event that is not JSON", "protocol", 200) from None
+                    yield {"event": kind, "data": parsed}
+                    kind, data = "message", ""
+        finally:
+            conn.close()
 
     # -- the transport -----------------------------------------------------
 

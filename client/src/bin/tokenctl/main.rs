@@ -409,5 +409,10 @@ fn build_edit(e: EditArgs) -> EditCredential {
         check_url: given_or_cleared(e.check_url, e.no_check_url),
         scopes: list(e.scopes, e.no_scope),
         git_hosts: list(e.git_hosts, e.no_git_host),
+        warn_before_secs: if e.no_warn_before {
+            Some(None)
+        } else {
+            e.warn_before.map(Some)
+        },
     }
 }

@@ -121,23 +121,25 @@ pub fn list(items: &[CredentialInfo]) {
         return;
     }
     out!(
-        "{:<24} {:<19} {:<12} {:<22} DESCRIPTION",
+        "{:<24} {:<19} {:<12} {:<22} {:<16} DESCRIPTION",
         "NAME",
         "KIND",
         "STATE",
-        "EXPIRES"
+        "EXPIRES",
+        "LOGIN BY"
     );
+    let relative_or_dash = |t: Option<i64>| {
+        t.map(|e| relative(e, tokend_now()))
+            .unwrap_or_else(|| "-".into())
+    };
     for c in items {
-        let expires = c
-            .expires_at
-            .map(|e| relative(e, tokend_now()))
-            .unwrap_or_else(|| "-".into());
         out!(
-            "{:<24} {:<19} {:<12} {:<22} {}",
+            "{:<24} {:<19} {:<12} {:<22} {:<16} {}",
             c.name,
             c.spec.kind(),
             c.state.as_str(),
-            expires,
+            relative_or_dash(c.expires_at),
+            relative_or_dash(c.refresh_expires_at),
             c.description
         );
     }
@@ -280,6 +282,9 @@ pub fn show(c: &CredentialInfo) {
     }
     row("token", if c.has_token { "held" } else { "none" });
     row("expires", &when(c.expires_at));
+    if c.has_refresh_token {
+        row("refresh expires", &refresh_forecast(c.refresh_expires_at));
+    }
     row("next refresh", &when(c.next_refresh_at));
     row("last refresh", &when(c.last_refresh_at));
     row("last use", &when(c.last_use_at));
@@ -292,6 +297,15 @@ pub fn show(c: &CredentialInfo) {
             "last check",
             &format!("{} at {}", check.message, when(Some(check.at))),
         );
+    }
+}
+
+/// When the grant needs a login again: the refresh token's forecast, to
+/// the second like the access token's expiry.
+fn refresh_forecast(at: Option<i64>) -> String {
+    match at {
+        Some(at) => format!("{}: log in before then", when(Some(at))),
+        None => "unknown (the provider does not say) or no limit".into(),
     }
 }
 

@@ -26,7 +26,15 @@ enum Phase {
     /// answer written); since when the client has not taken any of the
     /// answer waiting to be written, if it has not.
     Busy { stalled: Option<Instant> },
+    /// A long-lived answer (`GET /v1/events`) is streaming; its peer last
+    /// took bytes at this instant. A peer that stops reading is cut off
+    /// [`STALLED`] later, whatever the idle deadline says.
+    Streaming(Instant),
 }
+
+/// How long a streaming answer may go without its peer taking a byte: the
+/// stream sends a heartbeat every 15 s, so three missed heartbeats.
+pub const STALLED: Duration = Duration::from_secs(45);
 
 /// The phase of one connection, shared by its reader, its service and its
 /// watchdog. A `std::sync::Mutex`: each section is a few assignments.
@@ -72,14 +80,30 @@ impl Activity {
         BusyGuard(self.clone())
     }
 
-    /// A write found the client's socket full (or went through).
+    /// The answer in progress streams for as long as its peer reads
+    /// (see [`Phase::Streaming`]).
+    pub fn streaming(&self) {
+        let mut phase = self.phase();
+        if let Phase::Busy { .. } = *phase {
+            *phase = Phase::Streaming(Instant::now());
+        }
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        matches!(*self.phase(), Phase::Streaming(_))
+    }
+
+    /// A write found the client's socket full, or the client took bytes:
+    /// an answer's stall starts or ends, a stream's deadline moves on.
     fn write_blocked(&self, blocked: bool) {
-        if let Phase::Busy { stalled } = &mut *self.phase() {
-            match (blocked, *stalled) {
+        match &mut *self.phase() {
+            Phase::Busy { stalled } => match (blocked, *stalled) {
                 (true, None) => *stalled = Some(Instant::now()),
                 (false, Some(_)) => *stalled = None,
                 _ => {}
-            }
+            },
+            Phase::Streaming(last) if !blocked => *last = Instant::now(),
+            _ => {}
         }
     }
 
@@ -95,6 +119,10 @@ impl Activity {
             } => Some((
                 since + idle,
                 "the client stopped reading its answer; closed",
+            )),
+            Phase::Streaming(since) => Some((
+                since + STALLED,
+                "the client stopped reading its event stream; closed",
             )),
         }
     }
@@ -145,7 +173,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        self.activity.write_blocked(polled.is_pending());
+        match &polled {
+            Poll::Pending => self.activity.write_blocked(true),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.write_blocked(false),
+            _ => {}
+        }
         polled
     }
 
@@ -155,7 +187,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.activity.write_blocked(polled.is_pending());
+        match &polled {
+            Poll::Pending => self.activity.write_blocked(true),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.write_blocked(false),
+            _ => {}
+        }
         polled
     }
 
@@ -216,5 +252,24 @@ mod tests {
         );
         activity.write_blocked(false);
         assert_eq!(activity.deadline(HEAD, IDLE), None, "the client read");
+    }
+
+    /// An event stream is not closed for being idle (it answers a request
+    /// for as long as it lasts), but it is when its peer stops reading.
+    #[test]
+    fn a_stream_whose_peer_stops_reading_has_a_deadline_that_sending_moves() {
+        let activity = Activity::new();
+        let busy = activity.busy();
+        activity.streaming();
+        assert!(activity.is_streaming());
+        let (first, why) = activity.deadline(HEAD, IDLE).unwrap();
+        assert!(why.contains("stopped reading"), "{why}");
+        assert!(first <= Instant::now() + STALLED);
+        std::thread::sleep(Duration::from_millis(5));
+        activity.write_blocked(false);
+        let (later, _) = activity.deadline(HEAD, IDLE).unwrap();
+        assert!(later > first, "a byte taken moves the deadline");
+        drop(busy);
+        assert!(!activity.is_streaming());
     }
 }

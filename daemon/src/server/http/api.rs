@@ -75,15 +75,11 @@ pub async fn answer(
         Surface::Proxy(_) | Surface::Metrics(_) => Some(path.strip_prefix('/').unwrap_or(path)),
     };
     let Some(rest) = proxied else {
-        return answer_api(shared, peer, request)
-            .await
-            .map(crate::proxy::boxed);
+        return answer_api(shared, peer, request).await;
     };
     let rest = rest.to_string();
     match rest.split_once('/').unwrap_or((&rest, "")) {
-        ("", _) if surface == Surface::Api => answer_api(shared, peer, request)
-            .await
-            .map(crate::proxy::boxed),
+        ("", _) if surface == Surface::Api => answer_api(shared, peer, request).await,
         ("", _) => refused(
             shared,
             ApiError::NotFound(
@@ -169,13 +165,22 @@ async fn answer_api(
     shared: &Arc<Shared>,
     peer: &Peer,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ProxyBody> {
     let (parts, body) = request.into_parts();
-    let response = match respond(shared, peer, &parts, body).await {
-        Ok(response) => response,
-        // The handler counted its refusal.
-        Err(e @ ApiError::Daemon(_)) => e.into_response(),
-        Err(e) => refused(shared, e),
+    let response = if routes::route(&parts.method, parts.uri.path()) == Ok(Route::Events) {
+        // A stream, not one JSON answer; it has no body to read.
+        match super::events::answer(shared, peer, &parts).await {
+            Ok(response) => response,
+            Err(e) => refused(shared, e).map(crate::proxy::boxed),
+        }
+    } else {
+        match respond(shared, peer, &parts, body).await {
+            Ok(response) => response,
+            // The handler counted its refusal.
+            Err(e @ ApiError::Daemon(_)) => e.into_response(),
+            Err(e) => refused(shared, e),
+        }
+        .map(crate::proxy::boxed)
     };
     // The path names a credential, never a secret (cut and escaped: it may
     // be 60 KiB long); the query is min_valid. Refusals are logged by the
@@ -241,8 +246,8 @@ async fn respond(
             other => Err(unexpected(&other)),
         },
         // Streamed, so answered before the routes that answer in one piece.
-        Route::Metrics => Err(ApiError::Internal(
-            "GET /v1/metrics is answered as a stream, not here".into(),
+        Route::Metrics | Route::Events => Err(ApiError::Internal(
+            "a stream was answered as a JSON request; this is a bug in tokend".into(),
         )),
         Route::Health => Ok(body::json(
             StatusCode::OK,

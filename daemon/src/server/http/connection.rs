@@ -56,8 +56,16 @@ pub async fn serve<S>(
         service_fn(move |request: Request<Incoming>| {
             let busy = activity.busy();
             let (shared, peer, proxy) = (shared.clone(), peer.clone(), proxy.clone());
+            let activity = activity.clone();
             async move {
                 let response = super::api::answer(&shared, &proxy, &peer, surface, request).await;
+                if response
+                    .extensions()
+                    .get::<super::events::LongLived>()
+                    .is_some()
+                {
+                    activity.streaming();
+                }
                 // Busy until the answer's last byte: a proxied download
                 // streams long after this function returns.
                 Ok::<_, Infallible>(response.map(|body| Held::boxed(body, busy)))
@@ -81,6 +89,10 @@ pub async fn serve<S>(
             }
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;
+                // An event stream never finishes on its own: it ends now.
+                if activity.is_streaming() {
+                    return;
+                }
                 conn.as_mut().graceful_shutdown();
             }
             () = activity.head_started() => {

@@ -22,6 +22,7 @@ mod api;
 mod body;
 mod connection;
 mod errors;
+mod events;
 mod listener;
 mod routes;
 pub mod tcp;

@@ -14,6 +14,8 @@ pub enum Route<'a> {
     Status,
     Health,
     Metrics,
+    /// `GET /v1/events`: the live event stream (`events.rs`).
+    Events,
 }
 
 /// Every route as (method, path template), as docs/openapi.yaml lists them.
@@ -26,6 +28,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/status"),
     ("GET", "/v1/health"),
     ("GET", "/v1/metrics"),
+    ("GET", "/v1/events"),
 ];
 
 /// Why a request matched no route.
@@ -55,6 +58,7 @@ fn by_path(path: &str) -> Option<(&'static str, Route<'_>)> {
         ["health"] => ("GET", Route::Health),
         ["status"] => ("GET", Route::Status),
         ["metrics"] => ("GET", Route::Metrics),
+        ["events"] => ("GET", Route::Events),
         ["credentials"] => ("GET", Route::List),
         ["credentials", name] if !name.is_empty() => ("GET", Route::Show(name)),
         ["credentials", name, action] if !name.is_empty() => match *action {

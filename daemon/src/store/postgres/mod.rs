@@ -483,6 +483,27 @@ impl Backend for PgStore {
         written(self.execute(sql)?, name)
     }
 
+    fn note_warned(&self, name: &str, incarnation: i64, at: i64) -> Result<bool, StoreError> {
+        let sql = Sql::new(
+            "UPDATE tokend.credentials SET refresh_warned = true
+             WHERE name = $1 AND incarnation = $2 AND refresh_expires_at = $3
+                AND NOT refresh_warned",
+            vec![boxed(name.to_string()), boxed(incarnation), boxed(at)],
+        );
+        Ok(self.execute(sql)? > 0)
+    }
+
+    fn save_forecast(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: Option<i64>,
+        forecast: crate::store::Forecast,
+    ) -> Result<(), StoreError> {
+        let sql = row::forecast_update(name, incarnation, fence, forecast);
+        written(self.execute(sql)?, name)
+    }
+
     fn change_allowed(
         &self,
         name: &str,

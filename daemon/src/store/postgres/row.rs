@@ -93,6 +93,10 @@ impl Loaded {
             },
             change: r.try_get(20).map_err(bad)?,
             untrusted: unreadable.is_some(),
+            forecast: crate::store::Forecast {
+                at: r.try_get(29).map_err(bad)?,
+                warned: r.try_get(30).map_err(bad)?,
+            },
         });
         Ok(())
     }
@@ -154,7 +158,8 @@ pub(super) fn tokens_update(
             "UPDATE tokend.credentials SET access_token = $3,
                 refresh_token = CASE WHEN $9 THEN $4 ELSE COALESCE($4, refresh_token) END,
                 generation = $5, expires_at = $6, last_refresh_at = $7, next_refresh_at = $8,
-                state = $11, reason = $12, last_error = $12, {TOKENS_SETTLE_SQL}
+                state = $11, reason = $12, last_error = $12, refresh_expires_at = $13,
+                refresh_warned = $14, {TOKENS_SETTLE_SQL}
              WHERE name = $1 AND incarnation = $2 AND refresh_gen = $10"
         ),
         vec![
@@ -170,6 +175,29 @@ pub(super) fn tokens_update(
             boxed(fence),
             boxed(committed_state(t)),
             boxed(t.unusable.clone()),
+            boxed(t.forecast.at),
+            boxed(t.forecast.warned),
+        ],
+    )
+}
+
+/// A forecast found after its commit, or its warning noted: never moves
+/// the generation (see `Backend::save_forecast`).
+pub(super) fn forecast_update(
+    name: &str,
+    incarnation: i64,
+    fence: Option<i64>,
+    f: crate::store::Forecast,
+) -> Sql {
+    Sql::new(
+        "UPDATE tokend.credentials SET refresh_expires_at = $3, refresh_warned = $4
+         WHERE name = $1 AND incarnation = $2 AND ($5::bigint IS NULL OR refresh_gen = $5)",
+        vec![
+            boxed(name.to_string()),
+            boxed(incarnation),
+            boxed(f.at),
+            boxed(f.warned),
+            boxed(fence),
         ],
     )
 }

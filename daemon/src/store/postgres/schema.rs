@@ -157,6 +157,14 @@ CREATE TABLE IF NOT EXISTS tokend.audit (
 CREATE INDEX IF NOT EXISTS audit_at ON tokend.audit (at_ms);
 CREATE INDEX IF NOT EXISTS audit_credential ON tokend.audit (credential, at_ms);
 "#,
+    // The refresh token's forecast and whether `expiring` was notified
+    // for it (`store::Forecast`). Not bound to the key: it decides no
+    // access and sends nothing, only when a notification comes.
+    r#"
+ALTER TABLE tokend.credentials
+    ADD COLUMN refresh_expires_at BIGINT,
+    ADD COLUMN refresh_warned BOOLEAN NOT NULL DEFAULT false;
+"#,
 ];
 
 /// The migration after which every row carries a binding.
@@ -280,7 +288,7 @@ pub(super) const COLUMNS: &str = concat!(
     c.retry_at_ms, ",
     now_ms!(),
     ", c.refresh_by IS NOT DISTINCT FROM current_setting('application_name'), c.binding,
-    c.owner_name"
+    c.owner_name, c.refresh_expires_at, c.refresh_warned"
 );
 
 /// The table a row is read from: a credential and its last use.

@@ -28,7 +28,8 @@ impl SqliteStore {
                 refresh_token, generation, expires_at, state, reason, created_at, last_refresh_at,
                 last_use_at, next_refresh_at, last_error, last_check, refresh_in_flight IS NOT NULL,
                 incarnation, refresh_gen, COALESCE(mark_at_ms, refresh_in_flight * 1000),
-                COALESCE(lease_ms, 19000), retry_at_ms, binding, owner_name
+                COALESCE(lease_ms, 19000), retry_at_ms, binding, owner_name,
+                refresh_expires_at, refresh_warned
              FROM credentials {filter} ORDER BY name"
         ))?;
         let mut allowed = load_allowed(&conn, only)?;
@@ -170,6 +171,10 @@ fn read_row(
         change: 0,
         untrusted: unreadable.is_some(),
         incarnation: r.get(19)?,
+        forecast: crate::store::Forecast {
+            at: r.get(26)?,
+            warned: r.get(27)?,
+        },
     };
     let [binding, cs, at, rt] = columns;
     sealed.push([binding, Some(settings.as_bytes()), cs, at, rt]);
@@ -203,5 +208,6 @@ fn unreadable_row(name: String, incarnation: i64, why: String) -> StoredCredenti
         fence: Fence::default(),
         change: 0,
         untrusted: true,
+        forecast: Default::default(),
     }
 }

@@ -11,7 +11,7 @@ use super::rows::{
     open_all, principal_from_parts, principal_parts, reseal_for_incarnation, seal_row, seal_tokens,
 };
 use super::seal::{Place, Sealer};
-use super::{Backend, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
+use super::{Backend, Forecast, NewMark, StateUpdate, StoreError, StoredCredential, TokenUpdate};
 use crate::store::binding::Bound;
 use crate::store::names::{Named, Names};
 use crate::store::rows::check_key;
@@ -225,7 +225,8 @@ impl Backend for SqliteStore {
                 "UPDATE credentials SET access_token = ?3,
                     refresh_token = CASE WHEN ?9 THEN ?4 ELSE COALESCE(?4, refresh_token) END,
                     generation = ?5, expires_at = ?6, last_refresh_at = ?7, next_refresh_at = ?8,
-                    state = ?11, reason = ?12, last_error = ?12, {TOKENS_SETTLE_SQL}
+                    state = ?11, reason = ?12, last_error = ?12, refresh_expires_at = ?13,
+                    refresh_warned = ?14, {TOKENS_SETTLE_SQL}
                  WHERE name = ?1 AND incarnation = ?2 AND refresh_gen = ?10"
             ),
             params![
@@ -241,9 +242,36 @@ impl Backend for SqliteStore {
                 fence,
                 committed_state(t),
                 t.unusable,
+                t.forecast.at,
+                t.forecast.warned,
             ],
         )?;
         fenced(&conn, n, name, incarnation, fence)
+    }
+
+    fn note_warned(&self, name: &str, incarnation: i64, at: i64) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "UPDATE credentials SET refresh_warned = 1
+             WHERE name = ?1 AND incarnation = ?2 AND refresh_expires_at = ?3
+                AND refresh_warned = 0",
+            params![name, incarnation, at],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn save_forecast(
+        &self,
+        name: &str,
+        incarnation: i64,
+        fence: Option<i64>,
+        f: Forecast,
+    ) -> Result<(), StoreError> {
+        let n = self.lock().execute(
+            "UPDATE credentials SET refresh_expires_at = ?3, refresh_warned = ?4
+             WHERE name = ?1 AND incarnation = ?2 AND (?5 IS NULL OR refresh_gen = ?5)",
+            params![name, incarnation, f.at, f.warned, fence],
+        )?;
+        written(n, name)
     }
 
     /// On one host the mark's time is this host's clock (`mark.at_ms`).
@@ -656,6 +684,7 @@ pub(crate) mod tests {
             fence: Default::default(),
             change: 0,
             untrusted: false,
+            forecast: Default::default(),
             names: None,
             incarnation: 7,
         }
@@ -754,12 +783,60 @@ pub(crate) mod tests {
             next_refresh_at: Some(475),
             new_grant: false,
             unusable: None,
+            forecast: Default::default(),
+            ask_introspection: false,
         };
         assert_eq!(s.save_tokens("o", 7, 0, &update).unwrap(), 1);
         let back = &s.load_all().unwrap()[0];
         assert_eq!(back.access_token.as_ref().unwrap().expose(), "a1");
         assert_eq!(back.refresh_token.as_ref().unwrap().expose(), "r0");
         assert_eq!(back.generation, 2);
+    }
+
+    /// The forecast is written with its tokens and read back after a
+    /// restart; a warning is noted once per forecast (the compare-and-set
+    /// that lets one member of a fleet notify); a forecast found later is
+    /// written only at the generation it is about, and moves none.
+    #[test]
+    fn a_forecast_is_kept_with_its_tokens_and_warned_of_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.insert(&bearer("o", "a0"), false).unwrap();
+        let update = TokenUpdate {
+            access_token: Some(Secret::new("a1")),
+            refresh_token: Some(Secret::new("r1")),
+            generation: 1,
+            expires_at: Some(500),
+            refreshed_at: 400,
+            next_refresh_at: Some(475),
+            new_grant: false,
+            unusable: None,
+            forecast: Forecast {
+                at: Some(9_000),
+                warned: false,
+            },
+            ask_introspection: false,
+        };
+        let fence = s.save_tokens("o", 7, 0, &update).unwrap();
+        assert_eq!(
+            open(dir.path()).load_all().unwrap()[0].forecast,
+            update.forecast
+        );
+        assert!(
+            !s.note_warned("o", 7, 8_000).unwrap(),
+            "not the row's forecast"
+        );
+        assert!(s.note_warned("o", 7, 9_000).unwrap());
+        assert!(!s.note_warned("o", 7, 9_000).unwrap(), "noted once");
+        assert!(open(dir.path()).load_all().unwrap()[0].forecast.warned);
+        let later = Forecast {
+            at: Some(9_500),
+            warned: false,
+        };
+        assert!(s.save_forecast("o", 7, Some(fence + 1), later).is_err());
+        s.save_forecast("o", 7, Some(fence), later).unwrap();
+        let back = open(dir.path()).load_all().unwrap().remove(0);
+        assert_eq!((back.forecast, back.fence.generation), (later, fence));
     }
 
     #[test]
@@ -802,6 +879,8 @@ pub(crate) mod tests {
             next_refresh_at: Some(475),
             new_grant: false,
             unusable: None,
+            forecast: Default::default(),
+            ask_introspection: false,
         };
         assert!(matches!(
             s.save_tokens("o", 7, 0, &update),

@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 CREATE INDEX IF NOT EXISTS audit_credential ON audit (credential, at_ms);
 "#,
+    // The refresh token's forecast and whether `expiring` was notified
+    // for it (`store::Forecast`).
+    r#"
+ALTER TABLE credentials ADD COLUMN refresh_expires_at INTEGER;
+ALTER TABLE credentials ADD COLUMN refresh_warned INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The migration after which every row carries a binding.
