@@ -55,11 +55,9 @@ pub(super) async fn save_audit(shared: &Arc<Shared>) {
 /// Deletes the entries `[audit]` no longer keeps.
 async fn prune(shared: &Arc<Shared>) {
     let config = shared.config();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    // How old is old goes by the store's clock (the database's in a fleet).
     let keep = Retention {
-        since_ms: now_ms.saturating_sub(config.audit.keep_ms()),
+        keep_ms: config.audit.keep_ms(),
         max_rows: config.audit.max_rows,
     };
     let store = shared.store.clone();
