@@ -652,3 +652,48 @@ fn no_secret_in_a_refused_url_reaches_the_trail() {
     assert_ok(&out);
     assert!(!stdout(&out).contains("PW") && !stdout(&out).contains("SECRET"));
 }
+
+#[test]
+fn a_proxied_request_answered_while_the_daemon_stops_is_recorded() {
+    use std::io::{Read, Write};
+    // An API that answers 401 a while after the request came: the proxy
+    // then rejects the token, after the daemon was told to stop.
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = api.local_addr().unwrap().port();
+    let (came_tx, came) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = api.accept().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        came_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = conn.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+    });
+    let mut d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let api_url = format!("http://127.0.0.1:{port}/");
+    assert_ok(&d.tokenctl(&["edit", "up", "--api-url", &api_url]));
+    let mut cmd = Command::new("curl");
+    cmd.arg("--unix-socket")
+        .arg(d.http_socket())
+        .args(["-s", "-o", "/dev/null", "--max-time", "30"])
+        .arg("http://localhost/v1/proxy/up/x");
+    let curl = std::thread::spawn(move || run_with_timeout(cmd, None, Duration::from_secs(60)));
+    came
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the proxied request reaches the API");
+    assert!(d.stop().success());
+    curl.join().unwrap();
+    let table = audit_table(&d);
+    assert!(
+        table.lines().any(|l| l.contains("\"reject\"")),
+        "the reject made while stopping is in the trail:\n{table}"
+    );
+}
