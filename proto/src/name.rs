@@ -69,7 +69,9 @@ impl std::fmt::Debug for Logged<'_> {
 /// newline, a carriage return, DEL, C1) or a Unicode bidi control
 /// (U+202A–U+202E, U+2066–U+2069), which could forge or reorder a line.
 pub fn is_escaped(c: char) -> bool {
-    c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c)
+    c.is_control()
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// `text` with every character [`is_escaped`] names written as `\u{…}`:
@@ -97,7 +99,10 @@ mod tests {
 
     #[test]
     fn control_and_bidi_characters_are_escaped_on_one_line() {
-        assert!(matches!(escaped("up/x y"), std::borrow::Cow::Borrowed("up/x y")));
+        assert!(matches!(
+            escaped("up/x y"),
+            std::borrow::Cow::Borrowed("up/x y")
+        ));
         assert_eq!(escaped("a\0b"), "a\\u{0}b");
         assert_eq!(escaped("a\nb\rc"), "a\\u{a}b\\u{d}c");
         assert_eq!(escaped("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");

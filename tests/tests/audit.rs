@@ -129,7 +129,10 @@ fn a_token_by_root_a_curl_by_an_allowed_user_and_a_refusal_are_recorded_with_the
         refused["exe"].as_str().unwrap().ends_with("/curl"),
         "{refused}"
     );
-    assert_eq!(refused["reason"], "permission_denied", "a fixed reason, never a sentence");
+    assert_eq!(
+        refused["reason"], "permission_denied",
+        "a fixed reason, never a sentence"
+    );
 
     let proxy = of(&entries, "proxy");
     assert_eq!(proxy.len(), 1, "{entries:#?}");
@@ -511,14 +514,17 @@ fn a_postgresql_batch_with_an_entry_the_database_refuses_writes_the_others() {
         hold_limit: Duration::from_secs(30),
         lock_connections: 2,
     };
-    let store =
-        PgStore::open(&pg.url(), None, Sealer::from_key(&[7; 32]), options).expect("open");
+    let store = PgStore::open(&pg.url(), None, Sealer::from_key(&[7; 32]), options).expect("open");
     // A NUL is refused by PostgreSQL's text (SQLSTATE 22021); the request
     // path never stores one (it escapes it), but no entry may block the
     // trail for good.
     let bad = entry(2000, "a\0b", 0, "root");
     let dropped = store
-        .append_audit(&[entry(1000, "x", 0, "root"), bad, entry(3000, "y", 0, "root")])
+        .append_audit(&[
+            entry(1000, "x", 0, "root"),
+            bad,
+            entry(3000, "y", 0, "root"),
+        ])
         .expect("the good entries are written");
     assert_eq!(dropped, 1);
     let read = store
@@ -527,7 +533,10 @@ fn a_postgresql_batch_with_an_entry_the_database_refuses_writes_the_others() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(read.iter().map(|e| e.at_ms).collect::<Vec<_>>(), [1000, 3000]);
+    assert_eq!(
+        read.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+        [1000, 3000]
+    );
 }
 
 /// Sends `request` on a connection of its own, as a client that validates
@@ -561,18 +570,24 @@ fn a_name_with_a_nul_and_a_newline_is_stored_escaped_and_blocks_no_fleet_trail()
             min_valid_secs: 0,
         },
     );
-    assert!(matches!(answer, tokend_proto::Response::Error(_)), "{answer:?}");
+    assert!(
+        matches!(answer, tokend_proto::Response::Error(_)),
+        "{answer:?}"
+    );
     assert_ok(&d.tokenctl(&["token", "up"]));
     let entries = audit_json(&d, &[]);
     let tokens = of(&entries, "token");
     assert!(
-        tokens.iter().any(|e| e["credential"] == "up" && e["outcome"] == "ok"),
+        tokens
+            .iter()
+            .any(|e| e["credential"] == "up" && e["outcome"] == "ok"),
         "the trail goes on: {entries:#?}"
     );
     assert!(
-        tokens.iter().any(|e| e["credential"]
-            == "a\\u{0}b\\u{a}forged \\u{202e}line"
-            && e["outcome"] == "not_found"),
+        tokens
+            .iter()
+            .any(|e| e["credential"] == "a\\u{0}b\\u{a}forged \\u{202e}line"
+                && e["outcome"] == "not_found"),
         "{entries:#?}"
     );
     let table = pg.psql("SELECT string_agg(credential, '|') FROM tokend.audit");
@@ -620,7 +635,10 @@ fn a_new_owner_of_a_name_never_reads_the_entries_of_the_one_before() {
     // An admin reads every incarnation of the name, and the not_found.
     let all = audit_json(&d, &["future"]);
     assert_eq!(of(&all, "token").len(), 4, "{all:#?}");
-    assert!(all.iter().any(|e| e["outcome"] == "not_found" && e["incarnation"].is_null()));
+    assert!(
+        all.iter()
+            .any(|e| e["outcome"] == "not_found" && e["incarnation"].is_null())
+    );
 }
 
 #[test]
@@ -632,7 +650,13 @@ fn no_secret_in_a_refused_url_reaches_the_trail() {
         d.tokenctl(&["edit", "up", "--api-url", url]),
         d.tokenctl(&["edit", "up", "--api-url", "ftp://u:PW@h/?q=SECRET"]),
         d.tokenctl_stdin(
-            &["add", "bearer", "new", "--api-url", "ftp://u:PW@h/?q=SECRET"],
+            &[
+                "add",
+                "bearer",
+                "new",
+                "--api-url",
+                "ftp://u:PW@h/?q=SECRET",
+            ],
             "upp-new",
         ),
     ];
@@ -686,8 +710,7 @@ fn a_proxied_request_answered_while_the_daemon_stops_is_recorded() {
         .args(["-s", "-o", "/dev/null", "--max-time", "30"])
         .arg("http://localhost/v1/proxy/up/x");
     let curl = std::thread::spawn(move || run_with_timeout(cmd, None, Duration::from_secs(60)));
-    came
-        .recv_timeout(Duration::from_secs(30))
+    came.recv_timeout(Duration::from_secs(30))
         .expect("the proxied request reaches the API");
     assert!(d.stop().success());
     curl.join().unwrap();

@@ -157,8 +157,14 @@ mod tests {
             let r = reason(&e);
             assert!(!r.contains("PW") && !r.contains("SECRET"), "{r}");
         }
-        assert_eq!(reason(&Error::InvalidArgument("x".into())), "invalid_argument");
-        assert_eq!(reason(&Error::UnknownCredential("x".into())), "unknown_credential");
+        assert_eq!(
+            reason(&Error::InvalidArgument("x".into())),
+            "invalid_argument"
+        );
+        assert_eq!(
+            reason(&Error::UnknownCredential("x".into())),
+            "unknown_credential"
+        );
         let not_usable = Error::NotUsable {
             name: "up".into(),
             state: tokend_proto::CredentialState::NeedsLogin,

@@ -194,9 +194,7 @@ impl AuditLog {
         if self.count_again(&asker, &name) {
             return;
         }
-        let cached = peer
-            .pid
-            .and_then(|pid| self.lock().exes.get(&pid).cloned());
+        let cached = peer.pid.and_then(|pid| self.lock().exes.get(&pid).cloned());
         let exe = match cached {
             Some(exe) => exe.map(String::from),
             None => executable(peer.pid).map(|e| kept(&e, EXE_BYTES).into_owned()),

@@ -279,7 +279,9 @@ mod tests {
         let store = SqliteStore::open(&path, Sealer::from_key(&[1u8; 32])).unwrap();
         let old: Vec<_> = (0..12_000).map(|i| entry(i, "a", 0, "root")).collect();
         store.append_audit(&old).unwrap();
-        store.append_audit(&[entry(now_ms(), "a", 0, "root")]).unwrap();
+        store
+            .append_audit(&[entry(now_ms(), "a", 0, "root")])
+            .unwrap();
         let conn = std::sync::Mutex::new(rusqlite::Connection::open(&path).unwrap());
         let locked = std::cell::Cell::new(0);
         let keep = Retention {
@@ -336,6 +338,9 @@ mod tests {
             credentials: Some(vec!["a".into()]),
             ..all()
         };
-        assert_eq!(times(&store.read_audit(&admin).unwrap()), [1000, 2000, 3000]);
+        assert_eq!(
+            times(&store.read_audit(&admin).unwrap()),
+            [1000, 2000, 3000]
+        );
     }
 }
