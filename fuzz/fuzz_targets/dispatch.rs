@@ -195,8 +195,12 @@ impl Harness {
                     .credential
                     .as_deref()
                     .and_then(|n| self.shared.registry.get(n));
+                // The credential it owns now, as it is now: not an earlier
+                // credential of the same name.
                 assert!(
-                    owned.is_some_and(|c| c.owner_uid == peer.uid),
+                    owned.is_some_and(
+                        |c| c.owner_uid == peer.uid && e.incarnation == Some(c.incarnation)
+                    ),
                     "uid {} read the audit entry {e:?} of a credential it does not own",
                     peer.uid
                 );

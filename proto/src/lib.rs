@@ -22,7 +22,7 @@ pub use frame::{read_frame, read_response_frame, write_frame};
 #[cfg(feature = "tokio")]
 pub use frame::{read_frame_async, read_response_frame_async, write_frame_async};
 pub use message::*;
-pub use name::{LOGGED_NAME_BYTES, Logged, NameError, logged, validate_name};
+pub use name::{LOGGED_NAME_BYTES, Logged, NameError, escaped, is_escaped, logged, validate_name};
 pub use secret::Secret;
 pub use spec::*;
 

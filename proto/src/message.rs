@@ -283,6 +283,13 @@ pub struct AuditEntry {
     /// and outcome) this entry stands for, from `at_ms` to the daemon's
     /// next write of the trail (about a second).
     pub count: u32,
+    /// Which credential of that name the request met (its incarnation,
+    /// new at every add and replace); `None` when there was none (a
+    /// `not_found`) or the request named none. A user who is not an admin
+    /// reads only the entries of the credentials it owns now, never those
+    /// of an earlier credential of the same name.
+    #[serde(default)]
+    pub incarnation: Option<i64>,
 }
 
 /// `tokenctl edit NAME`: what to change; `None` leaves a setting as it is.

@@ -65,9 +65,49 @@ impl std::fmt::Debug for Logged<'_> {
     }
 }
 
+/// Whether `c` is escaped by [`escaped`]: a control character (NUL, a
+/// newline, a carriage return, DEL, C1) or a Unicode bidi control
+/// (U+202A–U+202E, U+2066–U+2069), which could forge or reorder a line.
+pub fn is_escaped(c: char) -> bool {
+    c.is_control()
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// `text` with every character [`is_escaped`] names written as `\u{…}`:
+/// safe for any text column and always one line. Borrowed when there is
+/// nothing to escape.
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_escaped) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_escaped(c) {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_on_one_line() {
+        assert!(matches!(
+            escaped("up/x y"),
+            std::borrow::Cow::Borrowed("up/x y")
+        ));
+        assert_eq!(escaped("a\0b"), "a\\u{0}b");
+        assert_eq!(escaped("a\nb\rc"), "a\\u{a}b\\u{d}c");
+        assert_eq!(escaped("x\u{202e}y\u{2066}z"), "x\\u{202e}y\\u{2066}z");
+        assert_eq!(escaped("é\u{7f}"), "é\\u{7f}");
+    }
 
     #[test]
     fn accepts_the_documented_alphabet() {

@@ -263,9 +263,14 @@ fn audit_entry() -> impl Strategy<Value = AuditEntry> {
             opt_text(),
             any::<u32>(),
         ),
+        proptest::option::of(any::<i64>()),
     )
         .prop_map(
-            |((at_ms, credential, op, outcome, reason), (uid, user, pid, exe, member, count))| {
+            |(
+                (at_ms, credential, op, outcome, reason),
+                (uid, user, pid, exe, member, count),
+                incarnation,
+            )| {
                 AuditEntry {
                     at_ms,
                     credential,
@@ -278,6 +283,7 @@ fn audit_entry() -> impl Strategy<Value = AuditEntry> {
                     exe,
                     member,
                     count,
+                    incarnation,
                 }
             },
         )

@@ -129,7 +129,10 @@ fn a_token_by_root_a_curl_by_an_allowed_user_and_a_refusal_are_recorded_with_the
         refused["exe"].as_str().unwrap().ends_with("/curl"),
         "{refused}"
     );
-    assert!(refused["reason"].as_str().unwrap().contains("not allowed"));
+    assert_eq!(
+        refused["reason"], "permission_denied",
+        "a fixed reason, never a sentence"
+    );
 
     let proxy = of(&entries, "proxy");
     assert_eq!(proxy.len(), 1, "{entries:#?}");
@@ -398,6 +401,7 @@ fn entry(at_ms: i64, credential: &str, uid: u32, user: &str) -> tokend_proto::Au
         exe: Some("/usr/bin/tokenctl".into()),
         member: None,
         count: 3,
+        incarnation: Some(11),
     }
 }
 
@@ -464,12 +468,255 @@ fn the_postgresql_table_is_read_filtered_and_pruned_like_sqlites() {
         }),
         [3000]
     );
+    let owner = AuditFilter {
+        credentials: Some(vec!["x".into()]),
+        incarnations: Some(vec![12]),
+        ..all.clone()
+    };
+    assert!(only(owner).is_empty(), "another incarnation's entries");
+    // How old an entry is goes by the database's clock: these are from
+    // 1970, one is from now.
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    b.append_audit(&[entry(now, "x", 0, "root"), entry(now + 1, "x", 0, "root")])
+        .unwrap();
     let gone = b
         .prune_audit(&Retention {
-            since_ms: 1500,
+            keep_ms: 86_400_000,
+            max_rows: 100,
+        })
+        .unwrap();
+    assert_eq!(gone, 3);
+    let gone = b
+        .prune_audit(&Retention {
+            keep_ms: 86_400_000,
             max_rows: 1,
         })
         .unwrap();
-    assert_eq!(gone, 2);
-    assert_eq!(only(all), [3000]);
+    assert_eq!(gone, 1);
+    assert_eq!(only(all), [now + 1]);
+}
+
+#[test]
+fn a_postgresql_batch_with_an_entry_the_database_refuses_writes_the_others() {
+    use tokend::store::Backend;
+    use tokend::store::audit::AuditFilter;
+    use tokend::store::postgres::{PgOptions, PgStore};
+    use tokend::store::seal::Sealer;
+    let pg = PgCluster::start();
+    let options = PgOptions {
+        lock_wait: Duration::from_millis(500),
+        hold_limit: Duration::from_secs(30),
+        lock_connections: 2,
+    };
+    let store = PgStore::open(&pg.url(), None, Sealer::from_key(&[7; 32]), options).expect("open");
+    // A NUL is refused by PostgreSQL's text (SQLSTATE 22021); the request
+    // path never stores one (it escapes it), but no entry may block the
+    // trail for good.
+    let bad = entry(2000, "a\0b", 0, "root");
+    let dropped = store
+        .append_audit(&[
+            entry(1000, "x", 0, "root"),
+            bad,
+            entry(3000, "y", 0, "root"),
+        ])
+        .expect("the good entries are written");
+    assert_eq!(dropped, 1);
+    let read = store
+        .read_audit(&AuditFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+        [1000, 3000]
+    );
+}
+
+/// Sends `request` on a connection of its own, as a client that validates
+/// nothing would.
+fn raw_request(d: &Daemon, request: &tokend_proto::Request) -> tokend_proto::Response {
+    use tokend_proto::{Hello, HelloReply, read_frame, write_frame};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write_frame(&mut s, &Hello::current()).unwrap();
+    let _: HelloReply = read_frame(&mut s).unwrap();
+    write_frame(&mut s, request).unwrap();
+    read_frame(&mut s).unwrap()
+}
+
+#[test]
+fn a_name_with_a_nul_and_a_newline_is_stored_escaped_and_blocks_no_fleet_trail() {
+    let pg = PgCluster::start();
+    let keys = tempfile::tempdir().expect("key dir");
+    let key = keys.path().join("fleet.key");
+    helpers::write_key(&key);
+    let d = Daemon::start_with(Options {
+        store: Some(pg.url()),
+        key_file: Some(key),
+        ..Options::default()
+    });
+    d.add_bearer("up", TOKEN);
+    let answer = raw_request(
+        &d,
+        &tokend_proto::Request::Token {
+            name: "a\0b\nforged \u{202e}line".into(),
+            min_valid_secs: 0,
+        },
+    );
+    assert!(
+        matches!(answer, tokend_proto::Response::Error(_)),
+        "{answer:?}"
+    );
+    assert_ok(&d.tokenctl(&["token", "up"]));
+    let entries = audit_json(&d, &[]);
+    let tokens = of(&entries, "token");
+    assert!(
+        tokens
+            .iter()
+            .any(|e| e["credential"] == "up" && e["outcome"] == "ok"),
+        "the trail goes on: {entries:#?}"
+    );
+    assert!(
+        tokens
+            .iter()
+            .any(|e| e["credential"] == "a\\u{0}b\\u{a}forged \\u{202e}line"
+                && e["outcome"] == "not_found"),
+        "{entries:#?}"
+    );
+    let table = pg.psql("SELECT string_agg(credential, '|') FROM tokend.audit");
+    assert!(table.contains("a\\u{0}b"), "{table}");
+    // Nothing was dropped or held back.
+    assert!(!d.log_text().contains("could not write the audit trail"));
+}
+
+#[test]
+fn a_new_owner_of_a_name_never_reads_the_entries_of_the_one_before() {
+    let Some(carol) = other_user() else { return };
+    // carol is an admin while it adds `future` (so owns it), then is not.
+    let d = Daemon::start_with(Options {
+        config: Some(format!("admin_group = \"{}\"\n", carol.gid)),
+        ..Options::default()
+    });
+    d.open_to_everyone();
+    // root's `future`, used, then removed.
+    d.add_bearer("future", "upp-old-future");
+    assert_ok(&d.tokenctl(&["token", "future"]));
+    assert_ok(&d.tokenctl(&["rm", "future"]));
+    // Asked for while there is none: not_found.
+    assert_code(&d.tokenctl_as(carol, &["token", "future"], ""), 5);
+    assert_code(&d.tokenctl(&["token", "future"]), 5);
+    // carol's `future`.
+    assert_ok(&d.tokenctl_as(carol, &["add", "bearer", "future"], "upp-new-future"));
+    std::fs::write(&d.config, "").unwrap();
+    signal(d.pid(), libc::SIGHUP);
+    d.wait_for_log("config reloaded");
+    assert_ok(&d.tokenctl_as(carol, &["token", "future"], ""));
+
+    for args in [&["--json", "audit"][..], &["--json", "audit", "future"][..]] {
+        let out = d.tokenctl_as(carol, args, "");
+        assert_ok(&out);
+        let seen = lines(&out);
+        let ops: Vec<(&str, &str)> = seen
+            .iter()
+            .map(|e| (e["op"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+            .collect();
+        assert_eq!(ops, [("add", "ok"), ("token", "ok")], "{seen:#?}");
+        let incarnation = &seen[0]["incarnation"];
+        assert!(incarnation.is_i64(), "{seen:#?}");
+        assert!(seen.iter().all(|e| &e["incarnation"] == incarnation));
+    }
+    // An admin reads every incarnation of the name, and the not_found.
+    let all = audit_json(&d, &["future"]);
+    assert_eq!(of(&all, "token").len(), 4, "{all:#?}");
+    assert!(
+        all.iter()
+            .any(|e| e["outcome"] == "not_found" && e["incarnation"].is_null())
+    );
+}
+
+#[test]
+fn no_secret_in_a_refused_url_reaches_the_trail() {
+    let d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let url = "https://u:PW@api.example/x?q=SECRET";
+    let outs = [
+        d.tokenctl(&["edit", "up", "--api-url", url]),
+        d.tokenctl(&["edit", "up", "--api-url", "ftp://u:PW@h/?q=SECRET"]),
+        d.tokenctl_stdin(
+            &[
+                "add",
+                "bearer",
+                "new",
+                "--api-url",
+                "ftp://u:PW@h/?q=SECRET",
+            ],
+            "upp-new",
+        ),
+    ];
+    // The answers quote the URL whole (the user typed it), so the error's
+    // sentence would carry the secrets into the trail.
+    assert!(outs.iter().all(|o| stderr(o).contains("SECRET")));
+    let entries = audit_json(&d, &[]);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["outcome"] == "failed" && e["reason"] == "invalid_argument"),
+        "a refused URL is recorded, by its kind: {entries:#?}"
+    );
+    let text = format!("{entries:?}\n{}", audit_table(&d));
+    assert!(!text.contains("PW") && !text.contains("SECRET"), "{text}");
+    let out = d.tokenctl(&["audit"]);
+    assert_ok(&out);
+    assert!(!stdout(&out).contains("PW") && !stdout(&out).contains("SECRET"));
+}
+
+#[test]
+fn a_proxied_request_answered_while_the_daemon_stops_is_recorded() {
+    use std::io::{Read, Write};
+    // An API that answers 401 a while after the request came: the proxy
+    // then rejects the token, after the daemon was told to stop.
+    let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = api.local_addr().unwrap().port();
+    let (came_tx, came) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut conn, _) = api.accept().unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                return;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        came_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = conn.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+    });
+    let mut d = Daemon::start();
+    d.add_bearer("up", TOKEN);
+    let api_url = format!("http://127.0.0.1:{port}/");
+    assert_ok(&d.tokenctl(&["edit", "up", "--api-url", &api_url]));
+    let mut cmd = Command::new("curl");
+    cmd.arg("--unix-socket")
+        .arg(d.http_socket())
+        .args(["-s", "-o", "/dev/null", "--max-time", "30"])
+        .arg("http://localhost/v1/proxy/up/x");
+    let curl = std::thread::spawn(move || run_with_timeout(cmd, None, Duration::from_secs(60)));
+    came.recv_timeout(Duration::from_secs(30))
+        .expect("the proxied request reaches the API");
+    assert!(d.stop().success());
+    curl.join().unwrap();
+    let table = audit_table(&d);
+    assert!(
+        table.lines().any(|l| l.contains("\"reject\"")),
+        "the reject made while stopping is in the trail:\n{table}"
+    );
 }

@@ -16,7 +16,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How often old entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// Writes queued entries until shutdown (`app/stop.rs` writes the last).
+/// Writes queued entries until shutdown (`app/stop.rs` writes the last,
+/// once every listener has drained).
 pub(super) async fn write_audit(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut pruned = None::<Instant>;
     loop {
@@ -39,7 +40,7 @@ pub(super) async fn save_audit(shared: &Arc<Shared>) {
     if dropped > 0 {
         tracing::warn!(
             dropped,
-            "the audit trail's queue was full (the store is slow or away): entries were dropped"
+            "audit entries were dropped: the trail's queue was full (the store is slow or away), or the database refused them"
         );
     }
     let writer = shared.clone();
@@ -55,11 +56,9 @@ pub(super) async fn save_audit(shared: &Arc<Shared>) {
 /// Deletes the entries `[audit]` no longer keeps.
 async fn prune(shared: &Arc<Shared>) {
     let config = shared.config();
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    // How old is old goes by the store's clock (the database's in a fleet).
     let keep = Retention {
-        since_ms: now_ms.saturating_sub(config.audit.keep_ms()),
+        keep_ms: config.audit.keep_ms(),
         max_rows: config.audit.max_rows,
     };
     let store = shared.store.clone();

@@ -129,6 +129,9 @@ pub async fn run(paths: Paths, config: Config) -> Result<(), StartError> {
     server::run(listener, gate, shared.clone(), shutdown_rx, grace).await;
     stop::stop(&shared).await;
     tasks.join(Duration::from_secs(5)).await;
+    // Every listener has drained now: what the HTTP API and the proxy
+    // answered while stopping is written too.
+    stop::last_audit_write(&shared).await;
     Ok(())
 }
 

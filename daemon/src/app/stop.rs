@@ -43,6 +43,24 @@ pub(super) async fn stop(shared: &Arc<Shared>) {
     drop(held);
 }
 
+/// The audit trail's last write, once every listener (the HTTP API's, the
+/// proxy's) has drained: their last requests are recorded. Bounded: a
+/// store that does not answer cannot hold up the stop.
+pub(super) async fn last_audit_write(shared: &Arc<Shared>) {
+    let write = async {
+        save_audit(shared).await;
+        if let Err(e) = shared.store.checkpoint() {
+            tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the audit trail's last write did not finish in time");
+    }
+}
+
 /// A socket passed by systemd belongs to systemd: it is not removed.
 fn service_owns_socket() -> bool {
     std::env::var_os("LISTEN_FDS").is_none()

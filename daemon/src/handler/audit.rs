@@ -78,7 +78,9 @@ pub fn subject<'a>(shared: &Shared, via: Via, request: &'a Request) -> Option<Su
     })
 }
 
-/// Queues the entry for `subject` as `result` ended it (never waits).
+/// Queues the entry for `subject` as `result` ended it (never waits),
+/// with the incarnation of the credential of that name now (`None`: there
+/// is none), so that a later owner of the name never reads it.
 pub fn record<T>(shared: &Shared, peer: &Peer, subject: &Subject<'_>, result: &Result<T, Error>) {
     if !shared.audit.is_enabled() {
         return;
@@ -91,16 +93,83 @@ pub fn record<T>(shared: &Shared, peer: &Peer, subject: &Subject<'_>, result: &R
                 Error::UnknownCredential(_) => Outcome::NotFound,
                 _ => Outcome::Failed,
             },
-            Some(e.to_string()),
+            Some(reason(e)),
         ),
     };
+    let credential = subject.credential.as_deref();
+    let incarnation = credential
+        .and_then(|name| shared.registry.get(name))
+        .map(|c| c.incarnation);
     shared.audit.record(
         peer,
         Event {
             op: subject.op,
-            credential: subject.credential.as_deref(),
+            credential,
             outcome,
-            reason: reason.as_deref(),
+            reason,
+            incarnation,
         },
     );
+}
+
+/// Why a request failed, as the trail stores it: a short fixed text
+/// derived from the error's kind (its code; a `not_usable` with the
+/// credential's state), never the error's sentence, which may quote a URL
+/// whole, a password in its userinfo or a secret in its query.
+pub fn reason(e: &Error) -> &'static str {
+    use tokend_proto::{CredentialState, ErrorCode};
+    match e {
+        Error::NotUsable { state, .. } => match state {
+            CredentialState::Ready => "not_usable: ready",
+            CredentialState::NeedsLogin => "not_usable: needs-login",
+            CredentialState::Refreshing => "not_usable: refreshing",
+            CredentialState::Failing => "not_usable: failing",
+        },
+        _ => match e.code() {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::ProtocolVersion => "protocol_version",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::UnknownCredential => "unknown_credential",
+            ErrorCode::NotUsable => "not_usable",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::Provider => "provider",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_a_fixed_word_never_the_errors_text() {
+        let url = "https://u:PW@api.example/x?q=SECRET";
+        for e in [
+            Error::InvalidArgument(format!("bad URL {url}")),
+            Error::Provider(format!("{url} answered 500")),
+            Error::Internal(url.into()),
+            Error::PermissionDenied(url.into()),
+        ] {
+            let r = reason(&e);
+            assert!(!r.contains("PW") && !r.contains("SECRET"), "{r}");
+        }
+        assert_eq!(
+            reason(&Error::InvalidArgument("x".into())),
+            "invalid_argument"
+        );
+        assert_eq!(
+            reason(&Error::UnknownCredential("x".into())),
+            "unknown_credential"
+        );
+        let not_usable = Error::NotUsable {
+            name: "up".into(),
+            state: tokend_proto::CredentialState::NeedsLogin,
+            reason: Some(url.into()),
+        };
+        assert_eq!(reason(&not_usable), "not_usable: needs-login");
+    }
 }

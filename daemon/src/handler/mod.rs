@@ -41,6 +41,11 @@ pub async fn handle_via(shared: &Arc<Shared>, peer: &Peer, via: Via, request: Re
     // Borrowed, not consumed: the audit entry and the error log below
     // name the credential without a copy of the name on every request.
     let subject = audit::subject(shared, via, &request);
+    if subject.is_some() {
+        // The peer's executable, read before the answer (which may take
+        // seconds): the process may exit, its pid be reused, meanwhile.
+        shared.audit.note_peer(peer);
+    }
     let result = dispatch(shared, peer, &request).await;
     if let Some(subject) = &subject {
         audit::record(shared, peer, subject, &result);

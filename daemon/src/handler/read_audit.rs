@@ -1,6 +1,8 @@
 //! `tokenctl audit`: the audit trail as a peer may read it. Admins read
 //! all of it; anyone else only the entries about the credentials it owns
-//! (docs/SECURITY.md, "The audit trail").
+//! now, by incarnation: not those of an earlier credential of the same
+//! name, nor the `not_found` requests for the name (docs/SECURITY.md, "The
+//! audit trail").
 
 use super::known;
 use crate::config::access::Peer;
@@ -17,8 +19,10 @@ pub(super) async fn read(
     peer: &Peer,
     query: &AuditQuery,
 ) -> Result<Response, Error> {
+    let (credentials, incarnations) = readable(shared, peer, query.credential.as_deref()).await?;
     let filter = AuditFilter {
-        credentials: readable(shared, peer, query.credential.as_deref()).await?,
+        credentials,
+        incarnations,
         since_ms: query.since.map(|s| s.saturating_mul(1000)),
         user: query.user.as_deref().map(UserFilter::parse),
         limit: query.limit,
@@ -35,33 +39,35 @@ pub(super) async fn read(
     Ok(Response::Audit(entries))
 }
 
-/// The credentials whose entries `peer` may read (`None`: all, for an
-/// admin), narrowed to `asked` if it named one. A user who is not an admin
-/// reads only the credentials it owns now.
+/// The names and incarnations of the credentials whose entries `peer` may
+/// read (`None`: all, for an admin; naming a credential, all its
+/// incarnations), narrowed to `asked` if it named one. A user who is not
+/// an admin reads only the credentials it owns now, as they are now.
 async fn readable(
     shared: &Shared,
     peer: &Peer,
     asked: Option<&str>,
-) -> Result<Option<Vec<String>>, Error> {
+) -> Result<(Option<Vec<String>>, Option<Vec<i64>>), Error> {
     let admin = shared.policy().is_admin(peer);
     if admin.granted(peer, &shared.groups).await {
-        return Ok(asked.map(|name| vec![name.to_string()]));
+        return Ok((asked.map(|name| vec![name.to_string()]), None));
     }
     let Some(name) = asked else {
-        let owned = shared
+        let (names, incarnations) = shared
             .registry
             .all()
             .iter()
             .filter(|c| c.owner_uid == peer.uid)
-            .map(|c| c.name.to_string())
-            .collect();
-        return Ok(Some(owned));
+            .map(|c| (c.name.to_string(), c.incarnation))
+            .unzip();
+        return Ok((Some(names), Some(incarnations)));
     };
-    if known(shared, name)?.owner_uid != peer.uid {
+    let cred = known(shared, name)?;
+    if cred.owner_uid != peer.uid {
         return Err(Error::PermissionDenied(format!(
             "{} may not read the audit trail of credential {name:?} (its owner and admins may)",
             peer.who()
         )));
     }
-    Ok(Some(vec![name.to_string()]))
+    Ok((Some(vec![name.to_string()]), Some(vec![cred.incarnation])))
 }

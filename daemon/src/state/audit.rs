@@ -50,14 +50,25 @@ pub struct Event<'a> {
     pub op: &'static str,
     pub credential: Option<&'a str>,
     pub outcome: Outcome,
-    /// Why it was refused or failed: an error's sentence, never a secret
-    /// (`tokend_proto::Secret` keeps secrets out of every error).
+    /// Why it was refused or failed: a short fixed reason derived from the
+    /// error's kind (`handler/audit.rs`), never an error's free text (a
+    /// URL quoted whole may carry a password).
     pub reason: Option<&'a str>,
+    /// Which credential of that name the request met (`None`: none).
+    pub incarnation: Option<i64>,
 }
 
-/// The longest reason kept, in bytes: enough for the sentence, not for a
-/// 60 KiB name quoted in it.
+/// The longest reason kept, in bytes.
 const REASON_BYTES: usize = 240;
+
+/// The longest executable path kept, in bytes (cut like a name, marked
+/// `…`): a queue of [`QUEUE_CAP`] entries stays within a few tens of MiB
+/// even when every path is long.
+pub const EXE_BYTES: usize = 256;
+
+/// Processes whose executable is cached until the next write; beyond it,
+/// a process's executable is read when its request is recorded.
+const EXE_CACHE_CAP: usize = QUEUE_CAP;
 
 /// Who asked what, and how it ended: the part of an entry that, with the
 /// credential, decides whether two requests fold into one entry.
@@ -70,6 +81,7 @@ struct Asker {
     /// The request named a credential (its name is the inner key; "" when
     /// this is false).
     named: bool,
+    incarnation: Option<i64>,
 }
 
 /// An entry waiting to be written: the first of `count` identical
@@ -93,6 +105,10 @@ struct Queue {
     len: usize,
     /// Entries a failed write could not store, written first next time.
     retry: Vec<AuditEntry>,
+    /// Each peer process's executable as read before its request was
+    /// answered ([`AuditLog::note_peer`]), until the next write: one
+    /// `readlink` per process per batch.
+    exes: HashMap<i32, Option<Box<str>>>,
 }
 
 /// The entries waiting to be written, and what could not wait.
@@ -104,6 +120,10 @@ pub struct AuditLog {
     dropped: AtomicU64,
     /// Wakes the writer when a batch is ready.
     ready: tokio::sync::Notify,
+    /// Held for the whole of a write: the writer task and `tokenctl
+    /// audit`'s inline write never overlap (entries one of them took could
+    /// otherwise be put back over the other's, or written out of order).
+    writing: Mutex<()>,
 }
 
 impl AuditLog {
@@ -113,6 +133,7 @@ impl AuditLog {
             queue: Mutex::new(Queue::default()),
             dropped: AtomicU64::new(0),
             ready: tokio::sync::Notify::new(),
+            writing: Mutex::new(()),
         }
     }
 
@@ -129,11 +150,33 @@ impl AuditLog {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Reads `peer`'s executable now, before its request is answered (an
+    /// answer may take seconds: the client may have exited, its pid been
+    /// reused), unless this process's was read since the last write: a
+    /// process asking a thousand times a second costs one `readlink` a
+    /// batch, and no allocation after the first.
+    pub fn note_peer(&self, peer: &Peer) {
+        if !self.is_enabled() {
+            return;
+        }
+        let Some(pid) = peer.pid else { return };
+        {
+            let queue = self.lock();
+            if queue.exes.contains_key(&pid) || queue.exes.len() >= EXE_CACHE_CAP {
+                return;
+            }
+        }
+        let exe = executable(Some(pid)).map(|e| kept(&e, EXE_BYTES).into());
+        self.lock().exes.entry(pid).or_insert(exe);
+    }
+
     /// Queues what `peer` asked and how it ended. The peer's executable is
-    /// read now, at its first such request since the last write (the
-    /// process may be gone by the time the batch is written); a request
-    /// identical to one already queued only counts. The user's name is
-    /// looked up by the writer, off the request path.
+    /// the one [`note_peer`](Self::note_peer) read before the request was
+    /// answered (read now if it was not); a request identical to one
+    /// already queued only counts. The user's name is looked up by the
+    /// writer, off the request path. The name, executable and reason are
+    /// stored escaped ([`tokend_proto::escaped`]: no control or bidi
+    /// character reaches a column, `\0` included) and cut.
     pub fn record(&self, peer: &Peer, event: Event<'_>) {
         if !self.is_enabled() {
             return;
@@ -144,17 +187,23 @@ impl AuditLog {
             op: event.op,
             outcome: event.outcome,
             named: event.credential.is_some(),
+            incarnation: event.incarnation,
         };
         let name = event.credential.unwrap_or("");
-        let name = cut(name, tokend_proto::LOGGED_NAME_BYTES);
+        let name = kept(name, tokend_proto::LOGGED_NAME_BYTES);
         if self.count_again(&asker, &name) {
             return;
         }
+        let cached = peer.pid.and_then(|pid| self.lock().exes.get(&pid).cloned());
+        let exe = match cached {
+            Some(exe) => exe.map(String::from),
+            None => executable(peer.pid).map(|e| kept(&e, EXE_BYTES).into_owned()),
+        };
         let pending = Pending {
             at_ms: now_ms(),
             count: 1,
-            reason: event.reason.map(|r| cut(r, REASON_BYTES).into_owned()),
-            exe: executable(peer.pid),
+            reason: event.reason.map(|r| kept(r, REASON_BYTES).into_owned()),
+            exe,
         };
         self.insert(asker, name.into(), pending);
     }
@@ -219,6 +268,7 @@ impl AuditLog {
                     exe: p.exe,
                     member: None,
                     count: p.count,
+                    incarnation: asker.incarnation,
                 });
             }
         }
@@ -237,7 +287,8 @@ impl AuditLog {
             self.dropped.fetch_add(over as u64, Ordering::Relaxed);
         }
         queue.len += entries.len();
-        queue.retry = entries;
+        // Added to, never replaced: two failed writes keep both.
+        queue.retry.extend(entries);
     }
 
     /// Writes everything queued to `store` in one transaction, with each
@@ -246,6 +297,7 @@ impl AuditLog {
     /// failed write could not store are queued again; how many were
     /// written.
     pub fn write_queued(&self, store: &crate::store::Store) -> Result<usize, StoreError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let mut entries = self.take();
         if entries.is_empty() {
             return Ok(0);
@@ -258,7 +310,12 @@ impl AuditLog {
                 .clone();
         }
         match store.append_audit(&entries) {
-            Ok(()) => Ok(entries.len()),
+            Ok(dropped) => {
+                // Entries the store refused one by one (a PostgreSQL data
+                // error): dropped, so that they never block the rest.
+                self.dropped.fetch_add(dropped, Ordering::Relaxed);
+                Ok(entries.len() - usize::try_from(dropped).unwrap_or(0).min(entries.len()))
+            }
             Err(e) => {
                 self.put_back(entries);
                 Err(e)
@@ -281,6 +338,15 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `text` escaped ([`tokend_proto::escaped`]) and cut to `bytes`;
+/// borrowed (no allocation) when it needs neither.
+fn kept(text: &str, bytes: usize) -> std::borrow::Cow<'_, str> {
+    match tokend_proto::escaped(text) {
+        std::borrow::Cow::Borrowed(text) => cut(text, bytes),
+        std::borrow::Cow::Owned(text) => cut(&text, bytes).into_owned().into(),
+    }
 }
 
 /// `text` cut to `bytes` at a character boundary, marked with `…` (a
@@ -339,6 +405,7 @@ mod tests {
             credential: Some(credential),
             outcome: Outcome::Ok,
             reason: None,
+            incarnation: None,
         }
     }
 
@@ -456,10 +523,131 @@ mod tests {
                 credential: Some(&name),
                 outcome: Outcome::Failed,
                 reason: Some(&reason),
+                incarnation: None,
             },
         );
         let e = &log.take()[0];
         assert!(e.credential.as_ref().unwrap().len() < 1000);
         assert!(e.reason.as_ref().unwrap().len() <= REASON_BYTES + 3);
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_stored_escaped() {
+        let log = AuditLog::new(true);
+        let nul = "a\0b\nc\r\u{202e}d\u{2069}";
+        log.record(
+            &peer(),
+            Event {
+                reason: Some("why\0\n"),
+                ..event(nul)
+            },
+        );
+        let e = &log.take()[0];
+        let name = e.credential.as_deref().unwrap();
+        assert_eq!(name, "a\\u{0}b\\u{a}c\\u{d}\\u{202e}d\\u{2069}");
+        assert_eq!(e.reason.as_deref(), Some("why\\u{0}\\u{a}"));
+        // Folding goes by the stored name: the same request counts again.
+        log.record(&peer(), event(nul));
+        log.record(&peer(), event(nul));
+        assert_eq!(log.take()[0].count, 2);
+    }
+
+    #[test]
+    fn two_put_backs_keep_both() {
+        let log = AuditLog::new(true);
+        log.record(&peer(), event("first"));
+        let first = log.take();
+        log.record(&peer(), event("second"));
+        let second = log.take();
+        log.put_back(first);
+        log.put_back(second);
+        let names: Vec<_> = log
+            .take()
+            .into_iter()
+            .map(|e| e.credential.unwrap())
+            .collect();
+        assert_eq!(names, ["first", "second"]);
+    }
+
+    #[test]
+    fn an_entry_carries_the_incarnation_and_two_incarnations_do_not_fold() {
+        let log = AuditLog::new(true);
+        for incarnation in [Some(1), Some(2), Some(2), None] {
+            log.record(
+                &peer(),
+                Event {
+                    incarnation,
+                    ..event("up")
+                },
+            );
+        }
+        let mut seen: Vec<_> = log
+            .take()
+            .into_iter()
+            .map(|e| (e.incarnation, e.count))
+            .collect();
+        seen.sort();
+        assert_eq!(seen, [(None, 1), (Some(1), 1), (Some(2), 2)]);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn the_executable_noted_before_the_answer_is_the_one_recorded() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let sleeper = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(pid),
+        };
+        let log = AuditLog::new(true);
+        log.note_peer(&sleeper);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        log.record(&sleeper, event("up"));
+        let exe = log.take()[0].exe.clone().unwrap();
+        assert_ne!(exe, GONE);
+        assert!(exe.ends_with("sleep"), "{exe}");
+        // Noted until the next write only: after it, read again.
+        log.record(&sleeper, event("up"));
+        assert_eq!(log.take()[0].exe.as_deref(), Some(GONE));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_long_executable_path_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut path = dir.path().to_path_buf();
+        for _ in 0..3 {
+            path.push("d".repeat(120));
+        }
+        std::fs::create_dir_all(&path).unwrap();
+        let sleep = path.join("sleep\u{202e}");
+        let which = std::process::Command::new("sh")
+            .args(["-c", "command -v sleep"])
+            .output()
+            .unwrap();
+        let real = String::from_utf8(which.stdout).unwrap();
+        std::fs::copy(real.trim(), &sleep).unwrap();
+        let mut child = std::process::Command::new(&sleep)
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let long = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(child.id() as i32),
+        };
+        let log = AuditLog::new(true);
+        log.note_peer(&long);
+        log.record(&long, event("up"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let exe = log.take()[0].exe.clone().unwrap();
+        assert!(exe.len() <= EXE_BYTES + '…'.len_utf8(), "{}", exe.len());
+        assert!(exe.ends_with('…') && exe.starts_with(dir.path().to_str().unwrap()));
     }
 }

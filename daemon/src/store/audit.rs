@@ -20,6 +20,10 @@ pub struct AuditFilter {
     pub since_ms: Option<i64>,
     /// Only this user's entries.
     pub user: Option<UserFilter>,
+    /// Only the entries of these credentials' incarnations (`None`: any):
+    /// what a user who is not an admin reads, the credentials it owns now,
+    /// never an earlier credential of the same name nor a `not_found`.
+    pub incarnations: Option<Vec<i64>>,
     pub limit: u32,
 }
 
@@ -63,9 +67,12 @@ impl UserFilter {
     }
 }
 
-/// What is kept: entries at or after `since_ms`, the newest `max_rows` of them.
+/// What is kept: entries no older than `keep_ms`, the newest `max_rows`
+/// of them. How old an entry is goes by the store's clock: the host's for
+/// SQLite (one host), the database's for PostgreSQL, so that one fleet
+/// member with a skewed clock cannot delete the others' entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    pub since_ms: i64,
+    pub keep_ms: i64,
     pub max_rows: u64,
 }

@@ -187,8 +187,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn checkpoint(&self) -> Result<(), StoreError>;
 
     /// Appends audit entries, in one transaction (`app/audit.rs` batches
-    /// them: a token request never waits on this).
-    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError>;
+    /// them: a token request never waits on this); how many the store
+    /// refused and dropped (a PostgreSQL data error: the rest are written
+    /// one by one, so that one bad entry never blocks the trail).
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<u64, StoreError>;
 
     /// The newest audit entries `filter` matches (at most its limit),
     /// oldest first.

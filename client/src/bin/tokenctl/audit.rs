@@ -53,29 +53,32 @@ fn time(at_ms: i64) -> String {
 }
 
 /// One entry as a line: time, credential, operation, outcome, uid(user),
-/// pid, executable, and why it did not succeed.
+/// pid, executable, and why it did not succeed. Every text field is
+/// escaped (control and bidi characters as `\u{…}`): whatever a store
+/// holds, an entry is one line and cannot forge another.
 fn line(e: &AuditEntry) -> String {
+    use tokend_proto::escaped;
     let user = match &e.user {
-        Some(name) => format!("{}({name})", e.uid),
+        Some(name) => format!("{}({})", e.uid, escaped(name)),
         None => e.uid.to_string(),
     };
     let pid = e.pid.map_or("-".to_string(), |p| p.to_string());
     let mut line = format!(
         "{} {} {} {} uid={user} pid={pid} exe={}",
         time(e.at_ms),
-        e.credential.as_deref().unwrap_or("-"),
-        e.op,
-        e.outcome,
-        e.exe.as_deref().unwrap_or("-"),
+        escaped(e.credential.as_deref().unwrap_or("-")),
+        escaped(&e.op),
+        escaped(&e.outcome),
+        escaped(e.exe.as_deref().unwrap_or("-")),
     );
     if e.count > 1 {
         line += &format!(" count={}", e.count);
     }
     if let Some(member) = &e.member {
-        line += &format!(" member={member}");
+        line += &format!(" member={}", escaped(member));
     }
     if let Some(reason) = &e.reason {
-        line += &format!(": {reason}");
+        line += &format!(": {}", escaped(reason));
     }
     line
 }
@@ -117,6 +120,7 @@ mod tests {
             exe: Some("/usr/bin/tokenctl".into()),
             member: None,
             count: 1,
+            incarnation: Some(9),
         };
         assert_eq!(
             line(&e),
@@ -125,5 +129,31 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(&json_line(&e)).unwrap();
         assert_eq!(json["at"], "2026-12-07T09:00:00Z");
         assert_eq!(json["exe"], "/usr/bin/tokenctl");
+    }
+
+    #[test]
+    fn a_line_escapes_its_fields_so_that_it_cannot_forge_another() {
+        let e = AuditEntry {
+            at_ms: 1_796_634_000_000,
+            credential: Some("up\n2026-12-07T09:00:01Z root token ok".into()),
+            op: "token".into(),
+            outcome: "ok".into(),
+            reason: Some("x\r\u{202e}y".into()),
+            uid: 0,
+            user: Some("ro\not".into()),
+            pid: Some(42),
+            exe: Some("/tmp/a\nb\u{2066}".into()),
+            member: Some("m\0".into()),
+            count: 1,
+            incarnation: None,
+        };
+        let l = line(&e);
+        assert_eq!(l.lines().count(), 1, "{l}");
+        assert!(!l.chars().any(tokend_proto::is_escaped), "{l}");
+        assert_eq!(
+            l,
+            "2026-12-07T09:00:00Z up\\u{a}2026-12-07T09:00:01Z root token ok token ok \
+             uid=0(ro\\u{a}ot) pid=42 exe=/tmp/a\\u{a}b\\u{2066} member=m\\u{0}: x\\u{d}\\u{202e}y"
+        );
     }
 }

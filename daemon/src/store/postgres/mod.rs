@@ -555,7 +555,7 @@ impl Backend for PgStore {
         Ok(())
     }
 
-    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError> {
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<u64, StoreError> {
         self.refuse_check()?;
         let pool = self.work.clone();
         let entries = entries.to_vec();

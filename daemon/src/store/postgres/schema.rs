@@ -152,7 +152,8 @@ CREATE TABLE IF NOT EXISTS tokend.audit (
     user_name  TEXT,
     pid        INTEGER,
     exe        TEXT,
-    count      BIGINT NOT NULL DEFAULT 1
+    count      BIGINT NOT NULL DEFAULT 1,
+    incarnation BIGINT
 );
 CREATE INDEX IF NOT EXISTS audit_at ON tokend.audit (at_ms);
 CREATE INDEX IF NOT EXISTS audit_credential ON tokend.audit (credential, at_ms);

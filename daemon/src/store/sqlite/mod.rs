@@ -397,8 +397,9 @@ impl Backend for SqliteStore {
         Ok(())
     }
 
-    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<(), StoreError> {
-        audit::append(&mut self.lock(), entries)
+    fn append_audit(&self, entries: &[tokend_proto::AuditEntry]) -> Result<u64, StoreError> {
+        audit::append(&mut self.lock(), entries)?;
+        Ok(0)
     }
 
     fn read_audit(
@@ -417,7 +418,7 @@ impl Backend for SqliteStore {
     }
 
     fn prune_audit(&self, keep: &crate::store::audit::Retention) -> Result<u64, StoreError> {
-        audit::prune(&mut self.lock(), keep)
+        audit::prune(|| self.lock(), keep, audit::PRUNE_CHUNK).map(|(gone, _)| gone)
     }
 
     fn describe(&self) -> String {

@@ -75,7 +75,8 @@ CREATE TABLE IF NOT EXISTS audit (
     user_name  TEXT,
     pid        INTEGER,
     exe        TEXT,
-    count      INTEGER NOT NULL DEFAULT 1
+    count      INTEGER NOT NULL DEFAULT 1,
+    incarnation INTEGER
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);
 CREATE INDEX IF NOT EXISTS audit_credential ON audit (credential, at_ms);
