@@ -261,7 +261,7 @@ pub struct AuditEntry {
     /// The credential the request named (cut to a loggable length), if any.
     pub credential: Option<String>,
     /// What was asked: `token`, `header`, `exec`, `git`, `kube`, `http`,
-    /// `proxy`, `add`, `replace`, `rm`, `edit`, `login`, `allow`, `deny`,
+    /// `proxy`, `events`, `add`, `replace`, `rm`, `edit`, `login`, `allow`, `deny`,
     /// `refresh`, `reject`.
     pub op: String,
     /// `ok`, `refused` (not allowed), `not_found` or `failed`.

@@ -245,3 +245,28 @@ fn a_stream_outlives_the_idle_timeout_of_a_connection() {
         "the stream was closed as idle"
     );
 }
+
+/// A token an event stream carries (`include_token=true`) is a hand-out
+/// like any other: it is in the audit trail, as `events`, with the
+/// stream's peer.
+#[test]
+fn a_token_an_event_stream_carries_is_in_the_audit_trail() {
+    let idp = OidcServer::start(60);
+    let d = logged_in(&idp);
+    let stream = Stream::open(&d, "?credential=up&include_token=true", None);
+    stream.next("current", Duration::from_secs(5)).unwrap();
+    assert_ok(&d.tokenctl(&["refresh", "up"]));
+    let refreshed = stream.next("refreshed", Duration::from_secs(5)).unwrap();
+    assert!(refreshed.data["access_token"].is_string());
+    let out = d.tokenctl(&["audit", "up", "--json"]);
+    assert_ok(&out);
+    let entries: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
+        .collect();
+    let carried: Vec<_> = entries.iter().filter(|e| e["op"] == "events").collect();
+    assert_eq!(carried.len(), 1, "{entries:?}");
+    assert_eq!(carried[0]["outcome"], "ok");
+    let exe = carried[0]["exe"].as_str().unwrap_or("");
+    assert!(exe.ends_with("curl"), "the stream's reader: {exe}");
+}

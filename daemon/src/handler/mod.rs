@@ -316,10 +316,18 @@ pub async fn shown_to(shared: &Shared, peer: &Peer, name: &str) -> Option<Creden
 
 /// The token held for `name`, if `peer` may use it and it is valid now;
 /// never a refresh (see [`token::held`]). Nothing logged, as for
-/// [`shown_to`].
+/// [`shown_to`]; a token handed out is in the audit trail (`events`), as
+/// every hand-out is.
 pub async fn held_token(shared: &Shared, peer: &Peer, name: &str) -> Option<tokend_proto::Secret> {
     let cred = usable(shared, peer, name).await.ok()?;
-    token::held(shared, &cred).map(|reply| reply.token)
+    let token = token::held(shared, &cred).map(|reply| reply.token)?;
+    let subject = audit::Subject {
+        op: "events",
+        credential: Some(name.into()),
+    };
+    shared.audit.note_peer(peer);
+    audit::record(shared, peer, &subject, &Ok::<(), Error>(()));
+    Some(token)
 }
 
 /// Whether `peer` could use a credential owned by `owner_uid` with the
