@@ -115,6 +115,11 @@ impl HttpClient {
         let chunked = headers
             .iter()
             .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+        // An event stream never ends: its head only (the caller reads on).
+        let stream = headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v.starts_with("text/event-stream"));
+        let chunked = chunked && !stream;
         let body = if chunked {
             self.read_chunks()?
         } else {
