@@ -160,3 +160,53 @@ fn without_refresh_expires_in_the_forecast_comes_from_introspection() {
     .len()
         == 1));
 }
+
+/// Review of issue 21, item 1: an answer without `refresh_expires_in`
+/// keeps the previous refresh token's forecast until introspection tells,
+/// so the warning is not given again at every rotation.
+#[test]
+fn an_introspected_forecast_is_warned_of_once_across_rotations() {
+    let idp = OidcServer::start_with(5, &[("REFRESH_TTL", "120"), ("REFRESH_EXPIRES_IN", "0")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = daemon(notify.path(), "warn_before_secs = 200");
+    let introspection = idp.introspection_url();
+    assert_ok(&d.add_oauth(&idp, "up", &["--introspection-url", &introspection]));
+    let before = idp.refreshes();
+    login(&d, &idp, "up");
+    assert!(
+        eventually(Duration::from_secs(10), || !expiring_lines(notify.path())
+            .is_empty()),
+        "no expiring notification; log:\n{}",
+        d.log_text()
+    );
+    // Access tokens of 5 s: several rotations, each introspected.
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        idp.refreshes() >= before + 4,
+        "too few refreshes: {}",
+        idp.refreshes() - before
+    );
+    assert!(forecast(&d, "up").is_some());
+    let lines = expiring_lines(notify.path());
+    assert_eq!(lines.len(), 1, "{lines:?}; log:\n{}", d.log_text());
+}
+
+/// Review of issue 21, item 1: with `keep_alive`, an introspected forecast
+/// that stays put across a rotation is an absolute limit: no refresh for
+/// it after the first (which could not tell), never faster and faster.
+#[test]
+fn keep_alive_does_not_chase_an_introspected_absolute_limit() {
+    let idp = OidcServer::start_with(3600, &[("REFRESH_TTL", "40"), ("REFRESH_EXPIRES_IN", "0")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = daemon(notify.path(), "warn_before_secs = 100\nkeep_alive = true");
+    let introspection = idp.introspection_url();
+    assert_ok(&d.add_oauth(&idp, "up", &["--introspection-url", &introspection]));
+    login(&d, &idp, "up");
+    let before = idp.refreshes();
+    // The first forecast cannot tell a limit that moves: one refresh at
+    // halfway (20 s); then the forecast stayed put, so none before the
+    // grant ends (without the fix: at 30, 35, 37.5… s).
+    std::thread::sleep(Duration::from_secs(37));
+    let n = idp.refreshes() - before;
+    assert!(n <= 1, "{n} keep-alive refreshes; log:\n{}", d.log_text());
+}

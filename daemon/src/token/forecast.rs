@@ -75,6 +75,14 @@ pub(super) fn settle(shared: &Shared, cred: &Credential, update: &mut TokenUpdat
         update.ask_introspection = false;
         return;
     }
+    if update.ask_introspection && !update.new_grant {
+        // The answer said nothing: the previous refresh token's forecast
+        // (its time and its warning) is kept, provisionally, until
+        // introspection tells about the new one ([`record`] compares the
+        // two). Committing none would warn again and make `keep_alive`
+        // take an absolute limit for a moving one at every refresh.
+        update.forecast = old;
+    }
     let policy = shared.config().refresh.clone();
     let now = shared.clock.now();
     let warn = warn_secs(cred, &policy);
