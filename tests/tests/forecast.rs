@@ -210,3 +210,57 @@ fn keep_alive_does_not_chase_an_introspected_absolute_limit() {
     let n = idp.refreshes() - before;
     assert!(n <= 1, "{n} keep-alive refreshes; log:\n{}", d.log_text());
 }
+
+/// Review of issue 21, item 2: an `expiring` warning whose notify command
+/// cannot start (16 run already) waits for a place; it is never noted as
+/// given without its command running. Twenty credentials warn at once
+/// while every command blocks: 16 run, the other 4 once the first end.
+#[test]
+fn expiring_waits_for_a_notify_command_place_and_runs_once() {
+    let idp = OidcServer::start_with(5, &[("REFRESH_TTL", "120")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let config = format!(
+        "notify_command = \"echo $TOKEND_CREDENTIAL $TOKEND_STATE now >> {}; while [ ! -e {} ]; do sleep 0.2; done\"\n[refresh]\nwarn_before_secs = 200\n",
+        notify.path().display(),
+        release.display()
+    );
+    let d = Daemon::start_with(Options {
+        config: Some(config),
+        ..Options::default()
+    });
+    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        assert_ok(&d.add_oauth(&idp, name, &[]));
+        d.login(&idp, name);
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || expiring_lines(notify.path())
+            .len()
+            >= 16),
+        "{:?}; log:\n{}",
+        expiring_lines(notify.path()),
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(expiring_lines(notify.path()).len(), 16);
+    std::fs::write(&release, "").unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || expiring_lines(notify.path())
+            .len()
+            >= 20),
+        "{:?}; log:\n{}",
+        expiring_lines(notify.path()),
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = expiring_lines(notify.path());
+    for name in &names {
+        let n = lines
+            .iter()
+            .filter(|l| l.split(' ').next() == Some(name.as_str()))
+            .count();
+        assert_eq!(n, 1, "{name}: {lines:?}");
+    }
+}

@@ -290,6 +290,25 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
         watch_warning(shared, cred);
         return;
     };
+    // The command's place first: a warning noted as given whose command
+    // could not start would be lost for good.
+    let Some(slot) = super::notify::expiring_slot(shared) else {
+        tracing::debug!(credential = %cred.name, "the expiring notification waits for a notify command to end");
+        shared
+            .warnings
+            .schedule(&cred.name, shared.clock.now_ms() + SLOT_WAIT_MS);
+        return;
+    };
+    let store = shared.store.clone();
+    let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
+    let mine = match blocking(move || store.note_warned(&name, incarnation, at)).await {
+        Ok(true) => true,
+        Ok(false) => not_noted(shared, cred, at).await,
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "could not note the refresh token's warning in the store; notifying all the same");
+            true
+        }
+    };
     cred.with_live(|l| {
         if l.forecast.at() == Some(at) {
             l.forecast = Forecast {
@@ -299,15 +318,6 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
             .into();
         }
     });
-    let store = shared.store.clone();
-    let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
-    let mine = match blocking(move || store.note_warned(&name, incarnation, at)).await {
-        Ok(mine) => mine,
-        Err(e) => {
-            tracing::warn!(credential = %cred.name, error = %e, "could not note the refresh token's warning in the store; notifying all the same");
-            true
-        }
-    };
     // Every member's event streams hear of it; one member runs the command.
     shared
         .events
@@ -317,7 +327,52 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
     }
     let reason = expiring_reason(at, now);
     tracing::warn!(credential = %cred.name, refresh_expires_at = at, "{reason}");
-    super::notify::expiring(shared, &cred.name, &reason);
+    super::notify::expiring(shared, slot, &cred.name, &reason);
+}
+
+/// How long (ms) an `expiring` notification waits when every notify
+/// command place is taken before it tries again.
+const SLOT_WAIT_MS: i64 = 1_000;
+
+/// `note_warned` found no row to note the warning of `at` in: the row is
+/// read again. Someone else noted it (the row says so): not this member's
+/// to notify. The row holds the refresh token this member holds, with
+/// another forecast (a save that failed and was retried with an older
+/// one): this member's is written, warned, and it notifies. The row moved
+/// on (another member's rotation): that forecast is the row's concern, not
+/// this one's.
+async fn not_noted(shared: &Arc<Shared>, cred: &Arc<Credential>, at: i64) -> bool {
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    let row = match blocking(move || store.load_named(&names)).await {
+        Ok(rows) => rows.into_iter().find(|r| r.incarnation == cred.incarnation),
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "could not read the row after noting the warning failed; notifying all the same");
+            return true;
+        }
+    };
+    let Some(row) = row else {
+        return false;
+    };
+    if row.forecast.at == Some(at) {
+        return false;
+    }
+    let (generation, fence) = cred.with_live(|l| (l.generation, l.fence));
+    if row.generation != generation {
+        return false;
+    }
+    let warned = Forecast {
+        at: Some(at),
+        warned: true,
+    };
+    let store = shared.store.clone();
+    let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
+    if let Err(e) =
+        blocking(move || store.save_forecast(&name, incarnation, Some(fence), warned)).await
+    {
+        tracing::info!(credential = %cred.name, error = %e, "the warned forecast could not be written over the row's older one");
+    }
+    true
 }
 
 /// The notify command's `TOKEND_REASON` for a forecast at `at`.
