@@ -264,3 +264,26 @@ fn expiring_waits_for_a_notify_command_place_and_runs_once() {
         assert_eq!(n, 1, "{name}: {lines:?}");
     }
 }
+
+/// Review of issue 21, item 3: a refresh token dropped (`invalid_grant`:
+/// needs-login) takes its forecast with it, in memory as in the row, and
+/// its warning is not given.
+#[test]
+fn a_dropped_refresh_token_takes_its_forecast_with_it() {
+    let idp = OidcServer::start_with(60, &[("REFRESH_TTL", "120")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = daemon(notify.path(), "warn_before_secs = 100");
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    login(&d, &idp, "up");
+    assert!(forecast(&d, "up").is_some());
+    idp.fault(r#"{"mode":"invalid_grant","count":1,"grant_type":"refresh_token"}"#);
+    let out = d.tokenctl(&["refresh", "up"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let out = d.tokenctl(&["show", "up", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(show["state"], "needs-login", "{show}");
+    assert!(show["refresh_expires_at"].is_null(), "{show}");
+    // Due 20 s after the login: no warning for a grant already gone.
+    std::thread::sleep(Duration::from_secs(22));
+    assert_eq!(expiring_lines(notify.path()), Vec::<String>::new());
+}
