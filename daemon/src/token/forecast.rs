@@ -153,8 +153,16 @@ pub(super) fn after_commit(shared: &Arc<Shared>, cred: &Arc<Credential>, update:
 /// inactive token or no `exp` leave the forecast unknown. Never on the
 /// token path (its own task), and at most once per rotation (only
 /// [`after_commit`] calls it, once per committed token set).
+///
+/// Contained like a refresh: the refresh token is read under the refresh
+/// lock, and only while neither memory nor the row shows a journal mark
+/// or a newer generation (another member about to send it); the request
+/// holds one of the `refresh.max_concurrent` slots; no lock is held
+/// across it or the write, which is fenced by the row's generation. A
+/// stop does not wait for it: cut anywhere, it has written nothing, or a
+/// forecast fenced to the refresh token it is about.
 async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64) {
-    if cred.untrusted() {
+    if cred.untrusted() || shared.is_stopping() {
         return;
     }
     let spec = cred.spec();
@@ -164,13 +172,16 @@ async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u6
     if endpoint.introspection_url.is_none() {
         return;
     }
-    let Some(refresh_token) = cred.with_live(|l| {
-        (l.generation == generation)
-            .then(|| l.refresh_token.clone())
-            .flatten()
-    }) else {
+    let Some((refresh_token, fence)) = held_unmarked(shared, cred, generation).await else {
+        tracing::debug!(credential = %cred.name, "the refresh token moved on or is being sent: not introspected");
         return;
     };
+    let Ok(_slot) = shared.refresh_slots.acquire().await else {
+        return;
+    };
+    if shared.is_stopping() {
+        return;
+    }
     let http = match shared.http() {
         Ok(http) => http,
         Err(e) => {
@@ -191,41 +202,97 @@ async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u6
         tracing::debug!(credential = %cred.name, "introspection gave no expiry for the refresh token");
         return;
     };
-    record(shared, cred, generation, exp).await;
+    record(shared, cred, generation, fence, exp).await;
+}
+
+/// The refresh token committed at `generation` and the row's generation
+/// it was read at, if it is still the one held and nobody is about to
+/// send it: checked under the refresh lock (no refresh of this member
+/// comes between), in memory and in the row (another member's mark).
+async fn held_unmarked(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    generation: u64,
+) -> Option<(tokend_proto::Secret, i64)> {
+    let _lock = cred.refresh_lock.lock().await;
+    let (token, fence) = cred.with_live(|l| {
+        let clean = l.generation == generation
+            && matches!(l.journal, crate::state::credential::Journal::Settled)
+            && l.unsent_mark.get().is_none();
+        clean
+            .then(|| l.refresh_token.clone().map(|t| (t, l.fence)))
+            .flatten()
+    })?;
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    let rows = blocking(move || store.load_named(&names)).await.ok()?;
+    let row = rows
+        .into_iter()
+        .find(|r| r.incarnation == cred.incarnation)?;
+    (row.generation == generation && row.fence.generation == fence && row.fence.mark.is_none())
+        .then_some((token, fence))
 }
 
 /// Keeps a forecast found by introspection, if the refresh token it is
-/// about is still the one held: under the refresh lock, so no rotation
-/// comes between the check and the write, and the write is fenced by the
-/// row's generation (a newer row is left alone).
-async fn record(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64, exp: i64) {
-    let _lock = cred.refresh_lock.lock().await;
+/// about is still the one held: the write is fenced by the row's
+/// generation the token was read at (a newer row is left alone), and
+/// memory takes it only if that generation is still the one held. No
+/// lock: the fence is enough, and a blocking write holds up no refresh.
+async fn record(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    generation: u64,
+    fence: i64,
+    exp: i64,
+) {
     let policy = shared.config().refresh.clone();
     let warn = warn_secs(cred, &policy);
     let now = shared.clock.now();
-    let found = cred.with_live(|l| {
-        if l.generation != generation {
-            return None;
-        }
-        let old = l.forecast.get();
-        let f = Forecast {
-            at: Some(exp),
-            warned: carries_warning(old, Some(exp), now, warn),
-        };
-        l.forecast = f.into();
-        Some((f, l.fence, old))
-    });
-    let Some((forecast, fence, old)) = found else {
+    let held = |l: &crate::state::credential::Live| l.generation == generation && l.fence == fence;
+    let Some((forecast, old)) = cred.with_live(|l| {
+        held(l).then(|| {
+            // The previous refresh token's forecast, committed with this
+            // one provisionally (`settle`).
+            let old = l.forecast.get();
+            let f = Forecast {
+                at: Some(exp),
+                warned: carries_warning(old, Some(exp), now, warn),
+            };
+            (f, old)
+        })
+    }) else {
         return;
     };
-    tracing::info!(credential = %cred.name, refresh_expires_at = exp, "refresh token expiry from introspection");
     let store = shared.store.clone();
     let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
-    if let Err(e) =
-        blocking(move || store.save_forecast(&name, incarnation, Some(fence), forecast)).await
-    {
-        tracing::warn!(credential = %cred.name, error = %e, "the refresh token's expiry could not be saved; it is kept in memory");
+    match blocking(move || store.save_forecast(&name, incarnation, Some(fence), forecast)).await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Moved(_) | crate::store::StoreError::Gone(_)) => {
+            tracing::debug!(credential = %cred.name, "the row moved on during the introspection: its forecast is not kept");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "the refresh token's expiry could not be saved; it is kept in memory");
+        }
     }
+    let kept = cred.with_live(|l| {
+        if !held(l) {
+            return false;
+        }
+        // A warning given meanwhile for the same forecast stays given.
+        let now_held = l.forecast.get();
+        let warned = forecast.warned || (now_held.warned && now_held.at == forecast.at);
+        l.forecast = Forecast {
+            at: forecast.at,
+            warned,
+        }
+        .into();
+        true
+    });
+    if !kept {
+        return;
+    }
+    tracing::info!(credential = %cred.name, refresh_expires_at = exp, "refresh token expiry from introspection");
     let moved = old.at.is_none_or(|o| (o - exp).abs() > SAME_FORECAST_SECS);
     if let Some(due) = keep_alive_due(&policy, warn, exp, now, moved) {
         let sooner = shared.scheduler.due_of(&cred.name).is_none_or(|d| due < d);
