@@ -179,9 +179,35 @@ fn retried(e: &Error) -> bool {
     )
 }
 
+/// Opens the stream ([`open_now`]). A Windows pipe has no read timeout,
+/// so there the opening runs on a thread of its own and is given up after
+/// [`WATCH_SILENCE`] (as `blocking.rs` does for a call): a pipe squatter
+/// that never answers cannot block [`Watch`] for ever. The thread, left
+/// behind, ends when the pipe does.
+#[cfg(windows)]
+fn open(socket: &Path, path: &str) -> Result<Lines, Error> {
+    let (s, p) = (socket.to_path_buf(), path.to_string());
+    let (done, answer) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("tokend-watch-open".into())
+        .spawn(move || {
+            let _ = done.send(open_now(&s, &p));
+        })
+        .map_err(|e| Error::Connection(format!("cannot start the stream's thread: {e}")))?;
+    answer
+        .recv_timeout(WATCH_SILENCE)
+        .unwrap_or_else(|_| Err(Error::timeout(socket, WATCH_SILENCE)))
+}
+
+/// Opens the stream ([`open_now`]), under the socket's read timeout.
+#[cfg(not(windows))]
+fn open(socket: &Path, path: &str) -> Result<Lines, Error> {
+    open_now(socket, path)
+}
+
 /// Opens the stream: the request sent, the answer's head read; an error
 /// answer as the error it names.
-fn open(socket: &Path, path: &str) -> Result<Lines, Error> {
+fn open_now(socket: &Path, path: &str) -> Result<Lines, Error> {
     let name = socket
         .to_fs_name::<GenericFilePath>()
         .map_err(|e| Error::unreachable(socket, e))?;
