@@ -44,6 +44,9 @@ pub struct Activity {
     /// Woken when a head starts, so the watchdog arms the head deadline
     /// (until then it sleeps toward the much later idle deadline).
     head_started: Notify,
+    /// Woken when an answer starts streaming, so that a stop that came
+    /// while it was being built (before it was known to stream) ends it.
+    stream_started: Notify,
 }
 
 impl Activity {
@@ -51,6 +54,7 @@ impl Activity {
         Arc::new(Activity {
             phase: Mutex::new(Phase::Idle(Instant::now())),
             head_started: Notify::new(),
+            stream_started: Notify::new(),
         })
     }
 
@@ -86,7 +90,13 @@ impl Activity {
         let mut phase = self.phase();
         if let Phase::Busy { .. } = *phase {
             *phase = Phase::Streaming(Instant::now());
+            self.stream_started.notify_one();
         }
+    }
+
+    /// Completes when an answer started streaming since the last call.
+    pub async fn stream_started(&self) {
+        self.stream_started.notified().await
     }
 
     pub fn is_streaming(&self) -> bool {
@@ -271,5 +281,19 @@ mod tests {
         assert!(later > first, "a byte taken moves the deadline");
         drop(busy);
         assert!(!activity.is_streaming());
+    }
+
+    /// A stop that comes while a stream's answer is being built finds no
+    /// stream; the connection learns of the stream when it starts (the
+    /// wake-up is kept for a listener that comes after it).
+    #[tokio::test]
+    async fn a_stream_that_starts_is_told_even_to_a_late_listener() {
+        let activity = Activity::new();
+        let _busy = activity.busy();
+        activity.streaming();
+        tokio::time::timeout(Duration::from_secs(1), activity.stream_started())
+            .await
+            .expect("the start of the stream is told");
+        assert!(activity.is_streaming());
     }
 }

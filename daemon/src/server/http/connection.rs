@@ -95,6 +95,13 @@ pub async fn serve<S>(
                 }
                 conn.as_mut().graceful_shutdown();
             }
+            // A stop that came while a stream's answer was being built
+            // (its `current` list) found no stream: it ends it now.
+            () = activity.stream_started(), if stopping => {
+                if activity.is_streaming() {
+                    return;
+                }
+            }
             () = activity.head_started() => {
                 if let Some((deadline, _)) = activity.deadline(head, idle) {
                     timer.as_mut().reset(deadline);
