@@ -462,6 +462,48 @@ mod tests {
         }
     }
 
+    /// Review of issue 21, item 4: a row that does not hold the forecast
+    /// in memory (a save retried with an older one wrote it over) refuses
+    /// the note; that is not "someone else warned": the row is read
+    /// again, this member's forecast written, warned, and it notifies.
+    #[tokio::test]
+    async fn a_row_that_lost_the_forecast_is_given_it_back_warned() {
+        use crate::store::seal::Sealer;
+        let dir = tempfile::tempdir().unwrap();
+        let store: crate::store::Store = Arc::new(
+            crate::store::SqliteStore::open(&dir.path().join("t.db"), Sealer::from_key(&[1; 32]))
+                .unwrap(),
+        );
+        let row = crate::store::sqlite::tests::bearer("up", "tok");
+        store.insert(&row, false).unwrap();
+        let stored = store.load_all().unwrap().remove(0);
+        let config = crate::config::Config::default();
+        let policy = crate::config::access::Policy::for_config(&config).unwrap();
+        let paths = crate::config::paths::Paths::resolve(false, &Default::default());
+        let shared = Shared::new(store.clone(), paths, config, policy);
+        let cred = Arc::new(Credential::from_stored(stored));
+        shared.registry.insert(cred.clone());
+        // Memory holds a forecast the row lost; it is due (within 3 days).
+        let at = shared.clock.now() + 60;
+        cred.with_live(|l| {
+            l.forecast = Forecast {
+                at: Some(at),
+                warned: false,
+            }
+            .into()
+        });
+        warn_if_due(&shared, &cred).await;
+        let row = store.load_all().unwrap().remove(0);
+        assert_eq!(
+            row.forecast,
+            Forecast {
+                at: Some(at),
+                warned: true
+            }
+        );
+        assert!(cred.with_live(|l| l.forecast.get().warned));
+    }
+
     #[test]
     fn the_answer_says_when_or_that_there_is_no_limit() {
         assert_eq!(
