@@ -462,17 +462,11 @@ mod tests {
         }
     }
 
-    /// Review of issue 21, item 4: a row that does not hold the forecast
-    /// in memory (a save retried with an older one wrote it over) refuses
-    /// the note; that is not "someone else warned": the row is read
-    /// again, this member's forecast written, warned, and it notifies.
-    #[tokio::test]
-    async fn a_row_that_lost_the_forecast_is_given_it_back_warned() {
+    /// A Shared over a fresh SQLite store holding one bearer row, `up`.
+    fn one_credential(dir: &std::path::Path) -> (Arc<Shared>, Arc<Credential>) {
         use crate::store::seal::Sealer;
-        let dir = tempfile::tempdir().unwrap();
         let store: crate::store::Store = Arc::new(
-            crate::store::SqliteStore::open(&dir.path().join("t.db"), Sealer::from_key(&[1; 32]))
-                .unwrap(),
+            crate::store::SqliteStore::open(&dir.join("t.db"), Sealer::from_key(&[1; 32])).unwrap(),
         );
         let row = crate::store::sqlite::tests::bearer("up", "tok");
         store.insert(&row, false).unwrap();
@@ -480,9 +474,49 @@ mod tests {
         let config = crate::config::Config::default();
         let policy = crate::config::access::Policy::for_config(&config).unwrap();
         let paths = crate::config::paths::Paths::resolve(false, &Default::default());
-        let shared = Shared::new(store.clone(), paths, config, policy);
+        let shared = Shared::new(store, paths, config, policy);
         let cred = Arc::new(Credential::from_stored(stored));
         shared.registry.insert(cred.clone());
+        (shared, cred)
+    }
+
+    /// Review of issue 21, item 5: the refresh token is read for
+    /// introspection only while nobody may be sending it: not while the
+    /// row holds another member's journal mark.
+    #[tokio::test]
+    async fn a_marked_refresh_token_is_not_introspected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, cred) = one_credential(dir.path());
+        cred.with_live(|l| l.refresh_token = Some(tokend_proto::Secret::new("rt")));
+        let generation = cred.with_live(|l| l.generation);
+        assert!(held_unmarked(&shared, &cred, generation).await.is_some());
+        assert!(
+            held_unmarked(&shared, &cred, generation + 1)
+                .await
+                .is_none()
+        );
+        // Another member marks the row (it is about to send the token).
+        let fence = cred.with_live(|l| l.fence);
+        let mark = crate::store::NewMark {
+            at_ms: shared.clock.now_ms(),
+            lease_ms: 60_000,
+        };
+        shared
+            .store
+            .mark_refresh("up", cred.incarnation, fence, &mark)
+            .unwrap();
+        assert!(held_unmarked(&shared, &cred, generation).await.is_none());
+    }
+
+    /// Review of issue 21, item 4: a row that does not hold the forecast
+    /// in memory (a save retried with an older one wrote it over) refuses
+    /// the note; that is not "someone else warned": the row is read
+    /// again, this member's forecast written, warned, and it notifies.
+    #[tokio::test]
+    async fn a_row_that_lost_the_forecast_is_given_it_back_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, cred) = one_credential(dir.path());
+        let store = shared.store.clone();
         // Memory holds a forecast the row lost; it is due (within 3 days).
         let at = shared.clock.now() + 60;
         cred.with_live(|l| {
