@@ -68,14 +68,16 @@ pub fn check_server(
 /// local user can create `\\.\pipe\tokend` while the system daemon is
 /// not running, and would then receive what an administrator sends it
 /// (`add`'s secrets). Pipe names are case-insensitive, so compared so.
-/// Any other pipe, named explicitly, is exempt.
+/// The HTTP pipes beside them (`-http`, `tokend_proto::paths::http_socket_beside`,
+/// which `Client::watch` opens) are checked as well. Any other pipe, named
+/// explicitly, is exempt.
 #[cfg(any(windows, test))]
 fn is_well_known_pipe(socket: &std::path::Path, user_pipe: &std::path::Path) -> bool {
-    let same = |a: &std::path::Path, b: &std::path::Path| {
-        a.to_string_lossy()
-            .eq_ignore_ascii_case(&b.to_string_lossy())
-    };
-    same(socket, user_pipe) || same(socket, std::path::Path::new(WINDOWS_SYSTEM_PIPE))
+    let socket = socket.to_string_lossy();
+    let user_pipe = user_pipe.to_string_lossy();
+    [&*user_pipe, WINDOWS_SYSTEM_PIPE].iter().any(|known| {
+        socket.eq_ignore_ascii_case(known) || socket.eq_ignore_ascii_case(&format!("{known}-http"))
+    })
 }
 
 /// The system daemon's pipe on Windows (`tokend_proto::paths::SYSTEM_SOCKET` there).
@@ -271,6 +273,16 @@ mod tests {
         );
         assert!(is_well_known_pipe(Path::new(r"\\.\pipe\TOKEND"), mine));
         assert!(!is_well_known_pipe(Path::new(r"\\.\pipe\elsewhere"), mine));
+        // The HTTP pipes beside them, which `Client::watch` opens.
+        assert!(is_well_known_pipe(
+            Path::new(r"\\.\pipe\tokend-alice-HTTP"),
+            mine
+        ));
+        assert!(is_well_known_pipe(Path::new(r"\\.\pipe\tokend-http"), mine));
+        assert!(!is_well_known_pipe(
+            Path::new(r"\\.\pipe\elsewhere-http"),
+            mine
+        ));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use interprocess::local_socket::traits::Stream as _;
 use interprocess::local_socket::{ConnectOptions, GenericFilePath, Stream, ToFsName};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokend_proto::{ErrorCode, RemoteError};
 
 /// How long a stream may stay silent before it is taken as dead and opened
@@ -23,8 +23,17 @@ use tokend_proto::{ErrorCode, RemoteError};
 /// has no read timeout, and a dead daemon there ends the stream instead.)
 pub const WATCH_SILENCE: Duration = Duration::from_secs(45);
 
+/// The pause before the first attempt to open a stream again; it
+/// doubles with each attempt up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+
 /// The longest pause between two attempts to open a stream again.
-const MAX_PAUSE: Duration = Duration::from_secs(5);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// A stream that lived this long was a good one: the pause starts again
+/// from [`FIRST_PAUSE`]. One that ended sooner (`dropped` at once, a
+/// daemon that closes every stream) keeps doubling it: never a hot loop.
+const STABLE: Duration = Duration::from_secs(30);
 
 /// One event: its kind (`current`, `refreshed`, `state`, `expiring`,
 /// `added`, `removed`) and its JSON (docs/HTTP.md, "Events").
@@ -51,7 +60,8 @@ pub struct Watch {
     socket: PathBuf,
     path: String,
     lines: Option<Lines>,
-    pause: Duration,
+    backoff: Backoff,
+    opened: Option<Instant>,
     started: bool,
     ended: bool,
 }
@@ -79,7 +89,8 @@ impl Client {
             socket,
             path,
             lines: None,
-            pause: Duration::from_millis(250),
+            backoff: Backoff::default(),
+            opened: None,
             started: false,
             ended: false,
         })
@@ -97,38 +108,65 @@ impl Iterator for Watch {
             let lines = match self.lines.as_mut() {
                 Some(lines) => lines,
                 None => match open(&self.socket, &self.path) {
-                    Ok(lines) => self.lines.insert(lines),
+                    Ok(lines) => {
+                        self.opened = Some(Instant::now());
+                        self.lines.insert(lines)
+                    }
                     Err(e) if !self.started || !retried(&e) => {
                         self.ended = true;
                         return Some(Err(e));
                     }
                     Err(_) => {
-                        self.wait();
+                        std::thread::sleep(self.backoff.next());
                         continue;
                     }
                 },
             };
             match lines.next_event() {
-                Some(event) if event.kind == "dropped" => self.lines = None,
-                Some(event) => {
+                Some(event) if event.kind != "dropped" => {
                     self.started = true;
-                    self.pause = Duration::from_millis(250);
                     return Some(Ok(event));
                 }
-                None => {
+                // Dropped (fell behind) or ended: opened again after a
+                // pause that grows unless the stream lived long.
+                _ => {
                     self.lines = None;
-                    self.wait();
+                    let lived = self.opened.take().map_or(Duration::ZERO, |t| t.elapsed());
+                    std::thread::sleep(self.backoff.after_stream(lived));
                 }
             }
         }
     }
 }
 
-impl Watch {
-    /// The pause before opening the stream again, doubling up to [`MAX_PAUSE`].
-    fn wait(&mut self) {
-        std::thread::sleep(self.pause);
-        self.pause = (self.pause * 2).min(MAX_PAUSE);
+/// The pauses before opening a stream again: [`FIRST_PAUSE`], doubling
+/// up to [`MAX_PAUSE`], from the start again only after a stream that
+/// lived [`STABLE`].
+#[derive(Debug)]
+struct Backoff {
+    pause: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { pause: FIRST_PAUSE }
+    }
+}
+
+impl Backoff {
+    /// The pause after a failed attempt to open the stream.
+    fn next(&mut self) -> Duration {
+        let pause = self.pause;
+        self.pause = (pause * 2).min(MAX_PAUSE);
+        pause
+    }
+
+    /// The pause after a stream that `lived` this long ended.
+    fn after_stream(&mut self, lived: Duration) -> Duration {
+        if lived >= STABLE {
+            self.pause = FIRST_PAUSE;
+        }
+        self.next()
     }
 }
 
@@ -141,9 +179,35 @@ fn retried(e: &Error) -> bool {
     )
 }
 
+/// Opens the stream ([`open_now`]). A Windows pipe has no read timeout,
+/// so there the opening runs on a thread of its own and is given up after
+/// [`WATCH_SILENCE`] (as `blocking.rs` does for a call): a pipe squatter
+/// that never answers cannot block [`Watch`] for ever. The thread, left
+/// behind, ends when the pipe does.
+#[cfg(windows)]
+fn open(socket: &Path, path: &str) -> Result<Lines, Error> {
+    let (s, p) = (socket.to_path_buf(), path.to_string());
+    let (done, answer) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("tokend-watch-open".into())
+        .spawn(move || {
+            let _ = done.send(open_now(&s, &p));
+        })
+        .map_err(|e| Error::Connection(format!("cannot start the stream's thread: {e}")))?;
+    answer
+        .recv_timeout(WATCH_SILENCE)
+        .unwrap_or_else(|_| Err(Error::timeout(socket, WATCH_SILENCE)))
+}
+
+/// Opens the stream ([`open_now`]), under the socket's read timeout.
+#[cfg(not(windows))]
+fn open(socket: &Path, path: &str) -> Result<Lines, Error> {
+    open_now(socket, path)
+}
+
 /// Opens the stream: the request sent, the answer's head read; an error
 /// answer as the error it names.
-fn open(socket: &Path, path: &str) -> Result<Lines, Error> {
+fn open_now(socket: &Path, path: &str) -> Result<Lines, Error> {
     let name = socket
         .to_fs_name::<GenericFilePath>()
         .map_err(|e| Error::unreachable(socket, e))?;
@@ -282,5 +346,40 @@ impl Lines {
         self.reader.read_exact(&mut b).ok()?;
         self.chunk_left -= 1;
         Some(b[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn reopening_backs_off_and_starts_again_only_after_a_long_stream() {
+        let mut b = Backoff::default();
+        let failed: Vec<_> = (0..7).map(|_| b.next()).collect();
+        assert_eq!(
+            failed,
+            [
+                ms(250),
+                ms(500),
+                ms(1_000),
+                ms(2_000),
+                ms(4_000),
+                ms(8_000),
+                ms(10_000)
+            ]
+        );
+        // Streams dropped at once (even after an event or two) keep the
+        // pause growing: no hot loop.
+        let mut b = Backoff::default();
+        let short: Vec<_> = (0..4).map(|_| b.after_stream(ms(100))).collect();
+        assert_eq!(short, [ms(250), ms(500), ms(1_000), ms(2_000)]);
+        // A stream that lived 30 s was a good one: from the start again.
+        assert_eq!(b.after_stream(STABLE), ms(250));
+        assert_eq!(b.after_stream(ms(10)), ms(500));
     }
 }

@@ -269,4 +269,33 @@ fn a_token_an_event_stream_carries_is_in_the_audit_trail() {
     assert_eq!(carried[0]["outcome"], "ok");
     let exe = carried[0]["exe"].as_str().unwrap_or("");
     assert!(exe.ends_with("curl"), "the stream's reader: {exe}");
+
+/// Review of issue 21, item 8: a client that reads nothing (stopped)
+/// while the kernel still takes the heartbeats into the socket's buffer
+/// is cut off after 45 s (Linux measures the bytes it has not read), not
+/// held for the days the heartbeats take to fill the buffer.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stream_whose_client_reads_nothing_is_cut_off() {
+    use std::io::{Read, Write};
+    let d = Daemon::start();
+    d.add_bearer("static", "tok");
+    let mut socket = std::os::unix::net::UnixStream::connect(d.http_socket()).unwrap();
+    socket
+        .write_all(b"GET /v1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    // Three heartbeats (15 s each) are taken by the kernel meanwhile.
+    std::thread::sleep(Duration::from_secs(52));
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut all = Vec::new();
+    let read = socket.read_to_end(&mut all);
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        read.is_ok(),
+        "the stream is still open ({read:?}) after {text}; log:\n{}",
+        d.log_text()
+    );
+    assert!(text.contains("heartbeat"), "{text}");
 }

@@ -160,3 +160,130 @@ fn without_refresh_expires_in_the_forecast_comes_from_introspection() {
     .len()
         == 1));
 }
+
+/// Review of issue 21, item 1: an answer without `refresh_expires_in`
+/// keeps the previous refresh token's forecast until introspection tells,
+/// so the warning is not given again at every rotation.
+#[test]
+fn an_introspected_forecast_is_warned_of_once_across_rotations() {
+    let idp = OidcServer::start_with(5, &[("REFRESH_TTL", "120"), ("REFRESH_EXPIRES_IN", "0")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = daemon(notify.path(), "warn_before_secs = 200");
+    let introspection = idp.introspection_url();
+    assert_ok(&d.add_oauth(&idp, "up", &["--introspection-url", &introspection]));
+    let before = idp.refreshes();
+    login(&d, &idp, "up");
+    assert!(
+        eventually(Duration::from_secs(10), || !expiring_lines(notify.path())
+            .is_empty()),
+        "no expiring notification; log:\n{}",
+        d.log_text()
+    );
+    // Access tokens of 5 s: several rotations, each introspected.
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        idp.refreshes() >= before + 4,
+        "too few refreshes: {}",
+        idp.refreshes() - before
+    );
+    assert!(forecast(&d, "up").is_some());
+    let lines = expiring_lines(notify.path());
+    assert_eq!(lines.len(), 1, "{lines:?}; log:\n{}", d.log_text());
+}
+
+/// Review of issue 21, item 1: with `keep_alive`, an introspected forecast
+/// that stays put across a rotation is an absolute limit: no refresh for
+/// it after the first (which could not tell), never faster and faster.
+#[test]
+fn keep_alive_does_not_chase_an_introspected_absolute_limit() {
+    let idp = OidcServer::start_with(3600, &[("REFRESH_TTL", "40"), ("REFRESH_EXPIRES_IN", "0")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = daemon(notify.path(), "warn_before_secs = 100\nkeep_alive = true");
+    let introspection = idp.introspection_url();
+    assert_ok(&d.add_oauth(&idp, "up", &["--introspection-url", &introspection]));
+    login(&d, &idp, "up");
+    let before = idp.refreshes();
+    // The first forecast cannot tell a limit that moves: one refresh at
+    // halfway (20 s); then the forecast stayed put, so none before the
+    // grant ends (without the fix: at 30, 35, 37.5… s).
+    std::thread::sleep(Duration::from_secs(37));
+    let n = idp.refreshes() - before;
+    assert!(n <= 1, "{n} keep-alive refreshes; log:\n{}", d.log_text());
+}
+
+/// Review of issue 21, item 2: an `expiring` warning whose notify command
+/// cannot start (16 run already) waits for a place; it is never noted as
+/// given without its command running. Twenty credentials warn at once
+/// while every command blocks: 16 run, the other 4 once the first end.
+#[test]
+fn expiring_waits_for_a_notify_command_place_and_runs_once() {
+    let idp = OidcServer::start_with(5, &[("REFRESH_TTL", "120")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let release = dir.path().join("release");
+    let config = format!(
+        "notify_command = \"echo $TOKEND_CREDENTIAL $TOKEND_STATE now >> {}; while [ ! -e {} ]; do sleep 0.2; done\"\n[refresh]\nwarn_before_secs = 200\n",
+        notify.path().display(),
+        release.display()
+    );
+    let d = Daemon::start_with(Options {
+        config: Some(config),
+        ..Options::default()
+    });
+    let names: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    for name in &names {
+        assert_ok(&d.add_oauth(&idp, name, &[]));
+        d.login(&idp, name);
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || expiring_lines(notify.path())
+            .len()
+            >= 16),
+        "{:?}; log:\n{}",
+        expiring_lines(notify.path()),
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(expiring_lines(notify.path()).len(), 16);
+    std::fs::write(&release, "").unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || expiring_lines(notify.path())
+            .len()
+            >= 20),
+        "{:?}; log:\n{}",
+        expiring_lines(notify.path()),
+        d.log_text()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = expiring_lines(notify.path());
+    for name in &names {
+        let n = lines
+            .iter()
+            .filter(|l| l.split(' ').next() == Some(name.as_str()))
+            .count();
+        assert_eq!(n, 1, "{name}: {lines:?}");
+    }
+}
+
+/// Review of issue 21, item 3: a refresh token dropped (`invalid_grant`:
+/// needs-login) takes its forecast with it, in memory as in the row, and
+/// its warning is not given.
+#[test]
+fn a_dropped_refresh_token_takes_its_forecast_with_it() {
+    let idp = OidcServer::start_with(60, &[("REFRESH_TTL", "120")]);
+    let notify = tempfile::NamedTempFile::new().unwrap();
+    let d = daemon(notify.path(), "warn_before_secs = 100");
+    assert_ok(&d.add_oauth(&idp, "up", &[]));
+    login(&d, &idp, "up");
+    assert!(forecast(&d, "up").is_some());
+    idp.fault(r#"{"mode":"invalid_grant","count":1,"grant_type":"refresh_token"}"#);
+    let out = d.tokenctl(&["refresh", "up"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let out = d.tokenctl(&["show", "up", "--json"]);
+    let show: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(show["state"], "needs-login", "{show}");
+    assert!(show["refresh_expires_at"].is_null(), "{show}");
+    // Due 20 s after the login: no warning for a grant already gone.
+    std::thread::sleep(Duration::from_secs(22));
+    assert_eq!(expiring_lines(notify.path()), Vec::<String>::new());
+}

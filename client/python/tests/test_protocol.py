@@ -343,6 +343,22 @@ class BearerAuthFakeTest(_WithFake):
         self.assertNotIn("rot-token", repr(auth))
 
 
+class WatchPauseTest(unittest.TestCase):
+    def test_reopening_backs_off_and_starts_again_only_after_a_long_stream(self) -> None:
+        from tokend._client import _reopen_pause
+
+        pause, slept = tokend._client.WATCH_FIRST_PAUSE, []
+        for _ in range(7):
+            now, pause = _reopen_pause(pause, 0.1)
+            slept.append(now)
+        # Streams dropped at once (even after events) keep the pause growing.
+        self.assertEqual(slept, [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 10.0])
+        # A stream that lived 30 s was a good one: from the start again.
+        now, pause = _reopen_pause(pause, 30.0)
+        self.assertEqual((now, pause), (0.25, 0.5))
+        self.assertEqual(_reopen_pause(pause, 1.0), (0.5, 1.0))
+
+
 class DiscoveryTest(unittest.TestCase):
     def setUp(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="tokend-py-disc")

@@ -148,6 +148,7 @@ async fn install(
     let cred = Arc::new(Credential::from_stored(stored));
     if let Some(old) = shared.registry.remove(&cred.name) {
         shared.scheduler.unschedule(&old.name);
+        shared.warnings.unschedule(&old.name);
         shared.logins.cancel(&old.name);
         shared.metrics.forget(&old);
         shared.announce_removed(&old);

@@ -47,6 +47,7 @@ pub(super) async fn remove(shared: &Arc<Shared>, name: &str) -> Result<Response,
     }
     shared.announce_removed(&cred);
     shared.scheduler.unschedule(name);
+    shared.warnings.unschedule(name);
     shared.logins.cancel(name);
     tracing::info!(credential = %name, "credential removed");
     Ok(Response::Message(format!("removed credential {name:?}")))

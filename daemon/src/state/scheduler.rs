@@ -4,15 +4,20 @@
 //!
 //! Modelled on mini-redis's expiry queue: a `BTreeSet` ordered by deadline
 //! plus a `Notify` that fires only when a new entry became the first.
+//!
+//! Both indexes share one `Arc<str>` of each name (one allocation, two
+//! 16-byte pointers), not a `String` each: the refresh schedule holds
+//! every credential that refreshes and the warnings queue every one with
+//! a forecast not yet warned of (docs/BENCHMARKS.md).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 #[derive(Debug, Default)]
 struct Queue {
-    by_time: BTreeSet<(i64, String)>,
-    by_name: HashMap<String, i64>,
+    by_time: BTreeSet<(i64, Arc<str>)>,
+    by_name: HashMap<Arc<str>, i64>,
 }
 
 #[derive(Debug, Default)]
@@ -30,14 +35,20 @@ impl Scheduler {
     pub fn schedule(&self, name: &str, due_ms: i64) {
         let wake = {
             let mut q = self.lock();
-            if let Some(old) = q.by_name.insert(name.to_string(), due_ms) {
-                q.by_time.remove(&(old, name.to_string()));
-            }
-            q.by_time.insert((due_ms, name.to_string()));
+            let key = match q.by_name.get_key_value(name) {
+                Some((key, &old)) => {
+                    let key = key.clone();
+                    q.by_time.remove(&(old, key.clone()));
+                    key
+                }
+                None => Arc::from(name),
+            };
+            q.by_name.insert(key.clone(), due_ms);
+            q.by_time.insert((due_ms, key));
             // Only an entry that became the first one changes the sleep.
             q.by_time
                 .first()
-                .is_some_and(|(t, n)| *t == due_ms && n == name)
+                .is_some_and(|(t, n)| *t == due_ms && &**n == name)
         };
         if wake {
             self.changed.notify_one();
@@ -46,8 +57,8 @@ impl Scheduler {
 
     pub fn unschedule(&self, name: &str) {
         let mut q = self.lock();
-        if let Some(old) = q.by_name.remove(name) {
-            q.by_time.remove(&(old, name.to_string()));
+        if let Some((key, old)) = q.by_name.remove_entry(name) {
+            q.by_time.remove(&(old, key));
         }
     }
 
@@ -57,7 +68,7 @@ impl Scheduler {
     }
 
     /// Removes and returns every entry due at or before `now_ms`.
-    pub fn take_due(&self, now_ms: i64) -> Vec<String> {
+    pub fn take_due(&self, now_ms: i64) -> Vec<Arc<str>> {
         let mut q = self.lock();
         let mut due = Vec::new();
         while let Some((t, _)) = q.by_time.first() {
@@ -65,7 +76,7 @@ impl Scheduler {
                 break;
             }
             let (_, name) = q.by_time.pop_first().expect("first exists");
-            q.by_name.remove(&name);
+            q.by_name.remove(&*name);
             due.push(name);
         }
         due
@@ -115,10 +126,24 @@ mod tests {
         s.schedule("c", 300);
         s.schedule("c", 50);
         assert_eq!(s.len(), 3);
-        assert_eq!(s.take_due(150), vec!["c".to_string(), "a".to_string()]);
+        assert_eq!(s.take_due(150), vec![Arc::from("c"), Arc::from("a")]);
         assert_eq!(s.next_due(), Some(200));
         s.unschedule("b");
         assert!(s.is_empty());
+    }
+
+    /// Both indexes hold the same allocation of a name, and a reschedule
+    /// keeps it: one name per entry, not two.
+    #[test]
+    fn an_entry_holds_its_name_once() {
+        let s = Scheduler::default();
+        s.schedule("a", 100);
+        s.schedule("a", 50);
+        let q = s.lock();
+        let (key, _) = q.by_name.get_key_value("a").unwrap();
+        let (_, in_time) = q.by_time.first().unwrap();
+        assert!(Arc::ptr_eq(key, in_time));
+        assert_eq!(Arc::strong_count(key), 2);
     }
 
     #[test]
@@ -128,7 +153,7 @@ mod tests {
         s.schedule("b", 9_000);
         s.shift_all(-4_000);
         assert_eq!(s.due_of("a"), Some(1_000));
-        assert_eq!(s.take_due(1_000), vec!["a".to_string()]);
+        assert_eq!(s.take_due(1_000), vec![Arc::<str>::from("a")]);
         assert_eq!(s.next_due(), Some(5_000));
     }
 }

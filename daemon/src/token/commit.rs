@@ -264,7 +264,14 @@ pub(super) async fn save_uncommitted(
     shared: &Arc<Shared>,
     cred: &Arc<Credential>,
 ) -> Result<(), Error> {
-    let Some(update) = cred.with_live(|l| l.journal.unsaved().cloned()) else {
+    // The forecast as it is now, not as it was at the publish: an
+    // introspection or a warning since then must not be written back over.
+    let Some(update) = cred.with_live(|l| {
+        l.journal.unsaved().cloned().map(|mut u| {
+            u.forecast = l.forecast.get();
+            u
+        })
+    }) else {
         return Ok(());
     };
     match save_tokens(shared, cred, &update).await {

@@ -75,6 +75,14 @@ pub(super) fn settle(shared: &Shared, cred: &Credential, update: &mut TokenUpdat
         update.ask_introspection = false;
         return;
     }
+    if update.ask_introspection && !update.new_grant {
+        // The answer said nothing: the previous refresh token's forecast
+        // (its time and its warning) is kept, provisionally, until
+        // introspection tells about the new one ([`record`] compares the
+        // two). Committing none would warn again and make `keep_alive`
+        // take an absolute limit for a moving one at every refresh.
+        update.forecast = old;
+    }
     let policy = shared.config().refresh.clone();
     let now = shared.clock.now();
     let warn = warn_secs(cred, &policy);
@@ -145,8 +153,16 @@ pub(super) fn after_commit(shared: &Arc<Shared>, cred: &Arc<Credential>, update:
 /// inactive token or no `exp` leave the forecast unknown. Never on the
 /// token path (its own task), and at most once per rotation (only
 /// [`after_commit`] calls it, once per committed token set).
+///
+/// Contained like a refresh: the refresh token is read under the refresh
+/// lock, and only while neither memory nor the row shows a journal mark
+/// or a newer generation (another member about to send it); the request
+/// holds one of the `refresh.max_concurrent` slots; no lock is held
+/// across it or the write, which is fenced by the row's generation. A
+/// stop does not wait for it: cut anywhere, it has written nothing, or a
+/// forecast fenced to the refresh token it is about.
 async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64) {
-    if cred.untrusted() {
+    if cred.untrusted() || shared.is_stopping() {
         return;
     }
     let spec = cred.spec();
@@ -156,13 +172,16 @@ async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u6
     if endpoint.introspection_url.is_none() {
         return;
     }
-    let Some(refresh_token) = cred.with_live(|l| {
-        (l.generation == generation)
-            .then(|| l.refresh_token.clone())
-            .flatten()
-    }) else {
+    let Some((refresh_token, fence)) = held_unmarked(shared, cred, generation).await else {
+        tracing::debug!(credential = %cred.name, "the refresh token moved on or is being sent: not introspected");
         return;
     };
+    let Ok(_slot) = shared.refresh_slots.acquire().await else {
+        return;
+    };
+    if shared.is_stopping() {
+        return;
+    }
     let http = match shared.http() {
         Ok(http) => http,
         Err(e) => {
@@ -183,41 +202,97 @@ async fn introspect(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u6
         tracing::debug!(credential = %cred.name, "introspection gave no expiry for the refresh token");
         return;
     };
-    record(shared, cred, generation, exp).await;
+    record(shared, cred, generation, fence, exp).await;
+}
+
+/// The refresh token committed at `generation` and the row's generation
+/// it was read at, if it is still the one held and nobody is about to
+/// send it: checked under the refresh lock (no refresh of this member
+/// comes between), in memory and in the row (another member's mark).
+async fn held_unmarked(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    generation: u64,
+) -> Option<(tokend_proto::Secret, i64)> {
+    let _lock = cred.refresh_lock.lock().await;
+    let (token, fence) = cred.with_live(|l| {
+        let clean = l.generation == generation
+            && matches!(l.journal, crate::state::credential::Journal::Settled)
+            && l.unsent_mark.get().is_none();
+        clean
+            .then(|| l.refresh_token.clone().map(|t| (t, l.fence)))
+            .flatten()
+    })?;
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    let rows = blocking(move || store.load_named(&names)).await.ok()?;
+    let row = rows
+        .into_iter()
+        .find(|r| r.incarnation == cred.incarnation)?;
+    (row.generation == generation && row.fence.generation == fence && row.fence.mark.is_none())
+        .then_some((token, fence))
 }
 
 /// Keeps a forecast found by introspection, if the refresh token it is
-/// about is still the one held: under the refresh lock, so no rotation
-/// comes between the check and the write, and the write is fenced by the
-/// row's generation (a newer row is left alone).
-async fn record(shared: &Arc<Shared>, cred: &Arc<Credential>, generation: u64, exp: i64) {
-    let _lock = cred.refresh_lock.lock().await;
+/// about is still the one held: the write is fenced by the row's
+/// generation the token was read at (a newer row is left alone), and
+/// memory takes it only if that generation is still the one held. No
+/// lock: the fence is enough, and a blocking write holds up no refresh.
+async fn record(
+    shared: &Arc<Shared>,
+    cred: &Arc<Credential>,
+    generation: u64,
+    fence: i64,
+    exp: i64,
+) {
     let policy = shared.config().refresh.clone();
     let warn = warn_secs(cred, &policy);
     let now = shared.clock.now();
-    let found = cred.with_live(|l| {
-        if l.generation != generation {
-            return None;
-        }
-        let old = l.forecast.get();
-        let f = Forecast {
-            at: Some(exp),
-            warned: carries_warning(old, Some(exp), now, warn),
-        };
-        l.forecast = f.into();
-        Some((f, l.fence, old))
-    });
-    let Some((forecast, fence, old)) = found else {
+    let held = |l: &crate::state::credential::Live| l.generation == generation && l.fence == fence;
+    let Some((forecast, old)) = cred.with_live(|l| {
+        held(l).then(|| {
+            // The previous refresh token's forecast, committed with this
+            // one provisionally (`settle`).
+            let old = l.forecast.get();
+            let f = Forecast {
+                at: Some(exp),
+                warned: carries_warning(old, Some(exp), now, warn),
+            };
+            (f, old)
+        })
+    }) else {
         return;
     };
-    tracing::info!(credential = %cred.name, refresh_expires_at = exp, "refresh token expiry from introspection");
     let store = shared.store.clone();
     let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
-    if let Err(e) =
-        blocking(move || store.save_forecast(&name, incarnation, Some(fence), forecast)).await
-    {
-        tracing::warn!(credential = %cred.name, error = %e, "the refresh token's expiry could not be saved; it is kept in memory");
+    match blocking(move || store.save_forecast(&name, incarnation, Some(fence), forecast)).await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Moved(_) | crate::store::StoreError::Gone(_)) => {
+            tracing::debug!(credential = %cred.name, "the row moved on during the introspection: its forecast is not kept");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "the refresh token's expiry could not be saved; it is kept in memory");
+        }
     }
+    let kept = cred.with_live(|l| {
+        if !held(l) {
+            return false;
+        }
+        // A warning given meanwhile for the same forecast stays given.
+        let now_held = l.forecast.get();
+        let warned = forecast.warned || (now_held.warned && now_held.at == forecast.at);
+        l.forecast = Forecast {
+            at: forecast.at,
+            warned,
+        }
+        .into();
+        true
+    });
+    if !kept {
+        return;
+    }
+    tracing::info!(credential = %cred.name, refresh_expires_at = exp, "refresh token expiry from introspection");
     let moved = old.at.is_none_or(|o| (o - exp).abs() > SAME_FORECAST_SECS);
     if let Some(due) = keep_alive_due(&policy, warn, exp, now, moved) {
         let sooner = shared.scheduler.due_of(&cred.name).is_none_or(|d| due < d);
@@ -282,6 +357,25 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
         watch_warning(shared, cred);
         return;
     };
+    // The command's place first: a warning noted as given whose command
+    // could not start would be lost for good.
+    let Some(slot) = super::notify::expiring_slot(shared) else {
+        tracing::debug!(credential = %cred.name, "the expiring notification waits for a notify command to end");
+        shared
+            .warnings
+            .schedule(&cred.name, shared.clock.now_ms() + SLOT_WAIT_MS);
+        return;
+    };
+    let store = shared.store.clone();
+    let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
+    let mine = match blocking(move || store.note_warned(&name, incarnation, at)).await {
+        Ok(true) => true,
+        Ok(false) => not_noted(shared, cred, at).await,
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "could not note the refresh token's warning in the store; notifying all the same");
+            true
+        }
+    };
     cred.with_live(|l| {
         if l.forecast.at() == Some(at) {
             l.forecast = Forecast {
@@ -291,15 +385,6 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
             .into();
         }
     });
-    let store = shared.store.clone();
-    let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
-    let mine = match blocking(move || store.note_warned(&name, incarnation, at)).await {
-        Ok(mine) => mine,
-        Err(e) => {
-            tracing::warn!(credential = %cred.name, error = %e, "could not note the refresh token's warning in the store; notifying all the same");
-            true
-        }
-    };
     // Every member's event streams hear of it; one member runs the command.
     shared
         .events
@@ -309,7 +394,52 @@ async fn warn_if_due(shared: &Arc<Shared>, cred: &Arc<Credential>) {
     }
     let reason = expiring_reason(at, now);
     tracing::warn!(credential = %cred.name, refresh_expires_at = at, "{reason}");
-    super::notify::expiring(shared, &cred.name, &reason);
+    super::notify::expiring(shared, slot, &cred.name, &reason);
+}
+
+/// How long (ms) an `expiring` notification waits when every notify
+/// command place is taken before it tries again.
+const SLOT_WAIT_MS: i64 = 1_000;
+
+/// `note_warned` found no row to note the warning of `at` in: the row is
+/// read again. Someone else noted it (the row says so): not this member's
+/// to notify. The row holds the refresh token this member holds, with
+/// another forecast (a save that failed and was retried with an older
+/// one): this member's is written, warned, and it notifies. The row moved
+/// on (another member's rotation): that forecast is the row's concern, not
+/// this one's.
+async fn not_noted(shared: &Arc<Shared>, cred: &Arc<Credential>, at: i64) -> bool {
+    let store = shared.store.clone();
+    let names = vec![cred.name.to_string()];
+    let row = match blocking(move || store.load_named(&names)).await {
+        Ok(rows) => rows.into_iter().find(|r| r.incarnation == cred.incarnation),
+        Err(e) => {
+            tracing::warn!(credential = %cred.name, error = %e, "could not read the row after noting the warning failed; notifying all the same");
+            return true;
+        }
+    };
+    let Some(row) = row else {
+        return false;
+    };
+    if row.forecast.at == Some(at) {
+        return false;
+    }
+    let (generation, fence) = cred.with_live(|l| (l.generation, l.fence));
+    if row.generation != generation {
+        return false;
+    }
+    let warned = Forecast {
+        at: Some(at),
+        warned: true,
+    };
+    let store = shared.store.clone();
+    let (name, incarnation) = (cred.name.to_string(), cred.incarnation);
+    if let Err(e) =
+        blocking(move || store.save_forecast(&name, incarnation, Some(fence), warned)).await
+    {
+        tracing::info!(credential = %cred.name, error = %e, "the warned forecast could not be written over the row's older one");
+    }
+    true
 }
 
 /// The notify command's `TOKEND_REASON` for a forecast at `at`.
@@ -330,6 +460,82 @@ mod tests {
             keep_alive,
             ..RefreshPolicy::default()
         }
+    }
+
+    /// A Shared over a fresh SQLite store holding one bearer row, `up`.
+    fn one_credential(dir: &std::path::Path) -> (Arc<Shared>, Arc<Credential>) {
+        use crate::store::seal::Sealer;
+        let store: crate::store::Store = Arc::new(
+            crate::store::SqliteStore::open(&dir.join("t.db"), Sealer::from_key(&[1; 32])).unwrap(),
+        );
+        let row = crate::store::sqlite::tests::bearer("up", "tok");
+        store.insert(&row, false).unwrap();
+        let stored = store.load_all().unwrap().remove(0);
+        let config = crate::config::Config::default();
+        let policy = crate::config::access::Policy::for_config(&config).unwrap();
+        let paths = crate::config::paths::Paths::resolve(false, &Default::default());
+        let shared = Shared::new(store, paths, config, policy);
+        let cred = Arc::new(Credential::from_stored(stored));
+        shared.registry.insert(cred.clone());
+        (shared, cred)
+    }
+
+    /// Review of issue 21, item 5: the refresh token is read for
+    /// introspection only while nobody may be sending it: not while the
+    /// row holds another member's journal mark.
+    #[tokio::test]
+    async fn a_marked_refresh_token_is_not_introspected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, cred) = one_credential(dir.path());
+        cred.with_live(|l| l.refresh_token = Some(tokend_proto::Secret::new("rt")));
+        let generation = cred.with_live(|l| l.generation);
+        assert!(held_unmarked(&shared, &cred, generation).await.is_some());
+        assert!(
+            held_unmarked(&shared, &cred, generation + 1)
+                .await
+                .is_none()
+        );
+        // Another member marks the row (it is about to send the token).
+        let fence = cred.with_live(|l| l.fence);
+        let mark = crate::store::NewMark {
+            at_ms: shared.clock.now_ms(),
+            lease_ms: 60_000,
+        };
+        shared
+            .store
+            .mark_refresh("up", cred.incarnation, fence, &mark)
+            .unwrap();
+        assert!(held_unmarked(&shared, &cred, generation).await.is_none());
+    }
+
+    /// Review of issue 21, item 4: a row that does not hold the forecast
+    /// in memory (a save retried with an older one wrote it over) refuses
+    /// the note; that is not "someone else warned": the row is read
+    /// again, this member's forecast written, warned, and it notifies.
+    #[tokio::test]
+    async fn a_row_that_lost_the_forecast_is_given_it_back_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, cred) = one_credential(dir.path());
+        let store = shared.store.clone();
+        // Memory holds a forecast the row lost; it is due (within 3 days).
+        let at = shared.clock.now() + 60;
+        cred.with_live(|l| {
+            l.forecast = Forecast {
+                at: Some(at),
+                warned: false,
+            }
+            .into()
+        });
+        warn_if_due(&shared, &cred).await;
+        let row = store.load_all().unwrap().remove(0);
+        assert_eq!(
+            row.forecast,
+            Forecast {
+                at: Some(at),
+                warned: true
+            }
+        );
+        assert!(cred.with_live(|l| l.forecast.get().warned));
     }
 
     #[test]

@@ -50,11 +50,30 @@ pub fn at_start(config: &Config, name: &str, state: CredentialState, reason: Opt
     run(config, name, state.as_str(), reason);
 }
 
-/// Runs the notify command with `TOKEND_STATE=expiring`: the refresh
-/// token's forecast came within `refresh.warn_before_secs`
-/// (`token/forecast.rs`). Not a state of the credential, which still works.
-pub fn expiring(shared: &Shared, name: &str, reason: &str) {
-    run(&shared.config(), name, EXPIRING, Some(reason));
+/// A place for the `expiring` notify command, held before the warning is
+/// noted as given: a warning is never noted when its command cannot run.
+pub struct Slot(Option<Running>);
+
+/// The [`Slot`] for an `expiring` command: `None` while [`MAX_RUNNING`]
+/// commands run (the warning waits for one to end); an empty one when no
+/// command is configured (there is nothing to wait for).
+pub fn expiring_slot(shared: &Shared) -> Option<Slot> {
+    if shared.config().notify_command.is_none() {
+        return Some(Slot(None));
+    }
+    Running::start().map(|r| Slot(Some(r)))
+}
+
+/// Runs the notify command with `TOKEND_STATE=expiring` in the `slot`
+/// held: the refresh token's forecast came within
+/// `refresh.warn_before_secs` (`token/forecast.rs`). Not a state of the
+/// credential, which still works.
+pub fn expiring(shared: &Shared, slot: Slot, name: &str, reason: &str) {
+    let config = shared.config();
+    let (Some(command), Some(running)) = (config.notify_command.as_deref(), slot.0) else {
+        return;
+    };
+    spawn(command, running, name, EXPIRING, Some(reason));
 }
 
 /// `TOKEND_STATE` of [`expiring`].
@@ -68,6 +87,10 @@ fn run(config: &Config, name: &str, state: &str, reason: Option<&str>) {
         tracing::warn!(credential = %tokend_proto::logged(name), state, "notify command not run: {MAX_RUNNING} are running already");
         return;
     };
+    spawn(command, running, name, state, reason);
+}
+
+fn spawn(command: &str, running: Running, name: &str, state: &str, reason: Option<&str>) {
     let mut cmd = tokio::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(command)

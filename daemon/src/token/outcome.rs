@@ -48,7 +48,10 @@ pub(super) async fn set_state(
         l.next_refresh_at = Stamp::default();
         l.journal = Journal::Settled;
         if matches!(grant, GrantChange::DropRefreshToken | GrantChange::DropAll) {
+            // The forecast was the dropped refresh token's (the row's
+            // goes with it, `grant_sql`).
             l.refresh_token = None;
+            l.forecast = Default::default();
         }
         if grant == GrantChange::DropAll {
             l.access_token = None;
@@ -58,6 +61,7 @@ pub(super) async fn set_state(
         previous
     });
     shared.scheduler.unschedule(&cred.name);
+    crate::token::forecast::watch_warning(shared, cred);
     if previous != state {
         crate::token::notify::transition(shared, &cred.name, state, Some(reason));
     }

@@ -121,6 +121,7 @@ fn remove_here(shared: &Shared, name: &str) {
     if let Some(gone) = shared.registry.remove(name) {
         shared.announce_removed(&gone);
         shared.scheduler.unschedule(name);
+        shared.warnings.unschedule(name);
         shared.logins.cancel(name);
         shared.metrics.forget(&gone);
         tracing::info!(credential = %tokend_proto::logged(name), "credential removed by another member of the fleet");

@@ -47,7 +47,20 @@ WATCH_SILENCE = 45.0
 #: Pause before the first reconnection of an event stream; it doubles up to
 #: :data:`WATCH_MAX_PAUSE`.
 WATCH_FIRST_PAUSE = 0.25
-WATCH_MAX_PAUSE = 5.0
+WATCH_MAX_PAUSE = 10.0
+
+#: Seconds a stream must have lived for the pause to start again from
+#: :data:`WATCH_FIRST_PAUSE`; one that ended sooner (``dropped`` at once, a
+#: daemon that closes every stream) keeps doubling it: never a hot loop.
+WATCH_STABLE = 30.0
+
+
+def _reopen_pause(pause: float, lived: float) -> Tuple[float, float]:
+    """The pause before opening an event stream again after one that
+    ``lived`` seconds (0 for one that did not open), and the next pause."""
+    if lived >= WATCH_STABLE:
+        pause = WATCH_FIRST_PAUSE
+    return pause, min(pause * 2, WATCH_MAX_PAUSE)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -283,9 +296,9 @@ class Client:
         first = True
         while True:
             stream = self._stream(path)
+            opened = time.monotonic()
             try:
                 for event in stream:
-                    pause = WATCH_FIRST_PAUSE
                     first = False
                     if event["event"] == "dropped":
                         break  # fell behind: open again for the current state
@@ -297,8 +310,8 @@ class Client:
                 stream.close()
             if not reconnect:
                 return
-            time.sleep(pause)
-            pause = min(pause * 2, WATCH_MAX_PAUSE)
+            now, pause = _reopen_pause(pause, time.monotonic() - opened)
+            time.sleep(now)
 
     def _stream(self, path: str) -> Iterator[Dict[str, Any]]:
         """One event stream, to its end: its events parsed. Errors of the

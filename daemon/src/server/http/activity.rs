@@ -28,8 +28,57 @@ enum Phase {
     Busy { stalled: Option<Instant> },
     /// A long-lived answer (`GET /v1/events`) is streaming; its peer last
     /// took bytes at this instant. A peer that stops reading is cut off
-    /// [`STALLED`] later, whatever the idle deadline says.
-    Streaming(Instant),
+    /// [`STALLED`] later, whatever the idle deadline says. Where the OS
+    /// tells how much of what was written the peer has not read
+    /// (`queued`, Linux: [`OutQueue`]), only that draining counts as
+    /// taking bytes: the kernel accepts writes into the socket's buffer
+    /// from a peer that reads nothing, and heartbeats would fill it for
+    /// days.
+    Streaming(Instant, Option<usize>),
+}
+
+/// A connection's stream that can tell how many bytes written to it its
+/// peer has not read yet.
+pub trait OutQueue {
+    /// `None` where the OS does not tell (off Linux, or an error).
+    fn out_queue(&self) -> Option<usize>;
+}
+
+/// The bytes of the socket `fd` not yet read by its peer (Unix socket)
+/// or not yet acknowledged (TCP): SIOCOUTQ, the same number as TIOCOUTQ.
+#[cfg(target_os = "linux")]
+fn unsent(fd: std::os::fd::BorrowedFd<'_>) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is a socket borrowed for the call; TIOCOUTQ writes one
+    // c_int to the pointer given.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    (rc == 0).then(|| usize::try_from(n).ok()).flatten()
+}
+
+impl OutQueue for interprocess::local_socket::tokio::Stream {
+    fn out_queue(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsFd;
+            let interprocess::local_socket::tokio::Stream::UdSocket(s) = self;
+            unsent(s.as_fd())
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+}
+
+impl OutQueue for tokio::net::TcpStream {
+    fn out_queue(&self) -> Option<usize> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsFd;
+            unsent(self.as_fd())
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
 }
 
 /// How long a streaming answer may go without its peer taking a byte: the
@@ -44,6 +93,9 @@ pub struct Activity {
     /// Woken when a head starts, so the watchdog arms the head deadline
     /// (until then it sleeps toward the much later idle deadline).
     head_started: Notify,
+    /// Woken when an answer starts streaming, so that a stop that came
+    /// while it was being built (before it was known to stream) ends it.
+    stream_started: Notify,
 }
 
 impl Activity {
@@ -51,6 +103,7 @@ impl Activity {
         Arc::new(Activity {
             phase: Mutex::new(Phase::Idle(Instant::now())),
             head_started: Notify::new(),
+            stream_started: Notify::new(),
         })
     }
 
@@ -85,12 +138,29 @@ impl Activity {
     pub fn streaming(&self) {
         let mut phase = self.phase();
         if let Phase::Busy { .. } = *phase {
-            *phase = Phase::Streaming(Instant::now());
+            *phase = Phase::Streaming(Instant::now(), None);
+            self.stream_started.notify_one();
         }
     }
 
+    /// Completes when an answer started streaming since the last call.
+    pub async fn stream_started(&self) {
+        self.stream_started.notified().await
+    }
+
     pub fn is_streaming(&self) -> bool {
-        matches!(*self.phase(), Phase::Streaming(_))
+        matches!(*self.phase(), Phase::Streaming(..))
+    }
+
+    /// A stream's peer has `unsent` bytes not yet read: it took some if
+    /// that is none, or fewer than at the last measure.
+    pub fn measured(&self, unsent: usize) {
+        if let Phase::Streaming(last, queued) = &mut *self.phase() {
+            if unsent == 0 || queued.is_some_and(|q| unsent < q) {
+                *last = Instant::now();
+            }
+            *queued = Some(unsent);
+        }
     }
 
     /// A write found the client's socket full, or the client took bytes:
@@ -102,7 +172,9 @@ impl Activity {
                 (false, Some(_)) => *stalled = None,
                 _ => {}
             },
-            Phase::Streaming(last) if !blocked => *last = Instant::now(),
+            // Measured ([`Activity::measured`]): a write the kernel took
+            // says nothing of the peer.
+            Phase::Streaming(last, None) if !blocked => *last = Instant::now(),
             _ => {}
         }
     }
@@ -120,7 +192,7 @@ impl Activity {
                 since + idle,
                 "the client stopped reading its answer; closed",
             )),
-            Phase::Streaming(since) => Some((
+            Phase::Streaming(since, _) => Some((
                 since + STALLED,
                 "the client stopped reading its event stream; closed",
             )),
@@ -166,12 +238,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+impl<S: OutQueue> Watched<S> {
+    /// Before each write of a stream (its heartbeats, every 15 s, at
+    /// least): what its peer has not read of the earlier ones.
+    fn measure(&self) {
+        if self.activity.is_streaming()
+            && let Some(unsent) = self.inner.out_queue()
+        {
+            self.activity.measured(unsent);
+        }
+    }
+}
+
+impl<S: AsyncWrite + OutQueue + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.measure();
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         match &polled {
             Poll::Pending => self.activity.write_blocked(true),
@@ -186,6 +271,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.measure();
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         match &polled {
             Poll::Pending => self.activity.write_blocked(true),
@@ -271,5 +357,45 @@ mod tests {
         assert!(later > first, "a byte taken moves the deadline");
         drop(busy);
         assert!(!activity.is_streaming());
+    }
+
+    /// A peer that reads nothing while the kernel still takes writes (its
+    /// buffer not full) is cut off: where the unsent bytes are measured,
+    /// only their draining moves the deadline.
+    #[test]
+    fn a_measured_stream_moves_on_only_when_its_peer_reads() {
+        let activity = Activity::new();
+        let _busy = activity.busy();
+        activity.streaming();
+        let (first, _) = activity.deadline(HEAD, IDLE).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        activity.measured(13);
+        activity.write_blocked(false);
+        activity.measured(26);
+        assert_eq!(
+            activity.deadline(HEAD, IDLE).unwrap().0,
+            first,
+            "writes taken into a growing queue are not reading"
+        );
+        activity.measured(13);
+        let (later, _) = activity.deadline(HEAD, IDLE).unwrap();
+        assert!(later > first, "the queue drained some");
+        std::thread::sleep(Duration::from_millis(5));
+        activity.measured(0);
+        assert!(activity.deadline(HEAD, IDLE).unwrap().0 > later, "all read");
+    }
+
+    /// A stop that comes while a stream's answer is being built finds no
+    /// stream; the connection learns of the stream when it starts (the
+    /// wake-up is kept for a listener that comes after it).
+    #[tokio::test]
+    async fn a_stream_that_starts_is_told_even_to_a_late_listener() {
+        let activity = Activity::new();
+        let _busy = activity.busy();
+        activity.streaming();
+        tokio::time::timeout(Duration::from_secs(1), activity.stream_started())
+            .await
+            .expect("the start of the stream is told");
+        assert!(activity.is_streaming());
     }
 }

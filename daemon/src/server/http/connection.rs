@@ -3,7 +3,7 @@
 //! idle deadlines of [`super::activity`], and closed gracefully (the
 //! request in progress is answered) when the daemon stops.
 
-use super::activity::{Activity, Watched};
+use super::activity::{Activity, OutQueue, Watched};
 use super::api::Surface;
 use super::body;
 use crate::config::access::Peer;
@@ -43,7 +43,7 @@ pub async fn serve<S>(
     proxy: Arc<Proxy>,
     surface: Surface,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + OutQueue + Unpin + Send + 'static,
 {
     let _counted = shared.connections.open(surface.listener(), peer.uid);
     let limits = shared.config().limits.clone();
@@ -94,6 +94,13 @@ pub async fn serve<S>(
                     return;
                 }
                 conn.as_mut().graceful_shutdown();
+            }
+            // A stop that came while a stream's answer was being built
+            // (its `current` list) found no stream: it ends it now.
+            () = activity.stream_started(), if stopping => {
+                if activity.is_streaming() {
+                    return;
+                }
             }
             () = activity.head_started() => {
                 if let Some((deadline, _)) = activity.deadline(head, idle) {
