@@ -269,6 +269,7 @@ fn a_token_an_event_stream_carries_is_in_the_audit_trail() {
     assert_eq!(carried[0]["outcome"], "ok");
     let exe = carried[0]["exe"].as_str().unwrap_or("");
     assert!(exe.ends_with("curl"), "the stream's reader: {exe}");
+}
 
 /// Review of issue 21, item 8: a client that reads nothing (stopped)
 /// while the kernel still takes the heartbeats into the socket's buffer
