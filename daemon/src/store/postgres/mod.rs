@@ -26,6 +26,7 @@ mod bound;
 mod bulk;
 mod connect;
 mod error;
+mod held;
 mod listen;
 mod lock;
 mod row;
@@ -36,7 +37,7 @@ mod tls;
 
 use super::binding::Bound;
 use super::names::Names;
-use super::rows::{KEY_CHECK, check_key, fence_outcome, open_all, seal_tokens, state_to_text};
+use super::rows::{KEY_CHECK, check_key, fence_outcome, seal_tokens, state_to_text};
 use super::seal::{Place, Sealer};
 use super::{
     Backend, Claim, NewMark, StateUpdate, StoreError, StoreEvent, StoredCredential, TokenUpdate,
@@ -261,26 +262,6 @@ impl PgStore {
         })
     }
 
-    fn take_held(&self, name: &str, incarnation: i64) -> Option<Object> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(name.to_string(), incarnation))
-    }
-
-    /// Keeps a lock this member now holds, until a write or
-    /// [`Backend::unlock_refresh`] ends it.
-    fn keep_held(&self, name: &str, incarnation: i64, client: Object) {
-        let stale = self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((name.to_string(), incarnation), client);
-        if let Some(stale) = stale {
-            self.handle.spawn(lock::discard(stale));
-        }
-    }
-
     fn refuse_check(&self) -> Result<(), StoreError> {
         if self.refuse.load(Ordering::Relaxed) {
             return Err(StoreError::Database(format!(
@@ -304,33 +285,6 @@ impl PgStore {
         let (pool, sealer) = (self.work.clone(), self.sealer.clone());
         let name = name.to_string();
         self.call(bound::rebind(pool, sealer, name, incarnation, change))
-    }
-
-    /// Settles what a held lock's re-read found: the row, unless it is
-    /// gone. A journal mark in it is the lifecycle's to judge, by its lease.
-    fn claim(
-        &self,
-        name: &str,
-        incarnation: i64,
-        client: Object,
-        rows: Vec<tokio_postgres::Row>,
-    ) -> Result<Claim, StoreError> {
-        let loaded = row::Loaded::from_rows(&rows);
-        let row::Loaded { mut creds, sealed } = match loaded {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                // Never back to the pool mid-transaction.
-                self.handle.spawn(lock::discard(client));
-                return Err(e);
-            }
-        };
-        if creds.first().is_none_or(|c| c.incarnation != incarnation) {
-            self.handle.spawn(lock::discard(client));
-            return Err(StoreError::Gone(name.to_string()));
-        }
-        open_all(&self.sealer, &mut creds, &sealed);
-        self.keep_held(name, incarnation, client);
-        Ok(Claim::Held(Box::new(creds.remove(0))))
     }
 }
 
